@@ -1,0 +1,67 @@
+"""Python client of the agentaudit sidecar: ask before an agent acts, report what happened.
+
+Usage::
+
+    from agentaudit_client import ActionStopped, ApprovalRequired, GatewayClient
+
+    with GatewayClient("unix:///abs/path/.agentaudit/gateway.sock") as client:
+        run = client.run("run_1", tenant_id="t_42", agent_id="support-agent", actor=("user", "u_1"))
+
+        decision = run.decide("crm.search", {"query": "ann"})  # a deny is a value
+        if decision.allowed:
+            ...
+
+        try:
+            with run.guard("crm.lookup", {"customer_id": "c_7"}) as step:  # reports the result
+                step.output = lookup("c_7")
+        except (ActionStopped, ApprovalRequired) as denied:
+            print(denied.reason, denied.event_id)
+
+        @run.guarded("refund.create")  # the call's arguments become the action's args
+        def create_refund(order_id: str, amount: int) -> dict[str, str]: ...
+
+``AsyncGatewayClient`` offers the same API for asyncio (``await``, ``async with``).
+"""
+
+from ._guard import Step
+from .aio import AsyncGatewayClient, AsyncRun
+from .client import GatewayClient, Run
+from .errors import (
+    ActionStopped,
+    AgentAuditError,
+    ApprovalRequired,
+    DeadlineExceededError,
+    DecisionError,
+    FailedPreconditionError,
+    GatewayError,
+    InvalidRequestError,
+    NotFoundError,
+    ResourceExhaustedError,
+    UnavailableError,
+    from_rpc_error,
+)
+from .models import Actor, ApprovalOutcome, DecideResult, ReportResult
+
+__all__ = [
+    "ActionStopped",
+    "Actor",
+    "AgentAuditError",
+    "ApprovalOutcome",
+    "ApprovalRequired",
+    "AsyncGatewayClient",
+    "AsyncRun",
+    "DeadlineExceededError",
+    "DecideResult",
+    "DecisionError",
+    "FailedPreconditionError",
+    "GatewayClient",
+    "GatewayError",
+    "InvalidRequestError",
+    "NotFoundError",
+    "ReportResult",
+    "ResourceExhaustedError",
+    "Run",
+    "Step",
+    "UnavailableError",
+    "from_rpc_error",
+]

@@ -1,0 +1,275 @@
+"""The asyncio client: ``AsyncGatewayClient`` and its ``AsyncRun`` helper (same API, awaited)."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
+from types import TracebackType
+from typing import Any, ParamSpec, Self, TypeVar
+
+import grpc
+import grpc.aio
+from agentaudit.v1 import gateway_pb2, gateway_pb2_grpc
+
+from . import _convert
+from ._convert import ActorLike, DurationLike, ResultStatusLike, ScopeLike
+from ._guard import RunContext, Step, bind_args, failure, output_of
+from .errors import AgentAuditError, DeadlineExceededError, from_rpc_error, raise_for_decision
+from .models import ApprovalOutcome, DecideResult, ReportResult
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
+
+
+class AsyncGatewayClient:
+    """asyncio client of the sidecar's GatewayService; the methods of ``GatewayClient``, awaited.
+
+    Args:
+        target: ``unix:///abs/path.sock`` or ``HOST:PORT``.
+        timeout: Deadline in seconds for each call (None: no deadline). ``wait_approval`` has its own.
+        metadata: gRPC metadata sent with every call, as ``(key, value)`` pairs.
+
+    Use it as an async context manager, or await ``aclose()`` when done.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float | None = 10.0,
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> None:
+        self._channel = grpc.aio.insecure_channel(target)
+        self._stub = gateway_pb2_grpc.GatewayServiceStub(self._channel)
+        self._timeout = timeout
+        self._metadata = tuple(metadata or ())
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Closes the channel; calls in flight are cancelled."""
+        await self._channel.close(None)
+
+    async def _call(
+        self,
+        method: grpc.aio.UnaryUnaryMultiCallable[_Request, _Response],
+        request: _Request,
+        deadline: float | None,
+    ) -> _Response:
+        """Calls ``method`` with the client's metadata and ``deadline`` seconds from now."""
+        try:
+            return await method(request, timeout=deadline, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from exc
+
+    async def decide(
+        self,
+        *,
+        run_id: str,
+        tenant_id: str,
+        action: str,
+        args: Mapping[str, Any] | None = None,
+        step_id: int = 0,
+        actor: ActorLike | None = None,
+        agent_id: str = "",
+        scope: ScopeLike | None = None,
+        approval_id: str = "",
+        traceparent: str = "",
+        labels: Mapping[str, str] | None = None,
+    ) -> DecideResult:
+        """Asks whether an action may run. See ``GatewayClient.decide``."""
+        request = _convert.decide_request(
+            run_id=run_id,
+            tenant_id=tenant_id,
+            action=action,
+            args=args,
+            step_id=step_id,
+            actor=actor,
+            agent_id=agent_id,
+            scope=scope,
+            approval_id=approval_id,
+            traceparent=traceparent,
+            labels=labels,
+        )
+        return _convert.decide_result(await self._call(self._stub.Decide, request, self._timeout))
+
+    async def report_result(
+        self,
+        event_id: str,
+        *,
+        status: ResultStatusLike = "succeeded",
+        error: str = "",
+        output: Mapping[str, Any] | None = None,
+        duration: DurationLike | None = None,
+    ) -> ReportResult:
+        """Reports what happened when an allowed action ran. See ``GatewayClient.report_result``."""
+        request = _convert.report_request(
+            event_id, status=status, error=error, output=output, duration=duration
+        )
+        return _convert.report_result(await self._call(self._stub.ReportResult, request, self._timeout))
+
+    async def wait_approval(
+        self,
+        approval_id: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (a gRPC deadline, sent to the server)
+    ) -> ApprovalOutcome:
+        """Waits until an approval is resolved or expires. See ``GatewayClient.wait_approval``."""
+        request = gateway_pb2.WaitApprovalRequest(approval_id=approval_id)
+        try:
+            return _convert.approval_outcome(await self._call(self._stub.WaitApproval, request, timeout))
+        except DeadlineExceededError:
+            return ApprovalOutcome(state="pending")
+
+    @contextlib.asynccontextmanager
+    async def guard(
+        self,
+        *,
+        run_id: str,
+        tenant_id: str,
+        action: str,
+        args: Mapping[str, Any] | None = None,
+        step_id: int = 0,
+        actor: ActorLike | None = None,
+        agent_id: str = "",
+        scope: ScopeLike | None = None,
+        approval_id: str = "",
+        traceparent: str = "",
+        labels: Mapping[str, str] | None = None,
+    ) -> AsyncIterator[Step]:
+        """Decides, runs the block only if allowed, and reports how it went. See ``GatewayClient.guard``.
+
+        A cancelled block (``asyncio.CancelledError``) is reported "cancelled".
+
+        Raises:
+            ActionStopped: The decision was "stop"; the block did not run.
+            ApprovalRequired: The decision was "approval_required"; the block did not run.
+        """
+        result = await self.decide(
+            run_id=run_id,
+            tenant_id=tenant_id,
+            action=action,
+            args=args,
+            step_id=step_id,
+            actor=actor,
+            agent_id=agent_id,
+            scope=scope,
+            approval_id=approval_id,
+            traceparent=traceparent,
+            labels=labels,
+        )
+        raise_for_decision(result)
+        step = Step(result)
+        started = time.monotonic()
+        try:
+            yield step
+        except BaseException as exc:
+            await self._report_failure(step, exc, time.monotonic() - started)
+            raise
+        step.report = await self.report_result(
+            step.event_id, status="succeeded", output=step.output, duration=time.monotonic() - started
+        )
+
+    async def _report_failure(self, step: Step, exc: BaseException, elapsed: float) -> None:
+        status, error = failure(exc)
+        try:
+            step.report = await self.report_result(
+                step.event_id, status=status, error=error, duration=elapsed
+            )
+        except AgentAuditError as report_exc:
+            # The block's own exception is what the caller must see; the lost report rides along.
+            exc.add_note(f"agentaudit: could not report the failure of {step.event_id}: {report_exc}")
+
+    def run(
+        self,
+        run_id: str,
+        *,
+        tenant_id: str,
+        agent_id: str = "",
+        actor: ActorLike | None = None,
+        scope: ScopeLike | None = None,
+        traceparent: str = "",
+        labels: Mapping[str, str] | None = None,
+    ) -> AsyncRun:
+        """Starts an ``AsyncRun``: decisions sharing these fields, with step ids numbered from 1."""
+        context = RunContext(run_id, tenant_id, agent_id, actor, scope, traceparent, labels)
+        return AsyncRun(self, context)
+
+
+class AsyncRun:
+    """The steps of one agent run, numbered automatically. Create it with ``AsyncGatewayClient.run``."""
+
+    def __init__(self, client: AsyncGatewayClient, context: RunContext) -> None:
+        self._client = client
+        self._context = context
+
+    @property
+    def run_id(self) -> str:
+        """Identifies the run."""
+        return self._context.run_id
+
+    async def decide(
+        self,
+        action: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        scope: ScopeLike | None = None,
+        approval_id: str = "",
+        labels: Mapping[str, str] | None = None,
+    ) -> DecideResult:
+        """``AsyncGatewayClient.decide`` for the next step of this run."""
+        kwargs = self._context.decide_kwargs(
+            action, args, scope=scope, approval_id=approval_id, labels=labels
+        )
+        return await self._client.decide(**kwargs)
+
+    def guard(
+        self,
+        action: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        scope: ScopeLike | None = None,
+        approval_id: str = "",
+        labels: Mapping[str, str] | None = None,
+    ) -> contextlib.AbstractAsyncContextManager[Step]:
+        """``AsyncGatewayClient.guard`` for the next step of this run."""
+        kwargs = self._context.decide_kwargs(
+            action, args, scope=scope, approval_id=approval_id, labels=labels
+        )
+        return self._client.guard(**kwargs)
+
+    def guarded(
+        self,
+        action: str,
+        *,
+        scope: ScopeLike | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> Callable[[Callable[_P, Awaitable[_R]]], Callable[_P, Coroutine[Any, Any, _R]]]:
+        """Decorates an ``async def`` so each call is a guarded step of this run.
+
+        The call's arguments, named by the function's signature, are the action's args; the function
+        runs only on allow, and its return value, if a dict, is reported as the output.
+        """
+
+        def decorate(func: Callable[_P, Awaitable[_R]]) -> Callable[_P, Coroutine[Any, Any, _R]]:
+            @functools.wraps(func)
+            async def guarded_call(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+                arguments = bind_args(func, args, kwargs)
+                async with self.guard(action, arguments, scope=scope, labels=labels) as step:
+                    value = await func(*args, **kwargs)
+                    step.output = output_of(value)
+                return value
+
+            return guarded_call
+
+        return decorate

@@ -1,0 +1,1 @@
+"""Thin gRPC servicers and request validation: parse → decide → record → respond."""

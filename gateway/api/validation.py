@@ -1,0 +1,200 @@
+"""Validation of requests at the edge: every bad field is named, nothing bad reaches policy or the journal."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from google.protobuf import struct_pb2
+
+from agentaudit.v1 import gateway_pb2, types_pb2
+from gateway.errors import FieldViolation, InvalidRequestError
+from gateway.policy.model import ActionRequest
+
+MAX_ID_BYTES = 256
+MAX_LABELS = 64
+MAX_LABEL_VALUE_BYTES = 256
+MAX_ERROR_BYTES = 4096
+MAX_DURATION_S = 30 * 24 * 3600
+
+_ACTION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/\-]{0,255}$")
+_LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/\-]{0,62}$")
+_TRACEPARENT_RE = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+
+ACTOR_TYPES = {
+    types_pb2.ACTOR_TYPE_UNSPECIFIED: "",
+    types_pb2.ACTOR_TYPE_USER: "user",
+    types_pb2.ACTOR_TYPE_SERVICE: "service",
+    types_pb2.ACTOR_TYPE_AGENT: "agent",
+}
+SCOPES = {
+    types_pb2.SCOPE_UNSPECIFIED: "",
+    types_pb2.SCOPE_USER: "user",
+    types_pb2.SCOPE_TENANT: "tenant",
+    types_pb2.SCOPE_GLOBAL: "global",
+}
+RESULT_STATUSES = {
+    types_pb2.RESULT_STATUS_SUCCEEDED: "succeeded",
+    types_pb2.RESULT_STATUS_FAILED: "failed",
+    types_pb2.RESULT_STATUS_CANCELLED: "cancelled",
+    types_pb2.RESULT_STATUS_TIMED_OUT: "timed_out",
+}
+
+
+class _TooDeep(Exception):
+    pass
+
+
+class _NotFinite(Exception):
+    pass
+
+
+def struct_to_dict(message: struct_pb2.Struct, max_depth: int) -> dict[str, Any]:
+    """Converts a Struct to plain Python, refusing nesting deeper than ``max_depth`` and NaN/infinity."""
+
+    def value(v: struct_pb2.Value, depth: int) -> Any:
+        kind = v.WhichOneof("kind")
+        if kind == "string_value":
+            return v.string_value
+        if kind == "number_value":
+            number = v.number_value
+            if not math.isfinite(number):
+                raise _NotFinite
+            return number
+        if kind == "bool_value":
+            return v.bool_value
+        if kind == "struct_value":
+            return struct(v.struct_value, depth + 1)
+        if kind == "list_value":
+            if depth + 1 > max_depth:
+                raise _TooDeep
+            return [value(item, depth + 1) for item in v.list_value.values]
+        return None
+
+    def struct(s: struct_pb2.Struct, depth: int) -> dict[str, Any]:
+        if depth > max_depth:
+            raise _TooDeep
+        return {k: value(v, depth) for k, v in s.fields.items()}
+
+    return struct(message, 1)
+
+
+class _Checker:
+    def __init__(self) -> None:
+        self.violations: list[FieldViolation] = []
+
+    def add(self, field: str, description: str) -> None:
+        self.violations.append(FieldViolation(field, description))
+
+    def text(self, field: str, value: str, *, required: bool, max_bytes: int = MAX_ID_BYTES) -> None:
+        if not value:
+            if required:
+                self.add(field, "is required")
+            return
+        if len(value.encode()) > max_bytes:
+            self.add(field, f"must be at most {max_bytes} bytes")
+        elif _CONTROL_RE.search(value):
+            self.add(field, "must not contain control characters")
+
+    def payload(self, field: str, message: struct_pb2.Struct, max_bytes: int, max_depth: int) -> dict[str, Any]:
+        size = message.ByteSize()
+        if size > max_bytes:
+            self.add(field, f"is {size} bytes, more than the limit of {max_bytes}")
+            return {}
+        try:
+            return struct_to_dict(message, max_depth)
+        except _TooDeep:
+            self.add(field, f"is nested deeper than {max_depth} levels")
+        except _NotFinite:
+            self.add(field, "holds NaN or infinity, which JSON cannot represent")
+        return {}
+
+    def raise_if_any(self) -> None:
+        if self.violations:
+            raise InvalidRequestError(self.violations)
+
+
+def parse_decide(request: gateway_pb2.DecideRequest, *, max_args_bytes: int, max_depth: int) -> ActionRequest:
+    """Validates a DecideRequest and returns the policy input.
+
+    Raises:
+        InvalidRequestError: naming every bad field.
+    """
+    check = _Checker()
+    check.text("run_id", request.run_id, required=True)
+    check.text("tenant_id", request.tenant_id, required=True)
+    check.text("agent_id", request.agent_id, required=False)
+    check.text("approval_id", request.approval_id, required=False, max_bytes=128)
+    if request.actor.type not in ACTOR_TYPES:
+        check.add("actor.type", f"unknown actor type {request.actor.type}")
+    check.text("actor.id", request.actor.id, required=False)
+    if request.scope not in SCOPES:
+        check.add("scope", f"unknown scope {request.scope}")
+    name = request.action.name
+    if not name:
+        check.add("action.name", "is required")
+    elif not _ACTION_RE.match(name):
+        check.add("action.name", "must match [A-Za-z0-9][A-Za-z0-9_.:/-]{0,255}")
+    args = check.payload("action.args", request.action.args, max_args_bytes, max_depth)
+    if request.traceparent:
+        match = _TRACEPARENT_RE.match(request.traceparent)
+        if (
+            match is None
+            or match.group(1) == "ff"
+            or set(match.group(2)) == {"0"}
+            or set(match.group(3)) == {"0"}
+        ):
+            check.add("traceparent", "must be a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)")
+    if len(request.labels) > MAX_LABELS:
+        check.add("labels", f"has {len(request.labels)} entries, more than {MAX_LABELS}")
+    else:
+        for key, val in request.labels.items():
+            if not _LABEL_KEY_RE.match(key):
+                check.add(f"labels[{key[:64]!r}]", "key must match [A-Za-z0-9][A-Za-z0-9_.:/-]{0,62}")
+            elif len(val.encode()) > MAX_LABEL_VALUE_BYTES or _CONTROL_RE.search(val):
+                check.add(f"labels[{key!r}]", f"value must be at most {MAX_LABEL_VALUE_BYTES} bytes, no controls")
+    check.raise_if_any()
+    return ActionRequest(
+        run_id=request.run_id,
+        step_id=request.step_id,
+        tenant_id=request.tenant_id,
+        actor_type=ACTOR_TYPES[request.actor.type],
+        actor_id=request.actor.id,
+        agent_id=request.agent_id,
+        action=name,
+        args=args,
+        scope=SCOPES[request.scope],
+        approval_id=request.approval_id,
+        traceparent=request.traceparent,
+        labels=dict(request.labels),
+    )
+
+
+def parse_report(
+    request: gateway_pb2.ReportResultRequest, *, max_output_bytes: int, max_depth: int
+) -> tuple[str, str, str, dict[str, Any], int | None]:
+    """Validates a ReportResultRequest: (event_id, status, error, output, duration_ns).
+
+    Raises:
+        InvalidRequestError: naming every bad field.
+    """
+    check = _Checker()
+    check.text("event_id", request.event_id, required=True, max_bytes=64)
+    status = RESULT_STATUSES.get(request.status)
+    if status is None:
+        check.add("status", "is required (succeeded, failed, cancelled or timed_out)")
+    if len(request.error.encode()) > MAX_ERROR_BYTES:
+        check.add("error", f"must be at most {MAX_ERROR_BYTES} bytes")
+    output = check.payload("output", request.output, max_output_bytes, max_depth)
+    duration_ns = None
+    if request.HasField("duration"):
+        d = request.duration
+        if d.seconds < 0 or d.nanos < 0 or d.nanos >= 1_000_000_000 or d.seconds > MAX_DURATION_S:
+            check.add("duration", f"must be between 0 and {MAX_DURATION_S} seconds")
+        else:
+            duration_ns = d.seconds * 1_000_000_000 + d.nanos
+    check.raise_if_any()
+    assert status is not None
+    return request.event_id, status, request.error, output, duration_ns

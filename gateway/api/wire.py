@@ -1,0 +1,111 @@
+"""Request decoding that turns undecodable bytes into precise field violations.
+
+protobuf refuses a proto3 ``string`` holding invalid UTF-8 with a bare DecodeError, which grpc would surface as
+an opaque INTERNAL error. The request deserializer here catches that, walks the wire format once more against
+the message descriptor and names every string field (``run_id``, ``action.name``, ``labels``, ``action.args``)
+that holds invalid UTF-8, so the client gets INVALID_ARGUMENT with a BadRequest like any other bad input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import DecodeError, Message
+
+from gateway.errors import FieldViolation
+
+M = TypeVar("M", bound=Message)
+
+# Well-known JSON-like types: a violation inside them is reported at the field that holds them.
+_OPAQUE = {"google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue"}
+
+
+@dataclass(frozen=True)
+class Undecodable:
+    """Stands in for a request whose bytes did not decode; carries the violations found."""
+
+    violations: list[FieldViolation]
+
+
+class _Malformed(Exception):
+    pass
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise _Malformed
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+
+
+def _invalid_strings(data: bytes, descriptor: Descriptor, path: str, out: list[str]) -> None:
+    pos = 0
+    while pos < len(data):
+        tag, pos = _varint(data, pos)
+        number, wire_type = tag >> 3, tag & 7
+        if wire_type == 0:
+            _, pos = _varint(data, pos)
+            continue
+        if wire_type in (1, 5):
+            pos += 8 if wire_type == 1 else 4
+            continue
+        if wire_type != 2:
+            raise _Malformed
+        length, pos = _varint(data, pos)
+        payload, pos = data[pos : pos + length], pos + length
+        if pos > len(data):
+            raise _Malformed
+        field = descriptor.fields_by_number.get(number)
+        if field is None:
+            continue
+        name = f"{path}.{field.name}" if path else field.name
+        if field.type == FieldDescriptor.TYPE_STRING:
+            try:
+                payload.decode("utf-8")
+            except UnicodeDecodeError:
+                out.append(name)
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            sub = field.message_type
+            if sub.GetOptions().map_entry:
+                _invalid_strings(payload, sub, "", inner := [])
+                if inner:
+                    out.append(name)
+            elif sub.full_name in _OPAQUE:
+                _invalid_strings(payload, sub, "", inner := [])
+                if inner:
+                    out.append(name)
+            else:
+                _invalid_strings(payload, sub, name, out)
+
+
+def diagnose(data: bytes, descriptor: Descriptor) -> list[FieldViolation]:
+    """Explains why ``data`` does not decode as ``descriptor``."""
+    found: list[str] = []
+    try:
+        _invalid_strings(data, descriptor, "", found)
+    except _Malformed:
+        return [FieldViolation("request", "is not a valid protobuf message")]
+    if not found:
+        return [FieldViolation("request", "is not a valid protobuf message")]
+    return [FieldViolation(name, "is not valid UTF-8") for name in dict.fromkeys(found)]
+
+
+def deserializer(message_type: type[M]) -> Callable[[bytes], M | Undecodable]:
+    """A grpc request deserializer that never raises: undecodable bytes become :class:`Undecodable`."""
+
+    def decode(data: bytes) -> M | Undecodable:
+        try:
+            return message_type.FromString(data)
+        except DecodeError:
+            return Undecodable(diagnose(data, message_type.DESCRIPTOR))
+
+    return decode

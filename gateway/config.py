@@ -1,0 +1,230 @@
+"""Configuration: frozen dataclasses per section, loaded once from YAML, ``AGENTAUDIT_*`` env vars and flags.
+
+Precedence: flags > environment > file > defaults. Environment variables are named
+``AGENTAUDIT_<SECTION>_<KEY>`` (``AGENTAUDIT_AUDIT_HASH_ARGS=false``, ``AGENTAUDIT_SERVER_LISTEN=a,b``).
+Relative paths in a file are resolved against the file's directory. Every problem is a :class:`ConfigError`
+naming the key. The reference is docs/configuration.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gateway.errors import ConfigError
+
+ENV_PREFIX = "AGENTAUDIT_"
+DEFAULT_TCP_PORT = 7419
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Listeners and request limits of the agent-facing GatewayService."""
+
+    listen: tuple[str, ...] = ("unix://gateway.sock", f"127.0.0.1:{DEFAULT_TCP_PORT}")
+    max_args_bytes: int = 64 * 1024
+    max_depth: int = 32
+    max_message_bytes: int = 1024 * 1024
+    shutdown_grace_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class JournalConfig:
+    """Where the journal lives and how the writer commits."""
+
+    path: Path = Path("journal.db")
+    signing_key: Path = Path("signing.key")
+    busy_timeout_ms: int = 5000
+    max_batch: int = 512
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """Data safety of what is recorded (DESIGN §6 block, accepted as written)."""
+
+    sink: str = "append_only"
+    retention_days: int = 180
+    redact_fields: tuple[str, ...] = ("email", "phone", "card_number")
+    hash_args: bool = True
+    sign_events: bool = True
+    hmac_key: Path = Path("hmac.key")
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """Which policy file is evaluated."""
+
+    path: Path = Path("policy.yaml")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """Diagnostics on stderr (never the journal)."""
+
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole sidecar configuration."""
+
+    server: ServerConfig = field(default_factory=ServerConfig)
+    journal: JournalConfig = field(default_factory=JournalConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+_LISTEN_RE = re.compile(r"^(unix://.+|[A-Za-z0-9.\-]+:\d{1,5}|\[[0-9a-fA-F:]+\]:\d{1,5})$")
+
+
+def _coerce(key: str, value: Any, annotation: Any, base: Path) -> Any:
+    """Converts a YAML or env value to the field's type, or raises ConfigError naming the key."""
+    origin = typing.get_origin(annotation)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
+    if annotation is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    if annotation is Path:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{key}: expected a path, got {value!r}")
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else base / path
+    if origin is tuple:
+        items = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
+            raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
+        return tuple(items)
+    raise ConfigError(f"{key}: unsupported type")  # pragma: no cover - a programming error
+
+
+def _section(name: str, cls: type[Any], raw: Any, env: Mapping[str, str], base: Path) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{name}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ConfigError(f"{name}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(names))})")
+    values = {k: _coerce(f"{name}.{k}", v, hints[k], base) for k, v in raw.items()}
+    for k in names:
+        env_name = f"{ENV_PREFIX}{name}_{k}".upper()
+        if env_name in env:
+            values[k] = _coerce(env_name, env[env_name], hints[k], Path.cwd())
+    instance = cls(**values)
+    # Defaults that are relative paths resolve against the config file's directory too.
+    for f in dataclasses.fields(cls):
+        current = getattr(instance, f.name)
+        if isinstance(current, Path) and not current.is_absolute():
+            instance = dataclasses.replace(instance, **{f.name: base / current})
+    return instance
+
+
+def _resolve_listen(listen: tuple[str, ...], base: Path) -> tuple[str, ...]:
+    out = []
+    for address in listen:
+        if not _LISTEN_RE.match(address):
+            raise ConfigError(f"server.listen: {address!r} is not unix:///path or HOST:PORT")
+        if address.startswith("unix://"):
+            path = Path(address[len("unix://") :])
+            address = f"unix://{path if path.is_absolute() else (base / path).resolve()}"
+        out.append(address)
+    return tuple(out)
+
+
+def _validate(cfg: Config) -> None:
+    if cfg.audit.sink != "append_only":
+        raise ConfigError(f"audit.sink: only 'append_only' is supported, got {cfg.audit.sink!r}")
+    if not cfg.audit.sign_events:
+        raise ConfigError("audit.sign_events: false is not supported: every journal entry is signed")
+    if cfg.audit.retention_days < 1:
+        raise ConfigError("audit.retention_days: must be at least 1")
+    if not cfg.server.listen:
+        raise ConfigError("server.listen: at least one address is required")
+    for key, value, low, high in (
+        ("server.max_args_bytes", cfg.server.max_args_bytes, 1, 16 * 1024 * 1024),
+        ("server.max_depth", cfg.server.max_depth, 1, 100),
+        ("server.max_message_bytes", cfg.server.max_message_bytes, 4096, 64 * 1024 * 1024),
+        ("journal.busy_timeout_ms", cfg.journal.busy_timeout_ms, 0, 600_000),
+        ("journal.max_batch", cfg.journal.max_batch, 1, 100_000),
+    ):
+        if not low <= value <= high:
+            raise ConfigError(f"{key}: {value} is outside {low}..{high}")
+    if cfg.log.level.lower() not in _LOG_LEVELS:
+        raise ConfigError(f"log.level: expected one of {', '.join(_LOG_LEVELS)}, got {cfg.log.level!r}")
+
+
+def load(
+    path: Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    listen: list[str] | None = None,
+    base_dir: Path | None = None,
+) -> Config:
+    """Loads and validates the configuration once.
+
+    Args:
+        path: YAML file; None uses defaults only.
+        env: environment (``AGENTAUDIT_*`` keys are read); None reads nothing.
+        listen: ``--listen`` flags; when given they replace ``server.listen``.
+        base_dir: directory relative paths resolve against when there is no file (defaults to cwd).
+    """
+    env = env or {}
+    raw: dict[str, Any] = {}
+    base = (base_dir or Path.cwd()).resolve()
+    if path is not None:
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: invalid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: top level must be a mapping")
+        raw = loaded or {}
+        base = path.resolve().parent
+    sections = {f.name: typing.get_type_hints(Config)[f.name] for f in dataclasses.fields(Config)}
+    unknown = sorted(set(raw) - set(sections))
+    if unknown:
+        raise ConfigError(f"unknown section(s) {', '.join(unknown)} (known: {', '.join(sections)})")
+    parts = {name: _section(name, cls, raw.get(name), env, base) for name, cls in sections.items()}
+    cfg = Config(**parts)
+    server = cfg.server
+    if listen:
+        server = dataclasses.replace(server, listen=tuple(listen))
+    server = dataclasses.replace(server, listen=_resolve_listen(server.listen, base))
+    cfg = dataclasses.replace(cfg, server=server)
+    _validate(cfg)
+    return cfg
+
+

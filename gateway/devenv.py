@@ -1,0 +1,79 @@
+"""``agentaudit dev``: a zero-configuration local environment in one directory.
+
+Creates (or reuses) ``DIR/signing.key`` (0600), ``DIR/signing.pub``, ``DIR/hmac.key`` (0600),
+``DIR/policy.yaml`` (the example policy) and ``DIR/agentaudit.yaml`` (a config documenting every default),
+and returns a :class:`Config` whose relative paths point into ``DIR``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from gateway import config as config_mod
+from gateway.config import DEFAULT_TCP_PORT, Config
+from gateway.policy.rulefile import EXAMPLE_POLICY
+from gateway.redaction import create_hmac_key
+from gateway.signing import Ed25519Signer, write_secret_file
+
+CONFIG_FILE = "agentaudit.yaml"
+SOCKET_FILE = "gateway.sock"
+
+EXAMPLE_CONFIG = f"""\
+# agentaudit configuration (created by `agentaudit dev`; see docs/configuration.md).
+# Relative paths resolve against this file's directory.
+server:
+  listen: ["unix://{SOCKET_FILE}", "127.0.0.1:{DEFAULT_TCP_PORT}"]
+  max_args_bytes: 65536
+  max_depth: 32
+journal:
+  path: journal.db
+  signing_key: signing.key
+audit:
+  sink: append_only
+  retention_days: 180
+  redact_fields: ["email", "phone", "card_number"]
+  hash_args: true
+  sign_events: true
+  hmac_key: hmac.key
+policy:
+  path: policy.yaml
+log:
+  level: info
+"""
+
+
+def default_origin() -> str:
+    """The dev journal's origin (also the signing key's name)."""
+    host = "".join(c for c in socket.gethostname() if c.isalnum() or c in "-.") or "localhost"
+    return f"agentaudit-dev/{host}"
+
+
+def ensure_keys(directory: Path, origin: str) -> list[str]:
+    """Creates the signing key pair and the HMAC key in ``directory`` if missing; returns what it created."""
+    created = []
+    key_path, pub_path, hmac_path = directory / "signing.key", directory / "signing.pub", directory / "hmac.key"
+    if not key_path.exists():
+        signer = Ed25519Signer.generate(origin)
+        write_secret_file(key_path, signer.encode_private() + "\n")
+        pub_path.write_text(signer.verifier.encode() + "\n")
+        created += [key_path.name, pub_path.name]
+    if not hmac_path.exists():
+        create_hmac_key(hmac_path)
+        created.append(hmac_path.name)
+    return created
+
+
+def prepare(directory: Path, listen: list[str] | None, env: dict[str, str]) -> tuple[Config, list[str]]:
+    """Creates what is missing in ``directory`` and loads its configuration."""
+    directory.mkdir(parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
+    created = ensure_keys(directory, default_origin())
+    for name, text in ((CONFIG_FILE, EXAMPLE_CONFIG), ("policy.yaml", EXAMPLE_POLICY)):
+        path = directory / name
+        if not path.exists():
+            path.write_text(text)
+            created.append(name)
+    cfg = config_mod.load(directory / CONFIG_FILE, env=env, listen=listen, base_dir=directory)
+    return cfg, created

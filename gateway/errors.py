@@ -1,0 +1,123 @@
+"""The error tree of agentaudit and its single translation to gRPC status.
+
+::
+
+    AgentAuditError
+    ├── ConfigError                 bad configuration or policy file (CLI exit 2)
+    │   └── SigningKeyError         key file unreadable, malformed or too permissive
+    ├── InvalidRequestError         a request field is invalid   → INVALID_ARGUMENT + BadRequest
+    ├── NotFoundError               an id is unknown             → NOT_FOUND
+    ├── FailedPreconditionError     request not allowed in state → FAILED_PRECONDITION
+    │   └── ViolationError          result reported for an action that was not allowed
+    ├── OverloadedError             retry later                  → RESOURCE_EXHAUSTED
+    ├── NotImplementedYetError      RPC not available yet        → UNIMPLEMENTED
+    └── JournalError
+        ├── JournalUnavailableError the journal cannot be written (Decide fails closed)
+        └── MalformedEntryError     stored bytes are not a journal entry
+
+A deny is not an error: ``stop`` and ``approval_required`` are ``Decision`` values. Anything else that reaches
+:func:`to_status` is an internal fault: the client gets a generic message and the detail goes to the log.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+
+class AgentAuditError(Exception):
+    """Base of every error raised on purpose by agentaudit."""
+
+
+class ConfigError(AgentAuditError):
+    """Configuration, policy or key material is invalid; the message says where and why."""
+
+
+class SigningKeyError(ConfigError):
+    """A key file cannot be read or parsed, or its permissions are unsafe."""
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One invalid field of a request: its path (``action.args``) and what is wrong."""
+
+    field: str
+    description: str
+
+
+class InvalidRequestError(AgentAuditError):
+    """The request is malformed; ``violations`` names each bad field."""
+
+    def __init__(self, violations: list[FieldViolation]) -> None:
+        super().__init__("; ".join(f"{v.field}: {v.description}" for v in violations))
+        self.violations = violations
+
+
+class NotFoundError(AgentAuditError):
+    """An id in the request names nothing known."""
+
+
+class FailedPreconditionError(AgentAuditError):
+    """The request is well-formed but not allowed in the current state."""
+
+
+class ViolationError(FailedPreconditionError):
+    """Execution was reported for an action that was stopped or not approved (journaled as a violation)."""
+
+
+class NotImplementedYetError(AgentAuditError):
+    """The RPC exists in the API but is not available in this version."""
+
+
+class OverloadedError(AgentAuditError):
+    """The service is saturated; the client should retry later."""
+
+
+class JournalError(AgentAuditError):
+    """Base of journal failures."""
+
+
+class JournalUnavailableError(JournalError):
+    """The journal could not durably record an entry."""
+
+
+class MalformedEntryError(JournalError):
+    """Bytes do not decode as a journal entry."""
+
+
+_CODES: list[tuple[type[AgentAuditError], grpc.StatusCode]] = [
+    (InvalidRequestError, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFoundError, grpc.StatusCode.NOT_FOUND),
+    (FailedPreconditionError, grpc.StatusCode.FAILED_PRECONDITION),
+    (OverloadedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (NotImplementedYetError, grpc.StatusCode.UNIMPLEMENTED),
+    (JournalUnavailableError, grpc.StatusCode.UNAVAILABLE),
+]
+
+
+def to_status(exc: BaseException) -> grpc.Status:
+    """Maps an exception to the gRPC status a client sees. The one place this translation happens."""
+    for cls, code in _CODES:
+        if isinstance(exc, cls):
+            message = str(exc) if not isinstance(exc, JournalUnavailableError) else "journal unavailable"
+            break
+    else:
+        code, message = grpc.StatusCode.INTERNAL, "internal error"
+    proto = status_pb2.Status(code=getattr(code_pb2, code.name), message=message)
+    if isinstance(exc, InvalidRequestError):
+        detail = any_pb2.Any()
+        detail.Pack(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                    for v in exc.violations
+                ]
+            )
+        )
+        proto.details.append(detail)
+    status: grpc.Status = rpc_status.to_status(proto)
+    return status

@@ -1,0 +1,1 @@
+"""The signed, hash-chained, append-only journal (see docs/journal.md)."""

@@ -1,0 +1,80 @@
+"""RFC 6962 Merkle tree hash over journal leaf hashes, computed in one streaming pass.
+
+RFC 6962 §2.1 defines, for leaves ``D[0:n]``::
+
+    MTH({})     = SHA-256()
+    MTH({d0})   = d0          (here d0 is already the entry's leaf hash, SHA-256(0x00 | ...))
+    MTH(D[0:n]) = SHA-256(0x01 | MTH(D[0:k]) | MTH(D[k:n]))   k = largest power of two smaller than n
+
+The journal stores leaf hashes, not leaf data, so the inputs are the 32-byte ``SHA-256(0x00 | entry |
+signature)`` values. The tree for ``n`` leaves is a sequence of perfect subtrees, one per set bit of ``n``,
+largest on the left, and MTH folds them right to left. :class:`MerkleRoot` keeps only those subtree roots (at
+most 64 hashes), so a million-entry journal is hashed in constant memory.
+
+Pure (no I/O): the offline verifier, the checkpoint writer and the collector share it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+
+HASH_SIZE = 32
+EMPTY_ROOT = hashlib.sha256(b"").digest()
+_NODE_PREFIX = b"\x01"
+
+
+def node_hash(left: bytes, right: bytes) -> bytes:
+    """RFC 6962 interior node hash: SHA-256(0x01 | left | right)."""
+    return hashlib.sha256(_NODE_PREFIX + left + right).digest()
+
+
+class MerkleRoot:
+    """Accumulates leaf hashes in order and yields the RFC 6962 root of everything appended so far."""
+
+    def __init__(self) -> None:
+        # Roots of the perfect subtrees covering the leaves so far, largest (leftmost) first, with their
+        # heights. Heights strictly decrease along the list, like the set bits of ``size``.
+        self._stack: list[tuple[int, bytes]] = []
+        self.size = 0
+
+    def append(self, leaf: bytes) -> None:
+        """Adds the next leaf hash (32 bytes) at the right edge of the tree.
+
+        Raises:
+            ValueError: ``leaf`` is not a 32-byte hash.
+        """
+        if len(leaf) != HASH_SIZE:
+            raise ValueError(f"leaf hash must be {HASH_SIZE} bytes, got {len(leaf)}")
+        height, digest = 0, leaf
+        # Two perfect subtrees of equal height merge into one a level up (a binary-counter carry); the
+        # left operand is the older one, matching RFC 6962's left-to-right leaf order.
+        while self._stack and self._stack[-1][0] == height:
+            _, left = self._stack.pop()
+            height, digest = height + 1, node_hash(left, digest)
+        self._stack.append((height, digest))
+        self.size += 1
+
+    def root(self) -> bytes:
+        """Returns MTH over the leaves appended so far (SHA-256 of the empty string when there are none)."""
+        if not self._stack:
+            return EMPTY_ROOT
+        # The rightmost (smallest) subtree is the innermost right operand of the recursive definition: for
+        # n = 4 + 2 + 1, MTH = H(P4, H(P2, P1)), where P4 is exactly MTH(D[0:4]) since 4 is the largest power
+        # of two below 7, and likewise all the way down.
+        digest = self._stack[-1][1]
+        for _, left in reversed(self._stack[:-1]):
+            digest = node_hash(left, digest)
+        return digest
+
+
+def rfc6962_root(leaf_hashes: Iterable[bytes]) -> bytes:
+    """Returns the RFC 6962 Merkle tree hash of ``leaf_hashes``, consuming the iterable once.
+
+    Raises:
+        ValueError: a leaf hash is not 32 bytes.
+    """
+    tree = MerkleRoot()
+    for leaf in leaf_hashes:
+        tree.append(leaf)
+    return tree.root()

@@ -1,0 +1,81 @@
+"""SQLite schema of the journal and the mapping from a signed body to its indexed columns.
+
+The columns after ``leaf_hash`` are a convenience index parsed from the signed body when the entry is written;
+they are never trusted: ``verify`` recomputes them from the stored entry bytes and reports any disagreement.
+Pure (no I/O), so the writer, the reader and the offline verifier share one definition.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+SCHEMA_VERSION = "1"
+
+# Body field → column. ``link_event_id`` holds the pre-event a post-event or violation refers to.
+INDEXED_FIELDS: tuple[tuple[str, str], ...] = (
+    ("kind", "kind"),
+    ("event_id", "event_id"),
+    ("run_id", "run_id"),
+    ("step_id", "step_id"),
+    ("tenant_id", "tenant_id"),
+    ("agent_id", "agent_id"),
+    ("action", "action"),
+    ("decision", "decision"),
+    ("reason", "reason"),
+    ("action_key", "action_key"),
+    ("pre_event_id", "link_event_id"),
+)
+COLUMNS: tuple[str, ...] = ("seq", "entry", "signature", "leaf_hash", "unix_nanos") + tuple(
+    column for _, column in INDEXED_FIELDS
+)
+
+DDL = """
+CREATE TABLE IF NOT EXISTS journal_meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) STRICT;
+
+CREATE TABLE IF NOT EXISTS journal (
+    seq           INTEGER PRIMARY KEY,   -- equals the seq inside entry; contiguous from 0
+    entry         BLOB NOT NULL,         -- exact signed envelope bytes (docs/journal.md)
+    signature     BLOB NOT NULL,         -- Ed25519 over the domain-separated entry
+    leaf_hash     BLOB NOT NULL,         -- SHA-256(0x00 | entry | signature)
+    unix_nanos    INTEGER NOT NULL,
+    kind          TEXT NOT NULL,
+    event_id      TEXT NOT NULL,
+    run_id        TEXT,
+    step_id       INTEGER,
+    tenant_id     TEXT,
+    agent_id      TEXT,
+    action        TEXT,
+    decision      TEXT,
+    reason        TEXT,
+    action_key    TEXT,
+    link_event_id TEXT
+) STRICT;
+
+CREATE UNIQUE INDEX IF NOT EXISTS journal_event_id ON journal (event_id);
+CREATE INDEX IF NOT EXISTS journal_run ON journal (run_id, step_id) WHERE run_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS journal_link ON journal (link_event_id) WHERE link_event_id IS NOT NULL;
+
+-- Append-only: the only way in is INSERT. Retention pruning (later) goes through a signed prune marker.
+CREATE TRIGGER IF NOT EXISTS journal_no_update BEFORE UPDATE ON journal
+BEGIN SELECT RAISE(ABORT, 'journal is append-only: UPDATE refused'); END;
+CREATE TRIGGER IF NOT EXISTS journal_no_delete BEFORE DELETE ON journal
+BEGIN SELECT RAISE(ABORT, 'journal is append-only: DELETE refused'); END;
+CREATE TRIGGER IF NOT EXISTS journal_meta_no_update BEFORE UPDATE ON journal_meta
+BEGIN SELECT RAISE(ABORT, 'journal_meta is append-only: UPDATE refused'); END;
+CREATE TRIGGER IF NOT EXISTS journal_meta_no_delete BEFORE DELETE ON journal_meta
+BEGIN SELECT RAISE(ABORT, 'journal_meta is append-only: DELETE refused'); END;
+"""
+
+INSERT_SQL = f"INSERT INTO journal ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+
+
+def indexed_values(body: dict[str, Any]) -> tuple[Any, ...]:
+    """The indexed column values for a body, in ``INDEXED_FIELDS`` order (None where the body lacks one)."""
+    values = []
+    for field, _ in INDEXED_FIELDS:
+        value = body.get(field)
+        values.append(value if value != "" else None)
+    return tuple(values)

@@ -1,0 +1,224 @@
+"""The journal's single writer: group commit of signed, hash-chained entries to SQLite.
+
+Handlers call :meth:`JournalWriter.append` and await a :class:`Receipt`. One asyncio task owns the write path:
+it takes every append that is waiting (up to ``max_batch``), hands the whole batch to one dedicated thread,
+which assigns seq numbers, builds and signs each envelope, chains the leaf hashes and commits the batch in one
+transaction (WAL, ``synchronous=FULL``: durable on return), then resolves every receipt. There is exactly one
+thread hand-off per batch, never per entry, and no deliberate wait to grow a batch: whatever queued while the
+previous commit ran is the next batch.
+
+If a commit fails, every append of that batch fails with :class:`JournalUnavailableError` (callers fail closed),
+the writer re-reads the journal tail so seq and chain stay exact, and later appends are tried afresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import ConfigError, JournalUnavailableError
+from gateway.journal.entry import ZERO_HASH, encode_entry, leaf_hash, signature_payload
+from gateway.journal.schema import DDL, INSERT_SQL, SCHEMA_VERSION
+from gateway.signing import Ed25519Signer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """Proof that an entry is durably committed: its seq and leaf hash."""
+
+    seq: int
+    leaf_hash: bytes
+
+
+@dataclass
+class _Append:
+    kind: int
+    body: bytes
+    unix_nanos: int
+    columns: tuple[Any, ...]
+    future: asyncio.Future[Receipt] = field(repr=False)
+
+
+def open_connection(path: Path, *, busy_timeout_ms: int) -> sqlite3.Connection:
+    """Opens the journal database for writing with the durability settings the invariants require."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+    return conn
+
+
+class JournalWriter:
+    """Owns the journal database's write connection and the single writer task."""
+
+    def __init__(
+        self,
+        path: Path,
+        signer: Ed25519Signer,
+        *,
+        max_batch: int = 512,
+        busy_timeout_ms: int = 5000,
+    ) -> None:
+        self.path = path
+        self.origin = signer.name
+        self._signer = signer
+        self._max_batch = max_batch
+        self._busy_timeout_ms = busy_timeout_ms
+        # One thread: SQLite connections and the seq/chain state are touched by this thread only.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal-writer")
+        self._conn: sqlite3.Connection | None = None
+        self._next_seq = 0
+        self._prev_hash = ZERO_HASH
+        self._pending: list[_Append] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.batches_committed = 0
+        self.last_batch_size = 0
+
+    @property
+    def size(self) -> int:
+        """Number of committed entries (the next seq)."""
+        return self._next_seq
+
+    async def start(self) -> None:
+        """Opens (creating if needed) the journal, checks its identity and starts the writer task."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._open)
+        self._task = asyncio.create_task(self._run(), name="journal-writer")
+
+    def _open(self) -> None:
+        if not self.path.exists():
+            # Create it private: the journal holds redacted, but still sensitive, business facts.
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        try:
+            conn = open_connection(self.path, busy_timeout_ms=self._busy_timeout_ms)
+            conn.executescript(DDL)
+            conn.execute("BEGIN IMMEDIATE")
+            meta = dict(conn.execute("SELECT key, value FROM journal_meta").fetchall())
+            if not meta:
+                conn.executemany(
+                    "INSERT INTO journal_meta (key, value) VALUES (?, ?)",
+                    [("schema_version", SCHEMA_VERSION), ("origin", self.origin)],
+                )
+                meta = {"schema_version": SCHEMA_VERSION, "origin": self.origin}
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise JournalUnavailableError(f"cannot open journal {self.path}: {exc}") from exc
+        if meta.get("origin") != self.origin:
+            conn.close()
+            raise ConfigError(
+                f"journal {self.path} belongs to origin {meta.get('origin')!r} but the signing key is for "
+                f"{self.origin!r}; use that journal's key or a new journal file"
+            )
+        if meta.get("schema_version") != SCHEMA_VERSION:
+            conn.close()
+            raise ConfigError(f"journal {self.path} has schema version {meta.get('schema_version')!r}")
+        self._conn = conn
+        self._load_tail()
+
+    def _load_tail(self) -> None:
+        assert self._conn is not None
+        row = self._conn.execute("SELECT seq, leaf_hash FROM journal ORDER BY seq DESC LIMIT 1").fetchone()
+        self._next_seq, self._prev_hash = (0, ZERO_HASH) if row is None else (row[0] + 1, bytes(row[1]))
+
+    async def append(self, kind: int, body: bytes, columns: tuple[Any, ...], unix_nanos: int) -> Receipt:
+        """Queues one entry and returns once it is durably committed.
+
+        Raises:
+            JournalUnavailableError: the entry could not be committed (the caller must fail closed).
+        """
+        if self._closing or self._task is None:
+            raise JournalUnavailableError("journal writer is not running")
+        future: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Append(kind, body, unix_nanos, columns, future))
+        self._wake.set()
+        # A caller that goes away (client hung up) must not cancel an append that may already be committing.
+        return await asyncio.shield(future)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                batch = self._pending[: self._max_batch]
+                del self._pending[: self._max_batch]
+                try:
+                    receipts = await loop.run_in_executor(self._executor, self._commit, batch)
+                except Exception as exc:
+                    log.error("journal commit of %d entries failed: %s", len(batch), exc)
+                    for item in batch:
+                        if not item.future.done():
+                            item.future.set_exception(JournalUnavailableError(str(exc)))
+                    continue
+                for item, receipt in zip(batch, receipts, strict=True):
+                    if not item.future.done():
+                        item.future.set_result(receipt)
+            if self._closing:
+                return
+
+    def _commit(self, batch: Sequence[_Append]) -> list[Receipt]:
+        """Runs on the writer thread: seq, envelope, signature, chain, one transaction."""
+        conn = self._conn
+        if conn is None:
+            raise JournalUnavailableError("journal is closed")
+        seq, prev = self._next_seq, self._prev_hash
+        key_id, origin, sign = self._signer.key_id, self.origin, self._signer.sign
+        rows = []
+        receipts = []
+        for item in batch:
+            entry = encode_entry(item.kind, seq, item.unix_nanos, prev, key_id, item.body)
+            signature = sign(signature_payload(origin, entry))
+            digest = leaf_hash(entry, signature)
+            rows.append((seq, entry, signature, digest, item.unix_nanos, *item.columns))
+            receipts.append(Receipt(seq, digest))
+            prev = digest
+            seq += 1
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(INSERT_SQL, rows)
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            with contextlib.suppress(sqlite3.Error):
+                self._load_tail()
+            raise JournalUnavailableError(f"commit failed: {exc}") from exc
+        self._next_seq, self._prev_hash = seq, prev
+        self.batches_committed += 1
+        self.last_batch_size = len(rows)
+        return receipts
+
+    async def aclose(self) -> None:
+        """Stops accepting appends, commits everything already queued, then closes the database."""
+        if self._closing:
+            return
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._close)
+        self._executor.shutdown(wait=True)
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def now_nanos() -> int:
+    """Wall-clock time in nanoseconds (the entry timestamp)."""
+    return time.time_ns()

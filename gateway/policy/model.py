@@ -1,0 +1,59 @@
+"""Decision values and the engine interface. A deny is a value, never an exception."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+class Verdict(enum.StrEnum):
+    """What the agent is told to do."""
+
+    ALLOW = "allow"
+    STOP = "stop"
+    APPROVAL_REQUIRED = "approval_required"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of evaluating one proposed action, naming the layer and rule that decided."""
+
+    verdict: Verdict
+    reason: str
+    layer: str
+    rule: str
+    policy_version: str
+    retry_after_s: float | None = None
+
+
+@dataclass(frozen=True)
+class ActionRequest:
+    """A validated Decide request, as policy sees it (args are the raw, unredacted values)."""
+
+    run_id: str
+    step_id: int
+    tenant_id: str
+    actor_type: str
+    actor_id: str
+    agent_id: str
+    action: str
+    args: Mapping[str, Any]
+    scope: str
+    approval_id: str = ""
+    traceparent: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+class PolicyEngine(Protocol):
+    """Evaluates requests against one loaded policy document. Must be pure and fast (no I/O)."""
+
+    @property
+    def version(self) -> str:
+        """Hash of the canonical policy document (``policy_version`` in every decision)."""
+        ...
+
+    def evaluate(self, request: ActionRequest) -> Decision:
+        """Returns the decision for ``request``."""
+        ...

@@ -1,0 +1,264 @@
+"""Turns decisions and results into signed journal events (the audit side of Decide and ReportResult).
+
+Bodies always carry the same fields for a kind (schema-consistent events), canonicalised once with RFC 8785 and
+handed to the journal writer as bytes: what is signed is what is stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gateway import reasons
+from gateway.canonical import canonical_json
+from gateway.errors import NotFoundError, ViolationError
+from gateway.ids import new_event_id, rfc3339_nanos
+from gateway.journal.entry import EventKind
+from gateway.journal.schema import indexed_values
+from gateway.journal.store import JournalReader, StoredEvent
+from gateway.journal.writer import JournalWriter, Receipt, now_nanos
+from gateway.policy.model import ActionRequest, Decision, Verdict
+from gateway.redaction import Redactor
+
+log = logging.getLogger(__name__)
+
+_CACHE_SIZE = 65_536
+
+
+@dataclass(frozen=True)
+class PreparedAction:
+    """Args after redaction and digesting: what may be stored."""
+
+    action_key: str
+    args_digest: str
+    redacted_args: Any
+    redacted_paths: list[str]
+
+
+@dataclass(frozen=True)
+class RecordedEvent:
+    """A committed event: id plus its receipt."""
+
+    event_id: str
+    receipt: Receipt
+
+
+@dataclass(frozen=True)
+class ResultOutcome:
+    """What ReportResult answers: the post-event id, whether it already existed, whether it is a violation."""
+
+    event_id: str
+    duplicate: bool
+    violation: bool = False
+
+
+def _trace_ids(traceparent: str) -> tuple[str, str]:
+    if not traceparent:
+        return "", ""
+    parts = traceparent.split("-")
+    return parts[1], parts[2]
+
+
+class AuditRecorder:
+    """Builds event bodies, appends them, and tracks which pre-events already have a result."""
+
+    def __init__(self, writer: JournalWriter, reader: JournalReader, redactor: Redactor) -> None:
+        self._writer = writer
+        self._reader = reader
+        self._redactor = redactor
+        self.origin = writer.origin
+        # Recent pre-events, so ReportResult rarely needs a database read.
+        self._pre_events: OrderedDict[str, StoredEvent] = OrderedDict()
+        # Per pre-event: the (possibly in-flight) result, so concurrent duplicate reports journal once.
+        self._results: OrderedDict[str, asyncio.Future[ResultOutcome]] = OrderedDict()
+
+    def prepare(self, action: str, args: Mapping[str, Any]) -> PreparedAction:
+        """Redacts and digests args; computes the action key."""
+        canonical, redacted, paths = self._redactor.prepare(args, "args")
+        return PreparedAction(
+            action_key=self._redactor.action_key(action, canonical),
+            args_digest=self._redactor.digest(canonical),
+            redacted_args=redacted,
+            redacted_paths=paths,
+        )
+
+    async def _append(self, kind: EventKind, body: dict[str, Any], nanos: int) -> Receipt:
+        return await self._writer.append(kind, canonical_json(body), indexed_values(body), nanos)
+
+    async def record_started(self, details: Mapping[str, Any]) -> RecordedEvent:
+        """Journals a ``journal_started`` lifecycle event (one per sidecar start)."""
+        nanos = now_nanos()
+        body = {
+            "event_id": new_event_id(),
+            "kind": EventKind.JOURNAL_STARTED.label,
+            "timestamp": rfc3339_nanos(nanos),
+            "origin": self.origin,
+            **details,
+        }
+        receipt = await self._append(EventKind.JOURNAL_STARTED, body, nanos)
+        return RecordedEvent(body["event_id"], receipt)
+
+    async def record_decision(
+        self, request: ActionRequest, prepared: PreparedAction, decision: Decision, approval_id: str
+    ) -> RecordedEvent:
+        """Journals the pre-event of a Decide; returns only once it is durable.
+
+        Raises:
+            JournalUnavailableError: it could not be recorded (the caller fails closed).
+        """
+        nanos = now_nanos()
+        trace_id, span_id = _trace_ids(request.traceparent)
+        event_id = new_event_id()
+        body = {
+            "event_id": event_id,
+            "kind": EventKind.PRE_EXEC.label,
+            "timestamp": rfc3339_nanos(nanos),
+            "run_id": request.run_id,
+            "step_id": request.step_id,
+            "tenant_id": request.tenant_id,
+            "actor": {"type": request.actor_type, "id": request.actor_id},
+            "agent_id": request.agent_id,
+            "action": request.action,
+            "args": prepared.redacted_args,
+            "args_digest": prepared.args_digest,
+            "redacted_paths": prepared.redacted_paths,
+            "action_key": prepared.action_key,
+            "scope": request.scope,
+            "decision": decision.verdict.value,
+            "reason": decision.reason,
+            "policy_layer": decision.layer,
+            "policy_rule": decision.rule,
+            "policy_version": decision.policy_version,
+            "retry_after_ms": None if decision.retry_after_s is None else round(decision.retry_after_s * 1000),
+            "approval_id": approval_id,
+            "resumed_approval_id": request.approval_id,
+            "trace_id": trace_id,
+            "span_id": span_id,
+            "labels": dict(request.labels),
+        }
+        receipt = await self._append(EventKind.PRE_EXEC, body, nanos)
+        self._remember(
+            StoredEvent(
+                receipt.seq,
+                receipt.leaf_hash,
+                EventKind.PRE_EXEC.label,
+                event_id,
+                request.run_id,
+                request.step_id,
+                request.tenant_id,
+                request.agent_id or None,
+                request.action,
+                decision.verdict.value,
+                decision.reason,
+                prepared.action_key,
+                None,
+            )
+        )
+        return RecordedEvent(event_id, receipt)
+
+    def _remember(self, event: StoredEvent) -> None:
+        self._pre_events[event.event_id] = event
+        if len(self._pre_events) > _CACHE_SIZE:
+            self._pre_events.popitem(last=False)
+
+    async def _pre_event(self, event_id: str) -> StoredEvent:
+        event = self._pre_events.get(event_id)
+        if event is None:
+            event = await self._reader.find_event(event_id)
+        if event is None or event.kind != EventKind.PRE_EXEC.label:
+            raise NotFoundError(f"event_id {event_id!r} names no pre-event in this journal")
+        return event
+
+    async def record_result(
+        self, event_id: str, status: str, error: str, output: Mapping[str, Any], duration_ns: int | None
+    ) -> ResultOutcome:
+        """Journals the post-event of a pre-event, once; a repeat answers the first post-event.
+
+        Reporting execution of an action that was not allowed journals a ``violation`` and raises.
+
+        Raises:
+            NotFoundError: no such pre-event.
+            ViolationError: the pre-event was not ``allow`` (a violation was journaled).
+            JournalUnavailableError: the post-event could not be recorded.
+        """
+        pending = self._results.get(event_id)
+        if pending is not None:
+            outcome = dataclasses.replace(await asyncio.shield(pending), duplicate=True)
+        else:
+            future: asyncio.Future[ResultOutcome] = asyncio.get_running_loop().create_future()
+            self._results[event_id] = future
+            if len(self._results) > _CACHE_SIZE:
+                self._results.popitem(last=False)
+            try:
+                outcome = await self._record_result_once(event_id, status, error, output, duration_ns)
+            except BaseException as exc:
+                # Not recorded (unknown id, journal down): forget it, so a retry tries afresh.
+                self._results.pop(event_id, None)
+                future.set_exception(exc)
+                future.exception()  # retrieved here; concurrent waiters re-raise it themselves
+                raise
+            future.set_result(outcome)
+        if outcome.violation:
+            raise ViolationError(
+                f"event {event_id} was not allowed; reporting its execution is a violation "
+                f"(journaled as {outcome.event_id})"
+            )
+        return outcome
+
+    async def _record_result_once(
+        self, event_id: str, status: str, error: str, output: Mapping[str, Any], duration_ns: int | None
+    ) -> ResultOutcome:
+        pre = await self._pre_event(event_id)
+        existing = await self._reader.find_result(event_id)
+        if existing is not None:
+            return ResultOutcome(existing.event_id, True, existing.kind == EventKind.VIOLATION.label)
+        canonical, redacted, paths = self._redactor.prepare(output, "output")
+        nanos = now_nanos()
+        allowed = pre.decision == Verdict.ALLOW.value
+        kind = EventKind.POST_EXEC if allowed else EventKind.VIOLATION
+        new_id = new_event_id()
+        body: dict[str, Any] = {
+            "event_id": new_id,
+            "kind": kind.label,
+            "timestamp": rfc3339_nanos(nanos),
+            "pre_event_id": pre.event_id,
+            "pre_event_seq": pre.seq,
+            "pre_leaf_hash": pre.leaf_hash.hex(),
+            "run_id": pre.run_id,
+            "step_id": pre.step_id,
+            "tenant_id": pre.tenant_id,
+            "agent_id": pre.agent_id or "",
+            "action": pre.action,
+            "action_key": pre.action_key,
+            "decision": pre.decision,
+            "reason": pre.reason,
+            "status": status,
+            "error": error,
+            "output": redacted,
+            "output_digest": self._redactor.digest(canonical, output=True),
+            "redacted_paths": paths,
+            "duration_ns": duration_ns,
+        }
+        if not allowed:
+            # The violation's own reason says what went wrong; the pre-event's reason is kept beside it.
+            body["reason"] = (
+                reasons.EXECUTED_WITHOUT_APPROVAL
+                if pre.decision == Verdict.APPROVAL_REQUIRED.value
+                else reasons.EXECUTED_AFTER_STOP
+            )
+            body["pre_reason"] = pre.reason
+        await self._append(kind, body, nanos)
+        if not allowed:
+            log.warning(
+                "violation: result reported for %s action (run %s, step %s, pre-event %s)",
+                pre.decision,
+                pre.run_id,
+                pre.step_id,
+                pre.event_id,
+            )
+        return ResultOutcome(new_id, duplicate=False, violation=not allowed)

@@ -1,0 +1,119 @@
+"""Shared fixtures: a real sidecar (`agentaudit dev`) in a subprocess, on a unix socket and loopback TCP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+AGENTAUDIT = [sys.executable, "-m", "gateway.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_serving(target: str, deadline_s: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Polls the gRPC health check until SERVING, the process dies, or the deadline passes."""
+    deadline = time.monotonic() + deadline_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"sidecar exited with {proc.returncode} before serving")
+        try:
+            with grpc.insecure_channel(target) as channel:
+                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+        except grpc.RpcError as exc:
+            last = exc
+        time.sleep(0.05)
+    raise TimeoutError(f"sidecar at {target} not serving after {deadline_s}s: {last}")
+
+
+@dataclass
+class RunningGateway:
+    """A sidecar subprocess and where to reach it."""
+
+    dir: Path
+    unix_target: str
+    tcp_target: str
+    journal_path: Path
+    public_key_path: Path
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        """Stops the process (SIGTERM by default) and returns its exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return int(self.proc.returncode)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_gateway(directory: Path, extra_env: dict[str, str] | None = None) -> RunningGateway:
+    """Starts `agentaudit dev --dir DIR` listening on DIR/gateway.sock and a free loopback port."""
+    directory.mkdir(parents=True, exist_ok=True)
+    sock = directory / "gateway.sock"
+    port = free_port()
+    log_path = directory / "sidecar.log"
+    env = {**os.environ, **(extra_env or {})}
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [*AGENTAUDIT, "dev", "--dir", str(directory), "--listen", f"unix://{sock}", "--listen", f"127.0.0.1:{port}"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=env,
+        )
+    gw = RunningGateway(
+        dir=directory,
+        unix_target=f"unix://{sock}",
+        tcp_target=f"127.0.0.1:{port}",
+        journal_path=directory / "journal.db",
+        public_key_path=directory / "signing.pub",
+        proc=proc,
+        log_path=log_path,
+    )
+    try:
+        wait_serving(gw.unix_target, proc=proc)
+    except Exception:
+        gw.stop(signal.SIGKILL)
+        raise RuntimeError(f"sidecar failed to start:\n{gw.log()}") from None
+    return gw
+
+
+@pytest.fixture
+def gateway_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+    """A fresh sidecar with the example policy; stopped (SIGTERM) after the test."""
+    # Short path: unix socket paths are limited to 107 bytes.
+    gw = start_gateway(Path(tmp_path_factory.mktemp("gw")))
+    try:
+        yield gw
+    finally:
+        gw.stop()
+
+
+def run_cli(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+    """Runs the agentaudit CLI in a subprocess."""
+    return subprocess.run([*AGENTAUDIT, *args], capture_output=True, text=True, cwd=ROOT, check=check, timeout=120)
