@@ -70,6 +70,13 @@ def _lock_journal(journal: Path) -> IO[bytes]:
     return handle
 
 
+def _remove_unix_sockets(addresses: list[str]) -> None:
+    for address in addresses:
+        if address.startswith("unix://"):
+            with contextlib.suppress(OSError):
+                Path(address[len("unix://") :]).unlink()
+
+
 class Sidecar:
     """The running sidecar: owns every component and their start/stop order."""
 
@@ -125,9 +132,7 @@ class Sidecar:
         self._server.add_generic_rpc_handlers([generic_handler(servicer)])
         self._health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
-        reflection.enable_server_reflection(
-            [SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME], self._server
-        )
+        reflection.enable_server_reflection([SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME], self._server)
         for address in cfg.server.listen:
             if address.startswith("unix://"):
                 _prepare_unix_socket(Path(address[len("unix://") :]))
@@ -138,8 +143,9 @@ class Sidecar:
             if port == 0:
                 raise ConfigError(f"cannot listen on {address} (address in use?)")
             if not address.startswith("unix://") and address.endswith(":0"):
-                address = f"{address.rsplit(':', 1)[0]}:{port}"
-            self.bound.append(address)
+                self.bound.append(f"{address.rsplit(':', 1)[0]}:{port}")
+            else:
+                self.bound.append(address)
         await self._server.start()
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -163,10 +169,7 @@ class Sidecar:
         if self._lock is not None:
             self._lock.close()
             self._lock = None
-        for address in self.bound:
-            if address.startswith("unix://"):
-                with contextlib.suppress(OSError):
-                    Path(address[len("unix://") :]).unlink()
+        _remove_unix_sockets(self.bound)
 
 
 def install_event_loop_policy() -> None:

@@ -155,8 +155,9 @@ def _resolve_listen(listen: tuple[str, ...], base: Path) -> tuple[str, ...]:
             raise ConfigError(f"server.listen: {address!r} is not unix:///path or HOST:PORT")
         if address.startswith("unix://"):
             path = Path(address[len("unix://") :])
-            address = f"unix://{path if path.is_absolute() else (base / path).resolve()}"
-        out.append(address)
+            out.append(f"unix://{path if path.is_absolute() else (base / path).resolve()}")
+        else:
+            out.append(address)
     return tuple(out)
 
 
@@ -226,5 +227,3 @@ def load(
     cfg = dataclasses.replace(cfg, server=server)
     _validate(cfg)
     return cfg
-
-

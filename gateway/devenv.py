@@ -53,7 +53,11 @@ def default_origin() -> str:
 def ensure_keys(directory: Path, origin: str) -> list[str]:
     """Creates the signing key pair and the HMAC key in ``directory`` if missing; returns what it created."""
     created = []
-    key_path, pub_path, hmac_path = directory / "signing.key", directory / "signing.pub", directory / "hmac.key"
+    key_path, pub_path, hmac_path = (
+        directory / "signing.key",
+        directory / "signing.pub",
+        directory / "hmac.key",
+    )
     if not key_path.exists():
         signer = Ed25519Signer.generate(origin)
         write_secret_file(key_path, signer.encode_private() + "\n")

@@ -101,12 +101,13 @@ _CODES: list[tuple[type[AgentAuditError], grpc.StatusCode]] = [
 
 def to_status(exc: BaseException) -> grpc.Status:
     """Maps an exception to the gRPC status a client sees. The one place this translation happens."""
-    for cls, code in _CODES:
-        if isinstance(exc, cls):
-            message = str(exc) if not isinstance(exc, JournalUnavailableError) else "journal unavailable"
-            break
+    code = next((c for cls, c in _CODES if isinstance(exc, cls)), grpc.StatusCode.INTERNAL)
+    if code is grpc.StatusCode.INTERNAL:
+        message = "internal error"  # the detail goes to the log, never to the client
+    elif isinstance(exc, JournalUnavailableError):
+        message = "journal unavailable"
     else:
-        code, message = grpc.StatusCode.INTERNAL, "internal error"
+        message = str(exc)
     proto = status_pb2.Status(code=getattr(code_pb2, code.name), message=message)
     if isinstance(exc, InvalidRequestError):
         detail = any_pb2.Any()

@@ -5,7 +5,9 @@ from __future__ import annotations
 from prometheus_client import Counter
 
 DECISIONS = Counter(
-    "agentaudit_decisions_total", "Decide answers by decision, reason and layer.", ["decision", "reason", "layer"]
+    "agentaudit_decisions_total",
+    "Decide answers by decision, reason and layer.",
+    ["decision", "reason", "layer"],
 )
 FAIL_CLOSED = Counter(
     "agentaudit_fail_closed_total", "Decide answers of stop/audit_unavailable because the journal failed."

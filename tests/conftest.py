@@ -80,7 +80,16 @@ def start_gateway(directory: Path, extra_env: dict[str, str] | None = None) -> R
     env = {**os.environ, **(extra_env or {})}
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
-            [*AGENTAUDIT, "dev", "--dir", str(directory), "--listen", f"unix://{sock}", "--listen", f"127.0.0.1:{port}"],
+            [
+                *AGENTAUDIT,
+                "dev",
+                "--dir",
+                str(directory),
+                "--listen",
+                f"unix://{sock}",
+                "--listen",
+                f"127.0.0.1:{port}",
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=ROOT,

@@ -7,9 +7,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from agentaudit.v1 import gateway_pb2, types_pb2
 from google.protobuf import duration_pb2
 
-from agentaudit.v1 import gateway_pb2, types_pb2
 from gateway import metrics, reasons
 from gateway.api import validation
 from gateway.api.wire import Undecodable, deserializer
@@ -144,14 +144,14 @@ def _unary(
         except Exception as exc:
             log.exception("%s failed", method)
             status = to_status(exc)
-        await context.abort_with_status(status)
+        await context.abort(status.code, status.details, status.trailing_metadata)
 
     return handler
 
 
-def generic_handler(servicer: GatewayServicer) -> grpc.GenericRpcHandler:
+def generic_handler(servicer: GatewayServicer) -> grpc.GenericRpcHandler[Any, Any]:
     """The GatewayService handlers, with decoders that turn undecodable bytes into INVALID_ARGUMENT."""
-    methods = {
+    methods: dict[str, tuple[Callable[[Any], Awaitable[Any]], Any]] = {
         "Decide": (servicer.decide, gateway_pb2.DecideRequest),
         "ReportResult": (servicer.report_result, gateway_pb2.ReportResultRequest),
         "WaitApproval": (servicer.wait_approval, gateway_pb2.WaitApprovalRequest),

@@ -6,9 +6,9 @@ import math
 import re
 from typing import Any
 
+from agentaudit.v1 import gateway_pb2, types_pb2
 from google.protobuf import struct_pb2
 
-from agentaudit.v1 import gateway_pb2, types_pb2
 from gateway.errors import FieldViolation, InvalidRequestError
 from gateway.policy.model import ActionRequest
 
@@ -140,12 +140,7 @@ def parse_decide(request: gateway_pb2.DecideRequest, *, max_args_bytes: int, max
     args = check.payload("action.args", request.action.args, max_args_bytes, max_depth)
     if request.traceparent:
         match = _TRACEPARENT_RE.match(request.traceparent)
-        if (
-            match is None
-            or match.group(1) == "ff"
-            or set(match.group(2)) == {"0"}
-            or set(match.group(3)) == {"0"}
-        ):
+        if match is None or match.group(1) == "ff" or set(match.group(2)) == {"0"} or set(match.group(3)) == {"0"}:
             check.add("traceparent", "must be a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)")
     if len(request.labels) > MAX_LABELS:
         check.add("labels", f"has {len(request.labels)} entries, more than {MAX_LABELS}")

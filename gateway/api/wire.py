@@ -8,6 +8,7 @@ that holds invalid UTF-8, so the client gets INVALID_ARGUMENT with a BadRequest 
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -75,12 +76,11 @@ def _invalid_strings(data: bytes, descriptor: Descriptor, path: str, out: list[s
                 out.append(name)
         elif field.type == FieldDescriptor.TYPE_MESSAGE:
             sub = field.message_type
-            if sub.GetOptions().map_entry:
-                _invalid_strings(payload, sub, "", inner := [])
-                if inner:
-                    out.append(name)
-            elif sub.full_name in _OPAQUE:
-                _invalid_strings(payload, sub, "", inner := [])
+            assert sub is not None
+            if sub.GetOptions().map_entry or sub.full_name in _OPAQUE:
+                # Reported at the map or Struct field itself: inner paths would name protobuf internals.
+                inner: list[str] = []
+                _invalid_strings(payload, sub, "", inner)
                 if inner:
                     out.append(name)
             else:
@@ -106,6 +106,6 @@ def deserializer(message_type: type[M]) -> Callable[[bytes], M | Undecodable]:
         try:
             return message_type.FromString(data)
         except DecodeError:
-            return Undecodable(diagnose(data, message_type.DESCRIPTOR))
+            return Undecodable(diagnose(data, typing.cast(Descriptor, message_type.DESCRIPTOR)))
 
     return decode

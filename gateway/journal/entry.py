@@ -66,9 +66,7 @@ class Entry:
     raw: bytes
 
 
-def encode_entry(
-    kind: int, seq: int, unix_nanos: int, prev_leaf_hash: bytes, key_id: bytes, body: bytes
-) -> bytes:
+def encode_entry(kind: int, seq: int, unix_nanos: int, prev_leaf_hash: bytes, key_id: bytes, body: bytes) -> bytes:
     """Builds the exact entry bytes."""
     return ENTRY_DOMAIN + _HEADER.pack(kind, seq, unix_nanos, prev_leaf_hash, key_id, len(body)) + body
 

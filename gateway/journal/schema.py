@@ -25,9 +25,7 @@ INDEXED_FIELDS: tuple[tuple[str, str], ...] = (
     ("action_key", "action_key"),
     ("pre_event_id", "link_event_id"),
 )
-COLUMNS: tuple[str, ...] = ("seq", "entry", "signature", "leaf_hash", "unix_nanos") + tuple(
-    column for _, column in INDEXED_FIELDS
-)
+COLUMNS: tuple[str, ...] = ("seq", "entry", "signature", "leaf_hash", "unix_nanos", *(c for _, c in INDEXED_FIELDS))
 
 DDL = """
 CREATE TABLE IF NOT EXISTS journal_meta (

@@ -116,9 +116,7 @@ def parse_policy(text: str, source: str = "<policy>") -> RuleFilePolicy:
     except CanonicalizationError as exc:
         raise ConfigError(f"{source}: policy is not plain JSON-compatible data: {exc}") from exc
     default_verdict = _verdict(f"{source}: default", doc.get("default", "allow"), (Verdict.ALLOW, Verdict.STOP))
-    default = Decision(
-        default_verdict, _DEFAULT_REASONS[default_verdict], LAYER_DEFAULT, "", version, None
-    )
+    default = Decision(default_verdict, _DEFAULT_REASONS[default_verdict], LAYER_DEFAULT, "", version, None)
     raw_rules = doc.get("rules") or []
     if not isinstance(raw_rules, list):
         raise ConfigError(f"{source}: 'rules' must be a list")
