@@ -3,7 +3,7 @@
 Journal bodies are signed as produced, so canonicalisation sits on the Decide hot path. ``rfc8785.dumps`` is
 correct but costs ~30 µs for a typical event; ``json.dumps`` with sorted keys produces identical bytes when
 
-* every float is integral and within ±2**53 (JCS prints it as an integer; we convert it to ``int``) or lies in
+* every float is integral and within ±(2**53-1) (JCS prints it as an integer; we convert it to ``int``) or lies in
   ``[1e-4, 1e16)`` in magnitude, where Python's ``repr`` and ECMAScript's Number-to-String agree (both print the
   shortest round-trip digits in plain notation), and
 * no object key contains a code point at or above U+E000 (JCS sorts keys by UTF-16 code units; Python sorts by
@@ -22,12 +22,12 @@ import rfc8785
 
 from gateway.errors import AgentAuditError
 
-_MAX_SAFE_INT = 2**53
+_MAX_SAFE_INT = 2**53 - 1  # the interoperable integer range of I-JSON (RFC 7493)
 _encoder = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
 class CanonicalizationError(AgentAuditError):
-    """A value cannot be represented in canonical JSON (NaN, infinity, integers beyond ±2**53, …)."""
+    """A value cannot be represented in canonical JSON (NaN, infinity, integers beyond ±(2**53-1), …)."""
 
 
 class _NeedsFallback(Exception):
@@ -51,7 +51,7 @@ def _prepare(value: Any) -> Any:
         return [_prepare(v) for v in value]
     if isinstance(value, int):
         if abs(value) > _MAX_SAFE_INT:
-            raise CanonicalizationError(f"integer {value} is outside the interoperable range ±2**53")
+            raise CanonicalizationError(f"integer {value} is outside the interoperable range ±(2**53-1)")
         return value
     if isinstance(value, float):
         if not math.isfinite(value):

@@ -44,7 +44,8 @@ def redact(value: Any, fields: frozenset[str], prefix: str) -> tuple[Any, list[s
             return [walk(child, f"{path}[{i}]") for i, child in enumerate(node)]
         return node
 
-    return walk(value, prefix), removed
+    redacted = walk(value, prefix)
+    return redacted, sorted(removed)  # sorted: map order on the wire is not stable
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,14 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def _invalid_strings(data: bytes, descriptor: Descriptor, path: str, out: list[str]) -> None:
+_MAX_WIRE_DEPTH = 60  # below protobuf's own recursion limit (100), so we can name the field ourselves
+
+
+def _walk(data: bytes, descriptor: Descriptor, path: str, out: list[tuple[str, str]], depth: int, inside: str) -> None:
+    """Records (field, problem) for invalid UTF-8 and excessive nesting; ``inside`` names an opaque ancestor."""
+    if depth > _MAX_WIRE_DEPTH:
+        out.append((inside or path or "request", "is nested too deeply"))
+        return
     pos = 0
     while pos < len(data):
         tag, pos = _varint(data, pos)
@@ -73,30 +80,26 @@ def _invalid_strings(data: bytes, descriptor: Descriptor, path: str, out: list[s
             try:
                 payload.decode("utf-8")
             except UnicodeDecodeError:
-                out.append(name)
+                out.append((inside or name, "is not valid UTF-8"))
         elif field.type == FieldDescriptor.TYPE_MESSAGE:
             sub = field.message_type
             assert sub is not None
-            if sub.GetOptions().map_entry or sub.full_name in _OPAQUE:
-                # Reported at the map or Struct field itself: inner paths would name protobuf internals.
-                inner: list[str] = []
-                _invalid_strings(payload, sub, "", inner)
-                if inner:
-                    out.append(name)
-            else:
-                _invalid_strings(payload, sub, name, out)
+            # Problems inside a map or a Struct are reported at that field: inner paths would name protobuf
+            # internals (fields, struct_value, ...), not the caller's data.
+            opaque = inside or (name if sub.GetOptions().map_entry or sub.full_name in _OPAQUE else "")
+            _walk(payload, sub, name, out, depth + 1, opaque)
 
 
 def diagnose(data: bytes, descriptor: Descriptor) -> list[FieldViolation]:
     """Explains why ``data`` does not decode as ``descriptor``."""
-    found: list[str] = []
+    found: list[tuple[str, str]] = []
     try:
-        _invalid_strings(data, descriptor, "", found)
+        _walk(data, descriptor, "", found, 0, "")
     except _Malformed:
-        return [FieldViolation("request", "is not a valid protobuf message")]
+        found = []
     if not found:
         return [FieldViolation("request", "is not a valid protobuf message")]
-    return [FieldViolation(name, "is not valid UTF-8") for name in dict.fromkeys(found)]
+    return [FieldViolation(name, problem) for name, problem in dict.fromkeys(found)]
 
 
 def deserializer(message_type: type[M]) -> Callable[[bytes], M | Undecodable]:

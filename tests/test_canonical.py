@@ -1,0 +1,53 @@
+"""canonical_json must produce exactly RFC 8785 bytes, on the fast path and the fallback alike."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import rfc8785
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.canonical import CanonicalizationError, canonical_json
+
+json_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**53 - 1), max_value=2**53 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text()
+)
+json_values = st.recursive(
+    json_scalars,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(json_values)
+def test_matches_rfc8785_for_any_json_value(value: object) -> None:
+    assert canonical_json(value) == rfc8785.dumps(value)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        pytest.param({"b": 1, "a": 2}, b'{"a":2,"b":1}', id="sorted-keys"),
+        pytest.param({"amount": 250.0}, b'{"amount":250}', id="integral-float-as-integer"),
+        pytest.param({"x": 1e21}, b'{"x":1e+21}', id="large-float-fallback"),
+        pytest.param({"x": 1e-7}, b'{"x":1e-7}', id="small-float-fallback"),
+        pytest.param({"x": -0.0}, b'{"x":0}', id="negative-zero"),
+        pytest.param({"\U0001f600": 1, "\ue000": 2}, rfc8785.dumps({"\U0001f600": 1, "\ue000": 2}), id="utf16-order"),
+        pytest.param({"s": "é\n\u0001"}, '{"s":"é\\n\\u0001"}'.encode(), id="string-escapes"),
+    ],
+)
+def test_known_encodings(value: object, expected: bytes) -> None:
+    assert canonical_json(value) == expected
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, 2**60, {1: "x"}, b"bytes"], ids=str)
+def test_refuses_values_json_cannot_carry(bad: object) -> None:
+    with pytest.raises(CanonicalizationError):
+        canonical_json({"v": bad})
