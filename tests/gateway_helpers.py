@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from agentaudit.v1 import gateway_pb2, gateway_pb2_grpc
 from google.rpc import error_details_pb2, status_pb2
+
+from agentaudit.v1 import gateway_pb2, gateway_pb2_grpc
 
 
 def stub(target: str) -> tuple[grpc.Channel, gateway_pb2_grpc.GatewayServiceStub]:

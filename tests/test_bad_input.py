@@ -6,9 +6,9 @@ from collections.abc import Callable
 
 import grpc
 import pytest
-from agentaudit.v1 import gateway_pb2
 from google.protobuf import struct_pb2
 
+from agentaudit.v1 import gateway_pb2
 from tests.conftest import RunningGateway, wait_serving
 from tests.gateway_helpers import bad_request_fields, decide_request, journal_count, stub
 

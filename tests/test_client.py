@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -20,6 +17,9 @@ from typing import Any
 import grpc
 import grpc.aio
 import pytest
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2, status_pb2
+
 from agentaudit_client import (
     ActionStopped,
     Actor,
@@ -31,11 +31,11 @@ from agentaudit_client import (
     InvalidRequestError,
     NotFoundError,
     ResourceExhaustedError,
+    Step,
     UnavailableError,
     from_rpc_error,
 )
-from google.protobuf.message import Message
-from google.rpc import error_details_pb2, status_pb2
+from tests.conftest import RunningGateway, run_cli
 
 ACTOR = ("user", "u_1")
 
@@ -44,27 +44,25 @@ def new_run_id() -> str:
     return f"run_{uuid.uuid4().hex}"
 
 
-def journal_events(server: Any, run_id: str) -> list[dict[str, Any]]:
+def journal_events(server: RunningGateway, run_id: str) -> list[dict[str, Any]]:
     """The run's journal events, read with ``agentaudit events`` (JSON lines)."""
-    cli = shutil.which("agentaudit", path=str(Path(sys.executable).parent)) or "agentaudit"
-    completed = subprocess.run(
-        [cli, "events", str(server.journal_path), "--run-id", run_id],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=30,
-    )
+    completed = run_cli("events", str(server.journal_path), "--run-id", run_id, check=True)
     return [json.loads(line) for line in completed.stdout.splitlines() if line.strip()]
 
 
+def post_events(server: RunningGateway, run_id: str) -> dict[str, dict[str, Any]]:
+    """The run's post-exec events, keyed by the pre-event they report on."""
+    return {e["pre_event_id"]: e for e in journal_events(server, run_id) if e["kind"] == "post_exec"}
+
+
 @pytest.fixture(params=["unix_target", "tcp_target"], ids=["unix", "tcp"])
-def target(request: pytest.FixtureRequest, gateway_server: Any) -> str:
+def target(request: pytest.FixtureRequest, gateway_server: RunningGateway) -> str:
     address: str = getattr(gateway_server, request.param)
     return address
 
 
 @pytest.fixture
-def client(gateway_server: Any) -> Iterator[GatewayClient]:
+def client(gateway_server: RunningGateway) -> Iterator[GatewayClient]:
     with GatewayClient(gateway_server.unix_target) as gateway_client:
         yield gateway_client
 
@@ -121,9 +119,7 @@ def test_decide_accepts_every_optional_field(client: GatewayClient) -> None:
 
 def test_same_action_and_args_have_the_same_action_key(client: GatewayClient) -> None:
     keys = {
-        client.decide(
-            run_id=new_run_id(), tenant_id="t_42", action="crm.lookup", args={"a": 1, "b": [2, 3]}
-        ).action_key
+        client.decide(run_id=new_run_id(), tenant_id="t_42", action="crm.lookup", args={"a": 1, "b": [2, 3]}).action_key
         for _ in range(2)
     }
 
@@ -233,9 +229,7 @@ def test_rpc_error_translation_decodes_status_details() -> None:
     violation = error_details_pb2.BadRequest.FieldViolation(field="labels", description="too many")
 
     invalid = from_rpc_error(
-        _aio_error(
-            grpc.StatusCode.INVALID_ARGUMENT, error_details_pb2.BadRequest(field_violations=[violation])
-        )
+        _aio_error(grpc.StatusCode.INVALID_ARGUMENT, error_details_pb2.BadRequest(field_violations=[violation]))
     )
     exhausted = from_rpc_error(_aio_error(grpc.StatusCode.RESOURCE_EXHAUSTED, retry))
     internal = from_rpc_error(_aio_error(grpc.StatusCode.INTERNAL))
@@ -251,26 +245,43 @@ def test_rpc_error_translation_decodes_status_details() -> None:
 # --- guard ----------------------------------------------------------------------------------------------
 
 
-def test_guard_runs_the_block_and_reports_success(client: GatewayClient) -> None:
-    with client.guard(run_id=new_run_id(), tenant_id="t_42", action="crm.lookup", args={"id": "c_7"}) as step:
+def test_guard_runs_the_block_and_reports_success(gateway_server: RunningGateway, client: GatewayClient) -> None:
+    run_id = new_run_id()
+
+    with client.guard(run_id=run_id, tenant_id="t_42", action="crm.lookup", args={"id": "c_7"}) as step:
         step.output = {"name": "Ann"}
 
     assert step.decision.decision == "allow"
     assert step.report is not None
-    assert step.report.duplicate is False
-    # The result is recorded: reporting again only finds the first post-event.
-    assert client.report_result(step.event_id).duplicate is True
+    post = post_events(gateway_server, run_id)[step.event_id]
+    assert (post["event_id"], post["status"], post["error"]) == (step.report.event_id, "succeeded", "")
+    assert post["output"] == {"name": "Ann"}
+    assert post["duration_ns"] > 0
 
 
-def test_guard_reports_the_failure_and_reraises(client: GatewayClient) -> None:
+def test_guard_reports_the_failure_and_reraises(gateway_server: RunningGateway, client: GatewayClient) -> None:
+    run_id = new_run_id()
+
     with (
         pytest.raises(RuntimeError, match="card declined"),
-        client.guard(run_id=new_run_id(), tenant_id="t_42", action="crm.lookup") as step,
+        client.guard(run_id=run_id, tenant_id="t_42", action="crm.lookup") as step,
     ):
         raise RuntimeError("card declined")
 
-    assert step.report is not None
-    assert step.report.duplicate is False
+    post = post_events(gateway_server, run_id)[step.event_id]
+    assert (post["status"], post["error"]) == ("failed", "RuntimeError: card declined")
+    assert post["duration_ns"] > 0
+
+
+def test_guard_keeps_the_block_error_when_the_report_fails(client: GatewayClient) -> None:
+    with (
+        pytest.raises(RuntimeError, match="card declined") as info,
+        client.guard(run_id=new_run_id(), tenant_id="t_42", action="crm.lookup"),
+    ):
+        client.close()  # the failure cannot be reported any more
+        raise RuntimeError("card declined")
+
+    assert "could not report the failure" in "".join(info.value.__notes__)
 
 
 @pytest.mark.parametrize(
@@ -304,7 +315,7 @@ def test_guard_raises_on_a_deny_without_running_the_block(
 # --- Run and the decorator ------------------------------------------------------------------------------
 
 
-def test_run_numbers_steps_from_one(gateway_server: Any, client: GatewayClient) -> None:
+def test_run_numbers_steps_from_one(gateway_server: RunningGateway, client: GatewayClient) -> None:
     run = client.run(new_run_id(), tenant_id="t_42", agent_id="support-agent", actor=ACTOR)
 
     run.decide("crm.lookup", {"customer_id": "c_7"})
@@ -317,7 +328,7 @@ def test_run_numbers_steps_from_one(gateway_server: Any, client: GatewayClient) 
 
 
 def test_guarded_function_runs_on_allow_with_its_arguments(
-    gateway_server: Any, client: GatewayClient
+    gateway_server: RunningGateway, client: GatewayClient
 ) -> None:
     run = client.run(new_run_id(), tenant_id="t_42", agent_id="support-agent", actor=ACTOR)
     calls: list[str] = []
@@ -332,8 +343,16 @@ def test_guarded_function_runs_on_allow_with_its_arguments(
 
     assert calls == ["c_7", "c_8"]
     events = journal_events(gateway_server, run.run_id)
-    assert [e["step_id"] for e in events if e["kind"] == "pre_exec"] == [1, 2]
-    assert len([e for e in events if e["kind"] == "post_exec"]) == 2
+    pre = [e for e in events if e["kind"] == "pre_exec"]
+    assert [(e["step_id"], e["args"]) for e in pre] == [
+        (1, {"customer_id": "c_7", "region": "eu"}),
+        (2, {"customer_id": "c_8", "region": "us"}),
+    ]
+    posts = [e for e in events if e["kind"] == "post_exec"]
+    assert [(e["step_id"], e["status"], e["output"]["region"]) for e in posts] == [
+        (1, "succeeded", "eu"),
+        (2, "succeeded", "us"),
+    ]
 
 
 def test_guarded_function_does_not_run_when_stopped(client: GatewayClient) -> None:
@@ -368,8 +387,8 @@ def test_async_decide_answers_the_policy_decision(
     assert asyncio.run(scenario()) == (decision, reason)
 
 
-def test_async_guard_reports_success_and_failure(gateway_server: Any) -> None:
-    async def scenario() -> None:
+def test_async_guard_reports_success_failure_and_cancellation(gateway_server: RunningGateway) -> None:
+    async def scenario() -> tuple[str, list[Step]]:
         async with AsyncGatewayClient(gateway_server.unix_target) as gateway_client:
             run = gateway_client.run(new_run_id(), tenant_id="t_42", actor=ACTOR)
             async with run.guard("crm.lookup", {"customer_id": "c_7"}) as ok:
@@ -378,14 +397,32 @@ def test_async_guard_reports_success_and_failure(gateway_server: Any) -> None:
                 async with run.guard("crm.lookup", {"customer_id": "c_8"}) as failed:
                     raise KeyError("c_8")
 
-            assert ok.report is not None and failed.report is not None
-            assert (await gateway_client.report_result(ok.event_id)).duplicate is True
-            assert (await gateway_client.report_result(failed.event_id)).duplicate is True
+            entered: asyncio.Queue[Step] = asyncio.Queue()
 
-    asyncio.run(scenario())
+            async def slow_lookup() -> None:
+                async with run.guard("crm.lookup", {"customer_id": "c_9"}) as step:
+                    await entered.put(step)
+                    await asyncio.Event().wait()  # until cancelled
+
+            task = asyncio.create_task(slow_lookup())
+            cancelled = await entered.get()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        return run.run_id, [ok, failed, cancelled]
+
+    run_id, steps = asyncio.run(scenario())
+
+    posts = post_events(gateway_server, run_id)
+    assert [(posts[s.event_id]["status"], posts[s.event_id]["error"]) for s in steps] == [
+        ("succeeded", ""),
+        ("failed", "KeyError: 'c_8'"),
+        ("cancelled", "CancelledError"),
+    ]
+    assert posts[steps[0].event_id]["output"] == {"found": True}
 
 
-def test_async_guard_raises_approval_required(gateway_server: Any) -> None:
+def test_async_guard_raises_approval_required(gateway_server: RunningGateway) -> None:
     async def scenario() -> ApprovalRequired:
         async with AsyncGatewayClient(gateway_server.unix_target) as gateway_client:
             with pytest.raises(ApprovalRequired) as info:
@@ -402,7 +439,7 @@ def test_async_guard_raises_approval_required(gateway_server: Any) -> None:
     assert denied.event_id
 
 
-def test_async_guarded_coroutine_numbers_steps(gateway_server: Any) -> None:
+def test_async_guarded_coroutine_numbers_steps(gateway_server: RunningGateway) -> None:
     async def scenario() -> tuple[str, list[dict[str, Any]]]:
         async with AsyncGatewayClient(gateway_server.tcp_target) as gateway_client:
             run = gateway_client.run(new_run_id(), tenant_id="t_42", agent_id="support-agent", actor=ACTOR)
@@ -422,7 +459,7 @@ def test_async_guarded_coroutine_numbers_steps(gateway_server: Any) -> None:
     assert pre_steps == [1, 2]
 
 
-def test_async_errors_are_translated(gateway_server: Any) -> None:
+def test_async_errors_are_translated(gateway_server: RunningGateway) -> None:
     async def scenario() -> tuple[GatewayError, GatewayError]:
         async with AsyncGatewayClient(gateway_server.unix_target) as gateway_client:
             with pytest.raises(InvalidRequestError) as invalid:

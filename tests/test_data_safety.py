@@ -8,8 +8,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from agentaudit.v1 import gateway_pb2, types_pb2
 
+from agentaudit.v1 import gateway_pb2, types_pb2
 from gateway.canonical import canonical_json
 from gateway.journal.store import iter_bodies
 from tests.conftest import RunningGateway, run_cli, start_gateway

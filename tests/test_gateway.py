@@ -8,10 +8,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from agentaudit.v1 import gateway_pb2, types_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from agentaudit.v1 import gateway_pb2, types_pb2
 from gateway.journal.store import iter_bodies
 from tests.conftest import RunningGateway, run_cli, start_gateway
 from tests.gateway_helpers import decide_request, journal_count, stub

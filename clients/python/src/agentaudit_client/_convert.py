@@ -9,8 +9,9 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any, TypeAlias, TypeVar
 
-from agentaudit.v1 import gateway_pb2, types_pb2
 from google.protobuf import duration_pb2, struct_pb2
+
+from agentaudit.v1 import gateway_pb2, types_pb2
 
 from .models import (
     Actor,
@@ -66,9 +67,7 @@ def to_struct(values: Mapping[str, Any] | None) -> struct_pb2.Struct | None:
     try:
         struct.update(values)
     except (ValueError, TypeError) as exc:
-        raise TypeError(
-            f"values must be JSON-like (dict, list, str, number, bool, None), got {values!r}"
-        ) from exc
+        raise TypeError(f"values must be JSON-like (dict, list, str, number, bool, None), got {values!r}") from exc
     return struct
 
 
@@ -140,9 +139,7 @@ def decide_result(response: gateway_pb2.DecideResponse) -> DecideResult:
         event_id=response.event_id,
         action_key=response.action_key,
         approval_id=response.approval_id,
-        retry_after=(
-            response.retry_after.ToNanoseconds() / 1e9 if response.HasField("retry_after") else None
-        ),
+        retry_after=(response.retry_after.ToNanoseconds() / 1e9 if response.HasField("retry_after") else None),
     )
 
 

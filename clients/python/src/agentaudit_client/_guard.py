@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
@@ -50,18 +50,19 @@ def output_of(value: object) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def bind_args(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+def bind_args(signature: inspect.Signature, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
     """Names a call's arguments by the function's signature, defaults included.
 
     ``**kwargs`` parameters are merged in at the top level; ``*args`` stay a list under their name.
     """
-    bound = inspect.signature(func).bind(*args, **kwargs)
+    bound = signature.bind(*args, **kwargs)
     bound.apply_defaults()
     named: dict[str, Any] = {}
     for name, value in bound.arguments.items():
-        if bound.signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+        kind = signature.parameters[name].kind
+        if kind is inspect.Parameter.VAR_KEYWORD:
             named.update(value)
-        elif bound.signature.parameters[name].kind is inspect.Parameter.VAR_POSITIONAL:
+        elif kind is inspect.Parameter.VAR_POSITIONAL:
             named[name] = list(value)
         else:
             named[name] = value

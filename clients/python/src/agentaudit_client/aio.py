@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from types import TracebackType
@@ -11,12 +12,13 @@ from typing import Any, ParamSpec, Self, TypeVar
 
 import grpc
 import grpc.aio
+
 from agentaudit.v1 import gateway_pb2, gateway_pb2_grpc
 
 from . import _convert
 from ._convert import ActorLike, DurationLike, ResultStatusLike, ScopeLike
 from ._guard import RunContext, Step, bind_args, failure, output_of
-from .errors import AgentAuditError, DeadlineExceededError, from_rpc_error, raise_for_decision
+from .errors import DeadlineExceededError, from_rpc_error, raise_for_decision
 from .models import ApprovalOutcome, DecideResult, ReportResult
 
 _P = ParamSpec("_P")
@@ -113,9 +115,7 @@ class AsyncGatewayClient:
         duration: DurationLike | None = None,
     ) -> ReportResult:
         """Reports what happened when an allowed action ran. See ``GatewayClient.report_result``."""
-        request = _convert.report_request(
-            event_id, status=status, error=error, output=output, duration=duration
-        )
+        request = _convert.report_request(event_id, status=status, error=error, output=output, duration=duration)
         return _convert.report_result(await self._call(self._stub.ReportResult, request, self._timeout))
 
     async def wait_approval(
@@ -154,6 +154,7 @@ class AsyncGatewayClient:
         Raises:
             ActionStopped: The decision was "stop"; the block did not run.
             ApprovalRequired: The decision was "approval_required"; the block did not run.
+            GatewayError: Deciding failed (the block did not run), or reporting a successful block did.
         """
         result = await self.decide(
             run_id=run_id,
@@ -183,11 +184,10 @@ class AsyncGatewayClient:
     async def _report_failure(self, step: Step, exc: BaseException, elapsed: float) -> None:
         status, error = failure(exc)
         try:
-            step.report = await self.report_result(
-                step.event_id, status=status, error=error, duration=elapsed
-            )
-        except AgentAuditError as report_exc:
-            # The block's own exception is what the caller must see; the lost report rides along.
+            step.report = await self.report_result(step.event_id, status=status, error=error, duration=elapsed)
+        except Exception as report_exc:
+            # Whatever went wrong while reporting, the block's own exception is what the caller must see;
+            # the lost report rides along as a note.
             exc.add_note(f"agentaudit: could not report the failure of {step.event_id}: {report_exc}")
 
     def run(
@@ -228,9 +228,7 @@ class AsyncRun:
         labels: Mapping[str, str] | None = None,
     ) -> DecideResult:
         """``AsyncGatewayClient.decide`` for the next step of this run."""
-        kwargs = self._context.decide_kwargs(
-            action, args, scope=scope, approval_id=approval_id, labels=labels
-        )
+        kwargs = self._context.decide_kwargs(action, args, scope=scope, approval_id=approval_id, labels=labels)
         return await self._client.decide(**kwargs)
 
     def guard(
@@ -243,9 +241,7 @@ class AsyncRun:
         labels: Mapping[str, str] | None = None,
     ) -> contextlib.AbstractAsyncContextManager[Step]:
         """``AsyncGatewayClient.guard`` for the next step of this run."""
-        kwargs = self._context.decide_kwargs(
-            action, args, scope=scope, approval_id=approval_id, labels=labels
-        )
+        kwargs = self._context.decide_kwargs(action, args, scope=scope, approval_id=approval_id, labels=labels)
         return self._client.guard(**kwargs)
 
     def guarded(
@@ -262,9 +258,11 @@ class AsyncRun:
         """
 
         def decorate(func: Callable[_P, Awaitable[_R]]) -> Callable[_P, Coroutine[Any, Any, _R]]:
+            signature = inspect.signature(func)
+
             @functools.wraps(func)
             async def guarded_call(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-                arguments = bind_args(func, args, kwargs)
+                arguments = bind_args(signature, args, kwargs)
                 async with self.guard(action, arguments, scope=scope, labels=labels) as step:
                     value = await func(*args, **kwargs)
                     step.output = output_of(value)

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, ParamSpec, Self, TypeVar
 
 import grpc
+
 from agentaudit.v1 import gateway_pb2, gateway_pb2_grpc
 
 from . import _convert
 from ._convert import ActorLike, DurationLike, ResultStatusLike, ScopeLike
 from ._guard import RunContext, Step, bind_args, failure, output_of
-from .errors import AgentAuditError, DeadlineExceededError, from_rpc_error, raise_for_decision
+from .errors import DeadlineExceededError, from_rpc_error, raise_for_decision
 from .models import ApprovalOutcome, DecideResult, ReportResult
 
 _P = ParamSpec("_P")
@@ -145,9 +147,7 @@ class GatewayClient:
             FailedPreconditionError: The action was not allowed (the attempt is journaled as a violation).
             GatewayError: The call failed otherwise.
         """
-        request = _convert.report_request(
-            event_id, status=status, error=error, output=output, duration=duration
-        )
+        request = _convert.report_request(event_id, status=status, error=error, output=output, duration=duration)
         return _convert.report_result(self._call(self._stub.ReportResult, request, self._timeout))
 
     def wait_approval(self, approval_id: str, *, timeout: float | None = None) -> ApprovalOutcome:
@@ -191,6 +191,7 @@ class GatewayClient:
         Raises:
             ActionStopped: The decision was "stop"; the block did not run.
             ApprovalRequired: The decision was "approval_required"; the block did not run.
+            GatewayError: Deciding failed (the block did not run), or reporting a successful block did.
         """
         result = self.decide(
             run_id=run_id,
@@ -221,8 +222,9 @@ class GatewayClient:
         status, error = failure(exc)
         try:
             step.report = self.report_result(step.event_id, status=status, error=error, duration=elapsed)
-        except AgentAuditError as report_exc:
-            # The block's own exception is what the caller must see; the lost report rides along.
+        except Exception as report_exc:
+            # Whatever went wrong while reporting, the block's own exception is what the caller must see;
+            # the lost report rides along as a note.
             exc.add_note(f"agentaudit: could not report the failure of {step.event_id}: {report_exc}")
 
     def run(
@@ -263,9 +265,7 @@ class Run:
         labels: Mapping[str, str] | None = None,
     ) -> DecideResult:
         """``GatewayClient.decide`` for the next step of this run."""
-        kwargs = self._context.decide_kwargs(
-            action, args, scope=scope, approval_id=approval_id, labels=labels
-        )
+        kwargs = self._context.decide_kwargs(action, args, scope=scope, approval_id=approval_id, labels=labels)
         return self._client.decide(**kwargs)
 
     def guard(
@@ -278,9 +278,7 @@ class Run:
         labels: Mapping[str, str] | None = None,
     ) -> contextlib.AbstractContextManager[Step]:
         """``GatewayClient.guard`` for the next step of this run."""
-        kwargs = self._context.decide_kwargs(
-            action, args, scope=scope, approval_id=approval_id, labels=labels
-        )
+        kwargs = self._context.decide_kwargs(action, args, scope=scope, approval_id=approval_id, labels=labels)
         return self._client.guard(**kwargs)
 
     def guarded(
@@ -297,9 +295,12 @@ class Run:
         """
 
         def decorate(func: Callable[_P, _R]) -> Callable[_P, _R]:
+            signature = inspect.signature(func)
+
             @functools.wraps(func)
             def guarded_call(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-                with self.guard(action, bind_args(func, args, kwargs), scope=scope, labels=labels) as step:
+                arguments = bind_args(signature, args, kwargs)
+                with self.guard(action, arguments, scope=scope, labels=labels) as step:
                     value = func(*args, **kwargs)
                     step.output = output_of(value)
                 return value
