@@ -7,9 +7,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
-from agentaudit.v1 import gateway_pb2, types_pb2
 from google.protobuf import duration_pb2
 
+from agentaudit.v1 import gateway_pb2, types_pb2
 from gateway import metrics, reasons
 from gateway.api import validation
 from gateway.api.wire import Undecodable, deserializer

@@ -6,9 +6,9 @@ import math
 import re
 from typing import Any
 
-from agentaudit.v1 import gateway_pb2, types_pb2
 from google.protobuf import struct_pb2
 
+from agentaudit.v1 import gateway_pb2, types_pb2
 from gateway.errors import FieldViolation, InvalidRequestError
 from gateway.policy.model import ActionRequest
 
