@@ -13,6 +13,7 @@
     ├── NotImplementedYetError      RPC not available yet        → UNIMPLEMENTED
     └── JournalError
         ├── JournalUnavailableError the journal cannot be written (Decide fails closed)
+        ├── JournalUnreadableError  a file is not a readable journal (verify: nothing could be checked)
         └── MalformedEntryError     stored bytes are not a journal entry
 
 A deny is not an error: ``stop`` and ``approval_required`` are ``Decision`` values. Anything else that reaches
@@ -83,6 +84,13 @@ class JournalError(AgentAuditError):
 
 class JournalUnavailableError(JournalError):
     """The journal could not durably record an entry."""
+
+
+class JournalUnreadableError(JournalError):
+    """The file is not a readable agentaudit journal (missing, not SQLite, no journal table, unknown schema).
+
+    Distinct from tamper evidence: nothing could be checked. The CLI exits 2 on it.
+    """
 
 
 class MalformedEntryError(JournalError):

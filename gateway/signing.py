@@ -99,6 +99,10 @@ def parse_verifier(text: str) -> Verifier:
         raise SigningKeyError("public key must have the form NAME+KEYID+BASE64")
     name, kid_hex, b64 = parts
     try:
+        _check_name(name)
+    except ConfigError as exc:
+        raise SigningKeyError(f"public key name: {exc}") from exc
+    try:
         raw = base64.b64decode(b64, validate=True)
         kid = bytes.fromhex(kid_hex)
     except ValueError as exc:

@@ -40,6 +40,7 @@ DECIDE_CASES: list[tuple[str, Callable[[], bytes], list[str]]] = [
     ("oversized-args", lambda: decide_request(args={"blob": "x" * 70_000}).SerializeToString(), ["action.args"]),
     ("too-deep-args", lambda: decide_request(args=deep_args(40)).SerializeToString(), ["action.args"]),
     ("nan-in-args", lambda: decide_request(args={"amount": float("nan")}).SerializeToString(), ["action.args"]),
+    ("step-id-beyond-json-range", lambda: decide_request(step_id=2**53).SerializeToString(), ["step_id"]),
     ("long-run-id", lambda: decide_request(run_id="r" * 300).SerializeToString(), ["run_id"]),
     ("control-char", lambda: decide_request(tenant_id="t\n42").SerializeToString(), ["tenant_id"]),
     ("bad-traceparent", lambda: decide_request(traceparent="00-xyz").SerializeToString(), ["traceparent"]),

@@ -11,6 +11,7 @@ import pytest
 
 from gateway.errors import ConfigError
 from gateway.journal.entry import ZERO_HASH, decode_entry, leaf_hash, signature_payload
+from gateway.journal.verify import verify_journal
 from gateway.journal.writer import JournalWriter
 from gateway.signing import Ed25519Signer
 from tests.journal_helpers import append_bodies, body, fixed_signer, write_journal
@@ -91,3 +92,17 @@ def test_a_journal_refuses_another_origins_key(tmp_path: Path) -> None:
     write_journal(path, 1)
     with pytest.raises(ConfigError, match="belongs to origin 'test/origin'"):
         write_journal(path, 1, signer=Ed25519Signer("other/origin", bytes(32)))
+
+
+def test_odd_body_types_neither_fail_the_batch_nor_break_verification(tmp_path: Path) -> None:
+
+    async def run() -> None:
+        writer = JournalWriter(tmp_path / "j.db", fixed_signer())
+        await writer.start()
+        try:
+            await append_bodies(writer, [body(0), body(1, step_id=1.5, tenant_id=5), body(2, step_id="7")])
+        finally:
+            await writer.aclose()
+
+    asyncio.run(run())
+    assert verify_journal(tmp_path / "j.db", [fixed_signer().verifier]).ok

@@ -17,6 +17,7 @@ MAX_LABELS = 64
 MAX_LABEL_VALUE_BYTES = 256
 MAX_ERROR_BYTES = 4096
 MAX_DURATION_S = 30 * 24 * 3600
+MAX_STEP_ID = 2**53 - 1
 
 _ACTION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/\-]{0,255}$")
 _LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/\-]{0,62}$")
@@ -124,6 +125,9 @@ def parse_decide(request: gateway_pb2.DecideRequest, *, max_args_bytes: int, max
     """
     check = _Checker()
     check.text("run_id", request.run_id, required=True)
+    if request.step_id > MAX_STEP_ID:
+        # Events are JSON: integers beyond 2**53-1 are not interoperable (RFC 7493).
+        check.add("step_id", f"must be at most {MAX_STEP_ID}")
     check.text("tenant_id", request.tenant_id, required=True)
     check.text("agent_id", request.agent_id, required=False)
     check.text("approval_id", request.approval_id, required=False, max_bytes=128)

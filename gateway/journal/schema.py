@@ -70,10 +70,23 @@ BEGIN SELECT RAISE(ABORT, 'journal_meta is append-only: DELETE refused'); END;
 INSERT_SQL = f"INSERT INTO journal ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 
 
+_INTEGER_COLUMNS = frozenset({"step_id"})
+_SQLITE_MAX_INT = 2**63 - 1
+
+
 def indexed_values(body: dict[str, Any]) -> tuple[Any, ...]:
-    """The indexed column values for a body, in ``INDEXED_FIELDS`` order (None where the body lacks one)."""
+    """The indexed column values for a body, in ``INDEXED_FIELDS`` order.
+
+    A value is indexed only if its type fits the column (a non-empty string for TEXT, an integer within SQLite's
+    range for INTEGER); anything else is NULL. That keeps the mapping deterministic for writer and verifier alike
+    and means SQLite never coerces a value, so an odd body can neither fail a whole batch nor verify differently.
+    """
     values = []
-    for field, _ in INDEXED_FIELDS:
+    for field, column in INDEXED_FIELDS:
         value = body.get(field)
-        values.append(value if value != "" else None)
+        if column in _INTEGER_COLUMNS:
+            fits = isinstance(value, int) and not isinstance(value, bool) and abs(value) <= _SQLITE_MAX_INT
+            values.append(int(value) if fits else None)
+        else:
+            values.append(str(value) if isinstance(value, str) and value != "" else None)
     return tuple(values)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.canonical import CanonicalizationError, canonical_json
-from gateway.errors import ConfigError, JournalError, MalformedEntryError
+from gateway.errors import ConfigError, JournalUnreadableError, MalformedEntryError
 from gateway.journal.entry import ZERO_HASH, Entry, EventKind, decode_entry, leaf_hash, signature_payload
 from gateway.journal.merkle import MerkleRoot
 from gateway.journal.schema import COLUMNS, INDEXED_FIELDS, SCHEMA_VERSION, indexed_values
@@ -33,13 +33,6 @@ from gateway.signing import Verifier
 _SELECT_ROWS = f"SELECT {', '.join(COLUMNS)} FROM journal ORDER BY seq"  # noqa: S608
 # Attacker-controlled values are quoted in messages; cap them so one huge column cannot flood a report.
 _MAX_QUOTED = 80
-
-
-class JournalUnreadableError(JournalError):
-    """The file is not a readable agentaudit journal (missing, not SQLite, no journal table, unknown schema).
-
-    Distinct from tamper evidence: nothing could be checked. The CLI exits 2 on it.
-    """
 
 
 class FindingCode(enum.StrEnum):
@@ -106,8 +99,8 @@ class VerifyReport:
         """True when no tamper evidence was found."""
         return not self.findings
 
-    def to_dict(self) -> dict[str, Any]:
-        """The report as JSON-compatible values (hashes as lower-case hex)."""
+    def to_json(self) -> dict[str, Any]:
+        """The report as JSON-compatible values, hashes in lower-case hex (``agentaudit verify --json``)."""
         return {
             "ok": self.ok,
             "origin": self.origin,
@@ -118,10 +111,6 @@ class VerifyReport:
             "witnessed_size": self.witnessed_size,
             "findings": [{"seq": f.seq, "code": str(f.code), "message": f.message} for f in self.findings],
         }
-
-    def to_json(self) -> str:
-        """The report as a JSON document (what ``agentaudit verify --json`` prints)."""
-        return json.dumps(self.to_dict(), indent=2)
 
 
 def verify_journal(path: Path, verifiers: Sequence[Verifier], *, origin: str | None = None) -> VerifyReport:
@@ -169,8 +158,9 @@ def verify_journal(path: Path, verifiers: Sequence[Verifier], *, origin: str | N
         conn.close()
 
     # Step 5 (checkpoints, a later issue): CHECKPOINT entries will be compared with the Merkle root at their
-    # tree size (taken from the streaming tree while scanning) and COSIGNATURE entries checked against
-    # witness keys; the largest cosigned size becomes witnessed_size. Until then nothing is witnessed.
+    # tree size (taken from the streaming tree while scanning, see the end of _Scan.check_row) and
+    # COSIGNATURE entries checked against witness keys; the largest cosigned size becomes witnessed_size.
+    # Until then nothing is witnessed, and a cut-off tail goes unnoticed.
     return scan.report(witnessed_size=_WITNESSED_SIZE_WITHOUT_CHECKPOINTS)
 
 
@@ -180,21 +170,21 @@ _WITNESSED_SIZE_WITHOUT_CHECKPOINTS = 0
 
 def format_report(report: VerifyReport) -> str:
     """Renders a report for people: one line per finding, then the witness status and a summary line."""
-    lines = [
-        f"{'journal' if f.seq is None else f'seq {f.seq}'}: {f.code}: {f.message}" for f in report.findings
-    ]
+    lines = [f"{'journal' if f.seq is None else f'seq {f.seq}'}: {f.code}: {f.message}" for f in report.findings]
     lines.append(
-        f"witnessed: {report.witnessed_size} of {report.tree_size} entries"
+        f"witnessed: {report.witnessed_size} of {_count(report.tree_size, 'entry', 'entries')}"
         + ("" if report.witnessed_size >= report.tree_size else " (a cut-off tail is not detectable locally)")
     )
+    entries = _count(report.entries, "entry", "entries")
     if report.ok:
-        lines.append(f"journal OK: {report.entries} entries, root {report.root_hash.hex()}")
+        lines.append(f"journal OK: {entries}, root {report.root_hash.hex()}")
     else:
-        count = len(report.findings)
-        lines.append(
-            f"TAMPER EVIDENCE: {count} finding{'' if count == 1 else 's'} in {report.entries} entries"
-        )
+        lines.append(f"TAMPER EVIDENCE: {_count(len(report.findings), 'finding', 'findings')} in {entries}")
     return "\n".join(lines)
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
 
 
 def _resolve_origin(verifiers: Sequence[Verifier], origin: str | None) -> str:
@@ -205,8 +195,7 @@ def _resolve_origin(verifiers: Sequence[Verifier], origin: str | None) -> str:
     names = sorted({v.name for v in verifiers})
     if len(names) != 1:
         raise ConfigError(
-            f"the public keys name different origins ({', '.join(names)}); "
-            "pass the journal's origin explicitly"
+            f"the public keys name different origins ({', '.join(names)}); pass the journal's origin explicitly"
         )
     return names[0]
 
@@ -241,17 +230,13 @@ def _check_shape(conn: sqlite3.Connection, path: Path) -> None:
     # Only an INTEGER PRIMARY KEY seq is an integer that orders and identifies rows; anything else is a
     # different table, not a tampered journal.
     if present["seq"] != ("INTEGER", 1):
-        raise JournalUnreadableError(
-            f"{path} is not an agentaudit journal: seq is not an INTEGER PRIMARY KEY"
-        )
+        raise JournalUnreadableError(f"{path} is not an agentaudit journal: seq is not an INTEGER PRIMARY KEY")
 
 
 def _read_meta(conn: sqlite3.Connection, path: Path) -> dict[str, Any] | None:
     """Returns journal_meta as a dict, or None when the table is absent (reported, not fatal)."""
     try:
-        exists = conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'journal_meta'"
-        ).fetchone()
+        exists = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'journal_meta'").fetchone()
         if exists is None:
             return None
         meta = {str(key): value for key, value in conn.execute("SELECT key, value FROM journal_meta")}
@@ -273,8 +258,9 @@ def _quote(value: object) -> str:
     return text if len(text) <= _MAX_QUOTED else text[: _MAX_QUOTED - 3] + "..."
 
 
-def _short(digest: bytes) -> str:
-    return digest.hex()[:16]
+def _short(digest: object) -> str:
+    """The first 8 bytes of a hash in hex, enough to tell hashes apart in a message."""
+    return digest.hex()[:16] if isinstance(digest, bytes) else _quote(digest)
 
 
 def _stored_bytes(value: object) -> bytes:
@@ -342,37 +328,30 @@ class _Scan:
         self._tree.append(leaf)
         self._prev_leaf = self._last_leaf = leaf
 
-        # 3. Compare with the leaf hash stored when the row was written: a difference means the entry or
+        # 3. Decode the envelope, then verify the signature over the domain-separated payload, bound to the
+        #    trusted origin, under the key the entry names. Bytes that do not decode name no key.
+        entry = self._decode(seq, stored_entry, stored_signature)
+        if entry is not None:
+            self._check_signature(seq, entry, signature)
+
+        # 4. Compare with the leaf hash stored when the row was written: a difference means the entry or
         #    signature bytes changed afterwards.
         if stored_leaf != leaf:
             self._add(
                 seq,
                 FindingCode.EDITED_ENTRY,
-                f"stored leaf_hash {_quote(stored_leaf)} is not SHA-256(0x00|entry|signature) "
-                f"= {leaf.hex()}: the entry or signature bytes changed after writing",
+                f"stored leaf_hash {_short(stored_leaf)}... differs from SHA-256(0x00|entry|signature) "
+                f"{_short(leaf)}...: the entry or signature changed after it was written",
             )
-
-        # 4. Decode the envelope. Nothing below can be checked on bytes that do not decode.
-        if not isinstance(stored_entry, bytes) or not isinstance(stored_signature, bytes):
-            self._add(seq, FindingCode.MALFORMED_ENTRY, "the entry or signature column does not hold a BLOB")
-            return
-        try:
-            entry = decode_entry(entry_bytes)
-        except MalformedEntryError as exc:
-            self._add(seq, FindingCode.MALFORMED_ENTRY, str(exc))
+        # Nothing below can be checked on bytes that do not decode.
+        if entry is None:
             return
 
-        # 5. Verify the signature over the domain-separated payload, bound to the trusted origin, under
-        #    the key the entry names.
-        self._check_signature(seq, entry, signature)
-
-        # 6. The signed seq must be the row's seq: entries cannot be moved or renumbered.
+        # 5. The signed seq must be the row's seq: entries cannot be moved or renumbered.
         if entry.seq != seq:
-            self._add(
-                seq, FindingCode.REORDER, f"the entry is signed as seq {entry.seq}, stored as seq {seq}"
-            )
+            self._add(seq, FindingCode.REORDER, f"the entry is signed as seq {entry.seq}, stored as seq {seq}")
 
-        # 7. The hash chain: the signed prev_leaf_hash must be the previous row's recomputed leaf hash.
+        # 6. The hash chain: the signed prev_leaf_hash must be the previous row's recomputed leaf hash.
         if expected_prev is not None and entry.prev_leaf_hash != expected_prev:
             what = "zeros" if seq == 0 else f"the leaf hash of seq {seq - 1} ({_short(expected_prev)}...)"
             self._add(
@@ -381,15 +360,29 @@ class _Scan:
                 f"prev_leaf_hash {_short(entry.prev_leaf_hash)}... is not {what}",
             )
 
-        # 8. The body must be canonical JSON, so the signed bytes are the one encoding of the event.
+        # 7. The body must be canonical JSON, so the signed bytes are the one encoding of the event.
         body = self._check_body(seq, entry.body)
 
-        # 9. The body's kind string must name the header's kind byte.
+        # 8. The body's kind string must name the header's kind byte.
         if body is not None:
             self._check_kind(seq, entry.kind, body)
 
-        # 10. Indexed columns are what search and the forwarder read: each must equal the signed value.
+        # 9. Indexed columns are what search and the forwarder read: each must equal the signed value.
         self._check_columns(seq, entry, body, stored_nanos, stored_indexed)
+
+        # Checkpoints (a later issue) hook in here: a CHECKPOINT entry for tree size n is compared with
+        # self._tree.root() once n leaves are in, and a COSIGNATURE from a trusted witness raises the
+        # witnessed size. See step 5 of verify_journal.
+
+    def _decode(self, seq: int, stored_entry: object, stored_signature: object) -> Entry | None:
+        if not isinstance(stored_entry, bytes) or not isinstance(stored_signature, bytes):
+            self._add(seq, FindingCode.MALFORMED_ENTRY, "the entry or signature column does not hold a BLOB")
+            return None
+        try:
+            return decode_entry(stored_entry)
+        except MalformedEntryError as exc:
+            self._add(seq, FindingCode.MALFORMED_ENTRY, str(exc))
+            return None
 
     def _check_signature(self, seq: int, entry: Entry, signature: bytes) -> None:
         candidates = self._keys.get(entry.key_id)
@@ -419,9 +412,7 @@ class _Scan:
             self._add(seq, FindingCode.NONCANONICAL_BODY, f"body is not UTF-8 JSON: {exc}")
             return None
         if not isinstance(body, dict):
-            self._add(
-                seq, FindingCode.NONCANONICAL_BODY, f"body is a JSON {type(body).__name__}, not an object"
-            )
+            self._add(seq, FindingCode.NONCANONICAL_BODY, f"body is a JSON {type(body).__name__}, not an object")
             return None
         try:
             canonical = canonical_json(body)
@@ -466,9 +457,7 @@ class _Scan:
             )
         if body is None:
             return  # Already reported as noncanonical_body; the body columns have no signed value to match.
-        for (_, column), stored, signed in zip(
-            INDEXED_FIELDS, stored_indexed, indexed_values(body), strict=True
-        ):
+        for (_, column), stored, signed in zip(INDEXED_FIELDS, stored_indexed, indexed_values(body), strict=True):
             if stored != signed:
                 self._add(seq, FindingCode.COLUMN_MISMATCH, _column_message(column, stored, signed))
 
