@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import gc
 import logging
 import os
 import socket
@@ -181,9 +182,20 @@ def install_event_loop_policy() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+def freeze_startup_objects() -> None:
+    """Moves everything allocated at start-up out of the garbage collector's view.
+
+    The long-lived objects (modules, descriptors, config, policy) would otherwise be re-scanned by every full
+    collection on the request path; profiling showed ~3% of the loop thread in the collector.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 async def run_until_signalled(sidecar: Sidecar, stop: asyncio.Event) -> None:
     """Starts the sidecar, waits for ``stop``, then shuts down in order."""
     await sidecar.start()
+    freeze_startup_objects()
     try:
         await stop.wait()
     finally:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import rfc8785
@@ -34,6 +35,36 @@ class _NeedsFallback(Exception):
     pass
 
 
+def normalise_number(value: float) -> tuple[int | float, bool]:
+    """Returns the number as JCS prints it (integral → int) and whether ``json.dumps`` prints it identically."""
+    if value.is_integer() and abs(value) <= _MAX_SAFE_INT:
+        return int(value), True
+    return value, 1e-4 <= abs(value) < 1e16
+
+
+def key_sorts_alike(key: str) -> bool:
+    """Whether code-point order equals UTF-16 order for this key (true unless it has a code point ≥ U+E000)."""
+    return key.isascii() or max(key) < "\ue000"
+
+
+def encode_normalised(value: Any) -> bytes:
+    """RFC 8785 bytes of a value already normalised: every float passed :func:`normalise_number` as exact and
+    every key :func:`key_sorts_alike`. Callers that built the value that way skip the checking walk."""
+    return _encoder.encode(value).encode("utf-8")
+
+
+@dataclass(frozen=True)
+class JsonPayload:
+    """A Struct as plain Python, JCS-normalised (integral numbers as int).
+
+    ``normalised`` is true when :func:`encode_normalised` yields its RFC 8785 bytes directly
+    (every number and key passed the checks), so the hot path can skip the general canonicaliser.
+    """
+
+    value: dict[str, Any]
+    normalised: bool
+
+
 def _prepare(value: Any) -> Any:
     """Returns ``value`` with integral floats as ints; raises _NeedsFallback where json.dumps would differ."""
     if isinstance(value, str) or value is None or isinstance(value, bool):
@@ -43,7 +74,7 @@ def _prepare(value: Any) -> Any:
         for k, v in value.items():
             if not isinstance(k, str):
                 raise CanonicalizationError("object keys must be strings")
-            if k and max(k) >= "\ue000":
+            if not key_sorts_alike(k):
                 raise _NeedsFallback
             out[k] = _prepare(v)
         return out
@@ -56,18 +87,17 @@ def _prepare(value: Any) -> Any:
     if isinstance(value, float):
         if not math.isfinite(value):
             raise CanonicalizationError("NaN and infinity are not allowed in JSON")
-        if value.is_integer() and abs(value) <= _MAX_SAFE_INT:
-            return int(value)
-        if 1e-4 <= abs(value) < 1e16:
-            return value
-        raise _NeedsFallback
+        number, exact = normalise_number(value)
+        if not exact:
+            raise _NeedsFallback
+        return number
     raise CanonicalizationError(f"type {type(value).__name__} cannot be canonicalised")
 
 
 def canonical_json(value: Any) -> bytes:
     """Returns the RFC 8785 canonical UTF-8 encoding of a JSON-like value."""
     try:
-        return _encoder.encode(_prepare(value)).encode("utf-8")
+        return encode_normalised(_prepare(value))
     except _NeedsFallback:
         pass
     except UnicodeEncodeError as exc:

@@ -51,6 +51,7 @@ def _serve(cfg_loader: object, banner: bool, directory: Path | None = None) -> i
             loop.add_signal_handler(sig, stop.set)
         sidecar = app.Sidecar(cfg)
         await sidecar.start()
+        app.freeze_startup_objects()
         try:
             if banner:
                 _print_dev_banner(cfg, sidecar.bound, created, directory)

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from gateway.errors import ConfigError
+from gateway.journal.schema import MAX_ROWS_PER_INSERT
 
 ENV_PREFIX = "AGENTAUDIT_"
 DEFAULT_TCP_PORT = 7419
@@ -175,7 +176,7 @@ def _validate(cfg: Config) -> None:
         ("server.max_depth", cfg.server.max_depth, 1, 100),
         ("server.max_message_bytes", cfg.server.max_message_bytes, 4096, 64 * 1024 * 1024),
         ("journal.busy_timeout_ms", cfg.journal.busy_timeout_ms, 0, 600_000),
-        ("journal.max_batch", cfg.journal.max_batch, 1, 100_000),
+        ("journal.max_batch", cfg.journal.max_batch, 1, MAX_ROWS_PER_INSERT),
     ):
         if not low <= value <= high:
             raise ConfigError(f"{key}: {value} is outside {low}..{high}")

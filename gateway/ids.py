@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import time
 
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+# RFC 4648 base32 digits mapped, value for value, to Crockford's alphabet (which sorts like the values do).
+_TO_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", b"0123456789ABCDEFGHJKMNPQRSTVWXYZ")
 
 
 def _ulid() -> str:
-    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
-    chars = []
-    for _ in range(26):
-        chars.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
+    """48-bit millisecond time then 80 random bits, 26 Crockford base32 characters; sorts by time."""
+    raw = (time.time_ns() // 1_000_000).to_bytes(6, "big") + os.urandom(10)
+    return base64.b32encode(raw)[:26].translate(_TO_CROCKFORD).decode("ascii")
 
 
 def new_event_id() -> str:
@@ -27,7 +26,13 @@ def new_approval_id() -> str:
     return "apr_" + _ulid()
 
 
+_last_second: tuple[int, str] = (-1, "")
+
+
 def rfc3339_nanos(unix_nanos: int) -> str:
     """RFC 3339 UTC timestamp with nanoseconds, e.g. ``2026-11-27T09:18:15.123456789Z``."""
+    global _last_second  # noqa: PLW0603 - a one-entry cache: most events fall in the same second as the last
     seconds, nanos = divmod(unix_nanos, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos:09d}Z"
+    if _last_second[0] != seconds:
+        _last_second = (seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)))
+    return f"{_last_second[1]}.{nanos:09d}Z"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway import reasons
-from gateway.canonical import canonical_json
+from gateway.canonical import JsonPayload, canonical_json, encode_normalised
 from gateway.errors import NotFoundError, ViolationError
 from gateway.ids import new_event_id, rfc3339_nanos
 from gateway.journal.entry import EventKind
@@ -38,6 +38,7 @@ class PreparedAction:
     args_digest: str
     redacted_args: Any
     redacted_paths: list[str]
+    normalised: bool = False
 
 
 @dataclass(frozen=True)
@@ -77,18 +78,22 @@ class AuditRecorder:
         # Per pre-event: the (possibly in-flight) result, so concurrent duplicate reports journal once.
         self._results: OrderedDict[str, asyncio.Future[ResultOutcome]] = OrderedDict()
 
-    def prepare(self, action: str, args: Mapping[str, Any]) -> PreparedAction:
+    def prepare(self, action: str, args: Mapping[str, Any], *, normalised: bool = False) -> PreparedAction:
         """Redacts and digests args; computes the action key."""
-        canonical, redacted, paths = self._redactor.prepare(args, "args")
+        canonical, redacted, paths = self._redactor.prepare(args, "args", normalised=normalised)
         return PreparedAction(
             action_key=self._redactor.action_key(action, canonical),
             args_digest=self._redactor.digest(canonical),
             redacted_args=redacted,
             redacted_paths=paths,
+            normalised=normalised,
         )
 
-    async def _append(self, kind: EventKind, body: dict[str, Any], nanos: int) -> Receipt:
-        return await self._writer.append(kind, canonical_json(body), indexed_values(body), nanos)
+    async def _append(self, kind: EventKind, body: dict[str, Any], nanos: int, *, normalised: bool = False) -> Receipt:
+        # Bodies are built from validated strings and integers plus user data; when that data is known to be
+        # JCS-normalised the checking walk is skipped (tests compare both paths).
+        encoded = encode_normalised(body) if normalised else canonical_json(body)
+        return await self._writer.append(kind, encoded, indexed_values(body), nanos)
 
     async def record_started(self, details: Mapping[str, Any]) -> RecordedEvent:
         """Journals a ``journal_started`` lifecycle event (one per sidecar start)."""
@@ -141,7 +146,7 @@ class AuditRecorder:
             "span_id": span_id,
             "labels": dict(request.labels),
         }
-        receipt = await self._append(EventKind.PRE_EXEC, body, nanos)
+        receipt = await self._append(EventKind.PRE_EXEC, body, nanos, normalised=prepared.normalised)
         self._remember(
             StoredEvent(
                 receipt.seq,
@@ -175,7 +180,7 @@ class AuditRecorder:
         return event
 
     async def record_result(
-        self, event_id: str, status: str, error: str, output: Mapping[str, Any], duration_ns: int | None
+        self, event_id: str, status: str, error: str, output: JsonPayload, duration_ns: int | None
     ) -> ResultOutcome:
         """Journals the post-event of a pre-event, once; a repeat answers the first post-event.
 
@@ -211,13 +216,13 @@ class AuditRecorder:
         return outcome
 
     async def _record_result_once(
-        self, event_id: str, status: str, error: str, output: Mapping[str, Any], duration_ns: int | None
+        self, event_id: str, status: str, error: str, output: JsonPayload, duration_ns: int | None
     ) -> ResultOutcome:
         pre = await self._pre_event(event_id)
         existing = await self._reader.find_result(event_id)
         if existing is not None:
             return ResultOutcome(existing.event_id, True, existing.kind == EventKind.VIOLATION.label)
-        canonical, redacted, paths = self._redactor.prepare(output, "output")
+        canonical, redacted, paths = self._redactor.prepare(output.value, "output", normalised=output.normalised)
         nanos = now_nanos()
         allowed = pre.decision == Verdict.ALLOW.value
         kind = EventKind.POST_EXEC if allowed else EventKind.VIOLATION
@@ -252,7 +257,7 @@ class AuditRecorder:
                 else reasons.EXECUTED_AFTER_STOP
             )
             body["pre_reason"] = pre.reason
-        await self._append(kind, body, nanos)
+        await self._append(kind, body, nanos, normalised=output.normalised)
         if not allowed:
             log.warning(
                 "violation: result reported for %s action (run %s, step %s, pre-event %s)",

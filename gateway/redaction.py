@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.canonical import canonical_json
+from gateway.canonical import canonical_json, encode_normalised
 from gateway.errors import SigningKeyError
 from gateway.signing import read_secret_file, write_secret_file
 
@@ -31,7 +31,7 @@ def redact(value: Any, fields: frozenset[str], prefix: str) -> tuple[Any, list[s
     removed: list[str] = []
 
     def walk(node: Any, path: str) -> Any:
-        if isinstance(node, Mapping):
+        if isinstance(node, dict):
             out = {}
             for key, child in node.items():
                 child_path = f"{path}.{key}"
@@ -62,7 +62,7 @@ class Redactor:
         return cls(hmac_key, frozenset(f.lower() for f in fields), hash_args)
 
     def _mac(self, domain: bytes, data: bytes) -> str:
-        return hmac.new(self.hmac_key, domain + data, hashlib.sha256).hexdigest()
+        return hmac.digest(self.hmac_key, domain + data, hashlib.sha256).hex()
 
     def action_key(self, name: str, canonical_args: bytes) -> str:
         """Stable key for equal action name and canonical args (dedup across retries, approval binding)."""
@@ -74,10 +74,14 @@ class Redactor:
             return ""
         return "hmac-sha256:" + self._mac(_OUTPUT_DOMAIN if output else _ARGS_DOMAIN, canonical)
 
-    def prepare(self, value: Mapping[str, Any], prefix: str) -> tuple[bytes, Any, list[str]]:
-        """Canonical bytes of the raw value, its redacted copy and the removed paths."""
+    def prepare(self, value: Mapping[str, Any], prefix: str, *, normalised: bool) -> tuple[bytes, Any, list[str]]:
+        """Canonical bytes of the raw value, its redacted copy and the removed paths.
+
+        ``normalised``: the value is JCS-normalised already (``gateway.canonical.encode_normalised`` applies).
+        """
         redacted, paths = redact(value, self.fields, prefix) if self.fields else (dict(value), [])
-        return canonical_json(value), redacted, paths
+        canonical = encode_normalised(value) if normalised else canonical_json(value)
+        return canonical, redacted, paths
 
 
 def create_hmac_key(path: Path) -> None:

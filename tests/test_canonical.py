@@ -6,10 +6,12 @@ import math
 
 import pytest
 import rfc8785
+from google.protobuf import struct_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.canonical import CanonicalizationError, canonical_json
+from gateway.api.validation import struct_to_json
+from gateway.canonical import CanonicalizationError, canonical_json, encode_normalised
 
 json_scalars = (
     st.none()
@@ -51,3 +53,23 @@ def test_known_encodings(value: object, expected: bytes) -> None:
 def test_refuses_values_json_cannot_carry(bad: object) -> None:
     with pytest.raises(CanonicalizationError):
         canonical_json({"v": bad})
+
+
+struct_values = st.recursive(
+    st.none() | st.booleans() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(max_size=8), struct_values, max_size=5))
+def test_struct_conversion_flags_exactly_when_the_fast_encoding_is_canonical(value: dict[str, object]) -> None:
+    """What the Decide hot path relies on: a Struct converted as 'normalised' encodes to RFC 8785 bytes."""
+    message = struct_pb2.Struct()
+    message.update(value)
+    payload = struct_to_json(message, max_depth=64)
+    expected = rfc8785.dumps(payload.value)
+    if payload.normalised:
+        assert encode_normalised(payload.value) == expected
+    assert canonical_json(payload.value) == expected

@@ -62,7 +62,7 @@ class GatewayServicer:
         action = validation.parse_decide(
             request, max_args_bytes=self._limits.max_args_bytes, max_depth=self._limits.max_depth
         )
-        prepared = self._recorder.prepare(action.action, action.args)
+        prepared = self._recorder.prepare(action.action, action.args, normalised=action.args_normalised)
         decision = self._evaluate(action)
         approval_id = new_approval_id() if decision.verdict is Verdict.APPROVAL_REQUIRED else ""
         try:

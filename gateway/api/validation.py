@@ -9,6 +9,7 @@ from typing import Any
 from google.protobuf import struct_pb2
 
 from agentaudit.v1 import gateway_pb2, types_pb2
+from gateway.canonical import JsonPayload, key_sorts_alike, normalise_number
 from gateway.errors import FieldViolation, InvalidRequestError
 from gateway.policy.model import ActionRequest
 
@@ -22,7 +23,6 @@ MAX_STEP_ID = 2**53 - 1
 _ACTION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/\-]{0,255}$")
 _LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/\-]{0,62}$")
 _TRACEPARENT_RE = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 ACTOR_TYPES = {
     types_pb2.ACTOR_TYPE_UNSPECIFIED: "",
@@ -52,10 +52,12 @@ class _NotFinite(Exception):
     pass
 
 
-def struct_to_dict(message: struct_pb2.Struct, max_depth: int) -> dict[str, Any]:
+def struct_to_json(message: struct_pb2.Struct, max_depth: int) -> JsonPayload:
     """Converts a Struct to plain Python, refusing nesting deeper than ``max_depth`` and NaN/infinity."""
+    exact = True
 
     def value(v: struct_pb2.Value, depth: int) -> Any:
+        nonlocal exact
         kind = v.WhichOneof("kind")
         if kind == "string_value":
             return v.string_value
@@ -63,7 +65,9 @@ def struct_to_dict(message: struct_pb2.Struct, max_depth: int) -> dict[str, Any]
             number = v.number_value
             if not math.isfinite(number):
                 raise _NotFinite
-            return number
+            normal, fits = normalise_number(number)
+            exact = exact and fits
+            return normal
         if kind == "bool_value":
             return v.bool_value
         if kind == "struct_value":
@@ -75,11 +79,21 @@ def struct_to_dict(message: struct_pb2.Struct, max_depth: int) -> dict[str, Any]
         return None
 
     def struct(s: struct_pb2.Struct, depth: int) -> dict[str, Any]:
+        nonlocal exact
         if depth > max_depth:
             raise _TooDeep
-        return {k: value(v, depth) for k, v in s.fields.items()}
+        out = {}
+        for k, v in s.fields.items():
+            if not key_sorts_alike(k):
+                exact = False
+            out[k] = value(v, depth)
+        return out
 
-    return struct(message, 1)
+    converted = struct(message, 1)
+    return JsonPayload(converted, exact)
+
+
+_EMPTY = JsonPayload({}, True)
 
 
 class _Checker:
@@ -94,23 +108,23 @@ class _Checker:
             if required:
                 self.add(field, "is required")
             return
-        if len(value.encode()) > max_bytes:
+        if len(value) > max_bytes or (not value.isascii() and len(value.encode()) > max_bytes):
             self.add(field, f"must be at most {max_bytes} bytes")
-        elif _CONTROL_RE.search(value):
-            self.add(field, "must not contain control characters")
+        elif not value.isprintable():
+            self.add(field, "must not contain control or separator characters other than space")
 
-    def payload(self, field: str, message: struct_pb2.Struct, max_bytes: int, max_depth: int) -> dict[str, Any]:
+    def payload(self, field: str, message: struct_pb2.Struct, max_bytes: int, max_depth: int) -> JsonPayload:
         size = message.ByteSize()
         if size > max_bytes:
             self.add(field, f"is {size} bytes, more than the limit of {max_bytes}")
-            return {}
+            return _EMPTY
         try:
-            return struct_to_dict(message, max_depth)
+            return struct_to_json(message, max_depth)
         except _TooDeep:
             self.add(field, f"is nested deeper than {max_depth} levels")
         except _NotFinite:
             self.add(field, "holds NaN or infinity, which JSON cannot represent")
-        return {}
+        return _EMPTY
 
     def raise_if_any(self) -> None:
         if self.violations:
@@ -152,7 +166,7 @@ def parse_decide(request: gateway_pb2.DecideRequest, *, max_args_bytes: int, max
         for key, val in request.labels.items():
             if not _LABEL_KEY_RE.match(key):
                 check.add(f"labels[{key[:64]!r}]", "key must match [A-Za-z0-9][A-Za-z0-9_.:/-]{0,62}")
-            elif len(val.encode()) > MAX_LABEL_VALUE_BYTES or _CONTROL_RE.search(val):
+            elif len(val.encode()) > MAX_LABEL_VALUE_BYTES or not val.isprintable():
                 check.add(f"labels[{key!r}]", f"value must be at most {MAX_LABEL_VALUE_BYTES} bytes, no controls")
     check.raise_if_any()
     return ActionRequest(
@@ -163,7 +177,8 @@ def parse_decide(request: gateway_pb2.DecideRequest, *, max_args_bytes: int, max
         actor_id=request.actor.id,
         agent_id=request.agent_id,
         action=name,
-        args=args,
+        args=args.value,
+        args_normalised=args.normalised,
         scope=SCOPES[request.scope],
         approval_id=request.approval_id,
         traceparent=request.traceparent,
@@ -173,7 +188,7 @@ def parse_decide(request: gateway_pb2.DecideRequest, *, max_args_bytes: int, max
 
 def parse_report(
     request: gateway_pb2.ReportResultRequest, *, max_output_bytes: int, max_depth: int
-) -> tuple[str, str, str, dict[str, Any], int | None]:
+) -> tuple[str, str, str, JsonPayload, int | None]:
     """Validates a ReportResultRequest: (event_id, status, error, output, duration_ns).
 
     Raises:

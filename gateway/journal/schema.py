@@ -7,6 +7,7 @@ Pure (no I/O), so the writer, the reader and the offline verifier share one defi
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 SCHEMA_VERSION = "1"
@@ -67,7 +68,16 @@ CREATE TRIGGER IF NOT EXISTS journal_meta_no_delete BEFORE DELETE ON journal_met
 BEGIN SELECT RAISE(ABORT, 'journal_meta is append-only: DELETE refused'); END;
 """
 
-INSERT_SQL = f"INSERT INTO journal ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+MAX_ROWS_PER_INSERT = 2000  # 16 columns x 2000 rows stays under SQLite's 32766 host parameters
+_ROW_PLACEHOLDERS = "(" + ", ".join("?" * len(COLUMNS)) + ")"
+
+
+@functools.lru_cache(maxsize=MAX_ROWS_PER_INSERT)
+def insert_sql(rows: int) -> str:
+    """A multi-row INSERT for ``rows`` entries (one statement, so one transaction in autocommit mode)."""
+    if not 1 <= rows <= MAX_ROWS_PER_INSERT:
+        raise ValueError(f"an INSERT holds 1..{MAX_ROWS_PER_INSERT} rows, not {rows}")
+    return f"INSERT INTO journal ({', '.join(COLUMNS)}) VALUES " + ", ".join([_ROW_PLACEHOLDERS] * rows)
 
 
 _INTEGER_COLUMNS = frozenset({"step_id"})
@@ -81,12 +91,12 @@ def indexed_values(body: dict[str, Any]) -> tuple[Any, ...]:
     range for INTEGER); anything else is NULL. That keeps the mapping deterministic for writer and verifier alike
     and means SQLite never coerces a value, so an odd body can neither fail a whole batch nor verify differently.
     """
-    values = []
+    values: list[int | str | None] = []
     for field, column in INDEXED_FIELDS:
         value = body.get(field)
         if column in _INTEGER_COLUMNS:
             fits = isinstance(value, int) and not isinstance(value, bool) and abs(value) <= _SQLITE_MAX_INT
-            values.append(int(value) if fits else None)
+            values.append(int(value) if fits and isinstance(value, int) else None)
         else:
             values.append(str(value) if isinstance(value, str) and value != "" else None)
     return tuple(values)

@@ -44,6 +44,8 @@ class ActionRequest:
     approval_id: str = ""
     traceparent: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
+    # True when args are JCS-normalised (see gateway.canonical.encode_normalised): a hot-path shortcut.
+    args_normalised: bool = False
 
 
 class PolicyEngine(Protocol):
