@@ -17,9 +17,9 @@ import signal
 from typing import Any
 
 import grpc
-from agentaudit.v1 import gateway_pb2, gateway_pb2_grpc, types_pb2
 from grpc_health.v1 import health, health_pb2_grpc
 
+from agentaudit.v1 import gateway_pb2, gateway_pb2_grpc, types_pb2
 from bench._loop import current_loop_name, install_event_loop_policy
 
 _log = logging.getLogger("bench.echo_server")

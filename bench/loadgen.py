@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from agentaudit.v1 import gateway_pb2, gateway_pb2_grpc, types_pb2
 from google.protobuf import struct_pb2
 
+from agentaudit.v1 import gateway_pb2, gateway_pb2_grpc, types_pb2
 from bench._loop import current_loop_name, install_event_loop_policy
 
 # Real agents end runs; a run of bounded length also keeps per-run step budgets from turning the whole
@@ -144,9 +144,7 @@ def percentile_ms(sorted_ns: list[int], pct: float) -> float | None:
     return sorted_ns[rank - 1] / _NS_PER_MS
 
 
-def summarise(
-    tally: Tally, window: Window, *, target: str, concurrency: int, warmup_s: float
-) -> dict[str, Any]:
+def summarise(tally: Tally, window: Window, *, target: str, concurrency: int, warmup_s: float) -> dict[str, Any]:
     """Turns the tally into the result object printed on stdout."""
     # A window closed early by the request budget ends at its last completion, not at the deadline.
     budget_spent = window.issued >= window.max_requests
@@ -195,9 +193,7 @@ async def run_load(
         stub = gateway_pb2_grpc.GatewayServiceStub(channel)
         now = time.perf_counter_ns()
         start_ns = now + int(warmup_s * _NS_PER_S)
-        window = Window(
-            start_ns=start_ns, end_ns=start_ns + int(duration_s * _NS_PER_S), max_requests=max_requests
-        )
+        window = Window(start_ns=start_ns, end_ns=start_ns + int(duration_s * _NS_PER_S), max_requests=max_requests)
         tally = Tally()
         async with asyncio.TaskGroup() as group:
             for worker in range(concurrency):
@@ -224,12 +220,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.loadgen", description="Closed-loop Decide load.")
     parser.add_argument("--target", required=True, help="gRPC address, for example unix:///tmp/gateway.sock")
     parser.add_argument("--concurrency", type=_positive_int, default=1, help="concurrent workers (default 1)")
-    parser.add_argument(
-        "--duration", type=_non_negative_float, default=5.0, help="measured seconds (default 5)"
-    )
-    parser.add_argument(
-        "--warmup", type=_non_negative_float, default=1.0, help="discarded seconds (default 1)"
-    )
+    parser.add_argument("--duration", type=_non_negative_float, default=5.0, help="measured seconds (default 5)")
+    parser.add_argument("--warmup", type=_non_negative_float, default=1.0, help="discarded seconds (default 1)")
     parser.add_argument(
         "--max-requests",
         type=_positive_int,

@@ -223,9 +223,7 @@ def run_target(
             with running_server(spec, report):
                 progress(f"{name} serving after {report.startup_s:.2f} s")
                 for level in concurrency:
-                    progress(
-                        f"measuring {name} at concurrency {level} ({warmup_s:g} s warm-up, {duration_s:g} s)"
-                    )
+                    progress(f"measuring {name} at concurrency {level} ({warmup_s:g} s warm-up, {duration_s:g} s)")
                     results[f"c{level}"] = measure(spec.address, level, duration_s, warmup_s)
         except ServerStartError as exc:
             progress(f"error: {exc}")
@@ -234,9 +232,7 @@ def run_target(
     return results
 
 
-def compute_ratios(
-    echo: dict[str, Any], decide: dict[str, Any], concurrency: Sequence[int]
-) -> dict[str, Any]:
+def compute_ratios(echo: dict[str, Any], decide: dict[str, Any], concurrency: Sequence[int]) -> dict[str, Any]:
     """Decide/echo throughput and p50 difference at each concurrency, and the two informational targets."""
     throughput: dict[str, float | None] = {}
     p50_delta: dict[str, float | None] = {}
@@ -280,9 +276,7 @@ def format_table(results: dict[str, Any], targets: Sequence[str], concurrency: S
                 _num(row.get("p50_ms"), ".3f"),
                 _num(row.get("p99_ms"), ".3f"),
             )
-            lines.append(
-                f"{target:<8} {level:>5} {rps:>10} {p50:>9} {p99:>9} {_num(row.get('errors'), 'd'):>7}"
-            )
+            lines.append(f"{target:<8} {level:>5} {rps:>10} {p50:>9} {p99:>9} {_num(row.get('errors'), 'd'):>7}")
     return "\n".join(lines)
 
 
@@ -299,9 +293,7 @@ def format_ratios(ratios: dict[str, Any], concurrency: Sequence[int]) -> str:
     ]
     for name, target in ratios["targets"].items():
         verdict = {True: "met", False: "NOT met", None: "n/a"}[target["met"]]
-        lines.append(
-            f"  {name:<24} {_num(target['value'], '.3f'):>8}  (target {target['target']})  {verdict}"
-        )
+        lines.append(f"  {name:<24} {_num(target['value'], '.3f'):>8}  (target {target['target']})  {verdict}")
     return "\n".join(lines)
 
 
@@ -322,9 +314,7 @@ def format_notes(results: dict[str, Any], targets: Sequence[str]) -> list[str]:
                 notes.append(f"{target} {key}: {row['warmup_errors']} RPC errors during warm-up")
             not_allowed = {k: v for k, v in row.get("decisions", {}).items() if k != "DECISION_ALLOW"}
             if not_allowed:
-                notes.append(
-                    f"{target} {key}: decisions other than allow {not_allowed}, reasons {row['reasons']}"
-                )
+                notes.append(f"{target} {key}: decisions other than allow {not_allowed}, reasons {row['reasons']}")
             if row.get("stopped_by") == "max_requests":
                 notes.append(f"{target} {key}: window closed by the request cap after {row['duration_s']} s")
     return notes
@@ -388,9 +378,7 @@ def _concurrency_list(text: str) -> tuple[int, ...]:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """The command line; ``--duration`` defaults to $BENCH_DURATION, else 5 s."""
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.run", description="Sidecar Decide vs bare gRPC echo."
-    )
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description="Sidecar Decide vs bare gRPC echo.")
     env_duration = os.environ.get(DURATION_ENV)
     parser.add_argument(
         "--duration",
@@ -411,9 +399,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="comma-separated concurrency levels (default 1,16,64)",
     )
     parser.add_argument("--only", choices=TARGETS, help="measure one target (e.g. echo while developing)")
-    parser.add_argument(
-        "--output", type=Path, default=RESULTS_PATH, help=f"results file (default {RESULTS_PATH})"
-    )
+    parser.add_argument("--output", type=Path, default=RESULTS_PATH, help=f"results file (default {RESULTS_PATH})")
     return parser.parse_args(argv)
 
 
