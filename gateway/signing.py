@@ -92,26 +92,32 @@ class Ed25519Signer:
         return f"{_PRIVATE_PREFIX}{self.name}+{self.key_id.hex()}+{b64}"
 
 
-def parse_verifier(text: str) -> Verifier:
-    """Parses a C2SP verifier key (``name+keyid+base64``)."""
-    parts = text.strip().split("+", 2)  # base64 may itself contain "+"
+def _parse_key_text(text: str, what: str) -> tuple[str, bytes, bytes]:
+    """Splits ``NAME+KEYID+BASE64`` into (name, key id, 32 key bytes), checking each part."""
+    parts = text.split("+", 2)  # base64 may itself contain "+"
     if len(parts) != 3:
-        raise SigningKeyError("public key must have the form NAME+KEYID+BASE64")
+        raise SigningKeyError(f"{what} must have the form NAME+KEYID+BASE64")
     name, kid_hex, b64 = parts
     try:
         _check_name(name)
     except ConfigError as exc:
-        raise SigningKeyError(f"public key name: {exc}") from exc
+        raise SigningKeyError(f"{what} name: {exc}") from exc
     try:
         raw = base64.b64decode(b64, validate=True)
         kid = bytes.fromhex(kid_hex)
     except ValueError as exc:
-        raise SigningKeyError("public key is not valid hex/base64") from exc
+        raise SigningKeyError(f"{what} is not valid hex/base64") from exc
     if len(raw) != 33 or raw[:1] != ED25519_ALG:
-        raise SigningKeyError("public key is not an Ed25519 key (expected 0x01 followed by 32 bytes)")
-    if key_id(name, raw[1:]) != kid:
+        raise SigningKeyError(f"{what} is not an Ed25519 key (expected 0x01 followed by 32 bytes)")
+    return name, kid, raw[1:]
+
+
+def parse_verifier(text: str) -> Verifier:
+    """Parses a C2SP verifier key (``name+keyid+base64``)."""
+    name, kid, public = _parse_key_text(text.strip(), "public key")
+    if key_id(name, public) != kid:
         raise SigningKeyError("public key id does not match the key and name")
-    return Verifier(name=name, key_id=kid, public_key=raw[1:])
+    return Verifier(name=name, key_id=kid, public_key=public)
 
 
 def parse_signer(text: str) -> Ed25519Signer:
@@ -119,18 +125,8 @@ def parse_signer(text: str) -> Ed25519Signer:
     text = text.strip()
     if not text.startswith(_PRIVATE_PREFIX):
         raise SigningKeyError("private key must start with PRIVATE+KEY+")
-    parts = text[len(_PRIVATE_PREFIX) :].split("+", 2)
-    if len(parts) != 3:
-        raise SigningKeyError("private key must have the form PRIVATE+KEY+NAME+KEYID+BASE64")
-    name, kid_hex, b64 = parts
-    try:
-        raw = base64.b64decode(b64, validate=True)
-        kid = bytes.fromhex(kid_hex)
-    except ValueError as exc:
-        raise SigningKeyError("private key is not valid hex/base64") from exc
-    if len(raw) != 33 or raw[:1] != ED25519_ALG:
-        raise SigningKeyError("private key is not an Ed25519 key")
-    signer = Ed25519Signer(name, raw[1:])
+    name, kid, seed = _parse_key_text(text[len(_PRIVATE_PREFIX) :], "private key")
+    signer = Ed25519Signer(name, seed)
     if signer.key_id != kid:
         raise SigningKeyError("private key id does not match the key and name")
     return signer
