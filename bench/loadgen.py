@@ -79,7 +79,7 @@ def make_request(worker: int) -> gateway_pb2.DecideRequest:
         tenant_id="t_42",
         actor=types_pb2.Actor(type=types_pb2.ACTOR_TYPE_USER, id="u_1001"),
         agent_id="support-agent",
-        action=gateway_pb2.Action(name="crm.lookup", args=args),
+        action=gateway_pb2.Action(name="kb.search", args=args),
         scope=types_pb2.SCOPE_TENANT,
         labels={"env": "bench", "team": "support"},
     )

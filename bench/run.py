@@ -32,6 +32,8 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench import policy_eval
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench" / "results"
 RESULTS_PATH = RESULTS_DIR / "latest.json"
@@ -399,6 +401,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="comma-separated concurrency levels (default 1,16,64)",
     )
     parser.add_argument("--only", choices=TARGETS, help="measure one target (e.g. echo while developing)")
+    parser.add_argument(
+        "--policy-evaluations", type=int, default=50_000, help="timed policy evaluations per policy (default 50000)"
+    )
     parser.add_argument("--output", type=Path, default=RESULTS_PATH, help=f"results file (default {RESULTS_PATH})")
     return parser.parse_args(argv)
 
@@ -424,6 +429,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         servers[target] = vars(report)
 
     summary: dict[str, Any] = dict(results)
+    if not args.only:
+        # In-process and after the servers have stopped, so nothing else competes for the CPU.
+        progress("measuring policy evaluation (50-rule policy vs a one-binding baseline)")
+        summary["policy"] = policy_eval.run(args.policy_evaluations)
     if "echo" in results and "decide" in results:
         summary["ratios"] = compute_ratios(results["echo"], results["decide"], concurrency)
     summary.update(
@@ -442,6 +451,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "ratios" in summary:
         print()
         print(format_ratios(summary["ratios"], concurrency))
+    if "policy" in summary:
+        print()
+        print(policy_eval.format_result(summary["policy"]))
     notes = format_notes(results, targets)
     if notes:
         print()

@@ -1,10 +1,12 @@
 """Builds the sidecar from configuration and runs it, starting and stopping parts in a fixed order.
 
-Start: keys → policy → journal writer (opens, checks origin, resumes seq/chain) → reader → journal_started
-event → gRPC server (GatewayService, health, reflection) → health SERVING.
+Start: keys → policy check → journal lock and writer (opens, checks origin, resumes seq/chain) → reader →
+policy manager → journal_started event → policy watch and SIGHUP → gRPC server (GatewayService, health,
+reflection) → health SERVING.
 
 Stop (the reverse, so no acknowledged decision is lost): health NOT_SERVING → stop accepting RPCs and drain
-in-flight ones (grace period) → flush and close the journal writer → close the reader → release the lock.
+in-flight ones (grace period) → stop policy reloads → flush and close the journal writer → close the reader →
+release the lock.
 """
 
 from __future__ import annotations
@@ -26,12 +28,12 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from gateway import __version__
-from gateway.api.gateway_service import SERVICE_NAME, GatewayServicer, PolicyHolder, generic_handler
+from gateway.api.gateway_service import SERVICE_NAME, GatewayServicer, generic_handler
 from gateway.config import Config
 from gateway.errors import ConfigError
 from gateway.journal.store import JournalReader
 from gateway.journal.writer import JournalWriter
-from gateway.policy.rulefile import load_policy
+from gateway.policy_manager import PolicyManager, load_document
 from gateway.recorder import AuditRecorder
 from gateway.redaction import Redactor, load_hmac_key
 from gateway.signing import load_signer
@@ -89,7 +91,7 @@ class Sidecar:
         self._writer: JournalWriter | None = None
         self._reader: JournalReader | None = None
         self._lock: IO[bytes] | None = None
-        self.policy: PolicyHolder | None = None
+        self.policy: PolicyManager | None = None
 
     async def start(self) -> None:
         """Starts every component; on failure, stops what was started and re-raises."""
@@ -103,8 +105,7 @@ class Sidecar:
         cfg = self.config
         signer = load_signer(cfg.journal.signing_key)
         redactor = Redactor.create(load_hmac_key(cfg.audit.hmac_key), cfg.audit.redact_fields, cfg.audit.hash_args)
-        engine = load_policy(cfg.policy.path)
-        self.policy = PolicyHolder(engine)
+        load_document(cfg.policy.path)  # refuse a bad policy before touching the journal
         self._lock = _lock_journal(cfg.journal.path)
         self._writer = JournalWriter(
             cfg.journal.path,
@@ -115,15 +116,17 @@ class Sidecar:
         await self._writer.start()
         self._reader = JournalReader(cfg.journal.path)
         recorder = AuditRecorder(self._writer, self._reader, redactor)
+        self.policy = PolicyManager(cfg.policy.path, recorder, poll_interval_s=cfg.policy.watch_interval_s)
         await recorder.record_started(
             {
                 "version": __version__,
                 "pid": os.getpid(),
                 "key_id": signer.key_id.hex(),
-                "policy_version": engine.version,
+                "policy_version": self.policy.engine.version,
                 "resumed_at_seq": self._writer.size,
             }
         )
+        await self.policy.start()
         servicer = GatewayServicer(self.policy, recorder, cfg.server)
         options = [
             ("grpc.max_receive_message_length", cfg.server.max_message_bytes),
@@ -161,6 +164,8 @@ class Sidecar:
             await self._server.stop(self.config.server.shutdown_grace_s)
             log.info("gRPC server drained in %.3fs", time.monotonic() - started)
             self._server = None
+        if self.policy is not None:
+            await self.policy.aclose()
         if self._writer is not None:
             await self._writer.aclose()
             self._writer = None

@@ -37,8 +37,9 @@ class _NeedsFallback(Exception):
 
 def normalise_number(value: float) -> tuple[int | float, bool]:
     """Returns the number as JCS prints it (integral → int) and whether ``json.dumps`` prints it identically."""
-    if value.is_integer() and abs(value) <= _MAX_SAFE_INT:
-        return int(value), True
+    if value.is_integer():
+        # Beyond 2**53-1 Python prints "9007199254740992.0" where JCS prints "9007199254740992".
+        return (int(value), True) if abs(value) <= _MAX_SAFE_INT else (value, False)
     return value, 1e-4 <= abs(value) < 1e16
 
 

@@ -131,6 +131,43 @@ def cmd_events(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_policy_check(args: argparse.Namespace) -> int:
+    from gateway.policy_manager import load_document  # noqa: PLC0415
+
+    document = load_document(Path(args.file))
+    layers = (
+        f"{len(document.kill_switches)} kill switch(es), {len(document.access.bindings)} binding(s), "
+        f"{len(document.limits)} limit(s), {len(document.approvals)} approval rule(s), {len(document.rules)} rule(s)"
+    )
+    print(f"{args.file}: OK, version {document.version}, mode {document.mode}: {layers}")
+    return EXIT_OK
+
+
+def cmd_policy_test(args: argparse.Namespace) -> int:
+    from gateway.policy.testing import load_cases, run_cases  # noqa: PLC0415
+    from gateway.policy_manager import load_document  # noqa: PLC0415
+
+    document = load_document(Path(args.file))
+    tests_path = Path(args.tests)
+    try:
+        text = tests_path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {tests_path}: {exc.strerror}") from exc
+    results = run_cases(document, load_cases(text, str(tests_path)), str(tests_path))
+    width = max(len(r.name) for r in results)
+    for result in results:
+        status = "PASS" if result.passed else "FAIL"
+        actual = result.actual
+        print(f"{status}  {result.name:<{width}}  {actual['decision']:<17} {actual['reason']:<24} {actual['layer']}")
+        if not result.passed:
+            for key, want in result.expected.items():
+                if actual.get(key) != want:
+                    print(f"      {key}: expected {want!r}, got {actual.get(key)!r}")
+    failed = sum(not r.passed for r in results)
+    print(f"{len(results) - failed} passed, {failed} failed")
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (every flag documented in --help and docs/cli.md)."""
     parser = argparse.ArgumentParser(prog="agentaudit", description="Policy-and-audit gRPC sidecar for AI agents.")
@@ -166,6 +203,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id", help="only events of this run")
     p.add_argument("--kind", help="only events of this kind (pre_exec, post_exec, violation, ...)")
     p.set_defaults(func=cmd_events)
+
+    policy = sub.add_parser("policy", help="check or test a policy file offline").add_subparsers(
+        dest="policy_command", required=True, metavar="SUBCOMMAND"
+    )
+    p = policy.add_parser("check", help="validate a policy (exit 0 valid, 2 invalid with file, line and rule)")
+    p.add_argument("file", help="policy YAML file")
+    p.set_defaults(func=cmd_policy_check)
+    p = policy.add_parser("test", help="run YAML test cases against a policy (exit 1 if any fails)")
+    p.add_argument("file", help="policy YAML file")
+    p.add_argument("tests", help="test cases YAML (tests: [{name, request, expect, repeat, interval}])")
+    p.set_defaults(func=cmd_policy_test)
     return parser
 
 

@@ -63,6 +63,7 @@ class PolicyConfig:
     """Which policy file is evaluated."""
 
     path: Path = Path("policy.yaml")
+    watch_interval_s: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,8 @@ def _validate(cfg: Config) -> None:
     ):
         if not low <= value <= high:
             raise ConfigError(f"{key}: {value} is outside {low}..{high}")
+    if not 0.05 <= cfg.policy.watch_interval_s <= 3600:
+        raise ConfigError("policy.watch_interval_s: must be between 0.05 and 3600 seconds")
     if cfg.log.level.lower() not in _LOG_LEVELS:
         raise ConfigError(f"log.level: expected one of {', '.join(_LOG_LEVELS)}, got {cfg.log.level!r}")
 

@@ -1,7 +1,8 @@
 """``agentaudit dev``: a zero-configuration local environment in one directory.
 
 Creates (or reuses) ``DIR/signing.key`` (0600), ``DIR/signing.pub``, ``DIR/hmac.key`` (0600),
-``DIR/policy.yaml`` (the example policy) and ``DIR/agentaudit.yaml`` (a config documenting every default),
+``DIR/policy.yaml`` (the example policy) with ``DIR/policy_tests.yaml`` (its test cases) and
+``DIR/agentaudit.yaml`` (a config documenting every default),
 and returns a :class:`Config` whose relative paths point into ``DIR``.
 """
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from gateway import config as config_mod
 from gateway.config import DEFAULT_TCP_PORT, Config
-from gateway.policy.rulefile import EXAMPLE_POLICY
+from gateway.policy import EXAMPLE_POLICY, EXAMPLE_POLICY_TESTS
 from gateway.redaction import create_hmac_key
 from gateway.signing import Ed25519Signer, write_secret_file
 
@@ -39,6 +40,7 @@ audit:
   hmac_key: hmac.key
 policy:
   path: policy.yaml
+  watch_interval_s: 1.0
 log:
   level: info
 """
@@ -74,7 +76,12 @@ def prepare(directory: Path, listen: list[str] | None, env: dict[str, str]) -> t
     directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
     created = ensure_keys(directory, default_origin())
-    for name, text in ((CONFIG_FILE, EXAMPLE_CONFIG), ("policy.yaml", EXAMPLE_POLICY)):
+    examples = (
+        (CONFIG_FILE, EXAMPLE_CONFIG),
+        ("policy.yaml", EXAMPLE_POLICY),
+        ("policy_tests.yaml", EXAMPLE_POLICY_TESTS),
+    )
+    for name, text in examples:
         path = directory / name
         if not path.exists():
             path.write_text(text)

@@ -108,6 +108,26 @@ class AuditRecorder:
         receipt = await self._append(EventKind.JOURNAL_STARTED, body, nanos)
         return RecordedEvent(body["event_id"], receipt)
 
+    async def record_policy_changed(
+        self, old_version: str, new_version: str, actor_id: str, trigger: str, source: str
+    ) -> RecordedEvent:
+        """Journals an accepted policy change with who (or what) made it."""
+        nanos = now_nanos()
+        event_id = new_event_id()
+        body = {
+            "event_id": event_id,
+            "kind": EventKind.POLICY_CHANGED.label,
+            "timestamp": rfc3339_nanos(nanos),
+            "actor": {"type": "process_user", "id": actor_id},
+            "old_version": old_version,
+            "new_version": new_version,
+            "policy_version": new_version,
+            "trigger": trigger,
+            "source": source,
+        }
+        receipt = await self._append(EventKind.POLICY_CHANGED, body, nanos)
+        return RecordedEvent(event_id, receipt)
+
     async def record_decision(
         self, request: ActionRequest, prepared: PreparedAction, decision: Decision, approval_id: str
     ) -> RecordedEvent:
@@ -117,6 +137,7 @@ class AuditRecorder:
             JournalUnavailableError: it could not be recorded (the caller fails closed).
         """
         nanos = now_nanos()
+        shadow = decision.shadow
         trace_id, span_id = _trace_ids(request.traceparent)
         event_id = new_event_id()
         body = {
@@ -140,7 +161,13 @@ class AuditRecorder:
             "policy_rule": decision.rule,
             "policy_version": decision.policy_version,
             "retry_after_ms": None if decision.retry_after_s is None else round(decision.retry_after_s * 1000),
+            "shadow_decision": shadow.verdict.value if shadow else "",
+            "shadow_reason": shadow.reason if shadow else "",
+            "shadow_layer": shadow.layer if shadow else "",
+            "shadow_rule": shadow.rule if shadow else "",
             "approval_id": approval_id,
+            "approvers": list(decision.approvers),
+            "approval_expires_in_s": decision.approval_expires_s,
             "resumed_approval_id": request.approval_id,
             "trace_id": trace_id,
             "span_id": span_id,

@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 
-from agentaudit.v1 import gateway_pb2, gateway_pb2_grpc
+from agentaudit.v1 import gateway_pb2, gateway_pb2_grpc, types_pb2
 
 
 def stub(target: str) -> tuple[grpc.Channel, gateway_pb2_grpc.GatewayServiceStub]:
@@ -25,6 +25,9 @@ def decide_request(
     step_id: int = 1,
     **fields: Any,
 ) -> gateway_pb2.DecideRequest:
+    """A request from the example policy's ``support-agent`` acting for user ``u_1`` unless fields say otherwise."""
+    fields.setdefault("agent_id", "support-agent")
+    fields.setdefault("actor", types_pb2.Actor(type=types_pb2.ACTOR_TYPE_USER, id="u_1"))
     request = gateway_pb2.DecideRequest(
         run_id=run_id, tenant_id=tenant_id, step_id=step_id, action=gateway_pb2.Action(name=action), **fields
     )

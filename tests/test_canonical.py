@@ -41,6 +41,7 @@ def test_matches_rfc8785_for_any_json_value(value: object) -> None:
         pytest.param({"x": 1e21}, b'{"x":1e+21}', id="large-float-fallback"),
         pytest.param({"x": 1e-7}, b'{"x":1e-7}', id="small-float-fallback"),
         pytest.param({"x": -0.0}, b'{"x":0}', id="negative-zero"),
+        pytest.param({"x": 2.0**53}, b'{"x":9007199254740992}', id="integral-float-beyond-safe-range"),
         pytest.param({"\U0001f600": 1, "\ue000": 2}, rfc8785.dumps({"\U0001f600": 1, "\ue000": 2}), id="utf16-order"),
         pytest.param({"s": "é\n\u0001"}, '{"s":"é\\n\\u0001"}'.encode(), id="string-escapes"),
     ],

@@ -1,7 +1,7 @@
 """The Python client against a real sidecar (``agentaudit dev`` with the example policy).
 
-Example policy: ``crm.search`` in tenant ``t_flood`` → stop / ``rate_limited_tenant``; ``refund.*`` →
-approval_required; everything else → allow / ``allowed``.
+Example policy (gateway/policy/example_policy.yaml): tenant ``t_frozen`` → stop / ``kill_switch_engaged`` (a kill
+switch in the file); ``refund.create`` over 100 → approval_required; CRM reads → allow / ``allowed``.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from agentaudit_client import (
 from tests.conftest import RunningGateway, run_cli
 
 ACTOR = ("user", "u_1")
+AGENT: dict[str, Any] = {"agent_id": "support-agent", "actor": ACTOR}
 
 
 def new_run_id() -> str:
@@ -69,7 +70,7 @@ def client(gateway_server: RunningGateway) -> Iterator[GatewayClient]:
 
 DECISION_CASES = [
     pytest.param("crm.lookup", "t_42", "allow", "allowed", id="allow"),
-    pytest.param("crm.search", "t_flood", "stop", "rate_limited_tenant", id="stop"),
+    pytest.param("crm.search", "t_frozen", "stop", "kill_switch_engaged", id="stop"),
     pytest.param("refund.create", "t_42", "approval_required", "approval_required", id="approval"),
 ]
 
@@ -119,7 +120,9 @@ def test_decide_accepts_every_optional_field(client: GatewayClient) -> None:
 
 def test_same_action_and_args_have_the_same_action_key(client: GatewayClient) -> None:
     keys = {
-        client.decide(run_id=new_run_id(), tenant_id="t_42", action="crm.lookup", args={"a": 1, "b": [2, 3]}).action_key
+        client.decide(
+            run_id=new_run_id(), tenant_id="t_42", action="crm.lookup", args={"a": 1, "b": [2, 3]}, **AGENT
+        ).action_key
         for _ in range(2)
     }
 
@@ -130,7 +133,7 @@ def test_same_action_and_args_have_the_same_action_key(client: GatewayClient) ->
 
 
 def test_report_result_journals_a_post_event(client: GatewayClient) -> None:
-    pre = client.decide(run_id=new_run_id(), tenant_id="t_42", action="crm.lookup", args={"id": "c_7"})
+    pre = client.decide(run_id=new_run_id(), tenant_id="t_42", action="crm.lookup", args={"id": "c_7"}, **AGENT)
 
     report = client.report_result(
         pre.event_id, status="succeeded", output={"name": "Ann"}, duration=timedelta(milliseconds=12)
@@ -142,7 +145,7 @@ def test_report_result_journals_a_post_event(client: GatewayClient) -> None:
 
 
 def test_report_result_twice_answers_the_first_post_event(client: GatewayClient) -> None:
-    pre = client.decide(run_id=new_run_id(), tenant_id="t_42", action="crm.lookup")
+    pre = client.decide(run_id=new_run_id(), tenant_id="t_42", action="crm.lookup", **AGENT)
     first = client.report_result(pre.event_id, status="failed", error="boom", duration=0.5)
 
     second = client.report_result(pre.event_id, status="succeeded")
@@ -151,7 +154,7 @@ def test_report_result_twice_answers_the_first_post_event(client: GatewayClient)
 
 
 def test_report_result_for_a_stopped_action_is_a_failed_precondition(client: GatewayClient) -> None:
-    pre = client.decide(run_id=new_run_id(), tenant_id="t_flood", action="crm.search")
+    pre = client.decide(run_id=new_run_id(), tenant_id="t_frozen", action="crm.search", **AGENT)
 
     with pytest.raises(FailedPreconditionError):
         client.report_result(pre.event_id, status="succeeded")
@@ -197,7 +200,7 @@ def test_unreachable_sidecar_is_unavailable(tmp_path: Path) -> None:
         GatewayClient(f"unix://{tmp_path}/absent.sock", timeout=5) as gateway_client,
         pytest.raises(UnavailableError),
     ):
-        gateway_client.decide(run_id=new_run_id(), tenant_id="t_42", action="crm.lookup")
+        gateway_client.decide(run_id=new_run_id(), tenant_id="t_42", action="crm.lookup", **AGENT)
 
 
 @pytest.mark.parametrize(
@@ -212,7 +215,7 @@ def test_bad_arguments_are_rejected_before_calling(
     client: GatewayClient, kwargs: dict[str, Any], error: type[Exception]
 ) -> None:
     with pytest.raises(error):
-        client.decide(run_id=new_run_id(), tenant_id="t_42", action="crm.lookup", **kwargs)
+        client.decide(run_id=new_run_id(), tenant_id="t_42", action="crm.lookup", **{**AGENT, **kwargs})
 
 
 def _aio_error(code: grpc.StatusCode, *details: Message) -> grpc.aio.AioRpcError:
@@ -248,7 +251,7 @@ def test_rpc_error_translation_decodes_status_details() -> None:
 def test_guard_runs_the_block_and_reports_success(gateway_server: RunningGateway, client: GatewayClient) -> None:
     run_id = new_run_id()
 
-    with client.guard(run_id=run_id, tenant_id="t_42", action="crm.lookup", args={"id": "c_7"}) as step:
+    with client.guard(run_id=run_id, tenant_id="t_42", action="crm.lookup", args={"id": "c_7"}, **AGENT) as step:
         step.output = {"name": "Ann"}
 
     assert step.decision.decision == "allow"
@@ -264,7 +267,7 @@ def test_guard_reports_the_failure_and_reraises(gateway_server: RunningGateway, 
 
     with (
         pytest.raises(RuntimeError, match="card declined"),
-        client.guard(run_id=run_id, tenant_id="t_42", action="crm.lookup") as step,
+        client.guard(run_id=run_id, tenant_id="t_42", action="crm.lookup", **AGENT) as step,
     ):
         raise RuntimeError("card declined")
 
@@ -276,7 +279,7 @@ def test_guard_reports_the_failure_and_reraises(gateway_server: RunningGateway, 
 def test_guard_keeps_the_block_error_when_the_report_fails(client: GatewayClient) -> None:
     with (
         pytest.raises(RuntimeError, match="card declined") as info,
-        client.guard(run_id=new_run_id(), tenant_id="t_42", action="crm.lookup"),
+        client.guard(run_id=new_run_id(), tenant_id="t_42", action="crm.lookup", **AGENT),
     ):
         client.close()  # the failure cannot be reported any more
         raise RuntimeError("card declined")
@@ -287,7 +290,7 @@ def test_guard_keeps_the_block_error_when_the_report_fails(client: GatewayClient
 @pytest.mark.parametrize(
     ("tenant_id", "action", "error", "reason"),
     [
-        pytest.param("t_flood", "crm.search", ActionStopped, "rate_limited_tenant", id="stop"),
+        pytest.param("t_frozen", "crm.search", ActionStopped, "kill_switch_engaged", id="stop"),
         pytest.param("t_42", "refund.create", ApprovalRequired, "approval_required", id="approval"),
     ],
 )
@@ -298,7 +301,9 @@ def test_guard_raises_on_a_deny_without_running_the_block(
 
     with (
         pytest.raises(error) as info,
-        client.guard(run_id=new_run_id(), tenant_id=tenant_id, action=action, args={"order_id": "o_1"}),
+        client.guard(
+            run_id=new_run_id(), tenant_id=tenant_id, action=action, args={"order_id": "o_1", "amount": 250}, **AGENT
+        ),
     ):
         ran = True
 
@@ -356,7 +361,7 @@ def test_guarded_function_runs_on_allow_with_its_arguments(
 
 
 def test_guarded_function_does_not_run_when_stopped(client: GatewayClient) -> None:
-    run = client.run(new_run_id(), tenant_id="t_flood", agent_id="support-agent", actor=ACTOR)
+    run = client.run(new_run_id(), tenant_id="t_frozen", agent_id="support-agent", actor=ACTOR)
     calls: list[str] = []
 
     @run.guarded("crm.search")
@@ -367,7 +372,7 @@ def test_guarded_function_does_not_run_when_stopped(client: GatewayClient) -> No
         search("ann")
 
     assert calls == []
-    assert info.value.reason == "rate_limited_tenant"
+    assert info.value.reason == "kill_switch_engaged"
 
 
 # --- asyncio --------------------------------------------------------------------------------------------
@@ -380,7 +385,12 @@ def test_async_decide_answers_the_policy_decision(
     async def scenario() -> tuple[str, str]:
         async with AsyncGatewayClient(target) as gateway_client:
             result = await gateway_client.decide(
-                run_id=new_run_id(), tenant_id=tenant_id, action=action, actor=ACTOR, step_id=1
+                run_id=new_run_id(),
+                tenant_id=tenant_id,
+                action=action,
+                args={"amount": 250},
+                step_id=1,
+                **AGENT,
             )
         return result.decision, result.reason
 
@@ -390,7 +400,7 @@ def test_async_decide_answers_the_policy_decision(
 def test_async_guard_reports_success_failure_and_cancellation(gateway_server: RunningGateway) -> None:
     async def scenario() -> tuple[str, list[Step]]:
         async with AsyncGatewayClient(gateway_server.unix_target) as gateway_client:
-            run = gateway_client.run(new_run_id(), tenant_id="t_42", actor=ACTOR)
+            run = gateway_client.run(new_run_id(), tenant_id="t_42", agent_id="support-agent", actor=ACTOR)
             async with run.guard("crm.lookup", {"customer_id": "c_7"}) as ok:
                 ok.output = {"found": True}
             with pytest.raises(KeyError):
@@ -427,7 +437,7 @@ def test_async_guard_raises_approval_required(gateway_server: RunningGateway) ->
         async with AsyncGatewayClient(gateway_server.unix_target) as gateway_client:
             with pytest.raises(ApprovalRequired) as info:
                 async with gateway_client.guard(
-                    run_id=new_run_id(), tenant_id="t_42", action="refund.create", args={"amount": 250}
+                    run_id=new_run_id(), tenant_id="t_42", action="refund.create", args={"amount": 250}, **AGENT
                 ):
                     pytest.fail("the block ran without approval")
         return info.value

@@ -26,12 +26,12 @@ def events(path: Path, **filters: str) -> list[dict[str, object]]:
     ("tenant", "action", "decision", "reason", "rule"),
     [
         pytest.param(
-            "t_flood",
+            "t_frozen",
             "crm.search",
             types_pb2.DECISION_STOP,
-            "rate_limited_tenant",
-            "flood_tenant_crm_search",
-            id="rate-limited",
+            "kill_switch_engaged",
+            "frozen_tenant",
+            id="kill-switch",
         ),
         pytest.param(
             "t_42",
@@ -41,7 +41,7 @@ def events(path: Path, **filters: str) -> list[dict[str, object]]:
             "refunds_need_approval",
             id="approval",
         ),
-        pytest.param("t_42", "crm.lookup", types_pb2.DECISION_ALLOW, "allowed", "", id="allow"),
+        pytest.param("t_42", "crm.lookup", types_pb2.DECISION_ALLOW, "allowed", "support_agent", id="allow"),
     ],
 )
 def test_decide_answers_and_journals_before_answering(
@@ -50,12 +50,14 @@ def test_decide_answers_and_journals_before_answering(
     target = gateway_server.unix_target if transport == "unix" else gateway_server.tcp_target
     channel, gw = stub(target)
     with channel:
-        reply = gw.Decide(decide_request(tenant_id=tenant, action=action, args={"order_id": "o_1"}), timeout=10)
+        reply = gw.Decide(
+            decide_request(tenant_id=tenant, action=action, args={"order_id": "o_1", "amount": 250}), timeout=10
+        )
     assert (reply.decision, reply.reason, reply.policy_rule) == (decision, reason, rule)
     assert reply.policy_version.startswith("sha256:")
     assert reply.action_key.startswith("ak_")
     assert bool(reply.approval_id) == (decision == types_pb2.DECISION_APPROVAL_REQUIRED)
-    assert reply.HasField("retry_after") == (reason == "rate_limited_tenant")
+    assert not reply.HasField("retry_after")
     # The answer came after the commit, so the event is already readable by another process.
     [event] = [e for e in events(gateway_server.journal_path) if e["event_id"] == reply.event_id]
     assert event["kind"] == "pre_exec"
@@ -103,7 +105,7 @@ def test_report_result_links_post_event_and_is_idempotent(gateway_server: Runnin
 @pytest.mark.parametrize(
     ("tenant", "action", "violation_reason"),
     [
-        pytest.param("t_flood", "crm.search", "executed_after_stop", id="after-stop"),
+        pytest.param("t_frozen", "crm.search", "executed_after_stop", id="after-stop"),
         pytest.param("t_42", "refund.create", "executed_without_approval", id="without-approval"),
     ],
 )
@@ -112,7 +114,7 @@ def test_reporting_a_non_allowed_action_is_a_journaled_violation(
 ) -> None:
     channel, gw = stub(gateway_server.unix_target)
     with channel:
-        pre = gw.Decide(decide_request(tenant_id=tenant, action=action), timeout=10)
+        pre = gw.Decide(decide_request(tenant_id=tenant, action=action, args={"amount": 250}), timeout=10)
         for _ in range(2):
             with pytest.raises(grpc.RpcError) as info:
                 gw.ReportResult(gateway_pb2.ReportResultRequest(event_id=pre.event_id, status=1), timeout=10)

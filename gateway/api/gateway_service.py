@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from google.protobuf import duration_pb2
@@ -42,17 +42,19 @@ Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
 
-class PolicyHolder:
-    """The active policy; swapped atomically on reload (a reference assignment)."""
+class PolicySource(Protocol):
+    """Where the active policy comes from (the PolicyManager; swapped atomically on reload)."""
 
-    def __init__(self, engine: PolicyEngine) -> None:
-        self.engine = engine
+    @property
+    def engine(self) -> PolicyEngine:
+        """The policy evaluating requests now."""
+        ...
 
 
 class GatewayServicer:
     """Implements Decide, ReportResult and WaitApproval."""
 
-    def __init__(self, policy: PolicyHolder, recorder: AuditRecorder, limits: ServerConfig) -> None:
+    def __init__(self, policy: PolicySource, recorder: AuditRecorder, limits: ServerConfig) -> None:
         self._policy = policy
         self._recorder = recorder
         self._limits = limits

@@ -17,6 +17,16 @@ class Verdict(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class ShadowOutcome:
+    """What enforcement would have decided where a shadow rule (or a shadow policy) matched."""
+
+    verdict: Verdict
+    reason: str
+    layer: str
+    rule: str
+
+
+@dataclass(frozen=True)
 class Decision:
     """The outcome of evaluating one proposed action, naming the layer and rule that decided."""
 
@@ -26,6 +36,9 @@ class Decision:
     rule: str
     policy_version: str
     retry_after_s: float | None = None
+    shadow: ShadowOutcome | None = None
+    approvers: tuple[str, ...] = ()
+    approval_expires_s: int | None = None
 
 
 @dataclass(frozen=True)

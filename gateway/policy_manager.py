@@ -1,0 +1,134 @@
+"""The active policy: loaded at start, reloaded on SIGHUP or when the file changes, every change journaled.
+
+A reload that fails to read, parse or compile is rejected with the file, line and rule in the log, and the
+previous policy keeps answering. An accepted change is first journaled as ``policy_changed`` (old and new
+version, actor, trigger) and only then takes effect, so every decision under the new version comes after the
+event that introduced it. If the event cannot be journaled, the change is not applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import pwd
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.errors import ConfigError, JournalUnavailableError
+from gateway.policy.document import PolicyDocument, parse_policy
+from gateway.policy.engine import Clock, LayeredPolicy
+from gateway.policy.limits import LimitState
+from gateway.recorder import AuditRecorder
+
+log = logging.getLogger(__name__)
+
+TRIGGER_SIGHUP = "sighup"
+TRIGGER_FILE_CHANGE = "file_change"
+
+
+@dataclass(frozen=True)
+class ReloadOutcome:
+    """What a reload did: whether the version changed, the versions, and the error if it was rejected."""
+
+    changed: bool
+    old_version: str
+    new_version: str
+    error: str = ""
+
+
+def load_document(path: Path) -> PolicyDocument:
+    """Reads and parses a policy file."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read policy {path}: {exc.strerror}") from exc
+    return parse_policy(text, str(path))
+
+
+def process_user() -> str:
+    """The local user this process runs as (the actor of file-triggered policy changes)."""
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return f"uid:{os.getuid()}"
+
+
+class PolicyManager:
+    """Owns the active :class:`LayeredPolicy`, its shared limit state, the SIGHUP handler and the file watch."""
+
+    def __init__(
+        self, path: Path, recorder: AuditRecorder, *, clock: Clock = time.monotonic, poll_interval_s: float = 1.0
+    ) -> None:
+        self.path = path
+        self._recorder = recorder
+        self._clock = clock
+        self._poll_interval_s = poll_interval_s
+        self._state = LimitState()
+        self.engine = LayeredPolicy(load_document(path), self._state, clock)
+        self._stamp = self._file_stamp()
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._sighup = False
+
+    def _file_stamp(self) -> tuple[int, int, int] | None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    async def reload(self, trigger: str, actor: str | None = None) -> ReloadOutcome:
+        """Re-reads the file; applies it if it parses and differs from the active version."""
+        async with self._lock:
+            old = self.engine.version
+            self._stamp = self._file_stamp()
+            try:
+                document = await asyncio.to_thread(load_document, self.path)
+            except ConfigError as exc:
+                log.error("policy reload (%s) rejected, keeping %s: %s", trigger, old, exc)
+                return ReloadOutcome(False, old, old, str(exc))
+            if document.version == old:
+                return ReloadOutcome(False, old, old)
+            actor_id = actor or process_user()
+            try:
+                await self._recorder.record_policy_changed(old, document.version, actor_id, trigger, str(self.path))
+            except JournalUnavailableError as exc:
+                log.error("policy change (%s) not applied: it could not be journaled: %s", trigger, exc)
+                return ReloadOutcome(False, old, old, f"journal unavailable: {exc}")
+            self.engine = LayeredPolicy(document, self._state, self._clock)
+            self._state.retain(limit.fingerprint for limit in document.limits)
+            log.info("policy %s active (was %s; %s by %s)", document.version, old, trigger, actor_id)
+            return ReloadOutcome(True, old, document.version)
+
+    async def start(self) -> None:
+        """Starts watching the file and, when running in the main thread, handling SIGHUP."""
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
+            loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+            self._sighup = True
+        self._task = asyncio.create_task(self._watch(), name="policy-watch")
+
+    def _on_sighup(self) -> None:
+        task = asyncio.get_running_loop().create_task(self.reload(TRIGGER_SIGHUP))
+        task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self._poll_interval_s)
+            if self._file_stamp() != self._stamp:
+                await self.reload(TRIGGER_FILE_CHANGE)
+
+    async def aclose(self) -> None:
+        """Stops the watch and the SIGHUP handler."""
+        if self._sighup:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+            self._sighup = False
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
