@@ -28,11 +28,17 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from gateway import __version__
+from gateway.alerts import AlertDispatcher
 from gateway.api.gateway_service import SERVICE_NAME, GatewayServicer, generic_handler
-from gateway.config import Config
+from gateway.api.operator_auth import Authenticator
+from gateway.api.operator_service import SERVICE_NAME as OPERATOR_SERVICE_NAME
+from gateway.api.operator_service import OperatorServicer, operator_handler
+from gateway.approvals import ApprovalBook
+from gateway.config import Config, OperatorConfig
 from gateway.errors import ConfigError
 from gateway.journal.store import JournalReader
 from gateway.journal.writer import JournalWriter
+from gateway.killswitch import KillSwitchBoard
 from gateway.policy_manager import PolicyManager, load_document
 from gateway.recorder import AuditRecorder
 from gateway.redaction import Redactor, load_hmac_key
@@ -73,6 +79,17 @@ def _lock_journal(journal: Path) -> IO[bytes]:
     return handle
 
 
+def _tls(config: OperatorConfig) -> grpc.ServerCredentials | None:
+    """Mutual TLS for the operator's TCP listeners: a client certificate signed by the configured CA is required."""
+    if config.tls is None:
+        return None
+    try:
+        key, cert, ca = (p.read_bytes() for p in (config.tls.key, config.tls.cert, config.tls.client_ca))
+    except OSError as exc:
+        raise ConfigError(f"operator.tls: cannot read {exc.filename}: {exc.strerror}") from exc
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=True)
+
+
 def _remove_unix_sockets(addresses: list[str]) -> None:
     for address in addresses:
         if address.startswith("unix://"):
@@ -92,6 +109,12 @@ class Sidecar:
         self._reader: JournalReader | None = None
         self._lock: IO[bytes] | None = None
         self.policy: PolicyManager | None = None
+        self.approvals: ApprovalBook | None = None
+        self.switches: KillSwitchBoard | None = None
+        self.operator_bound: list[str] = []
+        self._operator_server: grpc.aio.Server | None = None
+        self._alerts: AlertDispatcher | None = None
+        self._sockets: list[str] = []
 
     async def start(self) -> None:
         """Starts every component; on failure, stops what was started and re-raises."""
@@ -116,7 +139,11 @@ class Sidecar:
         await self._writer.start()
         self._reader = JournalReader(cfg.journal.path)
         recorder = AuditRecorder(self._writer, self._reader, redactor)
-        self.policy = PolicyManager(cfg.policy.path, recorder, poll_interval_s=cfg.policy.watch_interval_s)
+        self.switches = KillSwitchBoard(recorder)
+        await self.switches.load(self._reader)
+        self.policy = PolicyManager(
+            cfg.policy.path, recorder, poll_interval_s=cfg.policy.watch_interval_s, switches=self.switches
+        )
         await recorder.record_started(
             {
                 "version": __version__,
@@ -127,7 +154,12 @@ class Sidecar:
             }
         )
         await self.policy.start()
-        servicer = GatewayServicer(self.policy, recorder, cfg.server)
+        self.approvals = ApprovalBook(recorder, self._reader)
+        await self.approvals.start()
+        if cfg.alerts.webhooks:
+            self._alerts = AlertDispatcher(cfg.alerts)
+            await self._alerts.start()
+        servicer = GatewayServicer(self.policy, recorder, cfg.server, self.approvals, self._alerts)
         options = [
             ("grpc.max_receive_message_length", cfg.server.max_message_bytes),
             ("grpc.so_reuseport", 0),
@@ -137,33 +169,61 @@ class Sidecar:
         self._health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection([SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME], self._server)
-        for address in cfg.server.listen:
-            if address.startswith("unix://"):
-                _prepare_unix_socket(Path(address[len("unix://") :]))
-            try:
-                port = self._server.add_insecure_port(address)
-            except RuntimeError as exc:
-                raise ConfigError(f"cannot listen on {address}: {exc}") from exc
-            if port == 0:
-                raise ConfigError(f"cannot listen on {address} (address in use?)")
-            if not address.startswith("unix://") and address.endswith(":0"):
-                self.bound.append(f"{address.rsplit(':', 1)[0]}:{port}")
-            else:
-                self.bound.append(address)
+        self.bound = self._listen(self._server, cfg.server.listen, None)
+        if cfg.operator.listen:
+            operator = OperatorServicer(
+                Authenticator(cfg.operator), recorder, self.approvals, self.switches, self.policy
+            )
+            self._operator_server = grpc.aio.server(options=options)
+            self._operator_server.add_generic_rpc_handlers([operator_handler(operator)])
+            health_pb2_grpc.add_HealthServicer_to_server(self._health, self._operator_server)
+            reflection.enable_server_reflection(
+                [OPERATOR_SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME], self._operator_server
+            )
+            self.operator_bound = self._listen(self._operator_server, cfg.operator.listen, _tls(cfg.operator))
+            await self._operator_server.start()
         await self._server.start()
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving %s on %s (journal %s)", SERVICE_NAME, ", ".join(self.bound), cfg.journal.path)
+        if self.operator_bound:
+            log.info("serving %s on %s", OPERATOR_SERVICE_NAME, ", ".join(self.operator_bound))
+
+    def _listen(
+        self, server: grpc.aio.Server, addresses: tuple[str, ...], tls: grpc.ServerCredentials | None
+    ) -> list[str]:
+        bound = []
+        for address in addresses:
+            unix = address.startswith("unix://")
+            if unix:
+                _prepare_unix_socket(Path(address[len("unix://") :]))
+            try:
+                port = server.add_secure_port(address, tls) if tls and not unix else server.add_insecure_port(address)
+            except RuntimeError as exc:
+                raise ConfigError(f"cannot listen on {address}: {exc}") from exc
+            if port == 0:
+                raise ConfigError(f"cannot listen on {address} (address in use?)")
+            bound.append(f"{address.rsplit(':', 1)[0]}:{port}" if not unix and address.endswith(":0") else address)
+            self._sockets.extend([address] if unix else [])
+        return bound
 
     async def aclose(self) -> None:
         """Stops in the documented order. Safe to call more than once or after a failed start."""
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
+        if self._operator_server is not None:
+            await self._operator_server.stop(self.config.server.shutdown_grace_s)
+            self._operator_server = None
         if self._server is not None:
             started = time.monotonic()
             await self._server.stop(self.config.server.shutdown_grace_s)
             log.info("gRPC server drained in %.3fs", time.monotonic() - started)
             self._server = None
+        if self._alerts is not None:
+            await self._alerts.aclose()
+            self._alerts = None
+        if self.approvals is not None:
+            await self.approvals.aclose()
         if self.policy is not None:
             await self.policy.aclose()
         if self._writer is not None:
@@ -175,7 +235,7 @@ class Sidecar:
         if self._lock is not None:
             self._lock.close()
             self._lock = None
-        _remove_unix_sockets(self.bound)
+        _remove_unix_sockets(self._sockets)
 
 
 def install_event_loop_policy() -> None:

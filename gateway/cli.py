@@ -14,6 +14,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from gateway import __version__
 from gateway.errors import AgentAuditError, ConfigError, JournalError
@@ -90,13 +91,162 @@ def cmd_dev(args: argparse.Namespace) -> int:
     from gateway import devenv  # noqa: PLC0415
 
     directory = Path(args.dir).resolve()
-    return _serve(lambda: devenv.prepare(directory, args.listen, _env()), banner=True, directory=directory)
+    return _serve(
+        lambda: devenv.prepare(directory, args.listen, _env(), args.operator_listen), banner=True, directory=directory
+    )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from gateway import config  # noqa: PLC0415
 
-    return _serve(lambda: (config.load(Path(args.config), env=_env(), listen=args.listen), []), banner=False)
+    return _serve(
+        lambda: (
+            config.load(Path(args.config), env=_env(), listen=args.listen, operator_listen=args.operator_listen),
+            [],
+        ),
+        banner=False,
+    )
+
+
+# --- operator commands (clients of the OperatorService) -------------------------------------------------------
+
+DEFAULT_OPERATOR_SOCKET = Path(".agentaudit") / "operator.sock"
+DEFAULT_OPERATOR_TOKEN = Path(".agentaudit") / "operator.token"
+
+
+class OperatorCallError(Exception):
+    """An operator RPC failed; carries the exit code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _operator_call(args: argparse.Namespace, method: str, request: Any) -> Any:
+    """Calls one OperatorService method with the configured credential; raises OperatorCallError."""
+    import grpc  # noqa: PLC0415
+
+    from agentaudit.v1 import operator_pb2_grpc  # noqa: PLC0415
+
+    address = (
+        args.operator or os.environ.get("AGENTAUDIT_OPERATOR_ADDRESS") or f"unix://{DEFAULT_OPERATOR_SOCKET.resolve()}"
+    )
+    token = os.environ.get("AGENTAUDIT_OPERATOR_TOKEN", "")
+    token_file = Path(args.token_file) if args.token_file else DEFAULT_OPERATOR_TOKEN
+    if args.token_file or (not token and token_file.exists()):
+        try:
+            token = token_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read token file {token_file}: {exc.strerror}") from exc
+    metadata = [("authorization", f"Bearer {token}")] if token else []
+    if args.tls_ca:
+        try:
+            ca, key, cert = (Path(p).read_bytes() if p else None for p in (args.tls_ca, args.tls_key, args.tls_cert))
+        except OSError as exc:
+            raise ConfigError(f"cannot read {exc.filename}: {exc.strerror}") from exc
+        channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(ca, key, cert))
+    else:
+        channel = grpc.insecure_channel(address)
+    with channel:
+        stub = operator_pb2_grpc.OperatorServiceStub(channel)
+        try:
+            return getattr(stub, method)(request, metadata=metadata, timeout=args.timeout)
+        except grpc.RpcError as exc:
+            code = exc.code()
+            exit_code = (
+                EXIT_USAGE
+                if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED)
+                else EXIT_FAILURE
+            )
+            raise OperatorCallError(f"{code.name}: {exc.details()}", exit_code) from None
+
+
+def _when(ts: Any) -> str:
+    return ts.ToDatetime().strftime("%Y-%m-%d %H:%M:%SZ") if ts.seconds else "-"
+
+
+def cmd_approvals(args: argparse.Namespace) -> int:
+    from google.protobuf import json_format  # noqa: PLC0415
+
+    from agentaudit.v1 import gateway_pb2, operator_pb2  # noqa: PLC0415
+
+    state = getattr(gateway_pb2, f"APPROVAL_STATE_{args.state.upper()}")
+    reply = _operator_call(
+        args,
+        "ListApprovals",
+        operator_pb2.ListApprovalsRequest(state=state, tenant_id=args.tenant or "", limit=args.limit),
+    )
+    if args.json:
+        for approval in reply.approvals:
+            print(json_format.MessageToJson(approval, indent=None, preserving_proto_field_name=True))
+        return EXIT_OK
+    if not reply.approvals:
+        print(f"no {args.state} approvals")
+        return EXIT_OK
+    print(f"{'APPROVAL':<31} {'TENANT':<12} {'RUN':<20} {'ACTION':<18} {'RULE':<24} {'EXPIRES':<20} REQUESTED BY")
+    for a in reply.approvals:
+        print(
+            f"{a.approval_id:<31} {a.tenant_id:<12} {a.run_id:<20} {a.action:<18} {a.policy_rule:<24} "
+            f"{_when(a.expires_at):<20} {a.actor.id or '-'}"
+        )
+    return EXIT_OK
+
+
+def cmd_resolve(args: argparse.Namespace) -> int:
+    from agentaudit.v1 import operator_pb2  # noqa: PLC0415
+
+    grant = args.command == "approve"
+    method, request_type = (
+        ("GrantApproval", operator_pb2.GrantApprovalRequest)
+        if grant
+        else (
+            "DenyApproval",
+            operator_pb2.DenyApprovalRequest,
+        )
+    )
+    reply = _operator_call(args, method, request_type(approval_id=args.approval_id, comment=args.comment or ""))
+    verb = "granted" if grant else "denied"
+    print(f"{reply.approval.approval_id} {verb} by {reply.approval.resolved_by} (event {reply.event_id})")
+    return EXIT_OK
+
+
+def cmd_kill_switch(args: argparse.Namespace) -> int:
+    from agentaudit.v1 import operator_pb2  # noqa: PLC0415
+
+    if args.switch_command == "status":
+        reply = _operator_call(args, "ListKillSwitches", operator_pb2.ListKillSwitchesRequest())
+        if not reply.kill_switches:
+            print("no kill switch engaged")
+        for s in reply.kill_switches:
+            scope = operator_pb2.KillSwitchScope.Name(s.scope).removeprefix("KILL_SWITCH_SCOPE_").lower()
+            print(f"{scope:<7} {s.target or '*':<24} by {s.engaged_by:<24} since {_when(s.engaged_at):<20} {s.reason}")
+        return EXIT_OK
+    scope = getattr(operator_pb2, f"KILL_SWITCH_SCOPE_{args.scope.upper()}")
+    fields = {"scope": scope, "target": args.target or "", "reason": args.reason or ""}
+    if args.switch_command == "engage":
+        reply = _operator_call(args, "EngageKillSwitch", operator_pb2.EngageKillSwitchRequest(**fields))
+        print(f"kill switch engaged at {args.scope}:{args.target or '*'} (event {reply.event_id})")
+    else:
+        reply = _operator_call(args, "ReleaseKillSwitch", operator_pb2.ReleaseKillSwitchRequest(**fields))
+        print(f"kill switch released at {args.scope}:{args.target or '*'} (event {reply.event_id})")
+    return EXIT_OK
+
+
+def cmd_policy_reload(args: argparse.Namespace) -> int:
+    from agentaudit.v1 import operator_pb2  # noqa: PLC0415
+
+    document = ""
+    if args.file:
+        try:
+            document = Path(args.file).read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read {args.file}: {exc.strerror}") from exc
+    reply = _operator_call(args, "ReloadPolicy", operator_pb2.ReloadPolicyRequest(document=document))
+    if reply.changed:
+        print(f"policy {reply.new_version} active (was {reply.old_version}; event {reply.event_id})")
+    else:
+        print(f"policy unchanged ({reply.new_version})")
+    return EXIT_OK
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -175,15 +325,56 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     listen_help = "address to serve on: unix:///path or HOST:PORT (repeatable; replaces the configured ones)"
+    operator_listen_help = "operator API address: unix:///path or HOST:PORT (repeatable; replaces operator.listen)"
     p = sub.add_parser("dev", help="zero-configuration local sidecar (creates DIR with keys, policy, journal)")
     p.add_argument("--dir", default=".agentaudit", help="working directory (default: ./.agentaudit)")
     p.add_argument("--listen", action="append", metavar="ADDRESS", help=listen_help)
+    p.add_argument("--operator-listen", action="append", metavar="ADDRESS", help=operator_listen_help)
     p.set_defaults(func=cmd_dev)
 
     p = sub.add_parser("serve", help="run the sidecar from a configuration file")
     p.add_argument("--config", required=True, metavar="FILE", help="YAML configuration (docs/configuration.md)")
     p.add_argument("--listen", action="append", metavar="ADDRESS", help=listen_help)
+    p.add_argument("--operator-listen", action="append", metavar="ADDRESS", help=operator_listen_help)
     p.set_defaults(func=cmd_serve)
+
+    operator_flags = argparse.ArgumentParser(add_help=False)
+    operator_flags.add_argument(
+        "--operator",
+        metavar="ADDRESS",
+        help="operator API (default: $AGENTAUDIT_OPERATOR_ADDRESS or unix://./.agentaudit/operator.sock)",
+    )
+    operator_flags.add_argument(
+        "--token-file", help="bearer token file (default: $AGENTAUDIT_OPERATOR_TOKEN or ./.agentaudit/operator.token)"
+    )
+    operator_flags.add_argument("--tls-ca", help="CA certificate of the operator listener (enables TLS)")
+    operator_flags.add_argument("--tls-cert", help="client certificate for mutual TLS")
+    operator_flags.add_argument("--tls-key", help="client private key for mutual TLS")
+    operator_flags.add_argument("--timeout", type=float, default=10.0, help="seconds before giving up (default 10)")
+
+    p = sub.add_parser("approvals", parents=[operator_flags], help="list approvals (pending by default)")
+    p.add_argument("--state", choices=["pending", "granted", "denied", "expired"], default="pending")
+    p.add_argument("--tenant", help="only this tenant's approvals")
+    p.add_argument("--limit", type=int, default=100, help="most approvals listed (default 100, max 1000)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=cmd_approvals)
+    for name, verb in (("approve", "grant"), ("deny", "deny")):
+        p = sub.add_parser(name, parents=[operator_flags], help=f"{verb} a pending approval")
+        p.add_argument("approval_id", help="apr_... id from `agentaudit approvals`")
+        p.add_argument("--comment", help="journaled with the decision")
+        p.set_defaults(func=cmd_resolve)
+
+    switch = sub.add_parser("kill-switch", help="engage, release or list kill switches").add_subparsers(
+        dest="switch_command", required=True, metavar="SUBCOMMAND"
+    )
+    for name in ("engage", "release"):
+        p = switch.add_parser(name, parents=[operator_flags], help=f"{name} a kill switch (role admin)")
+        p.add_argument("--scope", choices=["global", "tenant", "agent", "run"], required=True)
+        p.add_argument("--target", help="tenant, agent or run id (not for global)")
+        p.add_argument("--reason", required=name == "engage", help="why (journaled)")
+        p.set_defaults(func=cmd_kill_switch)
+    p = switch.add_parser("status", parents=[operator_flags], help="list engaged kill switches")
+    p.set_defaults(func=cmd_kill_switch)
 
     p = sub.add_parser("keygen", help="create an Ed25519 signing key pair and an HMAC key")
     p.add_argument("--dir", default=".", help="where to write signing.key, signing.pub, hmac.key (default: .)")
@@ -214,6 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="policy YAML file")
     p.add_argument("tests", help="test cases YAML (tests: [{name, request, expect, repeat, interval}])")
     p.set_defaults(func=cmd_policy_test)
+    p = policy.add_parser("reload", parents=[operator_flags], help="reload a running sidecar's policy (role admin)")
+    p.add_argument("--file", help="submit this policy document instead of re-reading the sidecar's own file")
+    p.set_defaults(func=cmd_policy_reload)
     return parser
 
 
@@ -225,6 +419,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"agentaudit: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except OperatorCallError as exc:
+        print(f"agentaudit: {exc}", file=sys.stderr)
+        return exc.code
     except JournalError as exc:
         print(f"agentaudit: {exc}", file=sys.stderr)
         return EXIT_USAGE if args.command in ("verify", "events") else EXIT_FAILURE

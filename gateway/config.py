@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from gateway.alerts import AlertsConfig, parse_alerts_config
 from gateway.errors import ConfigError
 from gateway.journal.schema import MAX_ROWS_PER_INSERT
 
@@ -73,6 +74,38 @@ class LogConfig:
     level: str = "info"
 
 
+OPERATOR_ROLES = ("admin", "approver", "auditor")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class OperatorTokenConfig:
+    """A bearer token, stored only as its SHA-256, mapped to an identity and roles."""
+
+    identity: str
+    roles: tuple[str, ...]
+    sha256: str
+
+
+@dataclass(frozen=True)
+class OperatorTlsConfig:
+    """TLS for the operator's TCP listeners; a client certificate signed by ``client_ca`` authenticates too."""
+
+    cert: Path
+    key: Path
+    client_ca: Path
+    identities: tuple[tuple[str, tuple[str, ...]], ...] = ()  # certificate common name → roles
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """The operator API: its own listeners (never the agent socket) and who may call it."""
+
+    listen: tuple[str, ...] = ()
+    tokens: tuple[OperatorTokenConfig, ...] = ()
+    tls: OperatorTlsConfig | None = None
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole sidecar configuration."""
@@ -82,6 +115,8 @@ class Config:
     audit: AuditConfig = field(default_factory=AuditConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    operator: OperatorConfig = field(default_factory=OperatorConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
 
 
 _LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -163,6 +198,50 @@ def _resolve_listen(listen: tuple[str, ...], base: Path) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _operator(raw: Any, env: Mapping[str, str], base: Path, listen: list[str] | None) -> OperatorConfig:
+    """Parses the ``operator`` section (tokens and TLS are structured, so not handled by ``_section``)."""
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ConfigError("operator: expected a mapping")
+    unknown = sorted(set(raw) - {"listen", "tokens", "tls"})
+    if unknown:
+        raise ConfigError(f"operator: unknown key(s) {', '.join(unknown)} (known: listen, tokens, tls)")
+    addresses = _coerce("operator.listen", raw.get("listen", []), tuple[str, ...], base)
+    if "AGENTAUDIT_OPERATOR_LISTEN" in env:
+        addresses = _coerce("AGENTAUDIT_OPERATOR_LISTEN", env["AGENTAUDIT_OPERATOR_LISTEN"], tuple[str, ...], base)
+    if listen:
+        addresses = tuple(listen)
+    tokens = []
+    raw_tokens = raw.get("tokens") or []
+    if not isinstance(raw_tokens, list):
+        raise ConfigError("operator.tokens: expected a list of {identity, roles, sha256}")
+    for i, token in enumerate(raw_tokens):
+        where = f"operator.tokens[{i}]"
+        if not isinstance(token, dict) or set(token) - {"identity", "roles", "sha256"}:
+            raise ConfigError(f"{where}: expected a mapping with identity, roles and sha256")
+        identity, roles, digest = token.get("identity"), token.get("roles"), token.get("sha256")
+        if not isinstance(identity, str) or not identity or not identity.isprintable():
+            raise ConfigError(f"{where}.identity: expected a non-empty identity")
+        if not isinstance(roles, list) or not roles or any(r not in OPERATOR_ROLES for r in roles):
+            raise ConfigError(f"{where}.roles: expected a list of {', '.join(OPERATOR_ROLES)}")
+        if not isinstance(digest, str) or not _SHA256_RE.match(digest):
+            raise ConfigError(f"{where}.sha256: expected the token's SHA-256 as 64 lower-case hex digits")
+        tokens.append(OperatorTokenConfig(identity, tuple(roles), digest))
+    tls = None
+    if raw.get("tls") is not None:
+        spec = raw["tls"]
+        if not isinstance(spec, dict) or set(spec) - {"cert", "key", "client_ca", "identities"}:
+            raise ConfigError("operator.tls: expected cert, key, client_ca and optionally identities")
+        paths = {k: _coerce(f"operator.tls.{k}", spec.get(k), Path, base) for k in ("cert", "key", "client_ca")}
+        identities = spec.get("identities") or {}
+        if not isinstance(identities, dict) or any(
+            not isinstance(r, list) or any(x not in OPERATOR_ROLES for x in r) for r in identities.values()
+        ):
+            raise ConfigError(f"operator.tls.identities: map certificate common names to lists of {OPERATOR_ROLES}")
+        tls = OperatorTlsConfig(**paths, identities=tuple((str(k), tuple(v)) for k, v in identities.items()))
+    return OperatorConfig(_resolve_listen(addresses, base) if addresses else (), tuple(tokens), tls)
+
+
 def _validate(cfg: Config) -> None:
     if cfg.audit.sink != "append_only":
         raise ConfigError(f"audit.sink: only 'append_only' is supported, got {cfg.audit.sink!r}")
@@ -193,6 +272,7 @@ def load(
     env: Mapping[str, str] | None = None,
     listen: list[str] | None = None,
     base_dir: Path | None = None,
+    operator_listen: list[str] | None = None,
 ) -> Config:
     """Loads and validates the configuration once.
 
@@ -200,6 +280,7 @@ def load(
         path: YAML file; None uses defaults only.
         env: environment (``AGENTAUDIT_*`` keys are read); None reads nothing.
         listen: ``--listen`` flags; when given they replace ``server.listen``.
+        operator_listen: ``--operator-listen`` flags; when given they replace ``operator.listen``.
         base_dir: directory relative paths resolve against when there is no file (defaults to cwd).
     """
     env = env or {}
@@ -218,16 +299,27 @@ def load(
             raise ConfigError(f"{path}: top level must be a mapping")
         raw = loaded or {}
         base = path.resolve().parent
-    sections = {f.name: typing.get_type_hints(Config)[f.name] for f in dataclasses.fields(Config)}
-    unknown = sorted(set(raw) - set(sections))
+    special = {"operator", "alerts"}
+    sections = {
+        f.name: typing.get_type_hints(Config)[f.name] for f in dataclasses.fields(Config) if f.name not in special
+    }
+    unknown = sorted(set(raw) - set(sections) - special)
     if unknown:
-        raise ConfigError(f"unknown section(s) {', '.join(unknown)} (known: {', '.join(sections)})")
+        known = ", ".join([*sections, *sorted(special)])
+        raise ConfigError(f"unknown section(s) {', '.join(unknown)} (known: {known})")
     parts = {name: _section(name, cls, raw.get(name), env, base) for name, cls in sections.items()}
-    cfg = Config(**parts)
+    cfg = Config(
+        **parts,
+        operator=_operator(raw.get("operator"), env, base, operator_listen),
+        alerts=parse_alerts_config(raw.get("alerts") or {}),
+    )
     server = cfg.server
     if listen:
         server = dataclasses.replace(server, listen=tuple(listen))
     server = dataclasses.replace(server, listen=_resolve_listen(server.listen, base))
     cfg = dataclasses.replace(cfg, server=server)
+    overlap = set(cfg.server.listen) & set(cfg.operator.listen)
+    if overlap:
+        raise ConfigError(f"operator.listen: {', '.join(sorted(overlap))} is also an agent listener; keep them apart")
     _validate(cfg)
     return cfg

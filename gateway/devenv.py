@@ -8,7 +8,9 @@ and returns a :class:`Config` whose relative paths point into ``DIR``.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import secrets
 import socket
 from pathlib import Path
 
@@ -16,10 +18,13 @@ from gateway import config as config_mod
 from gateway.config import DEFAULT_TCP_PORT, Config
 from gateway.policy import EXAMPLE_POLICY, EXAMPLE_POLICY_TESTS
 from gateway.redaction import create_hmac_key
-from gateway.signing import Ed25519Signer, write_secret_file
+from gateway.signing import Ed25519Signer, read_secret_file, write_secret_file
 
 CONFIG_FILE = "agentaudit.yaml"
 SOCKET_FILE = "gateway.sock"
+OPERATOR_SOCKET_FILE = "operator.sock"
+OPERATOR_TOKEN_FILE = "operator.token"  # noqa: S105 - a file name, not a secret
+DEV_OPERATOR = "dev-operator"
 
 EXAMPLE_CONFIG = f"""\
 # agentaudit configuration (created by `agentaudit dev`; see docs/configuration.md).
@@ -43,6 +48,18 @@ policy:
   watch_interval_s: 1.0
 log:
   level: info
+# The operator API (approvals, kill switches, policy) listens apart from the agents. Tokens are stored only as
+# SHA-256 digests; the dev token itself is in operator.token (mode 0600).
+operator:
+  listen: ["unix://{OPERATOR_SOCKET_FILE}"]
+  tokens:
+    - identity: {DEV_OPERATOR}
+      roles: [admin, approver, auditor]
+      sha256: "{{token_sha256}}"
+# alerts:                         # docs/alerts.md
+#   webhooks:
+#     - url: https://hooks.slack.com/services/...
+#       format: slack
 """
 
 
@@ -71,13 +88,20 @@ def ensure_keys(directory: Path, origin: str) -> list[str]:
     return created
 
 
-def prepare(directory: Path, listen: list[str] | None, env: dict[str, str]) -> tuple[Config, list[str]]:
+def prepare(
+    directory: Path, listen: list[str] | None, env: dict[str, str], operator_listen: list[str] | None = None
+) -> tuple[Config, list[str]]:
     """Creates what is missing in ``directory`` and loads its configuration."""
     directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
     created = ensure_keys(directory, default_origin())
+    token_path = directory / OPERATOR_TOKEN_FILE
+    if not token_path.exists():
+        write_secret_file(token_path, secrets.token_urlsafe(32) + "\n")
+        created.append(OPERATOR_TOKEN_FILE)
+    token_sha256 = hashlib.sha256(read_secret_file(token_path).strip()).hexdigest()
     examples = (
-        (CONFIG_FILE, EXAMPLE_CONFIG),
+        (CONFIG_FILE, EXAMPLE_CONFIG.replace("{token_sha256}", token_sha256)),
         ("policy.yaml", EXAMPLE_POLICY),
         ("policy_tests.yaml", EXAMPLE_POLICY_TESTS),
     )
@@ -86,5 +110,7 @@ def prepare(directory: Path, listen: list[str] | None, env: dict[str, str]) -> t
         if not path.exists():
             path.write_text(text)
             created.append(name)
-    cfg = config_mod.load(directory / CONFIG_FILE, env=env, listen=listen, base_dir=directory)
+    cfg = config_mod.load(
+        directory / CONFIG_FILE, env=env, listen=listen, base_dir=directory, operator_listen=operator_listen
+    )
     return cfg, created

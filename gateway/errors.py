@@ -6,6 +6,8 @@
     ├── ConfigError                 bad configuration or policy file (CLI exit 2)
     │   └── SigningKeyError         key file unreadable, malformed or too permissive
     ├── InvalidRequestError         a request field is invalid   → INVALID_ARGUMENT + BadRequest
+    ├── UnauthenticatedError        no valid operator credential → UNAUTHENTICATED
+    ├── PermissionDeniedError       credential lacks the role    → PERMISSION_DENIED
     ├── NotFoundError               an id is unknown             → NOT_FOUND
     ├── FailedPreconditionError     request not allowed in state → FAILED_PRECONDITION
     │   └── ViolationError          result reported for an action that was not allowed
@@ -58,6 +60,14 @@ class InvalidRequestError(AgentAuditError):
         self.violations = violations
 
 
+class UnauthenticatedError(AgentAuditError):
+    """The caller presented no valid operator credential."""
+
+
+class PermissionDeniedError(AgentAuditError):
+    """The authenticated operator may not do this (role, approver list, own run)."""
+
+
 class NotFoundError(AgentAuditError):
     """An id in the request names nothing known."""
 
@@ -99,6 +109,8 @@ class MalformedEntryError(JournalError):
 
 _CODES: list[tuple[type[AgentAuditError], grpc.StatusCode]] = [
     (InvalidRequestError, grpc.StatusCode.INVALID_ARGUMENT),
+    (UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),
+    (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
     (NotFoundError, grpc.StatusCode.NOT_FOUND),
     (FailedPreconditionError, grpc.StatusCode.FAILED_PRECONDITION),
     (OverloadedError, grpc.StatusCode.RESOURCE_EXHAUSTED),

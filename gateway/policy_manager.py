@@ -20,7 +20,7 @@ from pathlib import Path
 
 from gateway.errors import ConfigError, JournalUnavailableError
 from gateway.policy.document import PolicyDocument, parse_policy
-from gateway.policy.engine import Clock, LayeredPolicy
+from gateway.policy.engine import Clock, LayeredPolicy, SwitchLookup
 from gateway.policy.limits import LimitState
 from gateway.recorder import AuditRecorder
 
@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 TRIGGER_SIGHUP = "sighup"
 TRIGGER_FILE_CHANGE = "file_change"
+TRIGGER_OPERATOR = "operator_api"
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class ReloadOutcome:
     old_version: str
     new_version: str
     error: str = ""
+    event_id: str = ""
 
 
 def load_document(path: Path) -> PolicyDocument:
@@ -47,6 +49,16 @@ def load_document(path: Path) -> PolicyDocument:
     except OSError as exc:
         raise ConfigError(f"cannot read policy {path}: {exc.strerror}") from exc
     return parse_policy(text, str(path))
+
+
+def _replace_file(path: Path, text: str) -> None:
+    """Writes ``text`` to ``path`` atomically (temporary file, fsync, rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def process_user() -> str:
@@ -61,14 +73,22 @@ class PolicyManager:
     """Owns the active :class:`LayeredPolicy`, its shared limit state, the SIGHUP handler and the file watch."""
 
     def __init__(
-        self, path: Path, recorder: AuditRecorder, *, clock: Clock = time.monotonic, poll_interval_s: float = 1.0
+        self,
+        path: Path,
+        recorder: AuditRecorder,
+        *,
+        clock: Clock = time.monotonic,
+        poll_interval_s: float = 1.0,
+        switches: SwitchLookup | None = None,
     ) -> None:
         self.path = path
         self._recorder = recorder
         self._clock = clock
         self._poll_interval_s = poll_interval_s
+        self._switches = switches
         self._state = LimitState()
-        self.engine = LayeredPolicy(load_document(path), self._state, clock)
+        self.document_text = path.read_text()
+        self.engine = LayeredPolicy(parse_policy(self.document_text, str(path)), self._state, clock, switches)
         self._stamp = self._file_stamp()
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -81,28 +101,50 @@ class PolicyManager:
             return None
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
-    async def reload(self, trigger: str, actor: str | None = None) -> ReloadOutcome:
-        """Re-reads the file; applies it if it parses and differs from the active version."""
+    async def reload(
+        self, trigger: str, actor: str | None = None, *, document_text: str | None = None
+    ) -> ReloadOutcome:
+        """Re-reads the file (or takes ``document_text``); applies it if valid and different from the active one.
+
+        A submitted document is validated, then written to the policy file (atomically) so it survives a
+        restart, then journaled and applied. ``actor`` is an operator identity; None means the process user.
+        """
         async with self._lock:
             old = self.engine.version
-            self._stamp = self._file_stamp()
             try:
-                document = await asyncio.to_thread(load_document, self.path)
+                if document_text is None:
+                    text = await asyncio.to_thread(self.path.read_text)
+                else:
+                    text = document_text
+                document = parse_policy(text, str(self.path) if document_text is None else "<submitted policy>")
+            except OSError as exc:
+                log.error("policy reload (%s) rejected, keeping %s: cannot read %s: %s", trigger, old, self.path, exc)
+                return ReloadOutcome(False, old, old, f"cannot read {self.path}: {exc.strerror}")
             except ConfigError as exc:
                 log.error("policy reload (%s) rejected, keeping %s: %s", trigger, old, exc)
+                if document_text is not None:
+                    raise
+                self._stamp = self._file_stamp()
                 return ReloadOutcome(False, old, old, str(exc))
             if document.version == old:
+                self._stamp = self._file_stamp()
                 return ReloadOutcome(False, old, old)
-            actor_id = actor or process_user()
+            if document_text is not None:
+                await asyncio.to_thread(_replace_file, self.path, text)
+            self._stamp = self._file_stamp()
+            actor_id, actor_type = (actor, "operator") if actor else (process_user(), "process_user")
             try:
-                await self._recorder.record_policy_changed(old, document.version, actor_id, trigger, str(self.path))
+                event = await self._recorder.record_policy_changed(
+                    old, document.version, actor_id, trigger, str(self.path), actor_type
+                )
             except JournalUnavailableError as exc:
                 log.error("policy change (%s) not applied: it could not be journaled: %s", trigger, exc)
                 return ReloadOutcome(False, old, old, f"journal unavailable: {exc}")
-            self.engine = LayeredPolicy(document, self._state, self._clock)
+            self.engine = LayeredPolicy(document, self._state, self._clock, self._switches)
+            self.document_text = text
             self._state.retain(limit.fingerprint for limit in document.limits)
             log.info("policy %s active (was %s; %s by %s)", document.version, old, trigger, actor_id)
-            return ReloadOutcome(True, old, document.version)
+            return ReloadOutcome(True, old, document.version, event_id=event.event_id)
 
     async def start(self) -> None:
         """Starts watching the file and, when running in the main thread, handling SIGHUP."""

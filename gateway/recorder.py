@@ -10,7 +10,7 @@ import asyncio
 import dataclasses
 import logging
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +21,7 @@ from gateway.ids import new_event_id, rfc3339_nanos
 from gateway.journal.entry import EventKind
 from gateway.journal.schema import indexed_values
 from gateway.journal.store import JournalReader, StoredEvent
-from gateway.journal.writer import JournalWriter, Receipt, now_nanos
+from gateway.journal.writer import JournalWriter, Receipt, StateChange, now_nanos
 from gateway.policy.model import ActionRequest, Decision, Verdict
 from gateway.redaction import Redactor
 
@@ -89,11 +89,85 @@ class AuditRecorder:
             normalised=normalised,
         )
 
-    async def _append(self, kind: EventKind, body: dict[str, Any], nanos: int, *, normalised: bool = False) -> Receipt:
+    async def _append(
+        self,
+        kind: EventKind,
+        body: dict[str, Any],
+        nanos: int,
+        *,
+        normalised: bool = False,
+        state: Sequence[StateChange] = (),
+    ) -> Receipt:
         # Bodies are built from validated strings and integers plus user data; when that data is known to be
         # JCS-normalised the checking walk is skipped (tests compare both paths).
         encoded = encode_normalised(body) if normalised else canonical_json(body)
-        return await self._writer.append(kind, encoded, indexed_values(body), nanos)
+        return await self._writer.append(kind, encoded, indexed_values(body), nanos, state)
+
+    async def _record(
+        self, kind: EventKind, nanos: int, fields: dict[str, Any], state: Sequence[StateChange] = ()
+    ) -> RecordedEvent:
+        event_id = new_event_id()
+        body = {"event_id": event_id, "kind": kind.label, "timestamp": rfc3339_nanos(nanos), **fields}
+        receipt = await self._append(kind, body, nanos, state=state)
+        return RecordedEvent(event_id, receipt)
+
+    async def record_kill_switch(
+        self,
+        operation: str,
+        scope: str,
+        target: str,
+        reason: str,
+        operator: str,
+        nanos: int,
+        state: Sequence[StateChange],
+    ) -> RecordedEvent:
+        """Journals an operator engaging or releasing a kill switch, with its state change."""
+        fields = {
+            "operation": operation,
+            "scope": scope,
+            "target": target,
+            "tenant_id": target if scope == "tenant" else "",
+            "agent_id": target if scope == "agent" else "",
+            "run_id": target if scope == "run" else "",
+            "comment": reason,
+            "actor": {"type": "operator", "id": operator},
+        }
+        return await self._record(EventKind.KILL_SWITCH, nanos, fields, state)
+
+    async def record_approval(
+        self,
+        kind: EventKind,
+        approval: Mapping[str, Any],
+        actor: Mapping[str, str],
+        comment: str,
+        nanos: int,
+        state: Sequence[StateChange],
+    ) -> RecordedEvent:
+        """Journals an approval being granted, denied or expiring, with its state change."""
+        fields = {
+            "approval_id": approval["approval_id"],
+            "pre_event_id": approval["event_id"],
+            "run_id": approval["run_id"],
+            "step_id": approval["step_id"],
+            "tenant_id": approval["tenant_id"],
+            "agent_id": approval["agent_id"],
+            "action": approval["action"],
+            "action_key": approval["action_key"],
+            "policy_rule": approval["policy_rule"],
+            "actor": dict(actor),
+            "comment": comment,
+        }
+        return await self._record(kind, nanos, fields, state)
+
+    async def record_operator_denied(self, method: str, identity: str, reason: str, detail: str) -> RecordedEvent:
+        """Journals an operator call refused for lack of a credential or a role."""
+        fields = {
+            "method": method,
+            "actor": {"type": "operator" if identity else "anonymous", "id": identity},
+            "reason": reason,
+            "detail": detail,
+        }
+        return await self._record(EventKind.OPERATOR_DENIED, now_nanos(), fields)
 
     async def record_started(self, details: Mapping[str, Any]) -> RecordedEvent:
         """Journals a ``journal_started`` lifecycle event (one per sidecar start)."""
@@ -109,7 +183,13 @@ class AuditRecorder:
         return RecordedEvent(body["event_id"], receipt)
 
     async def record_policy_changed(
-        self, old_version: str, new_version: str, actor_id: str, trigger: str, source: str
+        self,
+        old_version: str,
+        new_version: str,
+        actor_id: str,
+        trigger: str,
+        source: str,
+        actor_type: str = "process_user",
     ) -> RecordedEvent:
         """Journals an accepted policy change with who (or what) made it."""
         nanos = now_nanos()
@@ -118,7 +198,7 @@ class AuditRecorder:
             "event_id": event_id,
             "kind": EventKind.POLICY_CHANGED.label,
             "timestamp": rfc3339_nanos(nanos),
-            "actor": {"type": "process_user", "id": actor_id},
+            "actor": {"type": actor_type, "id": actor_id},
             "old_version": old_version,
             "new_version": new_version,
             "policy_version": new_version,
@@ -129,7 +209,14 @@ class AuditRecorder:
         return RecordedEvent(event_id, receipt)
 
     async def record_decision(
-        self, request: ActionRequest, prepared: PreparedAction, decision: Decision, approval_id: str
+        self,
+        request: ActionRequest,
+        prepared: PreparedAction,
+        decision: Decision,
+        approval_id: str,
+        *,
+        event_id: str = "",
+        state: Sequence[StateChange] = (),
     ) -> RecordedEvent:
         """Journals the pre-event of a Decide; returns only once it is durable.
 
@@ -139,7 +226,7 @@ class AuditRecorder:
         nanos = now_nanos()
         shadow = decision.shadow
         trace_id, span_id = _trace_ids(request.traceparent)
-        event_id = new_event_id()
+        event_id = event_id or new_event_id()
         body = {
             "event_id": event_id,
             "kind": EventKind.PRE_EXEC.label,
@@ -173,7 +260,7 @@ class AuditRecorder:
             "span_id": span_id,
             "labels": dict(request.labels),
         }
-        receipt = await self._append(EventKind.PRE_EXEC, body, nanos, normalised=prepared.normalised)
+        receipt = await self._append(EventKind.PRE_EXEC, body, nanos, normalised=prepared.normalised, state=state)
         self._remember(
             StoredEvent(
                 receipt.seq,

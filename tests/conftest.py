@@ -55,6 +55,12 @@ class RunningGateway:
     public_key_path: Path
     proc: subprocess.Popen[bytes]
     log_path: Path
+    operator_target: str = ""
+
+    @property
+    def operator_token(self) -> str:
+        """The dev operator's bearer token (roles admin, approver, auditor)."""
+        return (self.dir / "operator.token").read_text().strip()
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
         """Stops the process (SIGTERM by default) and returns its exit code."""
@@ -89,6 +95,8 @@ def start_gateway(directory: Path, extra_env: dict[str, str] | None = None) -> R
                 f"unix://{sock}",
                 "--listen",
                 f"127.0.0.1:{port}",
+                "--operator-listen",
+                f"unix://{directory / 'operator.sock'}",
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -103,6 +111,7 @@ def start_gateway(directory: Path, extra_env: dict[str, str] | None = None) -> R
         public_key_path=directory / "signing.pub",
         proc=proc,
         log_path=log_path,
+        operator_target=f"unix://{directory / 'operator.sock'}",
     )
     try:
         wait_serving(gw.unix_target, proc=proc)

@@ -168,11 +168,11 @@ def test_results_and_duplicates_survive_a_restart(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_wait_approval_is_unimplemented_for_now(gateway_server: RunningGateway) -> None:
+def test_wait_approval_for_an_unknown_id_is_not_found(gateway_server: RunningGateway) -> None:
     channel, gw = stub(gateway_server.unix_target)
     with channel, pytest.raises(grpc.RpcError) as info:
-        gw.WaitApproval(gateway_pb2.WaitApprovalRequest(approval_id="apr_x"), timeout=10)
-    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        gw.WaitApproval(gateway_pb2.WaitApprovalRequest(approval_id="apr_unknown"), timeout=10)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 def test_health_and_reflection_are_served(gateway_server: RunningGateway) -> None:

@@ -2,29 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import grpc
 from google.protobuf import duration_pb2
 
 from agentaudit.v1 import gateway_pb2, types_pb2
 from gateway import metrics, reasons
+from gateway.alerts import Alert, alert_from_decision
 from gateway.api import validation
-from gateway.api.wire import Undecodable, deserializer
+from gateway.api.rpc import Context, service_handler
+from gateway.approvals import DENIED, EXPIRED, GRANTED, PENDING, Approval, ApprovalBook
 from gateway.config import ServerConfig
-from gateway.errors import (
-    AgentAuditError,
-    InvalidRequestError,
-    JournalUnavailableError,
-    NotImplementedYetError,
-    ViolationError,
-    to_status,
-)
-from gateway.ids import new_approval_id
+from gateway.errors import FieldViolation, InvalidRequestError, JournalUnavailableError, ViolationError
+from gateway.ids import new_approval_id, new_event_id, rfc3339_nanos
+from gateway.journal.writer import StateChange, now_nanos
+from gateway.policy.engine import LAYER_APPROVAL
 from gateway.policy.model import ActionRequest, Decision, PolicyEngine, Verdict
-from gateway.recorder import AuditRecorder
+from gateway.recorder import AuditRecorder, PreparedAction
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +34,12 @@ _VERDICTS = {
     Verdict.STOP: types_pb2.DECISION_STOP,
     Verdict.APPROVAL_REQUIRED: types_pb2.DECISION_APPROVAL_REQUIRED,
 }
-
-Req = TypeVar("Req")
-Resp = TypeVar("Resp")
+APPROVAL_STATES = {
+    PENDING: gateway_pb2.APPROVAL_STATE_PENDING,
+    GRANTED: gateway_pb2.APPROVAL_STATE_GRANTED,
+    DENIED: gateway_pb2.APPROVAL_STATE_DENIED,
+    EXPIRED: gateway_pb2.APPROVAL_STATE_EXPIRED,
+}
 
 
 class PolicySource(Protocol):
@@ -51,25 +51,62 @@ class PolicySource(Protocol):
         ...
 
 
+class AlertSink(Protocol):
+    """Takes alerts without blocking (the AlertDispatcher)."""
+
+    def notify(self, alert: Alert) -> None:
+        """Queues an alert; never blocks, never raises."""
+        ...
+
+
 class GatewayServicer:
     """Implements Decide, ReportResult and WaitApproval."""
 
-    def __init__(self, policy: PolicySource, recorder: AuditRecorder, limits: ServerConfig) -> None:
+    def __init__(
+        self,
+        policy: PolicySource,
+        recorder: AuditRecorder,
+        limits: ServerConfig,
+        approvals: ApprovalBook,
+        alerts: AlertSink | None = None,
+    ) -> None:
         self._policy = policy
         self._recorder = recorder
         self._limits = limits
+        self._approvals = approvals
+        self._alerts = alerts
 
-    async def decide(self, request: gateway_pb2.DecideRequest) -> gateway_pb2.DecideResponse:
+    async def decide(self, request: gateway_pb2.DecideRequest, context: Context) -> gateway_pb2.DecideResponse:
         """Evaluates and records one proposed action. Answers only after the pre-event is durable."""
         action = validation.parse_decide(
             request, max_args_bytes=self._limits.max_args_bytes, max_depth=self._limits.max_depth
         )
         prepared = self._recorder.prepare(action.action, action.args, normalised=action.args_normalised)
-        decision = self._evaluate(action)
-        approval_id = new_approval_id() if decision.verdict is Verdict.APPROVAL_REQUIRED else ""
+        event_id = new_event_id()
+        approval_id = ""
+        state: list[StateChange] = []
+        resumed: Approval | None = None
+        created: Approval | None = None
+        if action.approval_id:
+            decision, resumed = self._resume(action, prepared)
+            if decision.verdict is Verdict.ALLOW and resumed is not None:
+                state = self._approvals.use_statement(resumed)
+            elif resumed is not None:
+                self._approvals.unreserve_if_reserved(resumed, decision)
+            if decision.reason == reasons.APPROVAL_PENDING and resumed is not None:
+                approval_id = resumed.approval_id
+        else:
+            decision = self._evaluate(action)
+        if decision.verdict is Verdict.APPROVAL_REQUIRED and not approval_id:
+            approval_id = new_approval_id()
+            created, state = self._approvals.create(action, prepared.action_key, decision, approval_id, event_id)
         try:
-            event = await self._recorder.record_decision(action, prepared, decision, approval_id)
+            event = await self._recorder.record_decision(
+                action, prepared, decision, approval_id, event_id=event_id, state=state
+            )
         except JournalUnavailableError as exc:
+            if resumed is not None and decision.verdict is Verdict.ALLOW:
+                self._approvals.unreserve(resumed)
             # Fail closed: never allow what could not be recorded.
             metrics.FAIL_CLOSED.inc()
             metrics.DECISIONS.labels("stop", reasons.AUDIT_UNAVAILABLE, LAYER_AUDIT).inc()
@@ -81,7 +118,22 @@ class GatewayServicer:
                 policy_version=decision.policy_version,
                 action_key=prepared.action_key,
             )
+        if created is not None:
+            self._approvals.opened(created)
+        if resumed is not None and decision.verdict is Verdict.ALLOW:
+            self._approvals.used(resumed)
         metrics.DECISIONS.labels(decision.verdict.value, decision.reason, decision.layer).inc()
+        if decision.verdict is not Verdict.ALLOW and self._alerts is not None:
+            self._alerts.notify(
+                alert_from_decision(
+                    action,
+                    decision,
+                    event_id=event.event_id,
+                    approval_id=approval_id,
+                    timestamp=rfc3339_nanos(now_nanos()),
+                    origin=self._recorder.origin,
+                )
+            )
         response = gateway_pb2.DecideResponse(
             decision=_VERDICTS[decision.verdict],
             reason=decision.reason,
@@ -96,6 +148,16 @@ class GatewayServicer:
             response.retry_after.CopyFrom(_duration(decision.retry_after_s))
         return response
 
+    def _resume(self, action: ActionRequest, prepared: PreparedAction) -> tuple[Decision, Approval | None]:
+        """Decides a request that resumes with an approval: evaluated as approved only if the approval holds."""
+        reason, approval = self._approvals.check_resume(action, prepared.action_key)
+        if reason:
+            verdict = Verdict.APPROVAL_REQUIRED if reason == reasons.APPROVAL_PENDING else Verdict.STOP
+            rule = approval.policy_rule if approval is not None else ""
+            return Decision(verdict, reason, LAYER_APPROVAL, rule, self._policy.engine.version), approval
+        # Every other layer still applies: a kill switch or an exhausted budget stops an approved action too.
+        return self._evaluate(dataclasses.replace(action, approved=True)), approval
+
     def _evaluate(self, action: ActionRequest) -> Decision:
         engine = self._policy.engine
         try:
@@ -105,7 +167,9 @@ class GatewayServicer:
             log.exception("policy evaluation failed for action %s", action.action)
             return Decision(Verdict.STOP, reasons.POLICY_ERROR, LAYER_POLICY, "", engine.version)
 
-    async def report_result(self, request: gateway_pb2.ReportResultRequest) -> gateway_pb2.ReportResultResponse:
+    async def report_result(
+        self, request: gateway_pb2.ReportResultRequest, context: Context
+    ) -> gateway_pb2.ReportResultResponse:
         """Records the post-event of an allowed action (idempotent); a non-allowed one is a violation."""
         event_id, status, error, output, duration_ns = validation.parse_report(
             request, max_output_bytes=self._limits.max_args_bytes, max_depth=self._limits.max_depth
@@ -117,9 +181,19 @@ class GatewayServicer:
             raise
         return gateway_pb2.ReportResultResponse(event_id=outcome.event_id, duplicate=outcome.duplicate)
 
-    async def wait_approval(self, request: gateway_pb2.WaitApprovalRequest) -> gateway_pb2.WaitApprovalResponse:
-        """Not available until the approvals work lands."""
-        raise NotImplementedYetError("WaitApproval is not implemented yet (it comes with the approvals API)")
+    async def wait_approval(
+        self, request: gateway_pb2.WaitApprovalRequest, context: Context
+    ) -> gateway_pb2.WaitApprovalResponse:
+        """Blocks until the approval is resolved or expires, or the call's deadline is near."""
+        if not request.approval_id or len(request.approval_id) > 128:
+            raise InvalidRequestError([FieldViolation("approval_id", "is required (at most 128 bytes)")])
+        remaining = context.time_remaining()
+        # Answer a little before the client's deadline so it gets "still pending" rather than DEADLINE_EXCEEDED.
+        timeout = None if remaining is None else max(0.0, remaining - 0.25)
+        approval = await self._approvals.wait(request.approval_id, timeout)
+        return gateway_pb2.WaitApprovalResponse(
+            state=APPROVAL_STATES[approval.state], resolved_by=approval.resolved_by, comment=approval.comment
+        )
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:
@@ -128,42 +202,13 @@ def _duration(seconds: float) -> duration_pb2.Duration:
     return d
 
 
-def _unary(
-    method: str, call: Callable[[Any], Awaitable[Any]]
-) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]:
-    """Wraps a servicer method: request decoding failures and our errors become statuses in one place."""
-
-    async def handler(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        try:
-            if isinstance(request, Undecodable):
-                raise InvalidRequestError(request.violations)
-            return await call(request)
-        except AgentAuditError as exc:
-            if isinstance(exc, InvalidRequestError):
-                metrics.INVALID_REQUESTS.labels(method).inc()
-            log.debug("%s refused: %s", method, exc)
-            status = to_status(exc)
-        except Exception as exc:
-            log.exception("%s failed", method)
-            status = to_status(exc)
-        await context.abort(status.code, status.details, status.trailing_metadata)
-
-    return handler
-
-
 def generic_handler(servicer: GatewayServicer) -> grpc.GenericRpcHandler[Any, Any]:
-    """The GatewayService handlers, with decoders that turn undecodable bytes into INVALID_ARGUMENT."""
-    methods: dict[str, tuple[Callable[[Any], Awaitable[Any]], Any]] = {
-        "Decide": (servicer.decide, gateway_pb2.DecideRequest),
-        "ReportResult": (servicer.report_result, gateway_pb2.ReportResultRequest),
-        "WaitApproval": (servicer.wait_approval, gateway_pb2.WaitApprovalRequest),
-    }
-    handlers = {
-        name: grpc.unary_unary_rpc_method_handler(
-            _unary(name, call),
-            request_deserializer=deserializer(request_type),
-            response_serializer=lambda message: message.SerializeToString(),
-        )
-        for name, (call, request_type) in methods.items()
-    }
-    return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
+    """The GatewayService handlers."""
+    return service_handler(
+        SERVICE_NAME,
+        {
+            "Decide": (servicer.decide, gateway_pb2.DecideRequest),
+            "ReportResult": (servicer.report_result, gateway_pb2.ReportResultRequest),
+            "WaitApproval": (servicer.wait_approval, gateway_pb2.WaitApprovalRequest),
+        },
+    )

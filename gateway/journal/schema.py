@@ -68,6 +68,43 @@ CREATE TRIGGER IF NOT EXISTS journal_meta_no_delete BEFORE DELETE ON journal_met
 BEGIN SELECT RAISE(ABORT, 'journal_meta is append-only: DELETE refused'); END;
 """
 
+# Operational state beside the journal: approvals and operator kill switches change over time, so they cannot be
+# journal entries. They are not signed and never verified; instead every change to them is journaled as a signed
+# event in the same SQLite transaction (see JournalWriter.append's ``state`` argument), so the two cannot diverge.
+STATE_DDL = """
+CREATE TABLE IF NOT EXISTS approvals (
+    approval_id TEXT PRIMARY KEY,
+    state       TEXT NOT NULL,            -- pending | granted | denied | expired
+    used        INTEGER NOT NULL DEFAULT 0,
+    tenant_id   TEXT NOT NULL,
+    run_id      TEXT NOT NULL,
+    step_id     INTEGER NOT NULL,
+    agent_id    TEXT NOT NULL,
+    actor_type  TEXT NOT NULL,
+    actor_id    TEXT NOT NULL,
+    action      TEXT NOT NULL,
+    action_key  TEXT NOT NULL,
+    policy_rule TEXT NOT NULL,
+    approvers   TEXT NOT NULL,            -- JSON list
+    created_ns  INTEGER NOT NULL,
+    expires_ns  INTEGER NOT NULL,
+    resolved_by TEXT NOT NULL DEFAULT '',
+    resolved_ns INTEGER,
+    comment     TEXT NOT NULL DEFAULT '',
+    event_id    TEXT NOT NULL
+) STRICT;
+CREATE INDEX IF NOT EXISTS approvals_open ON approvals (state, used);
+
+CREATE TABLE IF NOT EXISTS kill_switches (
+    scope      TEXT NOT NULL,             -- global | tenant | agent | run
+    target     TEXT NOT NULL,
+    reason     TEXT NOT NULL,
+    engaged_by TEXT NOT NULL,
+    engaged_ns INTEGER NOT NULL,
+    PRIMARY KEY (scope, target)
+) STRICT;
+"""
+
 MAX_ROWS_PER_INSERT = 2000  # 16 columns x 2000 rows stays under SQLite's 32766 host parameters
 _ROW_PLACEHOLDERS = "(" + ", ".join("?" * len(COLUMNS)) + ")"
 

@@ -91,6 +91,19 @@ class JournalReader:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._query_one, sql, (pre_event_id,))
 
+    def _query_rows(self, sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
+        try:
+            cursor = self._connection().execute(sql, params)
+            names = [d[0] for d in cursor.description]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        except sqlite3.Error as exc:
+            raise JournalUnavailableError(f"state read failed: {exc}") from exc
+
+    async def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        """Rows of a query on the operational state tables (approvals, kill switches), as dicts."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._query_rows, sql, params)
+
     async def aclose(self) -> None:
         """Closes the connection and the thread."""
         loop = asyncio.get_running_loop()

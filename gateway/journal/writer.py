@@ -14,6 +14,7 @@ the writer re-reads the journal tail so seq and chain stay exact, and later appe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sqlite3
@@ -26,7 +27,7 @@ from typing import Any
 
 from gateway.errors import ConfigError, JournalUnavailableError
 from gateway.journal.entry import ZERO_HASH, encode_entry, leaf_hash, signature_payload
-from gateway.journal.schema import DDL, SCHEMA_VERSION, insert_sql
+from gateway.journal.schema import DDL, SCHEMA_VERSION, STATE_DDL, insert_sql
 from gateway.signing import Ed25519Signer
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,9 @@ class Receipt:
     leaf_hash: bytes
 
 
+StateChange = tuple[str, tuple[Any, ...]]  # an SQL statement on the state tables and its parameters
+
+
 @dataclass
 class _Append:
     kind: int
@@ -47,6 +51,7 @@ class _Append:
     unix_nanos: int
     columns: tuple[Any, ...]
     future: asyncio.Future[Receipt] = field(repr=False)
+    state: Sequence[StateChange] = ()
 
 
 def open_connection(path: Path, *, busy_timeout_ms: int) -> sqlite3.Connection:
@@ -107,6 +112,7 @@ class JournalWriter:
         try:
             conn = open_connection(self.path, busy_timeout_ms=self._busy_timeout_ms)
             conn.executescript(DDL)
+            conn.executescript(STATE_DDL)
             conn.execute("BEGIN IMMEDIATE")
             meta = dict(conn.execute("SELECT key, value FROM journal_meta").fetchall())
             if not meta:
@@ -136,8 +142,13 @@ class JournalWriter:
         row = self._conn.execute("SELECT seq, leaf_hash FROM journal ORDER BY seq DESC LIMIT 1").fetchone()
         return (0, ZERO_HASH) if row is None else (row[0] + 1, bytes(row[1]))
 
-    async def append(self, kind: int, body: bytes, columns: tuple[Any, ...], unix_nanos: int) -> Receipt:
+    async def append(
+        self, kind: int, body: bytes, columns: tuple[Any, ...], unix_nanos: int, state: Sequence[StateChange] = ()
+    ) -> Receipt:
         """Queues one entry and returns once it is durably committed.
+
+        ``state`` lists statements on the operational state tables (approvals, kill switches) that must commit
+        together with this entry: both or neither.
 
         Raises:
             JournalUnavailableError: the entry could not be committed (the caller must fail closed).
@@ -145,7 +156,7 @@ class JournalWriter:
         if self._closing or self._loop is None:
             raise JournalUnavailableError("journal writer is not running")
         future: asyncio.Future[Receipt] = self._loop.create_future()
-        self._pending.append(_Append(kind, body, unix_nanos, columns, future))
+        self._pending.append(_Append(kind, body, unix_nanos, columns, future, state))
         self._wake.set()
         # If the caller goes away (client hung up), cancelling it cancels only this future: the append stays
         # queued and is committed regardless (the writer never drops an item whose future is done).
@@ -160,8 +171,9 @@ class JournalWriter:
                 batch = self._pending[: self._max_batch]
                 del self._pending[: self._max_batch]
                 rows, receipts = self._seal(batch)
+                state = [change for item in batch for change in item.state]
                 try:
-                    await loop.run_in_executor(self._executor, self._insert, rows)
+                    await loop.run_in_executor(self._executor, self._insert, rows, state)
                 except Exception as exc:
                     log.error("journal commit of %d entries failed: %s", len(batch), exc)
                     for item in batch:
@@ -201,17 +213,31 @@ class JournalWriter:
             seq += 1
         return rows, receipts
 
-    def _insert(self, rows: Sequence[tuple[Any, ...]]) -> None:
+    def _insert(self, rows: Sequence[tuple[Any, ...]], state: Sequence[StateChange]) -> None:
         """Runs on the writer thread: one multi-row INSERT, which in autocommit mode is its own transaction.
 
         One statement means one ``sqlite3_step`` (the GIL is released once for the insert and the fsync'd commit)
-        and all-or-nothing: a failed batch leaves no row behind.
+        and all-or-nothing: a failed batch leaves no row behind. A batch that carries state changes runs in an
+        explicit transaction with them instead.
         """
         conn = self._conn
         if conn is None:
             raise JournalUnavailableError("journal is closed")
+        params = [value for row in rows for value in row]
         try:
-            conn.execute(insert_sql(len(rows)), [value for row in rows for value in row])
+            if not state:
+                conn.execute(insert_sql(len(rows)), params)
+                return
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute(insert_sql(len(rows)), params)
+                for sql, args in state:
+                    conn.execute(sql, args)
+                conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
         except sqlite3.Error as exc:
             raise JournalUnavailableError(f"commit failed: {exc}") from exc
 

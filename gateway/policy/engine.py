@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from gateway import reasons
 from gateway.policy import cel
@@ -83,13 +83,38 @@ class _Applicable(NamedTuple):
     needed: frozenset[str]
 
 
+class RuntimeSwitch(Protocol):
+    """An engaged operator kill switch."""
+
+    @property
+    def scope(self) -> str: ...
+
+    @property
+    def target(self) -> str: ...
+
+
+class SwitchLookup(Protocol):
+    """Finds the operator kill switch (engaged through the operator API) that covers a request."""
+
+    def find(self, tenant_id: str, agent_id: str, run_id: str) -> RuntimeSwitch | None:
+        """The switch that stops this request, if any."""
+        ...
+
+
 class LayeredPolicy:
     """Evaluates one policy document. Immutable apart from the shared limit state."""
 
-    def __init__(self, document: PolicyDocument, state: LimitState, clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self,
+        document: PolicyDocument,
+        state: LimitState,
+        clock: Clock = time.monotonic,
+        switches: SwitchLookup | None = None,
+    ) -> None:
         self.document = document
         self._state = state
         self._clock = clock
+        self._switches = switches
         self._applicable: dict[str, _Applicable] = {}
 
     @property
@@ -154,6 +179,11 @@ class LayeredPolicy:
 
     def _kill_switch(self, ev: _Evaluation) -> Decision | None:
         r = ev.request
+        if self._switches is not None:
+            engaged = self._switches.find(r.tenant_id, r.agent_id, r.run_id)
+            if engaged is not None:  # operator switches are never shadowed
+                rule = f"operator:{engaged.scope}"
+                return self._decision(Verdict.STOP, reasons.KILL_SWITCH_ENGAGED, LAYER_KILL_SWITCH, rule, ev)
         targets = {"global": "", "tenant": r.tenant_id, "agent": r.agent_id, "run": r.run_id}
         for switch in self.document.kill_switches:
             if switch.scope == "global" or switch.target.match(targets[switch.scope]):
@@ -244,6 +274,8 @@ class LayeredPolicy:
         for rule in rules:
             if not (rule.selector.tenants.match(r.tenant_id) and rule.selector.agents.match(r.agent_id)):
                 continue
+            if r.approved and rule.verdict is Verdict.APPROVAL_REQUIRED:
+                continue  # a granted approval bound to this exact action satisfies approval requirements
             try:
                 matched = rule.when is None or rule.when.evaluate(ev.context())
             except ConditionError:

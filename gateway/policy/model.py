@@ -59,6 +59,8 @@ class ActionRequest:
     labels: Mapping[str, str] = field(default_factory=dict)
     # True when args are JCS-normalised (see gateway.canonical.encode_normalised): a hot-path shortcut.
     args_normalised: bool = False
+    # True when the request resumes with a granted, matching approval: approval requirements are satisfied.
+    approved: bool = False
 
 
 class PolicyEngine(Protocol):

@@ -1,0 +1,592 @@
+"""Alerts: ``stop`` and ``approval_required`` decisions posted to webhooks, asynchronously, never blocking a decision.
+
+Two payload formats: a Slack incoming-webhook message and a CloudEvents 1.0 structured-mode JSON event for any
+other receiver. The Decide path calls :meth:`AlertDispatcher.notify` after the decision is recorded; ``notify``
+only matches filters and enqueues (``put_nowait``), so a slow or broken receiver can never delay or change a
+decision. Each webhook has its own bounded queue and one worker task, so a receiver that is down (and being
+retried) does not hold up alerts to the others, and its alerts arrive in order. Full queues drop and count.
+
+Alerts carry identifiers and policy outcome only, never action arguments: a webhook receiver is outside the
+audit boundary (DESIGN §2.5). Webhook URLs (a Slack URL's path is its secret) and header values are never
+logged. The reference is docs/alerts.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import email.utils
+import fnmatch
+import json
+import logging
+import random
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import httpx
+
+from gateway import __version__, metrics
+from gateway.errors import ConfigError
+from gateway.policy.model import ActionRequest, Decision, Verdict
+
+log = logging.getLogger(__name__)
+
+DECISIONS = (Verdict.STOP.value, Verdict.APPROVAL_REQUIRED.value)
+"""The decisions that can raise an alert (``allow`` never does)."""
+FORMAT_SLACK = "slack"
+FORMAT_CLOUDEVENTS = "cloudevents"
+FORMATS = (FORMAT_SLACK, FORMAT_CLOUDEVENTS)
+CLOUDEVENTS_SPECVERSION = "1.0"
+CLOUDEVENTS_TYPE_PREFIX = "dev.agentaudit.decision."
+CLOUDEVENTS_CONTENT_TYPE = "application/cloudevents+json"
+SLACK_CONTENT_TYPE = "application/json"
+USER_AGENT = f"agentaudit/{__version__}"
+
+# Headers the payload format decides; letting configuration override them would corrupt the request.
+_RESERVED_HEADERS = frozenset({"content-type", "content-length", "host", "transfer-encoding"})
+_HEADER_NAME_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 token
+_SLACK_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One alertable decision: identifiers and policy outcome, never the action's arguments."""
+
+    decision: str
+    reason: str
+    policy_layer: str
+    policy_rule: str
+    policy_version: str
+    tenant_id: str
+    run_id: str
+    step_id: int
+    agent_id: str
+    action: str
+    event_id: str
+    approval_id: str
+    timestamp: str
+    origin: str
+
+
+def alert_from_decision(
+    request: ActionRequest, decision: Decision, *, event_id: str, approval_id: str, timestamp: str, origin: str
+) -> Alert:
+    """Builds the alert for a recorded decision (the caller decides whether the verdict is alertable)."""
+    return Alert(
+        decision=decision.verdict.value,
+        reason=decision.reason,
+        policy_layer=decision.layer,
+        policy_rule=decision.rule,
+        policy_version=decision.policy_version,
+        tenant_id=request.tenant_id,
+        run_id=request.run_id,
+        step_id=request.step_id,
+        agent_id=request.agent_id,
+        action=request.action,
+        event_id=event_id,
+        approval_id=approval_id,
+        timestamp=timestamp,
+        origin=origin,
+    )
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    """One receiver: where, in which format, for which decisions, and how hard to try."""
+
+    # Not in repr: a Slack URL's path and custom headers (Authorization) are secrets.
+    url: str = field(repr=False)
+    format: str
+    decisions: tuple[str, ...] = DECISIONS
+    reasons: tuple[str, ...] = ("*",)
+    layers: tuple[str, ...] = ("*",)
+    tenants: tuple[str, ...] = ("*",)
+    timeout_s: float = 5.0
+    max_attempts: int = 5
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+
+    @property
+    def display_url(self) -> str:
+        """``scheme://host[:port]`` only: safe to log (no path, query, user info)."""
+        parts = urlsplit(self.url)
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        port = f":{parts.port}" if parts.port is not None else ""
+        return f"{parts.scheme}://{host}{port}"
+
+
+@dataclass(frozen=True)
+class AlertsConfig:
+    """The ``alerts:`` section: webhooks and delivery tuning shared by all of them."""
+
+    webhooks: tuple[WebhookConfig, ...] = ()
+    queue_size: int = 1000
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+    approve_command: str = "agentaudit approve {approval_id}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Configuration parsing
+
+
+def _mapping(key: str, raw: Any) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{key}: expected a mapping, got {type(raw).__name__}")
+    return raw
+
+
+def _refuse_unknown(key: str, raw: Mapping[str, Any], cls: type[Any]) -> None:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(str(k) for k in set(raw) - names)
+    if unknown:
+        raise ConfigError(f"{key}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(names))})")
+
+
+def _number(key: str, value: Any, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if not low < value <= high:
+        raise ConfigError(f"{key}: {value} is outside ({low}, {high}]")
+    return float(value)
+
+
+def _integer(key: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if not low <= value <= high:
+        raise ConfigError(f"{key}: {value} is outside {low}..{high}")
+    return value
+
+
+def _strings(key: str, value: Any, allowed: tuple[str, ...] | None = None) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{key}: expected a list of non-empty strings, got {value!r}")
+    if not value:
+        raise ConfigError(f"{key}: must not be empty (omit the key to match everything)")
+    if allowed is not None:
+        bad = [v for v in value if v not in allowed]
+        if bad:
+            raise ConfigError(f"{key}: {', '.join(bad)} not one of {', '.join(allowed)}")
+    return tuple(value)
+
+
+def _url(key: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: must be an http(s) URL")
+    try:
+        parts = urlsplit(value)
+        _ = parts.port  # raises ValueError on a malformed port
+    except ValueError:
+        raise ConfigError(f"{key}: must be an http(s) URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        # The value is not echoed: it may carry a secret.
+        raise ConfigError(f"{key}: must be an http(s) URL")
+    try:
+        httpx.URL(value)  # refuse at start what the client would refuse at the first alert
+    except httpx.InvalidURL:
+        raise ConfigError(f"{key}: must be an http(s) URL") from None
+    return value
+
+
+def _headers(key: str, value: Any) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for name, header_value in _mapping(key, value).items():
+        if not isinstance(name, str) or not _HEADER_NAME_RE.match(name):
+            raise ConfigError(f"{key}: {name!r} is not a valid header name")
+        if name.lower() in _RESERVED_HEADERS:
+            raise ConfigError(f"{key}.{name}: set by the payload format, cannot be configured")
+        if not isinstance(header_value, str) or any(c in header_value for c in "\r\n\0"):
+            # The value is not echoed: it is typically a credential.
+            raise ConfigError(f"{key}.{name}: expected a single-line string")
+        pairs.append((name, header_value))
+    return tuple(pairs)
+
+
+def _webhook(key: str, raw: Any) -> WebhookConfig:
+    raw = _mapping(key, raw)
+    _refuse_unknown(key, raw, WebhookConfig)
+    for required in ("url", "format"):
+        if required not in raw:
+            raise ConfigError(f"{key}.{required}: required")
+    fmt = raw["format"]
+    if fmt not in FORMATS:
+        raise ConfigError(f"{key}.format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+    values: dict[str, Any] = {"url": _url(f"{key}.url", raw["url"]), "format": fmt}
+    if "decisions" in raw:
+        values["decisions"] = _strings(f"{key}.decisions", raw["decisions"], DECISIONS)
+    for name in ("reasons", "layers", "tenants"):
+        if name in raw:
+            values[name] = _strings(f"{key}.{name}", raw[name])
+    if "timeout_s" in raw:
+        values["timeout_s"] = _number(f"{key}.timeout_s", raw["timeout_s"], 0.0, 300.0)
+    if "max_attempts" in raw:
+        values["max_attempts"] = _integer(f"{key}.max_attempts", raw["max_attempts"], 1, 100)
+    if "headers" in raw:
+        values["headers"] = _headers(f"{key}.headers", raw["headers"])
+    return WebhookConfig(**values)
+
+
+def parse_alerts_config(raw: Any, where: str = "alerts") -> AlertsConfig:
+    """Validates the ``alerts:`` section as loaded by ``yaml.safe_load``.
+
+    Args:
+        raw: the section's value; None (section absent or empty) means no webhooks.
+        where: the key prefix used in error messages.
+
+    Returns:
+        The validated configuration.
+
+    Raises:
+        ConfigError: naming the key, e.g. ``alerts.webhooks[0].url: must be an http(s) URL``.
+    """
+    if raw is None:
+        return AlertsConfig()
+    raw = _mapping(where, raw)
+    _refuse_unknown(where, raw, AlertsConfig)
+    values: dict[str, Any] = {}
+    webhooks = raw.get("webhooks")
+    if webhooks is not None:
+        if not isinstance(webhooks, list):
+            raise ConfigError(f"{where}.webhooks: expected a list, got {type(webhooks).__name__}")
+        values["webhooks"] = tuple(_webhook(f"{where}.webhooks[{i}]", w) for i, w in enumerate(webhooks))
+    if "queue_size" in raw:
+        values["queue_size"] = _integer(f"{where}.queue_size", raw["queue_size"], 1, 1_000_000)
+    if "backoff_initial_s" in raw:
+        values["backoff_initial_s"] = _number(f"{where}.backoff_initial_s", raw["backoff_initial_s"], 0.0, 3600.0)
+    if "backoff_max_s" in raw:
+        values["backoff_max_s"] = _number(f"{where}.backoff_max_s", raw["backoff_max_s"], 0.0, 3600.0)
+    if "approve_command" in raw:
+        command = raw["approve_command"]
+        if not isinstance(command, str) or not command.strip():
+            raise ConfigError(f"{where}.approve_command: expected a non-empty string, got {command!r}")
+        values["approve_command"] = command
+    cfg = AlertsConfig(**values)
+    if cfg.backoff_initial_s > cfg.backoff_max_s:
+        raise ConfigError(
+            f"{where}.backoff_initial_s: {cfg.backoff_initial_s} exceeds backoff_max_s {cfg.backoff_max_s}"
+        )
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Filters and payloads
+
+
+def webhook_matches(webhook: WebhookConfig, alert: Alert) -> bool:
+    """Whether ``webhook`` wants ``alert``: decision listed, and reason, layer and tenant each match a glob."""
+    # fnmatchcase, not fnmatch: matching must not depend on the OS's case rules. Compiled patterns are cached.
+    return (
+        alert.decision in webhook.decisions
+        and any(fnmatch.fnmatchcase(alert.reason, p) for p in webhook.reasons)
+        and any(fnmatch.fnmatchcase(alert.policy_layer, p) for p in webhook.layers)
+        and any(fnmatch.fnmatchcase(alert.tenant_id, p) for p in webhook.tenants)
+    )
+
+
+def _slack_escape(text: str) -> str:
+    # Agent-supplied ids must not become Slack links or mentions (`<!channel>`); Slack wants exactly these three.
+    return text.translate(_SLACK_ESCAPES)
+
+
+def approve_hint(alert: Alert, approve_command: str) -> str:
+    """The approve command (or link) for ``alert``; empty when it has no approval."""
+    if not alert.approval_id:
+        return ""
+    # str.replace, not str.format: a format string could reach attributes ({approval_id.__class__}).
+    return approve_command.replace("{approval_id}", alert.approval_id)
+
+
+def slack_payload(alert: Alert, approve_command: str) -> dict[str, Any]:
+    """A Slack incoming-webhook message: ``text`` (also the notification fallback) plus ``blocks``.
+
+    Args:
+        alert: the decision to report.
+        approve_command: template with ``{approval_id}``, shown when the alert has an approval.
+    """
+    e = _slack_escape
+    text = (
+        f"{e(alert.agent_id or 'agent')} decision={e(alert.decision)}, reason={e(alert.reason)}, "
+        f"tenant={e(alert.tenant_id)}, run_id={e(alert.run_id)}, action={e(alert.action)}, event={e(alert.event_id)}"
+    )
+    hint = approve_hint(alert, approve_command)
+    if hint:
+        text += f"\nTo approve: `{e(hint)}`"
+    context = (
+        f"step {alert.step_id} · layer {e(alert.policy_layer)} · rule {e(alert.policy_rule) or '-'} · "
+        f"policy {e(alert.policy_version[:12])} · {e(alert.origin)} · {e(alert.timestamp)}"
+    )
+    blocks: list[dict[str, Any]] = [
+        {"type": "section", "text": {"type": "mrkdwn", "text": text}},
+        {"type": "context", "elements": [{"type": "mrkdwn", "text": context}]},
+    ]
+    return {"text": text, "blocks": blocks}
+
+
+def cloudevents_payload(alert: Alert) -> dict[str, Any]:
+    """A CloudEvents 1.0 structured-mode event (POSTed as ``application/cloudevents+json``).
+
+    ``id`` is the journal event id, so a receiver can de-duplicate retries. A fail-closed ``audit_unavailable``
+    stop has no journal event; it gets a random id, stable across the retries of one delivery.
+    """
+    return {
+        "specversion": CLOUDEVENTS_SPECVERSION,
+        "id": alert.event_id or f"unrecorded-{uuid.uuid4().hex}",
+        "source": f"agentaudit://{quote(alert.origin, safe='/:@-._~')}",
+        "type": f"{CLOUDEVENTS_TYPE_PREFIX}{alert.decision}",
+        "subject": alert.run_id,
+        "time": alert.timestamp,
+        "datacontenttype": "application/json",
+        "data": dataclasses.asdict(alert),
+    }
+
+
+def retry_after_s(value: str | None, now: datetime | None = None) -> float | None:
+    """Parses a ``Retry-After`` header (delta-seconds or HTTP-date) to seconds from now; None if absent or bad."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Delivery
+
+
+class _TransientError(Exception):
+    """One attempt failed in a way worth retrying."""
+
+    def __init__(self, why: str, delay_s: float | None = None) -> None:
+        super().__init__(why)
+        self.why = why
+        self.delay_s = delay_s
+
+
+class _PermanentError(Exception):
+    """One attempt failed in a way retrying cannot fix (4xx other than 429, 3xx)."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
+@dataclass
+class _Route:
+    """One webhook's queue and worker. ``busy`` stays True if the worker is cancelled mid-delivery."""
+
+    index: int
+    webhook: WebhookConfig
+    queue: asyncio.Queue[Alert]
+    label: str
+    body_headers: dict[str, str]
+    busy: bool = False
+    dropping: bool = False
+    task: asyncio.Task[None] | None = None
+
+
+class AlertDispatcher:
+    """Owns the webhook queues, their worker tasks and the HTTP client.
+
+    Lifecycle: ``await start()`` → ``notify(...)`` any number of times (on the event loop thread) →
+    ``await aclose()``. Alerts notified before ``start`` wait in the queue; after ``aclose`` begins they are
+    dropped and counted.
+    """
+
+    def __init__(self, config: AlertsConfig) -> None:
+        self._config = config
+        self._routes = [
+            _Route(
+                index=i,
+                webhook=w,
+                queue=asyncio.Queue(maxsize=config.queue_size),
+                label=f"webhooks[{i}] ({w.format}, {w.display_url})",
+                body_headers={
+                    **dict(w.headers),
+                    "Content-Type": CLOUDEVENTS_CONTENT_TYPE if w.format == FORMAT_CLOUDEVENTS else SLACK_CONTENT_TYPE,
+                    "User-Agent": USER_AGENT,
+                },
+            )
+            for i, w in enumerate(config.webhooks)
+        ]
+        self._client: httpx.AsyncClient | None = None
+        self._accepting = True
+        self._closed = False
+        # Full jitter needs no cryptographic randomness; a private instance keeps tests' global seeds out.
+        self._random = random.Random()  # noqa: S311
+
+    async def __aenter__(self) -> AlertDispatcher:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        """Creates the HTTP client and one worker task per webhook (nothing at all when none is configured)."""
+        if not self._routes or self._client is not None or self._closed:
+            return
+        # httpx logs every request URL at INFO; a Slack URL's path is its secret. Quieten unless the operator chose.
+        for name in ("httpx", "httpcore"):
+            logger = logging.getLogger(name)
+            if logger.level == logging.NOTSET:
+                logger.setLevel(logging.WARNING)
+        # Loading the CA bundle (certifi's, as httpx does by default) reads files: do it off the event loop.
+        ssl_context = await asyncio.to_thread(httpx.create_ssl_context)
+        self._client = httpx.AsyncClient(verify=ssl_context, follow_redirects=False, trust_env=True)
+        for route in self._routes:
+            route.task = asyncio.create_task(self._run(route), name=f"agentaudit-alerts-{route.index}")
+
+    def notify(self, alert: Alert) -> None:
+        """Queues ``alert`` for every webhook whose filters match. Synchronous; never blocks, awaits or raises.
+
+        Call it on the event loop thread after the decision is recorded. A full queue drops the alert for that
+        webhook and counts it in ``agentaudit_alerts_dropped_total``.
+        """
+        for route in self._routes:
+            try:
+                if not webhook_matches(route.webhook, alert):
+                    continue
+                if not self._accepting:
+                    metrics.ALERTS_DROPPED.labels(route.webhook.format).inc()
+                    continue
+                route.queue.put_nowait(alert)
+                route.dropping = False
+            except asyncio.QueueFull:
+                metrics.ALERTS_DROPPED.labels(route.webhook.format).inc()
+                if not route.dropping:
+                    # Once per burst, not per alert: an alert storm must not become a log storm.
+                    route.dropping = True
+                    log.warning("alerts: queue for %s is full; dropping (counted) until it drains", route.label)
+            except Exception:
+                # An alert must never turn a recorded decision into an error.
+                log.exception("alert for %s not queued", route.label)
+
+    async def aclose(self, timeout_s: float = 5.0) -> None:
+        """Stops accepting, delivers what is queued within ``timeout_s``, then cancels and counts the rest as dropped.
+
+        Args:
+            timeout_s: how long queued alerts (including their retries) may take to deliver.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        # 1. Stop accepting: later notify calls drop and count.
+        self._accepting = False
+        started = [r for r in self._routes if r.task is not None]
+        # 2. Drain: queue.join() returns once every queued alert was delivered or given up on.
+        if started:
+            _done, pending = await asyncio.wait(
+                [asyncio.create_task(r.queue.join()) for r in started], timeout=max(timeout_s, 0.0)
+            )
+            for waiter in pending:
+                waiter.cancel()
+        # 3. Cancel workers (idle ones wait on get; busy ones may be mid-backoff) and wait for them to finish.
+        for route in started:
+            assert route.task is not None
+            route.task.cancel()
+        await asyncio.gather(*(r.task for r in started if r.task is not None), return_exceptions=True)
+        # 4. Whatever was not delivered is dropped, and counted as such.
+        for route in self._routes:
+            left = route.queue.qsize() + (1 if route.busy else 0)
+            while not route.queue.empty():
+                route.queue.get_nowait()
+            if left:
+                metrics.ALERTS_DROPPED.labels(route.webhook.format).inc(left)
+                log.warning("alerts: %d alert(s) for %s dropped at shutdown", left, route.label)
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def _run(self, route: _Route) -> None:
+        while True:
+            alert = await route.queue.get()
+            route.busy = True
+            try:
+                await self._deliver(route, alert)
+            except Exception:
+                # A bug in payload building must not kill the worker and silently stop all alerts.
+                metrics.ALERT_FAILURES.labels(route.webhook.format).inc()
+                log.exception("alert %s for %s failed", alert.event_id, route.label)
+            finally:
+                route.queue.task_done()
+            # Only reached when not cancelled: a cancelled delivery leaves busy=True for aclose to count.
+            route.busy = False
+
+    def _backoff_s(self, attempt: int) -> float:
+        """Full jitter: uniform in [0, min(max, initial * 2**(attempt-1))]."""
+        cap = min(self._config.backoff_max_s, self._config.backoff_initial_s * 2 ** min(attempt - 1, 32))
+        return self._random.uniform(0.0, cap)
+
+    async def _deliver(self, route: _Route, alert: Alert) -> None:
+        webhook = route.webhook
+        payload = (
+            cloudevents_payload(alert)
+            if webhook.format == FORMAT_CLOUDEVENTS
+            else slack_payload(alert, self._config.approve_command)
+        )
+        body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+        why = ""
+        for attempt in range(1, webhook.max_attempts + 1):
+            try:
+                await self._attempt(route, body)
+            except _TransientError as transient:
+                why = transient.why
+                if attempt == webhook.max_attempts:
+                    break
+                delay = transient.delay_s if transient.delay_s is not None else self._backoff_s(attempt)
+                metrics.ALERT_RETRIES.labels(webhook.format).inc()
+                log.debug("alert %s for %s: %s, retry in %.2fs", alert.event_id, route.label, why, delay)
+                await asyncio.sleep(min(delay, self._config.backoff_max_s))
+            except _PermanentError as permanent:
+                why = permanent.why
+                break
+            else:
+                metrics.ALERT_DELIVERIES.labels(webhook.format).inc()
+                return
+        metrics.ALERT_FAILURES.labels(webhook.format).inc()
+        log.warning(
+            "alert %s (%s, run %s) not delivered to %s after %d attempt(s): %s",
+            alert.event_id,
+            alert.decision,
+            alert.run_id,
+            route.label,
+            attempt,
+            why,
+        )
+
+    async def _attempt(self, route: _Route, body: bytes) -> None:
+        """One POST. Returns on 2xx; raises _TransientError (transient) or _PermanentError (permanent)."""
+        assert self._client is not None
+        try:
+            response = await self._client.post(
+                route.webhook.url, content=body, headers=route.body_headers, timeout=route.webhook.timeout_s
+            )
+        except httpx.TimeoutException as exc:
+            raise _TransientError(f"timeout ({type(exc).__name__})") from None
+        except httpx.TransportError as exc:
+            # Only the exception type: httpx messages can embed the URL.
+            raise _TransientError(f"connection error ({type(exc).__name__})") from None
+        except httpx.HTTPError as exc:
+            # E.g. an undecodable answer body: may be the receiver's passing fault, so worth another attempt.
+            raise _TransientError(f"HTTP error ({type(exc).__name__})") from None
+        status = response.status_code
+        if 200 <= status < 300:
+            return
+        if status == 429 or status >= 500:
+            delay = retry_after_s(response.headers.get("Retry-After")) if status in (429, 503) else None
+            raise _TransientError(f"HTTP {status}", delay)
+        raise _PermanentError(f"HTTP {status} (not retried)")

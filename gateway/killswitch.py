@@ -1,0 +1,96 @@
+"""Operator kill switches: engaged and released through the operator API, persisted, every change journaled.
+
+A switch stops every Decide in its scope (global, or one tenant, agent or run) from the next request on; the
+policy engine consults the board before anything else. Switches live in the ``kill_switches`` state table and
+survive restarts; each engage or release is a signed ``kill_switch`` event committed in the same transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.errors import FailedPreconditionError, NotFoundError
+from gateway.journal.store import JournalReader
+from gateway.journal.writer import now_nanos
+from gateway.recorder import AuditRecorder, RecordedEvent
+
+SCOPES = ("global", "tenant", "agent", "run")
+
+
+@dataclass(frozen=True)
+class EngagedSwitch:
+    """One engaged switch."""
+
+    scope: str
+    target: str
+    reason: str
+    engaged_by: str
+    engaged_ns: int
+
+
+class KillSwitchBoard:
+    """The engaged operator switches, in memory (loaded at start) and in the state table."""
+
+    def __init__(self, recorder: AuditRecorder) -> None:
+        self._recorder = recorder
+        self._switches: dict[tuple[str, str], EngagedSwitch] = {}
+
+    async def load(self, reader: JournalReader) -> None:
+        """Loads the switches persisted by earlier runs."""
+        for row in await reader.rows("SELECT scope, target, reason, engaged_by, engaged_ns FROM kill_switches"):
+            switch = EngagedSwitch(**row)
+            self._switches[(switch.scope, switch.target)] = switch
+
+    def find(self, tenant_id: str, agent_id: str, run_id: str) -> EngagedSwitch | None:
+        """The switch that stops this request, if any (global first)."""
+        if not self._switches:
+            return None
+        for key in (("global", ""), ("tenant", tenant_id), ("agent", agent_id), ("run", run_id)):
+            switch = self._switches.get(key)
+            if switch is not None:
+                return switch
+        return None
+
+    def engaged(self) -> list[EngagedSwitch]:
+        """Every engaged switch, oldest first."""
+        return sorted(self._switches.values(), key=lambda s: s.engaged_ns)
+
+    async def engage(self, scope: str, target: str, reason: str, operator: str) -> tuple[EngagedSwitch, RecordedEvent]:
+        """Engages (or re-engages with a new reason) a switch; journaled with the operator as actor."""
+        if (scope, target) in self._switches and self._switches[(scope, target)].reason == reason:
+            raise FailedPreconditionError(f"kill switch {scope}:{target or '*'} is already engaged")
+        nanos = now_nanos()
+        event = await self._recorder.record_kill_switch(
+            "engage",
+            scope,
+            target,
+            reason,
+            operator,
+            nanos,
+            state=[
+                (
+                    "INSERT OR REPLACE INTO kill_switches (scope, target, reason, engaged_by, engaged_ns) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (scope, target, reason, operator, nanos),
+                )
+            ],
+        )
+        switch = EngagedSwitch(scope, target, reason, operator, nanos)
+        self._switches[(scope, target)] = switch
+        return switch, event
+
+    async def release(self, scope: str, target: str, reason: str, operator: str) -> RecordedEvent:
+        """Releases an engaged switch; journaled with the operator as actor."""
+        if (scope, target) not in self._switches:
+            raise NotFoundError(f"no kill switch engaged at {scope}:{target or '*'}")
+        event = await self._recorder.record_kill_switch(
+            "release",
+            scope,
+            target,
+            reason,
+            operator,
+            now_nanos(),
+            state=[("DELETE FROM kill_switches WHERE scope = ? AND target = ?", (scope, target))],
+        )
+        del self._switches[(scope, target)]
+        return event
