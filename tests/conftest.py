@@ -77,7 +77,9 @@ class RunningGateway:
         return self.log_path.read_text(errors="replace")
 
 
-def start_gateway(directory: Path, extra_env: dict[str, str] | None = None) -> RunningGateway:
+def start_gateway(
+    directory: Path, extra_env: dict[str, str] | None = None, operator_listen: str | None = None
+) -> RunningGateway:
     """Starts `agentaudit dev --dir DIR` listening on DIR/gateway.sock and a free loopback port."""
     directory.mkdir(parents=True, exist_ok=True)
     sock = directory / "gateway.sock"
@@ -96,7 +98,7 @@ def start_gateway(directory: Path, extra_env: dict[str, str] | None = None) -> R
                 "--listen",
                 f"127.0.0.1:{port}",
                 "--operator-listen",
-                f"unix://{directory / 'operator.sock'}",
+                operator_listen or f"unix://{directory / 'operator.sock'}",
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -111,7 +113,7 @@ def start_gateway(directory: Path, extra_env: dict[str, str] | None = None) -> R
         public_key_path=directory / "signing.pub",
         proc=proc,
         log_path=log_path,
-        operator_target=f"unix://{directory / 'operator.sock'}",
+        operator_target=operator_listen or f"unix://{directory / 'operator.sock'}",
     )
     try:
         wait_serving(gw.unix_target, proc=proc)

@@ -111,6 +111,8 @@ class GatewayServicer:
             metrics.FAIL_CLOSED.inc()
             metrics.DECISIONS.labels("stop", reasons.AUDIT_UNAVAILABLE, LAYER_AUDIT).inc()
             log.error("fail closed for run %s step %s: %s", action.run_id, action.step_id, exc)
+            unrecorded = Decision(Verdict.STOP, reasons.AUDIT_UNAVAILABLE, LAYER_AUDIT, "", decision.policy_version)
+            self._alert(action, unrecorded, "", "")  # the alert an operator most needs: nothing is being recorded
             return gateway_pb2.DecideResponse(
                 decision=types_pb2.DECISION_STOP,
                 reason=reasons.AUDIT_UNAVAILABLE,
@@ -123,17 +125,9 @@ class GatewayServicer:
         if resumed is not None and decision.verdict is Verdict.ALLOW:
             self._approvals.used(resumed)
         metrics.DECISIONS.labels(decision.verdict.value, decision.reason, decision.layer).inc()
-        if decision.verdict is not Verdict.ALLOW and self._alerts is not None:
-            self._alerts.notify(
-                alert_from_decision(
-                    action,
-                    decision,
-                    event_id=event.event_id,
-                    approval_id=approval_id,
-                    timestamp=rfc3339_nanos(now_nanos()),
-                    origin=self._recorder.origin,
-                )
-            )
+        # Alert on stops, and on approval requests when they are created (not on every early resume).
+        if decision.verdict is Verdict.STOP or created is not None:
+            self._alert(action, decision, event.event_id, approval_id)
         response = gateway_pb2.DecideResponse(
             decision=_VERDICTS[decision.verdict],
             reason=decision.reason,
@@ -147,6 +141,20 @@ class GatewayServicer:
         if decision.retry_after_s is not None:
             response.retry_after.CopyFrom(_duration(decision.retry_after_s))
         return response
+
+    def _alert(self, action: ActionRequest, decision: Decision, event_id: str, approval_id: str) -> None:
+        if self._alerts is None:
+            return
+        timestamp = rfc3339_nanos(now_nanos())
+        alert = alert_from_decision(
+            action,
+            decision,
+            event_id=event_id,
+            approval_id=approval_id,
+            timestamp=timestamp,
+            origin=self._recorder.origin,
+        )
+        self._alerts.notify(alert)
 
     def _resume(self, action: ActionRequest, prepared: PreparedAction) -> tuple[Decision, Approval | None]:
         """Decides a request that resumes with an approval: evaluated as approved only if the approval holds."""
