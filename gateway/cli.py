@@ -55,7 +55,7 @@ def _serve(cfg_loader: object, banner: bool, directory: Path | None = None) -> i
         app.freeze_startup_objects()
         try:
             if banner:
-                _print_dev_banner(cfg, sidecar.bound, created, directory)
+                _print_dev_banner(cfg, sidecar.bound, sidecar.operator_bound, created, directory)
             await stop.wait()
             log.info("shutting down")
         finally:
@@ -65,7 +65,9 @@ def _serve(cfg_loader: object, banner: bool, directory: Path | None = None) -> i
     return EXIT_OK
 
 
-def _print_dev_banner(cfg: object, bound: Sequence[str], created: Sequence[str], directory: Path | None) -> None:
+def _print_dev_banner(
+    cfg: object, bound: Sequence[str], operator: Sequence[str], created: Sequence[str], directory: Path | None
+) -> None:
     from gateway.config import Config  # noqa: PLC0415
 
     assert isinstance(cfg, Config) and directory is not None
@@ -81,6 +83,14 @@ def _print_dev_banner(cfg: object, bound: Sequence[str], created: Sequence[str],
     print("  python: from agentaudit_client import GatewayClient; GatewayClient(" + repr(bound[0]) + ")")
     print(f"  example: python examples/support_agent.py --target {bound[0]}")
     print(f"  grpcurl: grpcurl -plaintext {next((b for b in bound if not b.startswith('unix')), bound[0])} list")
+    if operator:
+        token = directory / "operator.token"
+        flags = f"--operator {operator[0]} --token-file {token}"
+        print(f"operator API ({', '.join(operator)}; identity dev-operator, roles admin, approver, auditor):")
+        print(f"  agentaudit approvals {flags}")
+        print(f"  agentaudit approve APPROVAL_ID {flags}")
+        print(f"  agentaudit kill-switch engage --scope tenant --target t_42 --reason drill {flags}")
+        print("  (run from the directory holding .agentaudit/ and the flags can be left out)")
     print("verify:")
     print(f"  agentaudit verify {cfg.journal.path} --public-key {pub}")
     print(f"  agentaudit events {cfg.journal.path}")
