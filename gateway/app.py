@@ -17,7 +17,6 @@ import fcntl
 import gc
 import logging
 import os
-import socket
 import time
 from pathlib import Path
 from typing import IO
@@ -34,37 +33,22 @@ from gateway.api.operator_auth import Authenticator
 from gateway.api.operator_service import SERVICE_NAME as OPERATOR_SERVICE_NAME
 from gateway.api.operator_service import OperatorServicer, operator_handler
 from gateway.approvals import ApprovalBook
+from gateway.collector.app import Collector, CollectorConfig
 from gateway.config import Config, OperatorConfig
 from gateway.errors import ConfigError
+from gateway.forwarder import Forwarder, GrpcUpstream
 from gateway.journal.store import JournalReader
 from gateway.journal.writer import JournalWriter
 from gateway.killswitch import KillSwitchBoard
+from gateway.net import prepare_unix_socket
 from gateway.policy_manager import PolicyManager, load_document
 from gateway.recorder import AuditRecorder
 from gateway.redaction import Redactor, load_hmac_key
-from gateway.signing import load_signer
+from gateway.signing import Ed25519Signer, load_signer
 
 log = logging.getLogger(__name__)
 
 HEALTH_SERVICE_NAME = "grpc.health.v1.Health"
-
-
-def _prepare_unix_socket(path: Path) -> None:
-    """Removes a stale socket file; refuses if another process is listening on it."""
-    if len(str(path).encode()) > 107:
-        raise ConfigError(f"unix socket path {path} is longer than the 107-byte limit; use a shorter --dir")
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(str(path))
-    except OSError:
-        path.unlink()  # nobody listens: left over from a crash
-    else:
-        raise ConfigError(f"another process is already listening on {path}")
-    finally:
-        probe.close()
 
 
 def _lock_journal(journal: Path) -> IO[bytes]:
@@ -114,6 +98,8 @@ class Sidecar:
         self.operator_bound: list[str] = []
         self._operator_server: grpc.aio.Server | None = None
         self._alerts: AlertDispatcher | None = None
+        self.forwarder: Forwarder | None = None
+        self._collector: Collector | None = None
         self._sockets: list[str] = []
 
     async def start(self) -> None:
@@ -159,7 +145,11 @@ class Sidecar:
         if cfg.alerts.webhooks:
             self._alerts = AlertDispatcher(cfg.alerts)
             await self._alerts.start()
-        servicer = GatewayServicer(self.policy, recorder, cfg.server, self.approvals, self._alerts)
+        if cfg.forward.target:
+            await self._start_forwarding(cfg, signer, recorder)
+        forwarder = self.forwarder
+        gate = (lambda: forwarder.blocked) if forwarder is not None else None
+        servicer = GatewayServicer(self.policy, recorder, cfg.server, self.approvals, self._alerts, gate)
         options = [
             ("grpc.max_receive_message_length", cfg.server.max_message_bytes),
             ("grpc.so_reuseport", 0),
@@ -172,7 +162,7 @@ class Sidecar:
         self.bound = self._listen(self._server, cfg.server.listen, None)
         if cfg.operator.listen:
             operator = OperatorServicer(
-                Authenticator(cfg.operator), recorder, self.approvals, self.switches, self.policy
+                Authenticator(cfg.operator), recorder, self.approvals, self.switches, self.policy, self.forwarder
             )
             self._operator_server = grpc.aio.server(options=options)
             self._operator_server.add_generic_rpc_handlers([operator_handler(operator)])
@@ -189,6 +179,38 @@ class Sidecar:
         if self.operator_bound:
             log.info("serving %s on %s", OPERATOR_SERVICE_NAME, ", ".join(self.operator_bound))
 
+    async def _start_forwarding(self, cfg: Config, signer: Ed25519Signer, recorder: AuditRecorder) -> None:
+        """Starts the embedded collector (dev) if asked, then the forwarder."""
+        assert self._writer is not None and self._reader is not None
+        target = cfg.forward.target
+        if target == "embedded":
+            socket_path = cfg.journal.path.parent / "collector.sock"
+            self._collector = Collector(
+                CollectorConfig(
+                    listen=(f"unix://{socket_path}",),
+                    store=f"sqlite://{cfg.forward.collector_db.resolve()}",
+                    witness_key=cfg.forward.witness_key,
+                )
+            )
+            await self._collector.start()
+            assert self._collector.store is not None
+            await self._collector.store.register_origin(signer.name, [signer.verifier])
+            target = f"unix://{socket_path}"
+        self.forwarder = Forwarder(
+            self._writer,
+            self._reader,
+            recorder,
+            signer,
+            GrpcUpstream(target),
+            batch_max_entries=cfg.forward.batch_max_entries,
+            batch_max_age_s=cfg.forward.batch_max_age_s,
+            idle_checkpoint_s=cfg.forward.idle_checkpoint_s,
+            backoff_initial_s=cfg.forward.backoff_initial_s,
+            backoff_max_s=cfg.forward.backoff_max_s,
+            fail_closed_on_rollback=cfg.forward.on_rollback == "stop",
+        )
+        await self.forwarder.start()
+
     def _listen(
         self, server: grpc.aio.Server, addresses: tuple[str, ...], tls: grpc.ServerCredentials | None
     ) -> list[str]:
@@ -196,7 +218,7 @@ class Sidecar:
         for address in addresses:
             unix = address.startswith("unix://")
             if unix:
-                _prepare_unix_socket(Path(address[len("unix://") :]))
+                prepare_unix_socket(Path(address[len("unix://") :]))
             try:
                 port = server.add_secure_port(address, tls) if tls and not unix else server.add_insecure_port(address)
             except RuntimeError as exc:
@@ -219,6 +241,12 @@ class Sidecar:
             await self._server.stop(self.config.server.shutdown_grace_s)
             log.info("gRPC server drained in %.3fs", time.monotonic() - started)
             self._server = None
+        if self.forwarder is not None:
+            await self.forwarder.aclose()  # final flush: appends receipts, so before the writer closes
+            self.forwarder = None
+        if self._collector is not None:
+            await self._collector.aclose()
+            self._collector = None
         if self._alerts is not None:
             await self._alerts.aclose()
             self._alerts = None

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -242,6 +244,15 @@ def cmd_kill_switch(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_recovery_acknowledge(args: argparse.Namespace) -> int:
+    from agentaudit.v1 import operator_pb2  # noqa: PLC0415
+
+    reply = _operator_call(args, "AcknowledgeRecovery", operator_pb2.AcknowledgeRecoveryRequest(comment=args.comment))
+    what = reply.detected or "nothing was pending"
+    print(f"recovery acknowledged ({what}); event {reply.event_id}")
+    return EXIT_OK
+
+
 def cmd_policy_reload(args: argparse.Namespace) -> int:
     from agentaudit.v1 import operator_pb2  # noqa: PLC0415
 
@@ -256,6 +267,57 @@ def cmd_policy_reload(args: argparse.Namespace) -> int:
         print(f"policy {reply.new_version} active (was {reply.old_version}; event {reply.event_id})")
     else:
         print(f"policy unchanged ({reply.new_version})")
+    return EXIT_OK
+
+
+def cmd_collector(args: argparse.Namespace) -> int:
+    from gateway import app  # noqa: PLC0415
+    from gateway.collector.app import Collector, load_collector_config  # noqa: PLC0415
+
+    cfg = load_collector_config(Path(args.config))
+    if args.listen:
+        cfg = dataclasses.replace(cfg, listen=tuple(args.listen))
+    _setup_logging(args.log_level)
+    app.install_event_loop_policy()
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        collector = Collector(cfg)
+        await collector.start()
+        try:
+            await stop.wait()
+        finally:
+            await collector.aclose()
+
+    asyncio.run(main())
+    return EXIT_OK
+
+
+def cmd_forwarder_status(args: argparse.Namespace) -> int:
+    from gateway.journal.store import connect_readonly  # noqa: PLC0415
+
+    conn = connect_readonly(Path(args.journal))
+    try:
+        (size,) = conn.execute("SELECT count(*) FROM journal").fetchone()
+        rows = conn.execute("SELECT origin, acked_size FROM forwarder_state").fetchall()
+        acked = rows[0][1] if rows else 0
+        oldest = conn.execute("SELECT unix_nanos FROM journal WHERE seq = ?", (acked,)).fetchone()
+    finally:
+        conn.close()
+    age_s = (time.time_ns() - oldest[0]) / 1e9 if oldest else 0.0
+    report = {
+        "journal_size": size,
+        "acked_size": acked,
+        "backlog": size - acked,
+        "oldest_unsent_age_s": round(age_s, 3),
+    }
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"forwarded {acked} of {size} entries; backlog {size - acked} (oldest unsent {age_s:.1f} s old)")
     return EXIT_OK
 
 
@@ -278,7 +340,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from gateway.signing import load_verifier  # noqa: PLC0415
 
     verifiers = [load_verifier(Path(p)) for p in args.public_key]
-    report = verify_journal(Path(args.journal), verifiers, origin=args.origin)
+    witnesses = [load_verifier(Path(p)) for p in args.witness_key or []]
+    anchors = []
+    for anchor in args.anchor or []:
+        try:
+            anchors.append(Path(anchor).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read anchor {anchor}: {exc}") from exc
+    report = verify_journal(Path(args.journal), verifiers, origin=args.origin, witnesses=witnesses, anchors=anchors)
     print(json.dumps(report.to_json()) if args.json else format_report(report))
     return EXIT_OK if report.ok else EXIT_FAILURE
 
@@ -386,6 +455,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = switch.add_parser("status", parents=[operator_flags], help="list engaged kill switches")
     p.set_defaults(func=cmd_kill_switch)
 
+    recovery = sub.add_parser("recovery", help="accept a detected journal rollback").add_subparsers(
+        dest="recovery_command", required=True, metavar="SUBCOMMAND"
+    )
+    p = recovery.add_parser("acknowledge", parents=[operator_flags], help="let Decide answer again (role admin)")
+    p.add_argument("--comment", required=True, help="why (journaled)")
+    p.set_defaults(func=cmd_recovery_acknowledge)
+
+    p = sub.add_parser("collector", help="run the central collector (CollectorService) from a configuration file")
+    p.add_argument("--config", required=True, metavar="FILE", help="collector YAML (docs/collector.md)")
+    p.add_argument("--listen", action="append", metavar="ADDRESS", help="replaces collector.listen (repeatable)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_collector)
+
+    forwarder = sub.add_parser("forwarder", help="forwarding status").add_subparsers(
+        dest="forwarder_command", required=True, metavar="SUBCOMMAND"
+    )
+    p = forwarder.add_parser("status", help="backlog of a journal: entries not yet acknowledged by the collector")
+    p.add_argument("journal", help="journal database file (journal.db)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_forwarder_status)
+
     p = sub.add_parser("keygen", help="create an Ed25519 signing key pair and an HMAC key")
     p.add_argument("--dir", default=".", help="where to write signing.key, signing.pub, hmac.key (default: .)")
     p.add_argument("--origin", help="journal origin, used as the key name (default: agentaudit-dev/HOSTNAME)")
@@ -396,6 +486,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("journal", help="journal database file (journal.db)")
     p.add_argument("--public-key", action="append", required=True, metavar="KEY", help="signing.pub (repeatable)")
     p.add_argument("--origin", help="expected origin (default: the public key's name)")
+    p.add_argument(
+        "--witness-key", action="append", metavar="KEY", help="collector (witness) public key file (repeatable)"
+    )
+    p.add_argument(
+        "--anchor", action="append", metavar="NOTE", help="cosigned checkpoint note file the journal must contain"
+    )
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.set_defaults(func=cmd_verify)
 

@@ -68,6 +68,21 @@ class PolicyConfig:
 
 
 @dataclass(frozen=True)
+class ForwardConfig:
+    """Forwarding the journal to the collector (docs/collector.md). An empty target disables it."""
+
+    target: str = ""  # unix:///path or HOST:PORT of a CollectorService; "embedded" runs one in-process (dev)
+    batch_max_entries: int = 500
+    batch_max_age_s: float = 1.0
+    idle_checkpoint_s: float = 60.0
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+    on_rollback: str = "stop"  # stop (fail closed until an operator acknowledges) | allow (alert only)
+    collector_db: Path = Path("collector.db")  # the embedded collector's SQLite store
+    witness_key: Path = Path("witness.key")  # the embedded collector's signing key
+
+
+@dataclass(frozen=True)
 class LogConfig:
     """Diagnostics on stderr (never the journal)."""
 
@@ -115,6 +130,7 @@ class Config:
     audit: AuditConfig = field(default_factory=AuditConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    forward: ForwardConfig = field(default_factory=ForwardConfig)
     operator: OperatorConfig = field(default_factory=OperatorConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
 
@@ -260,6 +276,17 @@ def _validate(cfg: Config) -> None:
     ):
         if not low <= value <= high:
             raise ConfigError(f"{key}: {value} is outside {low}..{high}")
+    fwd = cfg.forward
+    if fwd.on_rollback not in ("stop", "allow"):
+        raise ConfigError(f"forward.on_rollback: expected stop or allow, got {fwd.on_rollback!r}")
+    if fwd.target and fwd.target != "embedded" and not _LISTEN_RE.match(fwd.target):
+        raise ConfigError(f"forward.target: {fwd.target!r} is not unix:///path, HOST:PORT or embedded")
+    if not 1 <= fwd.batch_max_entries <= 10_000:
+        raise ConfigError("forward.batch_max_entries: must be 1..10000")
+    if not (0 < fwd.batch_max_age_s <= 3600 and 1 <= fwd.idle_checkpoint_s <= 86400):
+        raise ConfigError("forward.batch_max_age_s / idle_checkpoint_s: out of range")
+    if not 0 < fwd.backoff_initial_s <= fwd.backoff_max_s <= 3600:
+        raise ConfigError("forward.backoff_initial_s must be positive and at most forward.backoff_max_s")
     if not 0.05 <= cfg.policy.watch_interval_s <= 3600:
         raise ConfigError("policy.watch_interval_s: must be between 0.05 and 3600 seconds")
     if cfg.log.level.lower() not in _LOG_LEVELS:

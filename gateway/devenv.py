@@ -56,6 +56,10 @@ operator:
     - identity: {DEV_OPERATOR}
       roles: [admin, approver, auditor]
       sha256: "{{token_sha256}}"
+# Forwarding to the collector; "embedded" runs one in-process with a SQLite store (collector.db) and its own
+# witness key (witness.key). In production point it at the central collector: target: collector.internal:7430
+forward:
+  target: embedded
 # alerts:                         # docs/alerts.md
 #   webhooks:
 #     - url: https://hooks.slack.com/services/...
@@ -64,9 +68,10 @@ operator:
 
 
 def default_origin() -> str:
-    """The dev journal's origin (also the signing key's name)."""
+    """A new dev journal's origin (also its signing key's name): unique, since a collector tells journals apart
+    by origin and several dev sidecars may run on one host."""
     host = "".join(c for c in socket.gethostname() if c.isalnum() or c in "-.") or "localhost"
-    return f"agentaudit-dev/{host}"
+    return f"agentaudit-dev/{host}/{secrets.token_hex(4)}"
 
 
 def ensure_keys(directory: Path, origin: str) -> list[str]:
@@ -85,6 +90,12 @@ def ensure_keys(directory: Path, origin: str) -> list[str]:
     if not hmac_path.exists():
         create_hmac_key(hmac_path)
         created.append(hmac_path.name)
+    witness_path = directory / "witness.key"
+    if not witness_path.exists():
+        witness = Ed25519Signer.generate(f"agentaudit-dev-collector/{origin.split('/', 1)[-1]}")
+        write_secret_file(witness_path, witness.encode_private() + "\n")
+        (directory / "witness.pub").write_text(witness.verifier.encode() + "\n")
+        created += ["witness.key", "witness.pub"]
     return created
 
 

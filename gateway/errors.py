@@ -12,6 +12,7 @@
     ├── FailedPreconditionError     request not allowed in state → FAILED_PRECONDITION
     │   └── ViolationError          result reported for an action that was not allowed
     ├── OverloadedError             retry later                  → RESOURCE_EXHAUSTED
+    ├── ServiceUnavailableError     a dependency is down         → UNAVAILABLE
     ├── NotImplementedYetError      RPC not available yet        → UNIMPLEMENTED
     └── JournalError
         ├── JournalUnavailableError the journal cannot be written (Decide fails closed)
@@ -85,7 +86,15 @@ class NotImplementedYetError(AgentAuditError):
 
 
 class OverloadedError(AgentAuditError):
-    """The service is saturated; the client should retry later."""
+    """The service is saturated; the client should retry later (after ``retry_after_s`` if given)."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class ServiceUnavailableError(AgentAuditError):
+    """A dependency (such as the collector's database) is unreachable; the client should retry."""
 
 
 class JournalError(AgentAuditError):
@@ -116,6 +125,7 @@ _CODES: list[tuple[type[AgentAuditError], grpc.StatusCode]] = [
     (OverloadedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (NotImplementedYetError, grpc.StatusCode.UNIMPLEMENTED),
     (JournalUnavailableError, grpc.StatusCode.UNAVAILABLE),
+    (ServiceUnavailableError, grpc.StatusCode.UNAVAILABLE),
 ]
 
 
@@ -140,5 +150,22 @@ def to_status(exc: BaseException) -> grpc.Status:
             )
         )
         proto.details.append(detail)
+    if isinstance(exc, OverloadedError) and exc.retry_after_s is not None:
+        detail = any_pb2.Any()
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromMilliseconds(round(exc.retry_after_s * 1000))
+        detail.Pack(retry)
+        proto.details.append(detail)
     status: grpc.Status = rpc_status.to_status(proto)
+    if isinstance(exc, OverloadedError) and exc.retry_after_s is not None:
+        # Also as plain metadata, so any client can honour it without decoding status details.
+        pushback = (("retry-after-ms", str(round(exc.retry_after_s * 1000))),)
+        status = _Status(status.code, status.details, (*status.trailing_metadata, *pushback))
     return status
+
+
+@dataclass(frozen=True)
+class _Status(grpc.Status):
+    code: grpc.StatusCode
+    details: str
+    trailing_metadata: tuple[tuple[str, str | bytes], ...]

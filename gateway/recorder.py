@@ -159,6 +159,37 @@ class AuditRecorder:
         }
         return await self._record(kind, nanos, fields, state)
 
+    async def record_cosignature(
+        self, tree_size: int, root_hex: str, cosigned_note: str, state: Sequence[StateChange]
+    ) -> RecordedEvent:
+        """Journals the collector's cosigned checkpoint as a receipt (advancing the forwarding cursor with it)."""
+        witness = cosigned_note.rstrip("\n").rsplit("\n", 1)[-1].removeprefix("\u2014 ").split(" ")[0]
+        fields = {"tree_size": tree_size, "root_hash": root_hex, "checkpoint": cosigned_note, "witness": witness}
+        return await self._record(EventKind.COSIGNATURE, now_nanos(), fields, state)
+
+    async def record_heartbeat(self) -> RecordedEvent:
+        """Journals a heartbeat, so an idle journal still gets a fresh witnessed checkpoint."""
+        return await self._record(EventKind.HEARTBEAT, now_nanos(), {"origin": self.origin})
+
+    async def record_gap_recovery(
+        self, why: str, cosigned_note: str, local_size: int, *, fail_closed: bool
+    ) -> RecordedEvent:
+        """Journals detected truncation, rollback or fork of this journal, citing the collector's checkpoint."""
+        fields = {
+            "operation": "detected",
+            "detail": why,
+            "checkpoint": cosigned_note,
+            "local_size": local_size,
+            "fail_closed": fail_closed,
+            "actor": {"type": "system", "id": "agentaudit"},
+        }
+        return await self._record(EventKind.GAP_RECOVERY, now_nanos(), fields)
+
+    async def record_recovery_acknowledged(self, operator: str, comment: str) -> RecordedEvent:
+        """Journals an operator accepting a detected rollback (Decide answers again)."""
+        fields = {"operation": "acknowledged", "comment": comment, "actor": {"type": "operator", "id": operator}}
+        return await self._record(EventKind.GAP_RECOVERY, now_nanos(), fields)
+
     async def record_operator_denied(self, method: str, identity: str, reason: str, detail: str) -> RecordedEvent:
         """Journals an operator call refused for lack of a credential or a role."""
         fields = {

@@ -78,14 +78,19 @@ class RunningGateway:
 
 
 def start_gateway(
-    directory: Path, extra_env: dict[str, str] | None = None, operator_listen: str | None = None
+    directory: Path,
+    extra_env: dict[str, str] | None = None,
+    operator_listen: str | None = None,
+    *,
+    forward: bool = False,
 ) -> RunningGateway:
     """Starts `agentaudit dev --dir DIR` listening on DIR/gateway.sock and a free loopback port."""
     directory.mkdir(parents=True, exist_ok=True)
     sock = directory / "gateway.sock"
     port = free_port()
     log_path = directory / "sidecar.log"
-    env = {**os.environ, **(extra_env or {})}
+    # Forwarding appends receipts asynchronously; tests that count journal entries keep it off unless they ask.
+    env = {**os.environ, **({} if forward else {"AGENTAUDIT_FORWARD_TARGET": ""}), **(extra_env or {})}
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             [

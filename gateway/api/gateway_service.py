@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import grpc
@@ -69,12 +70,14 @@ class GatewayServicer:
         limits: ServerConfig,
         approvals: ApprovalBook,
         alerts: AlertSink | None = None,
+        gate: Callable[[], str] | None = None,
     ) -> None:
         self._policy = policy
         self._recorder = recorder
         self._limits = limits
         self._approvals = approvals
         self._alerts = alerts
+        self._gate = gate  # non-empty answer: journal integrity is in doubt, refuse until acknowledged
 
     async def decide(self, request: gateway_pb2.DecideRequest, context: Context) -> gateway_pb2.DecideResponse:
         """Evaluates and records one proposed action. Answers only after the pre-event is durable."""
@@ -87,7 +90,11 @@ class GatewayServicer:
         state: list[StateChange] = []
         resumed: Approval | None = None
         created: Approval | None = None
-        if action.approval_id:
+        blocked = self._gate() if self._gate is not None else ""
+        if blocked:
+            version = self._policy.engine.version
+            decision = Decision(Verdict.STOP, reasons.JOURNAL_RECOVERY_REQUIRED, LAYER_AUDIT, "", version)
+        elif action.approval_id:
             decision, resumed = self._resume(action, prepared)
             if decision.verdict is Verdict.ALLOW and resumed is not None:
                 state = self._approvals.use_statement(resumed)

@@ -26,6 +26,7 @@ from gateway.errors import (
     PermissionDeniedError,
     UnauthenticatedError,
 )
+from gateway.forwarder import Forwarder
 from gateway.killswitch import EngagedSwitch, KillSwitchBoard
 from gateway.policy_manager import TRIGGER_OPERATOR, PolicyManager
 from gateway.recorder import AuditRecorder
@@ -120,12 +121,14 @@ class OperatorServicer:
         approvals: ApprovalBook,
         switches: KillSwitchBoard,
         policy: PolicyManager,
+        forwarder: Forwarder | None = None,
     ) -> None:
         self._auth = authenticator
         self._recorder = recorder
         self._approvals = approvals
         self._switches = switches
         self._policy = policy
+        self._forwarder = forwarder
 
     def guarded(self, method: str, roles: tuple[str, ...], call: Callable[[Any, Operator], Awaitable[Any]]) -> Call:
         """Authenticates and authorises, journaling refusals, then runs ``call`` with the operator."""
@@ -206,6 +209,14 @@ class OperatorServicer:
             mode=document.mode,
         )
 
+    async def acknowledge_recovery(self, request: operator_pb2.AcknowledgeRecoveryRequest, operator: Operator) -> Any:
+        _text("comment", request.comment, MAX_COMMENT_BYTES, required=True)
+        detected = self._forwarder.status.recovery_required if self._forwarder is not None else ""
+        event = await self._recorder.record_recovery_acknowledged(operator.identity, request.comment)
+        if self._forwarder is not None:
+            await self._forwarder.acknowledge_recovery()
+        return operator_pb2.AcknowledgeRecoveryResponse(detected=detected, event_id=event.event_id)
+
     async def reload_policy(self, request: operator_pb2.ReloadPolicyRequest, operator: Operator) -> Any:
         _text("document", request.document, MAX_POLICY_BYTES)
         try:
@@ -238,6 +249,7 @@ def operator_handler(servicer: OperatorServicer) -> grpc.GenericRpcHandler[Any, 
         "ListKillSwitches": (read, servicer.list_switches, operator_pb2.ListKillSwitchesRequest),
         "GetPolicy": (read, servicer.get_policy, operator_pb2.GetPolicyRequest),
         "ReloadPolicy": (admin, servicer.reload_policy, operator_pb2.ReloadPolicyRequest),
+        "AcknowledgeRecovery": (admin, servicer.acknowledge_recovery, operator_pb2.AcknowledgeRecoveryRequest),
     }
     return service_handler(
         SERVICE_NAME,

@@ -17,7 +17,8 @@ Pure (no I/O): the offline verifier, the checkpoint writer and the collector sha
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+import struct
+from collections.abc import Iterable, Sequence
 
 HASH_SIZE = 32
 EMPTY_ROOT = hashlib.sha256(b"").digest()
@@ -66,6 +67,64 @@ class MerkleRoot:
         for _, left in reversed(self._stack[:-1]):
             digest = node_hash(left, digest)
         return digest
+
+    def state(self) -> list[tuple[int, bytes]]:
+        """The perfect-subtree roots as (height, hash), largest first: with :attr:`size`, all the tree needs."""
+        return list(self._stack)
+
+    @classmethod
+    def restore(cls, size: int, stack: Sequence[tuple[int, bytes]]) -> MerkleRoot:
+        """Rebuilds an accumulator from :attr:`size` and :meth:`state`, ready to take the next leaf.
+
+        Raises:
+            ValueError: the heights are not exactly the set bits of ``size`` (largest first), or a hash is not
+                32 bytes.
+        """
+        if size < 0:
+            raise ValueError(f"tree size must not be negative, got {size}")
+        expected = _subtree_heights(size)
+        heights = [height for height, _ in stack]
+        if heights != expected:
+            raise ValueError(f"a tree of size {size} has subtrees of heights {expected}, not {heights}")
+        if any(len(digest) != HASH_SIZE for _, digest in stack):
+            raise ValueError(f"subtree hashes must be {HASH_SIZE} bytes")
+        tree = cls()
+        tree._stack = [(height, bytes(digest)) for height, digest in stack]
+        tree.size = size
+        return tree
+
+
+def _subtree_heights(size: int) -> list[int]:
+    """The heights of the perfect subtrees of a tree of ``size`` leaves: its set bits, largest first."""
+    return [bit for bit in range(size.bit_length() - 1, -1, -1) if size >> bit & 1]
+
+
+_STATE_SIZE = struct.Struct(">Q")
+
+
+def encode_state(tree: MerkleRoot) -> bytes:
+    """Compact encoding of a tree's state for one database column: u64 size | the subtree hashes, largest first.
+
+    The heights are implied by ``size``, so a tree of n leaves takes 8 + 32 x popcount(n) bytes (at most 2 KiB).
+    """
+    return _STATE_SIZE.pack(tree.size) + b"".join(digest for _, digest in tree.state())
+
+
+def decode_state(data: bytes) -> MerkleRoot:
+    """The tree encoded by :func:`encode_state`.
+
+    Raises:
+        ValueError: ``data`` is not a valid encoding (truncated, or the hash count does not match the size).
+    """
+    if len(data) < _STATE_SIZE.size:
+        raise ValueError("tree state is shorter than its 8-byte size")
+    (size,) = _STATE_SIZE.unpack_from(data)
+    hashes = data[_STATE_SIZE.size :]
+    heights = _subtree_heights(size)
+    if len(hashes) != HASH_SIZE * len(heights):
+        raise ValueError(f"tree state for size {size} needs {len(heights)} hashes, holds {len(hashes)} bytes")
+    stack = [(height, hashes[i * HASH_SIZE : (i + 1) * HASH_SIZE]) for i, height in enumerate(heights)]
+    return MerkleRoot.restore(size, stack)
 
 
 def rfc6962_root(leaf_hashes: Iterable[bytes]) -> bytes:

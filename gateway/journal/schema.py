@@ -95,6 +95,12 @@ CREATE TABLE IF NOT EXISTS approvals (
 ) STRICT;
 CREATE INDEX IF NOT EXISTS approvals_open ON approvals (state, used);
 
+CREATE TABLE IF NOT EXISTS forwarder_state (
+    origin        TEXT PRIMARY KEY,
+    acked_size    INTEGER NOT NULL,       -- entries the collector has acknowledged (the forwarding cursor)
+    cosigned_note TEXT NOT NULL           -- the collector's latest cosigned checkpoint
+) STRICT;
+
 CREATE TABLE IF NOT EXISTS kill_switches (
     scope      TEXT NOT NULL,             -- global | tenant | agent | run
     target     TEXT NOT NULL,

@@ -6,7 +6,12 @@ rewrite, so it is recomputed from the signed bytes and every disagreement is rep
 The verifier keeps going after a finding: an auditor wants every piece of evidence, not the first.
 
 Local checks cannot detect that the tail was cut off or that the whole file was replaced by another validly
-signed journal; witnessed checkpoints do (DESIGN §4), and the report says how far the journal is witnessed.
+signed journal; witnessed checkpoints do (DESIGN §4). The journal holds the checkpoints its collector cosigned
+(``cosignature`` entries, "receipts"): each is checked against the origin key, the given witness keys and the
+Merkle root recomputed at its size, and the largest size a trusted witness cosigned is reported as
+``witnessed_size``. A receipt cannot prove that entries after it, or the receipt itself, were not removed; an
+*anchor* (a cosigned checkpoint kept outside the journal, e.g. as returned by the collector) can: a journal
+shorter than an anchor, or with another root at its size, is tamper evidence.
 
 This module imports no server code (never ``writer``), so the CLI, the collector and the tests share it.
 """
@@ -16,21 +21,36 @@ from __future__ import annotations
 import enum
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gateway.canonical import CanonicalizationError, canonical_json
 from gateway.errors import ConfigError, JournalUnreadableError, MalformedEntryError
-from gateway.journal.entry import ZERO_HASH, Entry, EventKind, decode_entry, leaf_hash, signature_payload
-from gateway.journal.merkle import MerkleRoot
+from gateway.journal.entry import (
+    ENTRY_DOMAIN,
+    ZERO_HASH,
+    Entry,
+    EventKind,
+    decode_entry,
+    leaf_hash,
+    signature_payload,
+)
+from gateway.journal.merkle import EMPTY_ROOT, HASH_SIZE, MerkleRoot
+from gateway.journal.note import Checkpoint, NoteError, SignedNote, verify_cosignature, verify_note, witness_key_id
 from gateway.journal.schema import COLUMNS, INDEXED_FIELDS, SCHEMA_VERSION, indexed_values
 from gateway.signing import Verifier
 
 # Rows are read in the order of the ``seq`` column; the row's own seq is then checked against the signed one.
 # COLUMNS is a constant of schema.py, not input, so building the statement from it is safe.
 _SELECT_ROWS = f"SELECT {', '.join(COLUMNS)} FROM journal ORDER BY seq"  # noqa: S608
+# The pre-pass: rows whose entry bytes carry the cosignature kind byte in their header. It selects on the signed
+# header, not on the (untrusted) kind column, so every row the main pass can credit as a receipt is among them.
+_SELECT_RECEIPT_CANDIDATES = "SELECT entry FROM journal WHERE substr(entry, ?, 1) = ?"
+_RECEIPT_KIND_FILTER = (len(ENTRY_DOMAIN) + 1, bytes([EventKind.COSIGNATURE]))
+# A cosignature entry is a receipt when its body claims a checkpoint, i.e. has any of these fields.
+_RECEIPT_FIELDS = ("tree_size", "root_hash", "checkpoint")
 # Attacker-controlled values are quoted in messages; cap them so one huge column cannot flood a report.
 _MAX_QUOTED = 80
 
@@ -60,6 +80,16 @@ class FindingCode(enum.StrEnum):
     """The body is not a UTF-8 JSON object byte-identical to its RFC 8785 canonical form."""
     ORIGIN_MISMATCH = "origin_mismatch"
     """The journal's recorded origin differs from the origin its signatures are checked against."""
+    BAD_CHECKPOINT = "bad_checkpoint"
+    """A cosignature receipt is malformed: fields missing, the note or checkpoint unparsable, another origin,
+    body and checkpoint disagreeing, or no valid signature by the origin key on the note."""
+    BAD_COSIGNATURE = "bad_cosignature"
+    """A receipt's note has a cosignature line naming a given witness key that does not verify."""
+    CHECKPOINT_MISMATCH = "checkpoint_mismatch"
+    """A cosigned checkpoint (receipt or anchor) disagrees with the journal: another root at its size, or a size
+    the journal cannot have had at that point."""
+    TRUNCATED = "truncated"
+    """The journal has fewer entries than an anchor (a cosigned checkpoint given by the caller) covers."""
 
 
 @dataclass(frozen=True)
@@ -82,8 +112,15 @@ class VerifyReport:
         tree_size: leaves in the Merkle tree (one per row read).
         root_hash: RFC 6962 root over the leaf hashes recomputed from the stored bytes.
         last_leaf_hash: recomputed leaf hash of the last row, None for an empty journal.
-        witnessed_size: how many leading entries a witness cosigned a checkpoint for (0 until checkpoints
-            are verified; until then a cut-off tail cannot be detected).
+        witnessed_size: how many leading entries are covered by a checkpoint that a given witness key validly
+            cosigned and that matches the journal (a receipt in the journal or an anchor); 0 when there is none
+            or no witness key was given.
+        witnessed_by: the given witness keys (names) with a valid cosignature on a checkpoint of that size.
+        witness_keys: the names of the witness keys verification was given.
+        receipts: cosignature entries found in entries that verified (whatever their checkpoint's state).
+        uncredited_receipts: receipts that passed every check except that no given witness key cosigned them
+            (with no witness key given, every such receipt).
+        uncredited_witnesses: the names those uncredited receipts are cosigned by, as the notes say.
     """
 
     origin: str
@@ -93,11 +130,21 @@ class VerifyReport:
     root_hash: bytes
     last_leaf_hash: bytes | None
     witnessed_size: int = 0
+    witnessed_by: tuple[str, ...] = ()
+    witness_keys: tuple[str, ...] = ()
+    receipts: int = 0
+    uncredited_receipts: int = 0
+    uncredited_witnesses: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
         """True when no tamper evidence was found."""
         return not self.findings
+
+    @property
+    def unwitnessed_tail(self) -> int:
+        """Entries after the witnessed prefix: cutting them off is not detectable from this journal alone."""
+        return max(self.entries - self.witnessed_size, 0)
 
     def to_json(self) -> dict[str, Any]:
         """The report as JSON-compatible values, hashes in lower-case hex (``agentaudit verify --json``)."""
@@ -109,11 +156,24 @@ class VerifyReport:
             "root_hash": self.root_hash.hex(),
             "last_leaf_hash": None if self.last_leaf_hash is None else self.last_leaf_hash.hex(),
             "witnessed_size": self.witnessed_size,
+            "unwitnessed_tail": self.unwitnessed_tail,
+            "witnessed_by": list(self.witnessed_by),
+            "witness_keys": list(self.witness_keys),
+            "receipts": self.receipts,
+            "uncredited_receipts": self.uncredited_receipts,
+            "uncredited_witnesses": list(self.uncredited_witnesses),
             "findings": [{"seq": f.seq, "code": str(f.code), "message": f.message} for f in self.findings],
         }
 
 
-def verify_journal(path: Path, verifiers: Sequence[Verifier], *, origin: str | None = None) -> VerifyReport:
+def verify_journal(
+    path: Path,
+    verifiers: Sequence[Verifier],
+    *,
+    origin: str | None = None,
+    witnesses: Sequence[Verifier] = (),
+    anchors: Sequence[str] = (),
+) -> VerifyReport:
     """Verifies a journal file offline against trusted public keys, reporting every finding by seq.
 
     Args:
@@ -122,12 +182,18 @@ def verify_journal(path: Path, verifiers: Sequence[Verifier], *, origin: str | N
             under the one its key id names.
         origin: the journal origin signatures are bound to; defaults to the keys' name (the key name is
             the origin), which must then be the same for all of them.
+        witnesses: trusted witness (collector) public keys; a checkpoint counts as witnessed only when one of
+            them validly cosigned it (C2SP cosignature/v1). With none, nothing counts as witnessed.
+        anchors: cosigned checkpoint notes (the text, e.g. as the collector returned it) kept outside the
+            journal; the journal must contain each one's entries with the same root.
 
     Returns:
         The report; ``report.ok`` is False when any tamper evidence was found.
 
     Raises:
-        ConfigError: no public key was given, or the keys name different origins and ``origin`` is None.
+        ConfigError: no public key was given, the keys name different origins and ``origin`` is None, or an
+            anchor is not a checkpoint of this origin validly signed by its key and (when witness keys are
+            given) cosigned by one of them.
         JournalUnreadableError: the file is missing, not a SQLite database, lacks the journal table, has
             a schema this verifier does not know, or could not be read to the end.
     """
@@ -137,9 +203,12 @@ def verify_journal(path: Path, verifiers: Sequence[Verifier], *, origin: str | N
     keys: dict[bytes, list[Verifier]] = {}
     for verifier in verifiers:
         keys.setdefault(verifier.key_id, []).append(verifier)
+    notes = _NoteChecker(origin, verifiers, witnesses)
+    # Anchors are the caller's evidence, not the journal's: one that does not verify is a usage error.
+    anchor_points = [_read_anchor(number, text, notes) for number, text in enumerate(anchors, 1)]
 
     conn = _open_read_only(path)
-    scan = _Scan(origin, keys)
+    scan = _Scan(origin, keys, notes)
     try:
         # Step 2: read everything inside one read transaction, so a journal that a live sidecar is
         # appending to is verified as one consistent snapshot (meta and rows from the same instant).
@@ -147,8 +216,14 @@ def verify_journal(path: Path, verifiers: Sequence[Verifier], *, origin: str | N
         _check_shape(conn, path)
         # Step 3: cross-check the recorded origin against the trusted one.
         scan.check_meta(_read_meta(conn, path))
-        # Step 4: stream the rows in seq order (constant memory: the cursor is iterated, never fetched
-        # whole) and check each against its signed bytes; see _Scan.check_row for the per-row procedure.
+        # Step 4: learn the tree sizes that checkpoints claim (anchors, and receipt bodies read in a cheap
+        # pre-pass without verifying anything), so the streaming pass can keep the Merkle root at each of them.
+        # Sizes from forged rows only cost a remembered root: the main pass credits verified receipts only.
+        scan.want_roots(a.note.checkpoint.size for a in anchor_points)
+        scan.want_roots(_claimed_sizes(conn))
+        # Step 5: stream the rows in seq order (constant memory: the cursor is iterated, never fetched
+        # whole) and check each against its signed bytes; see _Scan.check_row for the per-row procedure,
+        # which also checks every cosignature receipt in a verified entry (_Scan._check_receipt).
         for row in conn.execute(_SELECT_ROWS):
             scan.check_row(row)
     except sqlite3.Error as exc:
@@ -157,24 +232,33 @@ def verify_journal(path: Path, verifiers: Sequence[Verifier], *, origin: str | N
     finally:
         conn.close()
 
-    # Step 5 (checkpoints, a later issue): CHECKPOINT entries will be compared with the Merkle root at their
-    # tree size (taken from the streaming tree while scanning, see the end of _Scan.check_row) and
-    # COSIGNATURE entries checked against witness keys; the largest cosigned size becomes witnessed_size.
-    # Until then nothing is witnessed, and a cut-off tail goes unnoticed.
-    return scan.report(witnessed_size=_WITNESSED_SIZE_WITHOUT_CHECKPOINTS)
-
-
-# See step 5 of verify_journal: with no checkpoint verification, no entry counts as witnessed.
-_WITNESSED_SIZE_WITHOUT_CHECKPOINTS = 0
+    # Step 6: receipts whose root could not be compared in stream, then the anchors: a journal shorter than an
+    # anchor lost entries; another root at an anchor's size means history was rewritten (or the file replaced).
+    scan.finish_receipts()
+    for anchor in anchor_points:
+        scan.check_anchor(anchor)
+    return scan.report()
 
 
 def format_report(report: VerifyReport) -> str:
     """Renders a report for people: one line per finding, then the witness status and a summary line."""
     lines = [f"{'journal' if f.seq is None else f'seq {f.seq}'}: {f.code}: {f.message}" for f in report.findings]
-    lines.append(
-        f"witnessed: {report.witnessed_size} of {_count(report.tree_size, 'entry', 'entries')}"
-        + ("" if report.witnessed_size >= report.tree_size else " (a cut-off tail is not detectable locally)")
-    )
+    witnessed = f"witnessed: {report.witnessed_size} of {_count(report.tree_size, 'entry', 'entries')}"
+    if report.witnessed_size > 0:
+        witnessed += f" (cosigned by {', '.join(report.witnessed_by)})"
+    elif report.witnessed_size < report.tree_size:
+        witnessed += " (a cut-off tail is not detectable locally)"
+    lines.append(witnessed)
+    if report.uncredited_receipts:
+        receipts = _count(report.uncredited_receipts, "cosigned checkpoint receipt", "cosigned checkpoint receipts")
+        by = _names(report.uncredited_witnesses) or "no witness"
+        if report.witness_keys:
+            lines.append(
+                f"not counted: {receipts} cosigned by none of the given witness keys "
+                f"({', '.join(report.witness_keys)}), only by {by}"
+            )
+        else:
+            lines.append(f"not counted: {receipts} (cosigned by {by}): no witness key was given")
     entries = _count(report.entries, "entry", "entries")
     if report.ok:
         lines.append(f"journal OK: {entries}, root {report.root_hash.hex()}")
@@ -258,6 +342,11 @@ def _quote(value: object) -> str:
     return text if len(text) <= _MAX_QUOTED else text[: _MAX_QUOTED - 3] + "..."
 
 
+def _names(names: Sequence[str]) -> str:
+    """Key names for a message: as they are when printable, else quoted (names from a note are not trusted)."""
+    return ", ".join(n if n.isprintable() and len(n) <= _MAX_QUOTED else _quote(n) for n in names)
+
+
 def _short(digest: object) -> str:
     """The first 8 bytes of a hash in hex, enough to tell hashes apart in a message."""
     return digest.hex()[:16] if isinstance(digest, bytes) else _quote(digest)
@@ -270,12 +359,134 @@ def _stored_bytes(value: object) -> bytes:
     return b"" if value is None else str(value).encode()
 
 
-class _Scan:
-    """State carried from row to row: expected seq, previous leaf hash, Merkle tree, findings."""
+class _BadCheckpoint(Exception):
+    """A checkpoint note or receipt cannot be used; the message says why."""
 
-    def __init__(self, origin: str, keys: dict[bytes, list[Verifier]]) -> None:
+
+@dataclass(frozen=True)
+class _Cosigned:
+    """A checkpoint note that parsed, is for the trusted origin and carries a valid signature by its key.
+
+    Attributes:
+        checkpoint: the checkpoint the note signs.
+        cosigners: names of given witness keys with a valid cosignature on it.
+        forged: names of given witness keys that a cosignature line claims (name and key id) but whose
+            signature does not verify.
+        others: names of signature lines by neither the origin's key nor a given witness key.
+    """
+
+    checkpoint: Checkpoint
+    cosigners: tuple[str, ...]
+    forged: tuple[str, ...]
+    others: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _Anchor:
+    number: int
+    note: _Cosigned
+
+
+class _NoteChecker:
+    """Checks C2SP checkpoint notes against the trusted origin key(s) and witness keys."""
+
+    def __init__(self, origin: str, verifiers: Sequence[Verifier], witnesses: Sequence[Verifier]) -> None:
+        self._origin = origin
+        self._verifiers = tuple(verifiers)
+        self._witnesses = tuple((w, witness_key_id(w.name, w.public_key)) for w in witnesses)
+        self.witness_names = tuple(dict.fromkeys(w.name for w in witnesses))
+
+    def check(self, text: str) -> _Cosigned:
+        """Parses and checks one cosigned checkpoint note.
+
+        Raises:
+            _BadCheckpoint: the note or its checkpoint is malformed, is for another origin, or has no valid
+                signature by the origin's key.
+        """
+        try:
+            note = SignedNote.parse(text)
+            checkpoint = Checkpoint.parse(note.text)
+        except (NoteError, ValueError) as exc:  # ValueError: e.g. a size of non-ASCII digits, lone surrogates
+            raise _BadCheckpoint(f"the checkpoint note is malformed: {exc}") from exc
+        if checkpoint.origin != self._origin:
+            raise _BadCheckpoint(f"the checkpoint is for origin {_quote(checkpoint.origin)}, not {self._origin!r}")
+        if not any(verify_note(note, verifier) for verifier in self._verifiers):
+            raise _BadCheckpoint("the checkpoint note has no valid signature by the origin's key")
+        cosigners: dict[str, None] = {}
+        forged: dict[str, None] = {}
+        others: dict[str, None] = {}
+        for signature in note.signatures:
+            if any(signature.name == v.name and signature.key_id == v.key_id for v in self._verifiers):
+                continue  # The origin's own signature, checked above.
+            claimed = [w for w, kid in self._witnesses if signature.name == w.name and signature.key_id == kid]
+            if not claimed:
+                others[signature.name] = None
+                continue
+            # Checked line by line: a forged line must not hide behind a valid one by another witness.
+            alone = SignedNote(note.text, (signature,))
+            if any(verify_cosignature(alone, witness) is not None for witness in claimed):
+                cosigners[signature.name] = None
+            else:
+                forged[signature.name] = None
+        return _Cosigned(checkpoint, tuple(cosigners), tuple(forged), tuple(others))
+
+
+def _read_anchor(number: int, text: str, notes: _NoteChecker) -> _Anchor:
+    try:
+        cosigned = notes.check(text)
+    except _BadCheckpoint as exc:
+        raise ConfigError(f"anchor {number}: {exc}") from exc
+    if cosigned.forged:
+        raise ConfigError(f"anchor {number}: the cosignature by {', '.join(cosigned.forged)} does not verify")
+    if notes.witness_names and not cosigned.cosigners:
+        raise ConfigError(
+            f"anchor {number}: no given witness key ({', '.join(notes.witness_names)}) cosigned it"
+            + (f"; it is cosigned by {_names(cosigned.others)}" if cosigned.others else "")
+        )
+    return _Anchor(number, cosigned)
+
+
+def _receipt_claim(body: dict[str, Any]) -> tuple[int, bytes, str]:
+    """The tree size, root hash and note text a cosignature receipt body states.
+
+    Raises:
+        _BadCheckpoint: a field is missing or has the wrong type or form.
+    """
+    size, root_hex, text = body.get("tree_size"), body.get("root_hash"), body.get("checkpoint")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise _BadCheckpoint(f"tree_size {_quote(size)} is not a non-negative integer")
+    root = None
+    if isinstance(root_hex, str) and len(root_hex) == 2 * HASH_SIZE:
+        try:
+            root = bytes.fromhex(root_hex)
+        except ValueError:
+            root = None
+    if root is None or len(root) != HASH_SIZE:
+        raise _BadCheckpoint(f"root_hash {_quote(root_hex)} is not a {HASH_SIZE}-byte hash in hex")
+    if not isinstance(text, str):
+        raise _BadCheckpoint("checkpoint is not the note text")
+    return size, root, text
+
+
+def _claimed_sizes(conn: sqlite3.Connection) -> Iterator[int]:
+    """Tree sizes that receipt bodies claim, read without verifying anything (the main pass does)."""
+    for (raw,) in conn.execute(_SELECT_RECEIPT_CANDIDATES, _RECEIPT_KIND_FILTER):
+        try:
+            body = json.loads(decode_entry(raw).body.decode("utf-8"))
+        except (MalformedEntryError, ValueError, RecursionError, TypeError):
+            continue
+        size = body.get("tree_size") if isinstance(body, dict) else None
+        if isinstance(size, int) and not isinstance(size, bool) and size >= 0:
+            yield size
+
+
+class _Scan:
+    """State carried from row to row: expected seq, previous leaf hash, Merkle tree, findings, witnessing."""
+
+    def __init__(self, origin: str, keys: dict[bytes, list[Verifier]], notes: _NoteChecker) -> None:
         self._origin = origin
         self._keys = keys
+        self._notes = notes
         self._findings: list[Finding] = []
         self._tree = MerkleRoot()
         self.entries = 0
@@ -283,6 +494,26 @@ class _Scan:
         self._next_seq = 0
         self._prev_leaf = ZERO_HASH
         self._last_leaf: bytes | None = None
+        # Tree sizes some checkpoint claims, and the recomputed root at each once the scan reached it. This is
+        # the only state that grows, and it grows with the number of receipts, not of entries.
+        self._wanted: set[int] = set()
+        self._roots: dict[int, bytes] = {}
+        # Verified receipts whose size the scan had not reached when they were read (possible only when rows
+        # are missing before them); compared at the end.
+        self._deferred: list[tuple[int, _Cosigned]] = []
+        self._receipts = 0
+        self._uncredited = 0
+        self._uncredited_by: dict[str, None] = {}
+        self._witnessed = 0
+        self._witnessed_by: dict[str, None] = {}
+
+    def want_roots(self, sizes: Iterable[int]) -> None:
+        """Asks the scan to keep the Merkle root at each of these tree sizes (call before the first row)."""
+        for size in sizes:
+            if size == 0:
+                self._roots[0] = EMPTY_ROOT
+            else:
+                self._wanted.add(size)
 
     def _add(self, seq: int | None, code: FindingCode, message: str) -> None:
         self._findings.append(Finding(seq, code, message))
@@ -326,13 +557,14 @@ class _Scan:
         entry_bytes, signature = _stored_bytes(stored_entry), _stored_bytes(stored_signature)
         leaf = leaf_hash(entry_bytes, signature)
         self._tree.append(leaf)
+        if self._tree.size in self._wanted:
+            self._roots[self._tree.size] = self._tree.root()
         self._prev_leaf = self._last_leaf = leaf
 
         # 3. Decode the envelope, then verify the signature over the domain-separated payload, bound to the
         #    trusted origin, under the key the entry names. Bytes that do not decode name no key.
         entry = self._decode(seq, stored_entry, stored_signature)
-        if entry is not None:
-            self._check_signature(seq, entry, signature)
+        signed = entry is not None and self._check_signature(seq, entry, signature)
 
         # 4. Compare with the leaf hash stored when the row was written: a difference means the entry or
         #    signature bytes changed afterwards.
@@ -361,18 +593,112 @@ class _Scan:
             )
 
         # 7. The body must be canonical JSON, so the signed bytes are the one encoding of the event.
-        body = self._check_body(seq, entry.body)
+        body, canonical = self._check_body(seq, entry.body)
 
         # 8. The body's kind string must name the header's kind byte.
-        if body is not None:
-            self._check_kind(seq, entry.kind, body)
+        kind_ok = body is not None and self._check_kind(seq, entry.kind, body)
 
         # 9. Indexed columns are what search and the forwarder read: each must equal the signed value.
         self._check_columns(seq, entry, body, stored_nanos, stored_indexed)
 
-        # Checkpoints (a later issue) hook in here: a CHECKPOINT entry for tree size n is compared with
-        # self._tree.root() once n leaves are in, and a COSIGNATURE from a trusted witness raises the
-        # witnessed size. See step 5 of verify_journal.
+        # 10. A cosignature receipt is trusted only from an entry that verified: signed by a trusted key, with
+        #     a canonical body of the header's kind. (Seq and chain findings on its row are reported above.)
+        if entry.kind == EventKind.COSIGNATURE and signed and body is not None and canonical and kind_ok:
+            self._check_receipt(seq, entry.seq, body)
+
+    def _check_receipt(self, seq: int, signed_seq: int, body: dict[str, Any]) -> None:
+        """Checks a cosignature receipt: its note, the origin's signature, the witness cosignatures, and the
+        checkpoint root against the root recomputed at its size."""
+        if not any(field in body for field in _RECEIPT_FIELDS):
+            return  # Claims no checkpoint, so it vouches for nothing: not a receipt.
+        self._receipts += 1
+        try:
+            size, root, text = _receipt_claim(body)
+            cosigned = self._notes.check(text)
+        except _BadCheckpoint as exc:
+            self._add(seq, FindingCode.BAD_CHECKPOINT, f"cosignature receipt: {exc}")
+            return
+        checkpoint = cosigned.checkpoint
+        if (checkpoint.size, checkpoint.root) != (size, root):
+            self._add(
+                seq,
+                FindingCode.BAD_CHECKPOINT,
+                f"the receipt says tree size {size}, root {_short(root)}..., its checkpoint says size "
+                f"{checkpoint.size}, root {_short(checkpoint.root)}...",
+            )
+            return
+        for name in cosigned.forged:
+            self._add(seq, FindingCode.BAD_COSIGNATURE, f"the cosignature by witness {name!r} does not verify")
+        if size > signed_seq:
+            self._add(
+                seq,
+                FindingCode.CHECKPOINT_MISMATCH,
+                f"the receipt's checkpoint covers {size} entries, but a receipt at seq {signed_seq} can only "
+                f"cover the {signed_seq} before it",
+            )
+            return
+        if size in self._roots:
+            self._settle_receipt(seq, cosigned)
+        else:
+            self._deferred.append((seq, cosigned))
+
+    def _settle_receipt(self, seq: int, cosigned: _Cosigned) -> None:
+        checkpoint = cosigned.checkpoint
+        recomputed = self._roots.get(checkpoint.size)
+        if recomputed is None:
+            self._add(
+                seq,
+                FindingCode.CHECKPOINT_MISMATCH,
+                f"the receipt's checkpoint covers {checkpoint.size} entries, the journal has only {self._tree.size}",
+            )
+        elif recomputed != checkpoint.root:
+            self._add(
+                seq,
+                FindingCode.CHECKPOINT_MISMATCH,
+                f"the cosigned root at tree size {checkpoint.size} is {_short(checkpoint.root)}..., the journal's "
+                f"is {_short(recomputed)}...: entries before seq {checkpoint.size} changed after it was cosigned",
+            )
+        else:
+            self._credit(cosigned, receipt=True)
+
+    def _credit(self, cosigned: _Cosigned, *, receipt: bool) -> None:
+        """Counts a checkpoint that matches the journal towards the witnessed size."""
+        size = cosigned.checkpoint.size
+        if cosigned.cosigners:
+            if size > self._witnessed:
+                self._witnessed, self._witnessed_by = size, {}
+            if size == self._witnessed and size > 0:
+                self._witnessed_by.update(dict.fromkeys(cosigned.cosigners))
+        elif receipt and not cosigned.forged:  # A forged cosignature is already a finding.
+            self._uncredited += 1
+            self._uncredited_by.update(dict.fromkeys(cosigned.others))
+
+    def finish_receipts(self) -> None:
+        """Compares the receipts whose size the scan had not reached when they were read."""
+        for seq, cosigned in self._deferred:
+            self._settle_receipt(seq, cosigned)
+        self._deferred.clear()
+
+    def check_anchor(self, anchor: _Anchor) -> None:
+        """Compares a caller-supplied cosigned checkpoint with the journal as read."""
+        checkpoint = anchor.note.checkpoint
+        recomputed = self._roots.get(checkpoint.size)
+        if checkpoint.size > self._tree.size or recomputed is None:
+            self._add(
+                None,
+                FindingCode.TRUNCATED,
+                f"journal has {_count(self._tree.size, 'entry', 'entries')} but a cosigned checkpoint "
+                f"(anchor {anchor.number}) covers {checkpoint.size}: entries were removed",
+            )
+        elif recomputed != checkpoint.root:
+            self._add(
+                None,
+                FindingCode.CHECKPOINT_MISMATCH,
+                f"anchor {anchor.number} has root {_short(checkpoint.root)}... at tree size {checkpoint.size}, "
+                f"the journal's is {_short(recomputed)}...: the journal was rewritten or replaced",
+            )
+        else:
+            self._credit(anchor.note, receipt=False)
 
     def _decode(self, seq: int, stored_entry: object, stored_signature: object) -> Entry | None:
         if not isinstance(stored_entry, bytes) or not isinstance(stored_signature, bytes):
@@ -384,7 +710,8 @@ class _Scan:
             self._add(seq, FindingCode.MALFORMED_ENTRY, str(exc))
             return None
 
-    def _check_signature(self, seq: int, entry: Entry, signature: bytes) -> None:
+    def _check_signature(self, seq: int, entry: Entry, signature: bytes) -> bool:
+        """Whether the signature verifies; reports why not."""
         candidates = self._keys.get(entry.key_id)
         if not candidates:
             self._add(
@@ -392,7 +719,7 @@ class _Scan:
                 FindingCode.UNKNOWN_KEY,
                 f"key id {entry.key_id.hex()} matches none of the given public keys",
             )
-            return
+            return False
         payload = signature_payload(self._origin, entry.raw)
         # Key ids are 4 bytes, so two trusted keys may share one; any of them verifying is enough.
         if not any(verifier.verify(payload, signature) for verifier in candidates):
@@ -402,44 +729,51 @@ class _Scan:
                 FindingCode.BAD_SIGNATURE,
                 f"signature does not verify under {names} for origin {self._origin!r}",
             )
+            return False
+        return True
 
-    def _check_body(self, seq: int, body_bytes: bytes) -> dict[str, Any] | None:
-        """Returns the parsed body when it is a JSON object (canonical or not), else None."""
+    def _check_body(self, seq: int, body_bytes: bytes) -> tuple[dict[str, Any] | None, bool]:
+        """Returns the parsed body when it is a JSON object (canonical or not), else None, and whether the
+        bytes are its RFC 8785 canonical form."""
         try:
             # Decode explicitly: json.loads(bytes) would also accept UTF-16 and UTF-32.
             body = json.loads(body_bytes.decode("utf-8"))
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             self._add(seq, FindingCode.NONCANONICAL_BODY, f"body is not UTF-8 JSON: {exc}")
-            return None
+            return None, False
         if not isinstance(body, dict):
             self._add(seq, FindingCode.NONCANONICAL_BODY, f"body is a JSON {type(body).__name__}, not an object")
-            return None
+            return None, False
         try:
             canonical = canonical_json(body)
         except (CanonicalizationError, RecursionError) as exc:
             # json.loads accepts what JCS cannot encode (NaN, integers beyond 2**53, lone surrogates).
             self._add(seq, FindingCode.NONCANONICAL_BODY, f"body has no RFC 8785 form: {exc}")
-            return body
+            return body, False
         if canonical != body_bytes:
             self._add(
                 seq,
                 FindingCode.NONCANONICAL_BODY,
                 "body is not byte-identical to its RFC 8785 canonical form",
             )
-        return body
+            return body, False
+        return body, True
 
-    def _check_kind(self, seq: int, kind: int, body: dict[str, Any]) -> None:
+    def _check_kind(self, seq: int, kind: int, body: dict[str, Any]) -> bool:
+        """Whether the body's kind names the header's kind byte; reports why not."""
         try:
             label = EventKind(kind).label
         except ValueError:
             self._add(seq, FindingCode.KIND_MISMATCH, f"header kind {kind} is not a known event kind")
-            return
+            return False
         if body.get("kind") != label:
             self._add(
                 seq,
                 FindingCode.KIND_MISMATCH,
                 f"header kind {kind} is {label!r}, body kind is {_quote(body.get('kind'))}",
             )
+            return False
+        return True
 
     def _check_columns(
         self,
@@ -461,16 +795,24 @@ class _Scan:
             if stored != signed:
                 self._add(seq, FindingCode.COLUMN_MISMATCH, _column_message(column, stored, signed))
 
-    def report(self, *, witnessed_size: int) -> VerifyReport:
+    def report(self) -> VerifyReport:
         """Builds the report from the rows checked so far."""
+        # Rows are checked in seq order, so findings already are, except those settled after the scan
+        # (deferred receipts, anchors): a stable sort puts them in place, journal-level ones first.
+        findings = sorted(self._findings, key=lambda f: (0, 0) if f.seq is None else (1, f.seq))
         return VerifyReport(
             origin=self._origin,
             entries=self.entries,
-            findings=list(self._findings),
+            findings=findings,
             tree_size=self._tree.size,
             root_hash=self._tree.root(),
             last_leaf_hash=self._last_leaf,
-            witnessed_size=witnessed_size,
+            witnessed_size=self._witnessed,
+            witnessed_by=tuple(sorted(self._witnessed_by)),
+            witness_keys=self._notes.witness_names,
+            receipts=self._receipts,
+            uncredited_receipts=self._uncredited,
+            uncredited_witnesses=tuple(self._uncredited_by),
         )
 
 

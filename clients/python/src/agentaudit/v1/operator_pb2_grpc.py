@@ -78,6 +78,11 @@ class OperatorServiceStub:
                 request_serializer=agentaudit_dot_v1_dot_operator__pb2.ReloadPolicyRequest.SerializeToString,
                 response_deserializer=agentaudit_dot_v1_dot_operator__pb2.ReloadPolicyResponse.FromString,
                 _registered_method=True)
+        self.AcknowledgeRecovery = channel.unary_unary(
+                '/agentaudit.v1.OperatorService/AcknowledgeRecovery',
+                request_serializer=agentaudit_dot_v1_dot_operator__pb2.AcknowledgeRecoveryRequest.SerializeToString,
+                response_deserializer=agentaudit_dot_v1_dot_operator__pb2.AcknowledgeRecoveryResponse.FromString,
+                _registered_method=True)
 
 
 class OperatorServiceServicer:
@@ -143,6 +148,14 @@ class OperatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AcknowledgeRecovery(self, request, context):
+        """Accepts a detected journal rollback or fork (the collector holds entries this
+        journal lacks) so Decide answers again. Role: admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OperatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -185,6 +198,11 @@ def add_OperatorServiceServicer_to_server(servicer, server):
                     servicer.ReloadPolicy,
                     request_deserializer=agentaudit_dot_v1_dot_operator__pb2.ReloadPolicyRequest.FromString,
                     response_serializer=agentaudit_dot_v1_dot_operator__pb2.ReloadPolicyResponse.SerializeToString,
+            ),
+            'AcknowledgeRecovery': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcknowledgeRecovery,
+                    request_deserializer=agentaudit_dot_v1_dot_operator__pb2.AcknowledgeRecoveryRequest.FromString,
+                    response_serializer=agentaudit_dot_v1_dot_operator__pb2.AcknowledgeRecoveryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -407,6 +425,33 @@ class OperatorService:
             '/agentaudit.v1.OperatorService/ReloadPolicy',
             agentaudit_dot_v1_dot_operator__pb2.ReloadPolicyRequest.SerializeToString,
             agentaudit_dot_v1_dot_operator__pb2.ReloadPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcknowledgeRecovery(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentaudit.v1.OperatorService/AcknowledgeRecovery',
+            agentaudit_dot_v1_dot_operator__pb2.AcknowledgeRecoveryRequest.SerializeToString,
+            agentaudit_dot_v1_dot_operator__pb2.AcknowledgeRecoveryResponse.FromString,
             options,
             channel_credentials,
             insecure,

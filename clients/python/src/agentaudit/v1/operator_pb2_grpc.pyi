@@ -53,6 +53,10 @@ class OperatorServiceStub:
     """Returns the active policy document and version. Role: any."""
     ReloadPolicy: _grpc.UnaryUnaryMultiCallable[_operator_pb2.ReloadPolicyRequest, _operator_pb2.ReloadPolicyResponse]
     """Reloads the policy from its file, or replaces it with a submitted document. Role: admin."""
+    AcknowledgeRecovery: _grpc.UnaryUnaryMultiCallable[_operator_pb2.AcknowledgeRecoveryRequest, _operator_pb2.AcknowledgeRecoveryResponse]
+    """Accepts a detected journal rollback or fork (the collector holds entries this
+    journal lacks) so Decide answers again. Role: admin.
+    """
 
 @_typing.type_check_only
 class OperatorServiceAsyncStub(OperatorServiceStub):
@@ -79,6 +83,10 @@ class OperatorServiceAsyncStub(OperatorServiceStub):
     """Returns the active policy document and version. Role: any."""
     ReloadPolicy: _aio.UnaryUnaryMultiCallable[_operator_pb2.ReloadPolicyRequest, _operator_pb2.ReloadPolicyResponse]  # type: ignore[assignment]
     """Reloads the policy from its file, or replaces it with a submitted document. Role: admin."""
+    AcknowledgeRecovery: _aio.UnaryUnaryMultiCallable[_operator_pb2.AcknowledgeRecoveryRequest, _operator_pb2.AcknowledgeRecoveryResponse]  # type: ignore[assignment]
+    """Accepts a detected journal rollback or fork (the collector holds entries this
+    journal lacks) so Decide answers again. Role: admin.
+    """
 
 class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
     """OperatorService is for humans and tools. It is served on its own listener,
@@ -150,5 +158,15 @@ class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_operator_pb2.ReloadPolicyResponse, _abc.Awaitable[_operator_pb2.ReloadPolicyResponse]]:
         """Reloads the policy from its file, or replaces it with a submitted document. Role: admin."""
+
+    @_abc_1.abstractmethod
+    def AcknowledgeRecovery(
+        self,
+        request: _operator_pb2.AcknowledgeRecoveryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.AcknowledgeRecoveryResponse, _abc.Awaitable[_operator_pb2.AcknowledgeRecoveryResponse]]:
+        """Accepts a detected journal rollback or fork (the collector holds entries this
+        journal lacks) so Decide answers again. Role: admin.
+        """
 
 def add_OperatorServiceServicer_to_server(servicer: OperatorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

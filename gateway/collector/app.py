@@ -1,0 +1,169 @@
+"""The collector process (``agentaudit collector --config FILE``) and the embedded collector of ``agentaudit dev``.
+
+Configuration (YAML)::
+
+    collector:
+      listen: ["127.0.0.1:7430"]          # unix:///path or HOST:PORT
+      store: "postgresql://user@db/agentaudit"   # or sqlite:///abs/path/collector.db (the embedded default)
+      witness_key: witness.key            # the collector's Ed25519 key (C2SP signer key, mode 0600)
+      origins:                            # every sidecar journal it accepts, with its public key(s)
+        - origin: agentaudit-dev/host
+          keys: [sidecar-1.pub]
+      max_batch_entries: 10000
+      max_inflight: 8
+
+Start order: witness key → store (migrations) → origins registered → gRPC server (collector, health,
+reflection). Stop: health NOT_SERVING → server drained → store closed. Stateless apart from its database, so
+several replicas can serve one address.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from gateway.collector.service import SERVICE_NAME, CollectorServicer, collector_handler
+from gateway.collector.store import CollectorStore
+from gateway.errors import ConfigError
+from gateway.net import prepare_unix_socket
+from gateway.signing import Ed25519Signer, Verifier, load_signer, load_verifier
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CollectorConfig:
+    """Where the collector listens, stores, and whom it accepts."""
+
+    listen: tuple[str, ...]
+    store: str
+    witness_key: Path
+    origins: tuple[tuple[str, tuple[Path, ...]], ...] = ()
+    max_batch_entries: int = 10_000
+    max_inflight: int = 8
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def load_collector_config(path: Path) -> CollectorConfig:
+    """Parses a collector configuration file; relative paths resolve against its directory."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read collector config {path}: {exc}") from exc
+    section = raw.get("collector") if isinstance(raw, dict) else None
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: expected a 'collector:' mapping")
+    unknown = set(section) - {"listen", "store", "witness_key", "origins", "max_batch_entries", "max_inflight"}
+    if unknown:
+        raise ConfigError(f"collector: unknown key(s) {', '.join(sorted(unknown))}")
+    base = path.resolve().parent
+
+    def resolve(p: str) -> Path:
+        q = Path(p).expanduser()
+        return q if q.is_absolute() else base / q
+
+    listen = section.get("listen") or ["127.0.0.1:7430"]
+    if not isinstance(listen, list) or not all(isinstance(a, str) for a in listen):
+        raise ConfigError("collector.listen: expected a list of addresses")
+    store = section.get("store")
+    if not isinstance(store, str) or not store.startswith(("sqlite:///", "postgresql://", "postgres://")):
+        raise ConfigError("collector.store: expected sqlite:///path or postgresql://...")
+    if store.startswith("sqlite:///") and not Path(store[len("sqlite:///") - 1 :]).is_absolute():
+        store = "sqlite:///" + str(resolve(store[len("sqlite:///") :]))
+    if not isinstance(section.get("witness_key"), str):
+        raise ConfigError("collector.witness_key: expected the path of the witness signing key")
+    origins = []
+    for i, spec in enumerate(section.get("origins") or []):
+        if (
+            not isinstance(spec, dict)
+            or not isinstance(spec.get("origin"), str)
+            or not isinstance(spec.get("keys"), list)
+        ):
+            raise ConfigError(f"collector.origins[{i}]: expected {{origin: NAME, keys: [PUBLIC_KEY_FILE, ...]}}")
+        origins.append((spec["origin"], tuple(resolve(k) for k in spec["keys"])))
+    return CollectorConfig(
+        listen=tuple(listen),
+        store=store,
+        witness_key=resolve(section["witness_key"]),
+        origins=tuple(origins),
+        max_batch_entries=int(section.get("max_batch_entries", 10_000)),
+        max_inflight=int(section.get("max_inflight", 8)),
+    )
+
+
+def open_store(url: str) -> CollectorStore:
+    """The store for a URL: sqlite:///path or postgresql://..."""
+    if url.startswith("sqlite:///"):
+        from gateway.collector.sqlite_store import SqliteCollectorStore  # noqa: PLC0415
+
+        return SqliteCollectorStore(Path(url[len("sqlite://") :]))
+    from gateway.collector.postgres_store import PostgresCollectorStore  # noqa: PLC0415
+
+    return PostgresCollectorStore(url)
+
+
+class Collector:
+    """A running collector (own gRPC server)."""
+
+    def __init__(self, config: CollectorConfig) -> None:
+        self.config = config
+        self.bound: list[str] = []
+        self.store: CollectorStore | None = None
+        self.servicer: CollectorServicer | None = None
+        self._server: grpc.aio.Server | None = None
+        self._health: HealthServicer | None = None
+
+    async def start(self) -> None:
+        """Starts in the documented order; on failure stops what started."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def _start(self) -> None:
+        cfg = self.config
+        witness: Ed25519Signer = load_signer(cfg.witness_key)
+        self.store = open_store(cfg.store)
+        await self.store.start()
+        for origin, key_paths in cfg.origins:
+            verifiers: list[Verifier] = [load_verifier(p) for p in key_paths]
+            await self.store.register_origin(origin, verifiers)
+        self.servicer = CollectorServicer(
+            self.store, witness, max_batch_entries=cfg.max_batch_entries, max_inflight=cfg.max_inflight
+        )
+        self._server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20)])
+        self._server.add_generic_rpc_handlers([collector_handler(self.servicer)])
+        self._health = HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        reflection.enable_server_reflection([SERVICE_NAME, reflection.SERVICE_NAME], self._server)
+        for address in cfg.listen:
+            if address.startswith("unix://"):
+                prepare_unix_socket(Path(address[len("unix://") :]))
+            port = self._server.add_insecure_port(address)
+            if port == 0:
+                raise ConfigError(f"collector cannot listen on {address}")
+            self.bound.append(f"{address.rsplit(':', 1)[0]}:{port}" if address.endswith(":0") else address)
+        await self._server.start()
+        for name in ("", SERVICE_NAME):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("collector serving on %s (store %s)", ", ".join(self.bound), cfg.store.split("@")[-1])
+
+    async def aclose(self) -> None:
+        """Stops serving, then closes the store."""
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(5)
+            self._server = None
+        if self.store is not None:
+            await self.store.aclose()
+            self.store = None

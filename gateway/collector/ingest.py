@@ -1,0 +1,414 @@
+"""Verification of one ingested batch against what the collector holds for its origin (pure, no I/O).
+
+The collector is a witness (DESIGN §4, C2SP tlog-witness): it cosigns a checkpoint only if the batch extends
+exactly what it already holds for that origin, so a sidecar that truncates, rewrites or forks its journal cannot
+get the result witnessed. :func:`verify_batch` decides; the stores (SQLite, PostgreSQL) only load the origin's
+state under a lock, call it, and write what it returns, so both backends behave identically.
+
+The collector cosigns every state it stores, in the same transaction: the held size is always the cosigned size.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from gateway.errors import FailedPreconditionError, MalformedEntryError
+from gateway.journal.entry import ZERO_HASH, decode_entry, leaf_hash, signature_payload
+from gateway.journal.merkle import MerkleRoot, decode_state, encode_state
+from gateway.journal.note import Checkpoint, NoteError, NoteSignature, SignedNote, cosign
+from gateway.journal.schema import indexed_values
+from gateway.signing import Ed25519Signer, Verifier
+
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")
+
+BatchEntry = tuple[int, bytes, bytes]
+"""One entry of a batch as sent: (seq, exact entry bytes, signature)."""
+
+
+class RejectCode(enum.StrEnum):
+    """Why a batch was refused. Stable: sidecars, alerts and dashboards match on these strings."""
+
+    UNKNOWN_ORIGIN = "unknown_origin"
+    """No keys are registered for the origin."""
+    BAD_CHECKPOINT = "bad_checkpoint"
+    """The checkpoint is not a well-formed C2SP signed note, or names another origin."""
+    CHECKPOINT_SIGNATURE = "checkpoint_signature"
+    """No key registered for the origin signed the checkpoint."""
+    EMPTY_BATCH = "empty_batch"
+    """The batch holds no entries."""
+    NOT_CONTIGUOUS = "not_contiguous"
+    """The batch's seqs are not consecutive, or an entry is signed with another seq than it was sent as."""
+    SIZE_MISMATCH = "size_mismatch"
+    """The checkpoint's size is not the last entry's seq + 1."""
+    GAP = "gap"
+    """The batch starts after the last entry held: entries in between are missing."""
+    CONFLICTING_ENTRY = "conflicting_entry"
+    """An entry the collector already holds was resent with different bytes."""
+    MALFORMED_ENTRY = "malformed_entry"
+    """The entry bytes do not decode as an envelope, or its body is not a JSON object."""
+    UNKNOWN_KEY = "unknown_key"
+    """The entry's key id matches no key registered for the origin."""
+    BAD_SIGNATURE = "bad_signature"
+    """The entry's signature does not verify under the registered key it names."""
+    CHAIN_BREAK = "chain_break"
+    """The entry's prev_leaf_hash is not the leaf hash of the entry before it."""
+    ROOT_MISMATCH = "root_mismatch"
+    """The RFC 6962 root recomputed over all entries differs from the checkpoint's root."""
+    ROLLBACK = "rollback"
+    """The checkpoint is smaller than one already cosigned: the journal was truncated or rolled back."""
+    FORK = "fork"
+    """The checkpoint has the size of the one already cosigned but another root: the journal was forked."""
+
+
+EVIDENCE_CODES = frozenset({RejectCode.ROLLBACK, RejectCode.FORK})
+"""Refusals whose checkpoint is kept as evidence: a validly signed note contradicting a cosigned one."""
+
+
+class IngestRejected(FailedPreconditionError):
+    """A batch was refused. ``code`` is a stable :class:`RejectCode`; the message names the seq concerned."""
+
+    def __init__(self, code: RejectCode, message: str, *, seq: int | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.detail = message
+        self.seq = seq
+
+    @property
+    def is_evidence(self) -> bool:
+        """Whether this refusal is evidence of rollback or fork (the store keeps the note and alerts)."""
+        return self.code in EVIDENCE_CODES
+
+
+@dataclass(frozen=True)
+class OriginState:
+    """What the collector holds for one origin.
+
+    Attributes:
+        origin: the journal's origin (its key name).
+        size: entries held, seq 0 to size - 1.
+        last_leaf_hash: leaf hash of seq size - 1 (32 zero bytes when size is 0).
+        tree: the RFC 6962 tree over the held leaves, as :func:`gateway.journal.merkle.encode_state` bytes.
+        cosigned_note: the last checkpoint note the collector cosigned ("" if none), cosignature included.
+        cosigned_root: that checkpoint's root (b"" if none).
+    """
+
+    origin: str
+    size: int
+    last_leaf_hash: bytes
+    tree: bytes
+    cosigned_note: str
+    cosigned_root: bytes
+
+    @classmethod
+    def empty(cls, origin: str) -> OriginState:
+        """The state of an origin the collector holds nothing for."""
+        return cls(origin, 0, ZERO_HASH, encode_state(MerkleRoot()), "", b"")
+
+    def merkle(self) -> MerkleRoot:
+        """A fresh accumulator restored from :attr:`tree`, ready to take leaf ``size``.
+
+        Raises:
+            ValueError: the stored tree state is corrupt or does not match ``size``.
+        """
+        tree = decode_state(self.tree)
+        if tree.size != self.size:
+            raise ValueError(f"origin {self.origin!r}: stored tree has {tree.size} leaves, state says {self.size}")
+        return tree
+
+
+@dataclass(frozen=True)
+class NewEntry:
+    """An entry verified and ready to store, with the values derived from its signed bytes."""
+
+    seq: int
+    entry: bytes
+    signature: bytes
+    leaf_hash: bytes
+    unix_nanos: int
+    body: dict[str, Any]
+    indexed: tuple[Any, ...]
+    """The indexed column values, in ``gateway.journal.schema.INDEXED_FIELDS`` order."""
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """The outcome of a batch that passed verification.
+
+    Attributes:
+        checkpoint: the checkpoint the batch brings the origin to.
+        note: the checkpoint note reduced to the signature lines that verified under a registered key.
+        new_entries: entries not held before, in seq order (empty for a resend).
+        state: the origin's state after the batch; not cosigned yet unless ``resend``.
+        resend: the checkpoint is the one already cosigned: nothing to store, answer with the held note.
+    """
+
+    checkpoint: Checkpoint
+    note: SignedNote
+    new_entries: tuple[NewEntry, ...]
+    state: OriginState
+    resend: bool
+
+    def cosigned_state(self, witness: Ed25519Signer, now_s: int) -> OriginState:
+        """The state to store: the new one with the witness cosignature (the held one, for a resend)."""
+        if self.resend:
+            return self.state
+        cosigned = self.note.with_signature(cosign(self.note, witness, now_s))
+        return replace(self.state, cosigned_note=cosigned.encode(), cosigned_root=self.checkpoint.root)
+
+
+def held_range(size: int, entries: Sequence[BatchEntry]) -> range:
+    """The seqs of a batch that overlap what is held (at most ``len(entries)``), for prefetching leaf hashes."""
+    if not entries:
+        return range(0)
+    first = entries[0][0]
+    return range(max(first, 0), max(min(size, first + len(entries)), 0))
+
+
+def verify_batch(
+    state: OriginState,
+    verifiers: Sequence[Verifier],
+    entries: Sequence[BatchEntry],
+    checkpoint_note: str,
+    stored_leaf: Callable[[int], bytes | None],
+) -> BatchResult:
+    """Decides whether a batch extends exactly what is held for ``state.origin``, following the steps below.
+
+    Args:
+        state: what the collector holds for the origin (loaded under the origin's lock).
+        verifiers: the public keys registered for the origin.
+        entries: (seq, entry bytes, signature), consecutive; the first may overlap what is held.
+        checkpoint_note: C2SP signed note of the checkpoint after the last entry, signed by the origin's key.
+        stored_leaf: leaf hash held at a seq below ``state.size`` (None if absent: corrupt state).
+
+    Raises:
+        IngestRejected: the batch is refused; ``code`` says why and the message names the seq.
+        ValueError: the held state is inconsistent (a fault of the collector, not of the batch).
+    """
+    origin = state.origin
+
+    # 1. Parse the signed note and the checkpoint it carries. Nothing in it is trusted yet.
+    note, checkpoint = _parse_checkpoint(checkpoint_note)
+
+    # 2. The checkpoint must be for this origin: a note from another journal proves nothing about this one.
+    if checkpoint.origin != origin:
+        raise IngestRejected(
+            RejectCode.BAD_CHECKPOINT,
+            f"checkpoint is for origin {_quote(checkpoint.origin)}, the batch for origin {origin!r}",
+        )
+
+    # 3. A key registered for the origin must have signed it; only those signature lines are kept, so the
+    #    cosigned note never carries lines the collector did not check.
+    if not verifiers:
+        raise IngestRejected(RejectCode.UNKNOWN_ORIGIN, f"no keys are registered for origin {origin!r}")
+    trusted = tuple(s for s in note.signatures if _signed_by_registered_key(note, s, verifiers))
+    if not trusted:
+        raise IngestRejected(
+            RejectCode.CHECKPOINT_SIGNATURE,
+            f"checkpoint for size {checkpoint.size} is not signed by a key registered for origin {origin!r}",
+            seq=checkpoint.size - 1 if checkpoint.size else None,
+        )
+    note = SignedNote(note.text, trusted)
+
+    # 4. Witness rules, before any entry is looked at: an authentic checkpoint that contradicts the cosigned one
+    #    is evidence on its own, whatever entries come with it. Smaller means rollback; the same size with
+    #    another root means a fork. (Every held state is cosigned, so the cosigned size is state.size.)
+    if state.size and checkpoint.size < state.size:
+        raise IngestRejected(
+            RejectCode.ROLLBACK,
+            f"checkpoint size {checkpoint.size} is smaller than the cosigned size {state.size}: entries from seq "
+            f"{checkpoint.size} on were removed or rolled back",
+            seq=checkpoint.size,
+        )
+    if state.size and checkpoint.size == state.size and checkpoint.root != state.cosigned_root:
+        raise IngestRejected(
+            RejectCode.FORK,
+            f"checkpoint for size {checkpoint.size} has root {_short(checkpoint.root)}..., the cosigned checkpoint "
+            f"of that size has root {_short(state.cosigned_root)}...: the journal forked",
+            seq=checkpoint.size - 1,
+        )
+
+    # 5. The batch holds entries, numbered consecutively, up to the checkpoint's size.
+    if not entries:
+        raise IngestRejected(RejectCode.EMPTY_BATCH, f"batch for checkpoint size {checkpoint.size} has no entries")
+    first = entries[0][0]
+    if first < 0:
+        raise IngestRejected(RejectCode.NOT_CONTIGUOUS, f"batch starts at negative seq {first}", seq=first)
+    for position, (seq, _, _) in enumerate(entries):
+        if seq != first + position:
+            raise IngestRejected(
+                RejectCode.NOT_CONTIGUOUS,
+                f"entry {position} of the batch has seq {seq}, expected {first + position}",
+                seq=first + position,
+            )
+    last = first + len(entries) - 1
+    if checkpoint.size != last + 1:
+        raise IngestRejected(
+            RejectCode.SIZE_MISMATCH,
+            f"checkpoint size {checkpoint.size} does not cover the batch, which ends at seq {last} (size {last + 1})",
+            seq=last,
+        )
+
+    # 6. The batch must start within what is held or right after it: anything later leaves a gap.
+    if first > state.size:
+        raise IngestRejected(
+            RejectCode.GAP,
+            f"batch starts at seq {first} but the collector holds seq 0 to {state.size - 1}: "
+            f"seq {state.size} to {first - 1} are missing",
+            seq=state.size,
+        )
+
+    # 7. Entries already held must come back byte-identical (same leaf hash: SHA-256 over entry and signature).
+    for seq in held_range(state.size, entries):
+        _, raw, signature = entries[seq - first]
+        held = stored_leaf(seq)
+        if held is None:
+            raise ValueError(f"origin {origin!r}: no stored entry at seq {seq} below the held size {state.size}")
+        sent = leaf_hash(raw, signature)
+        if sent != held:
+            raise IngestRejected(
+                RejectCode.CONFLICTING_ENTRY,
+                f"seq {seq} differs from the entry already held (leaf hash {_short(sent)}... "
+                f"instead of {_short(held)}...)",
+                seq=seq,
+            )
+
+    # 8. Everything sent was already held and the checkpoint is the cosigned one (step 4 matched its root):
+    #    a resend. Answer with the held cosigned note; store nothing.
+    if checkpoint.size == state.size:
+        return BatchResult(checkpoint, note, (), state, resend=True)
+
+    # 9. Each new entry: decodes, is signed as the seq it was sent as, names a registered key, carries a valid
+    #    signature bound to this origin, and links to the leaf hash before it.
+    keys: dict[bytes, list[Verifier]] = {}
+    for verifier in verifiers:
+        keys.setdefault(verifier.key_id, []).append(verifier)
+    tree = state.merkle()
+    prev = state.last_leaf_hash
+    new_entries = []
+    for seq in range(state.size, last + 1):
+        _, raw, signature = entries[seq - first]
+        new_entries.append(_verify_new_entry(origin, keys, seq, raw, signature, prev))
+        prev = new_entries[-1].leaf_hash
+        tree.append(prev)
+
+    # 10. The RFC 6962 root over every held leaf plus the new ones must be the checkpoint's: it is what gets
+    #     cosigned, and what lets anyone prove later that an entry is in the witnessed journal.
+    root = tree.root()
+    if root != checkpoint.root:
+        raise IngestRejected(
+            RejectCode.ROOT_MISMATCH,
+            f"checkpoint root {_short(checkpoint.root)}... for size {checkpoint.size} differs from the root "
+            f"{_short(root)}... recomputed over seq 0 to {last}",
+            seq=last,
+        )
+
+    new_state = OriginState(origin, checkpoint.size, prev, encode_state(tree), "", b"")
+    return BatchResult(checkpoint, note, tuple(new_entries), new_state, resend=False)
+
+
+def _verify_new_entry(
+    origin: str, keys: dict[bytes, list[Verifier]], seq: int, raw: bytes, signature: bytes, prev: bytes
+) -> NewEntry:
+    try:
+        entry = decode_entry(raw)
+    except MalformedEntryError as exc:
+        raise IngestRejected(RejectCode.MALFORMED_ENTRY, f"seq {seq}: {exc}", seq=seq) from exc
+    if entry.seq != seq:
+        raise IngestRejected(
+            RejectCode.NOT_CONTIGUOUS, f"the entry sent as seq {seq} is signed as seq {entry.seq}", seq=seq
+        )
+    candidates = keys.get(entry.key_id)
+    if not candidates:
+        raise IngestRejected(
+            RejectCode.UNKNOWN_KEY,
+            f"seq {seq}: key id {entry.key_id.hex()} is not registered for origin {origin!r}",
+            seq=seq,
+        )
+    payload = signature_payload(origin, raw)
+    # Key ids are 4 bytes, so two registered keys may share one; any of them verifying is enough.
+    if not any(verifier.verify(payload, signature) for verifier in candidates):
+        raise IngestRejected(
+            RejectCode.BAD_SIGNATURE,
+            f"seq {seq}: signature does not verify under key {entry.key_id.hex()} for origin {origin!r}",
+            seq=seq,
+        )
+    if entry.prev_leaf_hash != prev:
+        what = "zeros" if seq == 0 else f"the leaf hash of seq {seq - 1} ({_short(prev)}...)"
+        raise IngestRejected(
+            RejectCode.CHAIN_BREAK,
+            f"seq {seq}: prev_leaf_hash {_short(entry.prev_leaf_hash)}... is not {what}",
+            seq=seq,
+        )
+    body = _parse_body(seq, entry.body)
+    return NewEntry(
+        seq=seq,
+        entry=raw,
+        signature=signature,
+        leaf_hash=leaf_hash(raw, signature),
+        unix_nanos=entry.unix_nanos,
+        body=body,
+        indexed=storable_indexed_values(body),
+    )
+
+
+def _parse_checkpoint(text: str) -> tuple[SignedNote, Checkpoint]:
+    # C2SP signed-note: valid UTF-8 with no control characters but newline. It also keeps the note storable
+    # verbatim as evidence in any database (PostgreSQL text cannot hold NUL).
+    if not is_storable_text(text) or _CONTROL_CHARACTERS.search(text):
+        raise IngestRejected(RejectCode.BAD_CHECKPOINT, "checkpoint note holds control characters or invalid UTF-8")
+    try:
+        note = SignedNote.parse(text)
+        return note, Checkpoint.parse(note.text)
+    except NoteError as exc:
+        raise IngestRejected(RejectCode.BAD_CHECKPOINT, f"checkpoint note is malformed: {exc}") from exc
+
+
+def _signed_by_registered_key(note: SignedNote, line: NoteSignature, verifiers: Sequence[Verifier]) -> bool:
+    message = note.text.encode()
+    return any(line.name == v.name and line.key_id == v.key_id and v.verify(message, line.signature) for v in verifiers)
+
+
+def _parse_body(seq: int, body: bytes) -> dict[str, Any]:
+    try:
+        # Decode explicitly: json.loads(bytes) would also accept UTF-16 and UTF-32.
+        value = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise IngestRejected(RejectCode.MALFORMED_ENTRY, f"seq {seq}: body is not UTF-8 JSON: {exc}", seq=seq) from exc
+    if not isinstance(value, dict):
+        raise IngestRejected(
+            RejectCode.MALFORMED_ENTRY, f"seq {seq}: body is a JSON {type(value).__name__}, not an object", seq=seq
+        )
+    return value
+
+
+def storable_indexed_values(body: dict[str, Any]) -> tuple[Any, ...]:
+    """:func:`indexed_values` with text no database column can hold (NUL, lone surrogates) set to NULL.
+
+    The columns are a search index over signed bytes that are stored verbatim, so an odd value costs only its
+    index entry, never the batch, and both stores index it the same way.
+    """
+    return tuple(None if isinstance(v, str) and not is_storable_text(v) else v for v in indexed_values(body))
+
+
+def is_storable_text(text: str) -> bool:
+    """Whether both stores can hold ``text`` in a text column (no NUL, valid UTF-8)."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _short(digest: bytes) -> str:
+    return digest.hex()[:12]
+
+
+def _quote(value: str, limit: int = 80) -> str:
+    return repr(value if len(value) <= limit else value[:limit] + "...")

@@ -1,0 +1,264 @@
+"""The collector store on PostgreSQL (production), through an asyncpg connection pool.
+
+All tables live in one schema (``agentaudit`` by default), selected with ``search_path`` on every pooled
+connection, so the versioned migrations in ``migrations/postgres`` name no schema. Each ingest is one
+transaction that first locks the origin's state row (``SELECT ... FOR UPDATE``): requests for one origin
+serialize, across connections and across replicas, while different origins proceed in parallel. Signature
+verification runs in a worker thread, so the event loop keeps serving other requests meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+
+from gateway.collector.ingest import (
+    BatchEntry,
+    IngestRejected,
+    OriginState,
+    held_range,
+    is_storable_text,
+    verify_batch,
+)
+from gateway.collector.store import (
+    EVENT_COLUMNS,
+    EVIDENCE_COLUMNS,
+    CollectorUnavailableError,
+    IngestOutcome,
+    alert_evidence,
+    decode_keys,
+    encode_keys,
+    event_row,
+    evidence_dict,
+    evidence_row,
+    migrations,
+    unknown_origin,
+)
+from gateway.errors import ConfigError
+from gateway.signing import Ed25519Signer, Verifier
+
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+
+_SELECT_STATE_FOR_UPDATE = (
+    "SELECT keys, size, last_leaf_hash, tree_state, cosigned_note, cosigned_root FROM origins "
+    "WHERE origin = $1 FOR UPDATE"
+)
+_UPDATE_STATE = (
+    "UPDATE origins SET size = $2, last_leaf_hash = $3, tree_state = $4, cosigned_note = $5, cosigned_root = $6 "
+    "WHERE origin = $1"
+)
+_REGISTER = (
+    "INSERT INTO origins (origin, keys, size, last_leaf_hash, tree_state, cosigned_note, cosigned_root) "
+    "VALUES ($1, $2, 0, $3, $4, '', ''::bytea) ON CONFLICT (origin) DO UPDATE SET keys = EXCLUDED.keys"
+)
+_INSERT_EVIDENCE = (
+    f"INSERT INTO evidence ({', '.join(EVIDENCE_COLUMNS)}) "  # noqa: S608 (module constants only)
+    f"VALUES ({', '.join(f'${i}' for i in range(1, len(EVIDENCE_COLUMNS) + 1))}) "
+    "ON CONFLICT (origin, note_hash) DO NOTHING"
+)
+
+
+class PostgresCollectorStore:
+    """:class:`~gateway.collector.store.CollectorStore` on PostgreSQL.
+
+    Args:
+        dsn: a libpq connection URI (``postgresql://user@host:5432/db``).
+        schema: the schema holding the collector's tables (created if missing).
+        max_connections: pool size; bounds concurrent ingests per replica.
+    """
+
+    def __init__(self, dsn: str, schema: str = "agentaudit", *, max_connections: int = 10) -> None:
+        if not _SCHEMA_NAME.match(schema):
+            raise ConfigError(f"PostgreSQL schema name {schema!r} must match {_SCHEMA_NAME.pattern}")
+        self._dsn = dsn
+        self.schema = schema
+        self._max_connections = max_connections
+        self._pool: Any = None
+
+    async def start(self) -> None:
+        """Opens the pool and applies pending migrations (replicas starting together take turns)."""
+        try:
+            self._pool = await asyncpg.create_pool(
+                self._dsn,
+                min_size=1,
+                max_size=self._max_connections,
+                server_settings={"search_path": self.schema, "application_name": "agentaudit-collector"},
+            )
+            async with self._pool.acquire() as conn:
+                await self._migrate(conn)
+        except _DATABASE_ERRORS as exc:
+            await self.aclose()
+            raise CollectorUnavailableError(f"PostgreSQL collector store: {exc}") from exc
+
+    async def _migrate(self, conn: Any) -> None:
+        async with conn.transaction():
+            # A transaction-scoped advisory lock: a second replica starting at the same moment waits here, then
+            # finds the migrations applied. Keyed by schema, so stores in different schemas do not contend.
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtext($1))", f"agentaudit-collector-migrations:{self.schema}"
+            )
+            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, name text NOT NULL, "
+                "applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            applied = {int(row["version"]) for row in await conn.fetch("SELECT version FROM schema_migrations")}
+            for migration in migrations("postgres"):
+                if migration.version not in applied:
+                    await conn.execute(migration.sql)
+                    await conn.execute(
+                        "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                        migration.version,
+                        migration.name,
+                    )
+
+    async def aclose(self) -> None:
+        """Closes the pool (waiting for connections in use to be released)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            try:
+                await pool.close()
+            except _DATABASE_ERRORS:
+                pool.terminate()
+
+    def _require_pool(self) -> Any:
+        if self._pool is None:
+            raise CollectorUnavailableError("PostgreSQL collector store is not started")
+        return self._pool
+
+    async def register_origin(self, origin: str, verifiers: Sequence[Verifier]) -> None:
+        """Sets the keys accepted for ``origin``, creating the origin if new (its witness state is kept)."""
+        keys = encode_keys(origin, verifiers)
+        empty = OriginState.empty(origin)
+        try:
+            await self._require_pool().execute(_REGISTER, origin, keys, empty.last_leaf_hash, empty.tree)
+        except _DATABASE_ERRORS as exc:
+            raise CollectorUnavailableError(f"PostgreSQL collector store: {exc}") from exc
+
+    async def latest(self, origin: str) -> tuple[int, str]:
+        """The size held and last cosigned note for ``origin``; ``(0, "")`` if nothing is held."""
+        if not is_storable_text(origin):
+            return 0, ""
+        try:
+            row = await self._require_pool().fetchrow(
+                "SELECT size, cosigned_note FROM origins WHERE origin = $1", origin
+            )
+        except _DATABASE_ERRORS as exc:
+            raise CollectorUnavailableError(f"PostgreSQL collector store: {exc}") from exc
+        return (0, "") if row is None else (int(row["size"]), str(row["cosigned_note"]))
+
+    async def ingest(
+        self,
+        origin: str,
+        entries: Sequence[BatchEntry],
+        checkpoint_note: str,
+        witness: Ed25519Signer,
+        now_s: int,
+    ) -> IngestOutcome:
+        """Verifies, stores and cosigns a batch (see :mod:`gateway.collector.store` for the procedure)."""
+        if not is_storable_text(origin):
+            raise unknown_origin(origin)
+        batch = [(int(seq), bytes(entry), bytes(signature)) for seq, entry, signature in entries]
+        evidence: IngestRejected | None = None
+        try:
+            async with self._require_pool().acquire() as conn, conn.transaction():
+                # 1. Lock the origin's state row for the whole transaction.
+                row = await conn.fetchrow(_SELECT_STATE_FOR_UPDATE, origin)
+                if row is None:
+                    raise unknown_origin(origin)
+                state, verifiers = _origin_state(origin, row)
+                # 2. Verify against the held leaves the batch overlaps (CPU-bound: in a thread).
+                span = held_range(state.size, batch)
+                held: dict[int, bytes] = {}
+                if span:
+                    rows = await conn.fetch(
+                        "SELECT seq, leaf_hash FROM events WHERE origin = $1 AND seq >= $2 AND seq < $3",
+                        origin,
+                        span.start,
+                        span.stop,
+                    )
+                    held = {int(r["seq"]): bytes(r["leaf_hash"]) for r in rows}
+                try:
+                    result = await asyncio.to_thread(verify_batch, state, verifiers, batch, checkpoint_note, held.get)
+                except IngestRejected as exc:
+                    if not exc.is_evidence:
+                        raise
+                    # 4. Evidence of rollback or fork: this transaction commits only the evidence row.
+                    await conn.execute(
+                        _INSERT_EVIDENCE, *evidence_row(origin, checkpoint_note, state.cosigned_note, exc.code, now_s)
+                    )
+                    evidence = exc
+                else:
+                    if result.resend:
+                        return IngestOutcome(state.size, 0, state.cosigned_note)
+                    # 3. Cosign, then store the entries and the cosigned state together.
+                    new = result.cosigned_state(witness, now_s)
+                    await conn.copy_records_to_table(
+                        "events",
+                        records=[event_row(origin, e) for e in result.new_entries],
+                        columns=list(EVENT_COLUMNS),
+                        schema_name=self.schema,
+                    )
+                    await conn.execute(
+                        _UPDATE_STATE,
+                        origin,
+                        new.size,
+                        new.last_leaf_hash,
+                        new.tree,
+                        new.cosigned_note,
+                        new.cosigned_root,
+                    )
+                    outcome = IngestOutcome(new.size, len(result.new_entries), new.cosigned_note)
+        except _DATABASE_ERRORS as exc:
+            raise CollectorUnavailableError(f"PostgreSQL collector store: {exc}") from exc
+        if evidence is not None:
+            alert_evidence(origin, evidence)
+            raise evidence
+        return outcome
+
+    async def evidence(self, origin: str) -> list[dict[str, Any]]:
+        """Checkpoints kept as evidence of rollback or fork for ``origin``, oldest first."""
+        if not is_storable_text(origin):
+            return []
+        try:
+            rows = await self._require_pool().fetch(
+                "SELECT origin, received_at, code, note, cosigned_note FROM evidence WHERE origin = $1 "
+                "ORDER BY received_at, note_hash",
+                origin,
+            )
+        except _DATABASE_ERRORS as exc:
+            raise CollectorUnavailableError(f"PostgreSQL collector store: {exc}") from exc
+        return [evidence_dict(tuple(row.values())) for row in rows]
+
+    async def entries(self, origin: str, start: int = 0, end: int | None = None) -> list[BatchEntry]:
+        """Held entries with ``start <= seq < end``, in seq order: (seq, entry, signature)."""
+        if not is_storable_text(origin):
+            return []
+        try:
+            rows = await self._require_pool().fetch(
+                "SELECT seq, entry, signature FROM events WHERE origin = $1 AND seq >= $2 "
+                "AND ($3::bigint IS NULL OR seq < $3) ORDER BY seq",
+                origin,
+                start,
+                end,
+            )
+        except _DATABASE_ERRORS as exc:
+            raise CollectorUnavailableError(f"PostgreSQL collector store: {exc}") from exc
+        return [(int(r["seq"]), bytes(r["entry"]), bytes(r["signature"])) for r in rows]
+
+
+def _origin_state(origin: str, row: Any) -> tuple[OriginState, list[Verifier]]:
+    state = OriginState(
+        origin,
+        int(row["size"]),
+        bytes(row["last_leaf_hash"]),
+        bytes(row["tree_state"]),
+        str(row["cosigned_note"]),
+        bytes(row["cosigned_root"]),
+    )
+    return state, decode_keys(str(row["keys"]))

@@ -1,0 +1,353 @@
+"""Forwards the journal, exactly as signed, to the collector, and keeps its cosignatures as receipts.
+
+One task owns the forwarding loop. It reads entries after a durable cursor, sends them in batches (by count and
+age) with a C2SP checkpoint signed by the journal's key, and, once the collector acknowledges, appends the
+collector's cosigned checkpoint to the journal as a ``cosignature`` receipt and advances the cursor in the same
+transaction. Failures back off exponentially with full jitter; ``RESOURCE_EXHAUSTED`` waits at least the
+collector's ``retry-after``. It never blocks Decide: it only reads through the reader thread and appends through
+the writer like any other event.
+
+Receipts and heartbeats are journal entries too; so that they do not trigger an endless chain of batches, a batch
+is only sent for other entries, or after ``idle_checkpoint_s`` (when a heartbeat is appended first, so a quiet
+journal still gets a fresh witnessed checkpoint at least that often).
+
+Restart handshake: on its first successful contact, the forwarder asks the collector for its latest cosigned
+checkpoint. If the local journal is shorter, or has another root at that size (restored from an old backup,
+truncated, rewritten), it journals a ``gap_recovery`` event citing the cosigned checkpoint, logs and alerts, and
+(with ``on_rollback: stop``, the default) makes Decide refuse until an operator acknowledges.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import grpc
+
+from agentaudit.v1 import collector_pb2, collector_pb2_grpc
+from gateway.journal.merkle import MerkleRoot
+from gateway.journal.note import Checkpoint, NoteError, SignedNote, sign_checkpoint
+from gateway.journal.store import JournalReader
+from gateway.journal.writer import JournalWriter
+from gateway.recorder import AuditRecorder
+from gateway.signing import Ed25519Signer
+
+log = logging.getLogger(__name__)
+
+RECEIPT_KINDS = ("cosignature", "heartbeat")
+
+
+class UpstreamError(Exception):
+    """A batch was not acknowledged; ``retry_after_s`` is the collector's back-pressure hint, if any."""
+
+    def __init__(self, message: str, *, rejected: str = "", retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.rejected = rejected  # the collector's rejection code (rollback, fork, bad_signature, ...), if refused
+        self.retry_after_s = retry_after_s
+
+
+class Upstream(Protocol):
+    """Where batches go (the collector)."""
+
+    async def ingest(
+        self, origin: str, entries: Sequence[tuple[int, bytes, bytes]], checkpoint: str
+    ) -> tuple[int, str]:
+        """Sends a batch; returns the collector's size and cosigned checkpoint. Raises UpstreamError."""
+        ...
+
+    async def checkpoint(self, origin: str) -> tuple[int, str]:
+        """The collector's latest cosigned size and note for this origin. Raises UpstreamError."""
+        ...
+
+    async def aclose(self) -> None:
+        """Releases the connection."""
+        ...
+
+
+class GrpcUpstream:
+    """The CollectorService over gRPC."""
+
+    def __init__(self, target: str, timeout_s: float = 30.0) -> None:
+        self._channel = grpc.aio.insecure_channel(target, options=[("grpc.max_send_message_length", 64 << 20)])
+        self._stub = collector_pb2_grpc.CollectorServiceStub(self._channel)
+        self._timeout_s = timeout_s
+
+    async def ingest(
+        self, origin: str, entries: Sequence[tuple[int, bytes, bytes]], checkpoint: str
+    ) -> tuple[int, str]:
+        request = collector_pb2.IngestRequest(
+            origin=origin,
+            entries=[collector_pb2.JournalEntry(seq=s, entry=e, signature=g) for s, e, g in entries],
+            checkpoint=checkpoint,
+        )
+        try:
+            reply = await self._stub.Ingest(request, timeout=self._timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            raise _upstream_error(exc) from None
+        return reply.size, reply.cosigned_checkpoint
+
+    async def checkpoint(self, origin: str) -> tuple[int, str]:
+        try:
+            reply = await self._stub.GetCheckpoint(
+                collector_pb2.GetCheckpointRequest(origin=origin), timeout=self._timeout_s
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _upstream_error(exc) from None
+        return reply.size, reply.cosigned_checkpoint
+
+    async def aclose(self) -> None:
+        await self._channel.close(None)
+
+
+def _upstream_error(exc: grpc.aio.AioRpcError) -> UpstreamError:
+    code, details = exc.code(), exc.details() or ""
+    retry_after = None
+    metadata: Any = exc.trailing_metadata() or ()
+    for key, value in metadata:
+        if key == "retry-after-ms":
+            with contextlib.suppress(ValueError):
+                retry_after = int(value) / 1000
+    rejected = ""
+    if code == grpc.StatusCode.FAILED_PRECONDITION and details.startswith("rejected:"):
+        rejected = details.split(":", 2)[1]
+    return UpstreamError(f"{code.name}: {details}", rejected=rejected, retry_after_s=retry_after)
+
+
+@dataclass
+class ForwarderStatus:
+    """Backlog and health, for the CLI and (later) metrics."""
+
+    acked_size: int = 0
+    journal_size: int = 0
+    oldest_unsent_s: float = 0.0
+    last_error: str = ""
+    consecutive_failures: int = 0
+    recovery_required: str = ""  # non-empty: why Decide is refused until an operator acknowledges
+
+    @property
+    def backlog(self) -> int:
+        return max(0, self.journal_size - self.acked_size)
+
+
+class Forwarder:
+    """Owns the forwarding task (``start`` / ``aclose``)."""
+
+    def __init__(
+        self,
+        writer: JournalWriter,
+        reader: JournalReader,
+        recorder: AuditRecorder,
+        signer: Ed25519Signer,
+        upstream: Upstream,
+        *,
+        batch_max_entries: int = 500,
+        batch_max_age_s: float = 1.0,
+        idle_checkpoint_s: float = 60.0,
+        backoff_initial_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+        fail_closed_on_rollback: bool = True,
+    ) -> None:
+        self._writer = writer
+        self._reader = reader
+        self._recorder = recorder
+        self._signer = signer
+        self._upstream = upstream
+        self._batch = batch_max_entries
+        self._max_age = batch_max_age_s
+        self._idle = idle_checkpoint_s
+        self._backoff = (backoff_initial_s, backoff_max_s)
+        self._fail_closed = fail_closed_on_rollback
+        self._tree = MerkleRoot()
+        self._receipt_seqs: set[int] = set()
+        self._handshake_done = False
+        self._acknowledged = False
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self._last_send = time.monotonic()
+        self._pending_since: float | None = None
+        self.status = ForwarderStatus()
+
+    @property
+    def blocked(self) -> str:
+        """Why Decide must refuse (a detected rollback awaiting acknowledgement), or ''."""
+        return self.status.recovery_required if self._fail_closed else ""
+
+    async def start(self) -> None:
+        """Loads the cursor and the tree up to it, then starts the loop."""
+        rows = await self._reader.rows("SELECT acked_size FROM forwarder_state WHERE origin = ?", (self._signer.name,))
+        acked = int(rows[0]["acked_size"]) if rows else 0
+        await self._extend_tree(acked)
+        self.status.acked_size = acked
+        self._task = asyncio.create_task(self._run(), name="forwarder")
+
+    async def _extend_tree(self, size: int) -> None:
+        """Extends the local Merkle tree with the stored leaf hashes up to ``size``."""
+        start = self._tree.size
+        while start < size:
+            end = min(size, start + 10_000)
+            rows = await self._reader.rows(
+                "SELECT seq, leaf_hash FROM journal WHERE seq >= ? AND seq < ? ORDER BY seq", (start, end)
+            )
+            if len(rows) != end - start:
+                raise UpstreamError(f"journal is missing entries between {start} and {end}")
+            for row in rows:
+                self._tree.append(bytes(row["leaf_hash"]))
+            start = end
+
+    async def aclose(self, flush_timeout_s: float = 5.0) -> None:
+        """Flushes what is unsent (within the timeout), then stops."""
+        if self._task is None:
+            return
+        self._stopping.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), flush_timeout_s)
+        except TimeoutError:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._task = None
+        await self._upstream.aclose()
+
+    async def acknowledge_recovery(self) -> None:
+        """An operator accepted the detected rollback: Decide answers again.
+
+        The collector will keep refusing this journal's batches (they contradict what it cosigned), which stays
+        visible in the forwarder status and the logs; it is not journaled as a new detection each time.
+        """
+        self.status.recovery_required = ""
+        self._acknowledged = True
+
+    async def _run(self) -> None:
+        delay = 0.0
+        while True:
+            stopping = self._stopping.is_set()
+            if delay:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+                if self._stopping.is_set() and not stopping:
+                    delay = 0.0  # one final attempt to flush
+                    continue
+            try:
+                if not self._handshake_done:
+                    await self._handshake()
+                sent = await self._maybe_send(flush=stopping)
+                self.status.consecutive_failures = 0
+                self.status.last_error = ""
+                delay = 0.0 if sent else min(0.05, self._max_age)
+            except (UpstreamError, NoteError, OSError) as exc:
+                self.status.consecutive_failures += 1
+                self.status.last_error = str(exc)
+                if isinstance(exc, UpstreamError) and exc.rejected in ("rollback", "fork"):
+                    await self._rollback_detected(f"collector refused the batch: {exc}", "")
+                log.warning("forwarding failed (%d in a row): %s", self.status.consecutive_failures, exc)
+                base, cap = self._backoff
+                # Full jitter (not security-relevant randomness): spreads many sidecars' retries apart.
+                delay = random.uniform(0, min(cap, base * 2 ** (self.status.consecutive_failures - 1)))  # noqa: S311
+                if isinstance(exc, UpstreamError) and exc.retry_after_s is not None:
+                    delay = max(delay, exc.retry_after_s)
+                if stopping:
+                    return
+                continue
+            if stopping and self.status.backlog == 0:
+                return
+            if stopping and not sent:
+                return
+
+    async def _handshake(self) -> None:
+        size, note_text = await self._upstream.checkpoint(self._signer.name)
+        self._handshake_done = True
+        if size == 0:
+            return
+        local = self._writer.size
+        if size > local:
+            await self._rollback_detected(
+                f"the collector cosigned {size} entries but the local journal has only {local}", note_text
+            )
+            return
+        checkpoint = Checkpoint.parse(SignedNote.parse(note_text).text)
+        probe = MerkleRoot()
+        rows_needed = size
+        start = 0
+        while start < rows_needed:
+            end = min(rows_needed, start + 10_000)
+            for row in await self._reader.rows(
+                "SELECT leaf_hash FROM journal WHERE seq >= ? AND seq < ? ORDER BY seq", (start, end)
+            ):
+                probe.append(bytes(row["leaf_hash"]))
+            start = end
+        if probe.root() != checkpoint.root:
+            await self._rollback_detected(
+                f"the local journal's first {size} entries differ from what was cosigned", note_text
+            )
+            return
+        if size > self.status.acked_size:
+            # The acknowledgement of the last batch was lost: the collector holds more than our cursor says.
+            await self._extend_tree(size)
+            await self._record_receipt(size, note_text)
+
+    async def _rollback_detected(self, why: str, note_text: str) -> None:
+        if self.status.recovery_required or self._acknowledged:
+            return
+        self.status.recovery_required = why
+        log.error("journal rollback or fork detected: %s", why)
+        await self._recorder.record_gap_recovery(why, note_text, self._writer.size, fail_closed=self._fail_closed)
+
+    async def _maybe_send(self, *, flush: bool) -> bool:
+        tail = self._writer.size
+        self.status.journal_size = tail
+        acked = self.status.acked_size
+        if tail <= acked:
+            self._pending_since = None
+            if not flush and time.monotonic() - self._last_send >= self._idle:
+                await self._recorder.record_heartbeat()
+            return False
+        real = (tail - acked) - len([s for s in self._receipt_seqs if s >= acked])
+        now = time.monotonic()
+        if real > 0 and self._pending_since is None:
+            self._pending_since = now
+        self.status.oldest_unsent_s = 0.0 if self._pending_since is None else now - self._pending_since
+        due = flush or (real >= self._batch) or (real > 0 and now - (self._pending_since or now) >= self._max_age)
+        if not due and now - self._last_send < self._idle:
+            return False
+        end = min(tail, acked + self._batch)
+        rows = await self._reader.rows(
+            "SELECT seq, entry, signature, leaf_hash FROM journal WHERE seq >= ? AND seq < ? ORDER BY seq", (acked, end)
+        )
+        if len(rows) != end - acked:
+            raise UpstreamError(f"journal is missing entries between {acked} and {end}")
+        tree = copy.deepcopy(self._tree)
+        for row in rows:
+            tree.append(bytes(row["leaf_hash"]))
+        note = sign_checkpoint(Checkpoint(self._signer.name, end, tree.root()), self._signer)
+        entries = [(int(r["seq"]), bytes(r["entry"]), bytes(r["signature"])) for r in rows]
+        size, cosigned = await self._upstream.ingest(self._signer.name, entries, note.encode())
+        if size < end:
+            raise UpstreamError(f"the collector acknowledged {size} entries, expected {end}")
+        self._tree = tree
+        self._last_send = time.monotonic()
+        await self._record_receipt(end, cosigned)
+        self._pending_since = None if end >= tail else self._pending_since
+        return True
+
+    async def _record_receipt(self, size: int, cosigned: str) -> None:
+        receipt = await self._recorder.record_cosignature(
+            size,
+            self._tree.root().hex(),
+            cosigned,
+            state=[
+                (
+                    "INSERT OR REPLACE INTO forwarder_state (origin, acked_size, cosigned_note) VALUES (?, ?, ?)",
+                    (self._signer.name, size, cosigned),
+                )
+            ],
+        )
+        self._receipt_seqs = {s for s in self._receipt_seqs if s >= size}
+        self._receipt_seqs.add(receipt.receipt.seq)
+        self.status.acked_size = size
