@@ -208,6 +208,7 @@ class Sidecar:
             backoff_initial_s=cfg.forward.backoff_initial_s,
             backoff_max_s=cfg.forward.backoff_max_s,
             fail_closed_on_rollback=cfg.forward.on_rollback == "stop",
+            alerts=self._alerts,
         )
         await self.forwarder.start()
 

@@ -94,7 +94,11 @@ def _print_dev_banner(
         print(f"  agentaudit kill-switch engage --scope tenant --target t_42 --reason drill {flags}")
         print("  (run from the directory holding .agentaudit/ and the flags can be left out)")
     print("verify:")
-    print(f"  agentaudit verify {cfg.journal.path} --public-key {pub}")
+    witness = directory / "witness.pub"
+    witnessed = f" --witness-key {witness}" if cfg.forward.target == "embedded" and witness.exists() else ""
+    print(f"  agentaudit verify {cfg.journal.path} --public-key {pub}{witnessed}")
+    if cfg.forward.target:
+        print(f"  agentaudit forwarder status {cfg.journal.path}")
     print(f"  agentaudit events {cfg.journal.path}")
     sys.stdout.flush()
 

@@ -32,10 +32,13 @@ from typing import Any, Protocol
 import grpc
 
 from agentaudit.v1 import collector_pb2, collector_pb2_grpc
+from gateway import reasons
+from gateway.alerts import Alert
+from gateway.ids import rfc3339_nanos
 from gateway.journal.merkle import MerkleRoot
 from gateway.journal.note import Checkpoint, NoteError, SignedNote, sign_checkpoint
 from gateway.journal.store import JournalReader
-from gateway.journal.writer import JournalWriter
+from gateway.journal.writer import JournalWriter, now_nanos
 from gateway.recorder import AuditRecorder
 from gateway.signing import Ed25519Signer
 
@@ -51,6 +54,14 @@ class UpstreamError(Exception):
         super().__init__(message)
         self.rejected = rejected  # the collector's rejection code (rollback, fork, bad_signature, ...), if refused
         self.retry_after_s = retry_after_s
+
+
+class AlertSink(Protocol):
+    """Takes alerts without blocking (the AlertDispatcher)."""
+
+    def notify(self, alert: Alert) -> None:
+        """Queues an alert."""
+        ...
 
 
 class Upstream(Protocol):
@@ -153,6 +164,7 @@ class Forwarder:
         backoff_initial_s: float = 0.5,
         backoff_max_s: float = 30.0,
         fail_closed_on_rollback: bool = True,
+        alerts: AlertSink | None = None,
     ) -> None:
         self._writer = writer
         self._reader = reader
@@ -164,6 +176,7 @@ class Forwarder:
         self._idle = idle_checkpoint_s
         self._backoff = (backoff_initial_s, backoff_max_s)
         self._fail_closed = fail_closed_on_rollback
+        self._alerts = alerts
         self._tree = MerkleRoot()
         self._receipt_seqs: set[int] = set()
         self._handshake_done = False
@@ -297,7 +310,28 @@ class Forwarder:
             return
         self.status.recovery_required = why
         log.error("journal rollback or fork detected: %s", why)
-        await self._recorder.record_gap_recovery(why, note_text, self._writer.size, fail_closed=self._fail_closed)
+        event = await self._recorder.record_gap_recovery(
+            why, note_text, self._writer.size, fail_closed=self._fail_closed
+        )
+        if self._alerts is not None:
+            self._alerts.notify(
+                Alert(
+                    decision="stop",
+                    reason=reasons.JOURNAL_RECOVERY_REQUIRED,
+                    policy_layer="audit",
+                    policy_rule="",
+                    policy_version="",
+                    tenant_id="",
+                    run_id="",
+                    step_id=0,
+                    agent_id="",
+                    action="",
+                    event_id=event.event_id,
+                    approval_id="",
+                    timestamp=rfc3339_nanos(now_nanos()),
+                    origin=self._signer.name,
+                )
+            )
 
     async def _maybe_send(self, *, flush: bool) -> bool:
         tail = self._writer.size

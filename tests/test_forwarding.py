@@ -255,3 +255,46 @@ def test_a_journal_restored_from_an_old_copy_is_detected_and_fails_closed(collec
     recovery = [b for _, b in iter_bodies(gw.journal_path, kind="gap_recovery")]
     assert recovery[0]["operation"] == "detected" and recovery[0]["checkpoint"]
     assert recovery[-1]["operation"] == "acknowledged"
+
+
+def test_a_lost_acknowledgement_is_recovered_by_the_handshake_without_duplicates(collector: Any) -> None:
+    proc, sidecars = collector
+    d, origin = sidecars[0]
+    gw = start_gateway(d, forward=True)
+    load(gw, 20, "run_1")
+    wait_for(lambda: proc.size(origin) >= 20)
+    gw.stop()
+    held = proc.size(origin)
+    # The collector acknowledged, but the acknowledgement never reached the cursor (lost on the way back).
+    with sqlite3.connect(gw.journal_path) as conn:
+        conn.execute("UPDATE forwarder_state SET acked_size = acked_size - 7")
+    gw = start_gateway(d, forward=True)
+    try:
+        load(gw, 5, "run_2")
+        wait_for(lambda: proc.size(origin) >= held + 5)
+    finally:
+        gw.stop()
+    remote = collector_rows(proc.directory / "collector.db", origin)
+    assert [r[0] for r in remote] == list(range(len(remote))), "nothing duplicated or skipped"
+    assert remote == journal_rows(gw.journal_path)[: len(remote)]
+
+
+def test_collector_killed_repeatedly_under_load_loses_nothing(collector: Any) -> None:
+    proc, sidecars = collector
+    d, origin = sidecars[0]
+    gw = start_gateway(d, forward=True)
+    try:
+        for round_ in range(3):
+            before = proc.size(origin)
+            worker = threading.Thread(target=load, args=(gw, 60, f"run_{round_}"))
+            worker.start()
+            wait_for(lambda before=before: proc.size(origin) > before)  # batches are flowing: kill mid-stream
+            proc.stop(signal.SIGKILL)
+            worker.join()
+            proc.start()
+        wait_for(lambda: proc.size(origin) >= len(journal_rows(gw.journal_path)) - 1)
+    finally:
+        gw.stop()
+    remote = collector_rows(proc.directory / "collector.db", origin)
+    assert [r[0] for r in remote] == list(range(len(remote)))
+    assert remote == journal_rows(gw.journal_path)[: len(remote)]
