@@ -32,7 +32,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench import policy_eval
+from bench import collector_ingest, policy_eval
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench" / "results"
@@ -404,6 +404,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--policy-evaluations", type=int, default=50_000, help="timed policy evaluations per policy (default 50000)"
     )
+    parser.add_argument(
+        "--collector-events",
+        type=int,
+        default=collector_ingest.DEFAULT_EVENTS,
+        help=f"journal entries for the collector ingest benchmark (default {collector_ingest.DEFAULT_EVENTS})",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS_PATH, help=f"results file (default {RESULTS_PATH})")
     return parser.parse_args(argv)
 
@@ -433,6 +439,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # In-process and after the servers have stopped, so nothing else competes for the CPU.
         progress("measuring policy evaluation (50-rule policy vs a one-binding baseline)")
         summary["policy"] = policy_eval.run(args.policy_evaluations)
+        progress(f"measuring collector ingest into PostgreSQL ({args.collector_events} events) vs raw COPY")
+        summary["collector_ingest"] = collector_ingest.run(args.collector_events, progress=progress)
     if "echo" in results and "decide" in results:
         summary["ratios"] = compute_ratios(results["echo"], results["decide"], concurrency)
     summary.update(
@@ -454,6 +462,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "policy" in summary:
         print()
         print(policy_eval.format_result(summary["policy"]))
+    if "collector_ingest" in summary:
+        print()
+        print(collector_ingest.format_result(summary["collector_ingest"]))
     notes = format_notes(results, targets)
     if notes:
         print()

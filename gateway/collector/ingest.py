@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import enum
 import json
+import os
 import re
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -289,10 +291,11 @@ def verify_batch(
         keys.setdefault(verifier.key_id, []).append(verifier)
     tree = state.merkle()
     prev = state.last_leaf_hash
+    new = entries[state.size - first :]
+    signatures_ok = _check_signatures(origin, keys, new)
     new_entries = []
-    for seq in range(state.size, last + 1):
-        _, raw, signature = entries[seq - first]
-        new_entries.append(_verify_new_entry(origin, keys, seq, raw, signature, prev))
+    for (seq, raw, signature), signed in zip(new, signatures_ok, strict=True):
+        new_entries.append(_verify_new_entry(origin, keys, seq, raw, signature, prev, signed))
         prev = new_entries[-1].leaf_hash
         tree.append(prev)
 
@@ -311,8 +314,44 @@ def verify_batch(
     return BatchResult(checkpoint, note, tuple(new_entries), new_state, resend=False)
 
 
+_SIGNATURE_CHUNK = 128
+_signature_pool = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="sig-verify")
+
+
+def _check_signatures(origin: str, keys: dict[bytes, list[Verifier]], entries: Sequence[BatchEntry]) -> list[bool]:
+    """Whether each entry's signature verifies under a key registered for its key id, checked in parallel.
+
+    Ed25519 verification is ~40 µs and PyNaCl releases the GIL while it runs, so spreading it over the cores
+    roughly halves ingest time on two. Entries that do not decode count as unsigned here; the sequential checks
+    report them precisely.
+    """
+
+    def check(chunk: Sequence[BatchEntry]) -> list[bool]:
+        results = []
+        for _, raw, signature in chunk:
+            try:
+                key_id = decode_entry(raw).key_id
+            except MalformedEntryError:
+                results.append(False)
+                continue
+            payload = signature_payload(origin, raw)
+            results.append(any(v.verify(payload, signature) for v in keys.get(key_id, ())))
+        return results
+
+    chunks = [entries[i : i + _SIGNATURE_CHUNK] for i in range(0, len(entries), _SIGNATURE_CHUNK)]
+    if len(chunks) <= 1:
+        return check(entries)
+    return [ok for part in _signature_pool.map(check, chunks) for ok in part]
+
+
 def _verify_new_entry(
-    origin: str, keys: dict[bytes, list[Verifier]], seq: int, raw: bytes, signature: bytes, prev: bytes
+    origin: str,
+    keys: dict[bytes, list[Verifier]],
+    seq: int,
+    raw: bytes,
+    signature: bytes,
+    prev: bytes,
+    signed: bool,
 ) -> NewEntry:
     try:
         entry = decode_entry(raw)
@@ -329,9 +368,9 @@ def _verify_new_entry(
             f"seq {seq}: key id {entry.key_id.hex()} is not registered for origin {origin!r}",
             seq=seq,
         )
-    payload = signature_payload(origin, raw)
-    # Key ids are 4 bytes, so two registered keys may share one; any of them verifying is enough.
-    if not any(verifier.verify(payload, signature) for verifier in candidates):
+    # Key ids are 4 bytes, so two registered keys may share one; any of them verifying is enough
+    # (checked in parallel beforehand by _check_signatures).
+    if not signed:
         raise IngestRejected(
             RejectCode.BAD_SIGNATURE,
             f"seq {seq}: signature does not verify under key {entry.key_id.hex()} for origin {origin!r}",
