@@ -68,6 +68,7 @@ class ServerSpec:
     argv: list[str]
     address: str
     log_path: Path
+    env: dict[str, str] | None = None  # extra environment for the server
 
 
 def echo_spec(workdir: Path) -> ServerSpec:
@@ -83,7 +84,10 @@ def decide_spec(workdir: Path) -> ServerSpec:
     # The CLI installed next to this interpreter, i.e. the project's venv, not whatever is first on PATH.
     cli = Path(sys.executable).parent / "agentaudit"
     argv = [str(cli), "dev", "--dir", str(workdir), "--listen", address]
-    return ServerSpec("decide", argv, address, RESULTS_DIR / "decide-server.log")
+    # Forwarding off: `dev` would otherwise run an embedded collector in the same process, competing for the
+    # CPU being measured. In production the collector is elsewhere; its ingest is measured separately below.
+    env = {"AGENTAUDIT_FORWARD_TARGET": ""}
+    return ServerSpec("decide", argv, address, RESULTS_DIR / "decide-server.log", env)
 
 
 SPECS = {"echo": echo_spec, "decide": decide_spec}
@@ -105,7 +109,8 @@ def running_server(spec: ServerSpec, report: ServerReport) -> Iterator[None]:
     with spec.log_path.open("wb") as log:
         try:
             # Output goes to a file, never a pipe nobody reads: a full pipe would stall the server mid-run.
-            process = subprocess.Popen(spec.argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+            env = {**os.environ, **(spec.env or {})}
+            process = subprocess.Popen(spec.argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
         except OSError as exc:
             raise ServerStartError(f"{spec.name}: cannot run {spec.argv[0]}: {exc}") from exc
         try:
