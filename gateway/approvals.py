@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -36,6 +37,7 @@ _COLUMNS = (
     "policy_rule, approvers, created_ns, expires_ns, resolved_by, resolved_ns, comment, event_id"
 )
 MAX_LIST = 1000
+_CLOSED_KEPT = 10_000
 _RESUME_REFUSALS = frozenset(
     {
         reasons.APPROVAL_NOT_FOUND,
@@ -97,6 +99,8 @@ class ApprovalBook:
         self._reader = reader
         self._expiry_check_s = expiry_check_s
         self._open: dict[str, Approval] = {}
+        # Recently closed approvals (used, denied, expired), so a late resume gets a precise reason.
+        self._closed: OrderedDict[str, Approval] = OrderedDict()
         self._changed: dict[str, asyncio.Event] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -164,7 +168,14 @@ class ApprovalBook:
         """
         approval = self._open.get(request.approval_id)
         if approval is None:
-            return reasons.APPROVAL_NOT_FOUND, None
+            closed = self._closed.get(request.approval_id)
+            if closed is None:
+                return reasons.APPROVAL_NOT_FOUND, None
+            if closed.used:
+                return reasons.APPROVAL_USED, closed
+            return {DENIED: reasons.APPROVAL_DENIED, EXPIRED: reasons.APPROVAL_EXPIRED}.get(
+                closed.state, reasons.APPROVAL_NOT_FOUND
+            ), closed
         if approval.state == PENDING and now_nanos() >= approval.expires_ns:
             return reasons.APPROVAL_EXPIRED, approval
         if (approval.tenant_id, approval.run_id, approval.action_key) != (
@@ -188,7 +199,13 @@ class ApprovalBook:
 
     def used(self, approval: Approval) -> None:
         """The resuming pre-event is committed: the approval is closed."""
+        self._close(approval)
+
+    def _close(self, approval: Approval) -> None:
         self._open.pop(approval.approval_id, None)
+        self._closed[approval.approval_id] = approval
+        while len(self._closed) > _CLOSED_KEPT:
+            self._closed.popitem(last=False)
 
     def unreserve(self, approval: Approval) -> None:
         """The resuming pre-event was not committed: the approval may be used again."""
@@ -244,7 +261,7 @@ class ApprovalBook:
             comment,
         )
         if not grant:
-            self._open.pop(approval_id, None)
+            self._close(approval)
         self._notify(approval_id)
         return approval, event.event_id
 
@@ -271,7 +288,7 @@ class ApprovalBook:
                 self._resolution(approval.approval_id, EXPIRED, "", now, ""),
             )
             approval.state, approval.resolved_ns = EXPIRED, now
-            self._open.pop(approval.approval_id, None)
+            self._close(approval)
             self._notify(approval.approval_id)
             log.info("approval %s expired (event %s)", approval.approval_id, event.event_id)
         return len(due)

@@ -139,7 +139,7 @@ def test_an_approval_is_single_use(sidecar: RunningGateway) -> None:
     grant(sidecar, pending.approval_id)
     assert ask_refund(sidecar, approval_id=pending.approval_id).decision == types_pb2.DECISION_ALLOW
     again = ask_refund(sidecar, approval_id=pending.approval_id)
-    assert (again.decision, again.reason) == (types_pb2.DECISION_STOP, "approval_not_found")
+    assert (again.decision, again.reason) == (types_pb2.DECISION_STOP, "approval_used")
 
 
 def test_resuming_before_resolution_is_still_pending_and_denied_stops(sidecar: RunningGateway) -> None:
@@ -158,7 +158,7 @@ def test_resuming_before_resolution_is_still_pending_and_denied_stops(sidecar: R
             timeout=10,
         )
     denied = ask_refund(sidecar, approval_id=pending.approval_id)
-    assert (denied.decision, denied.reason) == (types_pb2.DECISION_STOP, "approval_not_found")
+    assert (denied.decision, denied.reason) == (types_pb2.DECISION_STOP, "approval_denied")
     assert events(sidecar.journal_path, "approval_denied")[0]["actor"]["id"] == "alice"
 
 
@@ -172,7 +172,7 @@ def test_an_expired_approval_is_journaled_and_cannot_be_granted(tmp_path: Path) 
             grant(gw, pending.approval_id)
         assert info.value.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION)
         late = ask_refund(gw, approval_id=pending.approval_id)
-        assert (late.decision, late.reason) == (types_pb2.DECISION_STOP, "approval_not_found")
+        assert (late.decision, late.reason) == (types_pb2.DECISION_STOP, "approval_expired")
         expired = events(gw.journal_path, "approval_expired")[0]
         assert expired["approval_id"] == pending.approval_id
         assert expired["actor"] == {"type": "system", "id": "agentaudit"}
