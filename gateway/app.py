@@ -162,7 +162,13 @@ class Sidecar:
         self.bound = self._listen(self._server, cfg.server.listen, None)
         if cfg.operator.listen:
             operator = OperatorServicer(
-                Authenticator(cfg.operator), recorder, self.approvals, self.switches, self.policy, self.forwarder
+                Authenticator(cfg.operator),
+                recorder,
+                self.approvals,
+                self.switches,
+                self.policy,
+                self._reader,
+                self.forwarder,
             )
             self._operator_server = grpc.aio.server(options=options)
             self._operator_server.add_generic_rpc_handlers([operator_handler(operator)])

@@ -364,6 +364,114 @@ def cmd_events(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from gateway.errors import JournalUnavailableError  # noqa: PLC0415
+    from gateway.journal import query  # noqa: PLC0415
+    from gateway.journal.store import connect_readonly  # noqa: PLC0415
+
+    flt = query.EventFilter(**{f.name: getattr(args, f.name) for f in dataclasses.fields(query.EventFilter)})
+    if flt.since_ns is not None and flt.until_ns is not None and flt.since_ns >= flt.until_ns:
+        raise ConfigError("--since must be earlier than --until")
+    try:
+        conn = connect_readonly(Path(args.journal))
+    except JournalUnavailableError as exc:
+        raise ConfigError(str(exc)) from exc
+    try:
+        origin = query.journal_origin(conn)
+        # A snapshot: entries appended while the export runs are left for the next one (resume after the last seq).
+        events = query.select(conn, flt, limit=args.limit, through_seq=query.last_seq(conn))
+        cloudevents = args.format == "cloudevents"
+        for seq, body in events:
+            print(query.cloudevent_line(seq, body, origin) if cloudevents else query.json_line(seq, body))
+    finally:
+        conn.close()
+    return EXIT_OK
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from gateway.errors import JournalUnavailableError  # noqa: PLC0415
+    from gateway.journal import query  # noqa: PLC0415
+    from gateway.journal.store import connect_readonly  # noqa: PLC0415
+
+    flt = query.EventFilter(**{f.name: getattr(args, f.name) for f in dataclasses.fields(query.EventFilter)})
+    if flt.since_ns is not None and flt.until_ns is not None and flt.since_ns >= flt.until_ns:
+        raise ConfigError("--since must be earlier than --until")
+    render = query.json_line if args.json else query.summary_line
+    try:
+        conn = connect_readonly(Path(args.journal))
+    except JournalUnavailableError as exc:
+        raise ConfigError(str(exc)) from exc
+    stopping: list[int] = []
+    previous: dict[signal.Signals, Any] = {}
+    if args.follow:
+        # SIGINT/SIGTERM end the follow loop cleanly (exit 0) between polls, never halfway through a line.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, lambda signum, _frame: stopping.append(signum))
+    try:
+        seen = query.last_seq(conn)
+        newest = dataclasses.replace(flt, newest_first=True)
+        last = list(query.select(conn, newest, limit=args.lines, through_seq=seen))
+        for seq, body in reversed(last):
+            print(render(seq, body))
+        sys.stdout.flush()
+        while args.follow and not stopping:
+            # Sleep in short slices so a signal ends the wait promptly whatever the interval.
+            deadline = time.monotonic() + args.interval
+            while not stopping and (remaining := deadline - time.monotonic()) > 0:
+                time.sleep(min(remaining, 0.1))
+            if stopping:
+                break
+            # One short read per poll (no transaction stays open), so the sidecar's WAL checkpoints go on.
+            top = query.last_seq(conn)
+            if top < seen:
+                log.warning("journal shrank from %d to %d entries (replaced or rolled back?)", seen + 1, top + 1)
+            elif top > seen:
+                for seq, body in query.select(conn, flt, after_seq=seen, through_seq=top):
+                    print(render(seq, body))
+                sys.stdout.flush()
+            seen = top
+    finally:
+        conn.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return EXIT_OK
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    import sqlite3  # noqa: PLC0415
+
+    from gateway.journal.store import iter_bodies  # noqa: PLC0415
+    from gateway.journal.verify import verify_journal  # noqa: PLC0415
+    from gateway.signing import load_verifier  # noqa: PLC0415
+    from gateway.trace import CONTEXT_KINDS, build_trace, format_trace, verification_from_report  # noqa: PLC0415
+
+    path = Path(args.journal)
+    verifiers = [load_verifier(Path(p)) for p in args.public_key or []]
+    try:
+        # The run_id index serves the run; operator events (few) come from one query per kind.
+        events = [{"seq": seq, **body} for seq, body in iter_bodies(path, run_id=args.run_id)]
+        # A run-scoped kill switch carries the run id too, but alone it does not make a run.
+        if all(event.get("kind") in CONTEXT_KINDS for event in events):
+            print(f"agentaudit: no events for run {args.run_id!r} in {path}", file=sys.stderr)
+            return EXIT_USAGE
+        last = events[-1]["seq"]
+        context = [
+            {"seq": seq, **body} for kind in CONTEXT_KINDS for seq, body in iter_bodies(path, kind=kind) if seq <= last
+        ]
+        # Verified after reading: the journal is append-only, so every event read is in the verified snapshot.
+        verified, status = (
+            verification_from_report(verify_journal(path, verifiers))
+            if verifiers
+            else (None, "not checked (no --public-key given)")
+        )
+    except (JournalError, sqlite3.Error, ValueError) as exc:
+        print(f"agentaudit: cannot read {path}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    trace = build_trace(events, run_id=args.run_id, verified=verified, context_events=context, journal_status=status)
+    print(json.dumps(trace.to_json(), ensure_ascii=False) if args.json else format_trace(trace))
+    return EXIT_FAILURE if trace.anomalies else EXIT_OK
+
+
 def cmd_policy_check(args: argparse.Namespace) -> int:
     from gateway.policy_manager import load_document  # noqa: PLC0415
 
@@ -504,6 +612,93 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id", help="only events of this run")
     p.add_argument("--kind", help="only events of this kind (pre_exec, post_exec, violation, ...)")
     p.set_defaults(func=cmd_events)
+
+    p = sub.add_parser(
+        "trace",
+        help="a run as a timeline with approvals, operator actions and anomalies "
+        "(exit 0 clean, 1 anomalies, 2 unknown run or unreadable journal)",
+        description="Print a run step by step: decision, reason, policy layer and rule, the approval chain, the "
+        "result, operator actions that affected it (kill switches, policy changes), each event's verification "
+        "status (✓ verified, ✗ finding, ? not checked) and anomalies (missing_result, result_without_allow, "
+        "missing_steps, violation, unresolved_approval, verification_failed). Exit status: 0 no anomaly, "
+        "1 the run has anomalies (gate scripts on it), 2 unknown run or unreadable journal.",
+    )
+    p.add_argument("run_id", metavar="RUN_ID", help="the run to trace")
+    p.add_argument("--journal", default=".agentaudit/journal.db", help="journal file (default: .agentaudit/journal.db)")
+    p.add_argument(
+        "--public-key", action="append", metavar="KEY", help="verify the journal with signing.pub (repeatable)"
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object (steps, operator actions, anomalies)")
+    p.set_defaults(func=cmd_trace)
+
+    # export and tail share the event filters (docs/investigate.md); each dest is a query.EventFilter field.
+    from gateway.journal import query  # noqa: PLC0415 - the time syntax lives with the filter
+
+    def nonempty(value: str) -> str:
+        if not value:
+            raise argparse.ArgumentTypeError("must not be empty")
+        return value
+
+    def actor(value: str) -> str:
+        kind, sep, ident = value.partition(":")
+        if not value or (sep and not (kind and ident)):
+            raise argparse.ArgumentTypeError(f"{value!r} is not an actor: use TYPE:ID (user:u_1) or ID")
+        return value
+
+    def time_ns(value: str) -> int:
+        try:
+            return query.parse_time(value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    def whole(value: str, minimum: int) -> int:
+        if not value.isdigit() or int(value) < minimum:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a whole number >= {minimum}")
+        return int(value)
+
+    def positive(value: str) -> int:
+        return whole(value, 1)
+
+    def natural(value: str) -> int:
+        return whole(value, 0)
+
+    def seconds(value: str) -> float:
+        try:
+            parsed = float(value)
+        except ValueError:
+            parsed = 0.0
+        if not 0.0 < parsed <= 3600.0:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds in (0, 3600]")
+        return parsed
+
+    filters = argparse.ArgumentParser(add_help=False)
+    filters.add_argument("journal", help="journal database file (journal.db); read-only, may be in use")
+    filters.add_argument("--run-id", type=nonempty, metavar="RUN", help="only events of this run")
+    filters.add_argument("--tenant", dest="tenant_id", type=nonempty, metavar="TENANT", help="only this tenant")
+    filters.add_argument("--agent", dest="agent_id", type=nonempty, metavar="AGENT", help="only this agent")
+    filters.add_argument("--action", type=nonempty, metavar="GLOB", help="action name glob, e.g. 'refund.*'")
+    filters.add_argument("--decision", choices=query.DECISIONS, help="only this decision")
+    filters.add_argument("--reason", type=nonempty, help="only this reason code, e.g. rate_limited_tenant")
+    layers = "policy layer that decided: kill_switch, access, limits, approval, rules"
+    filters.add_argument("--layer", dest="policy_layer", type=nonempty, metavar="LAYER", help=layers)
+    filters.add_argument("--rule", dest="policy_rule", type=nonempty, metavar="RULE", help="policy rule that decided")
+    filters.add_argument("--actor", type=actor, metavar="[TYPE:]ID", help="who initiated or performed it")
+    filters.add_argument("--kind", choices=query.KINDS, metavar="KIND", help="event kind: pre_exec, violation, ...")
+    filters.add_argument("--since", dest="since_ns", type=time_ns, metavar="TIME", help="at or after (RFC 3339 or 2h)")
+    filters.add_argument("--until", dest="until_ns", type=time_ns, metavar="TIME", help="before (RFC 3339 or 15m)")
+
+    p = sub.add_parser("export", parents=[filters], help="export matching events as JSON lines or CloudEvents")
+    p.add_argument("--format", choices=["jsonl", "cloudevents"], default="jsonl", help="output (default jsonl)")
+    p.add_argument("--newest-first", action="store_true", help="newest event first (default: oldest first)")
+    p.add_argument("--limit", type=positive, metavar="N", help="at most N events")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("tail", parents=[filters], help="print the last matching events; --follow for new ones")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new matching events until Ctrl-C")
+    p.add_argument("-n", "--lines", type=natural, default=10, metavar="N", help="last N events first (default 10)")
+    p.add_argument("--interval", type=seconds, default=0.5, metavar="S", help="poll interval, seconds (default 0.5)")
+    p.add_argument("--json", action="store_true", help="JSON lines instead of one readable line per event")
+    p.set_defaults(func=cmd_tail, newest_first=False)
 
     policy = sub.add_parser("policy", help="check or test a policy file offline").add_subparsers(
         dest="policy_command", required=True, metavar="SUBCOMMAND"

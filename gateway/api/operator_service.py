@@ -6,7 +6,9 @@ for its credential (UNAUTHENTICATED) or role (PERMISSION_DENIED) is journaled as
 
 from __future__ import annotations
 
+import base64
 import logging
+import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -27,6 +29,8 @@ from gateway.errors import (
     UnauthenticatedError,
 )
 from gateway.forwarder import Forwarder
+from gateway.journal.query import EventFilter, select
+from gateway.journal.store import JournalReader
 from gateway.killswitch import EngagedSwitch, KillSwitchBoard
 from gateway.policy_manager import TRIGGER_OPERATOR, PolicyManager
 from gateway.recorder import AuditRecorder
@@ -100,6 +104,50 @@ def _text(field: str, value: str, max_bytes: int, *, required: bool = False) -> 
         raise InvalidRequestError([FieldViolation(field, f"must be at most {max_bytes} bytes")])
 
 
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+
+
+def _page_cursor(token: str) -> int | None:
+    if not token:
+        return None
+    try:
+        return int(base64.urlsafe_b64decode(token.encode()).decode())
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidRequestError([FieldViolation("page_token", "is not a token from a previous page")]) from None
+
+
+def _event_filter(f: operator_pb2.EventFilter, newest_first: bool) -> EventFilter:
+    for name in (
+        "run_id",
+        "tenant_id",
+        "agent_id",
+        "action",
+        "decision",
+        "reason",
+        "policy_layer",
+        "policy_rule",
+        "actor",
+        "kind",
+    ):
+        _text(f"filter.{name}", getattr(f, name), 256)
+    return EventFilter(
+        run_id=f.run_id or None,
+        tenant_id=f.tenant_id or None,
+        agent_id=f.agent_id or None,
+        action=f.action or None,
+        decision=f.decision or None,
+        reason=f.reason or None,
+        kind=f.kind or None,
+        since_ns=f.since.ToNanoseconds() if f.HasField("since") else None,
+        until_ns=f.until.ToNanoseconds() if f.HasField("until") else None,
+        policy_layer=f.policy_layer or None,
+        policy_rule=f.policy_rule or None,
+        actor=f.actor or None,
+        newest_first=newest_first,
+    )
+
+
 def _scope_target(scope: int, target: str) -> tuple[str, str]:
     name = _SCOPES.get(scope)  # type: ignore[call-overload]
     if name is None:
@@ -121,6 +169,7 @@ class OperatorServicer:
         approvals: ApprovalBook,
         switches: KillSwitchBoard,
         policy: PolicyManager,
+        reader: JournalReader,
         forwarder: Forwarder | None = None,
     ) -> None:
         self._auth = authenticator
@@ -129,6 +178,7 @@ class OperatorServicer:
         self._switches = switches
         self._policy = policy
         self._forwarder = forwarder
+        self._reader = reader
 
     def guarded(self, method: str, roles: tuple[str, ...], call: Callable[[Any, Operator], Awaitable[Any]]) -> Call:
         """Authenticates and authorises, journaling refusals, then runs ``call`` with the operator."""
@@ -217,6 +267,28 @@ class OperatorServicer:
             await self._forwarder.acknowledge_recovery()
         return operator_pb2.AcknowledgeRecoveryResponse(detected=detected, event_id=event.event_id)
 
+    async def search(self, request: operator_pb2.SearchEventsRequest, operator: Operator) -> Any:
+        flt = _event_filter(request.filter, request.newest_first)
+        page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        after = _page_cursor(request.page_token)
+
+        def page(conn: sqlite3.Connection) -> list[tuple[int, bytes, bytes, dict[str, Any]]]:
+            found = list(select(conn, flt, after_seq=after, limit=page_size))
+            rows = []
+            for seq, body in found:
+                entry, signature = conn.execute("SELECT entry, signature FROM journal WHERE seq = ?", (seq,)).fetchone()
+                rows.append((seq, bytes(entry), bytes(signature), body))
+            return rows
+
+        rows = await self._reader.run(page)
+        events = []
+        for seq, entry, signature, body in rows:
+            message = operator_pb2.SearchedEvent(seq=seq, entry=entry, signature=signature)
+            message.body.update(body)
+            events.append(message)
+        token = base64.urlsafe_b64encode(str(rows[-1][0]).encode()).decode() if len(rows) == page_size else ""
+        return operator_pb2.SearchEventsResponse(events=events, next_page_token=token)
+
     async def reload_policy(self, request: operator_pb2.ReloadPolicyRequest, operator: Operator) -> Any:
         _text("document", request.document, MAX_POLICY_BYTES)
         try:
@@ -250,6 +322,7 @@ def operator_handler(servicer: OperatorServicer) -> grpc.GenericRpcHandler[Any, 
         "GetPolicy": (read, servicer.get_policy, operator_pb2.GetPolicyRequest),
         "ReloadPolicy": (admin, servicer.reload_policy, operator_pb2.ReloadPolicyRequest),
         "AcknowledgeRecovery": (admin, servicer.acknowledge_recovery, operator_pb2.AcknowledgeRecoveryRequest),
+        "SearchEvents": (read, servicer.search, operator_pb2.SearchEventsRequest),
     }
     return service_handler(
         SERVICE_NAME,

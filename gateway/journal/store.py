@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from gateway.errors import JournalUnavailableError
 from gateway.journal.entry import HEADER_SIZE
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,18 @@ class JournalReader:
         """Rows of a query on the operational state tables (approvals, kill switches), as dicts."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._query_rows, sql, params)
+
+    async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Runs ``work`` with the read-only connection on the reader thread (never on the event loop)."""
+
+        def guarded() -> T:
+            try:
+                return work(self._connection())
+            except sqlite3.Error as exc:
+                raise JournalUnavailableError(f"journal read failed: {exc}") from exc
+
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, guarded)
 
     async def aclose(self) -> None:
         """Closes the connection and the thread."""

@@ -24,58 +24,67 @@ _sym_db = _symbol_database.Default()
 
 from agentaudit.v1 import gateway_pb2 as agentaudit_dot_v1_dot_gateway__pb2
 from agentaudit.v1 import types_pb2 as agentaudit_dot_v1_dot_types__pb2
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x61gentaudit/v1/operator.proto\x12\ragentaudit.v1\x1a\x1b\x61gentaudit/v1/gateway.proto\x1a\x19\x61gentaudit/v1/types.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xda\x03\n\x08\x41pproval\x12\x13\n\x0b\x61pproval_id\x18\x01 \x01(\t\x12+\n\x05state\x18\x02 \x01(\x0e\x32\x1c.agentaudit.v1.ApprovalState\x12\x11\n\ttenant_id\x18\x03 \x01(\t\x12\x0e\n\x06run_id\x18\x04 \x01(\t\x12\x0f\n\x07step_id\x18\x05 \x01(\x04\x12\x10\n\x08\x61gent_id\x18\x06 \x01(\t\x12#\n\x05\x61\x63tor\x18\x07 \x01(\x0b\x32\x14.agentaudit.v1.Actor\x12\x0e\n\x06\x61\x63tion\x18\x08 \x01(\t\x12\x12\n\naction_key\x18\t \x01(\t\x12\x13\n\x0bpolicy_rule\x18\n \x01(\t\x12\x11\n\tapprovers\x18\x0b \x03(\t\x12.\n\ncreated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bresolved_by\x18\x0e \x01(\t\x12/\n\x0bresolved_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x63omment\x18\x10 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x11 \x01(\t\x12\x0c\n\x04used\x18\x12 \x01(\x08\"e\n\x14ListApprovalsRequest\x12+\n\x05state\x18\x01 \x01(\x0e\x32\x1c.agentaudit.v1.ApprovalState\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\r\"C\n\x15ListApprovalsResponse\x12*\n\tapprovals\x18\x01 \x03(\x0b\x32\x17.agentaudit.v1.Approval\"<\n\x14GrantApprovalRequest\x12\x13\n\x0b\x61pproval_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63omment\x18\x02 \x01(\t\"T\n\x15GrantApprovalResponse\x12)\n\x08\x61pproval\x18\x01 \x01(\x0b\x32\x17.agentaudit.v1.Approval\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\";\n\x13\x44\x65nyApprovalRequest\x12\x13\n\x0b\x61pproval_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63omment\x18\x02 \x01(\t\"S\n\x14\x44\x65nyApprovalResponse\x12)\n\x08\x61pproval\x18\x01 \x01(\x0b\x32\x17.agentaudit.v1.Approval\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\"\x9f\x01\n\nKillSwitch\x12-\n\x05scope\x18\x01 \x01(\x0e\x32\x1e.agentaudit.v1.KillSwitchScope\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\nengaged_by\x18\x04 \x01(\t\x12.\n\nengaged_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"h\n\x17\x45ngageKillSwitchRequest\x12-\n\x05scope\x18\x01 \x01(\x0e\x32\x1e.agentaudit.v1.KillSwitchScope\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\\\n\x18\x45ngageKillSwitchResponse\x12.\n\x0bkill_switch\x18\x01 \x01(\x0b\x32\x19.agentaudit.v1.KillSwitch\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\"i\n\x18ReleaseKillSwitchRequest\x12-\n\x05scope\x18\x01 \x01(\x0e\x32\x1e.agentaudit.v1.KillSwitchScope\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"-\n\x19ReleaseKillSwitchResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\"\x19\n\x17ListKillSwitchesRequest\"L\n\x18ListKillSwitchesResponse\x12\x30\n\rkill_switches\x18\x01 \x03(\x0b\x32\x19.agentaudit.v1.KillSwitch\"\x12\n\x10GetPolicyRequest\"T\n\x11GetPolicyResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x10\n\x08\x64ocument\x18\x03 \x01(\t\x12\x0c\n\x04mode\x18\x04 \x01(\t\"\'\n\x13ReloadPolicyRequest\x12\x10\n\x08\x64ocument\x18\x01 \x01(\t\"c\n\x14ReloadPolicyResponse\x12\x0f\n\x07\x63hanged\x18\x01 \x01(\x08\x12\x13\n\x0bold_version\x18\x02 \x01(\t\x12\x13\n\x0bnew_version\x18\x03 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x04 \x01(\t\"-\n\x1a\x41\x63knowledgeRecoveryRequest\x12\x0f\n\x07\x63omment\x18\x01 \x01(\t\"A\n\x1b\x41\x63knowledgeRecoveryResponse\x12\x10\n\x08\x64\x65tected\x18\x01 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t*\xa8\x01\n\x0fKillSwitchScope\x12!\n\x1dKILL_SWITCH_SCOPE_UNSPECIFIED\x10\x00\x12\x1c\n\x18KILL_SWITCH_SCOPE_GLOBAL\x10\x01\x12\x1c\n\x18KILL_SWITCH_SCOPE_TENANT\x10\x02\x12\x1b\n\x17KILL_SWITCH_SCOPE_AGENT\x10\x03\x12\x19\n\x15KILL_SWITCH_SCOPE_RUN\x10\x04\x32\xeb\x06\n\x0fOperatorService\x12Z\n\rListApprovals\x12#.agentaudit.v1.ListApprovalsRequest\x1a$.agentaudit.v1.ListApprovalsResponse\x12Z\n\rGrantApproval\x12#.agentaudit.v1.GrantApprovalRequest\x1a$.agentaudit.v1.GrantApprovalResponse\x12W\n\x0c\x44\x65nyApproval\x12\".agentaudit.v1.DenyApprovalRequest\x1a#.agentaudit.v1.DenyApprovalResponse\x12\x63\n\x10\x45ngageKillSwitch\x12&.agentaudit.v1.EngageKillSwitchRequest\x1a\'.agentaudit.v1.EngageKillSwitchResponse\x12\x66\n\x11ReleaseKillSwitch\x12\'.agentaudit.v1.ReleaseKillSwitchRequest\x1a(.agentaudit.v1.ReleaseKillSwitchResponse\x12\x63\n\x10ListKillSwitches\x12&.agentaudit.v1.ListKillSwitchesRequest\x1a\'.agentaudit.v1.ListKillSwitchesResponse\x12N\n\tGetPolicy\x12\x1f.agentaudit.v1.GetPolicyRequest\x1a .agentaudit.v1.GetPolicyResponse\x12W\n\x0cReloadPolicy\x12\".agentaudit.v1.ReloadPolicyRequest\x1a#.agentaudit.v1.ReloadPolicyResponse\x12l\n\x13\x41\x63knowledgeRecovery\x12).agentaudit.v1.AcknowledgeRecoveryRequest\x1a*.agentaudit.v1.AcknowledgeRecoveryResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x61gentaudit/v1/operator.proto\x12\ragentaudit.v1\x1a\x1b\x61gentaudit/v1/gateway.proto\x1a\x19\x61gentaudit/v1/types.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xda\x03\n\x08\x41pproval\x12\x13\n\x0b\x61pproval_id\x18\x01 \x01(\t\x12+\n\x05state\x18\x02 \x01(\x0e\x32\x1c.agentaudit.v1.ApprovalState\x12\x11\n\ttenant_id\x18\x03 \x01(\t\x12\x0e\n\x06run_id\x18\x04 \x01(\t\x12\x0f\n\x07step_id\x18\x05 \x01(\x04\x12\x10\n\x08\x61gent_id\x18\x06 \x01(\t\x12#\n\x05\x61\x63tor\x18\x07 \x01(\x0b\x32\x14.agentaudit.v1.Actor\x12\x0e\n\x06\x61\x63tion\x18\x08 \x01(\t\x12\x12\n\naction_key\x18\t \x01(\t\x12\x13\n\x0bpolicy_rule\x18\n \x01(\t\x12\x11\n\tapprovers\x18\x0b \x03(\t\x12.\n\ncreated_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bresolved_by\x18\x0e \x01(\t\x12/\n\x0bresolved_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x63omment\x18\x10 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x11 \x01(\t\x12\x0c\n\x04used\x18\x12 \x01(\x08\"e\n\x14ListApprovalsRequest\x12+\n\x05state\x18\x01 \x01(\x0e\x32\x1c.agentaudit.v1.ApprovalState\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\r\"C\n\x15ListApprovalsResponse\x12*\n\tapprovals\x18\x01 \x03(\x0b\x32\x17.agentaudit.v1.Approval\"<\n\x14GrantApprovalRequest\x12\x13\n\x0b\x61pproval_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63omment\x18\x02 \x01(\t\"T\n\x15GrantApprovalResponse\x12)\n\x08\x61pproval\x18\x01 \x01(\x0b\x32\x17.agentaudit.v1.Approval\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\";\n\x13\x44\x65nyApprovalRequest\x12\x13\n\x0b\x61pproval_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63omment\x18\x02 \x01(\t\"S\n\x14\x44\x65nyApprovalResponse\x12)\n\x08\x61pproval\x18\x01 \x01(\x0b\x32\x17.agentaudit.v1.Approval\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\"\x9f\x01\n\nKillSwitch\x12-\n\x05scope\x18\x01 \x01(\x0e\x32\x1e.agentaudit.v1.KillSwitchScope\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x12\n\nengaged_by\x18\x04 \x01(\t\x12.\n\nengaged_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"h\n\x17\x45ngageKillSwitchRequest\x12-\n\x05scope\x18\x01 \x01(\x0e\x32\x1e.agentaudit.v1.KillSwitchScope\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\\\n\x18\x45ngageKillSwitchResponse\x12.\n\x0bkill_switch\x18\x01 \x01(\x0b\x32\x19.agentaudit.v1.KillSwitch\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\"i\n\x18ReleaseKillSwitchRequest\x12-\n\x05scope\x18\x01 \x01(\x0e\x32\x1e.agentaudit.v1.KillSwitchScope\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"-\n\x19ReleaseKillSwitchResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\"\x19\n\x17ListKillSwitchesRequest\"L\n\x18ListKillSwitchesResponse\x12\x30\n\rkill_switches\x18\x01 \x03(\x0b\x32\x19.agentaudit.v1.KillSwitch\"\x12\n\x10GetPolicyRequest\"T\n\x11GetPolicyResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x10\n\x08\x64ocument\x18\x03 \x01(\t\x12\x0c\n\x04mode\x18\x04 \x01(\t\"\'\n\x13ReloadPolicyRequest\x12\x10\n\x08\x64ocument\x18\x01 \x01(\t\"c\n\x14ReloadPolicyResponse\x12\x0f\n\x07\x63hanged\x18\x01 \x01(\x08\x12\x13\n\x0bold_version\x18\x02 \x01(\t\x12\x13\n\x0bnew_version\x18\x03 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x04 \x01(\t\"-\n\x1a\x41\x63knowledgeRecoveryRequest\x12\x0f\n\x07\x63omment\x18\x01 \x01(\t\"A\n\x1b\x41\x63knowledgeRecoveryResponse\x12\x10\n\x08\x64\x65tected\x18\x01 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\"\x92\x02\n\x0b\x45ventFilter\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x10\n\x08\x64\x65\x63ision\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x14\n\x0cpolicy_layer\x18\x07 \x01(\t\x12\x13\n\x0bpolicy_rule\x18\x08 \x01(\t\x12\r\n\x05\x61\x63tor\x18\t \x01(\t\x12\x0c\n\x04kind\x18\n \x01(\t\x12)\n\x05since\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"~\n\x13SearchEventsRequest\x12*\n\x06\x66ilter\x18\x01 \x01(\x0b\x32\x1a.agentaudit.v1.EventFilter\x12\x14\n\x0cnewest_first\x18\x02 \x01(\x08\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\"e\n\rSearchedEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\r\n\x05\x65ntry\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\x12%\n\x04\x62ody\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\"]\n\x14SearchEventsResponse\x12,\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1c.agentaudit.v1.SearchedEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\xa8\x01\n\x0fKillSwitchScope\x12!\n\x1dKILL_SWITCH_SCOPE_UNSPECIFIED\x10\x00\x12\x1c\n\x18KILL_SWITCH_SCOPE_GLOBAL\x10\x01\x12\x1c\n\x18KILL_SWITCH_SCOPE_TENANT\x10\x02\x12\x1b\n\x17KILL_SWITCH_SCOPE_AGENT\x10\x03\x12\x19\n\x15KILL_SWITCH_SCOPE_RUN\x10\x04\x32\xc4\x07\n\x0fOperatorService\x12Z\n\rListApprovals\x12#.agentaudit.v1.ListApprovalsRequest\x1a$.agentaudit.v1.ListApprovalsResponse\x12Z\n\rGrantApproval\x12#.agentaudit.v1.GrantApprovalRequest\x1a$.agentaudit.v1.GrantApprovalResponse\x12W\n\x0c\x44\x65nyApproval\x12\".agentaudit.v1.DenyApprovalRequest\x1a#.agentaudit.v1.DenyApprovalResponse\x12\x63\n\x10\x45ngageKillSwitch\x12&.agentaudit.v1.EngageKillSwitchRequest\x1a\'.agentaudit.v1.EngageKillSwitchResponse\x12\x66\n\x11ReleaseKillSwitch\x12\'.agentaudit.v1.ReleaseKillSwitchRequest\x1a(.agentaudit.v1.ReleaseKillSwitchResponse\x12\x63\n\x10ListKillSwitches\x12&.agentaudit.v1.ListKillSwitchesRequest\x1a\'.agentaudit.v1.ListKillSwitchesResponse\x12N\n\tGetPolicy\x12\x1f.agentaudit.v1.GetPolicyRequest\x1a .agentaudit.v1.GetPolicyResponse\x12W\n\x0cReloadPolicy\x12\".agentaudit.v1.ReloadPolicyRequest\x1a#.agentaudit.v1.ReloadPolicyResponse\x12l\n\x13\x41\x63knowledgeRecovery\x12).agentaudit.v1.AcknowledgeRecoveryRequest\x1a*.agentaudit.v1.AcknowledgeRecoveryResponse\x12W\n\x0cSearchEvents\x12\".agentaudit.v1.SearchEventsRequest\x1a#.agentaudit.v1.SearchEventsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agentaudit.v1.operator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_KILLSWITCHSCOPE']._serialized_start=2063
-  _globals['_KILLSWITCHSCOPE']._serialized_end=2231
-  _globals['_APPROVAL']._serialized_start=137
-  _globals['_APPROVAL']._serialized_end=611
-  _globals['_LISTAPPROVALSREQUEST']._serialized_start=613
-  _globals['_LISTAPPROVALSREQUEST']._serialized_end=714
-  _globals['_LISTAPPROVALSRESPONSE']._serialized_start=716
-  _globals['_LISTAPPROVALSRESPONSE']._serialized_end=783
-  _globals['_GRANTAPPROVALREQUEST']._serialized_start=785
-  _globals['_GRANTAPPROVALREQUEST']._serialized_end=845
-  _globals['_GRANTAPPROVALRESPONSE']._serialized_start=847
-  _globals['_GRANTAPPROVALRESPONSE']._serialized_end=931
-  _globals['_DENYAPPROVALREQUEST']._serialized_start=933
-  _globals['_DENYAPPROVALREQUEST']._serialized_end=992
-  _globals['_DENYAPPROVALRESPONSE']._serialized_start=994
-  _globals['_DENYAPPROVALRESPONSE']._serialized_end=1077
-  _globals['_KILLSWITCH']._serialized_start=1080
-  _globals['_KILLSWITCH']._serialized_end=1239
-  _globals['_ENGAGEKILLSWITCHREQUEST']._serialized_start=1241
-  _globals['_ENGAGEKILLSWITCHREQUEST']._serialized_end=1345
-  _globals['_ENGAGEKILLSWITCHRESPONSE']._serialized_start=1347
-  _globals['_ENGAGEKILLSWITCHRESPONSE']._serialized_end=1439
-  _globals['_RELEASEKILLSWITCHREQUEST']._serialized_start=1441
-  _globals['_RELEASEKILLSWITCHREQUEST']._serialized_end=1546
-  _globals['_RELEASEKILLSWITCHRESPONSE']._serialized_start=1548
-  _globals['_RELEASEKILLSWITCHRESPONSE']._serialized_end=1593
-  _globals['_LISTKILLSWITCHESREQUEST']._serialized_start=1595
-  _globals['_LISTKILLSWITCHESREQUEST']._serialized_end=1620
-  _globals['_LISTKILLSWITCHESRESPONSE']._serialized_start=1622
-  _globals['_LISTKILLSWITCHESRESPONSE']._serialized_end=1698
-  _globals['_GETPOLICYREQUEST']._serialized_start=1700
-  _globals['_GETPOLICYREQUEST']._serialized_end=1718
-  _globals['_GETPOLICYRESPONSE']._serialized_start=1720
-  _globals['_GETPOLICYRESPONSE']._serialized_end=1804
-  _globals['_RELOADPOLICYREQUEST']._serialized_start=1806
-  _globals['_RELOADPOLICYREQUEST']._serialized_end=1845
-  _globals['_RELOADPOLICYRESPONSE']._serialized_start=1847
-  _globals['_RELOADPOLICYRESPONSE']._serialized_end=1946
-  _globals['_ACKNOWLEDGERECOVERYREQUEST']._serialized_start=1948
-  _globals['_ACKNOWLEDGERECOVERYREQUEST']._serialized_end=1993
-  _globals['_ACKNOWLEDGERECOVERYRESPONSE']._serialized_start=1995
-  _globals['_ACKNOWLEDGERECOVERYRESPONSE']._serialized_end=2060
-  _globals['_OPERATORSERVICE']._serialized_start=2234
-  _globals['_OPERATORSERVICE']._serialized_end=3109
+  _globals['_KILLSWITCHSCOPE']._serialized_start=2696
+  _globals['_KILLSWITCHSCOPE']._serialized_end=2864
+  _globals['_APPROVAL']._serialized_start=167
+  _globals['_APPROVAL']._serialized_end=641
+  _globals['_LISTAPPROVALSREQUEST']._serialized_start=643
+  _globals['_LISTAPPROVALSREQUEST']._serialized_end=744
+  _globals['_LISTAPPROVALSRESPONSE']._serialized_start=746
+  _globals['_LISTAPPROVALSRESPONSE']._serialized_end=813
+  _globals['_GRANTAPPROVALREQUEST']._serialized_start=815
+  _globals['_GRANTAPPROVALREQUEST']._serialized_end=875
+  _globals['_GRANTAPPROVALRESPONSE']._serialized_start=877
+  _globals['_GRANTAPPROVALRESPONSE']._serialized_end=961
+  _globals['_DENYAPPROVALREQUEST']._serialized_start=963
+  _globals['_DENYAPPROVALREQUEST']._serialized_end=1022
+  _globals['_DENYAPPROVALRESPONSE']._serialized_start=1024
+  _globals['_DENYAPPROVALRESPONSE']._serialized_end=1107
+  _globals['_KILLSWITCH']._serialized_start=1110
+  _globals['_KILLSWITCH']._serialized_end=1269
+  _globals['_ENGAGEKILLSWITCHREQUEST']._serialized_start=1271
+  _globals['_ENGAGEKILLSWITCHREQUEST']._serialized_end=1375
+  _globals['_ENGAGEKILLSWITCHRESPONSE']._serialized_start=1377
+  _globals['_ENGAGEKILLSWITCHRESPONSE']._serialized_end=1469
+  _globals['_RELEASEKILLSWITCHREQUEST']._serialized_start=1471
+  _globals['_RELEASEKILLSWITCHREQUEST']._serialized_end=1576
+  _globals['_RELEASEKILLSWITCHRESPONSE']._serialized_start=1578
+  _globals['_RELEASEKILLSWITCHRESPONSE']._serialized_end=1623
+  _globals['_LISTKILLSWITCHESREQUEST']._serialized_start=1625
+  _globals['_LISTKILLSWITCHESREQUEST']._serialized_end=1650
+  _globals['_LISTKILLSWITCHESRESPONSE']._serialized_start=1652
+  _globals['_LISTKILLSWITCHESRESPONSE']._serialized_end=1728
+  _globals['_GETPOLICYREQUEST']._serialized_start=1730
+  _globals['_GETPOLICYREQUEST']._serialized_end=1748
+  _globals['_GETPOLICYRESPONSE']._serialized_start=1750
+  _globals['_GETPOLICYRESPONSE']._serialized_end=1834
+  _globals['_RELOADPOLICYREQUEST']._serialized_start=1836
+  _globals['_RELOADPOLICYREQUEST']._serialized_end=1875
+  _globals['_RELOADPOLICYRESPONSE']._serialized_start=1877
+  _globals['_RELOADPOLICYRESPONSE']._serialized_end=1976
+  _globals['_ACKNOWLEDGERECOVERYREQUEST']._serialized_start=1978
+  _globals['_ACKNOWLEDGERECOVERYREQUEST']._serialized_end=2023
+  _globals['_ACKNOWLEDGERECOVERYRESPONSE']._serialized_start=2025
+  _globals['_ACKNOWLEDGERECOVERYRESPONSE']._serialized_end=2090
+  _globals['_EVENTFILTER']._serialized_start=2093
+  _globals['_EVENTFILTER']._serialized_end=2367
+  _globals['_SEARCHEVENTSREQUEST']._serialized_start=2369
+  _globals['_SEARCHEVENTSREQUEST']._serialized_end=2495
+  _globals['_SEARCHEDEVENT']._serialized_start=2497
+  _globals['_SEARCHEDEVENT']._serialized_end=2598
+  _globals['_SEARCHEVENTSRESPONSE']._serialized_start=2600
+  _globals['_SEARCHEVENTSRESPONSE']._serialized_end=2693
+  _globals['_OPERATORSERVICE']._serialized_start=2867
+  _globals['_OPERATORSERVICE']._serialized_end=3831
 # @@protoc_insertion_point(module_scope)

@@ -83,6 +83,11 @@ class OperatorServiceStub:
                 request_serializer=agentaudit_dot_v1_dot_operator__pb2.AcknowledgeRecoveryRequest.SerializeToString,
                 response_deserializer=agentaudit_dot_v1_dot_operator__pb2.AcknowledgeRecoveryResponse.FromString,
                 _registered_method=True)
+        self.SearchEvents = channel.unary_unary(
+                '/agentaudit.v1.OperatorService/SearchEvents',
+                request_serializer=agentaudit_dot_v1_dot_operator__pb2.SearchEventsRequest.SerializeToString,
+                response_deserializer=agentaudit_dot_v1_dot_operator__pb2.SearchEventsResponse.FromString,
+                _registered_method=True)
 
 
 class OperatorServiceServicer:
@@ -156,6 +161,14 @@ class OperatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchEvents(self, request, context):
+        """Searches this sidecar's journal; results are the signed entries with their
+        parsed bodies, one page at a time. Role: any.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OperatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -203,6 +216,11 @@ def add_OperatorServiceServicer_to_server(servicer, server):
                     servicer.AcknowledgeRecovery,
                     request_deserializer=agentaudit_dot_v1_dot_operator__pb2.AcknowledgeRecoveryRequest.FromString,
                     response_serializer=agentaudit_dot_v1_dot_operator__pb2.AcknowledgeRecoveryResponse.SerializeToString,
+            ),
+            'SearchEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchEvents,
+                    request_deserializer=agentaudit_dot_v1_dot_operator__pb2.SearchEventsRequest.FromString,
+                    response_serializer=agentaudit_dot_v1_dot_operator__pb2.SearchEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -452,6 +470,33 @@ class OperatorService:
             '/agentaudit.v1.OperatorService/AcknowledgeRecovery',
             agentaudit_dot_v1_dot_operator__pb2.AcknowledgeRecoveryRequest.SerializeToString,
             agentaudit_dot_v1_dot_operator__pb2.AcknowledgeRecoveryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentaudit.v1.OperatorService/SearchEvents',
+            agentaudit_dot_v1_dot_operator__pb2.SearchEventsRequest.SerializeToString,
+            agentaudit_dot_v1_dot_operator__pb2.SearchEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

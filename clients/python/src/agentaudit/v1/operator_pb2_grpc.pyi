@@ -57,6 +57,10 @@ class OperatorServiceStub:
     """Accepts a detected journal rollback or fork (the collector holds entries this
     journal lacks) so Decide answers again. Role: admin.
     """
+    SearchEvents: _grpc.UnaryUnaryMultiCallable[_operator_pb2.SearchEventsRequest, _operator_pb2.SearchEventsResponse]
+    """Searches this sidecar's journal; results are the signed entries with their
+    parsed bodies, one page at a time. Role: any.
+    """
 
 @_typing.type_check_only
 class OperatorServiceAsyncStub(OperatorServiceStub):
@@ -86,6 +90,10 @@ class OperatorServiceAsyncStub(OperatorServiceStub):
     AcknowledgeRecovery: _aio.UnaryUnaryMultiCallable[_operator_pb2.AcknowledgeRecoveryRequest, _operator_pb2.AcknowledgeRecoveryResponse]  # type: ignore[assignment]
     """Accepts a detected journal rollback or fork (the collector holds entries this
     journal lacks) so Decide answers again. Role: admin.
+    """
+    SearchEvents: _aio.UnaryUnaryMultiCallable[_operator_pb2.SearchEventsRequest, _operator_pb2.SearchEventsResponse]  # type: ignore[assignment]
+    """Searches this sidecar's journal; results are the signed entries with their
+    parsed bodies, one page at a time. Role: any.
     """
 
 class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -167,6 +175,16 @@ class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_operator_pb2.AcknowledgeRecoveryResponse, _abc.Awaitable[_operator_pb2.AcknowledgeRecoveryResponse]]:
         """Accepts a detected journal rollback or fork (the collector holds entries this
         journal lacks) so Decide answers again. Role: admin.
+        """
+
+    @_abc_1.abstractmethod
+    def SearchEvents(
+        self,
+        request: _operator_pb2.SearchEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.SearchEventsResponse, _abc.Awaitable[_operator_pb2.SearchEventsResponse]]:
+        """Searches this sidecar's journal; results are the signed entries with their
+        parsed bodies, one page at a time. Role: any.
         """
 
 def add_OperatorServiceServicer_to_server(servicer: OperatorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

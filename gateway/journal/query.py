@@ -1,0 +1,367 @@
+"""Selecting journal events by filter, for ``agentaudit export`` and ``agentaudit tail`` (docs/investigate.md).
+
+:func:`select` streams the matching events of a journal in seq order (or newest first) in constant memory:
+filters that have an indexed column (``gateway/journal/schema.py``) become parameterised SQL; the others
+(policy layer, policy rule, actor) are applied to the parsed body. The journal is read in keyset pages
+(``seq > ?`` / ``seq < ?``, never OFFSET), each its own short statement, so a long export never holds one read
+transaction open against a running sidecar (which would stop WAL checkpoints) and a page boundary cannot shift
+when entries are appended meanwhile.
+
+Also here, the shapes events are exported in: a JSON line, a CloudEvents 1.0 structured event and a one-line
+summary for people. Pure functions apart from :func:`select` and :func:`journal_origin`, which read a connection
+opened by the caller (:func:`gateway.journal.store.connect_readonly`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import json
+import re
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+from urllib.parse import quote
+
+from gateway.errors import JournalUnreadableError
+from gateway.journal.entry import HEADER_SIZE, EventKind
+
+PAGE_SIZE = 512
+"""Entries read per keyset page (one short SQL statement each)."""
+
+CLOUDEVENTS_SPECVERSION = "1.0"
+CLOUDEVENTS_TYPE_PREFIX = "dev.agentaudit.event."
+CLOUDEVENTS_DATA_CONTENT_TYPE = "application/json"
+
+KINDS: tuple[str, ...] = tuple(k.label for k in EventKind)
+"""Every event kind, as in the body's ``kind`` field."""
+DECISIONS: tuple[str, ...] = ("allow", "stop", "approval_required")
+"""The values of a body's ``decision`` field (a post-event carries its pre-event's)."""
+
+_DURATION_UNITS_NS = {"s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9, "d": 86400 * 10**9}
+_DURATION_RE = re.compile(r"(\d+)([smhd])")
+_RFC3339_RE = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:([Zz])|([+-])(\d{2}):(\d{2}))"
+)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_SQLITE_MAX_INT = 2**63 - 1
+_TIME_SYNTAX = "use RFC 3339 (2026-11-27T09:00:00Z, 2026-11-27T10:00:00.5+01:00) or a duration ago (30s, 15m, 2h, 7d)"
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """Which events to select; every field left ``None`` matches everything.
+
+    String filters match the body field exactly (an event without the field never matches), except ``action``,
+    an fnmatch-style glob like the policy's (``*``, ``?``, ``[abc]``, ``[!abc]``; case-sensitive). ``actor`` is
+    ``type:id`` (``user:u_1``, ``operator:alice``) or a bare ``id`` of any type; an id containing ``:`` needs its
+    type. ``since_ns`` (inclusive) and ``until_ns`` (exclusive) bound the entry's signed time (unix nanoseconds).
+    """
+
+    run_id: str | None = None
+    tenant_id: str | None = None
+    agent_id: str | None = None
+    action: str | None = None
+    decision: str | None = None
+    reason: str | None = None
+    kind: str | None = None
+    since_ns: int | None = None
+    until_ns: int | None = None
+    policy_layer: str | None = None
+    policy_rule: str | None = None
+    actor: str | None = None
+    newest_first: bool = False
+
+
+# Filters with an indexed column, compared for equality (EventFilter field → column).
+_EQUALITY_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("run_id", "run_id"),
+    ("tenant_id", "tenant_id"),
+    ("agent_id", "agent_id"),
+    ("decision", "decision"),
+    ("reason", "reason"),
+    ("kind", "kind"),
+)
+
+
+def glob_to_sqlite(pattern: str) -> tuple[str, bool]:
+    """Translates an fnmatch glob to a SQLite ``GLOB`` pattern; the flag says whether it is exact.
+
+    ``*`` and ``?`` mean the same in both; every other character outside a bracket class is literal in fnmatch, so
+    the only one SQLite would misread, ``[``, is written ``[[]``. Bracket classes differ in corner cases (a
+    leading ``^``, unusual ranges), so a class becomes ``?`` (any one character): the SQL then selects a superset
+    and the flag is False, telling the caller to confirm each candidate with :func:`fnmatch.fnmatchcase`.
+    """
+    out: list[str] = []
+    exact = True
+    i, n = 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        i += 1
+        if c in "*?":
+            out.append(c)
+        elif c == "[":
+            # Where fnmatch's class ends (same scan as fnmatch.translate); unclosed means a literal "[".
+            j = i
+            if j < n and pattern[j] == "!":
+                j += 1
+            if j < n and pattern[j] == "]":
+                j += 1
+            while j < n and pattern[j] != "]":
+                j += 1
+            if j >= n:
+                out.append("[[]")
+            else:
+                out.append("?")
+                exact = False
+                i = j + 1
+        else:
+            out.append(c)
+    return "".join(out), exact
+
+
+def _where(flt: EventFilter) -> tuple[list[str], list[Any]]:
+    """SQL conditions (constants with ``?`` placeholders) and their parameters for the indexed filters."""
+    where: list[str] = []
+    params: list[Any] = []
+    for field, column in _EQUALITY_COLUMNS:
+        value = getattr(flt, field)
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    if flt.action is not None:
+        sql_glob, _ = glob_to_sqlite(flt.action)
+        if any(c in flt.action for c in "*?["):
+            where.append("action GLOB ?")
+            params.append(sql_glob)
+        else:
+            where.append("action = ?")
+            params.append(flt.action)
+    if flt.since_ns is not None:
+        where.append("unix_nanos >= ?")
+        params.append(flt.since_ns)
+    if flt.until_ns is not None:
+        where.append("unix_nanos < ?")
+        params.append(flt.until_ns)
+    return where, params
+
+
+def _body_predicate(flt: EventFilter) -> Callable[[dict[str, Any]], bool] | None:
+    """The filters without a column, as one test on the parsed body; None when there are none."""
+    checks: list[Callable[[dict[str, Any]], bool]] = []
+    if flt.policy_layer is not None:
+        layer = flt.policy_layer
+        checks.append(lambda body: body.get("policy_layer") == layer)
+    if flt.policy_rule is not None:
+        rule = flt.policy_rule
+        checks.append(lambda body: body.get("policy_rule") == rule)
+    if flt.actor is not None:
+        actor_type, sep, actor_id = flt.actor.partition(":")
+        if not sep:
+            actor_type, actor_id = "", flt.actor
+
+        def actor_matches(body: dict[str, Any]) -> bool:
+            actor = body.get("actor")
+            return (
+                isinstance(actor, dict)
+                and actor.get("id") == actor_id
+                and (not actor_type or actor.get("type") == actor_type)
+            )
+
+        checks.append(actor_matches)
+    if flt.action is not None and not glob_to_sqlite(flt.action)[1]:
+        pattern = flt.action
+        checks.append(lambda body: isinstance(body.get("action"), str) and fnmatch.fnmatchcase(body["action"], pattern))
+    if not checks:
+        return None
+    return lambda body: all(check(body) for check in checks)
+
+
+def select(
+    conn: sqlite3.Connection,
+    flt: EventFilter,
+    *,
+    after_seq: int | None = None,
+    limit: int | None = None,
+    through_seq: int | None = None,
+    page_size: int = PAGE_SIZE,
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yields ``(seq, body)`` for each matching event, streaming, in seq order or newest first.
+
+    ``after_seq`` is the keyset cursor: the seq of the last event a previous call returned (results start after
+    it in the chosen order: ``seq > after_seq`` oldest first, ``seq < after_seq`` newest first). ``limit`` caps the
+    number of events yielded. ``through_seq`` ignores entries after it, e.g. :func:`last_seq` taken at the start
+    for a snapshot; without it, oldest first also yields entries appended while the generator runs.
+
+    Raises:
+        JournalUnreadableError: the database could not be read, or a stored body is not JSON.
+    """
+    if limit is not None and limit <= 0:
+        return
+    where, params = _where(flt)
+    check = _body_predicate(flt)
+    order, compare = ("DESC", "<") if flt.newest_first else ("ASC", ">")
+    if through_seq is not None:
+        where.append("seq <= ?")
+        params.append(through_seq)
+    conditions = " AND ".join([f"seq {compare} ?", *where])
+    # Only constants are interpolated; every value is a placeholder parameter.
+    sql = f"SELECT seq, entry FROM journal WHERE {conditions} ORDER BY seq {order} LIMIT ?"  # noqa: S608
+    start = _SQLITE_MAX_INT if flt.newest_first else -1
+    cursor_seq = start if after_seq is None else after_seq
+    remaining = limit
+    while True:
+        rows = 0
+        try:
+            cursor = conn.execute(sql, (cursor_seq, *params, page_size))
+        except sqlite3.Error as exc:
+            raise JournalUnreadableError(f"journal read failed: {exc}") from exc
+        try:
+            while True:
+                try:
+                    row = cursor.fetchone()
+                except sqlite3.Error as exc:
+                    raise JournalUnreadableError(f"journal read failed: {exc}") from exc
+                if row is None:
+                    break
+                seq, entry = row
+                rows += 1
+                cursor_seq = seq
+                body = _parse_body(seq, entry)
+                if check is not None and not check(body):
+                    continue
+                yield seq, body
+                if remaining is not None:
+                    remaining -= 1
+                    if remaining == 0:
+                        return
+        finally:
+            # The caller may have closed the connection first (a generator abandoned on a broken pipe).
+            with contextlib.suppress(sqlite3.ProgrammingError):
+                cursor.close()
+        if rows < page_size:
+            return
+
+
+def _parse_body(seq: int, entry: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(bytes(entry)[HEADER_SIZE:])
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise JournalUnreadableError(f"entry {seq}: body is not JSON ({exc}); run agentaudit verify") from exc
+    if not isinstance(body, dict):
+        raise JournalUnreadableError(f"entry {seq}: body is not a JSON object; run agentaudit verify")
+    return body
+
+
+def last_seq(conn: sqlite3.Connection) -> int:
+    """The seq of the newest entry, or -1 for an empty journal."""
+    try:
+        (top,) = conn.execute("SELECT max(seq) FROM journal").fetchone()
+    except sqlite3.Error as exc:
+        raise JournalUnreadableError(f"journal read failed: {exc}") from exc
+    return -1 if top is None else int(top)
+
+
+def journal_origin(conn: sqlite3.Connection) -> str:
+    """The origin recorded in ``journal_meta`` (unverified: only ``verify`` with a key proves it), or ``unknown``."""
+    try:
+        row = conn.execute("SELECT value FROM journal_meta WHERE key = 'origin'").fetchone()
+    except sqlite3.Error:
+        return "unknown"
+    return str(row[0]) if row else "unknown"
+
+
+def parse_time(text: str, *, now_ns: int | None = None) -> int:
+    """Unix nanoseconds for an RFC 3339 date-time with an offset, or a duration ago (``30s``, ``15m``, ``2h``, ``7d``).
+
+    Raises:
+        ValueError: with what is wrong and the accepted syntax.
+    """
+    text = text.strip()
+    duration = _DURATION_RE.fullmatch(text)
+    if duration:
+        now = time.time_ns() if now_ns is None else now_ns
+        return now - int(duration[1]) * _DURATION_UNITS_NS[duration[2]]
+    match = _RFC3339_RE.fullmatch(text)
+    if not match:
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?", text):
+            raise ValueError(f"{text!r} has no time zone: add Z for UTC or an offset such as +01:00")
+        raise ValueError(f"{text!r} is not a time: {_TIME_SYNTAX}")
+    year, month, day, hour, minute, second = (int(match[k]) for k in range(1, 7))
+    fraction, zulu, sign, offset_h, offset_m = match[7], match[8], match[9], match[10], match[11]
+    try:
+        if zulu:
+            zone = UTC
+        else:
+            offset = timedelta(hours=int(offset_h), minutes=int(offset_m))
+            zone = timezone(-offset if sign == "-" else offset)
+        when = datetime(year, month, day, hour, minute, second, tzinfo=zone)
+    except ValueError as exc:
+        raise ValueError(f"{text!r} is not a valid time: {exc}") from None
+    seconds = (when - _EPOCH) // timedelta(seconds=1)
+    return seconds * 10**9 + int((fraction or "").ljust(9, "0"))
+
+
+def json_line(seq: int, body: dict[str, Any]) -> str:
+    """The JSON-lines form of an event: its body with its ``seq`` first (like ``agentaudit events``)."""
+    return json.dumps({"seq": seq, **body}, ensure_ascii=False, separators=(",", ":"))
+
+
+def cloudevent(seq: int, body: dict[str, Any], origin: str) -> dict[str, Any]:
+    """A CloudEvents 1.0 structured-mode event for a journal event (the shape ``gateway.alerts`` sends).
+
+    ``id`` is the event id and ``source`` names the journal, so (source, id) is unique and a receiver can
+    de-duplicate re-exports; ``subject`` is the run, left out for events outside a run.
+    """
+    event: dict[str, Any] = {
+        "specversion": CLOUDEVENTS_SPECVERSION,
+        "id": str(body.get("event_id", "")),
+        "source": f"agentaudit://{quote(origin, safe='/:@-._~')}",
+        "type": f"{CLOUDEVENTS_TYPE_PREFIX}{body.get('kind', 'unknown')}",
+    }
+    run_id = body.get("run_id")
+    if isinstance(run_id, str) and run_id:
+        event["subject"] = run_id
+    if isinstance(body.get("timestamp"), str):
+        event["time"] = body["timestamp"]
+    event["datacontenttype"] = CLOUDEVENTS_DATA_CONTENT_TYPE
+    event["data"] = {"seq": seq, **body}
+    return event
+
+
+def cloudevent_line(seq: int, body: dict[str, Any], origin: str) -> str:
+    """:func:`cloudevent` as one JSON line."""
+    return json.dumps(cloudevent(seq, body, origin), ensure_ascii=False, separators=(",", ":"))
+
+
+_SUMMARY_DETAILS = ("status", "approval_id", "operation", "scope", "target", "method", "new_version")
+
+
+def summary_line(seq: int, body: dict[str, Any]) -> str:
+    """One readable line: time (UTC, milliseconds), seq, kind, run/step, action, decision, reason (``-`` for a field
+    the event lacks), then what identifies the rest (result status, approval id, kill-switch operation and target,
+    ...) and ``by TYPE:ID`` for an event with an actor."""
+
+    def text(key: str) -> str:
+        value = body.get(key)
+        return str(value) if value not in (None, "") else "-"
+
+    timestamp = text("timestamp")
+    short = re.fullmatch(r"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(\.\d{3})?\d*Z", timestamp)
+    if short:
+        timestamp = f"{short[1].replace('T', ' ')}{short[2] or '.000'}Z"
+    run = text("run_id")
+    if run != "-" and body.get("step_id") is not None:
+        run = f"{run}/{body['step_id']}"
+    parts = [
+        f"{timestamp}  #{seq:<7} {text('kind'):<16} {run:<24} {text('action'):<20} "
+        f"{text('decision'):<17} {text('reason')}"
+    ]
+    parts += [f"{key}={body[key]}" for key in _SUMMARY_DETAILS if body.get(key) not in (None, "")]
+    actor = body.get("actor")
+    if isinstance(actor, dict):
+        parts.append(f"by {actor.get('type', '?')}:{actor.get('id', '?')}")
+    return "  ".join(parts)
