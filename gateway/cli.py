@@ -388,6 +388,46 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    from gateway.errors import JournalUnavailableError  # noqa: PLC0415
+    from gateway.journal import query  # noqa: PLC0415
+    from gateway.journal.store import connect_readonly  # noqa: PLC0415
+
+    flt = query.EventFilter(**{f.name: getattr(args, f.name) for f in dataclasses.fields(query.EventFilter)})
+    if flt.since_ns is not None and flt.until_ns is not None and flt.since_ns >= flt.until_ns:
+        raise ConfigError("--since must be earlier than --until")
+    try:
+        conn = connect_readonly(Path(args.journal))
+    except JournalUnavailableError as exc:
+        raise ConfigError(str(exc)) from exc
+    try:
+        found = 0
+        if not args.json:
+            head = f"{'TIME':<24} {'SEQ':>7}  {'KIND':<16} {'RUN':<18} {'STEP':>5}  {'ACTION':<18} {'DECISION':<17}"
+            print(head + " REASON [LAYER/RULE]")
+        for seq, body in query.select(conn, flt, limit=args.limit, after_seq=args.after):
+            found += 1
+            if args.json:
+                print(query.json_line(seq, body))
+                continue
+            layer_rule = (
+                f"[{body.get('policy_layer', '')}/{body.get('policy_rule', '')}]" if body.get("policy_layer") else ""
+            )
+            step = body.get("step_id")
+            print(
+                f"{str(body.get('timestamp', ''))[:23]:<24} {seq:>7}  {body.get('kind', ''):<16} "
+                f"{str(body.get('run_id') or '-')[:18]:<18} {'-' if step is None else step:>5}  "
+                f"{str(body.get('action') or '-')[:18]:<18} {body.get('decision') or '-'!s:<17} "
+                f"{body.get('reason') or '-'} {layer_rule}".rstrip()
+            )
+        if not args.json:
+            more = f" (more after seq {seq}: --after {seq})" if args.limit and found == args.limit else ""
+            print(f"{found} events{more}")
+    finally:
+        conn.close()
+    return EXIT_OK
+
+
 def cmd_tail(args: argparse.Namespace) -> int:
     from gateway.errors import JournalUnavailableError  # noqa: PLC0415
     from gateway.journal import query  # noqa: PLC0415
@@ -693,6 +733,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=positive, metavar="N", help="at most N events")
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser("search", parents=[filters], help="find events by run, tenant, decision, reason, time, ...")
+    p.add_argument("--newest-first", action="store_true", help="newest event first (default: oldest first)")
+    p.add_argument("--limit", type=positive, default=100, metavar="N", help="at most N events (default 100)")
+    p.add_argument("--after", type=int, metavar="SEQ", help="continue after this seq (the next page)")
+    p.add_argument("--json", action="store_true", help="JSON lines (signed bodies with their seq)")
+    p.set_defaults(func=cmd_search)
+
     p = sub.add_parser("tail", parents=[filters], help="print the last matching events; --follow for new ones")
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new matching events until Ctrl-C")
     p.add_argument("-n", "--lines", type=natural, default=10, metavar="N", help="last N events first (default 10)")
@@ -729,7 +776,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code
     except JournalError as exc:
         print(f"agentaudit: {exc}", file=sys.stderr)
-        return EXIT_USAGE if args.command in ("verify", "events") else EXIT_FAILURE
+        readers = ("verify", "events", "search", "export", "tail")
+        return EXIT_USAGE if args.command in readers else EXIT_FAILURE
     except AgentAuditError as exc:
         print(f"agentaudit: {exc}", file=sys.stderr)
         return EXIT_FAILURE

@@ -38,7 +38,7 @@ from gateway.journal.query import EventFilter, glob_to_sqlite, parse_time, selec
 from gateway.journal.schema import indexed_values
 from gateway.journal.store import connect_readonly, iter_bodies
 from gateway.journal.writer import JournalWriter
-from tests.conftest import AGENTAUDIT, ROOT, RunningGateway, start_gateway
+from tests.conftest import AGENTAUDIT, ROOT, RunningGateway, run_cli, start_gateway
 from tests.gateway_helpers import decide_request, stub
 from tests.journal_helpers import fixed_signer, write_journal
 from tests.operator_helpers import auth, operator_stub
@@ -773,3 +773,18 @@ def test_tail_follow_with_zero_lines_prints_only_new_events(live: RunningGateway
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_search_cli_prints_a_table_and_pages_with_after(tmp_path: Path) -> None:
+
+    path = tmp_path / "j.db"
+    write_journal(path, 7)
+    table = run_cli("search", str(path), "--run-id", "run_1", "--limit", "1")
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].startswith("TIME") and "run_1" in lines[1]
+    assert lines[-1].startswith("1 events (more after seq 1: --after 1)")
+    rest = run_cli("search", str(path), "--run-id", "run_1", "--after", "1", "--json")
+    assert [json.loads(line)["seq"] for line in rest.stdout.splitlines()] == [4]
+    missing = run_cli("search", str(tmp_path / "nope.db"))
+    assert missing.returncode == 2
