@@ -131,3 +131,36 @@ def test_search_needs_a_credential_and_refuses_bad_tokens(populated: RunningGate
     with pytest.raises(grpc.RpcError) as bad:
         search(populated, token="not-a-token!")
     assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_watch_events_streams_new_matching_events_and_replays_after_a_seq(tmp_path: Path) -> None:
+    prepare_dir(tmp_path / "gw")
+    gw = start_gateway(tmp_path / "gw")
+    try:
+        channel, gateway = stub(gw.unix_target)
+        op_channel, op = operator_stub(gw.operator_target)
+        with channel, op_channel:
+            gateway.Decide(decide_request(run_id="run_before"), timeout=10)
+            # Start right after what is already journaled (deterministic, unlike "from now").
+            now = search(gw, newest_first=True, page_size=1).events[0].seq
+            stream = op.WatchEvents(
+                operator_pb2.WatchEventsRequest(filter=operator_pb2.EventFilter(tenant_id="t_42"), after_seq=now),
+                metadata=auth(TOKENS["bob"][0]),
+                timeout=30,
+            )
+            gateway.Decide(decide_request(run_id="run_live", tenant_id="t_42"), timeout=10)
+            gateway.Decide(decide_request(run_id="run_other", tenant_id="t_9"), timeout=10)
+            gateway.Decide(decide_request(run_id="run_live", step_id=2, tenant_id="t_42"), timeout=10)
+            received = [next(stream).event for _ in range(2)]
+            stream.cancel()
+            assert [(e.body["run_id"], e.body["step_id"]) for e in received] == [("run_live", 1), ("run_live", 2)]
+            replay = op.WatchEvents(
+                operator_pb2.WatchEventsRequest(filter=operator_pb2.EventFilter(run_id="run_before"), after_seq=0),
+                metadata=auth(TOKENS["bob"][0]),
+                timeout=30,
+            )
+            first = next(replay).event
+            replay.cancel()
+        assert first.body["run_id"] == "run_before" and len(first.signature) == 64
+    finally:
+        gw.stop()

@@ -6,10 +6,11 @@ for its credential (UNAUTHENTICATED) or role (PERMISSION_DENIED) is journaled as
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -29,7 +30,7 @@ from gateway.errors import (
     UnauthenticatedError,
 )
 from gateway.forwarder import Forwarder
-from gateway.journal.query import EventFilter, select
+from gateway.journal.query import EventFilter, last_seq, select
 from gateway.journal.store import JournalReader
 from gateway.killswitch import EngagedSwitch, KillSwitchBoard
 from gateway.policy_manager import TRIGGER_OPERATOR, PolicyManager
@@ -106,6 +107,8 @@ def _text(field: str, value: str, max_bytes: int, *, required: bool = False) -> 
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
+WATCH_PAGE = 500
+WATCH_POLL_S = 0.2
 
 
 def _page_cursor(token: str) -> int | None:
@@ -289,6 +292,53 @@ class OperatorServicer:
         token = base64.urlsafe_b64encode(str(rows[-1][0]).encode()).decode() if len(rows) == page_size else ""
         return operator_pb2.SearchEventsResponse(events=events, next_page_token=token)
 
+    def guarded_stream(
+        self, method: str, roles: tuple[str, ...], call: Callable[[Any, Operator], AsyncIterator[Any]]
+    ) -> Callable[[Any, Context], AsyncIterator[Any]]:
+        """:meth:`guarded` for a server-streaming method."""
+        check = self.guarded(method, roles, self._identity)
+
+        async def handler(request: Any, context: Context) -> AsyncIterator[Any]:
+            operator = await check(request, context)
+            async for message in call(request, operator):
+                yield message
+
+        return handler
+
+    async def _identity(self, request: Any, operator: Operator) -> Operator:
+        return operator
+
+    async def watch(self, request: operator_pb2.WatchEventsRequest, operator: Operator) -> AsyncIterator[Any]:
+        flt = _event_filter(request.filter, newest_first=False)
+        if request.HasField("after_seq"):
+            after = request.after_seq
+        else:
+            after = await self._reader.run(last_seq)
+        while True:
+
+            def page(
+                conn: sqlite3.Connection, after: int = after
+            ) -> tuple[int, list[tuple[int, bytes, bytes, dict[str, Any]]]]:
+                tail = last_seq(conn)
+                rows = []
+                for seq, body in select(conn, flt, after_seq=after, limit=WATCH_PAGE, through_seq=tail):
+                    entry, signature = conn.execute(
+                        "SELECT entry, signature FROM journal WHERE seq = ?", (seq,)
+                    ).fetchone()
+                    rows.append((seq, bytes(entry), bytes(signature), body))
+                return tail, rows
+
+            tail, rows = await self._reader.run(page)
+            for seq, entry, signature, body in rows:
+                event = operator_pb2.SearchedEvent(seq=seq, entry=entry, signature=signature)
+                event.body.update(body)
+                yield operator_pb2.WatchEventsResponse(event=event)
+                after = seq
+            if len(rows) < WATCH_PAGE:
+                # Everything up to the tail was scanned: the next poll starts after it, matches or not.
+                after = max(after, tail)
+                await asyncio.sleep(WATCH_POLL_S)
+
     async def reload_policy(self, request: operator_pb2.ReloadPolicyRequest, operator: Operator) -> Any:
         _text("document", request.document, MAX_POLICY_BYTES)
         try:
@@ -324,9 +374,13 @@ def operator_handler(servicer: OperatorServicer) -> grpc.GenericRpcHandler[Any, 
         "AcknowledgeRecovery": (admin, servicer.acknowledge_recovery, operator_pb2.AcknowledgeRecoveryRequest),
         "SearchEvents": (read, servicer.search, operator_pb2.SearchEventsRequest),
     }
+    streams = {
+        "WatchEvents": (servicer.guarded_stream("WatchEvents", read, servicer.watch), operator_pb2.WatchEventsRequest)
+    }
     return service_handler(
         SERVICE_NAME,
-        {
+        streams=streams,
+        methods={
             name: (servicer.guarded(name, roles, call), request_type)
             for name, (roles, call, request_type) in table.items()
         },

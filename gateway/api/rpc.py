@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import grpc
@@ -39,14 +39,48 @@ def unary(method: str, call: Call) -> Call:
     return handler
 
 
-def service_handler(service: str, methods: Mapping[str, tuple[Call, Any]]) -> grpc.GenericRpcHandler[Any, Any]:
-    """Handlers for every unary method of ``service``, with decoders that turn bad bytes into INVALID_ARGUMENT."""
-    handlers = {
+StreamCall = Callable[[Any, Context], AsyncIterator[Any]]
+
+
+def server_stream(method: str, call: StreamCall) -> StreamCall:
+    """Like :func:`unary` for a server-streaming method: errors before or between messages become statuses."""
+
+    async def handler(request: Any, context: Context) -> AsyncIterator[Any]:
+        try:
+            if isinstance(request, Undecodable):
+                raise InvalidRequestError(request.violations)
+            async for message in call(request, context):
+                yield message
+            return
+        except AgentAuditError as exc:
+            log.debug("%s refused: %s", method, exc)
+            status = to_status(exc)
+        except Exception as exc:
+            log.exception("%s failed", method)
+            status = to_status(exc)
+        await context.abort(status.code, status.details, status.trailing_metadata)
+
+    return handler
+
+
+def service_handler(
+    service: str, methods: Mapping[str, tuple[Call, Any]], streams: Mapping[str, tuple[StreamCall, Any]] | None = None
+) -> grpc.GenericRpcHandler[Any, Any]:
+    """Handlers for the methods of ``service``, with decoders that turn bad bytes into INVALID_ARGUMENT."""
+
+    def serialize(message: Any) -> bytes:
+        return bytes(message.SerializeToString())
+
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
         name: grpc.unary_unary_rpc_method_handler(
-            unary(name, call),
-            request_deserializer=deserializer(request_type),
-            response_serializer=lambda message: message.SerializeToString(),
+            unary(name, call), request_deserializer=deserializer(request_type), response_serializer=serialize
         )
         for name, (call, request_type) in methods.items()
     }
+    for name, (stream_call, request_type) in (streams or {}).items():
+        handlers[name] = grpc.unary_stream_rpc_method_handler(
+            server_stream(name, stream_call),
+            request_deserializer=deserializer(request_type),
+            response_serializer=serialize,
+        )
     return grpc.method_handlers_generic_handler(service, handlers)

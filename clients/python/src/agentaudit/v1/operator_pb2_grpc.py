@@ -88,6 +88,11 @@ class OperatorServiceStub:
                 request_serializer=agentaudit_dot_v1_dot_operator__pb2.SearchEventsRequest.SerializeToString,
                 response_deserializer=agentaudit_dot_v1_dot_operator__pb2.SearchEventsResponse.FromString,
                 _registered_method=True)
+        self.WatchEvents = channel.unary_stream(
+                '/agentaudit.v1.OperatorService/WatchEvents',
+                request_serializer=agentaudit_dot_v1_dot_operator__pb2.WatchEventsRequest.SerializeToString,
+                response_deserializer=agentaudit_dot_v1_dot_operator__pb2.WatchEventsResponse.FromString,
+                _registered_method=True)
 
 
 class OperatorServiceServicer:
@@ -169,6 +174,13 @@ class OperatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchEvents(self, request, context):
+        """Streams matching events as they are journaled, until the client cancels. Role: any.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OperatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -221,6 +233,11 @@ def add_OperatorServiceServicer_to_server(servicer, server):
                     servicer.SearchEvents,
                     request_deserializer=agentaudit_dot_v1_dot_operator__pb2.SearchEventsRequest.FromString,
                     response_serializer=agentaudit_dot_v1_dot_operator__pb2.SearchEventsResponse.SerializeToString,
+            ),
+            'WatchEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchEvents,
+                    request_deserializer=agentaudit_dot_v1_dot_operator__pb2.WatchEventsRequest.FromString,
+                    response_serializer=agentaudit_dot_v1_dot_operator__pb2.WatchEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -497,6 +514,33 @@ class OperatorService:
             '/agentaudit.v1.OperatorService/SearchEvents',
             agentaudit_dot_v1_dot_operator__pb2.SearchEventsRequest.SerializeToString,
             agentaudit_dot_v1_dot_operator__pb2.SearchEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/agentaudit.v1.OperatorService/WatchEvents',
+            agentaudit_dot_v1_dot_operator__pb2.WatchEventsRequest.SerializeToString,
+            agentaudit_dot_v1_dot_operator__pb2.WatchEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

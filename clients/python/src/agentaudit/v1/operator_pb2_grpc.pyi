@@ -61,6 +61,8 @@ class OperatorServiceStub:
     """Searches this sidecar's journal; results are the signed entries with their
     parsed bodies, one page at a time. Role: any.
     """
+    WatchEvents: _grpc.UnaryStreamMultiCallable[_operator_pb2.WatchEventsRequest, _operator_pb2.WatchEventsResponse]
+    """Streams matching events as they are journaled, until the client cancels. Role: any."""
 
 @_typing.type_check_only
 class OperatorServiceAsyncStub(OperatorServiceStub):
@@ -95,6 +97,8 @@ class OperatorServiceAsyncStub(OperatorServiceStub):
     """Searches this sidecar's journal; results are the signed entries with their
     parsed bodies, one page at a time. Role: any.
     """
+    WatchEvents: _aio.UnaryStreamMultiCallable[_operator_pb2.WatchEventsRequest, _operator_pb2.WatchEventsResponse]  # type: ignore[assignment]
+    """Streams matching events as they are journaled, until the client cancels. Role: any."""
 
 class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
     """OperatorService is for humans and tools. It is served on its own listener,
@@ -186,5 +190,13 @@ class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
         """Searches this sidecar's journal; results are the signed entries with their
         parsed bodies, one page at a time. Role: any.
         """
+
+    @_abc_1.abstractmethod
+    def WatchEvents(
+        self,
+        request: _operator_pb2.WatchEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_operator_pb2.WatchEventsResponse], _abc.AsyncIterator[_operator_pb2.WatchEventsResponse]]:
+        """Streams matching events as they are journaled, until the client cancels. Role: any."""
 
 def add_OperatorServiceServicer_to_server(servicer: OperatorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
