@@ -396,6 +396,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     flt = query.EventFilter(**{f.name: getattr(args, f.name) for f in dataclasses.fields(query.EventFilter)})
     if flt.since_ns is not None and flt.until_ns is not None and flt.since_ns >= flt.until_ns:
         raise ConfigError("--since must be earlier than --until")
+    if args.collector:
+        if args.journal or args.after is not None:
+            raise ConfigError("--collector searches the collector: give no JOURNAL file and no --after")
+        return _search_collector(args, flt)
+    if not args.journal or args.page_token or args.origin:
+        raise ConfigError("give a JOURNAL file, or --collector ADDRESS (--page-token and --origin need --collector)")
     try:
         conn = connect_readonly(Path(args.journal))
     except JournalUnavailableError as exc:
@@ -403,28 +409,100 @@ def cmd_search(args: argparse.Namespace) -> int:
     try:
         found = 0
         if not args.json:
-            head = f"{'TIME':<24} {'SEQ':>7}  {'KIND':<16} {'RUN':<18} {'STEP':>5}  {'ACTION':<18} {'DECISION':<17}"
-            print(head + " REASON [LAYER/RULE]")
+            print(_search_header(with_origin=False))
         for seq, body in query.select(conn, flt, limit=args.limit, after_seq=args.after):
             found += 1
-            if args.json:
-                print(query.json_line(seq, body))
-                continue
-            layer_rule = (
-                f"[{body.get('policy_layer', '')}/{body.get('policy_rule', '')}]" if body.get("policy_layer") else ""
-            )
-            step = body.get("step_id")
-            print(
-                f"{str(body.get('timestamp', ''))[:23]:<24} {seq:>7}  {body.get('kind', ''):<16} "
-                f"{str(body.get('run_id') or '-')[:18]:<18} {'-' if step is None else step:>5}  "
-                f"{str(body.get('action') or '-')[:18]:<18} {body.get('decision') or '-'!s:<17} "
-                f"{body.get('reason') or '-'} {layer_rule}".rstrip()
-            )
+            print(query.json_line(seq, body) if args.json else _search_row(seq, body))
         if not args.json:
             more = f" (more after seq {seq}: --after {seq})" if args.limit and found == args.limit else ""
             print(f"{found} events{more}")
     finally:
         conn.close()
+    return EXIT_OK
+
+
+def _search_header(*, with_origin: bool) -> str:
+    origin = f"{'ORIGIN':<24} " if with_origin else ""
+    head = f"{'TIME':<24} {origin}{'SEQ':>7}  {'KIND':<16} {'RUN':<18} {'STEP':>5}  {'ACTION':<18} {'DECISION':<17}"
+    return head + " REASON [LAYER/RULE]"
+
+
+def _search_row(seq: int, body: dict[str, Any], origin: str | None = None) -> str:
+    layer_rule = f"[{body.get('policy_layer', '')}/{body.get('policy_rule', '')}]" if body.get("policy_layer") else ""
+    step = body.get("step_id")
+    origin_cell = "" if origin is None else f"{origin[:24]:<24} "
+    return (
+        f"{str(body.get('timestamp', ''))[:23]:<24} {origin_cell}{seq:>7}  {body.get('kind', ''):<16} "
+        f"{str(body.get('run_id') or '-')[:18]:<18} {'-' if step is None else step:>5}  "
+        f"{str(body.get('action') or '-')[:18]:<18} {body.get('decision') or '-'!s:<17} "
+        f"{body.get('reason') or '-'} {layer_rule}".rstrip()
+    )
+
+
+def _search_collector(args: argparse.Namespace, flt: Any) -> int:
+    """``agentaudit search --collector ADDRESS``: every origin's events, in time order, page by page."""
+    import grpc  # noqa: PLC0415
+
+    from agentaudit.v1 import collector_pb2_grpc, operator_pb2  # noqa: PLC0415
+    from gateway.journal.entry import HEADER_SIZE  # noqa: PLC0415
+
+    request_filter = operator_pb2.EventFilter(
+        run_id=flt.run_id or "",
+        tenant_id=flt.tenant_id or "",
+        agent_id=flt.agent_id or "",
+        action=flt.action or "",
+        decision=flt.decision or "",
+        reason=flt.reason or "",
+        policy_layer=flt.policy_layer or "",
+        policy_rule=flt.policy_rule or "",
+        actor=flt.actor or "",
+        kind=flt.kind or "",
+        origin=args.origin or "",
+    )
+    if flt.since_ns is not None:
+        request_filter.since.FromNanoseconds(flt.since_ns)
+    if flt.until_ns is not None:
+        request_filter.until.FromNanoseconds(flt.until_ns)
+    if not args.json:
+        print(_search_header(with_origin=True))
+    found, token = 0, args.page_token or ""
+    with grpc.insecure_channel(args.collector) as channel:
+        stub = collector_pb2_grpc.CollectorServiceStub(channel)
+        while True:
+            request = operator_pb2.SearchEventsRequest(
+                filter=request_filter,
+                newest_first=args.newest_first,
+                page_size=min(args.limit - found, 1000),
+                page_token=token,
+            )
+            try:
+                reply = stub.SearchEvents(request, timeout=args.timeout)
+            except grpc.RpcError as exc:
+                code = exc.code()
+                exit_code = EXIT_USAGE if code == grpc.StatusCode.INVALID_ARGUMENT else EXIT_FAILURE
+                raise OperatorCallError(
+                    f"collector {args.collector}: {code.name}: {exc.details()}", exit_code
+                ) from None
+            for event in reply.events:
+                found += 1
+                # The signed body itself (the Struct copy would turn every number into a float).
+                body = json.loads(event.entry[HEADER_SIZE:])
+                if args.json:
+                    print(
+                        json.dumps(
+                            {"origin": event.origin, "seq": event.seq, **body},
+                            ensure_ascii=False,
+                            separators=(",", ":"),
+                        )
+                    )
+                else:
+                    print(_search_row(event.seq, body, event.origin))
+            token = reply.next_page_token
+            if not token or found >= args.limit:
+                break
+    if not args.json:
+        more = f" (more: --page-token {token})" if token else ""
+        print(f"{found} events{more}")
     return EXIT_OK
 
 
@@ -711,8 +789,9 @@ def build_parser() -> argparse.ArgumentParser:
             raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds in (0, 3600]")
         return parsed
 
+    journal_file = argparse.ArgumentParser(add_help=False)
+    journal_file.add_argument("journal", help="journal database file (journal.db); read-only, may be in use")
     filters = argparse.ArgumentParser(add_help=False)
-    filters.add_argument("journal", help="journal database file (journal.db); read-only, may be in use")
     filters.add_argument("--run-id", type=nonempty, metavar="RUN", help="only events of this run")
     filters.add_argument("--tenant", dest="tenant_id", type=nonempty, metavar="TENANT", help="only this tenant")
     filters.add_argument("--agent", dest="agent_id", type=nonempty, metavar="AGENT", help="only this agent")
@@ -727,20 +806,29 @@ def build_parser() -> argparse.ArgumentParser:
     filters.add_argument("--since", dest="since_ns", type=time_ns, metavar="TIME", help="at or after (RFC 3339 or 2h)")
     filters.add_argument("--until", dest="until_ns", type=time_ns, metavar="TIME", help="before (RFC 3339 or 15m)")
 
-    p = sub.add_parser("export", parents=[filters], help="export matching events as JSON lines or CloudEvents")
+    p = sub.add_parser(
+        "export", parents=[journal_file, filters], help="export matching events as JSON lines or CloudEvents"
+    )
     p.add_argument("--format", choices=["jsonl", "cloudevents"], default="jsonl", help="output (default jsonl)")
     p.add_argument("--newest-first", action="store_true", help="newest event first (default: oldest first)")
     p.add_argument("--limit", type=positive, metavar="N", help="at most N events")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("search", parents=[filters], help="find events by run, tenant, decision, reason, time, ...")
+    p.add_argument("journal", nargs="?", help="journal database file (journal.db); read-only, may be in use")
+    p.add_argument("--collector", metavar="ADDRESS", help="search a collector (HOST:PORT) instead of a journal file")
+    p.add_argument("--origin", type=nonempty, metavar="ORIGIN", help="only this journal (with --collector)")
+    p.add_argument("--page-token", metavar="TOKEN", help="continue from a previous page (with --collector)")
+    p.add_argument("--timeout", type=seconds, default=30.0, metavar="S", help="collector call timeout (default 30)")
     p.add_argument("--newest-first", action="store_true", help="newest event first (default: oldest first)")
     p.add_argument("--limit", type=positive, default=100, metavar="N", help="at most N events (default 100)")
     p.add_argument("--after", type=int, metavar="SEQ", help="continue after this seq (the next page)")
     p.add_argument("--json", action="store_true", help="JSON lines (signed bodies with their seq)")
     p.set_defaults(func=cmd_search)
 
-    p = sub.add_parser("tail", parents=[filters], help="print the last matching events; --follow for new ones")
+    p = sub.add_parser(
+        "tail", parents=[journal_file, filters], help="print the last matching events; --follow for new ones"
+    )
     p.add_argument("-f", "--follow", action="store_true", help="keep printing new matching events until Ctrl-C")
     p.add_argument("-n", "--lines", type=natural, default=10, metavar="N", help="last N events first (default 10)")
     p.add_argument("--interval", type=seconds, default=0.5, metavar="S", help="poll interval, seconds (default 0.5)")

@@ -27,8 +27,11 @@ from gateway.collector.ingest import (
 from gateway.collector.store import (
     EVENT_COLUMNS,
     EVIDENCE_COLUMNS,
+    SEARCH_SCAN_ROWS,
     CollectorUnavailableError,
     IngestOutcome,
+    SearchCursor,
+    SearchHit,
     alert_evidence,
     decode_keys,
     encode_keys,
@@ -36,9 +39,12 @@ from gateway.collector.store import (
     evidence_dict,
     evidence_row,
     migrations,
+    search_hit,
+    search_plan,
     unknown_origin,
 )
 from gateway.errors import ConfigError
+from gateway.journal.query import EventFilter
 from gateway.signing import Ed25519Signer, Verifier
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -250,6 +256,50 @@ class PostgresCollectorStore:
         except _DATABASE_ERRORS as exc:
             raise CollectorUnavailableError(f"PostgreSQL collector store: {exc}") from exc
         return [(int(r["seq"]), bytes(r["entry"]), bytes(r["signature"])) for r in rows]
+
+    async def search(
+        self, flt: EventFilter, *, newest_first: bool, after: SearchCursor | None, limit: int
+    ) -> list[SearchHit]:
+        """Matching events of every origin in ``(unix_nanos, origin, seq)`` order after ``after``, at most ``limit``."""
+        if limit <= 0 or not _storable_filter(flt, after):
+            return []
+        plan = search_plan(flt, newest_first=newest_first, dialect="postgres", placeholder=lambda i: f"${i}")
+        scan = limit if plan.check is None else max(limit, SEARCH_SCAN_ROWS)
+        hits: list[SearchHit] = []
+        cursor = after
+        try:
+            async with self._require_pool().acquire() as conn:
+                while len(hits) < limit:
+                    where = [*plan.where, plan.keyset] if cursor is not None else plan.where
+                    params = [*plan.params, *cursor] if cursor is not None else plan.params
+                    conditions = " AND ".join(where) or "true"
+                    # Only constants are interpolated; every value is a placeholder parameter.
+                    sql = (
+                        f"SELECT origin, seq, entry, signature, unix_nanos FROM events WHERE {conditions} "  # noqa: S608
+                        f"ORDER BY {plan.order} LIMIT ${len(params) + 1}"
+                    )
+                    rows = await conn.fetch(sql, *params, scan)
+                    for row in rows:
+                        origin, seq, nanos = str(row["origin"]), int(row["seq"]), int(row["unix_nanos"])
+                        cursor = (nanos, origin, seq)
+                        hit = search_hit(origin, seq, bytes(row["entry"]), bytes(row["signature"]), nanos)
+                        if plan.check is None or plan.check(hit.body):
+                            hits.append(hit)
+                            if len(hits) == limit:
+                                break
+                    if len(rows) < scan:
+                        break
+        except _DATABASE_ERRORS as exc:
+            raise CollectorUnavailableError(f"PostgreSQL collector store: {exc}") from exc
+        return hits
+
+
+def _storable_filter(flt: EventFilter, after: SearchCursor | None) -> bool:
+    """False when a text filter or the cursor's origin holds what no text column can (so nothing matches)."""
+    texts = [v for v in vars(flt).values() if isinstance(v, str)]
+    if after is not None:
+        texts.append(after[1])
+    return all(is_storable_text(t) for t in texts)
 
 
 def _origin_state(origin: str, row: Any) -> tuple[OriginState, list[Verifier]]:

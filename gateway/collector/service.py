@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import logging
 import time
 from typing import Any
 
 import grpc
 
-from agentaudit.v1 import collector_pb2
+from agentaudit.v1 import collector_pb2, operator_pb2
 from gateway.api.rpc import Context, service_handler
 from gateway.collector.ingest import IngestRejected
-from gateway.collector.store import CollectorStore
+from gateway.collector.store import CollectorEventFilter, CollectorStore, SearchCursor
 from gateway.errors import FailedPreconditionError, FieldViolation, InvalidRequestError, OverloadedError
 from gateway.signing import Ed25519Signer
 
@@ -20,10 +22,27 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = "agentaudit.v1.CollectorService"
 MAX_ORIGIN_BYTES = 256
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+MAX_FILTER_BYTES = 256
+_FILTER_TEXTS = (
+    "run_id",
+    "tenant_id",
+    "agent_id",
+    "action",
+    "decision",
+    "reason",
+    "policy_layer",
+    "policy_rule",
+    "actor",
+    "kind",
+    "origin",
+)
+_INT64 = (-(2**63), 2**63 - 1)
 
 
 class CollectorServicer:
-    """Implements Ingest and GetCheckpoint; bounded concurrency, with back-pressure instead of queueing forever."""
+    """Implements Ingest, GetCheckpoint and SearchEvents; ingest has bounded concurrency, with back-pressure."""
 
     def __init__(
         self, store: CollectorStore, witness: Ed25519Signer, *, max_batch_entries: int, max_inflight: int
@@ -76,6 +95,93 @@ class CollectorServicer:
         size, note = await self._store.latest(request.origin)
         return collector_pb2.GetCheckpointResponse(size=size, cosigned_checkpoint=note)
 
+    async def search(
+        self, request: operator_pb2.SearchEventsRequest, context: Context
+    ) -> operator_pb2.SearchEventsResponse:
+        """One page of matching events across every origin, in time order, with a keyset token for the next.
+
+        No authentication yet: whoever reaches the collector's listener can read every journal it holds.
+        """
+        flt = event_filter(request.filter)
+        page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        after = decode_page_token(request.page_token)
+        hits = await self._store.search(flt, newest_first=request.newest_first, after=after, limit=page_size)
+        events = []
+        for hit in hits:
+            event = operator_pb2.SearchedEvent(seq=hit.seq, entry=hit.entry, signature=hit.signature, origin=hit.origin)
+            event.body.update(hit.body)
+            events.append(event)
+        token = ""
+        if len(hits) == page_size:
+            last = hits[-1]
+            token = encode_page_token((last.unix_nanos, last.origin, last.seq))
+        return operator_pb2.SearchEventsResponse(events=events, next_page_token=token)
+
+
+def encode_page_token(cursor: SearchCursor) -> str:
+    """``unix_nanos:origin:seq`` in URL-safe base64 (the origin may itself contain ``:``)."""
+    nanos, origin, seq = cursor
+    return base64.urlsafe_b64encode(f"{nanos}:{origin}:{seq}".encode()).decode()
+
+
+def decode_page_token(token: str) -> SearchCursor | None:
+    """The cursor of a token from :func:`encode_page_token`; None for an empty token.
+
+    Raises:
+        InvalidRequestError: the token is not one this service issued.
+    """
+    if not token:
+        return None
+    try:
+        text = base64.urlsafe_b64decode(token.encode("ascii")).decode()
+        nanos, rest = text.split(":", 1)
+        origin, seq = rest.rsplit(":", 1)
+        cursor = (int(nanos), origin, int(seq))
+    except (ValueError, UnicodeError, binascii.Error):
+        cursor = None
+    if cursor is None or not origin or not _INT64[0] <= cursor[0] <= _INT64[1] or not 0 <= cursor[2] <= _INT64[1]:
+        raise InvalidRequestError([FieldViolation("page_token", "is not a token from a previous page")])
+    return cursor
+
+
+def event_filter(f: operator_pb2.EventFilter) -> CollectorEventFilter:
+    """The store filter for a request's filter (the sidecar's semantics, plus ``origin``).
+
+    Raises:
+        InvalidRequestError: a text longer than 256 bytes or holding a control character, or ``since`` not
+            earlier than ``until``.
+    """
+    violations = []
+    for name in _FILTER_TEXTS:
+        value = getattr(f, name)
+        if len(value.encode()) > MAX_FILTER_BYTES or not value.isprintable():
+            violations.append(FieldViolation(f"filter.{name}", "must be printable text of at most 256 bytes"))
+    since = _clamp(f.since.ToNanoseconds()) if f.HasField("since") else None
+    until = _clamp(f.until.ToNanoseconds()) if f.HasField("until") else None
+    if since is not None and until is not None and since >= until:
+        violations.append(FieldViolation("filter.since", "must be earlier than filter.until"))
+    if violations:
+        raise InvalidRequestError(violations)
+    return CollectorEventFilter(
+        run_id=f.run_id or None,
+        tenant_id=f.tenant_id or None,
+        agent_id=f.agent_id or None,
+        action=f.action or None,
+        decision=f.decision or None,
+        reason=f.reason or None,
+        kind=f.kind or None,
+        since_ns=since,
+        until_ns=until,
+        policy_layer=f.policy_layer or None,
+        policy_rule=f.policy_rule or None,
+        actor=f.actor or None,
+        origin=f.origin or None,
+    )
+
+
+def _clamp(nanos: int) -> int:
+    return max(_INT64[0], min(_INT64[1], nanos))
+
 
 def collector_handler(servicer: CollectorServicer) -> grpc.GenericRpcHandler[Any, Any]:
     """The CollectorService handlers."""
@@ -84,5 +190,6 @@ def collector_handler(servicer: CollectorServicer) -> grpc.GenericRpcHandler[Any
         {
             "Ingest": (servicer.ingest, collector_pb2.IngestRequest),
             "GetCheckpoint": (servicer.get_checkpoint, collector_pb2.GetCheckpointRequest),
+            "SearchEvents": (servicer.search, operator_pb2.SearchEventsRequest),
         },
     )

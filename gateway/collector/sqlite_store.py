@@ -21,8 +21,11 @@ from gateway.collector.ingest import BatchEntry, IngestRejected, OriginState, he
 from gateway.collector.store import (
     EVENT_COLUMNS,
     EVIDENCE_COLUMNS,
+    SEARCH_SCAN_ROWS,
     CollectorUnavailableError,
     IngestOutcome,
+    SearchCursor,
+    SearchHit,
     alert_evidence,
     decode_keys,
     encode_keys,
@@ -30,8 +33,11 @@ from gateway.collector.store import (
     evidence_dict,
     evidence_row,
     migrations,
+    search_hit,
+    search_plan,
     unknown_origin,
 )
+from gateway.journal.query import EventFilter
 from gateway.signing import Ed25519Signer, Verifier
 
 _T = TypeVar("_T")
@@ -193,6 +199,39 @@ class SqliteCollectorStore:
             return [(int(seq), bytes(entry), bytes(signature)) for seq, entry, signature in rows]
 
         return await self._run(query)
+
+    async def search(
+        self, flt: EventFilter, *, newest_first: bool, after: SearchCursor | None, limit: int
+    ) -> list[SearchHit]:
+        """Matching events of every origin in ``(unix_nanos, origin, seq)`` order after ``after``, at most ``limit``."""
+        plan = search_plan(flt, newest_first=newest_first, dialect="sqlite", placeholder=lambda _: "?")
+        scan = limit if plan.check is None else max(limit, SEARCH_SCAN_ROWS)
+
+        def query(conn: sqlite3.Connection) -> list[SearchHit]:
+            hits: list[SearchHit] = []
+            cursor = after
+            while len(hits) < limit:
+                where = [*plan.where, plan.keyset] if cursor is not None else plan.where
+                params = [*plan.params, *cursor] if cursor is not None else plan.params
+                conditions = " AND ".join(where) or "1"
+                # Only constants are interpolated; every value is a placeholder parameter.
+                sql = (
+                    f"SELECT origin, seq, entry, signature, unix_nanos FROM events WHERE {conditions} "  # noqa: S608
+                    f"ORDER BY {plan.order} LIMIT ?"
+                )
+                rows = conn.execute(sql, (*params, scan)).fetchall()
+                for origin, seq, entry, signature, unix_nanos in rows:
+                    cursor = (int(unix_nanos), str(origin), int(seq))
+                    hit = search_hit(str(origin), int(seq), bytes(entry), bytes(signature), int(unix_nanos))
+                    if plan.check is None or plan.check(hit.body):
+                        hits.append(hit)
+                        if len(hits) == limit:
+                            break
+                if len(rows) < scan:
+                    break
+            return hits
+
+        return [] if limit <= 0 else await self._run(query)
 
     async def _run(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
         """Runs ``work`` on the store's thread with its connection; SQLite errors become unavailability."""

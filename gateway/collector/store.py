@@ -18,15 +18,18 @@ The collector holds no state outside its database, so several replicas can serve
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from gateway.collector.ingest import BatchEntry, IngestRejected, NewEntry, RejectCode, is_storable_text
 from gateway.errors import ConfigError, ServiceUnavailableError, SigningKeyError
+from gateway.journal.entry import HEADER_SIZE
+from gateway.journal.query import EventFilter, _body_predicate, glob_to_sqlite
 from gateway.journal.schema import INDEXED_FIELDS
 from gateway.signing import Ed25519Signer, Verifier, parse_verifier
 
@@ -60,6 +63,28 @@ class IngestOutcome:
     size: int
     accepted: int
     cosigned_note: str
+
+
+@dataclass(frozen=True)
+class CollectorEventFilter(EventFilter):
+    """:class:`~gateway.journal.query.EventFilter` plus the journal's ``origin`` (exact), for the collector."""
+
+    origin: str | None = None
+
+
+class SearchHit(NamedTuple):
+    """One event found by :meth:`CollectorStore.search`."""
+
+    origin: str
+    seq: int
+    entry: bytes
+    signature: bytes
+    body: dict[str, Any]
+    unix_nanos: int
+
+
+SearchCursor = tuple[int, str, int]
+"""A keyset position: ``(unix_nanos, origin, seq)`` of the last event a previous page returned."""
 
 
 class CollectorStore(Protocol):
@@ -105,6 +130,110 @@ class CollectorStore(Protocol):
 
     async def entries(self, origin: str, start: int = 0, end: int | None = None) -> list[BatchEntry]:
         """Held entries with ``start <= seq < end`` (to the end if None), in seq order: (seq, entry, signature)."""
+
+    async def search(
+        self, flt: EventFilter, *, newest_first: bool, after: SearchCursor | None, limit: int
+    ) -> list[SearchHit]:
+        """At most ``limit`` events of every origin matching ``flt`` (a :class:`CollectorEventFilter` to select an
+        origin too), ordered by ``(unix_nanos, origin, seq)`` (descending if ``newest_first``), after the keyset
+        position ``after``. Indexed filters are SQL (parameters only); policy layer, rule and actor are checked
+        on the parsed body, reading further pages until ``limit`` matches or the rows run out.
+
+        Raises:
+            CollectorUnavailableError: the database failed.
+        """
+
+
+# Filters with an indexed column, compared for equality (EventFilter field → events column).
+_EQUALITY_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("run_id", "run_id"),
+    ("tenant_id", "tenant_id"),
+    ("agent_id", "agent_id"),
+    ("decision", "decision"),
+    ("reason", "reason"),
+    ("kind", "kind"),
+    ("origin", "origin"),
+)
+SEARCH_SCAN_ROWS = 500
+"""Rows read per statement while body-side filters discard candidates."""
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """One search as SQL: conditions with placeholders made by ``placeholder(i)`` (1-based), and their values.
+
+    ``keyset`` is the cursor condition for ``(unix_nanos, origin, seq)``, to be given the cursor as its three
+    parameters after ``params``; ``order`` the ORDER BY list; ``check`` the body-side test (None: none).
+    """
+
+    where: list[str]
+    params: list[Any]
+    keyset: str
+    order: str
+    check: Callable[[dict[str, Any]], bool] | None
+
+
+def search_plan(flt: EventFilter, *, newest_first: bool, dialect: str, placeholder: Callable[[int], str]) -> SearchPlan:
+    """Translates ``flt`` for ``dialect`` (``sqlite`` or ``postgres``); only constants enter the SQL text.
+
+    The action glob becomes ``GLOB`` in SQLite and ``LIKE`` (with ``\\`` escapes) in PostgreSQL, both
+    case-sensitive; a bracket class selects a superset in SQL and is confirmed on the body with fnmatch, as the
+    sidecar does (:func:`gateway.journal.query.glob_to_sqlite`). In PostgreSQL origins sort bytewise
+    (``COLLATE "C"``), like SQLite, so both stores return the same order.
+    """
+    where: list[str] = []
+    params: list[Any] = []
+
+    def add(condition: str, value: Any) -> None:
+        params.append(value)
+        where.append(condition.format(placeholder(len(params))))
+
+    for field, column in _EQUALITY_COLUMNS:
+        value = getattr(flt, field, None)
+        if value is not None:
+            add(f"{column} = {{}}", value)
+    if flt.action is not None:
+        if not any(c in flt.action for c in "*?["):
+            add("action = {}", flt.action)
+        elif dialect == "sqlite":
+            add("action GLOB {}", glob_to_sqlite(flt.action)[0])
+        else:
+            add("action LIKE {} ESCAPE '\\'", glob_to_like(flt.action))
+    if flt.since_ns is not None:
+        add("unix_nanos >= {}", flt.since_ns)
+    if flt.until_ns is not None:
+        add("unix_nanos < {}", flt.until_ns)
+    origin = "origin" if dialect == "sqlite" else 'origin COLLATE "C"'
+    compare, direction = ("<", "DESC") if newest_first else (">", "ASC")
+    n = len(params)
+    keyset = f"(unix_nanos, {origin}, seq) {compare} ({placeholder(n + 1)}, {placeholder(n + 2)}, {placeholder(n + 3)})"
+    order = f"unix_nanos {direction}, {origin} {direction}, seq {direction}"
+    return SearchPlan(where, params, keyset, order, _body_predicate(flt))
+
+
+def glob_to_like(pattern: str) -> str:
+    """An fnmatch glob as a ``LIKE ... ESCAPE '\\'`` pattern: ``*`` → ``%``, ``?`` and a bracket class → ``_``
+    (a superset, confirmed on the body), ``%``, ``_`` and ``\\`` escaped, every other character literal."""
+    sqlite_glob, _ = glob_to_sqlite(pattern)
+    out: list[str] = []
+    i = 0
+    while i < len(sqlite_glob):
+        if sqlite_glob.startswith("[[]", i):
+            out.append("[")
+            i += 3
+            continue
+        c = sqlite_glob[i]
+        i += 1
+        out.append("%" if c == "*" else "_" if c == "?" else "\\" + c if c in "%_\\" else c)
+    return "".join(out)
+
+
+def search_hit(origin: str, seq: int, entry: bytes, signature: bytes, unix_nanos: int) -> SearchHit:
+    """A stored row with its body parsed (the collector verified it was a JSON object when ingesting it)."""
+    body = json.loads(entry[HEADER_SIZE:])
+    if not isinstance(body, dict):
+        raise CollectorUnavailableError(f"stored entry {origin!r}/{seq} has no JSON object body")
+    return SearchHit(origin, seq, entry, signature, body, unix_nanos)
 
 
 def encode_keys(origin: str, verifiers: Sequence[Verifier]) -> str:

@@ -22,25 +22,26 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from agentaudit.v1 import operator_pb2 as agentaudit_dot_v1_dot_operator__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x61gentaudit/v1/collector.proto\x12\ragentaudit.v1\"=\n\x0cJournalEntry\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\r\n\x05\x65ntry\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"a\n\rIngestRequest\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12,\n\x07\x65ntries\x18\x02 \x03(\x0b\x32\x1b.agentaudit.v1.JournalEntry\x12\x12\n\ncheckpoint\x18\x03 \x01(\t\"M\n\x0eIngestResponse\x12\x0c\n\x04size\x18\x01 \x01(\x04\x12\x1b\n\x13\x63osigned_checkpoint\x18\x02 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x03 \x01(\x04\"&\n\x14GetCheckpointRequest\x12\x0e\n\x06origin\x18\x01 \x01(\t\"B\n\x15GetCheckpointResponse\x12\x0c\n\x04size\x18\x01 \x01(\x04\x12\x1b\n\x13\x63osigned_checkpoint\x18\x02 \x01(\t2\xb5\x01\n\x10\x43ollectorService\x12\x45\n\x06Ingest\x12\x1c.agentaudit.v1.IngestRequest\x1a\x1d.agentaudit.v1.IngestResponse\x12Z\n\rGetCheckpoint\x12#.agentaudit.v1.GetCheckpointRequest\x1a$.agentaudit.v1.GetCheckpointResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x61gentaudit/v1/collector.proto\x12\ragentaudit.v1\x1a\x1c\x61gentaudit/v1/operator.proto\"=\n\x0cJournalEntry\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\r\n\x05\x65ntry\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"a\n\rIngestRequest\x12\x0e\n\x06origin\x18\x01 \x01(\t\x12,\n\x07\x65ntries\x18\x02 \x03(\x0b\x32\x1b.agentaudit.v1.JournalEntry\x12\x12\n\ncheckpoint\x18\x03 \x01(\t\"M\n\x0eIngestResponse\x12\x0c\n\x04size\x18\x01 \x01(\x04\x12\x1b\n\x13\x63osigned_checkpoint\x18\x02 \x01(\t\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x03 \x01(\x04\"&\n\x14GetCheckpointRequest\x12\x0e\n\x06origin\x18\x01 \x01(\t\"B\n\x15GetCheckpointResponse\x12\x0c\n\x04size\x18\x01 \x01(\x04\x12\x1b\n\x13\x63osigned_checkpoint\x18\x02 \x01(\t2\x8e\x02\n\x10\x43ollectorService\x12\x45\n\x06Ingest\x12\x1c.agentaudit.v1.IngestRequest\x1a\x1d.agentaudit.v1.IngestResponse\x12Z\n\rGetCheckpoint\x12#.agentaudit.v1.GetCheckpointRequest\x1a$.agentaudit.v1.GetCheckpointResponse\x12W\n\x0cSearchEvents\x12\".agentaudit.v1.SearchEventsRequest\x1a#.agentaudit.v1.SearchEventsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agentaudit.v1.collector_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_JOURNALENTRY']._serialized_start=48
-  _globals['_JOURNALENTRY']._serialized_end=109
-  _globals['_INGESTREQUEST']._serialized_start=111
-  _globals['_INGESTREQUEST']._serialized_end=208
-  _globals['_INGESTRESPONSE']._serialized_start=210
-  _globals['_INGESTRESPONSE']._serialized_end=287
-  _globals['_GETCHECKPOINTREQUEST']._serialized_start=289
-  _globals['_GETCHECKPOINTREQUEST']._serialized_end=327
-  _globals['_GETCHECKPOINTRESPONSE']._serialized_start=329
-  _globals['_GETCHECKPOINTRESPONSE']._serialized_end=395
-  _globals['_COLLECTORSERVICE']._serialized_start=398
-  _globals['_COLLECTORSERVICE']._serialized_end=579
+  _globals['_JOURNALENTRY']._serialized_start=78
+  _globals['_JOURNALENTRY']._serialized_end=139
+  _globals['_INGESTREQUEST']._serialized_start=141
+  _globals['_INGESTREQUEST']._serialized_end=238
+  _globals['_INGESTRESPONSE']._serialized_start=240
+  _globals['_INGESTRESPONSE']._serialized_end=317
+  _globals['_GETCHECKPOINTREQUEST']._serialized_start=319
+  _globals['_GETCHECKPOINTREQUEST']._serialized_end=357
+  _globals['_GETCHECKPOINTRESPONSE']._serialized_start=359
+  _globals['_GETCHECKPOINTRESPONSE']._serialized_end=425
+  _globals['_COLLECTORSERVICE']._serialized_start=428
+  _globals['_COLLECTORSERVICE']._serialized_end=698
 # @@protoc_insertion_point(module_scope)

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from agentaudit.v1 import collector_pb2 as agentaudit_dot_v1_dot_collector__pb2
+from agentaudit.v1 import operator_pb2 as agentaudit_dot_v1_dot_operator__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -47,6 +48,11 @@ class CollectorServiceStub:
                 request_serializer=agentaudit_dot_v1_dot_collector__pb2.GetCheckpointRequest.SerializeToString,
                 response_deserializer=agentaudit_dot_v1_dot_collector__pb2.GetCheckpointResponse.FromString,
                 _registered_method=True)
+        self.SearchEvents = channel.unary_unary(
+                '/agentaudit.v1.CollectorService/SearchEvents',
+                request_serializer=agentaudit_dot_v1_dot_operator__pb2.SearchEventsRequest.SerializeToString,
+                response_deserializer=agentaudit_dot_v1_dot_operator__pb2.SearchEventsResponse.FromString,
+                _registered_method=True)
 
 
 class CollectorServiceServicer:
@@ -70,6 +76,17 @@ class CollectorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchEvents(self, request, context):
+        """Finds events across every origin's journal, in time order (unix_nanos, then origin, then seq), with the
+        sidecar's filter semantics plus filter.origin. Pages are stable while journals grow.
+        Unauthenticated for now: anyone who can reach the collector can read every journal it holds.
+        Shares its messages with OperatorService.SearchEvents on purpose (one filter, one event shape).
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CollectorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -82,6 +99,11 @@ def add_CollectorServiceServicer_to_server(servicer, server):
                     servicer.GetCheckpoint,
                     request_deserializer=agentaudit_dot_v1_dot_collector__pb2.GetCheckpointRequest.FromString,
                     response_serializer=agentaudit_dot_v1_dot_collector__pb2.GetCheckpointResponse.SerializeToString,
+            ),
+            'SearchEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchEvents,
+                    request_deserializer=agentaudit_dot_v1_dot_operator__pb2.SearchEventsRequest.FromString,
+                    response_serializer=agentaudit_dot_v1_dot_operator__pb2.SearchEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -141,6 +163,33 @@ class CollectorService:
             '/agentaudit.v1.CollectorService/GetCheckpoint',
             agentaudit_dot_v1_dot_collector__pb2.GetCheckpointRequest.SerializeToString,
             agentaudit_dot_v1_dot_collector__pb2.GetCheckpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentaudit.v1.CollectorService/SearchEvents',
+            agentaudit_dot_v1_dot_operator__pb2.SearchEventsRequest.SerializeToString,
+            agentaudit_dot_v1_dot_operator__pb2.SearchEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

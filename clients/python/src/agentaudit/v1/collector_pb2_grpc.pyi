@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from agentaudit.v1 import collector_pb2 as _collector_pb2
+from agentaudit.v1 import operator_pb2 as _operator_pb2
 from collections import abc as _abc
 from grpc import aio as _aio
 import abc as _abc_1
@@ -42,6 +43,13 @@ class CollectorServiceStub:
     """
     GetCheckpoint: _grpc.UnaryUnaryMultiCallable[_collector_pb2.GetCheckpointRequest, _collector_pb2.GetCheckpointResponse]
     """The latest checkpoint the collector cosigned for an origin (restart handshake)."""
+    SearchEvents: _grpc.UnaryUnaryMultiCallable[_operator_pb2.SearchEventsRequest, _operator_pb2.SearchEventsResponse]
+    """Finds events across every origin's journal, in time order (unix_nanos, then origin, then seq), with the
+    sidecar's filter semantics plus filter.origin. Pages are stable while journals grow.
+    Unauthenticated for now: anyone who can reach the collector can read every journal it holds.
+    Shares its messages with OperatorService.SearchEvents on purpose (one filter, one event shape).
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
 
 @_typing.type_check_only
 class CollectorServiceAsyncStub(CollectorServiceStub):
@@ -57,6 +65,13 @@ class CollectorServiceAsyncStub(CollectorServiceStub):
     """
     GetCheckpoint: _aio.UnaryUnaryMultiCallable[_collector_pb2.GetCheckpointRequest, _collector_pb2.GetCheckpointResponse]  # type: ignore[assignment]
     """The latest checkpoint the collector cosigned for an origin (restart handshake)."""
+    SearchEvents: _aio.UnaryUnaryMultiCallable[_operator_pb2.SearchEventsRequest, _operator_pb2.SearchEventsResponse]  # type: ignore[assignment]
+    """Finds events across every origin's journal, in time order (unix_nanos, then origin, then seq), with the
+    sidecar's filter semantics plus filter.origin. Pages are stable while journals grow.
+    Unauthenticated for now: anyone who can reach the collector can read every journal it holds.
+    Shares its messages with OperatorService.SearchEvents on purpose (one filter, one event shape).
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
 
 class CollectorServiceServicer(metaclass=_abc_1.ABCMeta):
     """CollectorService receives every sidecar's journal, exactly as signed, and acts
@@ -81,5 +96,18 @@ class CollectorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_collector_pb2.GetCheckpointResponse, _abc.Awaitable[_collector_pb2.GetCheckpointResponse]]:
         """The latest checkpoint the collector cosigned for an origin (restart handshake)."""
+
+    @_abc_1.abstractmethod
+    def SearchEvents(
+        self,
+        request: _operator_pb2.SearchEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_operator_pb2.SearchEventsResponse, _abc.Awaitable[_operator_pb2.SearchEventsResponse]]:
+        """Finds events across every origin's journal, in time order (unix_nanos, then origin, then seq), with the
+        sidecar's filter semantics plus filter.origin. Pages are stable while journals grow.
+        Unauthenticated for now: anyone who can reach the collector can read every journal it holds.
+        Shares its messages with OperatorService.SearchEvents on purpose (one filter, one event shape).
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
 
 def add_CollectorServiceServicer_to_server(servicer: CollectorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

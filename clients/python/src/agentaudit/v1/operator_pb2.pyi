@@ -590,6 +590,7 @@ class EventFilter(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     SINCE_FIELD_NUMBER: _builtins.int
     UNTIL_FIELD_NUMBER: _builtins.int
+    ORIGIN_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     tenant_id: _builtins.str
     agent_id: _builtins.str
@@ -603,6 +604,8 @@ class EventFilter(_message.Message):
     """Actor id, or type:id."""
     kind: _builtins.str
     """Event kind (pre_exec, post_exec, violation, approval_granted, ...)."""
+    origin: _builtins.str
+    """Journal origin (collector only: the sidecar holds one journal and ignores it)."""
     @_builtins.property
     def since(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -622,10 +625,11 @@ class EventFilter(_message.Message):
         kind: _builtins.str = ...,
         since: _timestamp_pb2.Timestamp | None = ...,
         until: _timestamp_pb2.Timestamp | None = ...,
+        origin: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "agent_id", b"agent_id", "decision", b"decision", "kind", b"kind", "policy_layer", b"policy_layer", "policy_rule", b"policy_rule", "reason", b"reason", "run_id", b"run_id", "since", b"since", "tenant_id", b"tenant_id", "until", b"until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "agent_id", b"agent_id", "decision", b"decision", "kind", b"kind", "origin", b"origin", "policy_layer", b"policy_layer", "policy_rule", b"policy_rule", "reason", b"reason", "run_id", b"run_id", "since", b"since", "tenant_id", b"tenant_id", "until", b"until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -672,9 +676,12 @@ class SearchedEvent(_message.Message):
     ENTRY_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
     BODY_FIELD_NUMBER: _builtins.int
+    ORIGIN_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     entry: _builtins.bytes
     signature: _builtins.bytes
+    origin: _builtins.str
+    """The journal the event belongs to (set by the collector; empty from a sidecar)."""
     @_builtins.property
     def body(self) -> _struct_pb2.Struct: ...
     def __init__(
@@ -684,10 +691,11 @@ class SearchedEvent(_message.Message):
         entry: _builtins.bytes = ...,
         signature: _builtins.bytes = ...,
         body: _struct_pb2.Struct | None = ...,
+        origin: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "entry", b"entry", "seq", b"seq", "signature", b"signature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "entry", b"entry", "origin", b"origin", "seq", b"seq", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

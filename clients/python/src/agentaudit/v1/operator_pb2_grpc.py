@@ -169,6 +169,8 @@ class OperatorServiceServicer:
     def SearchEvents(self, request, context):
         """Searches this sidecar's journal; results are the signed entries with their
         parsed bodies, one page at a time. Role: any.
+        Its messages are shared with CollectorService.SearchEvents on purpose.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -60,6 +60,8 @@ class OperatorServiceStub:
     SearchEvents: _grpc.UnaryUnaryMultiCallable[_operator_pb2.SearchEventsRequest, _operator_pb2.SearchEventsResponse]
     """Searches this sidecar's journal; results are the signed entries with their
     parsed bodies, one page at a time. Role: any.
+    Its messages are shared with CollectorService.SearchEvents on purpose.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     """
     WatchEvents: _grpc.UnaryStreamMultiCallable[_operator_pb2.WatchEventsRequest, _operator_pb2.WatchEventsResponse]
     """Streams matching events as they are journaled, until the client cancels. Role: any."""
@@ -96,6 +98,8 @@ class OperatorServiceAsyncStub(OperatorServiceStub):
     SearchEvents: _aio.UnaryUnaryMultiCallable[_operator_pb2.SearchEventsRequest, _operator_pb2.SearchEventsResponse]  # type: ignore[assignment]
     """Searches this sidecar's journal; results are the signed entries with their
     parsed bodies, one page at a time. Role: any.
+    Its messages are shared with CollectorService.SearchEvents on purpose.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     """
     WatchEvents: _aio.UnaryStreamMultiCallable[_operator_pb2.WatchEventsRequest, _operator_pb2.WatchEventsResponse]  # type: ignore[assignment]
     """Streams matching events as they are journaled, until the client cancels. Role: any."""
@@ -189,6 +193,8 @@ class OperatorServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_operator_pb2.SearchEventsResponse, _abc.Awaitable[_operator_pb2.SearchEventsResponse]]:
         """Searches this sidecar's journal; results are the signed entries with their
         parsed bodies, one page at a time. Role: any.
+        Its messages are shared with CollectorService.SearchEvents on purpose.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """
 
     @_abc_1.abstractmethod
