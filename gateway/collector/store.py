@@ -29,7 +29,7 @@ from typing import Any, NamedTuple, Protocol
 from gateway.collector.ingest import BatchEntry, IngestRejected, NewEntry, RejectCode, is_storable_text
 from gateway.errors import ConfigError, ServiceUnavailableError, SigningKeyError
 from gateway.journal.entry import HEADER_SIZE
-from gateway.journal.query import EventFilter, _body_predicate, glob_to_sqlite
+from gateway.journal.query import EventFilter, body_predicate, glob_to_sqlite
 from gateway.journal.schema import INDEXED_FIELDS
 from gateway.signing import Ed25519Signer, Verifier, parse_verifier
 
@@ -208,7 +208,7 @@ def search_plan(flt: EventFilter, *, newest_first: bool, dialect: str, placehold
     n = len(params)
     keyset = f"(unix_nanos, {origin}, seq) {compare} ({placeholder(n + 1)}, {placeholder(n + 2)}, {placeholder(n + 3)})"
     order = f"unix_nanos {direction}, {origin} {direction}, seq {direction}"
-    return SearchPlan(where, params, keyset, order, _body_predicate(flt))
+    return SearchPlan(where, params, keyset, order, body_predicate(flt))
 
 
 def glob_to_like(pattern: str) -> str:

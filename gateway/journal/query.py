@@ -149,7 +149,7 @@ def _where(flt: EventFilter) -> tuple[list[str], list[Any]]:
     return where, params
 
 
-def _body_predicate(flt: EventFilter) -> Callable[[dict[str, Any]], bool] | None:
+def body_predicate(flt: EventFilter) -> Callable[[dict[str, Any]], bool] | None:
     """The filters without a column, as one test on the parsed body; None when there are none."""
     checks: list[Callable[[dict[str, Any]], bool]] = []
     if flt.policy_layer is not None:
@@ -202,7 +202,7 @@ def select(
     if limit is not None and limit <= 0:
         return
     where, params = _where(flt)
-    check = _body_predicate(flt)
+    check = body_predicate(flt)
     order, compare = ("DESC", "<") if flt.newest_first else ("ASC", ">")
     if through_seq is not None:
         where.append("seq <= ?")
