@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install dev test lint gen gen-check bench clean
+.PHONY: install dev test lint gen gen-check bench bench-scale clean
 
 install: $(STAMP)
 
@@ -36,6 +36,9 @@ gen-check: gen
 
 bench: install
 	$(BIN)/python -m bench.run
+
+bench-scale: install
+	$(BIN)/python -m bench.scale
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

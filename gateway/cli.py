@@ -558,7 +558,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
 def cmd_trace(args: argparse.Namespace) -> int:
     import sqlite3  # noqa: PLC0415
 
-    from gateway.journal.store import iter_bodies  # noqa: PLC0415
+    from gateway.journal.store import iter_bodies, iter_operator_context  # noqa: PLC0415
     from gateway.journal.verify import verify_journal  # noqa: PLC0415
     from gateway.signing import load_verifier  # noqa: PLC0415
     from gateway.trace import CONTEXT_KINDS, build_trace, format_trace, verification_from_report  # noqa: PLC0415
@@ -566,16 +566,14 @@ def cmd_trace(args: argparse.Namespace) -> int:
     path = Path(args.journal)
     verifiers = [load_verifier(Path(p)) for p in args.public_key or []]
     try:
-        # The run_id index serves the run; operator events (few) come from one query per kind.
+        # The run_id index serves the run; operator events (few) come through their partial index.
         events = [{"seq": seq, **body} for seq, body in iter_bodies(path, run_id=args.run_id)]
         # A run-scoped kill switch carries the run id too, but alone it does not make a run.
         if all(event.get("kind") in CONTEXT_KINDS for event in events):
             print(f"agentaudit: no events for run {args.run_id!r} in {path}", file=sys.stderr)
             return EXIT_USAGE
         last = events[-1]["seq"]
-        context = [
-            {"seq": seq, **body} for kind in CONTEXT_KINDS for seq, body in iter_bodies(path, kind=kind) if seq <= last
-        ]
+        context = [{"seq": seq, **body} for seq, body in iter_operator_context(path) if seq <= last]
         # Verified after reading: the journal is append-only, so every event read is in the verified snapshot.
         verified, status = (
             verification_from_report(verify_journal(path, verifiers))

@@ -26,13 +26,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.journal.schema import OPERATOR_CONTEXT_KINDS
 from gateway.journal.verify import VerifyReport
 
 VERIFIED = "✓"
 NOT_CHECKED = "?"
 TAMPERED = "✗"
 
-CONTEXT_KINDS = ("kill_switch", "policy_changed")
+CONTEXT_KINDS = OPERATOR_CONTEXT_KINDS  # the events a trace shows beside the run (indexed for it)
 """Event kinds that are not part of a run but can affect it (the CLI passes them as ``context_events``)."""
 
 _PRE = "pre_exec"

@@ -56,6 +56,8 @@ CREATE TABLE IF NOT EXISTS journal (
 CREATE UNIQUE INDEX IF NOT EXISTS journal_event_id ON journal (event_id);
 CREATE INDEX IF NOT EXISTS journal_run ON journal (run_id, step_id) WHERE run_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS journal_link ON journal (link_event_id) WHERE link_event_id IS NOT NULL;
+-- Rare operator events (a trace's context), without indexing the millions of pre/post events by kind.
+CREATE INDEX IF NOT EXISTS journal_operator_events ON journal (seq) WHERE kind IN ('kill_switch', 'policy_changed');
 
 -- Append-only: the only way in is INSERT. Retention pruning (later) goes through a signed prune marker.
 CREATE TRIGGER IF NOT EXISTS journal_no_update BEFORE UPDATE ON journal
@@ -125,6 +127,12 @@ def insert_sql(rows: int) -> str:
 
 _INTEGER_COLUMNS = frozenset({"step_id"})
 _SQLITE_MAX_INT = 2**63 - 1
+
+
+OPERATOR_CONTEXT_KINDS = ("kill_switch", "policy_changed")
+# The exact WHERE term of the journal_operator_events partial index: SQLite uses that index only for queries that
+# repeat it verbatim.
+OPERATOR_CONTEXT_WHERE = "kind IN ('kill_switch', 'policy_changed')"
 
 
 def indexed_values(body: dict[str, Any]) -> tuple[Any, ...]:

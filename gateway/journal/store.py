@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 from gateway.errors import JournalUnavailableError
 from gateway.journal.entry import HEADER_SIZE
+from gateway.journal.schema import OPERATOR_CONTEXT_WHERE
 
 T = TypeVar("T")
 
@@ -128,6 +129,17 @@ class JournalReader:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def iter_operator_context(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Kill switch and policy change events in seq order, through their partial index (not a scan)."""
+    conn = connect_readonly(path)
+    try:
+        sql = f"SELECT seq, entry FROM journal WHERE {OPERATOR_CONTEXT_WHERE} ORDER BY seq"
+        for seq, entry in conn.execute(sql):
+            yield seq, json.loads(bytes(entry)[HEADER_SIZE:])
+    finally:
+        conn.close()
 
 
 def iter_bodies(
