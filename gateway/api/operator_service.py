@@ -17,6 +17,7 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from agentaudit.v1 import operator_pb2, types_pb2
+from gateway.api.filters import parse_event_filter
 from gateway.api.gateway_service import APPROVAL_STATES
 from gateway.api.operator_auth import ROLE_ADMIN, ROLE_APPROVER, ROLE_AUDITOR, Authenticator, require
 from gateway.api.rpc import Call, Context, service_handler
@@ -121,34 +122,8 @@ def _page_cursor(token: str) -> int | None:
 
 
 def _event_filter(f: operator_pb2.EventFilter, newest_first: bool) -> EventFilter:
-    for name in (
-        "run_id",
-        "tenant_id",
-        "agent_id",
-        "action",
-        "decision",
-        "reason",
-        "policy_layer",
-        "policy_rule",
-        "actor",
-        "kind",
-    ):
-        _text(f"filter.{name}", getattr(f, name), 256)
-    return EventFilter(
-        run_id=f.run_id or None,
-        tenant_id=f.tenant_id or None,
-        agent_id=f.agent_id or None,
-        action=f.action or None,
-        decision=f.decision or None,
-        reason=f.reason or None,
-        kind=f.kind or None,
-        since_ns=f.since.ToNanoseconds() if f.HasField("since") else None,
-        until_ns=f.until.ToNanoseconds() if f.HasField("until") else None,
-        policy_layer=f.policy_layer or None,
-        policy_rule=f.policy_rule or None,
-        actor=f.actor or None,
-        newest_first=newest_first,
-    )
+    fields, _ = parse_event_filter(f)  # origin names a sidecar at the collector; here there is only this one
+    return EventFilter(**fields, newest_first=newest_first)
 
 
 def _scope_target(scope: int, target: str) -> tuple[str, str]:

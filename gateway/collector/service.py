@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 
 from agentaudit.v1 import collector_pb2, operator_pb2
+from gateway.api.filters import INT64, parse_event_filter
 from gateway.api.rpc import Context, service_handler
 from gateway.collector.ingest import IngestRejected
 from gateway.collector.store import CollectorEventFilter, CollectorStore, SearchCursor
@@ -24,21 +25,6 @@ SERVICE_NAME = "agentaudit.v1.CollectorService"
 MAX_ORIGIN_BYTES = 256
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
-MAX_FILTER_BYTES = 256
-_FILTER_TEXTS = (
-    "run_id",
-    "tenant_id",
-    "agent_id",
-    "action",
-    "decision",
-    "reason",
-    "policy_layer",
-    "policy_rule",
-    "actor",
-    "kind",
-    "origin",
-)
-_INT64 = (-(2**63), 2**63 - 1)
 
 
 class CollectorServicer:
@@ -102,7 +88,8 @@ class CollectorServicer:
 
         No authentication yet: whoever reaches the collector's listener can read every journal it holds.
         """
-        flt = event_filter(request.filter)
+        fields, origin = parse_event_filter(request.filter)
+        flt = CollectorEventFilter(**fields, origin=origin)
         page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         after = decode_page_token(request.page_token)
         hits = await self._store.search(flt, newest_first=request.newest_first, after=after, limit=page_size)
@@ -139,48 +126,9 @@ def decode_page_token(token: str) -> SearchCursor | None:
         cursor = (int(nanos), origin, int(seq))
     except (ValueError, UnicodeError, binascii.Error):
         cursor = None
-    if cursor is None or not origin or not _INT64[0] <= cursor[0] <= _INT64[1] or not 0 <= cursor[2] <= _INT64[1]:
+    if cursor is None or not origin or not INT64[0] <= cursor[0] <= INT64[1] or not 0 <= cursor[2] <= INT64[1]:
         raise InvalidRequestError([FieldViolation("page_token", "is not a token from a previous page")])
     return cursor
-
-
-def event_filter(f: operator_pb2.EventFilter) -> CollectorEventFilter:
-    """The store filter for a request's filter (the sidecar's semantics, plus ``origin``).
-
-    Raises:
-        InvalidRequestError: a text longer than 256 bytes or holding a control character, or ``since`` not
-            earlier than ``until``.
-    """
-    violations = []
-    for name in _FILTER_TEXTS:
-        value = getattr(f, name)
-        if len(value.encode()) > MAX_FILTER_BYTES or not value.isprintable():
-            violations.append(FieldViolation(f"filter.{name}", "must be printable text of at most 256 bytes"))
-    since = _clamp(f.since.ToNanoseconds()) if f.HasField("since") else None
-    until = _clamp(f.until.ToNanoseconds()) if f.HasField("until") else None
-    if since is not None and until is not None and since >= until:
-        violations.append(FieldViolation("filter.since", "must be earlier than filter.until"))
-    if violations:
-        raise InvalidRequestError(violations)
-    return CollectorEventFilter(
-        run_id=f.run_id or None,
-        tenant_id=f.tenant_id or None,
-        agent_id=f.agent_id or None,
-        action=f.action or None,
-        decision=f.decision or None,
-        reason=f.reason or None,
-        kind=f.kind or None,
-        since_ns=since,
-        until_ns=until,
-        policy_layer=f.policy_layer or None,
-        policy_rule=f.policy_rule or None,
-        actor=f.actor or None,
-        origin=f.origin or None,
-    )
-
-
-def _clamp(nanos: int) -> int:
-    return max(_INT64[0], min(_INT64[1], nanos))
 
 
 def collector_handler(servicer: CollectorServicer) -> grpc.GenericRpcHandler[Any, Any]:
