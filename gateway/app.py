@@ -44,6 +44,7 @@ from gateway.net import prepare_unix_socket
 from gateway.policy_manager import PolicyManager, load_document
 from gateway.recorder import AuditRecorder
 from gateway.redaction import Redactor, load_hmac_key
+from gateway.retention import RetentionJob
 from gateway.signing import Ed25519Signer, load_signer
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,7 @@ class Sidecar:
         self._operator_server: grpc.aio.Server | None = None
         self._alerts: AlertDispatcher | None = None
         self.forwarder: Forwarder | None = None
+        self._retention: RetentionJob | None = None
         self._collector: Collector | None = None
         self._sockets: list[str] = []
 
@@ -147,6 +149,14 @@ class Sidecar:
             await self._alerts.start()
         if cfg.forward.target:
             await self._start_forwarding(cfg, signer, recorder)
+        self._retention = RetentionJob(
+            self._reader,
+            recorder,
+            self.forwarder,
+            retention_days=cfg.audit.retention_days,
+            interval_s=cfg.audit.prune_interval_s,
+        )
+        await self._retention.start()
         forwarder = self.forwarder
         gate = (lambda: forwarder.blocked) if forwarder is not None else None
         servicer = GatewayServicer(self.policy, recorder, cfg.server, self.approvals, self._alerts, gate)
@@ -248,6 +258,9 @@ class Sidecar:
             await self._server.stop(self.config.server.shutdown_grace_s)
             log.info("gRPC server drained in %.3fs", time.monotonic() - started)
             self._server = None
+        if self._retention is not None:
+            await self._retention.aclose()
+            self._retention = None
         if self.forwarder is not None:
             await self.forwarder.aclose()  # final flush: appends receipts, so before the writer closes
             self.forwarder = None

@@ -57,6 +57,7 @@ class AuditConfig:
     hash_args: bool = True
     sign_events: bool = True
     hmac_key: Path = Path("hmac.key")
+    prune_interval_s: float = 3600.0  # how often retention runs (only entries the collector cosigned are pruned)
 
 
 @dataclass(frozen=True)
@@ -265,6 +266,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("audit.sign_events: false is not supported: every journal entry is signed")
     if cfg.audit.retention_days < 1:
         raise ConfigError("audit.retention_days: must be at least 1")
+    if not 1 <= cfg.audit.prune_interval_s <= 7 * 86400:
+        raise ConfigError("audit.prune_interval_s: must be between 1 second and 7 days")
     if not cfg.server.listen:
         raise ConfigError("server.listen: at least one address is required")
     for key, value, low, high in (

@@ -35,7 +35,7 @@ from agentaudit.v1 import collector_pb2, collector_pb2_grpc
 from gateway import reasons
 from gateway.alerts import Alert
 from gateway.ids import rfc3339_nanos
-from gateway.journal.merkle import MerkleRoot
+from gateway.journal.merkle import MerkleRoot, decode_state
 from gateway.journal.note import Checkpoint, NoteError, SignedNote, sign_checkpoint
 from gateway.journal.store import JournalReader
 from gateway.journal.writer import JournalWriter, now_nanos
@@ -188,6 +188,16 @@ class Forwarder:
         self.status = ForwarderStatus()
 
     @property
+    def witnessed_size(self) -> int:
+        """Entries the collector has cosigned (what retention may prune)."""
+        return self.status.acked_size
+
+    async def _pruned_tree(self) -> MerkleRoot:
+        """The tree over the pruned prefix (from the prune marker's state), or an empty tree."""
+        rows = await self._reader.rows("SELECT tree_state FROM prune_state")
+        return decode_state(bytes(rows[0]["tree_state"])) if rows else MerkleRoot()
+
+    @property
     def blocked(self) -> str:
         """Why Decide must refuse (a detected rollback awaiting acknowledgement), or ''."""
         return self.status.recovery_required if self._fail_closed else ""
@@ -196,6 +206,7 @@ class Forwarder:
         """Loads the cursor and the tree up to it, then starts the loop."""
         rows = await self._reader.rows("SELECT acked_size FROM forwarder_state WHERE origin = ?", (self._signer.name,))
         acked = int(rows[0]["acked_size"]) if rows else 0
+        self._tree = await self._pruned_tree()  # entries before a prune are gone; their tree frontier is kept
         await self._extend_tree(acked)
         self.status.acked_size = acked
         self._task = asyncio.create_task(self._run(), name="forwarder")
@@ -285,9 +296,9 @@ class Forwarder:
             )
             return
         checkpoint = Checkpoint.parse(SignedNote.parse(note_text).text)
-        probe = MerkleRoot()
+        probe = await self._pruned_tree()
         rows_needed = size
-        start = 0
+        start = probe.size
         while start < rows_needed:
             end = min(rows_needed, start + 10_000)
             for row in await self._reader.rows(

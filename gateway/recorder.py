@@ -167,6 +167,26 @@ class AuditRecorder:
         fields = {"tree_size": tree_size, "root_hash": root_hex, "checkpoint": cosigned_note, "witness": witness}
         return await self._record(EventKind.COSIGNATURE, now_nanos(), fields, state)
 
+    async def record_prune(
+        self,
+        pruned_before: int,
+        last_leaf_hex: str,
+        tree_state_b64: str,
+        retention_days: int,
+        cutoff_ns: int,
+        state: Sequence[StateChange],
+    ) -> RecordedEvent:
+        """Journals a signed prune marker; ``state`` authorises and performs the deletion in the same commit."""
+        fields = {
+            "pruned_before": pruned_before,
+            "last_leaf_hash": last_leaf_hex,
+            "tree_state": tree_state_b64,
+            "retention_days": retention_days,
+            "cutoff": rfc3339_nanos(cutoff_ns),
+            "actor": {"type": "system", "id": "agentaudit"},
+        }
+        return await self._record(EventKind.PRUNE, now_nanos(), fields, state)
+
     async def record_heartbeat(self) -> RecordedEvent:
         """Journals a heartbeat, so an idle journal still gets a fresh witnessed checkpoint."""
         return await self._record(EventKind.HEARTBEAT, now_nanos(), {"origin": self.origin})

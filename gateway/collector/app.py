@@ -11,15 +11,22 @@ Configuration (YAML)::
           keys: [sidecar-1.pub]
       max_batch_entries: 10000
       max_inflight: 8
+      retention_days: 90                  # optional: delete events older than this (absent: keep forever)
+      prune_interval_s: 3600              # how often retention runs
 
 Start order: witness key → store (migrations) → origins registered → gRPC server (collector, health,
-reflection). Stop: health NOT_SERVING → server drained → store closed. Stateless apart from its database, so
+reflection) → retention task (if ``retention_days`` is set). Stop: retention task cancelled → health
+NOT_SERVING → server drained → store closed. Stateless apart from its database, so
 several replicas can serve one address.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +38,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from gateway.collector.service import SERVICE_NAME, CollectorServicer, collector_handler
-from gateway.collector.store import CollectorStore
+from gateway.collector.store import CollectorStore, CollectorUnavailableError
 from gateway.errors import ConfigError
 from gateway.net import prepare_unix_socket
 from gateway.signing import Ed25519Signer, Verifier, load_signer, load_verifier
@@ -49,6 +56,8 @@ class CollectorConfig:
     origins: tuple[tuple[str, tuple[Path, ...]], ...] = ()
     max_batch_entries: int = 10_000
     max_inflight: int = 8
+    retention_days: int | None = None
+    prune_interval_s: float = 3600.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -61,7 +70,16 @@ def load_collector_config(path: Path) -> CollectorConfig:
     section = raw.get("collector") if isinstance(raw, dict) else None
     if not isinstance(section, dict):
         raise ConfigError(f"{path}: expected a 'collector:' mapping")
-    unknown = set(section) - {"listen", "store", "witness_key", "origins", "max_batch_entries", "max_inflight"}
+    unknown = set(section) - {
+        "listen",
+        "store",
+        "witness_key",
+        "origins",
+        "max_batch_entries",
+        "max_inflight",
+        "retention_days",
+        "prune_interval_s",
+    }
     if unknown:
         raise ConfigError(f"collector: unknown key(s) {', '.join(sorted(unknown))}")
     base = path.resolve().parent
@@ -89,6 +107,14 @@ def load_collector_config(path: Path) -> CollectorConfig:
         ):
             raise ConfigError(f"collector.origins[{i}]: expected {{origin: NAME, keys: [PUBLIC_KEY_FILE, ...]}}")
         origins.append((spec["origin"], tuple(resolve(k) for k in spec["keys"])))
+    retention_days = section.get("retention_days")
+    if retention_days is not None and (
+        not isinstance(retention_days, int) or isinstance(retention_days, bool) or retention_days < 1
+    ):
+        raise ConfigError("collector.retention_days: expected a whole number of days, at least 1 (omit to keep)")
+    prune_interval_s = section.get("prune_interval_s", 3600)
+    if not isinstance(prune_interval_s, int | float) or isinstance(prune_interval_s, bool) or prune_interval_s <= 0:
+        raise ConfigError("collector.prune_interval_s: expected a positive number of seconds")
     return CollectorConfig(
         listen=tuple(listen),
         store=store,
@@ -96,6 +122,8 @@ def load_collector_config(path: Path) -> CollectorConfig:
         origins=tuple(origins),
         max_batch_entries=int(section.get("max_batch_entries", 10_000)),
         max_inflight=int(section.get("max_inflight", 8)),
+        retention_days=retention_days,
+        prune_interval_s=float(prune_interval_s),
     )
 
 
@@ -110,6 +138,27 @@ def open_store(url: str) -> CollectorStore:
     return PostgresCollectorStore(url)
 
 
+NANOS_PER_DAY = 86_400 * 10**9
+
+
+async def retention_loop(
+    store: CollectorStore, retention_days: int, interval_s: float, *, now_ns: Callable[[], int] = time.time_ns
+) -> None:
+    """Deletes events older than ``retention_days`` now, then every ``interval_s`` seconds, until cancelled.
+
+    A database failure is logged and retried at the next interval.
+    """
+    while True:
+        cutoff = now_ns() - retention_days * NANOS_PER_DAY
+        try:
+            deleted = await store.prune(cutoff)
+        except CollectorUnavailableError as exc:
+            log.warning("collector retention: prune failed, retrying in %.0fs: %s", interval_s, exc)
+        else:
+            log.info("collector retention: deleted %d event(s) older than %d day(s)", deleted, retention_days)
+        await asyncio.sleep(interval_s)
+
+
 class Collector:
     """A running collector (own gRPC server)."""
 
@@ -120,6 +169,7 @@ class Collector:
         self.servicer: CollectorServicer | None = None
         self._server: grpc.aio.Server | None = None
         self._health: HealthServicer | None = None
+        self._retention: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Starts in the documented order; on failure stops what started."""
@@ -155,10 +205,19 @@ class Collector:
         await self._server.start()
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if cfg.retention_days is not None:
+            self._retention = asyncio.create_task(
+                retention_loop(self.store, cfg.retention_days, cfg.prune_interval_s), name="collector-retention"
+            )
         log.info("collector serving on %s (store %s)", ", ".join(self.bound), cfg.store.split("@")[-1])
 
     async def aclose(self) -> None:
-        """Stops serving, then closes the store."""
+        """Stops retention and serving, then closes the store."""
+        task, self._retention = self._retention, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
         if self._server is not None:

@@ -27,6 +27,7 @@ from gateway.collector.ingest import (
 from gateway.collector.store import (
     EVENT_COLUMNS,
     EVIDENCE_COLUMNS,
+    PRUNE_BATCH_ROWS,
     SEARCH_SCAN_ROWS,
     CollectorUnavailableError,
     IngestOutcome,
@@ -66,6 +67,13 @@ _INSERT_EVIDENCE = (
     f"INSERT INTO evidence ({', '.join(EVIDENCE_COLUMNS)}) "  # noqa: S608 (module constants only)
     f"VALUES ({', '.join(f'${i}' for i in range(1, len(EVIDENCE_COLUMNS) + 1))}) "
     "ON CONFLICT (origin, note_hash) DO NOTHING"
+)
+
+# Authorises, for this transaction only, the DELETE of events older than $1 (the events_no_delete trigger).
+_OPEN_WINDOW = "SELECT set_config('agentaudit.prune_before', $1, true)"
+_PRUNE_BATCH = (
+    "DELETE FROM events WHERE (origin, seq) IN "
+    "(SELECT origin, seq FROM events WHERE unix_nanos < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)"
 )
 
 
@@ -256,6 +264,24 @@ class PostgresCollectorStore:
         except _DATABASE_ERRORS as exc:
             raise CollectorUnavailableError(f"PostgreSQL collector store: {exc}") from exc
         return [(int(r["seq"]), bytes(r["entry"]), bytes(r["signature"])) for r in rows]
+
+    async def prune(self, before_ns: int, *, batch_rows: int = PRUNE_BATCH_ROWS) -> int:
+        """Deletes events with ``unix_nanos < before_ns``, ``batch_rows`` per transaction; returns the count."""
+        if batch_rows < 1:
+            raise ValueError("batch_rows must be at least 1")
+        total = 0
+        try:
+            async with self._require_pool().acquire() as conn:
+                while True:
+                    async with conn.transaction():
+                        await conn.execute(_OPEN_WINDOW, str(before_ns))
+                        status = await conn.execute(_PRUNE_BATCH, before_ns, batch_rows)
+                    deleted = int(status.rsplit(" ", 1)[-1])
+                    total += deleted
+                    if deleted < batch_rows:
+                        return total
+        except _DATABASE_ERRORS as exc:
+            raise CollectorUnavailableError(f"PostgreSQL collector store: {exc}") from exc
 
     async def search(
         self, flt: EventFilter, *, newest_first: bool, after: SearchCursor | None, limit: int

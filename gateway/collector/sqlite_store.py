@@ -21,6 +21,7 @@ from gateway.collector.ingest import BatchEntry, IngestRejected, OriginState, he
 from gateway.collector.store import (
     EVENT_COLUMNS,
     EVIDENCE_COLUMNS,
+    PRUNE_BATCH_ROWS,
     SEARCH_SCAN_ROWS,
     CollectorUnavailableError,
     IngestOutcome,
@@ -59,6 +60,10 @@ _REGISTER = (
     "INSERT INTO origins (origin, keys, size, last_leaf_hash, tree_state, cosigned_note, cosigned_root) "
     "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (origin) DO UPDATE SET keys = excluded.keys"
 )
+_CLOSED_WINDOW = -(2**63)
+"""``retention_window.before_ns`` when no prune is running: no event is older, so every DELETE is refused."""
+_OPEN_WINDOW = "UPDATE retention_window SET before_ns = ? WHERE id = 1"
+_PRUNE_BATCH = "DELETE FROM events WHERE rowid IN (SELECT rowid FROM events WHERE unix_nanos < ? LIMIT ?)"
 _MIGRATIONS_DDL = (
     "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
     "applied_at INTEGER NOT NULL DEFAULT (CAST(strftime('%s', 'now') AS INTEGER))) STRICT"
@@ -199,6 +204,34 @@ class SqliteCollectorStore:
             return [(int(seq), bytes(entry), bytes(signature)) for seq, entry, signature in rows]
 
         return await self._run(query)
+
+    async def prune(self, before_ns: int, *, batch_rows: int = PRUNE_BATCH_ROWS) -> int:
+        """Deletes events with ``unix_nanos < before_ns``, ``batch_rows`` per transaction; returns the count."""
+        if batch_rows < 1:
+            raise ValueError("batch_rows must be at least 1")
+
+        def batch(conn: sqlite3.Connection) -> int:
+            # The window is opened, used and closed inside one write transaction: no other connection ever sees
+            # it open, and a failure rolls it back closed.
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute(_OPEN_WINDOW, (before_ns,))
+                deleted = conn.execute(_PRUNE_BATCH, (before_ns, batch_rows)).rowcount
+                conn.execute(_OPEN_WINDOW, (_CLOSED_WINDOW,))
+                conn.execute("COMMIT")
+                return int(deleted)
+            finally:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+
+        total = 0
+        while True:
+            # One transaction per call: ingests queued on the store's thread run between batches.
+            deleted = await self._run(batch)
+            total += deleted
+            if deleted < batch_rows:
+                return total
 
     async def search(
         self, flt: EventFilter, *, newest_first: bool, after: SearchCursor | None, limit: int

@@ -83,6 +83,9 @@ class SearchHit(NamedTuple):
     unix_nanos: int
 
 
+PRUNE_BATCH_ROWS = 10_000
+"""Events deleted per statement (and transaction) by :meth:`CollectorStore.prune`, so no lock is held long."""
+
 SearchCursor = tuple[int, str, int]
 """A keyset position: ``(unix_nanos, origin, seq)`` of the last event a previous page returned."""
 
@@ -130,6 +133,17 @@ class CollectorStore(Protocol):
 
     async def entries(self, origin: str, start: int = 0, end: int | None = None) -> list[BatchEntry]:
         """Held entries with ``start <= seq < end`` (to the end if None), in seq order: (seq, entry, signature)."""
+
+    async def prune(self, before_ns: int, *, batch_rows: int = PRUNE_BATCH_ROWS) -> int:
+        """Deletes the events with ``unix_nanos < before_ns`` (retention) and returns how many were deleted.
+
+        Deletes ``batch_rows`` rows per transaction, each authorising its own DELETE to the append-only trigger
+        (see the ``0002_retention`` migrations). Never touches ``evidence`` or ``origins``: each origin's tree
+        state, last leaf hash and cosigned checkpoint stay, so later batches still verify and extend the tree.
+
+        Raises:
+            CollectorUnavailableError: the database failed (batches already committed stay deleted).
+        """
 
     async def search(
         self, flt: EventFilter, *, newest_first: bool, after: SearchCursor | None, limit: int

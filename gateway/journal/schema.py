@@ -59,10 +59,21 @@ CREATE INDEX IF NOT EXISTS journal_link ON journal (link_event_id) WHERE link_ev
 -- Rare operator events (a trace's context), without indexing the millions of pre/post events by kind.
 CREATE INDEX IF NOT EXISTS journal_operator_events ON journal (seq) WHERE kind IN ('kill_switch', 'policy_changed');
 
--- Append-only: the only way in is INSERT. Retention pruning (later) goes through a signed prune marker.
+-- Retention: entries below pruned_before were removed, as a signed prune marker entry records (with the Merkle
+-- frontier and last leaf hash there, so the rest still verifies). Written only with that marker, in one transaction.
+CREATE TABLE IF NOT EXISTS prune_state (
+    id             INTEGER PRIMARY KEY CHECK (id = 1),
+    pruned_before  INTEGER NOT NULL,
+    tree_state     BLOB NOT NULL,
+    last_leaf_hash BLOB NOT NULL
+) STRICT;
+
+-- Append-only: the only way in is INSERT, and the only DELETE is of the prefix a prune marker authorises.
 CREATE TRIGGER IF NOT EXISTS journal_no_update BEFORE UPDATE ON journal
 BEGIN SELECT RAISE(ABORT, 'journal is append-only: UPDATE refused'); END;
-CREATE TRIGGER IF NOT EXISTS journal_no_delete BEFORE DELETE ON journal
+DROP TRIGGER IF EXISTS journal_no_delete;
+CREATE TRIGGER journal_no_delete BEFORE DELETE ON journal
+WHEN OLD.seq >= coalesce((SELECT pruned_before FROM prune_state WHERE id = 1), 0)
 BEGIN SELECT RAISE(ABORT, 'journal is append-only: DELETE refused'); END;
 CREATE TRIGGER IF NOT EXISTS journal_meta_no_update BEFORE UPDATE ON journal_meta
 BEGIN SELECT RAISE(ABORT, 'journal_meta is append-only: UPDATE refused'); END;

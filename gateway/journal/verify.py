@@ -18,6 +18,8 @@ This module imports no server code (never ``writer``), so the CLI, the collector
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
 import json
 import sqlite3
@@ -37,7 +39,7 @@ from gateway.journal.entry import (
     leaf_hash,
     signature_payload,
 )
-from gateway.journal.merkle import EMPTY_ROOT, HASH_SIZE, MerkleRoot
+from gateway.journal.merkle import EMPTY_ROOT, HASH_SIZE, MerkleRoot, decode_state
 from gateway.journal.note import Checkpoint, NoteError, SignedNote, verify_cosignature, verify_note, witness_key_id
 from gateway.journal.schema import COLUMNS, INDEXED_FIELDS, SCHEMA_VERSION, indexed_values
 from gateway.signing import Verifier
@@ -79,6 +81,8 @@ class FindingCode(enum.StrEnum):
     NONCANONICAL_BODY = "noncanonical_body"
     """The body is not a UTF-8 JSON object byte-identical to its RFC 8785 canonical form."""
     ORIGIN_MISMATCH = "origin_mismatch"
+    BAD_PRUNE_MARKER = "bad_prune_marker"
+    """The journal starts after a pruned prefix, but the prune marker saying so does not verify or disagrees."""
     """The journal's recorded origin differs from the origin its signatures are checked against."""
     BAD_CHECKPOINT = "bad_checkpoint"
     """A cosignature receipt is malformed: fields missing, the note or checkpoint unparsable, another origin,
@@ -121,6 +125,8 @@ class VerifyReport:
         uncredited_receipts: receipts that passed every check except that no given witness key cosigned them
             (with no witness key given, every such receipt).
         uncredited_witnesses: the names those uncredited receipts are cosigned by, as the notes say.
+        pruned_before: entries before this seq were removed by retention, as a signed prune marker in the
+            journal records (0: nothing pruned); the tree and chain continue from the marker's state.
     """
 
     origin: str
@@ -130,6 +136,7 @@ class VerifyReport:
     root_hash: bytes
     last_leaf_hash: bytes | None
     witnessed_size: int = 0
+    pruned_before: int = 0
     witnessed_by: tuple[str, ...] = ()
     witness_keys: tuple[str, ...] = ()
     receipts: int = 0
@@ -219,6 +226,9 @@ def verify_journal(
         # Step 4: learn the tree sizes that checkpoints claim (anchors, and receipt bodies read in a cheap
         # pre-pass without verifying anything), so the streaming pass can keep the Merkle root at each of them.
         # Sizes from forged rows only cost a remembered root: the main pass credits verified receipts only.
+        marker = _latest_prune_marker(conn)
+        if marker is not None:
+            scan.start_after_prune(*marker)
         scan.want_roots(a.note.checkpoint.size for a in anchor_points)
         scan.want_roots(_claimed_sizes(conn))
         # Step 5: stream the rows in seq order (constant memory: the cursor is iterated, never fetched
@@ -235,6 +245,7 @@ def verify_journal(
     # Step 6: receipts whose root could not be compared in stream, then the anchors: a journal shorter than an
     # anchor lost entries; another root at an anchor's size means history was rewritten (or the file replaced).
     scan.finish_receipts()
+    scan.finish_prune()
     for anchor in anchor_points:
         scan.check_anchor(anchor)
     return scan.report()
@@ -243,6 +254,8 @@ def verify_journal(
 def format_report(report: VerifyReport) -> str:
     """Renders a report for people: one line per finding, then the witness status and a summary line."""
     lines = [f"{'journal' if f.seq is None else f'seq {f.seq}'}: {f.code}: {f.message}" for f in report.findings]
+    if report.pruned_before:
+        lines.append(f"pruned: seq 0..{report.pruned_before - 1} removed by retention (signed prune marker)")
     witnessed = f"witnessed: {report.witnessed_size} of {_count(report.tree_size, 'entry', 'entries')}"
     if report.witnessed_size > 0:
         witnessed += f" (cosigned by {', '.join(report.witnessed_by)})"
@@ -468,6 +481,25 @@ def _receipt_claim(body: dict[str, Any]) -> tuple[int, bytes, str]:
     return size, root, text
 
 
+_PRUNE_FIELDS = ("pruned_before", "last_leaf_hash", "tree_state")
+
+
+def _latest_prune_marker(conn: sqlite3.Connection) -> tuple[int, dict[str, Any]] | None:
+    """The newest prune marker's seq and (not yet verified) claim, read by the kind byte in its entry."""
+    rows = conn.execute("SELECT seq, entry FROM journal WHERE kind = 'prune' ORDER BY seq DESC LIMIT 1").fetchall()
+    for seq, raw in rows:
+        try:
+            entry = decode_entry(_stored_bytes(raw))
+            if entry.kind != EventKind.PRUNE:
+                return None
+            claim = json.loads(entry.body)
+        except (MalformedEntryError, ValueError):
+            return None
+        # A prune-kind entry that claims no prefix vouches for nothing and changes nothing.
+        return (int(seq), claim) if isinstance(claim, dict) and "pruned_before" in claim else None
+    return None
+
+
 def _claimed_sizes(conn: sqlite3.Connection) -> Iterator[int]:
     """Tree sizes that receipt bodies claim, read without verifying anything (the main pass does)."""
     for (raw,) in conn.execute(_SELECT_RECEIPT_CANDIDATES, _RECEIPT_KIND_FILTER):
@@ -494,6 +526,11 @@ class _Scan:
         self._next_seq = 0
         self._prev_leaf = ZERO_HASH
         self._last_leaf: bytes | None = None
+        # Retention: the prefix a prune marker says was removed, and the marker's seq (checked when reached).
+        self._pruned_before = 0
+        self._marker_seq: int | None = None
+        self._marker_claim: dict[str, Any] = {}
+        self._marker_ok = False
         # Tree sizes some checkpoint claims, and the recomputed root at each once the scan reached it. This is
         # the only state that grows, and it grows with the number of receipts, not of entries.
         self._wanted: set[int] = set()
@@ -507,11 +544,41 @@ class _Scan:
         self._witnessed = 0
         self._witnessed_by: dict[str, None] = {}
 
+    def start_after_prune(self, marker_seq: int, claim: dict[str, Any]) -> None:
+        """Continues from a prune marker's state: the chain after its last leaf, the tree from its frontier.
+
+        The claim is read before the scan and trusted only once the marker's own entry verifies in the scan;
+        a marker that does not is a finding, and so is a claim that cannot be decoded.
+        """
+        try:
+            before = int(claim["pruned_before"])
+            last_leaf = bytes.fromhex(str(claim["last_leaf_hash"]))
+            tree = decode_state(base64.b64decode(str(claim["tree_state"]), validate=True))
+        except (KeyError, TypeError, ValueError, binascii.Error):
+            self._add(marker_seq, FindingCode.BAD_PRUNE_MARKER, "the prune marker's state cannot be decoded")
+            return
+        if tree.size != before or len(last_leaf) != 32:
+            self._add(marker_seq, FindingCode.BAD_PRUNE_MARKER, "the prune marker's tree does not end at its prefix")
+            return
+        self._pruned_before, self._marker_seq, self._marker_claim = before, marker_seq, claim
+        self._next_seq, self._prev_leaf, self._tree = before, last_leaf, tree
+
+    def finish_prune(self) -> None:
+        """A pruned prefix counts only if its marker's entry verified and carried the claim the scan used."""
+        if self._marker_seq is not None and not self._marker_ok:
+            self._add(
+                self._marker_seq,
+                FindingCode.BAD_PRUNE_MARKER,
+                f"entries before seq {self._pruned_before} are gone, but the prune marker saying so does not verify",
+            )
+
     def want_roots(self, sizes: Iterable[int]) -> None:
         """Asks the scan to keep the Merkle root at each of these tree sizes (call before the first row)."""
         for size in sizes:
             if size == 0:
                 self._roots[0] = EMPTY_ROOT
+            elif size == self._tree.size:
+                self._roots[size] = self._tree.root()  # where a prune marker's tree starts the scan
             else:
                 self._wanted.add(size)
 
@@ -605,6 +672,9 @@ class _Scan:
         #     a canonical body of the header's kind. (Seq and chain findings on its row are reported above.)
         if entry.kind == EventKind.COSIGNATURE and signed and body is not None and canonical and kind_ok:
             self._check_receipt(seq, entry.seq, body)
+        # 11. The prune marker the scan started from must be a verified entry making exactly that claim.
+        if seq == self._marker_seq and signed and body is not None and canonical and kind_ok:
+            self._marker_ok = all(body.get(k) == self._marker_claim.get(k) for k in _PRUNE_FIELDS)
 
     def _check_receipt(self, seq: int, signed_seq: int, body: dict[str, Any]) -> None:
         """Checks a cosignature receipt: its note, the origin's signature, the witness cosignatures, and the
@@ -644,6 +714,8 @@ class _Scan:
 
     def _settle_receipt(self, seq: int, cosigned: _Cosigned) -> None:
         checkpoint = cosigned.checkpoint
+        if checkpoint.size < self._pruned_before:
+            return  # covers only pruned entries: nothing left to compare (the marker vouches for the prefix)
         recomputed = self._roots.get(checkpoint.size)
         if recomputed is None:
             self._add(
@@ -683,6 +755,8 @@ class _Scan:
         """Compares a caller-supplied cosigned checkpoint with the journal as read."""
         checkpoint = anchor.note.checkpoint
         recomputed = self._roots.get(checkpoint.size)
+        if 0 < checkpoint.size < self._pruned_before:
+            return  # the anchor covers only pruned entries
         if checkpoint.size > self._tree.size or recomputed is None:
             self._add(
                 None,
@@ -808,6 +882,7 @@ class _Scan:
             root_hash=self._tree.root(),
             last_leaf_hash=self._last_leaf,
             witnessed_size=self._witnessed,
+            pruned_before=self._pruned_before,
             witnessed_by=tuple(sorted(self._witnessed_by)),
             witness_keys=self._notes.witness_names,
             receipts=self._receipts,
