@@ -56,6 +56,15 @@ CREATE TABLE IF NOT EXISTS journal (
 CREATE UNIQUE INDEX IF NOT EXISTS journal_event_id ON journal (event_id);
 CREATE INDEX IF NOT EXISTS journal_run ON journal (run_id, step_id) WHERE run_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS journal_link ON journal (link_event_id) WHERE link_event_id IS NOT NULL;
+-- Search filters (docs/investigate.md) are served from indexes, never a scan. Keys are (value, seq): equal values
+-- append at the end of their run, so these stay cheap to maintain as the journal grows.
+CREATE INDEX IF NOT EXISTS journal_tenant ON journal (tenant_id, seq) WHERE tenant_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS journal_agent ON journal (agent_id, seq) WHERE agent_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS journal_action ON journal (action, seq) WHERE action IS NOT NULL;
+CREATE INDEX IF NOT EXISTS journal_decision ON journal (decision, seq) WHERE decision IS NOT NULL;
+CREATE INDEX IF NOT EXISTS journal_reason ON journal (reason, seq) WHERE reason IS NOT NULL;
+CREATE INDEX IF NOT EXISTS journal_kind ON journal (kind, seq);
+CREATE INDEX IF NOT EXISTS journal_time ON journal (unix_nanos);
 -- Rare operator events (a trace's context), without indexing the millions of pre/post events by kind.
 CREATE INDEX IF NOT EXISTS journal_operator_events ON journal (seq) WHERE kind IN ('kill_switch', 'policy_changed');
 
