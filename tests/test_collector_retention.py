@@ -95,6 +95,10 @@ def test_prune_deletes_older_events_only_and_the_tree_still_extends(store: Backe
             # An overlapping resend of entries still held is accepted as before.
             again = await ingest(s, rows[25:], checkpoint(rows, key))
             assert (again.size, again.accepted) == (30, 0)
+            # A resend reaching back into the pruned range is refused cleanly, naming the seq to resume from.
+            with pytest.raises(IngestRejected) as pruned:
+                await ingest(s, rows[5:], checkpoint(rows, key))
+            assert pruned.value.code == "pruned"
 
     run(scenario())
 

@@ -43,6 +43,9 @@ class RejectCode(enum.StrEnum):
     """No key registered for the origin signed the checkpoint."""
     EMPTY_BATCH = "empty_batch"
     """The batch holds no entries."""
+    PRUNED = "pruned"
+    """The batch resends entries the collector held but has since removed by retention: they cannot be compared.
+    Resend from the collector's size instead."""
     NOT_CONTIGUOUS = "not_contiguous"
     """The batch's seqs are not consecutive, or an entry is signed with another seq than it was sent as."""
     SIZE_MISMATCH = "size_mismatch"
@@ -269,7 +272,12 @@ def verify_batch(
         _, raw, signature = entries[seq - first]
         held = stored_leaf(seq)
         if held is None:
-            raise ValueError(f"origin {origin!r}: no stored entry at seq {seq} below the held size {state.size}")
+            # Below the held size but gone: removed by the collector's retention (or the store is damaged).
+            raise IngestRejected(
+                RejectCode.PRUNED,
+                f"seq {seq} was held but has been removed by retention; send entries from seq {state.size} on",
+                seq=seq,
+            )
         sent = leaf_hash(raw, signature)
         if sent != held:
             raise IngestRejected(
