@@ -421,6 +421,17 @@ def cmd_search(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _collector_auth(args: argparse.Namespace) -> tuple[tuple[str, str | bytes], ...]:
+    """The bearer token for a collector search, from --token-file or $AGENTAUDIT_COLLECTOR_TOKEN."""
+    token = os.environ.get("AGENTAUDIT_COLLECTOR_TOKEN", "")
+    if args.token_file:
+        try:
+            token = Path(args.token_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read token file {args.token_file}: {exc.strerror}") from exc
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
 def _search_header(*, with_origin: bool) -> str:
     origin = f"{'ORIGIN':<24} " if with_origin else ""
     head = f"{'TIME':<24} {origin}{'SEQ':>7}  {'KIND':<16} {'RUN':<18} {'STEP':>5}  {'ACTION':<18} {'DECISION':<17}"
@@ -476,7 +487,7 @@ def _search_collector(args: argparse.Namespace, flt: Any) -> int:
                 page_token=token,
             )
             try:
-                reply = stub.SearchEvents(request, timeout=args.timeout)
+                reply = stub.SearchEvents(request, timeout=args.timeout, metadata=_collector_auth(args))
             except grpc.RpcError as exc:
                 code = exc.code()
                 exit_code = EXIT_USAGE if code == grpc.StatusCode.INVALID_ARGUMENT else EXIT_FAILURE
@@ -818,6 +829,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--origin", type=nonempty, metavar="ORIGIN", help="only this journal (with --collector)")
     p.add_argument("--page-token", metavar="TOKEN", help="continue from a previous page (with --collector)")
     p.add_argument("--timeout", type=seconds, default=30.0, metavar="S", help="collector call timeout (default 30)")
+    p.add_argument(
+        "--token-file", help="collector search token file (default: the token in $AGENTAUDIT_COLLECTOR_TOKEN)"
+    )
     p.add_argument("--newest-first", action="store_true", help="newest event first (default: oldest first)")
     p.add_argument("--limit", type=positive, default=100, metavar="N", help="at most N events (default 100)")
     p.add_argument("--after", type=int, metavar="SEQ", help="continue after this seq (the next page)")

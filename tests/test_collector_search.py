@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import sqlite3
 import threading
@@ -43,6 +44,7 @@ from tests.test_collector_store import (
 )
 
 BASE_NS = 1_800_000_000_000_000_000
+SEARCH_TOKEN = "search-token-0123456789"
 N = 30
 ACTIONS = ("crm.lookup", "crm.search", "kb.read_all", "refund.create", "x[1].y")
 DECISIONS = ("allow", "stop", "approval_required")
@@ -276,7 +278,9 @@ def running_collector(directory: Path) -> Iterator[str]:
         store=f"sqlite:///{directory / 'collector.db'}",
         witness_key=directory / "witness.key",
         origins=tuple(origins),
+        search_tokens=(hashlib.sha256(SEARCH_TOKEN.encode()).hexdigest(),),
     )
+    (directory / "search.token").write_text(SEARCH_TOKEN + "\n")
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
@@ -312,6 +316,7 @@ def test_search_rpc_and_cli_against_a_real_collector(
                 operator_pb2.SearchEventsRequest(
                     filter=operator_pb2.EventFilter(**filters), page_size=page_size, page_token=token
                 ),
+                metadata=[("authorization", f"Bearer {SEARCH_TOKEN}")],
                 timeout=30,
             )
 
@@ -341,13 +346,34 @@ def test_search_rpc_and_cli_against_a_real_collector(
             search(run_id="x" * 300)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
+        # Searching every journal needs a search token: none, or a wrong one, is refused.
+        for metadata in ([], [("authorization", "Bearer wrong")]):
+            with pytest.raises(grpc.RpcError) as info:
+                collector.SearchEvents(operator_pb2.SearchEventsRequest(), metadata=metadata, timeout=30)
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
         # The CLI: JSON lines with origin and seq, and the table with an ORIGIN column and a page token.
-        cli = run_cli("search", "--collector", target, "--tenant", "t_1", "--json", "--limit", "1000")
+        token_file = str(tmp_path / "c" / "search.token")
+        cli = run_cli(
+            "search", "--collector", target, "--token-file", token_file, "--tenant", "t_1", "--json", "--limit", "1000"
+        )
         assert cli.returncode == 0, cli.stderr
         lines = [json.loads(line) for line in cli.stdout.splitlines()]
         assert [(line["origin"], line["seq"]) for line in lines] == [(o, q) for _, o, q in want]
         assert lines[0]["step_id"] == journals[lines[0]["origin"]][1][lines[0]["seq"]].body["step_id"]
-        table = run_cli("search", "--collector", target, "--origin", ORIGIN, "--decision", "stop", "--limit", "3")
+        table = run_cli(
+            "search",
+            "--collector",
+            target,
+            "--token-file",
+            token_file,
+            "--origin",
+            ORIGIN,
+            "--decision",
+            "stop",
+            "--limit",
+            "3",
+        )
         assert table.returncode == 0, table.stderr
         out = table.stdout.splitlines()
         assert out[0].split()[:3] == ["TIME", "ORIGIN", "SEQ"]
@@ -358,6 +384,8 @@ def test_search_rpc_and_cli_against_a_real_collector(
             "search",
             "--collector",
             target,
+            "--token-file",
+            token_file,
             "--origin",
             ORIGIN,
             "--decision",

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -56,6 +57,7 @@ class CollectorConfig:
     origins: tuple[tuple[str, tuple[Path, ...]], ...] = ()
     max_batch_entries: int = 10_000
     max_inflight: int = 8
+    search_tokens: tuple[str, ...] = ()  # SHA-256 (hex) of the bearer tokens allowed to search; none: search is off
     retention_days: int | None = None
     prune_interval_s: float = 3600.0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -79,6 +81,7 @@ def load_collector_config(path: Path) -> CollectorConfig:
         "max_inflight",
         "retention_days",
         "prune_interval_s",
+        "search_tokens",
     }
     if unknown:
         raise ConfigError(f"collector: unknown key(s) {', '.join(sorted(unknown))}")
@@ -124,7 +127,17 @@ def load_collector_config(path: Path) -> CollectorConfig:
         max_inflight=int(section.get("max_inflight", 8)),
         retention_days=retention_days,
         prune_interval_s=float(prune_interval_s),
+        search_tokens=_search_tokens(section.get("search_tokens")),
     )
+
+
+def _search_tokens(raw: Any) -> tuple[str, ...]:
+    """SHA-256 digests (hex) of the bearer tokens that may search; an absent list turns search off."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(t, str) and re.fullmatch(r"[0-9a-f]{64}", t) for t in raw):
+        raise ConfigError("collector.search_tokens: expected a list of SHA-256 digests (64 lower-case hex digits)")
+    return tuple(raw)
 
 
 def open_store(url: str) -> CollectorStore:
@@ -188,7 +201,11 @@ class Collector:
             verifiers: list[Verifier] = [load_verifier(p) for p in key_paths]
             await self.store.register_origin(origin, verifiers)
         self.servicer = CollectorServicer(
-            self.store, witness, max_batch_entries=cfg.max_batch_entries, max_inflight=cfg.max_inflight
+            self.store,
+            witness,
+            max_batch_entries=cfg.max_batch_entries,
+            max_inflight=cfg.max_inflight,
+            search_tokens=cfg.search_tokens,
         )
         self._server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20)])
         self._server.add_generic_rpc_handlers([collector_handler(self.servicer)])

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
+import hmac
 import logging
 import time
 from typing import Any
@@ -16,7 +18,14 @@ from gateway.api.filters import INT64, parse_event_filter
 from gateway.api.rpc import Context, service_handler
 from gateway.collector.ingest import IngestRejected
 from gateway.collector.store import CollectorEventFilter, CollectorStore, SearchCursor
-from gateway.errors import FailedPreconditionError, FieldViolation, InvalidRequestError, OverloadedError
+from gateway.errors import (
+    FailedPreconditionError,
+    FieldViolation,
+    InvalidRequestError,
+    OverloadedError,
+    PermissionDeniedError,
+    UnauthenticatedError,
+)
 from gateway.signing import Ed25519Signer
 
 log = logging.getLogger(__name__)
@@ -31,9 +40,16 @@ class CollectorServicer:
     """Implements Ingest, GetCheckpoint and SearchEvents; ingest has bounded concurrency, with back-pressure."""
 
     def __init__(
-        self, store: CollectorStore, witness: Ed25519Signer, *, max_batch_entries: int, max_inflight: int
+        self,
+        store: CollectorStore,
+        witness: Ed25519Signer,
+        *,
+        max_batch_entries: int,
+        max_inflight: int,
+        search_tokens: tuple[str, ...] = (),
     ) -> None:
         self._store = store
+        self._search_tokens = [bytes.fromhex(t) for t in search_tokens]
         self._witness = witness
         self._max_batch = max_batch_entries
         self._slots = asyncio.Semaphore(max_inflight)
@@ -72,6 +88,13 @@ class CollectorServicer:
             size=outcome.size, cosigned_checkpoint=outcome.cosigned_note, accepted=outcome.accepted
         )
 
+    def _authorise_search(self, context: Context) -> None:
+        if not self._search_tokens:
+            raise PermissionDeniedError("search is disabled on this collector (no collector.search_tokens configured)")
+        digest = _bearer_digest(context)
+        if digest is None or not any(hmac.compare_digest(digest, t) for t in self._search_tokens):
+            raise UnauthenticatedError("a search token is required (authorization: Bearer <token>)")
+
     async def get_checkpoint(
         self, request: collector_pb2.GetCheckpointRequest, context: Context
     ) -> collector_pb2.GetCheckpointResponse:
@@ -86,8 +109,11 @@ class CollectorServicer:
     ) -> operator_pb2.SearchEventsResponse:
         """One page of matching events across every origin, in time order, with a keyset token for the next.
 
-        No authentication yet: whoever reaches the collector's listener can read every journal it holds.
+        Every journal the collector holds is readable here, so a bearer token listed in
+        ``collector.search_tokens`` is required (compared by SHA-256 in constant time); with none configured,
+        search is off. Ingest needs no token: it accepts only entries signed by registered keys.
         """
+        self._authorise_search(context)
         fields, origin = parse_event_filter(request.filter)
         flt = CollectorEventFilter(**fields, origin=origin)
         page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
@@ -129,6 +155,14 @@ def decode_page_token(token: str) -> SearchCursor | None:
     if cursor is None or not origin or not INT64[0] <= cursor[0] <= INT64[1] or not 0 <= cursor[2] <= INT64[1]:
         raise InvalidRequestError([FieldViolation("page_token", "is not a token from a previous page")])
     return cursor
+
+
+def _bearer_digest(context: Context) -> bytes | None:
+    metadata: Any = context.invocation_metadata() or ()
+    header = next((str(v) for k, v in metadata if k == "authorization"), "")
+    if not header.lower().startswith("bearer "):
+        return None
+    return hashlib.sha256(header[len("bearer ") :].strip().encode()).digest()
 
 
 def collector_handler(servicer: CollectorServicer) -> grpc.GenericRpcHandler[Any, Any]:
