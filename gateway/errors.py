@@ -13,7 +13,6 @@
     │   └── ViolationError          result reported for an action that was not allowed
     ├── OverloadedError             retry later                  → RESOURCE_EXHAUSTED
     ├── ServiceUnavailableError     a dependency is down         → UNAVAILABLE
-    ├── NotImplementedYetError      RPC not available yet        → UNIMPLEMENTED
     └── JournalError
         ├── JournalUnavailableError the journal cannot be written (Decide fails closed)
         ├── JournalUnreadableError  a file is not a readable journal (verify: nothing could be checked)
@@ -81,10 +80,6 @@ class ViolationError(FailedPreconditionError):
     """Execution was reported for an action that was stopped or not approved (journaled as a violation)."""
 
 
-class NotImplementedYetError(AgentAuditError):
-    """The RPC exists in the API but is not available in this version."""
-
-
 class OverloadedError(AgentAuditError):
     """The service is saturated; the client should retry later (after ``retry_after_s`` if given)."""
 
@@ -123,7 +118,6 @@ _CODES: list[tuple[type[AgentAuditError], grpc.StatusCode]] = [
     (NotFoundError, grpc.StatusCode.NOT_FOUND),
     (FailedPreconditionError, grpc.StatusCode.FAILED_PRECONDITION),
     (OverloadedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (NotImplementedYetError, grpc.StatusCode.UNIMPLEMENTED),
     (JournalUnavailableError, grpc.StatusCode.UNAVAILABLE),
     (ServiceUnavailableError, grpc.StatusCode.UNAVAILABLE),
 ]

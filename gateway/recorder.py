@@ -222,16 +222,7 @@ class AuditRecorder:
 
     async def record_started(self, details: Mapping[str, Any]) -> RecordedEvent:
         """Journals a ``journal_started`` lifecycle event (one per sidecar start)."""
-        nanos = now_nanos()
-        body = {
-            "event_id": new_event_id(),
-            "kind": EventKind.JOURNAL_STARTED.label,
-            "timestamp": rfc3339_nanos(nanos),
-            "origin": self.origin,
-            **details,
-        }
-        receipt = await self._append(EventKind.JOURNAL_STARTED, body, nanos)
-        return RecordedEvent(body["event_id"], receipt)
+        return await self._record(EventKind.JOURNAL_STARTED, now_nanos(), {"origin": self.origin, **details})
 
     async def record_policy_changed(
         self,
@@ -243,12 +234,7 @@ class AuditRecorder:
         actor_type: str = "process_user",
     ) -> RecordedEvent:
         """Journals an accepted policy change with who (or what) made it."""
-        nanos = now_nanos()
-        event_id = new_event_id()
-        body = {
-            "event_id": event_id,
-            "kind": EventKind.POLICY_CHANGED.label,
-            "timestamp": rfc3339_nanos(nanos),
+        fields = {
             "actor": {"type": actor_type, "id": actor_id},
             "old_version": old_version,
             "new_version": new_version,
@@ -256,8 +242,7 @@ class AuditRecorder:
             "trigger": trigger,
             "source": source,
         }
-        receipt = await self._append(EventKind.POLICY_CHANGED, body, nanos)
-        return RecordedEvent(event_id, receipt)
+        return await self._record(EventKind.POLICY_CHANGED, now_nanos(), fields)
 
     async def record_decision(
         self,
