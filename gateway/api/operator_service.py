@@ -31,7 +31,7 @@ from gateway.errors import (
     UnauthenticatedError,
 )
 from gateway.forwarder import Forwarder
-from gateway.journal.query import EventFilter, last_seq, select
+from gateway.journal.query import EventFilter, last_seq, select_signed
 from gateway.journal.store import JournalReader
 from gateway.killswitch import EngagedSwitch, KillSwitchBoard
 from gateway.policy_manager import TRIGGER_OPERATOR, PolicyManager
@@ -124,6 +124,16 @@ def _page_cursor(token: str) -> int | None:
 def _event_filter(f: operator_pb2.EventFilter, newest_first: bool) -> EventFilter:
     fields, _ = parse_event_filter(f)  # origin names a sidecar at the collector; here there is only this one
     return EventFilter(**fields, newest_first=newest_first)
+
+
+_SignedRow = tuple[int, bytes, bytes, dict[str, Any]]
+
+
+def _searched_event(row: _SignedRow) -> operator_pb2.SearchedEvent:
+    seq, entry, signature, body = row
+    event = operator_pb2.SearchedEvent(seq=seq, entry=entry, signature=signature)
+    event.body.update(body)
+    return event
 
 
 def _scope_target(scope: int, target: str) -> tuple[str, str]:
@@ -250,20 +260,11 @@ class OperatorServicer:
         page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         after = _page_cursor(request.page_token)
 
-        def page(conn: sqlite3.Connection) -> list[tuple[int, bytes, bytes, dict[str, Any]]]:
-            found = list(select(conn, flt, after_seq=after, limit=page_size))
-            rows = []
-            for seq, body in found:
-                entry, signature = conn.execute("SELECT entry, signature FROM journal WHERE seq = ?", (seq,)).fetchone()
-                rows.append((seq, bytes(entry), bytes(signature), body))
-            return rows
+        def page(conn: sqlite3.Connection) -> list[_SignedRow]:
+            return list(select_signed(conn, flt, after_seq=after, limit=page_size))
 
         rows = await self._reader.run(page)
-        events = []
-        for seq, entry, signature, body in rows:
-            message = operator_pb2.SearchedEvent(seq=seq, entry=entry, signature=signature)
-            message.body.update(body)
-            events.append(message)
+        events = [_searched_event(row) for row in rows]
         token = base64.urlsafe_b64encode(str(rows[-1][0]).encode()).decode() if len(rows) == page_size else ""
         return operator_pb2.SearchEventsResponse(events=events, next_page_token=token)
 
@@ -291,24 +292,14 @@ class OperatorServicer:
             after = await self._reader.run(last_seq)
         while True:
 
-            def page(
-                conn: sqlite3.Connection, after: int = after
-            ) -> tuple[int, list[tuple[int, bytes, bytes, dict[str, Any]]]]:
+            def page(conn: sqlite3.Connection, after: int = after) -> tuple[int, list[_SignedRow]]:
                 tail = last_seq(conn)
-                rows = []
-                for seq, body in select(conn, flt, after_seq=after, limit=WATCH_PAGE, through_seq=tail):
-                    entry, signature = conn.execute(
-                        "SELECT entry, signature FROM journal WHERE seq = ?", (seq,)
-                    ).fetchone()
-                    rows.append((seq, bytes(entry), bytes(signature), body))
-                return tail, rows
+                return tail, list(select_signed(conn, flt, after_seq=after, limit=WATCH_PAGE, through_seq=tail))
 
             tail, rows = await self._reader.run(page)
-            for seq, entry, signature, body in rows:
-                event = operator_pb2.SearchedEvent(seq=seq, entry=entry, signature=signature)
-                event.body.update(body)
-                yield operator_pb2.WatchEventsResponse(event=event)
-                after = seq
+            for row in rows:
+                yield operator_pb2.WatchEventsResponse(event=_searched_event(row))
+                after = row[0]
             if len(rows) < WATCH_PAGE:
                 # Everything up to the tail was scanned: the next poll starts after it, matches or not.
                 after = max(after, tail)

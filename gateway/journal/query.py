@@ -189,7 +189,26 @@ def select(
     through_seq: int | None = None,
     page_size: int = PAGE_SIZE,
 ) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yields ``(seq, body)`` for each matching event, streaming, in seq order or newest first.
+    """Yields ``(seq, body)`` for each matching event; :func:`select_signed` without the stored bytes."""
+    for seq, _entry, _signature, body in select_signed(
+        conn, flt, after_seq=after_seq, limit=limit, through_seq=through_seq, page_size=page_size
+    ):
+        yield seq, body
+
+
+def select_signed(
+    conn: sqlite3.Connection,
+    flt: EventFilter,
+    *,
+    after_seq: int | None = None,
+    limit: int | None = None,
+    through_seq: int | None = None,
+    page_size: int = PAGE_SIZE,
+) -> Iterator[tuple[int, bytes, bytes, dict[str, Any]]]:
+    """Yields ``(seq, entry, signature, body)`` for each matching event, streaming, in seq order or newest first.
+
+    The stored entry and signature come from the same row read as the body, so a caller that returns them
+    (the operator search and watch) needs no second query per event.
 
     ``after_seq`` is the keyset cursor: the seq of the last event a previous call returned (results start after
     it in the chosen order: ``seq > after_seq`` oldest first, ``seq < after_seq`` newest first). ``limit`` caps the
@@ -209,7 +228,7 @@ def select(
         params.append(through_seq)
     conditions = " AND ".join([f"seq {compare} ?", *where])
     # Only constants are interpolated; every value is a placeholder parameter.
-    sql = f"SELECT seq, entry FROM journal WHERE {conditions} ORDER BY seq {order} LIMIT ?"  # noqa: S608
+    sql = f"SELECT seq, entry, signature FROM journal WHERE {conditions} ORDER BY seq {order} LIMIT ?"  # noqa: S608
     start = _SQLITE_MAX_INT if flt.newest_first else -1
     cursor_seq = start if after_seq is None else after_seq
     remaining = limit
@@ -227,13 +246,13 @@ def select(
                     raise JournalUnreadableError(f"journal read failed: {exc}") from exc
                 if row is None:
                     break
-                seq, entry = row
+                seq, entry, signature = row
                 rows += 1
                 cursor_seq = seq
                 body = _parse_body(seq, entry)
                 if check is not None and not check(body):
                     continue
-                yield seq, body
+                yield seq, bytes(entry), bytes(signature), body
                 if remaining is not None:
                     remaining -= 1
                     if remaining == 0:
