@@ -213,16 +213,23 @@ class Forwarder:
 
     async def _extend_tree(self, size: int) -> None:
         """Extends the local Merkle tree with the stored leaf hashes up to ``size``."""
-        start = self._tree.size
+        before = self._tree.size
+        await self._append_leaves(self._tree, size)
+        if self._tree.size != max(before, size):
+            raise UpstreamError(f"journal is missing entries between {before} and {size}")
+
+    async def _append_leaves(self, tree: MerkleRoot, size: int) -> None:
+        """Appends to ``tree`` the stored leaf hashes from its size up to ``size``, in pages; stops at a gap."""
+        start = tree.size
         while start < size:
             end = min(size, start + 10_000)
             rows = await self._reader.rows(
-                "SELECT seq, leaf_hash FROM journal WHERE seq >= ? AND seq < ? ORDER BY seq", (start, end)
+                "SELECT leaf_hash FROM journal WHERE seq >= ? AND seq < ? ORDER BY seq", (start, end)
             )
-            if len(rows) != end - start:
-                raise UpstreamError(f"journal is missing entries between {start} and {end}")
             for row in rows:
-                self._tree.append(bytes(row["leaf_hash"]))
+                tree.append(bytes(row["leaf_hash"]))
+            if len(rows) != end - start:
+                return
             start = end
 
     async def aclose(self, flush_timeout_s: float = 5.0) -> None:
@@ -297,15 +304,7 @@ class Forwarder:
             return
         checkpoint = Checkpoint.parse(SignedNote.parse(note_text).text)
         probe = await self._pruned_tree()
-        rows_needed = size
-        start = probe.size
-        while start < rows_needed:
-            end = min(rows_needed, start + 10_000)
-            for row in await self._reader.rows(
-                "SELECT leaf_hash FROM journal WHERE seq >= ? AND seq < ? ORDER BY seq", (start, end)
-            ):
-                probe.append(bytes(row["leaf_hash"]))
-            start = end
+        await self._append_leaves(probe, size)  # a gap leaves the probe short, so its root differs below
         if probe.root() != checkpoint.root:
             await self._rollback_detected(
                 f"the local journal's first {size} entries differ from what was cosigned", note_text
