@@ -1,0 +1,409 @@
+"""The container image (deploy/Dockerfile), tested without a container engine.
+
+CI has no Docker engine, so these tests check what the image is and runs:
+
+* the Dockerfile's invariants (two stages from ``ARG BASE_IMAGE``, non-root numeric USER, tini as PID 1, journal
+  VOLUME, no key or secret copied in, ENTRYPOINT/CMD), and that ``/.dockerignore`` keeps secrets out of the
+  build context while letting in everything the Dockerfile copies;
+* a smoke run that does what the image does: builds both wheels, installs them into a fresh venv, lays out a
+  mounted-style config directory (config, policy, keys from ``agentaudit keygen``, 0600 and owned by the
+  unprivileged user), then runs the Dockerfile's own ENTRYPOINT + CMD (parsed from the file, so the two cannot
+  drift) as an unprivileged user, checks gRPC health and a Decide, sends SIGTERM and checks a clean exit and a
+  journal that verifies.
+
+tini comes from Debian (``apt-get install -y tini``); without it the smoke run drops ``tini --`` locally, and
+fails in CI (``CI`` set), where it must be installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shlex
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from agentaudit_client import GatewayClient
+from gateway.policy import EXAMPLE_POLICY
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKERFILE = ROOT / "deploy" / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+
+IMAGE_CONFIG = "/etc/agentaudit/agentaudit.yaml"  # where the config is mounted in the image
+IMAGE_STATE = "/var/lib/agentaudit"  # the journal VOLUME
+IMAGE_UID = 10001
+GATEWAY_SERVICE = "agentaudit.v1.GatewayService"
+SECRET_WORDS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL")
+SECRET_SUFFIXES = (".key", ".token", ".pem", ".p12", ".pfx")
+
+
+# --- Dockerfile parsing ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Instruction:
+    keyword: str  # upper case: FROM, RUN, COPY, ...
+    args: str  # the rest, continuation lines joined with a space
+    stage: int  # index of the FROM it belongs to; -1 before the first FROM
+
+
+def parse_dockerfile(text: str) -> list[Instruction]:
+    """Splits a Dockerfile into instructions: comments dropped, backslash continuations joined."""
+    out: list[Instruction] = []
+    stage = -1
+    pending = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("#") or (not line and not pending):
+            continue  # comment lines are dropped even inside a continuation, as Docker does
+        if line.endswith("\\"):
+            pending += line[:-1].strip() + " "
+            continue
+        full = (pending + line).strip()
+        pending = ""
+        if not full:
+            continue
+        keyword, _, args = full.partition(" ")
+        keyword = keyword.upper()
+        if keyword == "FROM":
+            stage += 1
+        out.append(Instruction(keyword, args.strip(), stage))
+    assert not pending, "Dockerfile ends inside a line continuation"
+    return out
+
+
+def exec_form(instructions: list[Instruction], keyword: str) -> list[str]:
+    """The last ENTRYPOINT/CMD of the final stage, which must be in JSON (exec) form."""
+    final = max(i.stage for i in instructions)
+    found = [i for i in instructions if i.keyword == keyword and i.stage == final]
+    assert found, f"the final stage has no {keyword}"
+    value = json.loads(found[-1].args)
+    assert isinstance(value, list) and all(isinstance(v, str) for v in value), f"{keyword} must be a JSON array"
+    return value
+
+
+def image_command() -> list[str]:
+    """ENTRYPOINT + CMD of the image, as the container runtime will exec them."""
+    instructions = parse_dockerfile(DOCKERFILE.read_text())
+    return exec_form(instructions, "ENTRYPOINT") + exec_form(instructions, "CMD")
+
+
+def copy_sources(args: str) -> list[str]:
+    """Source operands of a COPY/ADD (flags such as --from= dropped; the last operand is the destination)."""
+    operands = json.loads(args) if args.startswith("[") else [a for a in shlex.split(args) if not a.startswith("--")]
+    return list(operands[:-1])
+
+
+def test_dockerfile_invariants() -> None:
+    instructions = parse_dockerfile(DOCKERFILE.read_text())
+    final = max(i.stage for i in instructions)
+
+    # Overridable base image, used by every stage; a build stage and a separate runtime stage.
+    args_before_from = [i.args for i in instructions if i.keyword == "ARG" and i.stage == -1]
+    assert "BASE_IMAGE=python:3.11-slim-bookworm" in args_before_from
+    froms = [i.args.split() for i in instructions if i.keyword == "FROM"]
+    assert len(froms) >= 2, "multi-stage: a build stage and a runtime stage"
+    assert all(f[0] == "${BASE_IMAGE}" for f in froms), froms
+    assert froms[0][1:] == ["AS", "build"] or froms[0][1:] == ["as", "build"], froms[0]
+
+    # The build stage builds both wheels (client distribution and sidecar) without their dependencies.
+    wheel_runs = [i.args for i in instructions if i.keyword == "RUN" and i.stage == 0 and "pip wheel" in i.args]
+    assert len(wheel_runs) == 1, wheel_runs
+    wheel_args = shlex.split(wheel_runs[0])
+    assert "--no-deps" in wheel_args
+    assert "./clients/python" in wheel_args and "." in wheel_args
+
+    # The runtime stage: tini from Debian, a non-root numeric user, the journal volume, ports.
+    runs = " ".join(i.args for i in instructions if i.keyword == "RUN" and i.stage == final)
+    assert "apt-get install" in runs and " tini" in runs
+    users = [i.args for i in instructions if i.keyword == "USER" and i.stage == final]
+    assert users, "the runtime stage must set USER"
+    uid, _, gid = users[-1].partition(":")
+    assert uid.isdigit() and int(uid) == IMAGE_UID, "numeric uid, so runAsNonRoot can check it"
+    assert gid.isdigit() and int(gid) != 0
+    user_index = max(n for n, i in enumerate(instructions) if i.keyword == "USER")
+    assert all(i.keyword != "RUN" for i in instructions[user_index + 1 :]), "nothing runs as root after USER"
+    volumes = [v for i in instructions if i.keyword == "VOLUME" and i.stage == final for v in json.loads(i.args)]
+    assert IMAGE_STATE in volumes
+    ports = {p for i in instructions if i.keyword == "EXPOSE" and i.stage == final for p in i.args.split()}
+    assert {"7419", "7420", "9464"} <= ports
+
+    # No secret in the image: nothing key-like copied, no ADD, the runtime stage copies nothing from the context,
+    # no secret-looking ENV/ARG.
+    assert not any(i.keyword == "ADD" for i in instructions), "use COPY (ADD fetches URLs and unpacks archives)"
+    for i in instructions:
+        if i.keyword == "COPY":
+            for source in copy_sources(i.args):
+                name = source.rstrip("/").lower()
+                assert not name.endswith(SECRET_SUFFIXES) and ".agentaudit" not in name, i
+                assert source not in (".", "./"), "never copy the whole build context"
+        if i.keyword in ("ENV", "ARG"):
+            names = [part.split("=", 1)[0].upper() for part in shlex.split(i.args) if "=" in part or i.keyword == "ARG"]
+            assert not any(word in n for n in names for word in SECRET_WORDS), i
+    assert not any(i.keyword == "COPY" and i.stage == final for i in instructions), (
+        "the runtime stage takes only the wheels, bind-mounted from the build stage"
+    )
+
+    # tini is PID 1 and execs agentaudit; the default command serves the mounted config.
+    assert exec_form(instructions, "ENTRYPOINT") == ["tini", "--", "agentaudit"]
+    assert exec_form(instructions, "CMD") == ["serve", "--config", IMAGE_CONFIG]
+
+
+def test_dockerignore_keeps_secrets_out_and_lets_the_build_in() -> None:
+    patterns = [
+        line.strip() for line in DOCKERIGNORE.read_text().splitlines() if line.strip() and not line.startswith("#")
+    ]
+    assert patterns[0] == "*", "allow-list: ignore everything, then re-include what the build needs"
+    included = {p[1:].rstrip("/") for p in patterns if p.startswith("!")}
+    for required in ("**/*.key", "**/*.token", "**/.agentaudit", "**/*.db"):
+        assert required in patterns, f"{required} must be excluded even inside allowed directories"
+    # Every path the Dockerfile copies from the context must be let in (or the build fails), and exist.
+    for i in parse_dockerfile(DOCKERFILE.read_text()):
+        if i.keyword == "COPY" and "--from=" not in i.args:
+            for source in copy_sources(i.args):
+                path = source.rstrip("/")
+                assert path in included, f"{source} is copied but excluded by .dockerignore"
+                assert (ROOT / path).exists(), source
+    # ...and nothing that is re-included holds a key-like file (the exclusions above would hide it anyway).
+    for top in included:
+        for path in (ROOT / top).rglob("*") if (ROOT / top).is_dir() else [ROOT / top]:
+            assert not path.name.endswith(SECRET_SUFFIXES), path
+
+
+def test_image_command_is_derived_from_the_dockerfile() -> None:
+    # The smoke run below executes exactly this (with the config path mapped into its temporary root).
+    assert image_command() == ["tini", "--", "agentaudit", "serve", "--config", IMAGE_CONFIG]
+
+
+# --- the smoke run -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunAs:
+    """The unprivileged user the image's process runs as, and how to switch to it."""
+
+    uid: int
+    gid: int
+    prefix: list[str]  # command prefix that drops to the user (empty when the tests are not root)
+
+
+def unprivileged() -> RunAs:
+    if os.geteuid() != 0:
+        return RunAs(os.getuid(), os.getgid(), [])
+    user = pwd.getpwnam("nobody")
+    setpriv = shutil.which("setpriv")
+    assert setpriv, "setpriv (util-linux) is needed to drop privileges"
+    prefix = [setpriv, f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups", "--"]
+    return RunAs(user.pw_uid, user.pw_gid, prefix)
+
+
+def base_python(run_as: RunAs, scratch: Path) -> str:
+    """A Python 3.11+ with venv whose console scripts the unprivileged user can run (pyenv under /root is not)."""
+    candidates = ["/usr/local/bin/python3", "/usr/bin/python3", getattr(sys, "_base_executable", ""), sys.executable]
+    candidates += [shutil.which(n) or "" for n in ("python3.13", "python3.12", "python3.11", "python3")]
+    for n, candidate in enumerate(dict.fromkeys(os.path.realpath(c) for c in candidates if c and os.path.exists(c))):
+        # Probed through a shebang, as the venv's console scripts will run it.
+        probe = scratch / f"probe-{n}"
+        probe.write_text(f"#!{candidate}\nimport sys, venv, ensurepip\nsys.exit(sys.version_info < (3, 11))\n")
+        probe.chmod(0o755)
+        if subprocess.run([*run_as.prefix, probe], check=False, capture_output=True, timeout=30).returncode == 0:
+            return candidate
+    pytest.fail(f"no Python >= 3.11 with venv is executable by uid {run_as.uid}; tried {candidates}")
+
+
+@dataclass(frozen=True)
+class Image:
+    """A stand-in for the image's file system, under one temporary root readable by the unprivileged user."""
+
+    root: Path
+    venv: Path  # /opt/agentaudit
+    run_as: RunAs
+
+    @property
+    def agentaudit(self) -> Path:
+        return self.venv / "bin" / "agentaudit"
+
+
+@pytest.fixture(scope="module")
+def image() -> Iterator[Image]:
+    run_as = unprivileged()
+    root = Path(tempfile.mkdtemp(prefix="aa-image-"))
+    root.chmod(0o755)  # mkdtemp makes it 0700: the unprivileged user must reach the venv
+    try:
+        wheels = root / "wheels"
+        run(
+            [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", wheels, ROOT / "clients/python", ROOT],
+            timeout=300,
+        )
+        built = sorted(p.name for p in wheels.glob("*.whl"))
+        assert [n.split("-")[0] for n in built] == ["agentaudit", "agentaudit_client"], built
+        venv = root / "opt" / "agentaudit"
+        run([base_python(run_as, root), "-m", "venv", venv], timeout=120)
+        # Dependencies come from the package index, as in the image's pip install.
+        run([venv / "bin" / "python", "-m", "pip", "install", "-q", *sorted(wheels.glob("*.whl"))], timeout=600)
+        yield Image(root, venv, run_as)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def run(command: list[object], **kwargs: object) -> subprocess.CompletedProcess[str]:
+    """Runs a command to completion; a failure shows its output."""
+    result = subprocess.run([str(c) for c in command], check=False, capture_output=True, text=True, **kwargs)  # type: ignore[call-overload]
+    assert result.returncode == 0, f"{command} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def health_status(target: str, service: str) -> int:
+    with grpc.insecure_channel(target) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
+        return int(reply.status)
+
+
+def test_image_entrypoint_serves_decides_and_stops_cleanly(image: Image) -> None:
+    run_as, root = image.run_as, image.root
+    # The mounted config (/etc/agentaudit: read-only to the process), the journal volume (/var/lib/agentaudit)
+    # and the socket directory shared with the agent (/run/agentaudit), as in deploy/kubernetes.
+    conf, state, sockets = root / "etc" / "agentaudit", root / "var" / "lib" / "agentaudit", root / "run" / "agentaudit"
+    for directory in (conf, state, sockets):
+        directory.mkdir(parents=True)
+    conf.chmod(0o755)
+    for directory in (state, sockets):
+        os.chown(directory, run_as.uid, run_as.gid)
+        directory.chmod(0o750)
+    keys = conf / "keys"
+    keys.mkdir()
+    os.chown(keys, run_as.uid, run_as.gid)
+    keygen = [image.agentaudit, "keygen", "--dir", keys, "--origin", "agentaudit/smoke/pod-1"]
+    run([*run_as.prefix, *keygen], timeout=60)
+    for name in ("signing.key", "hmac.key"):
+        st = (keys / name).stat()
+        assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == run_as.uid, name
+    keys.chmod(0o555)  # mounted read-only
+    port = free_port()
+    (conf / "policy.yaml").write_text(EXAMPLE_POLICY)
+    (conf / "agentaudit.yaml").write_text(
+        "# Relative paths resolve against this file's directory (the mounted config directory).\n"
+        "server:\n"
+        f'  listen: ["unix://{sockets}/gateway.sock", "127.0.0.1:{port}"]\n'
+        "  shutdown_grace_s: 5\n"
+        "journal:\n"
+        f"  path: {state}/journal.db\n"
+        "  signing_key: keys/signing.key\n"
+        "audit:\n"
+        "  hmac_key: keys/hmac.key\n"
+        "policy:\n"
+        "  path: policy.yaml\n"
+        "log:\n"
+        "  level: info\n"
+    )
+
+    # The image's own command, with the mounted config path mapped into this root and `agentaudit` found on PATH.
+    command = image_command()
+    command[command.index(IMAGE_CONFIG)] = str(conf / "agentaudit.yaml")
+    if shutil.which("tini") is None:
+        if os.environ.get("CI"):
+            pytest.fail("tini is not installed: CI must run `apt-get install -y tini` (it is PID 1 in the image)")
+        command = command[command.index("agentaudit") :]
+    env = {
+        "PATH": f"{image.venv / 'bin'}:/usr/local/bin:/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "HOME": str(state),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        # In the container tini is PID 1; here it is not, so it registers as a subreaper instead of warning.
+        "TINI_SUBREAPER": "1",
+    }
+    stdout, stderr = root / "stdout.log", root / "stderr.log"
+    with stdout.open("wb") as out, stderr.open("wb") as err:
+        proc = subprocess.Popen([*run_as.prefix, *command], cwd=state, env=env, stdout=out, stderr=err)
+    socket_target = f"unix://{sockets}/gateway.sock"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"exited with {proc.returncode} before serving:\n{stderr.read_text()}")
+            try:
+                if health_status(socket_target, "") == health_pb2.HealthCheckResponse.SERVING:
+                    break
+            except grpc.RpcError:
+                pass
+            assert time.monotonic() < deadline, f"not SERVING within 60 s:\n{stderr.read_text()}"
+            time.sleep(0.2)
+        # Health answers on TCP too (what a kubelet gRPC probe calls), per service.
+        for service in ("", GATEWAY_SERVICE):
+            assert health_status(f"127.0.0.1:{port}", service) == health_pb2.HealthCheckResponse.SERVING
+
+        with GatewayClient(socket_target, timeout=10) as gateway:
+            allowed = gateway.decide(
+                run_id="run_smoke",
+                step_id=1,
+                tenant_id="t_42",
+                agent_id="support-agent",
+                actor=("user", "u_1"),
+                action="crm.lookup",
+                args={"customer_id": "c_7", "email": "jane@example.com"},
+            )
+            stopped = gateway.decide(
+                run_id="run_smoke",
+                step_id=2,
+                tenant_id="t_42",
+                agent_id="support-agent",
+                actor=("user", "u_1"),
+                action="db.drop_table",
+                args={"table": "customers"},
+            )
+        assert (allowed.decision, allowed.reason) == ("allow", "allowed")
+        assert (stopped.decision, stopped.reason) == ("stop", "access_denied")
+
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    log = stderr.read_text()
+    assert code == 0, f"exit code {code} after SIGTERM:\n{log}"
+    assert "shutting down" in log and "Traceback" not in log, log
+    assert not (sockets / "gateway.sock").exists(), "the unix socket is removed on a clean stop"
+
+    # What the process wrote is the unprivileged user's, in the journal volume only.
+    journal = state / "journal.db"
+    assert journal.stat().st_uid == run_as.uid
+    verify = subprocess.run(
+        [image.agentaudit, "verify", journal, "--public-key", keys / "signing.pub", "--json"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    report = json.loads(verify.stdout)
+    assert report["ok"] is True and report["origin"] == "agentaudit/smoke/pod-1"
+    events = run([image.agentaudit, "events", journal], timeout=60).stdout
+    assert "jane@example.com" not in events, "redacted before it was journaled"
+    bodies = [json.loads(line) for line in events.splitlines()]
+    assert report["entries"] == len(bodies)
+    assert bodies[0]["kind"] == "journal_started"
+    decided = {b["event_id"]: b for b in bodies if b["kind"] == "pre_exec"}
+    assert decided[allowed.event_id]["decision"] == "allow"
+    assert decided[stopped.event_id]["decision"] == "stop"
