@@ -146,7 +146,7 @@ export class Sidecar {
     if (child.exitCode === null && child.signalCode === null) {
       const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
       child.kill(signal);
-      const killed = await Promise.race([exited.then(() => false), sleep(15_000).then(() => true)]);
+      const killed = await Promise.race([exited.then(() => false), sleep(15_000, undefined, { ref: false }).then(() => true)]);
       if (killed) {
         child.kill("SIGKILL");
         await exited;
