@@ -1,12 +1,14 @@
 """Builds the sidecar from configuration and runs it, starting and stopping parts in a fixed order.
 
-Start: keys → policy check → journal lock and writer (opens, checks origin, resumes seq/chain) → reader →
-policy manager → journal_started event → policy watch and SIGHUP → gRPC server (GatewayService, health,
-reflection) → health SERVING.
+Probes first (``start_probes``): the health-only listener, reporting "starting", and the /metrics server, so a
+slow or failing start is visible. Then ``start``: keys → policy check → journal lock and writer (opens, checks
+origin, resumes seq/chain) → reader → policy manager → journal_started event → policy watch and SIGHUP → gRPC
+server (GatewayService, health, reflection) → health SERVING. :func:`run` retries a start that failed on the
+policy or the journal when ``health.retry_start_s`` is set, reporting NOT_SERVING meanwhile (docs/operations.md).
 
 Stop (the reverse, so no acknowledged decision is lost): health NOT_SERVING → stop accepting RPCs and drain
 in-flight ones (grace period) → stop policy reloads → flush and close the journal writer → close the reader →
-release the lock.
+release the lock → probes.
 """
 
 from __future__ import annotations
@@ -20,13 +22,13 @@ import os
 import time
 from pathlib import Path
 from typing import IO
+from wsgiref.simple_server import WSGIServer
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
+from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from gateway import __version__
+from gateway import __version__, health, metrics, telemetry
 from gateway.alerts import AlertDispatcher
 from gateway.api.gateway_service import SERVICE_NAME, GatewayServicer, generic_handler
 from gateway.api.operator_auth import Authenticator
@@ -35,7 +37,7 @@ from gateway.api.operator_service import OperatorServicer, operator_handler
 from gateway.approvals import ApprovalBook
 from gateway.collector.app import Collector, CollectorConfig
 from gateway.config import Config, OperatorConfig
-from gateway.errors import ConfigError
+from gateway.errors import AgentAuditError, ConfigError
 from gateway.forwarder import Forwarder, GrpcUpstream
 from gateway.journal.store import JournalReader
 from gateway.journal.writer import JournalWriter
@@ -88,8 +90,14 @@ class Sidecar:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.bound: list[str] = []
+        self.health = health.Health([SERVICE_NAME])
+        self.health_bound: list[str] = []
+        self.metrics_port = 0
+        self.stage = ""  # the start step in progress or failed: keys, policy, journal, api
         self._server: grpc.aio.Server | None = None
-        self._health: HealthServicer | None = None
+        self._health_server: grpc.aio.Server | None = None
+        self._metrics_server: WSGIServer | None = None
+        self._telemetry: telemetry.Telemetry | None = None
         self._writer: JournalWriter | None = None
         self._reader: JournalReader | None = None
         self._lock: IO[bytes] | None = None
@@ -104,27 +112,51 @@ class Sidecar:
         self._collector: Collector | None = None
         self._sockets: list[str] = []
 
+    async def start_probes(self) -> None:
+        """Starts what lets a supervisor watch the start: health listener ("starting") and /metrics."""
+        cfg = self.config
+        metrics.BUILD_INFO.info({"version": __version__})
+        await self.health.publish()
+        if cfg.health.listen:
+            self._health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+            health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self._health_server)
+            self.health_bound = self._listen(self._health_server, cfg.health.listen, None)
+            await self._health_server.start()
+            log.info("serving grpc.health.v1.Health on %s", ", ".join(self.health_bound))
+        if cfg.metrics.listen:
+            try:
+                self._metrics_server, _ = metrics.serve(cfg.metrics.listen)
+            except OSError as exc:
+                raise ConfigError(f"metrics.listen: cannot listen on {cfg.metrics.listen}: {exc.strerror}") from exc
+            self.metrics_port = self._metrics_server.server_port
+
     async def start(self) -> None:
-        """Starts every component; on failure, stops what was started and re-raises."""
+        """Starts every component; on failure, stops what was started (probes excepted) and re-raises."""
         try:
             await self._start()
         except BaseException:
-            await self.aclose()
+            await self._stop_core()
             raise
 
     async def _start(self) -> None:
         cfg = self.config
+        self.stage = "keys"
         signer = load_signer(cfg.journal.signing_key)
         redactor = Redactor.create(load_hmac_key(cfg.audit.hmac_key), cfg.audit.redact_fields, cfg.audit.hash_args)
+        self._telemetry = telemetry.from_config(cfg.telemetry, signer.name)
+        self.stage = health.POLICY
         load_document(cfg.policy.path)  # refuse a bad policy before touching the journal
+        self.stage = health.JOURNAL
         self._lock = _lock_journal(cfg.journal.path)
         self._writer = JournalWriter(
             cfg.journal.path,
             signer,
             max_batch=cfg.journal.max_batch,
             busy_timeout_ms=cfg.journal.busy_timeout_ms,
+            on_health=lambda problem: self.health.report(health.JOURNAL, problem),
         )
         await self._writer.start()
+        self.stage = "api"
         self._reader = JournalReader(cfg.journal.path)
         recorder = AuditRecorder(self._writer, self._reader, redactor)
         self.switches = KillSwitchBoard(recorder)
@@ -144,6 +176,7 @@ class Sidecar:
         await self.policy.start()
         self.approvals = ApprovalBook(recorder, self._reader)
         await self.approvals.start()
+        metrics.observe_state(metrics.APPROVALS_PENDING, self.approvals.pending_count)
         if cfg.alerts.webhooks:
             self._alerts = AlertDispatcher(cfg.alerts)
             await self._alerts.start()
@@ -165,9 +198,8 @@ class Sidecar:
             ("grpc.so_reuseport", 0),
         ]
         self._server = grpc.aio.server(options=options)
-        self._server.add_generic_rpc_handlers([generic_handler(servicer)])
-        self._health = HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        self._server.add_generic_rpc_handlers([generic_handler(servicer, self._telemetry)])
+        health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self._server)
         reflection.enable_server_reflection([SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME], self._server)
         self.bound = self._listen(self._server, cfg.server.listen, None)
         if cfg.operator.listen:
@@ -181,16 +213,18 @@ class Sidecar:
                 self.forwarder,
             )
             self._operator_server = grpc.aio.server(options=options)
-            self._operator_server.add_generic_rpc_handlers([operator_handler(operator)])
-            health_pb2_grpc.add_HealthServicer_to_server(self._health, self._operator_server)
+            self._operator_server.add_generic_rpc_handlers([operator_handler(operator, self._telemetry)])
+            health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self._operator_server)
             reflection.enable_server_reflection(
                 [OPERATOR_SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME], self._operator_server
             )
             self.operator_bound = self._listen(self._operator_server, cfg.operator.listen, _tls(cfg.operator))
             await self._operator_server.start()
         await self._server.start()
-        for name in ("", SERVICE_NAME):
-            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.stage = ""
+        for stage in RETRYABLE_STAGES:
+            self.health.report(stage, "")  # a retried start succeeded
+        await self.health.started()
         log.info("serving %s on %s (journal %s)", SERVICE_NAME, ", ".join(self.bound), cfg.journal.path)
         if self.operator_bound:
             log.info("serving %s on %s", OPERATOR_SERVICE_NAME, ", ".join(self.operator_bound))
@@ -227,6 +261,8 @@ class Sidecar:
             alerts=self._alerts,
         )
         await self.forwarder.start()
+        metrics.observe_state(metrics.FORWARD_BACKLOG_ENTRIES, self.forwarder.backlog_entries)
+        metrics.observe_state(metrics.FORWARD_BACKLOG_AGE_SECONDS, self.forwarder.backlog_age_s)
 
     def _listen(
         self, server: grpc.aio.Server, addresses: tuple[str, ...], tls: grpc.ServerCredentials | None
@@ -248,8 +284,19 @@ class Sidecar:
 
     async def aclose(self) -> None:
         """Stops in the documented order. Safe to call more than once or after a failed start."""
-        if self._health is not None:
-            await self._health.enter_graceful_shutdown()
+        await self.health.stopping()
+        await self._stop_core()
+        if self._health_server is not None:
+            await self._health_server.stop(None)
+            self._health_server = None
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+            self._metrics_server = None
+        _remove_unix_sockets(self._sockets)
+
+    async def _stop_core(self) -> None:
+        """Stops everything ``start`` started, in reverse order."""
         if self._operator_server is not None:
             await self._operator_server.stop(self.config.server.shutdown_grace_s)
             self._operator_server = None
@@ -283,7 +330,9 @@ class Sidecar:
         if self._lock is not None:
             self._lock.close()
             self._lock = None
-        _remove_unix_sockets(self._sockets)
+        if self._telemetry is not None:
+            self._telemetry.shutdown()
+            self._telemetry = None
 
 
 def install_event_loop_policy() -> None:
@@ -305,11 +354,29 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
-async def run_until_signalled(sidecar: Sidecar, stop: asyncio.Event) -> None:
-    """Starts the sidecar, waits for ``stop``, then shuts down in order."""
-    await sidecar.start()
-    freeze_startup_objects()
-    try:
-        await stop.wait()
-    finally:
-        await sidecar.aclose()
+RETRYABLE_STAGES = (health.POLICY, health.JOURNAL)
+
+
+async def start_with_retries(sidecar: Sidecar, stop: asyncio.Event) -> bool:
+    """Starts the sidecar; returns False if ``stop`` was set before it could.
+
+    A failure on the policy or the journal is retried every ``health.retry_start_s`` when that is set, while
+    the health service reports NOT_SERVING with the reason logged; otherwise (and for any other failure) the
+    error propagates and the process exits.
+    """
+    retry_s = sidecar.config.health.retry_start_s
+    while True:
+        try:
+            await sidecar.start()
+        except (AgentAuditError, OSError) as exc:
+            stage = sidecar.stage
+            if not retry_s or stage not in RETRYABLE_STAGES:
+                raise
+            sidecar.health.report(stage, str(exc))
+            log.error("start failed on the %s; retrying in %.1fs", stage, retry_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), retry_s)
+            if stop.is_set():
+                return False
+            continue
+        return True

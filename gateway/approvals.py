@@ -114,6 +114,10 @@ class ApprovalBook:
             self._open[approval.approval_id] = approval
         self._task = asyncio.create_task(self._expire_loop(), name="approval-expiry")
 
+    def pending_count(self) -> int:
+        """Approvals waiting for a human (read at scrape time, from another thread: one atomic copy)."""
+        return sum(1 for approval in list(self._open.values()) if approval.state == PENDING)
+
     async def aclose(self) -> None:
         """Stops the expiry task."""
         if self._task is not None:

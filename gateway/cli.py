@@ -26,12 +26,10 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 log = logging.getLogger("agentaudit")
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _setup_logging(level: str, fmt: str = "text") -> None:
+    from gateway import logs  # noqa: PLC0415
+
+    logs.setup(level, fmt)
 
 
 def _env() -> dict[str, str]:
@@ -44,7 +42,7 @@ def _serve(cfg_loader: object, banner: bool, directory: Path | None = None) -> i
 
     assert callable(cfg_loader)
     cfg, created = cfg_loader()
-    _setup_logging(cfg.log.level)
+    _setup_logging(cfg.log.level, cfg.log.format or ("text" if banner else "json"))
     app.install_event_loop_policy()
 
     async def main() -> None:
@@ -53,9 +51,11 @@ def _serve(cfg_loader: object, banner: bool, directory: Path | None = None) -> i
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         sidecar = app.Sidecar(cfg)
-        await sidecar.start()
-        app.freeze_startup_objects()
         try:
+            await sidecar.start_probes()
+            if not await app.start_with_retries(sidecar, stop):
+                return
+            app.freeze_startup_objects()
             if banner:
                 _print_dev_banner(cfg, sidecar.bound, sidecar.operator_bound, created, directory)
             await stop.wait()
@@ -278,26 +278,50 @@ def cmd_collector(args: argparse.Namespace) -> int:
     from gateway import app  # noqa: PLC0415
     from gateway.collector.app import Collector, load_collector_config  # noqa: PLC0415
 
-    cfg = load_collector_config(Path(args.config))
+    cfg = load_collector_config(Path(args.config), _env())
     if args.listen:
         cfg = dataclasses.replace(cfg, listen=tuple(args.listen))
-    _setup_logging(args.log_level)
+    _setup_logging(args.log_level, args.log_format)
     app.install_event_loop_policy()
 
     async def main() -> None:
+        from gateway import metrics  # noqa: PLC0415
+
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        metrics.BUILD_INFO.info({"version": __version__})
+        exposition = metrics.serve(cfg.metrics_listen)[0] if cfg.metrics_listen else None
         collector = Collector(cfg)
-        await collector.start()
         try:
+            await collector.start()
             await stop.wait()
         finally:
             await collector.aclose()
+            if exposition is not None:
+                exposition.shutdown()
 
     asyncio.run(main())
     return EXIT_OK
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    """Asks a sidecar's or collector's grpc.health.v1 service; exit 0 only for SERVING (for scripts and probes)."""
+    import grpc  # noqa: PLC0415
+    from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: PLC0415
+
+    try:
+        with grpc.insecure_channel(args.target) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
+            )
+    except grpc.RpcError as exc:
+        print(f"{args.target}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return EXIT_FAILURE
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(status)
+    return EXIT_OK if reply.status == health_pb2.HealthCheckResponse.SERVING else EXIT_FAILURE
 
 
 def cmd_forwarder_status(args: argparse.Namespace) -> int:
@@ -701,10 +725,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--comment", required=True, help="why (journaled)")
     p.set_defaults(func=cmd_recovery_acknowledge)
 
+    p = sub.add_parser("health", help="check a sidecar or collector health service (exit 0 only if SERVING)")
+    p.add_argument("--target", required=True, metavar="ADDRESS", help="unix:///path or HOST:PORT")
+    p.add_argument(
+        "--service",
+        default="",
+        help='"" or agentaudit.v1.GatewayService: readiness (UNKNOWN while starting); liveness: liveness',
+    )
+    p.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS")
+    p.set_defaults(func=cmd_health)
+
     p = sub.add_parser("collector", help="run the central collector (CollectorService) from a configuration file")
     p.add_argument("--config", required=True, metavar="FILE", help="collector YAML (docs/collector.md)")
     p.add_argument("--listen", action="append", metavar="ADDRESS", help="replaces collector.listen (repeatable)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", default="json", choices=["json", "text"], help="stderr log lines (default json)")
     p.set_defaults(func=cmd_collector)
 
     forwarder = sub.add_parser("forwarder", help="forwarding status").add_subparsers(

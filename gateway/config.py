@@ -88,6 +88,33 @@ class LogConfig:
     """Diagnostics on stderr (never the journal)."""
 
     level: str = "info"
+    format: str = ""  # json | text; empty: json for `serve`, text for `dev`
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    """A listener serving only grpc.health.v1.Health, for kubelet probes (may bind a pod IP or 0.0.0.0)."""
+
+    listen: tuple[str, ...] = ()
+    # 0: a start failure (bad policy, unwritable journal) exits. >0: stay up reporting NOT_SERVING, retry this often.
+    retry_start_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    """Prometheus exposition over HTTP at /metrics. Empty listen: off."""
+
+    listen: str = ""  # HOST:PORT
+
+
+@dataclass(frozen=True)
+class TelemetryConfig:
+    """OpenTelemetry spans for the gRPC servers, exported over OTLP/gRPC. Empty endpoint: off (no overhead)."""
+
+    otlp_endpoint: str = ""  # HOST:PORT of an OTLP/gRPC receiver (an OpenTelemetry Collector)
+    otlp_insecure: bool = True  # plaintext gRPC to the receiver (a node-local collector); false: TLS
+    service_name: str = "agentaudit"
+    sample_ratio: float = 1.0  # of traces started here; a sampled parent (traceparent flag 01) is always followed
 
 
 OPERATOR_ROLES = ("admin", "approver", "auditor")
@@ -131,12 +158,17 @@ class Config:
     audit: AuditConfig = field(default_factory=AuditConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     forward: ForwardConfig = field(default_factory=ForwardConfig)
     operator: OperatorConfig = field(default_factory=OperatorConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
 
 
 _LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("json", "text")
+HOST_PORT_RE = re.compile(r"^([A-Za-z0-9.\-]+|\[[0-9a-fA-F:]+\]):\d{1,5}$")
 _LISTEN_RE = re.compile(r"^(unix://.+|[A-Za-z0-9.\-]+:\d{1,5}|\[[0-9a-fA-F:]+\]:\d{1,5})$")
 
 
@@ -202,11 +234,11 @@ def _section(name: str, cls: type[Any], raw: Any, env: Mapping[str, str], base: 
     return instance
 
 
-def _resolve_listen(listen: tuple[str, ...], base: Path) -> tuple[str, ...]:
+def _resolve_listen(listen: tuple[str, ...], base: Path, key: str = "server.listen") -> tuple[str, ...]:
     out = []
     for address in listen:
         if not _LISTEN_RE.match(address):
-            raise ConfigError(f"server.listen: {address!r} is not unix:///path or HOST:PORT")
+            raise ConfigError(f"{key}: {address!r} is not unix:///path or HOST:PORT")
         if address.startswith("unix://"):
             path = Path(address[len("unix://") :])
             out.append(f"unix://{path if path.is_absolute() else (base / path).resolve()}")
@@ -294,6 +326,19 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("policy.watch_interval_s: must be between 0.05 and 3600 seconds")
     if cfg.log.level.lower() not in _LOG_LEVELS:
         raise ConfigError(f"log.level: expected one of {', '.join(_LOG_LEVELS)}, got {cfg.log.level!r}")
+    if cfg.log.format and cfg.log.format not in LOG_FORMATS:
+        raise ConfigError(f"log.format: expected one of {', '.join(LOG_FORMATS)}, got {cfg.log.format!r}")
+    if not 0 <= cfg.health.retry_start_s <= 3600:
+        raise ConfigError("health.retry_start_s: must be between 0 (exit on a start failure) and 3600 seconds")
+    if cfg.metrics.listen and not HOST_PORT_RE.match(cfg.metrics.listen):
+        raise ConfigError(f"metrics.listen: {cfg.metrics.listen!r} is not HOST:PORT")
+    tel = cfg.telemetry
+    if tel.otlp_endpoint and not HOST_PORT_RE.match(tel.otlp_endpoint):
+        raise ConfigError(f"telemetry.otlp_endpoint: {tel.otlp_endpoint!r} is not HOST:PORT")
+    if not 0.0 <= tel.sample_ratio <= 1.0:
+        raise ConfigError("telemetry.sample_ratio: must be between 0 and 1")
+    if not tel.service_name:
+        raise ConfigError("telemetry.service_name: must not be empty")
 
 
 def load(
@@ -347,9 +392,13 @@ def load(
     if listen:
         server = dataclasses.replace(server, listen=tuple(listen))
     server = dataclasses.replace(server, listen=_resolve_listen(server.listen, base))
-    cfg = dataclasses.replace(cfg, server=server)
+    health = dataclasses.replace(cfg.health, listen=_resolve_listen(cfg.health.listen, base, "health.listen"))
+    cfg = dataclasses.replace(cfg, server=server, health=health)
     overlap = set(cfg.server.listen) & set(cfg.operator.listen)
     if overlap:
         raise ConfigError(f"operator.listen: {', '.join(sorted(overlap))} is also an agent listener; keep them apart")
+    overlap = set(cfg.health.listen) & (set(cfg.server.listen) | set(cfg.operator.listen))
+    if overlap:
+        raise ConfigError(f"health.listen: {', '.join(sorted(overlap))} is also an API listener; keep them apart")
     _validate(cfg)
     return cfg

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import grpc
 
 from agentaudit.v1 import collector_pb2, collector_pb2_grpc
-from gateway import reasons
+from gateway import metrics, reasons
 from gateway.alerts import Alert
 from gateway.ids import rfc3339_nanos
 from gateway.journal.merkle import MerkleRoot, decode_state
@@ -50,8 +50,11 @@ RECEIPT_KINDS = ("cosignature", "heartbeat")
 class UpstreamError(Exception):
     """A batch was not acknowledged; ``retry_after_s`` is the collector's back-pressure hint, if any."""
 
-    def __init__(self, message: str, *, rejected: str = "", retry_after_s: float | None = None) -> None:
+    def __init__(
+        self, message: str, *, code: str = "local", rejected: str = "", retry_after_s: float | None = None
+    ) -> None:
         super().__init__(message)
+        self.code = code  # the gRPC status name, or "local" for a problem found on this side
         self.rejected = rejected  # the collector's rejection code (rollback, fork, bad_signature, ...), if refused
         self.retry_after_s = retry_after_s
 
@@ -128,7 +131,14 @@ def _upstream_error(exc: grpc.aio.AioRpcError) -> UpstreamError:
     rejected = ""
     if code == grpc.StatusCode.FAILED_PRECONDITION and details.startswith("rejected:"):
         rejected = details.split(":", 2)[1]
-    return UpstreamError(f"{code.name}: {details}", rejected=rejected, retry_after_s=retry_after)
+    return UpstreamError(f"{code.name}: {details}", code=code.name, rejected=rejected, retry_after_s=retry_after)
+
+
+def _failure_reason(exc: Exception) -> str:
+    """A low-cardinality label for a failed forwarding attempt."""
+    if isinstance(exc, UpstreamError):
+        return f"rejected_{exc.rejected}" if exc.rejected else exc.code.lower()
+    return "note" if isinstance(exc, NoteError) else "io"
 
 
 @dataclass
@@ -186,6 +196,15 @@ class Forwarder:
         self._last_send = time.monotonic()
         self._pending_since: float | None = None
         self.status = ForwarderStatus()
+
+    def backlog_entries(self) -> int:
+        """Entries not yet acknowledged by the collector (read at scrape time, from another thread)."""
+        return max(0, self._writer.size - self.status.acked_size)
+
+    def backlog_age_s(self) -> float:
+        """Seconds the oldest unacknowledged entry has waited, 0 without a backlog (read at scrape time)."""
+        since = self._pending_since
+        return 0.0 if since is None or self.backlog_entries() == 0 else time.monotonic() - since
 
     @property
     def witnessed_size(self) -> int:
@@ -273,6 +292,9 @@ class Forwarder:
                 self.status.last_error = ""
                 delay = 0.0 if sent else min(0.05, self._max_age)
             except (UpstreamError, NoteError, OSError) as exc:
+                metrics.FORWARD_UPLOAD_FAILURES.labels(_failure_reason(exc)).inc()
+                if self._pending_since is None and self._writer.size > self.status.acked_size:
+                    self._pending_since = time.monotonic()  # the backlog ages while the collector is unreachable
                 self.status.consecutive_failures += 1
                 self.status.last_error = str(exc)
                 if isinstance(exc, UpstreamError) and exc.rejected in ("rollback", "fork"):
@@ -376,6 +398,7 @@ class Forwarder:
             raise UpstreamError(f"the collector acknowledged {size} entries, expected {end}")
         self._tree = tree
         self._last_send = time.monotonic()
+        metrics.FORWARD_UPLOADED_ENTRIES.inc(end - acked)
         await self._record_receipt(end, cosigned)
         self._pending_since = None if end >= tail else self._pending_since
         return True

@@ -1,9 +1,38 @@
-"""Prometheus metrics (names are constants; exposition over HTTP comes with the operations work)."""
+"""Prometheus metrics: every name in one place, and the HTTP exposition (``metrics.listen``).
+
+Conventions: the ``agentaudit_`` prefix, ``_total`` for counters, base units in the name (``_seconds``,
+``_bytes``), and only low-cardinality labels (decision, reason, layer, method, webhook format): never a run,
+tenant, actor or action name, which are unbounded and belong in the journal. docs/operations.md lists them all.
+
+Values that are state rather than events (backlog, pending approvals) are read when Prometheus scrapes, through
+:func:`observe_state`, so the request path pays nothing for them.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter
+import logging
+import threading
+from collections.abc import Callable
+from wsgiref.simple_server import WSGIServer
 
+from prometheus_client import Counter, Enum, Gauge, Histogram, Info, disable_created_metrics, start_http_server
+
+log = logging.getLogger(__name__)
+
+# The ``*_created`` timestamp series double the exposition and nothing here reads them.
+disable_created_metrics()
+
+# Latency buckets from 250 µs (an allow on an idle sidecar) to 5 s (a commit stuck behind a locked database).
+_LATENCY_BUCKETS = (0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+BUILD_INFO = Info("agentaudit_build", "Version of the running agentaudit.")
+HEALTH_STATE = Enum(
+    "agentaudit_health_state",
+    "What readiness reports: starting, serving, broken (a problem is open) or stopping.",
+    states=["starting", "serving", "broken", "stopping"],
+)
+
+# Decisions and requests.
 DECISIONS = Counter(
     "agentaudit_decisions_total",
     "Decide answers by decision, reason and layer.",
@@ -14,6 +43,67 @@ FAIL_CLOSED = Counter(
 )
 VIOLATIONS = Counter("agentaudit_violations_total", "Results reported for actions that were not allowed.")
 INVALID_REQUESTS = Counter("agentaudit_invalid_requests_total", "Requests refused as INVALID_ARGUMENT.", ["method"])
+REQUEST_SECONDS = Histogram(
+    "agentaudit_request_duration_seconds",
+    "Time to answer a gRPC request (Decide includes the durable journal commit), by method.",
+    ["method"],
+    buckets=_LATENCY_BUCKETS,
+)
+
+# The journal.
+JOURNAL_COMMIT_SECONDS = Histogram(
+    "agentaudit_journal_commit_duration_seconds",
+    "Time of one journal transaction (insert and fsync'd commit of a batch).",
+    buckets=_LATENCY_BUCKETS,
+)
+JOURNAL_BATCH_ENTRIES = Histogram(
+    "agentaudit_journal_batch_entries",
+    "Entries per journal transaction (group commit).",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+)
+JOURNAL_ENTRIES = Counter("agentaudit_journal_entries_total", "Entries committed to the journal.")
+JOURNAL_BYTES = Counter(
+    "agentaudit_journal_appended_bytes_total", "Bytes of entries and signatures committed to the journal."
+)
+JOURNAL_COMMIT_FAILURES = Counter(
+    "agentaudit_journal_commit_failures_total", "Journal transactions that failed (their entries were not recorded)."
+)
+
+# Policy and approvals.
+POLICY_INFO = Gauge("agentaudit_policy_info", "The policy version in force (value 1).", ["version"])
+POLICY_RELOADS = Counter(
+    "agentaudit_policy_reloads_total", "Policy reload attempts by result (applied or rejected).", ["result"]
+)
+APPROVALS_PENDING = Gauge("agentaudit_approvals_pending", "Approval requests waiting for a human.")
+
+# Forwarding to the collector.
+FORWARD_BACKLOG_ENTRIES = Gauge(
+    "agentaudit_forwarder_backlog_entries", "Journal entries the collector has not acknowledged yet."
+)
+FORWARD_BACKLOG_AGE_SECONDS = Gauge(
+    "agentaudit_forwarder_backlog_age_seconds", "How long the oldest unacknowledged entry has been waiting (0: none)."
+)
+FORWARD_UPLOADED_ENTRIES = Counter(
+    "agentaudit_forwarder_uploaded_entries_total", "Entries the collector acknowledged (cosigned)."
+)
+FORWARD_UPLOAD_FAILURES = Counter(
+    "agentaudit_forwarder_upload_failures_total",
+    "Failed forwarding attempts by reason (a gRPC status, rejected_<code>, note or io).",
+    ["reason"],
+)
+
+# The collector.
+COLLECTOR_INGESTED_ENTRIES = Counter(
+    "agentaudit_collector_ingested_entries_total", "Entries verified and stored (resent duplicates excluded)."
+)
+COLLECTOR_BATCHES = Counter("agentaudit_collector_batches_total", "Batches accepted by Ingest.")
+COLLECTOR_REJECTIONS = Counter(
+    "agentaudit_collector_rejections_total",
+    "Batches refused by Ingest, by reason (a reject code, invalid or overloaded).",
+    ["reason"],
+)
+
+# Alerts.
 ALERT_DELIVERIES = Counter("agentaudit_alert_deliveries_total", "Alerts a webhook accepted (2xx).", ["webhook_format"])
 ALERT_FAILURES = Counter(
     "agentaudit_alert_failures_total",
@@ -28,3 +118,31 @@ ALERTS_DROPPED = Counter(
     "Alerts dropped undelivered: a webhook's queue was full, or shutdown came first.",
     ["webhook_format"],
 )
+
+_policy_lock = threading.Lock()
+_policy_version: str | None = None
+
+
+def set_policy_version(version: str) -> None:
+    """Points ``agentaudit_policy_info`` at the version now in force (one series at a time)."""
+    global _policy_version  # noqa: PLW0603 - one process-wide gauge, like the metrics themselves
+    with _policy_lock:
+        if _policy_version == version:
+            return
+        if _policy_version is not None:
+            POLICY_INFO.remove(_policy_version)
+        POLICY_INFO.labels(version).set(1)
+        _policy_version = version
+
+
+def observe_state(gauge: Gauge, read: Callable[[], float]) -> None:
+    """Makes ``gauge`` report ``read()`` at scrape time (from the HTTP thread: ``read`` must only read)."""
+    gauge.set_function(read)
+
+
+def serve(listen: str) -> tuple[WSGIServer, threading.Thread]:
+    """Starts the /metrics HTTP server on ``HOST:PORT`` (port 0 picks one); returns it for ``shutdown``."""
+    host, _, port = listen.rpartition(":")
+    server, thread = start_http_server(int(port), addr=host.strip("[]"))
+    log.info("serving Prometheus metrics on http://%s:%d/metrics", host, server.server_port)
+    return server, thread

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway import metrics
 from gateway.errors import ConfigError, JournalUnavailableError
 from gateway.policy.document import PolicyDocument, parse_policy
 from gateway.policy.engine import Clock, LayeredPolicy, SwitchLookup
@@ -119,15 +120,18 @@ class PolicyManager:
                 document = parse_policy(text, str(self.path) if document_text is None else "<submitted policy>")
             except OSError as exc:
                 log.error("policy reload (%s) rejected, keeping %s: cannot read %s: %s", trigger, old, self.path, exc)
+                metrics.POLICY_RELOADS.labels("rejected").inc()
                 return ReloadOutcome(False, old, old, f"cannot read {self.path}: {exc.strerror}")
             except ConfigError as exc:
                 log.error("policy reload (%s) rejected, keeping %s: %s", trigger, old, exc)
+                metrics.POLICY_RELOADS.labels("rejected").inc()
                 if document_text is not None:
                     raise
                 self._stamp = self._file_stamp()
                 return ReloadOutcome(False, old, old, str(exc))
             if document.version == old:
                 self._stamp = self._file_stamp()
+                metrics.POLICY_RELOADS.labels("unchanged").inc()
                 return ReloadOutcome(False, old, old)
             if document_text is not None:
                 await asyncio.to_thread(_replace_file, self.path, text)
@@ -139,15 +143,19 @@ class PolicyManager:
                 )
             except JournalUnavailableError as exc:
                 log.error("policy change (%s) not applied: it could not be journaled: %s", trigger, exc)
+                metrics.POLICY_RELOADS.labels("rejected").inc()
                 return ReloadOutcome(False, old, old, f"journal unavailable: {exc}")
             self.engine = LayeredPolicy(document, self._state, self._clock, self._switches)
             self.document_text = text
             self._state.retain(limit.fingerprint for limit in document.limits)
             log.info("policy %s active (was %s; %s by %s)", document.version, old, trigger, actor_id)
+            metrics.POLICY_RELOADS.labels("applied").inc()
+            metrics.set_policy_version(document.version)
             return ReloadOutcome(True, old, document.version, event_id=event.event_id)
 
     async def start(self) -> None:
         """Starts watching the file and, when running in the main thread, handling SIGHUP."""
+        metrics.set_policy_version(self.engine.version)
         loop = asyncio.get_running_loop()
         with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
             loop.add_signal_handler(signal.SIGHUP, self._on_sighup)

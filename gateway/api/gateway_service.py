@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 from google.protobuf import duration_pb2
@@ -23,6 +23,9 @@ from gateway.journal.writer import StateChange, now_nanos
 from gateway.policy.engine import LAYER_APPROVAL
 from gateway.policy.model import ActionRequest, Decision, PolicyEngine, Verdict
 from gateway.recorder import AuditRecorder, PreparedAction
+
+if TYPE_CHECKING:
+    from gateway.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +84,8 @@ class GatewayServicer:
 
     async def decide(self, request: gateway_pb2.DecideRequest, context: Context) -> gateway_pb2.DecideResponse:
         """Evaluates and records one proposed action. Answers only after the pre-event is durable."""
+        if not request.traceparent:
+            request.traceparent = validation.traceparent_header(context.invocation_metadata())
         action = validation.parse_decide(
             request, max_args_bytes=self._limits.max_args_bytes, max_depth=self._limits.max_depth
         )
@@ -132,6 +137,22 @@ class GatewayServicer:
         if resumed is not None and decision.verdict is Verdict.ALLOW:
             self._approvals.used(resumed)
         metrics.DECISIONS.labels(decision.verdict.value, decision.reason, decision.layer).inc()
+        if log.isEnabledFor(logging.DEBUG):
+            # Ids and outcome only: argument values never reach a log line (docs/operations.md, Logs).
+            log.debug(
+                "decided %s/%s",
+                decision.verdict.value,
+                decision.reason,
+                extra={
+                    "run_id": action.run_id,
+                    "step_id": action.step_id,
+                    "action": action.action,
+                    "layer": decision.layer,
+                    "rule": decision.rule,
+                    "event_id": event.event_id,
+                    "trace_id": action.traceparent[3:35],
+                },
+            )
         # Alert on stops, and on approval requests when they are created (not on every early resume).
         if decision.verdict is Verdict.STOP or created is not None:
             self._alert(action, decision, event.event_id, approval_id)
@@ -217,8 +238,8 @@ def _duration(seconds: float) -> duration_pb2.Duration:
     return d
 
 
-def generic_handler(servicer: GatewayServicer) -> grpc.GenericRpcHandler[Any, Any]:
-    """The GatewayService handlers."""
+def generic_handler(servicer: GatewayServicer, telemetry: Telemetry | None = None) -> grpc.GenericRpcHandler[Any, Any]:
+    """The GatewayService handlers (each in a span when ``telemetry`` is given)."""
     return service_handler(
         SERVICE_NAME,
         {
@@ -226,4 +247,5 @@ def generic_handler(servicer: GatewayServicer) -> grpc.GenericRpcHandler[Any, An
             "ReportResult": (servicer.report_result, gateway_pb2.ReportResultRequest),
             "WaitApproval": (servicer.wait_approval, gateway_pb2.WaitApprovalRequest),
         },
+        telemetry=telemetry,
     )

@@ -11,7 +11,7 @@ import base64
 import logging
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -36,6 +36,9 @@ from gateway.journal.store import JournalReader
 from gateway.killswitch import EngagedSwitch, KillSwitchBoard
 from gateway.policy_manager import TRIGGER_OPERATOR, PolicyManager
 from gateway.recorder import AuditRecorder
+
+if TYPE_CHECKING:
+    from gateway.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -323,8 +326,10 @@ class OperatorServicer:
         )
 
 
-def operator_handler(servicer: OperatorServicer) -> grpc.GenericRpcHandler[Any, Any]:
-    """The OperatorService handlers, each behind authentication and its role check."""
+def operator_handler(
+    servicer: OperatorServicer, telemetry: Telemetry | None = None
+) -> grpc.GenericRpcHandler[Any, Any]:
+    """The OperatorService handlers, each behind authentication and its role check (in a span with telemetry)."""
     read = (ROLE_AUDITOR, ROLE_APPROVER, ROLE_ADMIN)
     approve = (ROLE_APPROVER,)
     admin = (ROLE_ADMIN,)
@@ -350,4 +355,5 @@ def operator_handler(servicer: OperatorServicer) -> grpc.GenericRpcHandler[Any, 
             name: (servicer.guarded(name, roles, call), request_type)
             for name, (roles, call, request_type) in table.items()
         },
+        telemetry=telemetry,
     )

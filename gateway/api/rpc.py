@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from gateway import metrics
 from gateway.api.wire import Undecodable, deserializer
 from gateway.errors import AgentAuditError, InvalidRequestError, to_status
+
+if TYPE_CHECKING:
+    from gateway.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -19,22 +23,40 @@ Call = Callable[[Any, Context], Awaitable[Any]]
 
 
 def unary(method: str, call: Call) -> Call:
-    """Wraps a servicer method: undecodable requests and our errors become statuses in one place."""
+    """Wraps a servicer method: undecodable requests and our errors become statuses in one place; timed."""
+    latency = metrics.REQUEST_SECONDS.labels(method)
+    invalid = metrics.INVALID_REQUESTS.labels(method)
 
     async def handler(request: Any, context: Context) -> Any:
+        started = time.perf_counter()
         try:
             if isinstance(request, Undecodable):
                 raise InvalidRequestError(request.violations)
-            return await call(request, context)
+            response = await call(request, context)
+            latency.observe(time.perf_counter() - started)
+            return response
         except AgentAuditError as exc:
             if isinstance(exc, InvalidRequestError):
-                metrics.INVALID_REQUESTS.labels(method).inc()
+                invalid.inc()
             log.debug("%s refused: %s", method, exc)
             status = to_status(exc)
         except Exception as exc:
             log.exception("%s failed", method)
             status = to_status(exc)
+        latency.observe(time.perf_counter() - started)
         await context.abort(status.code, status.details, status.trailing_metadata)
+
+    return handler
+
+
+def traced(service: str, method: str, call: Call, telemetry: Telemetry) -> Call:
+    """Wraps a unary handler in an OpenTelemetry server span (only built when telemetry is configured)."""
+
+    async def handler(request: Any, context: Context) -> Any:
+        with telemetry.server_span(service, method, request, context.invocation_metadata()) as span:
+            response = await call(request, context)
+            telemetry.annotate(span, response)
+            return response
 
     return handler
 
@@ -64,16 +86,23 @@ def server_stream(method: str, call: StreamCall) -> StreamCall:
 
 
 def service_handler(
-    service: str, methods: Mapping[str, tuple[Call, Any]], streams: Mapping[str, tuple[StreamCall, Any]] | None = None
+    service: str,
+    methods: Mapping[str, tuple[Call, Any]],
+    streams: Mapping[str, tuple[StreamCall, Any]] | None = None,
+    telemetry: Telemetry | None = None,
 ) -> grpc.GenericRpcHandler[Any, Any]:
     """Handlers for the methods of ``service``, with decoders that turn bad bytes into INVALID_ARGUMENT."""
 
     def serialize(message: Any) -> bytes:
         return bytes(message.SerializeToString())
 
+    def wrap(name: str, call: Call) -> Call:
+        handler = unary(name, call)
+        return handler if telemetry is None else traced(service, name, handler, telemetry)
+
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
         name: grpc.unary_unary_rpc_method_handler(
-            unary(name, call), request_deserializer=deserializer(request_type), response_serializer=serialize
+            wrap(name, call), request_deserializer=deserializer(request_type), response_serializer=serialize
         )
         for name, (call, request_type) in methods.items()
     }

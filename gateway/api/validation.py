@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from typing import Any
 
 from google.protobuf import struct_pb2
@@ -23,6 +24,21 @@ MAX_STEP_ID = 2**53 - 1
 _ACTION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/\-]{0,255}$")
 _LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/\-]{0,62}$")
 _TRACEPARENT_RE = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+
+
+def valid_traceparent(value: str) -> bool:
+    """A W3C trace context ``traceparent``: known-format version, non-zero trace and span ids."""
+    match = _TRACEPARENT_RE.match(value)
+    return not (match is None or match.group(1) == "ff" or set(match.group(2)) == {"0"} or set(match.group(3)) == {"0"})
+
+
+def traceparent_header(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
+    """The caller's ``traceparent`` gRPC metadata, or "" if absent or invalid (W3C: an invalid one is ignored)."""
+    for key, value in metadata or ():
+        if key == "traceparent" and isinstance(value, str):
+            return value if valid_traceparent(value) else ""
+    return ""
+
 
 ACTOR_TYPES = {
     types_pb2.ACTOR_TYPE_UNSPECIFIED: "",
@@ -156,10 +172,8 @@ def parse_decide(request: gateway_pb2.DecideRequest, *, max_args_bytes: int, max
     elif not _ACTION_RE.match(name):
         check.add("action.name", "must match [A-Za-z0-9][A-Za-z0-9_.:/-]{0,255}")
     args = check.payload("action.args", request.action.args, max_args_bytes, max_depth)
-    if request.traceparent:
-        match = _TRACEPARENT_RE.match(request.traceparent)
-        if match is None or match.group(1) == "ff" or set(match.group(2)) == {"0"} or set(match.group(3)) == {"0"}:
-            check.add("traceparent", "must be a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)")
+    if request.traceparent and not valid_traceparent(request.traceparent):
+        check.add("traceparent", "must be a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)")
     if len(request.labels) > MAX_LABELS:
         check.add("labels", f"has {len(request.labels)} entries, more than {MAX_LABELS}")
     else:

@@ -27,7 +27,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ from grpc_reflection.v1alpha import reflection
 
 from gateway.collector.service import SERVICE_NAME, CollectorServicer, collector_handler
 from gateway.collector.store import CollectorStore, CollectorUnavailableError
+from gateway.config import HOST_PORT_RE
 from gateway.errors import ConfigError
 from gateway.net import prepare_unix_socket
 from gateway.signing import Ed25519Signer, Verifier, load_signer, load_verifier
@@ -60,11 +61,16 @@ class CollectorConfig:
     search_tokens: tuple[str, ...] = ()  # SHA-256 (hex) of the bearer tokens allowed to search; none: search is off
     retention_days: int | None = None
     prune_interval_s: float = 3600.0
+    metrics_listen: str = ""  # HOST:PORT for Prometheus /metrics (`agentaudit collector` only); empty: off
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def load_collector_config(path: Path) -> CollectorConfig:
-    """Parses a collector configuration file; relative paths resolve against its directory."""
+def load_collector_config(path: Path, env: Mapping[str, str] | None = None) -> CollectorConfig:
+    """Parses a collector configuration file; relative paths resolve against its directory.
+
+    ``AGENTAUDIT_COLLECTOR_STORE`` in ``env`` replaces ``collector.store``, so a DSN holding a password can come
+    from a secret (libpq's ``PGPASSWORD`` and friends work too: asyncpg reads them).
+    """
     try:
         raw = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
@@ -82,6 +88,7 @@ def load_collector_config(path: Path) -> CollectorConfig:
         "retention_days",
         "prune_interval_s",
         "search_tokens",
+        "metrics_listen",
     }
     if unknown:
         raise ConfigError(f"collector: unknown key(s) {', '.join(sorted(unknown))}")
@@ -94,9 +101,11 @@ def load_collector_config(path: Path) -> CollectorConfig:
     listen = section.get("listen") or ["127.0.0.1:7430"]
     if not isinstance(listen, list) or not all(isinstance(a, str) for a in listen):
         raise ConfigError("collector.listen: expected a list of addresses")
-    store = section.get("store")
+    store = (env or {}).get("AGENTAUDIT_COLLECTOR_STORE") or section.get("store")
     if not isinstance(store, str) or not store.startswith(("sqlite:///", "postgresql://", "postgres://")):
-        raise ConfigError("collector.store: expected sqlite:///path or postgresql://...")
+        raise ConfigError(
+            "collector.store (or AGENTAUDIT_COLLECTOR_STORE): expected sqlite:///path or postgresql://..."
+        )
     if store.startswith("sqlite:///") and not Path(store[len("sqlite:///") - 1 :]).is_absolute():
         store = "sqlite:///" + str(resolve(store[len("sqlite:///") :]))
     if not isinstance(section.get("witness_key"), str):
@@ -118,6 +127,9 @@ def load_collector_config(path: Path) -> CollectorConfig:
     prune_interval_s = section.get("prune_interval_s", 3600)
     if not isinstance(prune_interval_s, int | float) or isinstance(prune_interval_s, bool) or prune_interval_s <= 0:
         raise ConfigError("collector.prune_interval_s: expected a positive number of seconds")
+    metrics_listen = section.get("metrics_listen", "")
+    if not isinstance(metrics_listen, str) or (metrics_listen and not HOST_PORT_RE.match(metrics_listen)):
+        raise ConfigError("collector.metrics_listen: expected HOST:PORT")
     return CollectorConfig(
         listen=tuple(listen),
         store=store,
@@ -128,6 +140,7 @@ def load_collector_config(path: Path) -> CollectorConfig:
         retention_days=retention_days,
         prune_interval_s=float(prune_interval_s),
         search_tokens=_search_tokens(section.get("search_tokens")),
+        metrics_listen=metrics_listen,
     )
 
 

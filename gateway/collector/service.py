@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 
 from agentaudit.v1 import collector_pb2, operator_pb2
+from gateway import metrics
 from gateway.api.filters import INT64, parse_event_filter
 from gateway.api.rpc import Context, service_handler
 from gateway.collector.ingest import IngestRejected
@@ -69,8 +70,10 @@ class CollectorServicer:
         if not request.checkpoint:
             violations.append(FieldViolation("checkpoint", "is required"))
         if violations:
+            metrics.COLLECTOR_REJECTIONS.labels("invalid").inc()
             raise InvalidRequestError(violations)
         if self._slots.locked():
+            metrics.COLLECTOR_REJECTIONS.labels("overloaded").inc()
             raise OverloadedError("collector is busy; retry later", retry_after_s=0.5)
         async with self._slots:
             entries = [(e.seq, e.entry, e.signature) for e in request.entries]
@@ -80,10 +83,13 @@ class CollectorServicer:
                 )
             except IngestRejected as exc:
                 self.rejections[exc.code] = self.rejections.get(exc.code, 0) + 1
+                metrics.COLLECTOR_REJECTIONS.labels(str(exc.code)).inc()
                 if not exc.is_evidence:  # the store already logged rollback/fork evidence at ERROR
                     log.warning("refused a batch from %s: %s", request.origin, exc)
                 # The "rejected:<code>:" prefix lets a forwarder tell a refusal from a fault.
                 raise FailedPreconditionError(f"rejected:{exc.code}: {exc.detail}") from None
+        metrics.COLLECTOR_BATCHES.inc()
+        metrics.COLLECTOR_INGESTED_ENTRIES.inc(outcome.accepted)
         return collector_pb2.IngestResponse(
             size=outcome.size, cosigned_checkpoint=outcome.cosigned_note, accepted=outcome.accepted
         )

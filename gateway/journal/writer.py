@@ -19,12 +19,13 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway import metrics
 from gateway.errors import ConfigError, JournalUnavailableError
 from gateway.journal.entry import ZERO_HASH, encode_entry, leaf_hash, signature_payload
 from gateway.journal.schema import DDL, SCHEMA_VERSION, STATE_DDL, insert_sql
@@ -73,8 +74,12 @@ class JournalWriter:
         *,
         max_batch: int = 512,
         busy_timeout_ms: int = 5000,
+        on_health: Callable[[str], None] | None = None,
     ) -> None:
         self.path = path
+        # Told "" after a commit succeeds and the error after one fails (only on a change): health and readiness.
+        self._on_health = on_health
+        self._problem = ""
         self.origin = signer.name
         self._signer = signer
         self._max_batch = max_batch
@@ -176,11 +181,15 @@ class JournalWriter:
                     await loop.run_in_executor(self._executor, self._insert, rows, state)
                 except Exception as exc:
                     log.error("journal commit of %d entries failed: %s", len(batch), exc)
+                    metrics.JOURNAL_COMMIT_FAILURES.inc()
+                    self._set_problem(f"commit failed: {exc}")
                     for item in batch:
                         if not item.future.done():
                             item.future.set_exception(JournalUnavailableError(str(exc)))
                     await self._resync(loop)
                     continue
+                if self._problem:
+                    self._set_problem("")
                 self._next_seq, self._prev_hash = receipts[-1].seq + 1, receipts[-1].leaf_hash
                 self.batches_committed += 1
                 self.entries_committed += len(rows)
@@ -190,6 +199,12 @@ class JournalWriter:
                         item.future.set_result(receipt)
             if self._closing:
                 return
+
+    def _set_problem(self, problem: str) -> None:
+        if problem != self._problem:
+            self._problem = problem
+            if self._on_health is not None:
+                self._on_health(problem)
 
     def _seal(self, batch: Sequence[_Append]) -> tuple[list[tuple[Any, ...]], list[Receipt]]:
         """Assigns seq, builds each envelope, signs it and chains the leaf hashes (on the event loop thread).
@@ -224,9 +239,11 @@ class JournalWriter:
         if conn is None:
             raise JournalUnavailableError("journal is closed")
         params = [value for row in rows for value in row]
+        started = time.perf_counter()
         try:
             if not state:
                 conn.execute(insert_sql(len(rows)), params)
+                self._observe(rows, started)
                 return
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -234,12 +251,22 @@ class JournalWriter:
                 for sql, args in state:
                     conn.execute(sql, args)
                 conn.execute("COMMIT")
+                self._observe(rows, started)
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
             raise JournalUnavailableError(f"commit failed: {exc}") from exc
+
+    @staticmethod
+    def _observe(rows: Sequence[tuple[Any, ...]], started: float) -> None:
+        """Commit metrics, on the writer thread (prometheus_client is thread-safe)."""
+        metrics.JOURNAL_COMMIT_SECONDS.observe(time.perf_counter() - started)
+        metrics.JOURNAL_BATCH_ENTRIES.observe(len(rows))
+        metrics.JOURNAL_ENTRIES.inc(len(rows))
+        # Row layout (seq, entry, signature, ...): the stored bytes of each entry and its signature.
+        metrics.JOURNAL_BYTES.inc(sum(len(row[1]) + len(row[2]) for row in rows))
 
     async def _resync(self, loop: asyncio.AbstractEventLoop) -> None:
         """After a failed commit, re-reads the tail so seq and chain continue from what is really stored."""
