@@ -11,6 +11,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import time
@@ -493,6 +494,7 @@ def _search_collector(args: argparse.Namespace, flt: Any) -> int:
         actor=flt.actor or "",
         kind=flt.kind or "",
         origin=args.origin or "",
+        trace_id=flt.trace_id or "",
     )
     if flt.since_ns is not None:
         request_filter.since.FromNanoseconds(flt.since_ns)
@@ -807,6 +809,11 @@ def build_parser() -> argparse.ArgumentParser:
             raise argparse.ArgumentTypeError(f"{value!r} is not an actor: use TYPE:ID (user:u_1) or ID")
         return value
 
+    def trace_id(value: str) -> str:
+        if not re.fullmatch(r"[0-9a-f]{32}", value):
+            raise argparse.ArgumentTypeError(f"{value!r} is not a W3C trace id (32 lower-case hex digits)")
+        return value
+
     def time_ns(value: str) -> int:
         try:
             return query.parse_time(value)
@@ -846,6 +853,7 @@ def build_parser() -> argparse.ArgumentParser:
     filters.add_argument("--layer", dest="policy_layer", type=nonempty, metavar="LAYER", help=layers)
     filters.add_argument("--rule", dest="policy_rule", type=nonempty, metavar="RULE", help="policy rule that decided")
     filters.add_argument("--actor", type=actor, metavar="[TYPE:]ID", help="who initiated or performed it")
+    filters.add_argument("--trace-id", type=trace_id, metavar="TRACE", help="events caused by this W3C trace")
     filters.add_argument("--kind", choices=query.KINDS, metavar="KIND", help="event kind: pre_exec, violation, ...")
     filters.add_argument("--since", dest="since_ns", type=time_ns, metavar="TIME", help="at or after (RFC 3339 or 2h)")
     filters.add_argument("--until", dest="until_ns", type=time_ns, metavar="TIME", help="before (RFC 3339 or 15m)")

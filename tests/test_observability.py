@@ -28,13 +28,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
-from agentaudit.v1 import gateway_pb2, types_pb2
+from agentaudit.v1 import gateway_pb2, operator_pb2, types_pb2
 from gateway import devenv
 from gateway.health import JOURNAL, POLICY, Health
 from gateway.journal.store import iter_bodies
 from gateway.signing import Ed25519Signer, write_secret_file
-from tests.conftest import AGENTAUDIT, ROOT, RunningGateway, free_port, start_gateway
+from tests.conftest import AGENTAUDIT, ROOT, RunningGateway, free_port, run_cli, start_gateway
 from tests.gateway_helpers import decide_request, stub
+from tests.operator_helpers import auth, operator_stub
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_SPAN = "00f067aa0ba902b7"
@@ -350,6 +351,28 @@ def test_traceparent_from_field_or_metadata_is_stored(gateway_server: RunningGat
         assert (event["trace_id"], event["span_id"]) == (TRACE_ID, PARENT_SPAN)
     assert _event(gateway_server, both.event_id)["trace_id"] == "a" * 32
     assert _event(gateway_server, bad_header.event_id)["trace_id"] == ""
+
+    # From a trace to its events: the operator API and the CLI filter by trace id.
+    channel, operator = operator_stub(gateway_server.operator_target)
+    with channel:
+        found = operator.SearchEvents(
+            operator_pb2.SearchEventsRequest(filter=operator_pb2.EventFilter(trace_id=TRACE_ID)),
+            metadata=auth(gateway_server.operator_token),
+            timeout=10,
+        )
+        with pytest.raises(grpc.RpcError) as bad:
+            operator.SearchEvents(
+                operator_pb2.SearchEventsRequest(filter=operator_pb2.EventFilter(trace_id="XYZ")),
+                metadata=auth(gateway_server.operator_token),
+                timeout=10,
+            )
+    assert [e.body["event_id"] for e in found.events] == [by_field.event_id, by_header.event_id]
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    exported = run_cli("export", str(gateway_server.journal_path), "--trace-id", TRACE_ID, check=True)
+    assert [json.loads(line)["event_id"] for line in exported.stdout.splitlines()] == [
+        by_field.event_id,
+        by_header.event_id,
+    ]
 
 
 class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):

@@ -2,7 +2,7 @@
 
 :func:`select` streams the matching events of a journal in seq order (or newest first) in constant memory:
 filters that have an indexed column (``gateway/journal/schema.py``) become parameterised SQL; the others
-(policy layer, policy rule, actor) are applied to the parsed body. The journal is read in keyset pages
+(policy layer, policy rule, actor, trace id) are applied to the parsed body. The journal is read in keyset pages
 (``seq > ?`` / ``seq < ?``, never OFFSET), each its own short statement, so a long export never holds one read
 transaction open against a running sidecar (which would stop WAL checkpoints) and a page boundary cannot shift
 when entries are appended meanwhile.
@@ -73,6 +73,7 @@ class EventFilter:
     policy_layer: str | None = None
     policy_rule: str | None = None
     actor: str | None = None
+    trace_id: str | None = None
     newest_first: bool = False
 
 
@@ -158,6 +159,9 @@ def body_predicate(flt: EventFilter) -> Callable[[dict[str, Any]], bool] | None:
     if flt.policy_rule is not None:
         rule = flt.policy_rule
         checks.append(lambda body: body.get("policy_rule") == rule)
+    if flt.trace_id is not None:
+        trace_id = flt.trace_id
+        checks.append(lambda body: body.get("trace_id") == trace_id)
     if flt.actor is not None:
         actor_type, sep, actor_id = flt.actor.partition(":")
         if not sep:

@@ -591,6 +591,7 @@ class EventFilter(_message.Message):
     SINCE_FIELD_NUMBER: _builtins.int
     UNTIL_FIELD_NUMBER: _builtins.int
     ORIGIN_FIELD_NUMBER: _builtins.int
+    TRACE_ID_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     tenant_id: _builtins.str
     agent_id: _builtins.str
@@ -606,6 +607,8 @@ class EventFilter(_message.Message):
     """Event kind (pre_exec, post_exec, violation, approval_granted, ...)."""
     origin: _builtins.str
     """Journal origin (collector only: the sidecar holds one journal and ignores it)."""
+    trace_id: _builtins.str
+    """W3C trace id (32 lower-case hex digits) the agent sent in traceparent: the events a trace caused."""
     @_builtins.property
     def since(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -626,10 +629,11 @@ class EventFilter(_message.Message):
         since: _timestamp_pb2.Timestamp | None = ...,
         until: _timestamp_pb2.Timestamp | None = ...,
         origin: _builtins.str = ...,
+        trace_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "agent_id", b"agent_id", "decision", b"decision", "kind", b"kind", "origin", b"origin", "policy_layer", b"policy_layer", "policy_rule", b"policy_rule", "reason", b"reason", "run_id", b"run_id", "since", b"since", "tenant_id", b"tenant_id", "until", b"until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "agent_id", b"agent_id", "decision", b"decision", "kind", b"kind", "origin", b"origin", "policy_layer", b"policy_layer", "policy_rule", b"policy_rule", "reason", b"reason", "run_id", b"run_id", "since", b"since", "tenant_id", b"tenant_id", "trace_id", b"trace_id", "until", b"until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
