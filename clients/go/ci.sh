@@ -73,7 +73,10 @@ if ((${#missing[@]})); then
     command -v sudo >/dev/null || die "need root (or sudo) to install: ${missing[*]}"
     sudo=(sudo -n)
   fi
-  apt_get() { timeout 600 "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -qq -o=Dpkg::Use-Pty=0 "$@"; }
+  apt_get() {
+    timeout 600 "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+      apt-get -qq -o=Dpkg::Use-Pty=0 -o DPkg::Lock::Timeout=120 "$@"
+  }
   apt_get install -y --no-install-recommends "${missing[@]}" >/dev/null ||
     { apt_get update && apt_get install -y --no-install-recommends "${missing[@]}" >/dev/null; } ||
     die "apt-get could not install ${missing[*]}"
