@@ -272,7 +272,7 @@ export class GatewayClient {
     return this.guardWith(options, () => options.stepId, fn);
   }
 
-  /** `guard` with a step allocator, so a run numbers a resuming decision as a new step. */
+  /** `guard` with a step allocator for the resuming decision (used by `Run.guard`; prefer `guard`). */
   async guardWith<T>(
     options: DecideOptions & GuardOptions,
     nextStep: () => number | undefined,

@@ -138,6 +138,17 @@ describe("decide", () => {
     assert.equal(body.duration_ns, 42_000_000);
   });
 
+  test("a HOST:PORT target works like a unix socket", async () => {
+    const tcp = new GatewayClient(sidecar.tcpTarget, { timeoutMs: 5000 });
+    try {
+      const result = await tcp.decide({ runId: newRunId(), tenantId: "t_tcp", action: "crm.lookup", agentId: AGENT });
+      assert.equal(result.decision, "allow");
+      assert.equal((await tcp.reportResult(result.eventId)).duplicate, false);
+    } finally {
+      tcp.close();
+    }
+  });
+
   test("the same action and args give the same action key", async () => {
     const ask = (args: Record<string, unknown>) =>
       client.decide({ runId: newRunId(), tenantId: "t_key", action: "kb.read", args: args as never, agentId: AGENT });

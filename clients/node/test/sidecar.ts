@@ -1,10 +1,12 @@
 /**
- * A real sidecar for the tests: `agentaudit dev --dir TMP` in a subprocess, on unix sockets in TMP.
+ * A real sidecar for the tests: `agentaudit dev --dir TMP` in a subprocess, on unix sockets in TMP (and a
+ * loopback TCP port).
  *
  * The binary is $AGENTAUDIT_BIN, else ../../.venv/bin/agentaudit relative to clients/node (`make install`).
  */
 
 import { spawn, type ChildProcess } from "node:child_process";
+import { createServer, type AddressInfo } from "node:net";
 import { mkdtempSync, openSync, readFileSync, closeSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -63,10 +65,23 @@ function healthCheck(target: string): Promise<number> {
   });
 }
 
+/** A loopback TCP port that was free a moment ago. */
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", () => {
+      const { port } = server.address() as AddressInfo;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
 export class Sidecar {
   private constructor(
     readonly dir: string,
     readonly target: string,
+    readonly tcpTarget: string,
     readonly operatorTarget: string,
     readonly process: ChildProcess,
     readonly logPath: string,
@@ -77,12 +92,13 @@ export class Sidecar {
     // Short path: unix socket paths are limited to 107 bytes.
     const dir = mkdtempSync(path.join(tmpdir(), "aa-node-"));
     const target = `unix://${path.join(dir, "gateway.sock")}`;
+    const tcpTarget = `127.0.0.1:${await freePort()}`;
     const operatorTarget = `unix://${path.join(dir, "operator.sock")}`;
     const logPath = path.join(dir, "sidecar.log");
     const log = openSync(logPath, "a");
     const child = spawn(
       AGENTAUDIT_BIN,
-      ["dev", "--dir", dir, "--listen", target, "--operator-listen", operatorTarget],
+      ["dev", "--dir", dir, "--listen", target, "--listen", tcpTarget, "--operator-listen", operatorTarget],
       {
         stdio: ["ignore", log, log],
         // No forwarding to the embedded collector: nothing here needs it, and it keeps the sidecar quiet.
@@ -90,7 +106,7 @@ export class Sidecar {
       },
     );
     closeSync(log);
-    const sidecar = new Sidecar(dir, target, operatorTarget, child, logPath);
+    const sidecar = new Sidecar(dir, target, tcpTarget, operatorTarget, child, logPath);
     const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
     const spawnError = new Promise<Error>((resolve) => child.once("error", resolve));
     const deadline = Date.now() + deadlineMs;
