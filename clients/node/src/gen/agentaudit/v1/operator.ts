@@ -249,6 +249,8 @@ export interface EventFilter {
     | undefined;
   /** Journal origin (collector only: the sidecar holds one journal and ignores it). */
   origin: string;
+  /** W3C trace id (32 lower-case hex digits) the agent sent in traceparent: the events a trace caused. */
+  traceId: string;
 }
 
 export interface SearchEventsRequest {
@@ -2408,6 +2410,7 @@ function createBaseEventFilter(): EventFilter {
     since: undefined,
     until: undefined,
     origin: "",
+    traceId: "",
   };
 }
 
@@ -2451,6 +2454,9 @@ export const EventFilter: MessageFns<EventFilter> = {
     }
     if (message.origin !== "") {
       writer.uint32(106).string(message.origin);
+    }
+    if (message.traceId !== "") {
+      writer.uint32(114).string(message.traceId);
     }
     return writer;
   },
@@ -2572,6 +2578,14 @@ export const EventFilter: MessageFns<EventFilter> = {
             message.origin = reader.string();
             continue;
           }
+          case 14: {
+            if (tag !== 114) {
+              break;
+            }
+
+            message.traceId = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2619,6 +2633,11 @@ export const EventFilter: MessageFns<EventFilter> = {
       since: isSet(object.since) ? fromJsonTimestamp(object.since) : undefined,
       until: isSet(object.until) ? fromJsonTimestamp(object.until) : undefined,
       origin: isSet(object.origin) ? globalThis.String(object.origin) : "",
+      traceId: isSet(object.traceId)
+        ? globalThis.String(object.traceId)
+        : isSet(object.trace_id)
+        ? globalThis.String(object.trace_id)
+        : "",
     };
   },
 
@@ -2663,6 +2682,9 @@ export const EventFilter: MessageFns<EventFilter> = {
     if (message.origin !== "") {
       obj.origin = message.origin;
     }
+    if (message.traceId !== "") {
+      obj.traceId = message.traceId;
+    }
     return obj;
   },
 
@@ -2684,6 +2706,7 @@ export const EventFilter: MessageFns<EventFilter> = {
     message.since = object.since ?? undefined;
     message.until = object.until ?? undefined;
     message.origin = object.origin ?? "";
+    message.traceId = object.traceId ?? "";
     return message;
   },
 };
