@@ -7,6 +7,10 @@ probes are gRPC on the health listener (never 127.0.0.1), every container is loc
 reach the sidecar as 0600 files, the collector takes its PostgreSQL password from a Secret and admits only
 sidecar-carrying pods. The sidecar and collector configurations in the ConfigMaps are loaded with the project's
 own loaders, so a manifest cannot carry a key the code does not understand.
+
+The Helm chart is linted and rendered with Helm's own Go SDK (helm-python-sdk: libhelm_c, Helm v4, no helm
+binary needed), its output goes through the same validation and invariant tests, and must describe the same
+objects as the kustomize example. ``values.schema.json`` is checked against ``values.yaml`` with jsonschema.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml
 from kubernetes_validate import utils as kv
@@ -35,6 +40,8 @@ from gateway.signing import load_signer, read_secret_file
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "kubernetes"
+CHART = ROOT / "deploy" / "helm" / "agentaudit"
+RELEASE, NAMESPACE = "agentaudit", "agentaudit-example"  # the release name that gives kustomize's object names
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 KUSTOMIZATIONS = ("example", "sidecar-example", "collector")
 # 1.29: native sidecars (initContainers[].restartPolicy: Always) are on by default from this release.
@@ -58,13 +65,47 @@ def kustomize(directory: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
+def helm_sdk() -> Any:
+    try:
+        import helm_python  # noqa: PLC0415
+    except ImportError:
+        message = "helm-python-sdk is not installed (dev dependency: Helm's Go SDK, to lint and render the chart)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return helm_python
+
+
+def helm_template(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """``helm template agentaudit deploy/helm/agentaudit -n agentaudit-example`` (values are schema-checked)."""
+    helm = helm_sdk()
+    with helm.Chart.load(str(CHART)) as chart:
+        manifests = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    return [
+        doc
+        for path, text in sorted(manifests.items())
+        if path.endswith((".yaml", ".yml"))
+        for doc in yaml.safe_load_all(text)
+        if doc
+    ]
+
+
 @pytest.fixture(scope="module")
 def rendered() -> dict[str, list[dict[str, Any]]]:
     return {name: kustomize(K8S / name) for name in KUSTOMIZATIONS}
 
 
 @pytest.fixture(scope="module")
-def example(rendered: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+def helm_rendered() -> list[dict[str, Any]]:
+    return helm_template()
+
+
+@pytest.fixture(scope="module", params=["kustomize", "helm"])
+def example(request: pytest.FixtureRequest, rendered: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Everything, as deploy/kubernetes/example renders it, and as the Helm chart renders it."""
+    if request.param == "helm":
+        docs: list[dict[str, Any]] = request.getfixturevalue("helm_rendered")
+        return docs
     return rendered["example"]
 
 
@@ -153,6 +194,13 @@ def test_rendered_documents_validate_strictly(
     docs = rendered[name]
     assert docs, f"{name} renders nothing"
     for doc in docs:
+        validate_strictly(doc, version)
+
+
+@pytest.mark.parametrize("version", KUBE_VERSIONS)
+def test_helm_chart_renders_valid_documents(helm_rendered: list[dict[str, Any]], version: str) -> None:
+    assert helm_rendered
+    for doc in helm_rendered:
         validate_strictly(doc, version)
 
 
@@ -378,7 +426,7 @@ def test_no_secret_material_is_committed_or_rendered(rendered: dict[str, list[di
     for docs in rendered.values():
         assert not [d for d in docs if d["kind"] == "Secret"], "Secrets are created out of band (docs/deployment.md)"
         assert "PRIVATE+KEY" not in yaml.safe_dump_all(docs)
-    for path in (ROOT / "deploy").rglob("*"):
+    for path in (ROOT / "deploy").rglob("*"):  # the chart too
         if path.is_file():
             assert not path.name.endswith((".key", ".token", ".pem")), path
             assert "PRIVATE+KEY+" not in path.read_text(errors="replace"), path
@@ -446,3 +494,106 @@ def test_install_keys_turns_the_secret_volume_into_files_agentaudit_accepts(
         assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == uid, copied
         read_secret_file(copied)  # accepted
     assert load_signer(keys_dir / "signing.key").name == "agentaudit/example/support-agent"
+
+
+# --- the Helm chart ---------------------------------------------------------------------------------------------
+
+
+def test_values_schema_accepts_the_defaults_and_refuses_bad_values() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    jsonschema.Draft7Validator.check_schema(schema)
+    validator = jsonschema.Draft7Validator(schema)
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert not [e.message for e in validator.iter_errors(values)]
+    bad = {
+        "uid": 0,
+        "sidecar.healthPort": "7420",
+        "collector.postgres.dsn": "postgresql://agentaudit:hunter2@postgres/agentaudit",
+        "sidecar.config.audit.sign_events": False,
+        "sidecar.config.unknown_section": {},
+        "image.pullPolicy": "Sometimes",
+        "agent.resources.limits": {"cpu": "1"},
+    }
+    for dotted, value in bad.items():
+        broken = copy.deepcopy(values)
+        *parents, leaf = dotted.split(".")
+        node = broken
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+        assert list(validator.iter_errors(broken)), f"{dotted}={value!r} should be refused"
+
+
+def test_helm_lint_is_clean() -> None:
+    helm = helm_sdk()
+    for kube_version in KUBE_VERSIONS:
+        report = helm.lint(str(CHART), strict=True, kube_version=f"v{kube_version}")
+        problems = [m for m in report["messages"] if m["severity"] >= 2]
+        assert not report["errors"] and not problems, report
+    # Helm itself enforces values.schema.json when rendering.
+    with pytest.raises(helm.HelmValuesError, match="uid"):
+        helm_template({"uid": 0})
+
+
+def _normalised(docs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """Objects by (kind, name), without what legitimately differs between kustomize and Helm output.
+
+    Dropped: the Namespace object (Helm installs into the release namespace), generated name suffixes of
+    ConfigMaps, labels, annotations and imagePullPolicy; ConfigMap files are compared parsed.
+    """
+    suffix = re.compile(r"\b(agentaudit-(?:sidecar|collector)-config)-[a-z0-9]{10}\b")
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for original in docs:
+        if original["kind"] == "Namespace":
+            continue
+        doc = yaml.safe_load(suffix.sub(r"\1", yaml.safe_dump(original)))
+        name = doc.pop("metadata")["name"]
+        if doc["kind"] == "ConfigMap":
+            doc["data"] = {k: yaml.safe_load(v) for k, v in doc["data"].items()}
+        for path in (("spec", "selector", "matchLabels"), ("spec", "selector"), ("spec", "podSelector")):
+            node: Any = doc
+            for key in path[:-1]:
+                node = node.get(key, {}) if isinstance(node, dict) else {}
+            if isinstance(node, dict) and path[-1] in node:
+                node[path[-1]] = "<selector>"
+        template = doc.get("spec", {}).get("template")
+        if template:
+            template.pop("metadata")
+            for c in all_containers(template["spec"]):
+                c.pop("imagePullPolicy", None)
+        out[(doc["kind"], name)] = doc
+    return out
+
+
+def test_helm_chart_renders_the_same_objects_as_kustomize(
+    rendered: dict[str, list[dict[str, Any]]], helm_rendered: list[dict[str, Any]]
+) -> None:
+    kustomized, helmed = _normalised(rendered["example"]), _normalised(helm_rendered)
+    assert sorted(kustomized) == sorted(helmed)
+    for key, doc in kustomized.items():
+        assert helmed[key] == doc, f"{key} differs between deploy/kubernetes and the Helm chart"
+    assert (CHART / "files" / "policy.yaml").read_text() == (K8S / "sidecar-example" / "policy.yaml").read_text()
+
+
+def test_helm_values_reach_the_objects() -> None:
+    docs = helm_template(
+        {
+            "image": {"tag": "9.9.9"},
+            "sidecar": {
+                "healthPort": 8420,
+                "forwardTarget": "collector.audit.svc:7430",
+                "config": {"log": {"level": "debug"}},
+            },
+            "collector": {"enabled": False},
+        }
+    )
+    assert not [d for d in docs if d["metadata"]["name"].startswith("agentaudit-collector")]
+    _, sidecar, cfg = sidecar_parts(docs)
+    assert sidecar["image"].endswith(":9.9.9")
+    assert sidecar["livenessProbe"]["grpc"]["port"] == 8420 and cfg["health"]["listen"] == ["0.0.0.0:8420"]
+    assert cfg["forward"]["target"] == "collector.audit.svc:7430"
+    assert cfg["log"] == {"level": "debug", "format": "json"}, "user config is merged, not replaced"
+    assert cfg["journal"]["path"] == "/var/lib/agentaudit/journal.db", "the chart owns paths and listeners"
+    for version in KUBE_VERSIONS:
+        for doc in docs:
+            validate_strictly(doc, version)
