@@ -3,10 +3,12 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+NODE_DIR := clients/node
+NODE_STAMP := $(NODE_DIR)/dist/.built
 
-.PHONY: install dev test lint gen gen-check bench bench-scale clean
+.PHONY: install dev test lint gen gen-check bench bench-scale clean system-deps
 
-install: $(STAMP)
+install: $(STAMP) $(NODE_STAMP)
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,25 +16,41 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(BIN)/pip install --quiet -e clients/python -e '.[dev]'
 	touch $(STAMP)
 
+# The Node client (clients/node): pinned dependencies, compiled once; the cross-client test runs its example.
+$(NODE_STAMP): $(NODE_DIR)/package-lock.json $(NODE_DIR)/tsconfig.json $(wildcard $(NODE_DIR)/src/*.ts $(NODE_DIR)/src/gen/*/*/*.ts $(NODE_DIR)/examples/*.ts $(NODE_DIR)/test/*.ts)
+	cd $(NODE_DIR) && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build
+	touch $@
+
+# Tools the tests call that are not Python packages (promtool, tini, Go); installed with apt when run as root.
+system-deps:
+	scripts/system_deps.sh
+
 dev: install
 	$(BIN)/agentaudit dev
 
-test: install
+test: install system-deps
 	$(BIN)/pytest -q
+	cd $(NODE_DIR) && AGENTAUDIT_BIN=$(abspath $(BIN))/agentaudit npm test --silent
+	AGENTAUDIT_BIN=$(abspath $(BIN))/agentaudit BUF=$(abspath $(BIN))/buf clients/go/ci.sh
 
 lint: install
 	$(BIN)/ruff check gateway clients/python/src/agentaudit_client tests bench examples scripts
 	$(BIN)/ruff format --check gateway clients/python/src/agentaudit_client tests bench examples scripts
 	$(BIN)/mypy gateway clients/python/src/agentaudit_client
 	cd proto && ../$(BIN)/buf lint
+	cd $(NODE_DIR) && npm run --silent lint
 
+# Python and Node stubs; the Go stubs need Debian's protoc-gen-go(-grpc): `cd clients/go && buf generate`
+# (clients/go/ci.sh, run by `make test`, fails when they are stale).
 gen: install
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python scripts/gen_proto.py
+	cd $(NODE_DIR) && BUF=$(abspath $(BIN))/buf npm run --silent gen
 
 # Fails when the committed generated code differs from what `make gen` produces.
 gen-check: gen
 	git diff --exit-code --stat -- clients/python/src/agentaudit
 	@test -z "$$(git status --porcelain -- clients/python/src/agentaudit)" || (echo "untracked generated files"; exit 1)
+	cd $(NODE_DIR) && BUF=$(abspath $(BIN))/buf npm run --silent gen:check
 
 bench: install
 	$(BIN)/python -m bench.run

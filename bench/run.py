@@ -1,6 +1,6 @@
 """Runs the benchmark: the real sidecar's Decide against a bare gRPC echo server, on this machine.
 
-``python -m bench.run [--duration S] [--warmup S] [--concurrency 1,16,64] [--only echo|decide]``
+``python -m bench.run [--duration S] [--warmup S] [--concurrency 1,16,64] [--only echo|decide|observed]``
 
 For each target in turn (never both at once, so they do not compete for the CPU) it starts the server as a
 subprocess, waits for its gRPC health check to answer SERVING, runs ``bench.loadgen`` in a separate process
@@ -20,6 +20,7 @@ import os
 import platform
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -38,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench" / "results"
 RESULTS_PATH = RESULTS_DIR / "latest.json"
 
-TARGETS = ("echo", "decide")
+TARGETS = ("echo", "decide", "observed")
 DEFAULT_CONCURRENCY = (1, 16, 64)
 DEFAULT_DURATION_S = 5.0
 DEFAULT_WARMUP_S = 1.0
@@ -69,6 +70,7 @@ class ServerSpec:
     address: str
     log_path: Path
     env: dict[str, str] | None = None  # extra environment for the server
+    helper_argv: list[str] | None = None  # a process the server needs (started first, stopped after)
 
 
 def echo_spec(workdir: Path) -> ServerSpec:
@@ -90,7 +92,30 @@ def decide_spec(workdir: Path) -> ServerSpec:
     return ServerSpec("decide", argv, address, RESULTS_DIR / "decide-server.log", env)
 
 
-SPECS = {"echo": echo_spec, "decide": decide_spec}
+def observed_spec(workdir: Path) -> ServerSpec:
+    """``decide`` with every operations feature on: /metrics served, and a span per RPC exported over OTLP.
+
+    The agent sends no traceparent, so each request starts a trace, sampled at ratio 1: the worst case. The
+    spans go to ``bench.otlp_sink`` (a receiver that only counts), which runs beside the sidecar.
+    """
+    spec = decide_spec(workdir)
+    sink = f"127.0.0.1:{_free_port()}"
+    env = {
+        **(spec.env or {}),
+        "AGENTAUDIT_METRICS_LISTEN": "127.0.0.1:0",
+        "AGENTAUDIT_TELEMETRY_OTLP_ENDPOINT": sink,
+    }
+    helper = [sys.executable, "-m", "bench.otlp_sink", "--listen", sink]
+    return ServerSpec("observed", spec.argv, spec.address, RESULTS_DIR / "observed-server.log", env, helper)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+SPECS = {"echo": echo_spec, "decide": decide_spec, "observed": observed_spec}
 
 
 @dataclass
@@ -106,7 +131,10 @@ class ServerReport:
 def running_server(spec: ServerSpec, report: ServerReport) -> Iterator[None]:
     """Starts the server, yields once it is SERVING, and always stops it (SIGTERM, then SIGKILL)."""
     started = time.monotonic()
-    with spec.log_path.open("wb") as log:
+    with spec.log_path.open("wb") as log, contextlib.ExitStack() as helpers:
+        if spec.helper_argv:
+            helper = subprocess.Popen(spec.helper_argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+            helpers.callback(stop, helper)
         try:
             # Output goes to a file, never a pipe nobody reads: a full pipe would stall the server mid-run.
             env = {**os.environ, **(spec.env or {})}
@@ -267,6 +295,19 @@ def compute_ratios(echo: dict[str, Any], decide: dict[str, Any], concurrency: Se
             },
         },
     }
+
+
+def observed_ratios(decide: dict[str, Any], observed: dict[str, Any], concurrency: Sequence[int]) -> dict[str, Any]:
+    """What turning on metrics and OTLP spans costs: observed/decide throughput and p50 difference per level."""
+    rps: dict[str, float | None] = {}
+    p50: dict[str, float | None] = {}
+    for level in concurrency:
+        key = f"c{level}"
+        d, o = decide.get(key, {}), observed.get(key, {})
+        rps[key] = round(o["rps"] / d["rps"], 3) if d.get("rps") and "rps" in o else None
+        both = d.get("p50_ms") is not None and o.get("p50_ms") is not None
+        p50[key] = round(o["p50_ms"] - d["p50_ms"], 3) if both else None
+    return {"rps": rps, "p50_delta_ms": p50}
 
 
 def format_table(results: dict[str, Any], targets: Sequence[str], concurrency: Sequence[int]) -> str:
@@ -448,6 +489,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary["collector_ingest"] = collector_ingest.run(args.collector_events, progress=progress)
     if "echo" in results and "decide" in results:
         summary["ratios"] = compute_ratios(results["echo"], results["decide"], concurrency)
+    if "decide" in results and "observed" in results:
+        summary["observed_over_decide"] = observed_ratios(results["decide"], results["observed"], concurrency)
     summary.update(
         {
             "duration_s": args.duration,
@@ -464,6 +507,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "ratios" in summary:
         print()
         print(format_ratios(summary["ratios"], concurrency))
+    if "observed_over_decide" in summary:
+        keys = [f"c{level}" for level in concurrency]
+        ratio = summary["observed_over_decide"]
+        print()
+        print("observed (metrics + OTLP spans) vs decide" + "".join(f"{key:>10}" for key in keys))
+        print("rps ratio" + " " * 32 + "".join(f"{_num(ratio['rps'][k], '.2f', 'x'):>10}" for k in keys))
+        print("p50 delta (ms)" + " " * 27 + "".join(f"{_num(ratio['p50_delta_ms'][k], '+.3f'):>10}" for k in keys))
     if "policy" in summary:
         print()
         print(policy_eval.format_result(summary["policy"]))

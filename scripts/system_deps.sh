@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs the non-Python tools the tests use, from Debian's packages, when they are missing:
+#   promtool (package prometheus): checks the /metrics exposition (tests/test_observability.py)
+#   tini: PID 1 of the container image, run by the image smoke test (tests/test_image_smoke.py)
+# Needs root for apt-get; otherwise it names what is missing and fails.
+set -euo pipefail
+
+missing=()
+command -v promtool >/dev/null || missing+=(prometheus)
+command -v tini >/dev/null || missing+=(tini)
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "missing tools; install them with: sudo apt-get install -y ${missing[*]}" >&2
+  exit 1
+fi
+echo "installing ${missing[*]} (apt-get)" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null \
+  || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null; }
