@@ -8,6 +8,7 @@ service, the OTLP stream on a local receiver, the stderr log.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import re
 import shutil
@@ -560,6 +561,39 @@ def test_bad_initial_policy_is_broken_not_starting_and_recovers(tmp_path: Path) 
     assert proc.returncode == 0
     text = err.decode()
     assert "start failed on the policy" in text and "health: policy is broken" in text
+
+
+def test_a_locked_journal_at_start_fails_liveness_until_released(tmp_path: Path) -> None:
+    """Another process holds the journal: readiness and liveness NOT_SERVING (a restart may cure it), then ready."""
+    directory = tmp_path / "srv"
+    devenv.prepare(directory, None, {})
+    lock = open(directory / "journal.db.lock", "ab")  # noqa: SIM115 - closed below
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    health_port = free_port()
+    target = f"127.0.0.1:{health_port}"
+    sock = directory / "s.sock"
+    proc = subprocess.Popen(
+        [*AGENTAUDIT, "serve", "--config", str(directory / devenv.CONFIG_FILE), "--listen", f"unix://{sock}"],
+        stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "AGENTAUDIT_FORWARD_TARGET": "",
+            "AGENTAUDIT_HEALTH_LISTEN": target,
+            "AGENTAUDIT_HEALTH_RETRY_START_S": "0.2",
+        },
+    )
+    try:
+        wait_for(lambda: _status(target) == NOT_SERVING, what="readiness NOT_SERVING for a locked journal")
+        assert health(target, "liveness") == NOT_SERVING
+        lock.close()  # releases the lock
+        wait_for(lambda: _status(target) == SERVING, what="SERVING once the journal is free")
+        assert health(target, "liveness") == SERVING
+    finally:
+        lock.close()
+        proc.terminate()
+        proc.wait(15)
+    assert proc.returncode == 0
 
 
 def test_without_retry_a_bad_policy_exits_with_usage_error(tmp_path: Path) -> None:
