@@ -525,26 +525,31 @@ def test_log_format_text_for_dev_and_json_for_serve(tmp_path: Path) -> None:
 # --- health ------------------------------------------------------------------------------------------------------
 
 
+def serve_retrying(directory: Path, stderr: int) -> tuple[subprocess.Popen[bytes], str, Path]:
+    """`agentaudit serve` on DIR/s.sock with a health listener and start retries; returns it, health target, socket."""
+    target = f"127.0.0.1:{free_port()}"
+    sock = directory / "s.sock"
+    proc = subprocess.Popen(
+        [*AGENTAUDIT, "serve", "--config", str(directory / devenv.CONFIG_FILE), "--listen", f"unix://{sock}"],
+        stderr=stderr,
+        cwd=ROOT,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "AGENTAUDIT_FORWARD_TARGET": "",
+            "AGENTAUDIT_HEALTH_LISTEN": target,
+            "AGENTAUDIT_HEALTH_RETRY_START_S": "0.2",
+        },
+    )
+    return proc, target, sock
+
+
 def test_bad_initial_policy_is_broken_not_starting_and_recovers(tmp_path: Path) -> None:
     """With health.retry_start_s, a policy that fails to load keeps the process up and NOT_SERVING until fixed."""
     directory = tmp_path / "srv"
     devenv.prepare(directory, None, {})
     good = (directory / "policy.yaml").read_text()
     (directory / "policy.yaml").write_text(good.replace("rules:", "rules:\n  - name: broken\n    when: 'args.(('\n", 1))
-    health_port = free_port()
-    sock = directory / "s.sock"
-    proc = subprocess.Popen(
-        [*AGENTAUDIT, "serve", "--config", str(directory / devenv.CONFIG_FILE), "--listen", f"unix://{sock}"],
-        stderr=subprocess.PIPE,
-        cwd=ROOT,
-        env={
-            "PATH": "/usr/bin:/bin",
-            "AGENTAUDIT_FORWARD_TARGET": "",
-            "AGENTAUDIT_HEALTH_LISTEN": f"127.0.0.1:{health_port}",
-            "AGENTAUDIT_HEALTH_RETRY_START_S": "0.2",
-        },
-    )
-    target = f"127.0.0.1:{health_port}"
+    proc, target, sock = serve_retrying(directory, stderr=subprocess.PIPE)
     try:
         wait_for(lambda: _status(target) == NOT_SERVING, what="readiness NOT_SERVING for a bad policy")
         assert health(target, "liveness") == SERVING  # a restart would not fix a policy
@@ -569,20 +574,7 @@ def test_a_locked_journal_at_start_fails_liveness_until_released(tmp_path: Path)
     devenv.prepare(directory, None, {})
     lock = open(directory / "journal.db.lock", "ab")  # noqa: SIM115 - closed below
     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    health_port = free_port()
-    target = f"127.0.0.1:{health_port}"
-    sock = directory / "s.sock"
-    proc = subprocess.Popen(
-        [*AGENTAUDIT, "serve", "--config", str(directory / devenv.CONFIG_FILE), "--listen", f"unix://{sock}"],
-        stderr=subprocess.DEVNULL,
-        cwd=ROOT,
-        env={
-            "PATH": "/usr/bin:/bin",
-            "AGENTAUDIT_FORWARD_TARGET": "",
-            "AGENTAUDIT_HEALTH_LISTEN": target,
-            "AGENTAUDIT_HEALTH_RETRY_START_S": "0.2",
-        },
-    )
+    proc, target, _ = serve_retrying(directory, stderr=subprocess.DEVNULL)
     try:
         wait_for(lambda: _status(target) == NOT_SERVING, what="readiness NOT_SERVING for a locked journal")
         assert health(target, "liveness") == NOT_SERVING
