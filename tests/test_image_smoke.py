@@ -5,11 +5,12 @@ CI has no Docker engine, so these tests check what the image is and runs:
 * the Dockerfile's invariants (two stages from ``ARG BASE_IMAGE``, non-root numeric USER, tini as PID 1, journal
   VOLUME, no key or secret copied in, ENTRYPOINT/CMD), and that ``/.dockerignore`` keeps secrets out of the
   build context while letting in everything the Dockerfile copies;
-* a smoke run that does what the image does: builds both wheels, installs them into a fresh venv, lays out a
-  mounted-style config directory (config, policy, keys from ``agentaudit keygen``, 0600 and owned by the
-  unprivileged user), then runs the Dockerfile's own ENTRYPOINT + CMD (parsed from the file, so the two cannot
-  drift) as an unprivileged user, checks gRPC health and a Decide, sends SIGTERM and checks a clean exit and a
-  journal that verifies.
+* a smoke run that does what the image does: builds both wheels, installs them into a fresh venv, lays out the
+  Kubernetes pod's mounts (deploy/kubernetes' sidecar config and policy, keys from ``agentaudit keygen``, 0600
+  and owned by the unprivileged user, journal and socket directories), then runs the Dockerfile's own
+  ENTRYPOINT + CMD (parsed from the file, so the two cannot drift) as an unprivileged user; checks what the
+  kubelet probes on the health listener, a Decide over the unix socket, /metrics; sends SIGTERM and checks a
+  clean exit, JSON logs and a journal that verifies and holds the decisions.
 
 tini comes from Debian (``apt-get install -y tini``); without it the smoke run drops ``tini --`` locally, and
 fails in CI (``CI`` set), where it must be installed.
@@ -29,20 +30,25 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
+import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from agentaudit_client import GatewayClient
-from gateway.policy import EXAMPLE_POLICY
+from agentaudit_client import GatewayClient, GatewayError
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
+K8S_SIDECAR_CONFIG = ROOT / "deploy" / "kubernetes" / "sidecar-example" / "agentaudit.yaml"
+K8S_POLICY = ROOT / "deploy" / "kubernetes" / "sidecar-example" / "policy.yaml"
+HEALTH_PORT, METRICS_PORT = 7420, 9464  # as exposed by the image and probed/scraped in Kubernetes
 
 IMAGE_CONFIG = "/etc/agentaudit/agentaudit.yaml"  # where the config is mounted in the image
 IMAGE_STATE = "/var/lib/agentaudit"  # the journal VOLUME
@@ -280,43 +286,66 @@ def health_status(target: str, service: str) -> int:
         return int(reply.status)
 
 
+def kubernetes_sidecar_config(mounts: dict[str, Path], ports: dict[int, int]) -> dict[str, Any]:
+    """deploy/kubernetes' sidecar config with the pod's mount paths and ports mapped into this test's root.
+
+    Forwarding is dropped (no collector here). Every absolute path in it must be on one of ``mounts``.
+    """
+    cfg = yaml.safe_load(K8S_SIDECAR_CONFIG.read_text())
+    assert cfg.pop("forward")["target"], "the Kubernetes config forwards to the collector"
+
+    def mapped(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: mapped(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [mapped(v) for v in value]
+        if not isinstance(value, str):
+            return value
+        scheme, path = ("unix://", value[len("unix://") :]) if value.startswith("unix://") else ("", value)
+        if path.startswith("/"):
+            for mount, directory in sorted(mounts.items(), key=lambda m: -len(m[0])):
+                if path.startswith(mount + "/"):
+                    return f"{scheme}{directory}{path[len(mount) :]}"
+            raise AssertionError(f"{value} is on none of the pod's mounts {sorted(mounts)}")
+        host, _, port = value.rpartition(":")
+        if host and port.isdigit() and int(port) in ports:
+            return f"{host}:{ports[int(port)]}"
+        return value
+
+    result: dict[str, Any] = mapped(cfg)
+    return result
+
+
 def test_image_entrypoint_serves_decides_and_stops_cleanly(image: Image) -> None:
+    """The image's command, running deploy/kubernetes' sidecar config in the pod's layout, as uid != 0."""
     run_as, root = image.run_as, image.root
-    # The mounted config (/etc/agentaudit: read-only to the process), the journal volume (/var/lib/agentaudit)
-    # and the socket directory shared with the agent (/run/agentaudit), as in deploy/kubernetes.
-    conf, state, sockets = root / "etc" / "agentaudit", root / "var" / "lib" / "agentaudit", root / "run" / "agentaudit"
-    for directory in (conf, state, sockets):
+    # The pod's mounts: config and policy ConfigMaps (read-only), the 0600 keys install-keys copies into a
+    # memory emptyDir, the journal PersistentVolumeClaim, and the socket emptyDir shared with the agent.
+    mounts = {
+        "/etc/agentaudit": root / "etc" / "agentaudit",
+        "/run/secrets/agentaudit": root / "run" / "secrets" / "agentaudit",
+        "/var/lib/agentaudit": root / "var" / "lib" / "agentaudit",
+        "/run/agentaudit": root / "run" / "agentaudit",
+    }
+    conf, keys, state, sockets = mounts.values()
+    for directory in mounts.values():
         directory.mkdir(parents=True)
-    conf.chmod(0o755)
-    for directory in (state, sockets):
+        directory.parent.chmod(0o755)
+    for directory in (keys, state, sockets):
         os.chown(directory, run_as.uid, run_as.gid)
         directory.chmod(0o750)
-    keys = conf / "keys"
-    keys.mkdir()
-    os.chown(keys, run_as.uid, run_as.gid)
-    keygen = [image.agentaudit, "keygen", "--dir", keys, "--origin", "agentaudit/smoke/pod-1"]
+    keygen = [image.agentaudit, "keygen", "--dir", keys, "--origin", "agentaudit/example/support-agent"]
     run([*run_as.prefix, *keygen], timeout=60)
     for name in ("signing.key", "hmac.key"):
         st = (keys / name).stat()
         assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == run_as.uid, name
-    keys.chmod(0o555)  # mounted read-only
-    port = free_port()
-    (conf / "policy.yaml").write_text(EXAMPLE_POLICY)
-    (conf / "agentaudit.yaml").write_text(
-        "# Relative paths resolve against this file's directory (the mounted config directory).\n"
-        "server:\n"
-        f'  listen: ["unix://{sockets}/gateway.sock", "127.0.0.1:{port}"]\n'
-        "  shutdown_grace_s: 5\n"
-        "journal:\n"
-        f"  path: {state}/journal.db\n"
-        "  signing_key: keys/signing.key\n"
-        "audit:\n"
-        "  hmac_key: keys/hmac.key\n"
-        "policy:\n"
-        "  path: policy.yaml\n"
-        "log:\n"
-        "  level: info\n"
-    )
+    keys.chmod(0o550)  # mounted read-only
+    health_port, metrics_port = free_port(), free_port()
+    cfg = kubernetes_sidecar_config(mounts, {HEALTH_PORT: health_port, METRICS_PORT: metrics_port})
+    (conf / "agentaudit.yaml").write_text(yaml.safe_dump(cfg))
+    (conf / "policy.yaml").write_text(K8S_POLICY.read_text())
+    (socket_address,) = cfg["server"]["listen"]
+    assert socket_address.startswith(f"unix://{sockets}/")
 
     # The image's own command, with the mounted config path mapped into this root and `agentaudit` found on PATH.
     command = image_command()
@@ -336,24 +365,28 @@ def test_image_entrypoint_serves_decides_and_stops_cleanly(image: Image) -> None
     stdout, stderr = root / "stdout.log", root / "stderr.log"
     with stdout.open("wb") as out, stderr.open("wb") as err:
         proc = subprocess.Popen([*run_as.prefix, *command], cwd=state, env=env, stdout=out, stderr=err)
-    socket_target = f"unix://{sockets}/gateway.sock"
+    health = f"127.0.0.1:{health_port}"
     try:
         deadline = time.monotonic() + 60
         while True:
             if proc.poll() is not None:
                 pytest.fail(f"exited with {proc.returncode} before serving:\n{stderr.read_text()}")
             try:
-                if health_status(socket_target, "") == health_pb2.HealthCheckResponse.SERVING:
+                if health_status(health, GATEWAY_SERVICE) == health_pb2.HealthCheckResponse.SERVING:
                     break
             except grpc.RpcError:
-                pass
+                pass  # not listening yet (or UNKNOWN while starting)
             assert time.monotonic() < deadline, f"not SERVING within 60 s:\n{stderr.read_text()}"
             time.sleep(0.2)
-        # Health answers on TCP too (what a kubelet gRPC probe calls), per service.
-        for service in ("", GATEWAY_SERVICE):
-            assert health_status(f"127.0.0.1:{port}", service) == health_pb2.HealthCheckResponse.SERVING
+        # What the kubelet's gRPC probes ask (startup/readiness: GatewayService, liveness: liveness), on the
+        # health listener, which serves nothing but grpc.health.v1: the agent API is not exposed on 0.0.0.0.
+        for service in ("", GATEWAY_SERVICE, "liveness"):
+            assert health_status(health, service) == health_pb2.HealthCheckResponse.SERVING, service
+        with GatewayClient(health, timeout=5) as wrong_port, pytest.raises(GatewayError) as refused:
+            wrong_port.decide(run_id="run_smoke", tenant_id="t_42", action="crm.lookup")
+        assert refused.value.code == grpc.StatusCode.UNIMPLEMENTED
 
-        with GatewayClient(socket_target, timeout=10) as gateway:
+        with GatewayClient(socket_address, timeout=10) as gateway:
             allowed = gateway.decide(
                 run_id="run_smoke",
                 step_id=1,
@@ -374,6 +407,13 @@ def test_image_entrypoint_serves_decides_and_stops_cleanly(image: Image) -> None
             )
         assert (allowed.decision, allowed.reason) == ("allow", "allowed")
         assert (stopped.decision, stopped.reason) == ("stop", "access_denied")
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
+            exposition = response.read().decode()
+        decisions = {line for line in exposition.splitlines() if line.startswith("agentaudit_decisions_total{")}
+        assert decisions == {
+            'agentaudit_decisions_total{decision="allow",layer="access",reason="allowed"} 1.0',
+            'agentaudit_decisions_total{decision="stop",layer="access",reason="access_denied"} 1.0',
+        }
 
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=30)
@@ -383,7 +423,9 @@ def test_image_entrypoint_serves_decides_and_stops_cleanly(image: Image) -> None
             proc.wait(timeout=10)
     log = stderr.read_text()
     assert code == 0, f"exit code {code} after SIGTERM:\n{log}"
-    assert "shutting down" in log and "Traceback" not in log, log
+    lines = [json.loads(line) for line in log.splitlines() if line.strip()]  # log.format: json, one object a line
+    assert "shutting down" in [line["msg"] for line in lines], log
+    assert "Traceback" not in log, log
     assert not (sockets / "gateway.sock").exists(), "the unix socket is removed on a clean stop"
 
     # What the process wrote is the unprivileged user's, in the journal volume only.
@@ -398,7 +440,7 @@ def test_image_entrypoint_serves_decides_and_stops_cleanly(image: Image) -> None
     )
     assert verify.returncode == 0, verify.stdout + verify.stderr
     report = json.loads(verify.stdout)
-    assert report["ok"] is True and report["origin"] == "agentaudit/smoke/pod-1"
+    assert report["ok"] is True and report["origin"] == "agentaudit/example/support-agent"
     events = run([image.agentaudit, "events", journal], timeout=60).stdout
     assert "jane@example.com" not in events, "redacted before it was journaled"
     bodies = [json.loads(line) for line in events.splitlines()]
