@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,8 +47,9 @@ from agentaudit_client import GatewayClient, GatewayError
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
-K8S_SIDECAR_CONFIG = ROOT / "deploy" / "kubernetes" / "sidecar-example" / "agentaudit.yaml"
-K8S_POLICY = ROOT / "deploy" / "kubernetes" / "sidecar-example" / "policy.yaml"
+K8S = ROOT / "deploy" / "kubernetes"
+K8S_SIDECAR_CONFIG = K8S / "sidecar-example" / "agentaudit.yaml"
+K8S_POLICY = K8S / "sidecar-example" / "policy.yaml"
 HEALTH_PORT, METRICS_PORT = 7420, 9464  # as exposed by the image and probed/scraped in Kubernetes
 
 IMAGE_CONFIG = "/etc/agentaudit/agentaudit.yaml"  # where the config is mounted in the image
@@ -286,98 +288,202 @@ def health_status(target: str, service: str) -> int:
         return int(reply.status)
 
 
-def kubernetes_sidecar_config(mounts: dict[str, Path], ports: dict[int, int]) -> dict[str, Any]:
-    """deploy/kubernetes' sidecar config with the pod's mount paths and ports mapped into this test's root.
+def map_config(cfg: Any, mounts: dict[str, Path], ports: dict[int, int]) -> Any:
+    """A Kubernetes config with the pod's mount paths and ports mapped into this test's root.
 
-    Forwarding is dropped (no collector here). Every absolute path in it must be on one of ``mounts``.
+    Every absolute path in it must be on one of ``mounts`` (so the test and the manifests cannot disagree).
     """
-    cfg = yaml.safe_load(K8S_SIDECAR_CONFIG.read_text())
-    assert cfg.pop("forward")["target"], "the Kubernetes config forwards to the collector"
-
-    def mapped(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: mapped(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [mapped(v) for v in value]
-        if not isinstance(value, str):
-            return value
-        scheme, path = ("unix://", value[len("unix://") :]) if value.startswith("unix://") else ("", value)
-        if path.startswith("/"):
-            for mount, directory in sorted(mounts.items(), key=lambda m: -len(m[0])):
-                if path.startswith(mount + "/"):
-                    return f"{scheme}{directory}{path[len(mount) :]}"
-            raise AssertionError(f"{value} is on none of the pod's mounts {sorted(mounts)}")
-        host, _, port = value.rpartition(":")
-        if host and port.isdigit() and int(port) in ports:
-            return f"{host}:{ports[int(port)]}"
-        return value
-
-    result: dict[str, Any] = mapped(cfg)
-    return result
+    if isinstance(cfg, dict):
+        return {k: map_config(v, mounts, ports) for k, v in cfg.items()}
+    if isinstance(cfg, list):
+        return [map_config(v, mounts, ports) for v in cfg]
+    if not isinstance(cfg, str):
+        return cfg
+    scheme, path = ("unix://", cfg[len("unix://") :]) if cfg.startswith("unix://") else ("", cfg)
+    if path.startswith("/"):
+        for mount, directory in sorted(mounts.items(), key=lambda m: -len(m[0])):
+            if path.startswith(mount + "/"):
+                return f"{scheme}{directory}{path[len(mount) :]}"
+        raise AssertionError(f"{cfg} is on none of the pod's mounts {sorted(mounts)}")
+    host, _, port = cfg.rpartition(":")
+    if host and port.isdigit() and int(port) in ports:
+        return f"{host}:{ports[int(port)]}"
+    return cfg
 
 
-def test_image_entrypoint_serves_decides_and_stops_cleanly(image: Image) -> None:
-    """The image's command, running deploy/kubernetes' sidecar config in the pod's layout, as uid != 0."""
-    run_as, root = image.run_as, image.root
-    # The pod's mounts: config and policy ConfigMaps (read-only), the 0600 keys install-keys copies into a
-    # memory emptyDir, the journal PersistentVolumeClaim, and the socket emptyDir shared with the agent.
-    mounts = {
-        "/etc/agentaudit": root / "etc" / "agentaudit",
-        "/run/secrets/agentaudit": root / "run" / "secrets" / "agentaudit",
-        "/var/lib/agentaudit": root / "var" / "lib" / "agentaudit",
-        "/run/agentaudit": root / "run" / "agentaudit",
-    }
-    conf, keys, state, sockets = mounts.values()
-    for directory in mounts.values():
+def pod_mounts(root: Path, run_as: RunAs, mounts: dict[str, str], owned: set[str]) -> dict[str, Path]:
+    """Directories standing in for a pod's volume mounts; those in ``owned`` belong to the unprivileged user."""
+    out = {}
+    for mount_path, name in mounts.items():
+        directory = root / name
         directory.mkdir(parents=True)
         directory.parent.chmod(0o755)
-    for directory in (keys, state, sockets):
-        os.chown(directory, run_as.uid, run_as.gid)
-        directory.chmod(0o750)
-    keygen = [image.agentaudit, "keygen", "--dir", keys, "--origin", "agentaudit/example/support-agent"]
-    run([*run_as.prefix, *keygen], timeout=60)
-    for name in ("signing.key", "hmac.key"):
-        st = (keys / name).stat()
-        assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == run_as.uid, name
-    keys.chmod(0o550)  # mounted read-only
-    health_port, metrics_port = free_port(), free_port()
-    cfg = kubernetes_sidecar_config(mounts, {HEALTH_PORT: health_port, METRICS_PORT: metrics_port})
-    (conf / "agentaudit.yaml").write_text(yaml.safe_dump(cfg))
-    (conf / "policy.yaml").write_text(K8S_POLICY.read_text())
-    (socket_address,) = cfg["server"]["listen"]
-    assert socket_address.startswith(f"unix://{sockets}/")
+        if mount_path in owned:
+            os.chown(directory, run_as.uid, run_as.gid)
+            directory.chmod(0o750)
+        out[mount_path] = directory
+    return out
 
-    # The image's own command, with the mounted config path mapped into this root and `agentaudit` found on PATH.
-    command = image_command()
-    command[command.index(IMAGE_CONFIG)] = str(conf / "agentaudit.yaml")
+
+def keygen(image: Image, directory: Path, origin: str) -> None:
+    """``agentaudit keygen`` as the unprivileged user: the key files are its own, mode 0600."""
+    run([*image.run_as.prefix, image.agentaudit, "keygen", "--dir", directory, "--origin", origin], timeout=60)
+    for name in ("signing.key", "hmac.key"):
+        st = (directory / name).stat()
+        assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == image.run_as.uid, name
+
+
+@dataclass
+class Process:
+    """A process started from the image's ENTRYPOINT, as the unprivileged user."""
+
+    proc: subprocess.Popen[bytes]
+    stderr: Path
+
+    def log(self) -> str:
+        return self.stderr.read_text(errors="replace")
+
+    def wait_serving(self, target: str, service: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                pytest.fail(f"exited with {self.proc.returncode} before serving:\n{self.log()}")
+            try:
+                if health_status(target, service) == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass  # not listening yet (or UNKNOWN while starting)
+            assert time.monotonic() < deadline, f"{service or 'health'} not SERVING within {timeout} s:\n{self.log()}"
+            time.sleep(0.2)
+
+    def stop(self) -> int:
+        """SIGTERM (what the kubelet and `docker stop` send); returns the exit code."""
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=30)
+        finally:
+            self.kill()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def json_log(self) -> list[dict[str, Any]]:
+        """stderr with log.format json: one JSON object a line, no traceback."""
+        log = self.log()
+        assert "Traceback" not in log, log
+        return [json.loads(line) for line in log.splitlines() if line.strip()]
+
+
+def launch(
+    image: Image, base: Path, args: list[str], cwd: Path, name: str, env: dict[str, str] | None = None
+) -> Process:
+    """Runs the image's ENTRYPOINT (tini -- agentaudit) with ``args`` as the image's user would."""
+    command = [*exec_form(parse_dockerfile(DOCKERFILE.read_text()), "ENTRYPOINT"), *args]
     if shutil.which("tini") is None:
         if os.environ.get("CI"):
             pytest.fail("tini is not installed: CI must run `apt-get install -y tini` (it is PID 1 in the image)")
         command = command[command.index("agentaudit") :]
-    env = {
-        "PATH": f"{image.venv / 'bin'}:/usr/local/bin:/usr/bin:/bin",
+    environment = {
+        "PATH": f"{image.venv / 'bin'}:/usr/local/bin:/usr/bin:/bin",  # the image's ENV PATH
         "LANG": "C.UTF-8",
-        "HOME": str(state),
+        "HOME": str(cwd),
         "PYTHONDONTWRITEBYTECODE": "1",
         # In the container tini is PID 1; here it is not, so it registers as a subreaper instead of warning.
         "TINI_SUBREAPER": "1",
+        **(env or {}),
     }
-    stdout, stderr = root / "stdout.log", root / "stderr.log"
-    with stdout.open("wb") as out, stderr.open("wb") as err:
-        proc = subprocess.Popen([*run_as.prefix, *command], cwd=state, env=env, stdout=out, stderr=err)
+    stderr = base / f"{name}.stderr"
+    with (base / f"{name}.stdout").open("wb") as out, stderr.open("wb") as err:
+        proc = subprocess.Popen([*image.run_as.prefix, *command], cwd=cwd, env=environment, stdout=out, stderr=err)
+    return Process(proc, stderr)
+
+
+SIDECAR_MOUNTS = {  # the agent pod's mounts (deploy/kubernetes/sidecar-example/deployment.yaml)
+    "/etc/agentaudit": "sidecar/etc/agentaudit",  # config + policy ConfigMaps, read-only
+    "/run/secrets/agentaudit": "sidecar/run/secrets/agentaudit",  # keys: install-keys' 0600 copies
+    "/var/lib/agentaudit": "sidecar/var/lib/agentaudit",  # the journal PVC
+    "/run/agentaudit": "sidecar/run/agentaudit",  # the socket emptyDir shared with the agent
+}
+
+
+def sidecar_pod(
+    image: Image, base: Path, ports: dict[int, int], forward_to: str | None
+) -> tuple[dict[str, Path], dict[str, Any]]:
+    """Lays out the sidecar's mounts with keys, deploy/kubernetes' config and policy; returns (mounts, config)."""
+    mounts = pod_mounts(base, image.run_as, SIDECAR_MOUNTS, set(SIDECAR_MOUNTS) - {"/etc/agentaudit"})
+    keys = mounts["/run/secrets/agentaudit"]
+    keygen(image, keys, "agentaudit/example/support-agent")
+    keys.chmod(0o550)  # mounted read-only
+    cfg = map_config(yaml.safe_load(K8S_SIDECAR_CONFIG.read_text()), mounts, ports)
+    assert cfg["forward"]["target"] == "agentaudit-collector:7430", "the manifests forward to the collector Service"
+    if forward_to is None:
+        del cfg["forward"]
+    else:
+        cfg["forward"]["target"] = forward_to
+    conf = mounts["/etc/agentaudit"]
+    (conf / "agentaudit.yaml").write_text(yaml.safe_dump(cfg))
+    (conf / "policy.yaml").write_text(K8S_POLICY.read_text())
+    return mounts, cfg
+
+
+def sidecar_args(conf: Path) -> list[str]:
+    """The image's CMD, with the mounted config path mapped into this test's root."""
+    args = exec_form(parse_dockerfile(DOCKERFILE.read_text()), "CMD")
+    args[args.index(IMAGE_CONFIG)] = str(conf / "agentaudit.yaml")
+    return args
+
+
+def decide_two(socket_address: str) -> tuple[Any, Any]:
+    with GatewayClient(socket_address, timeout=10) as gateway:
+        common: dict[str, Any] = {"run_id": "run_smoke", "tenant_id": "t_42", "agent_id": "support-agent"}
+        allowed = gateway.decide(
+            **common,
+            step_id=1,
+            actor=("user", "u_1"),
+            action="crm.lookup",
+            args={"customer_id": "c_7", "email": "jane@example.com"},
+        )
+        stopped = gateway.decide(**common, step_id=2, actor=("user", "u_1"), action="db.drop_table", args={})
+    assert (allowed.decision, allowed.reason) == ("allow", "allowed")
+    assert (stopped.decision, stopped.reason) == ("stop", "access_denied")
+    return allowed, stopped
+
+
+def verify_journal(image: Image, journal: Path, public_key: Path, *extra: object) -> dict[str, Any]:
+    result = subprocess.run(
+        [str(a) for a in (image.agentaudit, "verify", journal, "--public-key", public_key, *extra, "--json")],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    report: dict[str, Any] = json.loads(result.stdout)
+    assert report["ok"] is True and report["origin"] == "agentaudit/example/support-agent"
+    return report
+
+
+@pytest.fixture
+def base(image: Image) -> Path:
+    """This test's own directory in the image root, reachable by the unprivileged user."""
+    directory = Path(tempfile.mkdtemp(dir=image.root))
+    directory.chmod(0o755)
+    return directory
+
+
+def test_image_entrypoint_serves_decides_and_stops_cleanly(image: Image, base: Path) -> None:
+    """The image's command, running deploy/kubernetes' sidecar config in the pod's layout, as uid != 0."""
+    health_port, metrics_port = free_port(), free_port()
+    mounts, cfg = sidecar_pod(image, base, {HEALTH_PORT: health_port, METRICS_PORT: metrics_port}, forward_to=None)
+    state, sockets = mounts["/var/lib/agentaudit"], mounts["/run/agentaudit"]
+    (socket_address,) = cfg["server"]["listen"]
+    assert socket_address.startswith(f"unix://{sockets}/")
+    sidecar = launch(image, base, sidecar_args(mounts["/etc/agentaudit"]), state, "sidecar")
     health = f"127.0.0.1:{health_port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"exited with {proc.returncode} before serving:\n{stderr.read_text()}")
-            try:
-                if health_status(health, GATEWAY_SERVICE) == health_pb2.HealthCheckResponse.SERVING:
-                    break
-            except grpc.RpcError:
-                pass  # not listening yet (or UNKNOWN while starting)
-            assert time.monotonic() < deadline, f"not SERVING within 60 s:\n{stderr.read_text()}"
-            time.sleep(0.2)
+        sidecar.wait_serving(health, GATEWAY_SERVICE)
         # What the kubelet's gRPC probes ask (startup/readiness: GatewayService, liveness: liveness), on the
         # health listener, which serves nothing but grpc.health.v1: the agent API is not exposed on 0.0.0.0.
         for service in ("", GATEWAY_SERVICE, "liveness"):
@@ -386,27 +492,7 @@ def test_image_entrypoint_serves_decides_and_stops_cleanly(image: Image) -> None
             wrong_port.decide(run_id="run_smoke", tenant_id="t_42", action="crm.lookup")
         assert refused.value.code == grpc.StatusCode.UNIMPLEMENTED
 
-        with GatewayClient(socket_address, timeout=10) as gateway:
-            allowed = gateway.decide(
-                run_id="run_smoke",
-                step_id=1,
-                tenant_id="t_42",
-                agent_id="support-agent",
-                actor=("user", "u_1"),
-                action="crm.lookup",
-                args={"customer_id": "c_7", "email": "jane@example.com"},
-            )
-            stopped = gateway.decide(
-                run_id="run_smoke",
-                step_id=2,
-                tenant_id="t_42",
-                agent_id="support-agent",
-                actor=("user", "u_1"),
-                action="db.drop_table",
-                args={"table": "customers"},
-            )
-        assert (allowed.decision, allowed.reason) == ("allow", "allowed")
-        assert (stopped.decision, stopped.reason) == ("stop", "access_denied")
+        allowed, stopped = decide_two(socket_address)
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
             exposition = response.read().decode()
         decisions = {line for line in exposition.splitlines() if line.startswith("agentaudit_decisions_total{")}
@@ -414,33 +500,17 @@ def test_image_entrypoint_serves_decides_and_stops_cleanly(image: Image) -> None
             'agentaudit_decisions_total{decision="allow",layer="access",reason="allowed"} 1.0',
             'agentaudit_decisions_total{decision="stop",layer="access",reason="access_denied"} 1.0',
         }
-
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=30)
+        code = sidecar.stop()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=10)
-    log = stderr.read_text()
-    assert code == 0, f"exit code {code} after SIGTERM:\n{log}"
-    lines = [json.loads(line) for line in log.splitlines() if line.strip()]  # log.format: json, one object a line
-    assert "shutting down" in [line["msg"] for line in lines], log
-    assert "Traceback" not in log, log
+        sidecar.kill()
+    assert code == 0, f"exit code {code} after SIGTERM:\n{sidecar.log()}"
+    assert "shutting down" in [line["msg"] for line in sidecar.json_log()], sidecar.log()
     assert not (sockets / "gateway.sock").exists(), "the unix socket is removed on a clean stop"
 
     # What the process wrote is the unprivileged user's, in the journal volume only.
     journal = state / "journal.db"
-    assert journal.stat().st_uid == run_as.uid
-    verify = subprocess.run(
-        [image.agentaudit, "verify", journal, "--public-key", keys / "signing.pub", "--json"],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert verify.returncode == 0, verify.stdout + verify.stderr
-    report = json.loads(verify.stdout)
-    assert report["ok"] is True and report["origin"] == "agentaudit/example/support-agent"
+    assert journal.stat().st_uid == image.run_as.uid
+    report = verify_journal(image, journal, mounts["/run/secrets/agentaudit"] / "signing.pub")
     events = run([image.agentaudit, "events", journal], timeout=60).stdout
     assert "jane@example.com" not in events, "redacted before it was journaled"
     bodies = [json.loads(line) for line in events.splitlines()]
@@ -449,3 +519,124 @@ def test_image_entrypoint_serves_decides_and_stops_cleanly(image: Image) -> None
     decided = {b["event_id"]: b for b in bodies if b["kind"] == "pre_exec"}
     assert decided[allowed.event_id]["decision"] == "allow"
     assert decided[stopped.event_id]["decision"] == "stop"
+
+
+# --- the collector topology ------------------------------------------------------------------------------------
+
+POSTGRES_DSN = os.environ.get("AGENTAUDIT_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+COLLECTOR_MOUNTS = {  # the collector pod's mounts (deploy/kubernetes/collector/deployment.yaml)
+    "/etc/agentaudit": "collector/etc/agentaudit",  # collector.yaml + origins/*.pub, read-only
+    "/run/secrets/agentaudit": "collector/run/secrets/agentaudit",  # witness.key: install-keys' 0600 copy
+}
+
+
+@pytest.fixture
+def postgres_database() -> Iterator[str]:
+    """A fresh PostgreSQL database on the test server (the collector's tables go in its own schema)."""
+    import asyncio  # noqa: PLC0415
+
+    import asyncpg  # noqa: PLC0415
+
+    name = f"aa_image_{uuid.uuid4().hex[:12]}"
+
+    async def execute(statement: str) -> None:
+        conn = await asyncpg.connect(POSTGRES_DSN, timeout=5)
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(execute(f"CREATE DATABASE {name}"))
+    except (OSError, asyncpg.PostgresError) as exc:
+        reason = f"PostgreSQL at {POSTGRES_DSN.rsplit('@', 1)[-1]} unavailable: {exc}"
+        if os.environ.get("AGENTAUDIT_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"AGENTAUDIT_REQUIRE_POSTGRES=1 but {reason}")
+        pytest.skip(reason)
+    try:
+        yield f"{POSTGRES_DSN.rsplit('/', 1)[0]}/{name}"
+    finally:
+        asyncio.run(execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+def test_image_runs_the_collector_and_the_sidecar_forwards_to_it(
+    image: Image, base: Path, postgres_database: str
+) -> None:
+    """The collector pod and the agent pod of deploy/kubernetes, from the image's entrypoint, as uid != 0.
+
+    The collector runs the manifest's args with its ConfigMap config (PostgreSQL, witness key, the origin's
+    public key); the sidecar forwards to it, and its journal comes back cosigned: verified with the witness key.
+    """
+    manifest = yaml.safe_load((K8S / "collector" / "deployment.yaml").read_text())
+    (container,) = manifest["spec"]["template"]["spec"]["containers"]
+    env = {e["name"] for e in container["env"]}
+    assert env == {"PGPASSWORD"}, "the database password comes from the Secret, nothing else from the environment"
+
+    collector_port, collector_metrics, health_port, metrics_port = (free_port() for _ in range(4))
+    # The agent pod first: its public key goes into the collector's origin keys (ConfigMap agentaudit-origin-keys).
+    sidecar_mounts, _ = sidecar_pod(
+        image, base, {HEALTH_PORT: health_port, METRICS_PORT: metrics_port}, forward_to=f"127.0.0.1:{collector_port}"
+    )
+    signing_pub = sidecar_mounts["/run/secrets/agentaudit"] / "signing.pub"
+
+    mounts = pod_mounts(base, image.run_as, COLLECTOR_MOUNTS, {"/run/secrets/agentaudit"})
+    conf, keys = mounts["/etc/agentaudit"], mounts["/run/secrets/agentaudit"]
+    keygen(image, keys, "agentaudit-collector/example")
+    (keys / "signing.key").rename(keys / "witness.key")  # the Secret's key name (docs/deployment.md)
+    (keys / "hmac.key").unlink()
+    keys.chmod(0o550)
+    cfg = map_config(
+        yaml.safe_load((K8S / "collector" / "collector.yaml").read_text()),
+        mounts,
+        {7430: collector_port, 9464: collector_metrics},
+    )
+    assert cfg["collector"]["store"].startswith("postgresql://") and "@postgres:" in cfg["collector"]["store"]
+    cfg["collector"]["store"] = postgres_database  # the cluster's database, here the test server
+    (origin,) = cfg["collector"]["origins"]
+    assert origin["origin"] == "agentaudit/example/support-agent"
+    (origin_key,) = origin["keys"]
+    Path(origin_key).parent.mkdir()
+    shutil.copy(signing_pub, origin_key)
+    (conf / "collector.yaml").write_text(yaml.safe_dump(cfg))
+
+    args = list(container["args"])
+    args[args.index("--config") + 1] = str(conf / "collector.yaml")
+    collector = launch(image, base, args, conf, "collector", env={"PGPASSWORD": "from-the-secret"})
+    sidecar = None
+    try:
+        collector.wait_serving(f"127.0.0.1:{collector_port}", "agentaudit.v1.CollectorService")
+        sidecar = launch(
+            image,
+            base,
+            sidecar_args(sidecar_mounts["/etc/agentaudit"]),
+            sidecar_mounts["/var/lib/agentaudit"],
+            "sidecar",
+        )
+        sidecar.wait_serving(f"127.0.0.1:{health_port}", GATEWAY_SERVICE)
+        (socket_address,) = yaml.safe_load((sidecar_mounts["/etc/agentaudit"] / "agentaudit.yaml").read_text())[
+            "server"
+        ]["listen"]
+        decide_two(socket_address)
+        sidecar_code = sidecar.stop()  # the forwarder flushes on the way out
+        with urllib.request.urlopen(f"http://127.0.0.1:{collector_metrics}/metrics", timeout=5) as response:
+            exposition = response.read().decode()
+        collector_code = collector.stop()
+    finally:
+        if sidecar is not None:
+            sidecar.kill()
+        collector.kill()
+    assert sidecar_code == 0, sidecar.log()
+    assert collector_code == 0, collector.log()
+    collector.json_log()
+    sidecar.json_log()
+    ingested = [x for x in exposition.splitlines() if x.startswith("agentaudit_collector_ingested_entries_total ")]
+    assert ingested and float(ingested[0].split()[1]) >= 3, ingested  # journal_started and the two decisions
+
+    report = verify_journal(
+        image,
+        sidecar_mounts["/var/lib/agentaudit"] / "journal.db",
+        signing_pub,
+        "--witness-key",
+        keys / "signing.pub",
+    )
+    assert report["witnessed_size"] >= 3, report
