@@ -2,7 +2,7 @@
 
 CI has no Docker engine, so these tests check what the image is and runs:
 
-* the Dockerfile's invariants (two stages from ``ARG BASE_IMAGE``, non-root numeric USER, tini as PID 1, journal
+* the Dockerfile, read with BuildKit's own parser (the ``dockerfile`` package): its invariants (two stages from ``ARG BASE_IMAGE``, non-root numeric USER, tini as PID 1, journal
   VOLUME, no key or secret copied in, ENTRYPOINT/CMD), and that ``/.dockerignore`` keeps secrets out of the
   build context while letting in everything the Dockerfile copies;
 * a smoke run that does what the image does: builds both wheels, installs them into a fresh venv, lays out the
@@ -10,7 +10,9 @@ CI has no Docker engine, so these tests check what the image is and runs:
   and owned by the unprivileged user, journal and socket directories), then runs the Dockerfile's own
   ENTRYPOINT + CMD (parsed from the file, so the two cannot drift) as an unprivileged user; checks what the
   kubelet probes on the health listener, a Decide over the unix socket, /metrics; sends SIGTERM and checks a
-  clean exit, JSON logs and a journal that verifies and holds the decisions.
+  clean exit, JSON logs and a journal that verifies and holds the decisions;
+* the collector pod the same way (the manifest's args and config, PostgreSQL from ``AGENTAUDIT_TEST_POSTGRES_DSN``
+  in a fresh database), with the sidecar forwarding to it: the journal verifies as witnessed by its key.
 
 tini comes from Debian (``apt-get install -y tini``); without it the smoke run drops ``tini --`` locally, and
 fails in CI (``CI`` set), where it must be installed.
@@ -66,89 +68,80 @@ SECRET_SUFFIXES = (".key", ".token", ".pem", ".p12", ".pfx")
 @dataclass(frozen=True)
 class Instruction:
     keyword: str  # upper case: FROM, RUN, COPY, ...
-    args: str  # the rest, continuation lines joined with a space
+    values: tuple[str, ...]  # operands: the JSON array's items, or the shell form's words (RUN: one string)
+    flags: tuple[str, ...]  # --from=..., --mount=...
+    json: bool  # exec (JSON array) form
     stage: int  # index of the FROM it belongs to; -1 before the first FROM
 
 
-def parse_dockerfile(text: str) -> list[Instruction]:
-    """Splits a Dockerfile into instructions: comments dropped, backslash continuations joined."""
-    out: list[Instruction] = []
-    stage = -1
-    pending = ""
-    for raw in text.splitlines():
-        line = raw.strip()
-        if line.startswith("#") or (not line and not pending):
-            continue  # comment lines are dropped even inside a continuation, as Docker does
-        if line.endswith("\\"):
-            pending += line[:-1].strip() + " "
-            continue
-        full = (pending + line).strip()
-        pending = ""
-        if not full:
-            continue
-        keyword, _, args = full.partition(" ")
-        keyword = keyword.upper()
-        if keyword == "FROM":
-            stage += 1
-        out.append(Instruction(keyword, args.strip(), stage))
-    assert not pending, "Dockerfile ends inside a line continuation"
+def parse_dockerfile(path: Path = DOCKERFILE) -> list[Instruction]:
+    """The Dockerfile as BuildKit's own parser reads it (the ``dockerfile`` package binds the Go parser)."""
+    try:
+        import dockerfile  # noqa: PLC0415
+    except ImportError:
+        pytest.fail("the dockerfile package (BuildKit's parser, a dev dependency) is not installed")
+    out, stage = [], -1
+    for command in dockerfile.parse_file(str(path)):
+        keyword = command.cmd.upper()
+        stage += keyword == "FROM"
+        out.append(Instruction(keyword, tuple(command.value), tuple(command.flags), bool(command.json), stage))
     return out
+
+
+def final_stage(instructions: list[Instruction]) -> int:
+    return max(i.stage for i in instructions)
 
 
 def exec_form(instructions: list[Instruction], keyword: str) -> list[str]:
     """The last ENTRYPOINT/CMD of the final stage, which must be in JSON (exec) form."""
-    final = max(i.stage for i in instructions)
-    found = [i for i in instructions if i.keyword == keyword and i.stage == final]
+    found = [i for i in instructions if i.keyword == keyword and i.stage == final_stage(instructions)]
     assert found, f"the final stage has no {keyword}"
-    value = json.loads(found[-1].args)
-    assert isinstance(value, list) and all(isinstance(v, str) for v in value), f"{keyword} must be a JSON array"
-    return value
+    assert found[-1].json, f"{keyword} must be in exec (JSON array) form, so tini is PID 1 and gets SIGTERM"
+    return list(found[-1].values)
 
 
 def image_command() -> list[str]:
     """ENTRYPOINT + CMD of the image, as the container runtime will exec them."""
-    instructions = parse_dockerfile(DOCKERFILE.read_text())
+    instructions = parse_dockerfile()
     return exec_form(instructions, "ENTRYPOINT") + exec_form(instructions, "CMD")
 
 
-def copy_sources(args: str) -> list[str]:
-    """Source operands of a COPY/ADD (flags such as --from= dropped; the last operand is the destination)."""
-    operands = json.loads(args) if args.startswith("[") else [a for a in shlex.split(args) if not a.startswith("--")]
-    return list(operands[:-1])
-
-
 def test_dockerfile_invariants() -> None:
-    instructions = parse_dockerfile(DOCKERFILE.read_text())
-    final = max(i.stage for i in instructions)
+    instructions = parse_dockerfile()
+    final = final_stage(instructions)
 
     # Overridable base image, used by every stage; a build stage and a separate runtime stage.
-    args_before_from = [i.args for i in instructions if i.keyword == "ARG" and i.stage == -1]
+    args_before_from = [v for i in instructions if i.keyword == "ARG" and i.stage == -1 for v in i.values]
     assert "BASE_IMAGE=python:3.11-slim-bookworm" in args_before_from
-    froms = [i.args.split() for i in instructions if i.keyword == "FROM"]
+    froms = [list(i.values) for i in instructions if i.keyword == "FROM"]
     assert len(froms) >= 2, "multi-stage: a build stage and a runtime stage"
     assert all(f[0] == "${BASE_IMAGE}" for f in froms), froms
-    assert froms[0][1:] == ["AS", "build"] or froms[0][1:] == ["as", "build"], froms[0]
+    assert [w.lower() for w in froms[0][1:]] == ["as", "build"], froms[0]
 
     # The build stage builds both wheels (client distribution and sidecar) without their dependencies.
-    wheel_runs = [i.args for i in instructions if i.keyword == "RUN" and i.stage == 0 and "pip wheel" in i.args]
+    wheel_runs = [
+        i.values[0] for i in instructions if i.keyword == "RUN" and i.stage == 0 and "pip wheel" in i.values[0]
+    ]
     assert len(wheel_runs) == 1, wheel_runs
     wheel_args = shlex.split(wheel_runs[0])
     assert "--no-deps" in wheel_args
     assert "./clients/python" in wheel_args and "." in wheel_args
 
     # The runtime stage: tini from Debian, a non-root numeric user, the journal volume, ports.
-    runs = " ".join(i.args for i in instructions if i.keyword == "RUN" and i.stage == final)
-    assert "apt-get install" in runs and " tini" in runs
-    users = [i.args for i in instructions if i.keyword == "USER" and i.stage == final]
+    runs = [i for i in instructions if i.keyword == "RUN" and i.stage == final]
+    assert any("apt-get install" in i.values[0] and " tini" in i.values[0] for i in runs)
+    installs = [i for i in runs if "pip install" in i.values[0]]
+    assert len(installs) == 1 and "--mount=type=bind,from=build,source=/wheels,target=/wheels" in installs[0].flags
+    users = [i.values[0] for i in instructions if i.keyword == "USER" and i.stage == final]
     assert users, "the runtime stage must set USER"
     uid, _, gid = users[-1].partition(":")
     assert uid.isdigit() and int(uid) == IMAGE_UID, "numeric uid, so runAsNonRoot can check it"
     assert gid.isdigit() and int(gid) != 0
     user_index = max(n for n, i in enumerate(instructions) if i.keyword == "USER")
     assert all(i.keyword != "RUN" for i in instructions[user_index + 1 :]), "nothing runs as root after USER"
-    volumes = [v for i in instructions if i.keyword == "VOLUME" and i.stage == final for v in json.loads(i.args)]
+    volumes = [v for i in instructions if i.keyword == "VOLUME" and i.stage == final for v in i.values]
     assert IMAGE_STATE in volumes
-    ports = {p for i in instructions if i.keyword == "EXPOSE" and i.stage == final for p in i.args.split()}
+    ports = {p for i in instructions if i.keyword == "EXPOSE" and i.stage == final for p in i.values}
     assert {"7419", "7420", "9464"} <= ports
 
     # No secret in the image: nothing key-like copied, no ADD, the runtime stage copies nothing from the context,
@@ -156,13 +149,17 @@ def test_dockerfile_invariants() -> None:
     assert not any(i.keyword == "ADD" for i in instructions), "use COPY (ADD fetches URLs and unpacks archives)"
     for i in instructions:
         if i.keyword == "COPY":
-            for source in copy_sources(i.args):
+            for source in i.values[:-1]:
                 name = source.rstrip("/").lower()
                 assert not name.endswith(SECRET_SUFFIXES) and ".agentaudit" not in name, i
                 assert source not in (".", "./"), "never copy the whole build context"
-        if i.keyword in ("ENV", "ARG"):
-            names = [part.split("=", 1)[0].upper() for part in shlex.split(i.args) if "=" in part or i.keyword == "ARG"]
-            assert not any(word in n for n in names for word in SECRET_WORDS), i
+        if i.keyword == "ENV":
+            names = list(i.values[0::2])
+        elif i.keyword == "ARG":
+            names = [v.split("=", 1)[0] for v in i.values]
+        else:
+            continue
+        assert not any(word in n.upper() for n in names for word in SECRET_WORDS), i
     assert not any(i.keyword == "COPY" and i.stage == final for i in instructions), (
         "the runtime stage takes only the wheels, bind-mounted from the build stage"
     )
@@ -181,9 +178,9 @@ def test_dockerignore_keeps_secrets_out_and_lets_the_build_in() -> None:
     for required in ("**/*.key", "**/*.token", "**/.agentaudit", "**/*.db"):
         assert required in patterns, f"{required} must be excluded even inside allowed directories"
     # Every path the Dockerfile copies from the context must be let in (or the build fails), and exist.
-    for i in parse_dockerfile(DOCKERFILE.read_text()):
-        if i.keyword == "COPY" and "--from=" not in i.args:
-            for source in copy_sources(i.args):
+    for i in parse_dockerfile():
+        if i.keyword == "COPY" and not any(f.startswith("--from=") for f in i.flags):
+            for source in i.values[:-1]:
                 path = source.rstrip("/")
                 assert path in included, f"{source} is copied but excluded by .dockerignore"
                 assert (ROOT / path).exists(), source
@@ -380,7 +377,7 @@ def launch(
     image: Image, base: Path, args: list[str], cwd: Path, name: str, env: dict[str, str] | None = None
 ) -> Process:
     """Runs the image's ENTRYPOINT (tini -- agentaudit) with ``args`` as the image's user would."""
-    command = [*exec_form(parse_dockerfile(DOCKERFILE.read_text()), "ENTRYPOINT"), *args]
+    command = [*exec_form(parse_dockerfile(), "ENTRYPOINT"), *args]
     if shutil.which("tini") is None:
         if os.environ.get("CI"):
             pytest.fail("tini is not installed: CI must run `apt-get install -y tini` (it is PID 1 in the image)")
@@ -430,7 +427,7 @@ def sidecar_pod(
 
 def sidecar_args(conf: Path) -> list[str]:
     """The image's CMD, with the mounted config path mapped into this test's root."""
-    args = exec_form(parse_dockerfile(DOCKERFILE.read_text()), "CMD")
+    args = exec_form(parse_dockerfile(), "CMD")
     args[args.index(IMAGE_CONFIG)] = str(conf / "agentaudit.yaml")
     return args
 
