@@ -2,9 +2,10 @@
 
 CI has no Docker engine, so these tests check what the image is and runs:
 
-* the Dockerfile, read with BuildKit's own parser (the ``dockerfile`` package): its invariants (two stages from ``ARG BASE_IMAGE``, non-root numeric USER, tini as PID 1, journal
-  VOLUME, no key or secret copied in, ENTRYPOINT/CMD), and that ``/.dockerignore`` keeps secrets out of the
-  build context while letting in everything the Dockerfile copies;
+* the Dockerfile, read with BuildKit's own parser (the ``dockerfile`` package), and its invariants (two stages
+  from ``ARG BASE_IMAGE``, non-root numeric USER, tini as PID 1, journal VOLUME, no key or secret copied in,
+  exec-form ENTRYPOINT/CMD), and that ``/.dockerignore`` keeps secrets out of the build context while letting in
+  everything the Dockerfile copies;
 * a smoke run that does what the image does: builds both wheels, installs them into a fresh venv, lays out the
   Kubernetes pod's mounts (deploy/kubernetes' sidecar config and policy, keys from ``agentaudit keygen``, 0600
   and owned by the unprivileged user, journal and socket directories), then runs the Dockerfile's own
