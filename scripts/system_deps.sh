@@ -2,8 +2,15 @@
 # Installs the non-Python tools the tests use, from Debian's packages, when they are missing:
 #   promtool (package prometheus): checks the /metrics exposition (tests/test_observability.py)
 #   tini: PID 1 of the container image, run by the image smoke test (tests/test_image_smoke.py)
+# and checks for kubectl (>= 1.27, for `kubectl kustomize` in tests/test_deploy_manifests.py), which Debian
+# does not package in a usable version: install it from your distribution of Kubernetes tools.
 # Needs root for apt-get; otherwise it names what is missing and fails.
 set -euo pipefail
+
+if ! command -v kubectl >/dev/null; then
+  echo "kubectl (>= 1.27) is required by tests/test_deploy_manifests.py (kubectl kustomize)" >&2
+  exit 1
+fi
 
 missing=()
 command -v promtool >/dev/null || missing+=(prometheus)
