@@ -25,7 +25,7 @@ $(NODE_STAMP): $(NODE_DIR)/package-lock.json $(NODE_DIR)/tsconfig.json $(wildcar
 system-deps:
 	scripts/system_deps.sh
 
-dev: install
+dev: $(STAMP)
 	$(BIN)/agentaudit dev
 
 test: install system-deps

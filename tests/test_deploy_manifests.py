@@ -575,6 +575,12 @@ def test_helm_chart_renders_the_same_objects_as_kustomize(
     assert (CHART / "files" / "policy.yaml").read_text() == (K8S / "sidecar-example" / "policy.yaml").read_text()
 
 
+def test_the_deployed_policy_is_the_example_policy() -> None:
+    """kustomize cannot reach files outside its directory, so the example policy is copied; keep the copy exact."""
+    example = (ROOT / "gateway" / "policy" / "example_policy.yaml").read_text()
+    assert (K8S / "sidecar-example" / "policy.yaml").read_text() == example
+
+
 def test_helm_values_reach_the_objects() -> None:
     docs = helm_template(
         {
