@@ -85,6 +85,7 @@ def event_body(tag: str, i: int) -> tuple[EventKind, dict[str, Any]]:
         body["policy_rule"] = f"rule_{i % 3}"
     if i % 5 == 2:
         body["actor"] = {"type": "user" if i % 2 else "service", "id": f"u_{i % 3}"}
+    body["trace_id"] = f"{i % 7:032x}" if i % 7 else ""
     return kind, body
 
 
@@ -185,6 +186,7 @@ CASES: list[tuple[dict[str, Any], Callable[[Event], bool]]] = [
     ({"policy_rule": "rule_2"}, lambda e: e.body.get("policy_rule") == "rule_2"),
     ({"actor": "user:u_1"}, lambda e: actor_is(e.body, "user", "u_1")),
     ({"actor": "u_0"}, lambda e: actor_is(e.body, None, "u_0")),
+    ({"trace_id": f"{3:032x}"}, lambda e: e.body["trace_id"] == f"{3:032x}"),
     (
         {"tenant_id": "t_1", "decision": "allow", "origin": ORIGIN},
         lambda e: e.body["tenant_id"] == "t_1" and e.body["decision"] == "allow" and e.origin == ORIGIN,
