@@ -478,8 +478,15 @@ def test_no_log_line_holds_an_argument_value(
             timeout=10,
         )
         gateway.Decide(decide_request(run_id=run, step_id=2, action="refund.create", args={**args, "amount": 250}))
-        # amount is not a number: the CEL condition fails and the policy fails closed (logged with its error).
+        # amount is not a number: the sum budget cannot add it and the policy fails closed (limits layer).
         gateway.Decide(decide_request(run_id=run, step_id=3, action="refund.create", args={**args, "amount": note}))
+        # A CEL rule over the args: one stop (eleven recipients), one evaluation error (size of a number).
+        bulk = gateway.Decide(
+            decide_request(run_id=run, step_id=6, action="email.send", args={**args, "to": [email] * 11}), timeout=10
+        )
+        cel_error = gateway.Decide(
+            decide_request(run_id=run, step_id=7, action="email.send", args={**args, "to": 3.5}), timeout=10
+        )
         stopped = gateway.Decide(decide_request(run_id=run, step_id=4, action="admin.wipe", args=args), timeout=10)
         with pytest.raises(grpc.RpcError):
             gateway.ReportResult(
@@ -490,6 +497,7 @@ def test_no_log_line_holds_an_argument_value(
             )
         with pytest.raises(grpc.RpcError):
             gateway.Decide(decide_request(run_id="", step_id=5, args=args), timeout=10)
+    assert (bulk.reason, cel_error.reason) == ("bulk_email_blocked", "policy_error")
     log = gw.log()
     for secret in (email, phone, card, note, output):
         assert secret not in log
