@@ -654,3 +654,30 @@ async def _readiness_states() -> None:
             assert await status("liveness") == NOT_SERVING
     finally:
         await server.stop(None)
+
+
+# --- alerting rules ----------------------------------------------------------------------------------------------
+
+RULES = ROOT / "deploy" / "prometheus"
+
+
+def test_alerting_rules_pass_promtool_and_their_unit_tests() -> None:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is required (Debian package prometheus; scripts/system_deps.sh installs it)"
+    for args in (["check", "rules", "agentaudit-rules.yaml"], ["test", "rules", "agentaudit-rules.test.yaml"]):
+        result = subprocess.run([promtool, *args], cwd=RULES, capture_output=True, text=True, timeout=60, check=False)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_alerting_rules_name_only_metrics_the_sidecar_exports(observed: tuple[RunningGateway, int, str]) -> None:
+    _, port, _ = observed
+    exported = set(re.findall(r"^# TYPE (agentaudit_\w+) ", scrape(port), re.MULTILINE))
+    rules = yaml.safe_load((RULES / "agentaudit-rules.yaml").read_text())
+    used = {
+        name
+        for group in rules["groups"]
+        for rule in group["rules"]
+        for name in re.findall(r"\bagentaudit_\w+", rule["expr"])
+    }
+    assert used, "the rules reference agentaudit metrics"
+    assert used <= exported, f"rules use metrics that are not exported: {sorted(used - exported)}"
