@@ -221,6 +221,11 @@ class Sidecar:
             self.operator_bound = self._listen(self._operator_server, cfg.operator.listen, _tls(cfg.operator))
             await self._operator_server.start()
         await self._server.start()
+        if cfg.server.unix_socket_mode:
+            mode = int(cfg.server.unix_socket_mode, 8)
+            for address in self.bound:
+                if address.startswith("unix://"):
+                    os.chmod(address[len("unix://") :], mode)
         self.stage = ""
         for stage in RETRYABLE_STAGES:
             self.health.report(stage, "")  # a retried start succeeded

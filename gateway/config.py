@@ -35,6 +35,9 @@ class ServerConfig:
     max_depth: int = 32
     max_message_bytes: int = 1024 * 1024
     shutdown_grace_s: float = 10.0
+    # Octal mode of the agent unix sockets, e.g. "0660" so an agent of another uid sharing the group can connect;
+    # empty: as created (the process umask; usually only the owner can connect).
+    unix_socket_mode: str = ""
 
 
 @dataclass(frozen=True)
@@ -302,6 +305,11 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("audit.prune_interval_s: must be between 1 second and 7 days")
     if not cfg.server.listen:
         raise ConfigError("server.listen: at least one address is required")
+    socket_mode = cfg.server.unix_socket_mode
+    if socket_mode and not re.fullmatch(r"0?[0-7]{3}", socket_mode):
+        raise ConfigError(f"server.unix_socket_mode: expected an octal mode like 0660, got {socket_mode!r}")
+    if socket_mode and int(socket_mode, 8) & 0o007:
+        raise ConfigError("server.unix_socket_mode: others must get no access (the last digit must be 0)")
     for key, value, low, high in (
         ("server.max_args_bytes", cfg.server.max_args_bytes, 1, 16 * 1024 * 1024),
         ("server.max_depth", cfg.server.max_depth, 1, 100),

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sqlite3
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import grpc
@@ -13,7 +18,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from agentaudit.v1 import gateway_pb2, types_pb2
 from gateway.journal.store import iter_bodies
-from tests.conftest import RunningGateway, run_cli, start_gateway
+from tests.conftest import ROOT, RunningGateway, run_cli, start_gateway
 from tests.gateway_helpers import decide_request, journal_count, stub
 
 
@@ -206,3 +211,41 @@ def test_events_cli_prints_json_lines_filtered_by_run(gateway_server: RunningGat
     lines = [json.loads(line) for line in out.splitlines()]
     assert [(e["run_id"], e["kind"]) for e in lines] == [("run_a", "pre_exec")]
     assert isinstance(lines[0]["seq"], int)
+
+
+def _decide_as(uid_gid: tuple[str, str], target: str) -> subprocess.CompletedProcess[str]:
+    """A Decide from another process running as USER:GROUP (setpriv), over the unix socket."""
+    code = (
+        "import sys; from tests.gateway_helpers import decide_request, stub\n"
+        f"channel, gw = stub({target!r})\n"
+        "print(gw.Decide(decide_request(run_id='socket-mode'), timeout=5).decision)\n"
+    )
+    user, group = uid_gid
+    return subprocess.run(
+        ["setpriv", f"--reuid={user}", f"--regid={group}", "--clear-groups", sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as another uid")
+def test_unix_socket_mode_lets_a_group_member_connect() -> None:
+    """server.unix_socket_mode 0660: a process of another uid in the socket's group connects; others cannot."""
+    # Outside pytest's 0700 temporary root, so the other uid can reach the socket's directory.
+    directory = Path(tempfile.mkdtemp(prefix="aa-sock-"))
+    directory.chmod(0o755)
+    gw = start_gateway(directory / "gw", extra_env={"AGENTAUDIT_SERVER_UNIX_SOCKET_MODE": "0660"})
+    try:
+        (directory / "gw").chmod(0o755)
+        sock = Path(gw.unix_target[len("unix://") :])
+        assert sock.stat().st_mode & 0o777 == 0o660
+        group_member = _decide_as(("nobody", "0"), gw.unix_target)  # gid 0 is the socket's group (root's)
+        assert group_member.returncode == 0, group_member.stderr
+        outsider = _decide_as(("nobody", "nogroup"), gw.unix_target)
+        assert outsider.returncode != 0 and "UNAVAILABLE" in outsider.stderr
+    finally:
+        gw.stop()
+        shutil.rmtree(directory, ignore_errors=True)
