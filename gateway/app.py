@@ -245,7 +245,8 @@ class Sidecar:
                     listen=(f"unix://{socket_path}",),
                     store=f"sqlite://{cfg.forward.collector_db.resolve()}",
                     witness_key=cfg.forward.witness_key,
-                )
+                ),
+                embedded=True,
             )
             await self._collector.start()
             assert self._collector.store is not None

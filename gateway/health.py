@@ -15,7 +15,8 @@ NOT_SERVING ("broken, look at the logs"); Kubernetes treats both as not ready. L
 restart may cure (the journal cannot be written: a stale lock, a remounted volume); a policy that does not load is
 fixed by its author, and restarting would only hide the reason.
 
-Problems are named by component (``journal``, ``policy``) and cleared by the component that raised them.
+Problems are named by component (``journal``, ``policy``; the collector's ``store``) and cleared by the component
+that raised them. The collector uses the same states: readiness NOT_SERVING while its database is unavailable.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 LIVENESS = "liveness"
 JOURNAL = "journal"
 POLICY = "policy"
+STORE = "store"  # the collector's database
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -43,8 +45,10 @@ _UNKNOWN = health_pb2.HealthCheckResponse.UNKNOWN
 class Health:
     """The sidecar's (or collector's) health state, published to a shared ``HealthServicer``."""
 
-    def __init__(self, readiness_services: Iterable[str]) -> None:
+    def __init__(self, readiness_services: Iterable[str], *, export_metric: bool = True) -> None:
         self.servicer = HealthServicer()
+        # One agentaudit_health_state per process: an embedded collector (dev) leaves it to the sidecar.
+        self._export_metric = export_metric
         self._readiness = ("", *readiness_services)
         self._started = False
         self._stopping = False
@@ -72,7 +76,8 @@ class Health:
         for name in self._readiness:
             await self.servicer.set(name, readiness)
         await self.servicer.set(LIVENESS, _NOT_SERVING if JOURNAL in self._problems else _SERVING)
-        metrics.HEALTH_STATE.state(state)
+        if self._export_metric:
+            metrics.HEALTH_STATE.state(state)
 
     async def started(self) -> None:
         """Start-up finished: ready unless a problem is open."""
@@ -82,7 +87,8 @@ class Health:
     async def stopping(self) -> None:
         """Shutdown began: every service answers NOT_SERVING from now on, whatever happens next."""
         self._stopping = True
-        metrics.HEALTH_STATE.state("stopping")
+        if self._export_metric:
+            metrics.HEALTH_STATE.state("stopping")
         await self.servicer.enter_graceful_shutdown()
 
     def report(self, component: str, problem: str) -> None:

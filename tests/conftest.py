@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,6 +138,39 @@ def gateway_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running
         yield gw
     finally:
         gw.stop()
+
+
+POSTGRES_DSN = os.environ.get("AGENTAUDIT_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture
+def postgres_database() -> Iterator[str]:
+    """A fresh PostgreSQL database on the test server, dropped afterwards; skipped (or, with
+    AGENTAUDIT_REQUIRE_POSTGRES=1, failed) when the server is unreachable."""
+    import asyncio  # noqa: PLC0415
+
+    import asyncpg  # noqa: PLC0415
+
+    name = f"aa_test_{uuid.uuid4().hex[:12]}"
+
+    async def execute(statement: str) -> None:
+        conn = await asyncpg.connect(POSTGRES_DSN, timeout=5)
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(execute(f"CREATE DATABASE {name}"))
+    except (OSError, asyncpg.PostgresError) as exc:
+        reason = f"PostgreSQL at {POSTGRES_DSN.rsplit('@', 1)[-1]} unavailable: {exc}"
+        if os.environ.get("AGENTAUDIT_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"AGENTAUDIT_REQUIRE_POSTGRES=1 but {reason}")
+        pytest.skip(reason)
+    try:
+        yield f"{POSTGRES_DSN.rsplit('/', 1)[0]}/{name}"
+    finally:
+        asyncio.run(execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
 
 
 def run_cli(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:

@@ -34,7 +34,6 @@ import sys
 import tempfile
 import time
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -521,40 +520,10 @@ def test_image_entrypoint_serves_decides_and_stops_cleanly(image: Image, base: P
 
 # --- the collector topology ------------------------------------------------------------------------------------
 
-POSTGRES_DSN = os.environ.get("AGENTAUDIT_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 COLLECTOR_MOUNTS = {  # the collector pod's mounts (deploy/kubernetes/collector/deployment.yaml)
     "/etc/agentaudit": "collector/etc/agentaudit",  # collector.yaml + origins/*.pub, read-only
     "/run/secrets/agentaudit": "collector/run/secrets/agentaudit",  # witness.key: install-keys' 0600 copy
 }
-
-
-@pytest.fixture
-def postgres_database() -> Iterator[str]:
-    """A fresh PostgreSQL database on the test server (the collector's tables go in its own schema)."""
-    import asyncio  # noqa: PLC0415
-
-    import asyncpg  # noqa: PLC0415
-
-    name = f"aa_image_{uuid.uuid4().hex[:12]}"
-
-    async def execute(statement: str) -> None:
-        conn = await asyncpg.connect(POSTGRES_DSN, timeout=5)
-        try:
-            await conn.execute(statement)
-        finally:
-            await conn.close()
-
-    try:
-        asyncio.run(execute(f"CREATE DATABASE {name}"))
-    except (OSError, asyncpg.PostgresError) as exc:
-        reason = f"PostgreSQL at {POSTGRES_DSN.rsplit('@', 1)[-1]} unavailable: {exc}"
-        if os.environ.get("AGENTAUDIT_REQUIRE_POSTGRES") == "1":
-            pytest.fail(f"AGENTAUDIT_REQUIRE_POSTGRES=1 but {reason}")
-        pytest.skip(reason)
-    try:
-        yield f"{POSTGRES_DSN.rsplit('/', 1)[0]}/{name}"
-    finally:
-        asyncio.run(execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
 
 
 def test_image_runs_the_collector_and_the_sidecar_forwards_to_it(

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
 
+import asyncpg
 import grpc
 import pytest
 import yaml
@@ -29,12 +30,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
-from agentaudit.v1 import gateway_pb2, operator_pb2, types_pb2
+from agentaudit.v1 import collector_pb2, collector_pb2_grpc, gateway_pb2, operator_pb2, types_pb2
 from gateway import devenv
+from gateway.collector.app import Collector, CollectorConfig
 from gateway.health import JOURNAL, POLICY, Health
 from gateway.journal.store import iter_bodies
 from gateway.signing import Ed25519Signer, write_secret_file
-from tests.conftest import AGENTAUDIT, ROOT, RunningGateway, free_port, run_cli, start_gateway
+from tests.conftest import AGENTAUDIT, POSTGRES_DSN, ROOT, RunningGateway, free_port, run_cli, start_gateway
 from tests.gateway_helpers import decide_request, stub
 from tests.operator_helpers import auth, operator_stub
 
@@ -681,3 +683,66 @@ def test_alerting_rules_name_only_metrics_the_sidecar_exports(observed: tuple[Ru
     }
     assert used, "the rules reference agentaudit metrics"
     assert used <= exported, f"rules use metrics that are not exported: {sorted(used - exported)}"
+
+
+def test_collector_readiness_follows_its_database(tmp_path: Path, postgres_database: str) -> None:
+    """The collector's database goes away: NOT_SERVING (liveness unaffected) until the store answers again."""
+    write_secret_file(tmp_path / "witness.key", Ed25519Signer.generate("witness.test").encode_private() + "\n")
+    config = CollectorConfig(listen=("127.0.0.1:0",), store=postgres_database, witness_key=tmp_path / "witness.key")
+
+    async def scenario() -> None:
+        collector = Collector(config)
+        await collector.start()
+        try:
+            target = collector.bound[0]
+            async with grpc.aio.insecure_channel(target) as channel:
+                check = health_pb2_grpc.HealthStub(channel).Check
+                ingest = collector_pb2_grpc.CollectorServiceStub(channel).Ingest
+
+                async def readiness() -> int:
+                    return int((await check(health_pb2.HealthCheckRequest())).status)
+
+                async def settles_at(status: int) -> int:
+                    # The servicer schedules the health update rather than awaiting it: allow it a moment.
+                    for _ in range(100):
+                        if await readiness() == status:
+                            break
+                        await asyncio.sleep(0.02)
+                    return await readiness()
+
+                async def send() -> grpc.StatusCode:
+                    request = collector_pb2.IngestRequest(
+                        origin="nobody.example/x",
+                        entries=[collector_pb2.JournalEntry(seq=0, entry=b"x", signature=b"y")],
+                        checkpoint="nobody.example/x\n1\nAAAA\n",
+                    )
+                    with pytest.raises(grpc.aio.AioRpcError) as refused:
+                        await ingest(request, timeout=10)
+                    return refused.value.code()
+
+                assert await readiness() == SERVING
+                await _database_outage(postgres_database, down=True)
+                assert await send() == grpc.StatusCode.UNAVAILABLE
+                assert await settles_at(NOT_SERVING) == NOT_SERVING
+                assert int((await check(health_pb2.HealthCheckRequest(service="liveness"))).status) == SERVING
+                # The database is back and the pool reconnects: the store answers (this batch is refused for its
+                # unknown origin, which is an answer).
+                await _database_outage(postgres_database, down=False)
+                assert await send() == grpc.StatusCode.FAILED_PRECONDITION
+                assert await settles_at(SERVING) == SERVING
+        finally:
+            await collector.aclose()
+
+    asyncio.run(scenario())
+
+
+async def _database_outage(dsn: str, *, down: bool) -> None:
+    """Refuses (down) or allows new connections to the database, ending the collector's sessions when down."""
+    name = dsn.rsplit("/", 1)[1]
+    conn = await asyncpg.connect(POSTGRES_DSN, timeout=5)
+    try:
+        await conn.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS {'false' if down else 'true'}")
+        if down:
+            await conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name)
+    finally:
+        await conn.close()

@@ -34,14 +34,14 @@ from typing import Any
 
 import grpc
 import yaml
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1._async import HealthServicer
+from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from gateway.collector.service import SERVICE_NAME, CollectorServicer, collector_handler
 from gateway.collector.store import CollectorStore, CollectorUnavailableError
 from gateway.config import HOST_PORT_RE
 from gateway.errors import ConfigError
+from gateway.health import STORE, Health
 from gateway.net import prepare_unix_socket
 from gateway.signing import Ed25519Signer, Verifier, load_signer, load_verifier
 
@@ -188,13 +188,13 @@ async def retention_loop(
 class Collector:
     """A running collector (own gRPC server)."""
 
-    def __init__(self, config: CollectorConfig) -> None:
+    def __init__(self, config: CollectorConfig, *, embedded: bool = False) -> None:
         self.config = config
         self.bound: list[str] = []
         self.store: CollectorStore | None = None
         self.servicer: CollectorServicer | None = None
         self._server: grpc.aio.Server | None = None
-        self._health: HealthServicer | None = None
+        self.health = Health([SERVICE_NAME], export_metric=not embedded)
         self._retention: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -219,11 +219,11 @@ class Collector:
             max_batch_entries=cfg.max_batch_entries,
             max_inflight=cfg.max_inflight,
             search_tokens=cfg.search_tokens,
+            on_store_health=lambda problem: self.health.report(STORE, problem),
         )
         self._server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20)])
         self._server.add_generic_rpc_handlers([collector_handler(self.servicer)])
-        self._health = HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self._server)
         reflection.enable_server_reflection([SERVICE_NAME, reflection.SERVICE_NAME], self._server)
         for address in cfg.listen:
             if address.startswith("unix://"):
@@ -233,8 +233,7 @@ class Collector:
                 raise ConfigError(f"collector cannot listen on {address}")
             self.bound.append(f"{address.rsplit(':', 1)[0]}:{port}" if address.endswith(":0") else address)
         await self._server.start()
-        for name in ("", SERVICE_NAME):
-            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self.health.started()
         if cfg.retention_days is not None:
             self._retention = asyncio.create_task(
                 retention_loop(self.store, cfg.retention_days, cfg.prune_interval_s), name="collector-retention"
@@ -248,8 +247,7 @@ class Collector:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._health is not None:
-            await self._health.enter_graceful_shutdown()
+        await self.health.stopping()
         if self._server is not None:
             await self._server.stop(5)
             self._server = None

@@ -49,7 +49,9 @@ from gateway.journal.query import EventFilter
 from gateway.signing import Ed25519Signer, Verifier
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-_DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+# InternalClientError: asyncpg's protocol state on a connection the server ended mid-operation (seen when the
+# database goes away under load); the connection is discarded and the store reported unavailable, like the rest.
+_DATABASE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
 
 _SELECT_STATE_FOR_UPDATE = (
     "SELECT keys, size, last_leaf_hash, tree_state, cosigned_note, cosigned_root FROM origins "

@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -18,7 +19,7 @@ from gateway import metrics
 from gateway.api.filters import INT64, parse_event_filter
 from gateway.api.rpc import Context, service_handler
 from gateway.collector.ingest import IngestRejected
-from gateway.collector.store import CollectorEventFilter, CollectorStore, SearchCursor
+from gateway.collector.store import CollectorEventFilter, CollectorStore, CollectorUnavailableError, SearchCursor
 from gateway.errors import (
     FailedPreconditionError,
     FieldViolation,
@@ -48,8 +49,11 @@ class CollectorServicer:
         max_batch_entries: int,
         max_inflight: int,
         search_tokens: tuple[str, ...] = (),
+        on_store_health: Callable[[str], None] | None = None,
     ) -> None:
         self._store = store
+        # Told the error when the store is unavailable and "" when it answers again (health readiness).
+        self._on_store_health = on_store_health
         self._search_tokens = [bytes.fromhex(t) for t in search_tokens]
         self._witness = witness
         self._max_batch = max_batch_entries
@@ -81,18 +85,27 @@ class CollectorServicer:
                 outcome = await self._store.ingest(
                     request.origin, entries, request.checkpoint, self._witness, int(time.time())
                 )
+            except CollectorUnavailableError as exc:
+                self._store_health(str(exc))
+                raise
             except IngestRejected as exc:
+                self._store_health("")
                 self.rejections[exc.code] = self.rejections.get(exc.code, 0) + 1
                 metrics.COLLECTOR_REJECTIONS.labels(str(exc.code)).inc()
                 if not exc.is_evidence:  # the store already logged rollback/fork evidence at ERROR
                     log.warning("refused a batch from %s: %s", request.origin, exc)
                 # The "rejected:<code>:" prefix lets a forwarder tell a refusal from a fault.
                 raise FailedPreconditionError(f"rejected:{exc.code}: {exc.detail}") from None
+        self._store_health("")
         metrics.COLLECTOR_BATCHES.inc()
         metrics.COLLECTOR_INGESTED_ENTRIES.inc(outcome.accepted)
         return collector_pb2.IngestResponse(
             size=outcome.size, cosigned_checkpoint=outcome.cosigned_note, accepted=outcome.accepted
         )
+
+    def _store_health(self, problem: str) -> None:
+        if self._on_store_health is not None:
+            self._on_store_health(problem)
 
     def _authorise_search(self, context: Context) -> None:
         if not self._search_tokens:
