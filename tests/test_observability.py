@@ -746,3 +746,31 @@ async def _database_outage(dsn: str, *, down: bool) -> None:
             await conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name)
     finally:
         await conn.close()
+
+
+def test_policy_reload_metrics(observed: tuple[RunningGateway, int, str]) -> None:
+    """A bad edit counts as rejected and keeps the version; a good one is applied and moves the info series."""
+    gw, port, _ = observed
+    policy = gw.dir / "policy.yaml"
+    original = policy.read_text()
+    before = scrape(port)
+    (old_version,) = re.findall(r'agentaudit_policy_info\{version="([^"]+)"\} 1', before)
+    policy.write_text(original + "\nnot: [valid\n")
+    wait_for(
+        lambda: (
+            value(scrape(port), "agentaudit_policy_reloads_total", result="rejected")
+            > value(before, "agentaudit_policy_reloads_total", result="rejected")
+        ),
+        what="a rejected reload",
+    )
+    assert value(scrape(port), "agentaudit_policy_info", version=old_version) == 1
+    policy.write_text(original.replace("expires_in: 1h", "expires_in: 2h", 1))
+    wait_for(
+        lambda: (
+            value(scrape(port), "agentaudit_policy_reloads_total", result="applied")
+            > value(before, "agentaudit_policy_reloads_total", result="applied")
+        ),
+        what="an applied reload",
+    )
+    versions = re.findall(r'agentaudit_policy_info\{version="([^"]+)"\} 1', scrape(port))
+    assert len(versions) == 1 and versions[0] != old_version
