@@ -154,6 +154,7 @@ class Sidecar:
             max_batch=cfg.journal.max_batch,
             busy_timeout_ms=cfg.journal.busy_timeout_ms,
             on_health=lambda problem: self.health.report(health.JOURNAL, problem),
+            probe_interval_s=cfg.journal.probe_interval_s,
         )
         await self._writer.start()
         self.stage = "api"

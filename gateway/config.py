@@ -48,6 +48,7 @@ class JournalConfig:
     signing_key: Path = Path("signing.key")
     busy_timeout_ms: int = 5000
     max_batch: int = 512
+    probe_interval_s: float = 5.0  # while idle, check this often that the journal is writable (health); 0: off
 
 
 @dataclass(frozen=True)
@@ -330,6 +331,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("forward.batch_max_age_s / idle_checkpoint_s: out of range")
     if not 0 < fwd.backoff_initial_s <= fwd.backoff_max_s <= 3600:
         raise ConfigError("forward.backoff_initial_s must be positive and at most forward.backoff_max_s")
+    if cfg.journal.probe_interval_s and not 0.05 <= cfg.journal.probe_interval_s <= 3600:
+        raise ConfigError("journal.probe_interval_s: must be 0 (off) or between 0.05 and 3600 seconds")
     if not 0.05 <= cfg.policy.watch_interval_s <= 3600:
         raise ConfigError("policy.watch_interval_s: must be between 0.05 and 3600 seconds")
     if cfg.log.level.lower() not in _LOG_LEVELS:

@@ -8,6 +8,7 @@ service, the OTLP stream on a local receiver, the stderr log.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import json
 import re
@@ -774,3 +775,35 @@ def test_policy_reload_metrics(observed: tuple[RunningGateway, int, str]) -> Non
     )
     versions = re.findall(r'agentaudit_policy_info\{version="([^"]+)"\} 1', scrape(port))
     assert len(versions) == 1 and versions[0] != old_version
+
+
+def test_an_idle_sidecar_notices_a_journal_it_cannot_write(tmp_path: Path) -> None:
+    """No request arrives: the write probe finds the journal locked by another process, and later free again."""
+    health_port = free_port()
+    target = f"127.0.0.1:{health_port}"
+    gw = start_gateway(
+        tmp_path / "gw",
+        extra_env={
+            "AGENTAUDIT_HEALTH_LISTEN": target,
+            "AGENTAUDIT_JOURNAL_PROBE_INTERVAL_S": "0.2",
+            "AGENTAUDIT_JOURNAL_BUSY_TIMEOUT_MS": "100",
+        },
+    )
+    blocker = sqlite3.connect(gw.journal_path, isolation_level=None)
+    try:
+        before = journal_rows(gw.journal_path)
+        blocker.execute("BEGIN IMMEDIATE")
+        wait_for(lambda: health(target) == NOT_SERVING, what="readiness NOT_SERVING without any request")
+        assert health(target, "liveness") == NOT_SERVING
+        blocker.execute("ROLLBACK")
+        wait_for(lambda: health(target) == SERVING, what="SERVING once the lock is released")
+        assert journal_rows(gw.journal_path) == before, "the probe writes nothing to the journal"
+    finally:
+        blocker.close()
+        gw.stop()
+    assert "write probe failed" in gw.log()
+
+
+def journal_rows(path: Path) -> int:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return int(conn.execute("SELECT count(*) FROM journal").fetchone()[0])

@@ -75,11 +75,16 @@ class JournalWriter:
         max_batch: int = 512,
         busy_timeout_ms: int = 5000,
         on_health: Callable[[str], None] | None = None,
+        probe_interval_s: float = 0.0,
     ) -> None:
         self.path = path
         # Told "" after a commit succeeds and the error after one fails (only on a change): health and readiness.
         self._on_health = on_health
         self._problem = ""
+        # While idle, check this often that the journal can still be written (0: only commits tell).
+        self._probe_interval_s = probe_interval_s
+        self._probe_task: asyncio.Task[None] | None = None
+        self._last_commit = time.monotonic()
         self.origin = signer.name
         self._signer = signer
         self._max_batch = max_batch
@@ -109,6 +114,8 @@ class JournalWriter:
         self._loop = loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self._open)
         self._task = asyncio.create_task(self._run(), name="journal-writer")
+        if self._probe_interval_s > 0 and self._on_health is not None:
+            self._probe_task = asyncio.create_task(self._probe_loop(), name="journal-probe")
 
     def _open(self) -> None:
         if not self.path.exists():
@@ -190,6 +197,7 @@ class JournalWriter:
                     continue
                 if self._problem:
                     self._set_problem("")
+                self._last_commit = time.monotonic()
                 self._next_seq, self._prev_hash = receipts[-1].seq + 1, receipts[-1].leaf_hash
                 self.batches_committed += 1
                 self.entries_committed += len(rows)
@@ -268,6 +276,41 @@ class JournalWriter:
         # Row layout (seq, entry, signature, ...): the stored bytes of each entry and its signature.
         metrics.JOURNAL_BYTES.inc(sum(len(row[1]) + len(row[2]) for row in rows))
 
+    async def _probe_loop(self) -> None:
+        """While no commit has happened for an interval, probes writability so health sees an idle breakage."""
+        loop = asyncio.get_running_loop()
+        while not self._closing:
+            await asyncio.sleep(self._probe_interval_s)
+            if self._closing or self._pending or time.monotonic() - self._last_commit < self._probe_interval_s:
+                continue
+            try:
+                await loop.run_in_executor(self._executor, self._probe)
+            except (sqlite3.Error, OSError, JournalUnavailableError) as exc:
+                self._set_problem(f"write probe failed: {exc}")
+            except RuntimeError:
+                return  # the executor shut down: closing
+            else:
+                if self._problem:
+                    self._set_problem("")
+
+    def _probe(self) -> None:
+        """On the writer thread: takes and releases the write lock, and writes and syncs a file beside the journal.
+
+        Nothing is written to the journal. The lock catches another process holding the database; the file catches
+        a volume that went read-only or fails its I/O (a full disk shows only when a commit needs the space).
+        """
+        conn = self._conn
+        if conn is None:
+            raise JournalUnavailableError("journal is closed")
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
+        fd = os.open(self.path.with_name(self.path.name + ".probe"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, b"ok\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
     async def _resync(self, loop: asyncio.AbstractEventLoop) -> None:
         """After a failed commit, re-reads the tail so seq and chain continue from what is really stored."""
         try:
@@ -281,6 +324,10 @@ class JournalWriter:
             return
         self._closing = True
         self._wake.set()
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe_task
         if self._task is not None:
             await self._task
         loop = asyncio.get_running_loop()
