@@ -512,6 +512,19 @@ def test_no_log_line_holds_an_argument_value(
         assert {"ts", "level", "logger", "msg"} <= set(record)
 
 
+def test_no_log_line_holds_an_operator_token(debug_sidecar: RunningGateway) -> None:
+    gw = debug_sidecar
+    wrong = "wrong-token-" + "x" * 24
+    channel, operator = operator_stub(gw.operator_target)
+    with channel:
+        operator.ListApprovals(operator_pb2.ListApprovalsRequest(), metadata=auth(gw.operator_token), timeout=10)
+        with pytest.raises(grpc.RpcError) as refused:
+            operator.ListApprovals(operator_pb2.ListApprovalsRequest(), metadata=auth(wrong), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    log = gw.log()
+    assert gw.operator_token not in log and wrong not in log
+
+
 def test_log_format_text_for_dev_and_json_for_serve(tmp_path: Path) -> None:
     gw = start_gateway(tmp_path / "dev")
     gw.stop()
