@@ -53,7 +53,7 @@ class Health:
         self._started = False
         self._stopping = False
         self._problems: dict[str, str] = {}
-        self._publishing: asyncio.Task[None] | None = None
+        self._publishing: set[asyncio.Task[None]] = set()  # strong references until each update is done
 
     @property
     def state(self) -> str:
@@ -103,4 +103,6 @@ class Health:
             del self._problems[component]
             log.warning("health: %s recovered", component)
         # Publishing awaits the servicer's lock; schedule it so synchronous callers (the journal writer) can call.
-        self._publishing = asyncio.get_running_loop().create_task(self.publish())
+        task = asyncio.get_running_loop().create_task(self.publish())
+        self._publishing.add(task)
+        task.add_done_callback(self._publishing.discard)
