@@ -94,6 +94,7 @@ class PolicyManager:
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._sighup = False
+        self._reloads: set[asyncio.Task[ReloadOutcome]] = set()  # SIGHUP reloads, held until done
 
     def _file_stamp(self) -> tuple[int, int, int] | None:
         try:
@@ -164,6 +165,8 @@ class PolicyManager:
 
     def _on_sighup(self) -> None:
         task = asyncio.get_running_loop().create_task(self.reload(TRIGGER_SIGHUP))
+        self._reloads.add(task)  # asyncio holds tasks weakly
+        task.add_done_callback(self._reloads.discard)
         task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
 
     async def _watch(self) -> None:
