@@ -11,7 +11,6 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import signal
 import sys
 import time
@@ -810,7 +809,7 @@ def build_parser() -> argparse.ArgumentParser:
         return value
 
     def trace_id(value: str) -> str:
-        if not re.fullmatch(r"[0-9a-f]{32}", value):
+        if not query.is_trace_id(value):
             raise argparse.ArgumentTypeError(f"{value!r} is not a W3C trace id (32 lower-case hex digits)")
         return value
 

@@ -172,8 +172,9 @@ class Config:
 
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("json", "text")
-HOST_PORT_RE = re.compile(r"^([A-Za-z0-9.\-]+|\[[0-9a-fA-F:]+\]):\d{1,5}$")
-_LISTEN_RE = re.compile(r"^(unix://.+|[A-Za-z0-9.\-]+:\d{1,5}|\[[0-9a-fA-F:]+\]:\d{1,5})$")
+_HOST_PORT = r"([A-Za-z0-9.\-]+|\[[0-9a-fA-F:]+\]):\d{1,5}"
+HOST_PORT_RE = re.compile(rf"^{_HOST_PORT}$")
+_LISTEN_RE = re.compile(rf"^(unix://.+|{_HOST_PORT})$")
 
 
 def _coerce(key: str, value: Any, annotation: Any, base: Path) -> Any:

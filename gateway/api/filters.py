@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from agentaudit.v1 import operator_pb2
 from gateway.errors import FieldViolation, InvalidRequestError
+from gateway.journal.query import is_trace_id
 
 MAX_FILTER_BYTES = 256
 _FILTER_TEXTS = (
@@ -23,7 +23,6 @@ _FILTER_TEXTS = (
     "origin",
 )
 INT64 = (-(2**63), 2**63 - 1)
-_TRACE_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 
 
 def parse_event_filter(f: operator_pb2.EventFilter) -> tuple[dict[str, Any], str | None]:
@@ -40,7 +39,7 @@ def parse_event_filter(f: operator_pb2.EventFilter) -> tuple[dict[str, Any], str
             violations.append(FieldViolation(f"filter.{name}", "must be printable text of at most 256 bytes"))
     since = _clamp(f.since.ToNanoseconds()) if f.HasField("since") else None
     until = _clamp(f.until.ToNanoseconds()) if f.HasField("until") else None
-    if f.trace_id and not _TRACE_ID_RE.match(f.trace_id):
+    if f.trace_id and not is_trace_id(f.trace_id):
         violations.append(FieldViolation("filter.trace_id", "must be a W3C trace id: 32 lower-case hex digits"))
     if since is not None and until is not None and since >= until:
         violations.append(FieldViolation("filter.since", "must be earlier than filter.until"))

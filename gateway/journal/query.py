@@ -41,6 +41,14 @@ KINDS: tuple[str, ...] = tuple(k.label for k in EventKind)
 DECISIONS: tuple[str, ...] = ("allow", "stop", "approval_required")
 """The values of a body's ``decision`` field (a post-event carries its pre-event's)."""
 
+_TRACE_ID_RE = re.compile(r"[0-9a-f]{32}")
+
+
+def is_trace_id(value: str) -> bool:
+    """A W3C trace id as events store it (``trace_id``): 32 lower-case hex digits."""
+    return _TRACE_ID_RE.fullmatch(value) is not None
+
+
 _DURATION_UNITS_NS = {"s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9, "d": 86400 * 10**9}
 _DURATION_RE = re.compile(r"(\d+)([smhd])")
 _RFC3339_RE = re.compile(
