@@ -1,8 +1,8 @@
 """Optional OpenTelemetry spans for the gRPC servers, exported over OTLP/gRPC (``telemetry.otlp_endpoint``).
 
 Off by default, and then absent: no import of OpenTelemetry, no wrapper on the request path. When on, every RPC
-gets a server span whose parent is the caller's W3C trace context (``traceparent`` metadata, or the Decide
-request's ``traceparent`` field), carrying the ids that link it to the journal: ``agentaudit.event_id``, the
+gets a server span whose parent is the caller's W3C trace context (the Decide request's ``traceparent`` field, else
+the ``traceparent`` metadata), carrying the ids that link it to the journal: ``agentaudit.event_id``, the
 decision and reason. The journal event, in turn, stores the caller's ``trace_id`` and ``span_id``. Never an
 argument value: spans leave the machine.
 
@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from gateway import __version__
+from gateway.api.validation import traceparent_header
 from gateway.config import TelemetryConfig
 from gateway.errors import ConfigError
 
@@ -41,10 +42,13 @@ class Telemetry:
         """A SERVER span for one RPC, child of the caller's trace context if it sent one."""
         from opentelemetry.trace import SpanKind  # noqa: PLC0415 - optional dependency
 
-        carrier = {key: value for key, value in (metadata or ()) if key in ("traceparent", "tracestate")}
+        # The same precedence as the journal's trace_id (GatewayServicer.decide): the request field, else a valid
+        # header, so the span's parent and the event always name the same trace.
         field = getattr(request, "traceparent", "")
-        if "traceparent" not in carrier and isinstance(field, str) and field:
-            carrier["traceparent"] = field
+        traceparent = field if isinstance(field, str) and field else traceparent_header(metadata)
+        carrier = {key: value for key, value in (metadata or ()) if key == "tracestate"}
+        if traceparent:
+            carrier["traceparent"] = traceparent
         parent = self._propagator.extract(carrier)
         attributes: dict[str, Any] = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
         for name in _REQUEST_ATTRIBUTES:
