@@ -8,7 +8,6 @@ service, the OTLP stream on a local receiver, the stderr log.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import json
 import re
@@ -30,6 +29,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from agentaudit.v1 import collector_pb2, collector_pb2_grpc, gateway_pb2, operator_pb2, types_pb2
 from gateway import devenv
@@ -37,8 +37,17 @@ from gateway.collector.app import Collector, CollectorConfig
 from gateway.health import JOURNAL, POLICY, Health
 from gateway.journal.store import iter_bodies
 from gateway.signing import Ed25519Signer, write_secret_file
-from tests.conftest import AGENTAUDIT, POSTGRES_DSN, ROOT, RunningGateway, free_port, run_cli, start_gateway
-from tests.gateway_helpers import decide_request, stub
+from tests.conftest import (
+    AGENTAUDIT,
+    POSTGRES_DSN,
+    ROOT,
+    RunningGateway,
+    free_port,
+    run_cli,
+    start_gateway,
+    wait_serving,
+)
+from tests.gateway_helpers import decide_request, journal_count, stub
 from tests.operator_helpers import auth, operator_stub
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -54,30 +63,14 @@ def scrape(port: int) -> str:
         return str(reply.read().decode())
 
 
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)$")
-
-
-def samples(text: str) -> dict[str, float]:
-    """``name{labels}`` → value, labels as Prometheus prints them (sorted by declaration order)."""
-    out = {}
-    for line in text.splitlines():
-        match = _SAMPLE.match(line)
-        if match:
-            out[match.group(1) + (match.group(2) or "")] = float(match.group(3))
-    return out
-
-
 def value(text: str, name: str, **labels: str) -> float:
-    """The value of one series, 0 if absent; labels given must all match, others are ignored."""
-    total = 0.0
-    for key, val in samples(text).items():
-        metric, _, rest = key.partition("{")
-        if metric != name:
-            continue
-        present = dict(re.findall(r'(\w+)="([^"]*)"', rest))
-        if all(present.get(k) == v for k, v in labels.items()):
-            total += val
-    return total
+    """The sum of the samples called ``name`` whose labels include ``labels`` (0 if none)."""
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 def health(target: str, service: str = "") -> int:
@@ -318,16 +311,11 @@ def start_collector(directory: Path, port: int) -> subprocess.Popen[bytes]:
         stderr=subprocess.STDOUT,
         cwd=ROOT,
     )
-    wait_for(lambda: _serving(f"127.0.0.1:{port}") or proc.poll() is not None, what="collector start")
-    assert proc.poll() is None, (directory / "collector.log").read_text()
-    return proc
-
-
-def _serving(target: str) -> bool:
     try:
-        return health(target) == SERVING
-    except grpc.RpcError:
-        return False
+        wait_serving(f"127.0.0.1:{port}", proc=proc)
+    except (RuntimeError, TimeoutError) as exc:
+        raise AssertionError((directory / "collector.log").read_text()) from exc
+    return proc
 
 
 # --- trace linkage -----------------------------------------------------------------------------------------------
@@ -537,7 +525,7 @@ def test_log_format_text_for_dev_and_json_for_serve(tmp_path: Path) -> None:
         cwd=ROOT,
         env={"PATH": "/usr/bin:/bin", "AGENTAUDIT_FORWARD_TARGET": ""},
     )
-    wait_for(lambda: _serving(f"unix://{sock}") or proc.poll() is not None, what="serve start")
+    wait_serving(f"unix://{sock}", proc=proc)
     proc.terminate()
     _, err = proc.communicate(timeout=15)
     assert proc.returncode == 0, err
@@ -804,19 +792,14 @@ def test_an_idle_sidecar_notices_a_journal_it_cannot_write(tmp_path: Path) -> No
     )
     blocker = sqlite3.connect(gw.journal_path, isolation_level=None)
     try:
-        before = journal_rows(gw.journal_path)
+        before = journal_count(gw.journal_path)
         blocker.execute("BEGIN IMMEDIATE")
         wait_for(lambda: health(target) == NOT_SERVING, what="readiness NOT_SERVING without any request")
         assert health(target, "liveness") == NOT_SERVING
         blocker.execute("ROLLBACK")
         wait_for(lambda: health(target) == SERVING, what="SERVING once the lock is released")
-        assert journal_rows(gw.journal_path) == before, "the probe writes nothing to the journal"
+        assert journal_count(gw.journal_path) == before, "the probe writes nothing to the journal"
     finally:
         blocker.close()
         gw.stop()
     assert "write probe failed" in gw.log()
-
-
-def journal_rows(path: Path) -> int:
-    with contextlib.closing(sqlite3.connect(path)) as conn:
-        return int(conn.execute("SELECT count(*) FROM journal").fetchone()[0])
