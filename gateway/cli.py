@@ -36,6 +36,15 @@ def _env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith("AGENTAUDIT_")}
 
 
+def _stop_on_signals() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM (call from within the running loop): the servers' cue to stop in order."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
 def _serve(cfg_loader: object, banner: bool, directory: Path | None = None) -> int:
     """Runs the sidecar until SIGINT/SIGTERM."""
     from gateway import app  # noqa: PLC0415 - keeps `verify`/`events` free of server imports
@@ -46,10 +55,7 @@ def _serve(cfg_loader: object, banner: bool, directory: Path | None = None) -> i
     app.install_event_loop_policy()
 
     async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        stop = _stop_on_signals()
         sidecar = app.Sidecar(cfg)
         try:
             await sidecar.start_probes()
@@ -287,10 +293,7 @@ def cmd_collector(args: argparse.Namespace) -> int:
     async def main() -> None:
         from gateway import metrics  # noqa: PLC0415
 
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        stop = _stop_on_signals()
         metrics.BUILD_INFO.info({"version": __version__})
         exposition = metrics.serve(cfg.metrics_listen)[0] if cfg.metrics_listen else None
         collector = Collector(cfg)

@@ -158,18 +158,21 @@ def _where(flt: EventFilter) -> tuple[list[str], list[Any]]:
     return where, params
 
 
+# Filters without a column, compared for equality with the body field of the same name.
+_BODY_EQUALITY_FIELDS = ("policy_layer", "policy_rule", "trace_id")
+
+
+def _body_field_is(field: str, wanted: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda body: body.get(field) == wanted
+
+
 def body_predicate(flt: EventFilter) -> Callable[[dict[str, Any]], bool] | None:
     """The filters without a column, as one test on the parsed body; None when there are none."""
     checks: list[Callable[[dict[str, Any]], bool]] = []
-    if flt.policy_layer is not None:
-        layer = flt.policy_layer
-        checks.append(lambda body: body.get("policy_layer") == layer)
-    if flt.policy_rule is not None:
-        rule = flt.policy_rule
-        checks.append(lambda body: body.get("policy_rule") == rule)
-    if flt.trace_id is not None:
-        trace_id = flt.trace_id
-        checks.append(lambda body: body.get("trace_id") == trace_id)
+    for field in _BODY_EQUALITY_FIELDS:
+        wanted = getattr(flt, field)
+        if wanted is not None:
+            checks.append(_body_field_is(field, wanted))
     if flt.actor is not None:
         actor_type, sep, actor_id = flt.actor.partition(":")
         if not sep:
