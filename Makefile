@@ -37,6 +37,7 @@ lint: install
 	$(BIN)/ruff check gateway clients/python/src/agentaudit_client tests bench examples scripts
 	$(BIN)/ruff format --check gateway clients/python/src/agentaudit_client tests bench examples scripts
 	$(BIN)/mypy gateway clients/python/src/agentaudit_client
+	$(BIN)/lint-imports --no-cache
 	cd proto && ../$(BIN)/buf lint
 	cd $(NODE_DIR) && npm run --silent lint
 

@@ -65,7 +65,7 @@ _T = TypeVar("_T")
 
 
 def pre_exec_body(i: int) -> dict[str, Any]:
-    """A pre_exec body with every field gateway.recorder.record_decision writes, for the load generator's request.
+    """A pre_exec body with every field AuditRecorder.record_decision writes, for the load generator's request.
 
     That is the real shape (the recorder always writes all these keys), about 1 KB of canonical JSON.
     """

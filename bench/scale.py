@@ -5,7 +5,7 @@
 1. **Generator.** A journal of N events (default 1,000,000) is written by the real
    :class:`~gateway.journal.writer.JournalWriter` (signed with a fixed seed, hash-chained), as a busy sidecar
    would fill it: 2,000 runs in flight, each adding its next event in every wave of 2,000 concurrent appends
-   (which the writer group-commits). Bodies have every field :mod:`gateway.recorder` writes: ``pre_exec`` /
+   (which the writer group-commits). Bodies have every field :mod:`gateway.sidecar.recorder` writes: ``pre_exec`` /
    ``post_exec`` pairs, about 10 steps per run (so about N/20 runs), five tenants, four agents, some stops, some
    approval chains (asked, granted or denied or expired, resumed), and now and then a ``policy_changed`` or a
    tenant/agent ``kill_switch`` engaged then released (runs it covers are stopped meanwhile). The journal is
@@ -63,9 +63,9 @@ from gateway.journal import query
 from gateway.journal.entry import EventKind
 from gateway.journal.schema import DDL, OPERATOR_CONTEXT_WHERE, indexed_values
 from gateway.journal.store import connect_readonly, iter_bodies, iter_operator_context
+from gateway.journal.trace import CONTEXT_KINDS, build_trace, format_trace
 from gateway.journal.writer import JournalWriter, Receipt, StateChange
 from gateway.signing import Ed25519Signer
-from gateway.trace import CONTEXT_KINDS, build_trace, format_trace
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench" / "results"
@@ -356,7 +356,7 @@ class Traffic:
         retry_after_ms: int | None = None,
         resumed: str = "",
     ) -> Item:
-        """A pre_exec body with every field gateway.recorder.record_decision writes."""
+        """A pre_exec body with every field gateway.sidecar.recorder.record_decision writes."""
         nanos = self._tick()
         args, redacted = run.pre["args"]
         asking = decision == "approval_required"
@@ -397,7 +397,7 @@ class Traffic:
         return Item(EventKind.PRE_EXEC, body, nanos, run)
 
     def _approval(self, run: Run) -> Item:
-        """The asked approval granted (85%), denied (10%) or expired (5%), as gateway.recorder.record_approval."""
+        """The asked approval granted (85%), denied (10%) or expired (5%), as AuditRecorder.record_approval."""
         nanos = self._tick()
         draw = self._rng.random()
         kind = EventKind.APPROVAL_GRANTED if draw < 0.85 else EventKind.APPROVAL_DENIED
@@ -428,7 +428,7 @@ class Traffic:
         return Item(kind, body, nanos, run)
 
     def _result(self, run: Run) -> Item:
-        """The post_exec of the run's last pre-event, with every field gateway.recorder writes."""
+        """The post_exec of the run's last pre-event, with every field gateway.sidecar.recorder writes."""
         nanos = self._tick()
         rng = self._rng
         pre = run.pre

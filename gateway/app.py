@@ -28,25 +28,26 @@ import grpc
 from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from gateway import __version__, health, metrics, telemetry
+from gateway import __version__, metrics
 from gateway.alerts import AlertDispatcher
 from gateway.api.gateway_service import SERVICE_NAME, GatewayServicer, generic_handler
-from gateway.api.operator_auth import Authenticator
 from gateway.api.operator_service import SERVICE_NAME as OPERATOR_SERVICE_NAME
 from gateway.api.operator_service import OperatorServicer, operator_handler
-from gateway.approvals import ApprovalBook
 from gateway.collector.app import Collector, CollectorConfig
 from gateway.config import Config, OperatorConfig
 from gateway.errors import AgentAuditError, ConfigError
-from gateway.forwarder import Forwarder, GrpcUpstream
 from gateway.journal.store import JournalReader
 from gateway.journal.writer import JournalWriter
-from gateway.killswitch import KillSwitchBoard
-from gateway.net import prepare_unix_socket
-from gateway.policy_manager import PolicyManager, load_document
-from gateway.recorder import AuditRecorder
 from gateway.redaction import Redactor, load_hmac_key
-from gateway.retention import RetentionJob
+from gateway.rpc import health, telemetry
+from gateway.rpc.auth import Authenticator
+from gateway.rpc.net import prepare_unix_socket
+from gateway.sidecar.approvals import ApprovalBook
+from gateway.sidecar.forwarder import Forwarder, GrpcUpstream
+from gateway.sidecar.killswitch import KillSwitchBoard
+from gateway.sidecar.policy_manager import PolicyManager, load_document
+from gateway.sidecar.recorder import AuditRecorder
+from gateway.sidecar.retention import RetentionJob
 from gateway.signing import Ed25519Signer, load_signer
 
 log = logging.getLogger(__name__)

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 
 from gateway.collector.app import Collector, CollectorConfig
-from gateway.forwarder import Forwarder, GrpcUpstream
 from gateway.journal.store import JournalReader
 from gateway.journal.verify import FindingCode, verify_journal
 from gateway.journal.writer import JournalWriter, now_nanos
-from gateway.recorder import AuditRecorder
 from gateway.redaction import Redactor
-from gateway.retention import RetentionJob
+from gateway.sidecar.forwarder import Forwarder, GrpcUpstream
+from gateway.sidecar.recorder import AuditRecorder
+from gateway.sidecar.retention import RetentionJob
 from gateway.signing import Ed25519Signer, write_secret_file
 
 DAY_NS = 86_400 * 1_000_000_000

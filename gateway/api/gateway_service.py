@@ -14,18 +14,19 @@ from agentaudit.v1 import gateway_pb2, types_pb2
 from gateway import metrics, reasons
 from gateway.alerts import Alert, alert_from_decision
 from gateway.api import validation
-from gateway.api.rpc import Context, service_handler
-from gateway.approvals import DENIED, EXPIRED, GRANTED, PENDING, Approval, ApprovalBook
 from gateway.config import ServerConfig
 from gateway.errors import FieldViolation, InvalidRequestError, JournalUnavailableError, ViolationError
 from gateway.ids import new_approval_id, new_event_id, rfc3339_nanos
 from gateway.journal.writer import StateChange, now_nanos
 from gateway.policy.engine import LAYER_APPROVAL
 from gateway.policy.model import ActionRequest, Decision, PolicyEngine, Verdict
-from gateway.recorder import AuditRecorder, PreparedAction
+from gateway.rpc.handlers import Context, service_handler
+from gateway.sidecar.approvals import DENIED, EXPIRED, GRANTED, PENDING, Approval, ApprovalBook
+from gateway.sidecar.recorder import AuditRecorder, PreparedAction
+from gateway.tracecontext import traceparent_header
 
 if TYPE_CHECKING:
-    from gateway.telemetry import Telemetry
+    from gateway.rpc.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ class GatewayServicer:
     async def decide(self, request: gateway_pb2.DecideRequest, context: Context) -> gateway_pb2.DecideResponse:
         """Evaluates and records one proposed action. Answers only after the pre-event is durable."""
         if not request.traceparent:
-            request.traceparent = validation.traceparent_header(context.invocation_metadata())
+            request.traceparent = traceparent_header(context.invocation_metadata())
         action = validation.parse_decide(
             request, max_args_bytes=self._limits.max_args_bytes, max_depth=self._limits.max_depth
         )

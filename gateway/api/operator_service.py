@@ -17,11 +17,7 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from agentaudit.v1 import operator_pb2, types_pb2
-from gateway.api.filters import parse_event_filter
 from gateway.api.gateway_service import APPROVAL_STATES
-from gateway.api.operator_auth import ROLE_ADMIN, ROLE_APPROVER, ROLE_AUDITOR, Authenticator, require
-from gateway.api.rpc import Call, Context, service_handler
-from gateway.approvals import PENDING, Approval, ApprovalBook, Operator
 from gateway.errors import (
     ConfigError,
     FieldViolation,
@@ -30,15 +26,20 @@ from gateway.errors import (
     PermissionDeniedError,
     UnauthenticatedError,
 )
-from gateway.forwarder import Forwarder
+from gateway.identity import Operator
 from gateway.journal.query import EventFilter, last_seq, select_signed
 from gateway.journal.store import JournalReader
-from gateway.killswitch import EngagedSwitch, KillSwitchBoard
-from gateway.policy_manager import TRIGGER_OPERATOR, PolicyManager
-from gateway.recorder import AuditRecorder
+from gateway.rpc.auth import ROLE_ADMIN, ROLE_APPROVER, ROLE_AUDITOR, Authenticator, require
+from gateway.rpc.filters import parse_event_filter
+from gateway.rpc.handlers import Call, Context, service_handler
+from gateway.sidecar.approvals import PENDING, Approval, ApprovalBook
+from gateway.sidecar.forwarder import Forwarder
+from gateway.sidecar.killswitch import EngagedSwitch, KillSwitchBoard
+from gateway.sidecar.policy_manager import TRIGGER_OPERATOR, PolicyManager
+from gateway.sidecar.recorder import AuditRecorder
 
 if TYPE_CHECKING:
-    from gateway.telemetry import Telemetry
+    from gateway.rpc.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 

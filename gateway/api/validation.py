@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
 from typing import Any
 
 from google.protobuf import struct_pb2
@@ -13,6 +12,7 @@ from agentaudit.v1 import gateway_pb2, types_pb2
 from gateway.canonical import JsonPayload, key_sorts_alike, normalise_number
 from gateway.errors import FieldViolation, InvalidRequestError
 from gateway.policy.model import ActionRequest
+from gateway.tracecontext import valid_traceparent
 
 MAX_ID_BYTES = 256
 MAX_LABELS = 64
@@ -23,21 +23,6 @@ MAX_STEP_ID = 2**53 - 1
 
 _ACTION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/\-]{0,255}$")
 _LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/\-]{0,62}$")
-_TRACEPARENT_RE = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
-
-
-def valid_traceparent(value: str) -> bool:
-    """A W3C trace context ``traceparent``: known-format version, non-zero trace and span ids."""
-    match = _TRACEPARENT_RE.match(value)
-    return not (match is None or match.group(1) == "ff" or set(match.group(2)) == {"0"} or set(match.group(3)) == {"0"})
-
-
-def traceparent_header(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
-    """The caller's ``traceparent`` gRPC metadata, or "" if absent or invalid (W3C: an invalid one is ignored)."""
-    for key, value in metadata or ():
-        if key == "traceparent" and isinstance(value, str):
-            return value if valid_traceparent(value) else ""
-    return ""
 
 
 ACTOR_TYPES = {

@@ -41,8 +41,8 @@ from gateway.collector.service import SERVICE_NAME, CollectorServicer, collector
 from gateway.collector.store import CollectorStore, CollectorUnavailableError
 from gateway.config import HOST_PORT_RE
 from gateway.errors import ConfigError
-from gateway.health import STORE, Health
-from gateway.net import prepare_unix_socket
+from gateway.rpc.health import STORE, Health
+from gateway.rpc.net import prepare_unix_socket
 from gateway.signing import Ed25519Signer, Verifier, load_signer, load_verifier
 
 log = logging.getLogger(__name__)

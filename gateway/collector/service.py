@@ -16,8 +16,6 @@ import grpc
 
 from agentaudit.v1 import collector_pb2, operator_pb2
 from gateway import metrics
-from gateway.api.filters import INT64, parse_event_filter
-from gateway.api.rpc import Context, service_handler
 from gateway.collector.ingest import IngestRejected
 from gateway.collector.store import CollectorEventFilter, CollectorStore, CollectorUnavailableError, SearchCursor
 from gateway.errors import (
@@ -28,6 +26,8 @@ from gateway.errors import (
     PermissionDeniedError,
     UnauthenticatedError,
 )
+from gateway.rpc.filters import INT64, parse_event_filter
+from gateway.rpc.handlers import Context, service_handler
 from gateway.signing import Ed25519Signer
 
 log = logging.getLogger(__name__)

@@ -22,11 +22,12 @@ from typing import Any
 
 from gateway import reasons
 from gateway.errors import FailedPreconditionError, NotFoundError, PermissionDeniedError
+from gateway.identity import Operator
 from gateway.journal.entry import EventKind
 from gateway.journal.store import JournalReader
 from gateway.journal.writer import StateChange, now_nanos
 from gateway.policy.model import ActionRequest, Decision
-from gateway.recorder import AuditRecorder, RecordedEvent
+from gateway.sidecar.recorder import AuditRecorder, RecordedEvent
 
 log = logging.getLogger(__name__)
 
@@ -81,14 +82,6 @@ class Approval:
         row["used"] = bool(row["used"])
         row["approvers"] = tuple(json.loads(row["approvers"]))
         return cls(**row)
-
-
-@dataclass(frozen=True)
-class Operator:
-    """An authenticated operator: identity and roles."""
-
-    identity: str
-    roles: frozenset[str]
 
 
 class ApprovalBook:

@@ -598,9 +598,9 @@ def cmd_trace(args: argparse.Namespace) -> int:
     import sqlite3  # noqa: PLC0415
 
     from gateway.journal.store import iter_bodies, iter_operator_context  # noqa: PLC0415
+    from gateway.journal.trace import CONTEXT_KINDS, build_trace, format_trace, verification_from_report  # noqa: PLC0415
     from gateway.journal.verify import verify_journal  # noqa: PLC0415
     from gateway.signing import load_verifier  # noqa: PLC0415
-    from gateway.trace import CONTEXT_KINDS, build_trace, format_trace, verification_from_report  # noqa: PLC0415
 
     path = Path(args.journal)
     verifiers = [load_verifier(Path(p)) for p in args.public_key or []]
@@ -628,7 +628,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
 
 def cmd_policy_check(args: argparse.Namespace) -> int:
-    from gateway.policy_manager import load_document  # noqa: PLC0415
+    from gateway.sidecar.policy_manager import load_document  # noqa: PLC0415
 
     document = load_document(Path(args.file))
     layers = (
@@ -641,7 +641,7 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
 
 def cmd_policy_test(args: argparse.Namespace) -> int:
     from gateway.policy.testing import load_cases, run_cases  # noqa: PLC0415
-    from gateway.policy_manager import load_document  # noqa: PLC0415
+    from gateway.sidecar.policy_manager import load_document  # noqa: PLC0415
 
     document = load_document(Path(args.file))
     tests_path = Path(args.tests)
@@ -931,7 +931,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return EXIT_FAILURE
     return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -22,7 +22,7 @@ from typing import Protocol
 from gateway.journal.merkle import MerkleRoot, decode_state, encode_state
 from gateway.journal.store import JournalReader
 from gateway.journal.writer import now_nanos
-from gateway.recorder import AuditRecorder
+from gateway.sidecar.recorder import AuditRecorder
 
 log = logging.getLogger(__name__)
 

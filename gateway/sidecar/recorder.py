@@ -24,6 +24,7 @@ from gateway.journal.store import JournalReader, StoredEvent
 from gateway.journal.writer import JournalWriter, Receipt, StateChange, now_nanos
 from gateway.policy.model import ActionRequest, Decision, Verdict
 from gateway.redaction import Redactor
+from gateway.tracecontext import trace_ids
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +57,6 @@ class ResultOutcome:
     event_id: str
     duplicate: bool
     violation: bool = False
-
-
-def _trace_ids(traceparent: str) -> tuple[str, str]:
-    if not traceparent:
-        return "", ""
-    parts = traceparent.split("-")
-    return parts[1], parts[2]
 
 
 class AuditRecorder:
@@ -261,7 +255,7 @@ class AuditRecorder:
         """
         nanos = now_nanos()
         shadow = decision.shadow
-        trace_id, span_id = _trace_ids(request.traceparent)
+        trace_id, span_id = trace_ids(request.traceparent)
         event_id = event_id or new_event_id()
         body = {
             "event_id": event_id,

@@ -18,9 +18,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from gateway import __version__
-from gateway.api.validation import traceparent_header
 from gateway.config import TelemetryConfig
 from gateway.errors import ConfigError
+from gateway.tracecontext import traceparent_header
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ from gateway.journal.merkle import MerkleRoot, decode_state
 from gateway.journal.note import Checkpoint, NoteError, SignedNote, sign_checkpoint
 from gateway.journal.store import JournalReader
 from gateway.journal.writer import JournalWriter, now_nanos
-from gateway.recorder import AuditRecorder
+from gateway.sidecar.recorder import AuditRecorder
 from gateway.signing import Ed25519Signer
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from gateway.errors import ConfigError, JournalUnavailableError
 from gateway.policy.document import PolicyDocument, parse_policy
 from gateway.policy.engine import Clock, LayeredPolicy, SwitchLookup
 from gateway.policy.limits import LimitState
-from gateway.recorder import AuditRecorder
+from gateway.sidecar.recorder import AuditRecorder
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from gateway.errors import FailedPreconditionError, NotFoundError
 from gateway.journal.store import JournalReader
 from gateway.journal.writer import now_nanos
-from gateway.recorder import AuditRecorder, RecordedEvent
+from gateway.sidecar.recorder import AuditRecorder, RecordedEvent
 
 SCOPES = ("global", "tenant", "agent", "run")
 

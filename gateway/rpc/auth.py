@@ -11,9 +11,9 @@ import hmac
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from gateway.approvals import Operator
 from gateway.config import OperatorConfig
 from gateway.errors import PermissionDeniedError, UnauthenticatedError
+from gateway.identity import Operator
 
 ROLE_ADMIN, ROLE_APPROVER, ROLE_AUDITOR = "admin", "approver", "auditor"
 _BEARER = "bearer "

@@ -10,11 +10,12 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from gateway import metrics
-from gateway.api.wire import Undecodable, deserializer
-from gateway.errors import AgentAuditError, InvalidRequestError, to_status
+from gateway.errors import AgentAuditError, InvalidRequestError
+from gateway.rpc.status import to_status
+from gateway.rpc.wire import Undecodable, deserializer
 
 if TYPE_CHECKING:
-    from gateway.telemetry import Telemetry
+    from gateway.rpc.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
