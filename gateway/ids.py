@@ -36,3 +36,8 @@ def rfc3339_nanos(unix_nanos: int) -> str:
     if _last_second[0] != seconds:
         _last_second = (seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)))
     return f"{_last_second[1]}.{nanos:09d}Z"
+
+
+def now_nanos() -> int:
+    """Wall-clock time in nanoseconds: the one clock of entry timestamps, expiries and alerts."""
+    return time.time_ns()

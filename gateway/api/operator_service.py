@@ -17,7 +17,7 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from agentaudit.v1 import operator_pb2, types_pb2
-from gateway.api.gateway_service import APPROVAL_STATES
+from gateway.api.convert import APPROVAL_STATES
 from gateway.errors import (
     ConfigError,
     FieldViolation,

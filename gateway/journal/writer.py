@@ -27,6 +27,7 @@ from typing import Any
 
 from gateway import metrics
 from gateway.errors import ConfigError, JournalUnavailableError
+from gateway.ids import now_nanos as now_nanos  # noqa: PLC0414 - re-exported until every caller imports gateway.ids
 from gateway.journal.entry import ZERO_HASH, encode_entry, leaf_hash, signature_payload
 from gateway.journal.schema import DDL, SCHEMA_VERSION, STATE_DDL, insert_sql
 from gateway.signing import Ed25519Signer
@@ -345,8 +346,3 @@ class JournalWriter:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
-
-
-def now_nanos() -> int:
-    """Wall-clock time in nanoseconds (the entry timestamp)."""
-    return time.time_ns()

@@ -17,11 +17,11 @@ from typing import Any
 from gateway import reasons
 from gateway.canonical import JsonPayload, canonical_json, encode_normalised
 from gateway.errors import NotFoundError, ViolationError
-from gateway.ids import new_event_id, rfc3339_nanos
+from gateway.ids import new_event_id, now_nanos, rfc3339_nanos
 from gateway.journal.entry import EventKind
 from gateway.journal.schema import indexed_values
 from gateway.journal.store import JournalReader, StoredEvent
-from gateway.journal.writer import JournalWriter, Receipt, StateChange, now_nanos
+from gateway.journal.writer import JournalWriter, Receipt, StateChange
 from gateway.policy.model import ActionRequest, Decision, Verdict
 from gateway.redaction import Redactor
 from gateway.tracecontext import trace_ids

@@ -1,0 +1,54 @@
+"""Every mapping between protobuf messages and domain values, in one place (the servicers only call these)."""
+
+from __future__ import annotations
+
+from google.protobuf import duration_pb2
+
+from agentaudit.v1 import gateway_pb2, types_pb2
+from gateway.policy.model import Verdict
+from gateway.sidecar.approvals import DENIED, EXPIRED, GRANTED, PENDING, Approval
+from gateway.sidecar.decider import Answer
+
+VERDICTS = {
+    Verdict.ALLOW: types_pb2.DECISION_ALLOW,
+    Verdict.STOP: types_pb2.DECISION_STOP,
+    Verdict.APPROVAL_REQUIRED: types_pb2.DECISION_APPROVAL_REQUIRED,
+}
+APPROVAL_STATES = {
+    PENDING: gateway_pb2.APPROVAL_STATE_PENDING,
+    GRANTED: gateway_pb2.APPROVAL_STATE_GRANTED,
+    DENIED: gateway_pb2.APPROVAL_STATE_DENIED,
+    EXPIRED: gateway_pb2.APPROVAL_STATE_EXPIRED,
+}
+
+
+def duration(seconds: float) -> duration_pb2.Duration:
+    """A protobuf Duration of ``seconds`` (nanosecond precision)."""
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(round(seconds * 1e9))
+    return d
+
+
+def decide_response(answer: Answer) -> gateway_pb2.DecideResponse:
+    """The DecideResponse for an answer of the Decide use case."""
+    decision = answer.decision
+    response = gateway_pb2.DecideResponse(
+        decision=VERDICTS[decision.verdict],
+        reason=decision.reason,
+        policy_layer=decision.layer,
+        policy_rule=decision.rule,
+        policy_version=decision.policy_version,
+        event_id=answer.event_id,
+        action_key=answer.action_key,
+        approval_id=answer.approval_id,
+    )
+    if decision.retry_after_s is not None:
+        response.retry_after.CopyFrom(duration(decision.retry_after_s))
+    return response
+
+
+def wait_approval_response(approval: Approval) -> gateway_pb2.WaitApprovalResponse:
+    """The WaitApprovalResponse for an approval's current state."""
+    return gateway_pb2.WaitApprovalResponse(
+        state=APPROVAL_STATES[approval.state], resolved_by=approval.resolved_by, comment=approval.comment
+    )
