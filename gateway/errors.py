@@ -9,7 +9,7 @@
     ├── UnauthenticatedError        no valid operator credential → UNAUTHENTICATED
     ├── PermissionDeniedError       credential lacks the role    → PERMISSION_DENIED
     ├── NotFoundError               an id is unknown             → NOT_FOUND
-    ├── FailedPreconditionError     request not allowed in state → FAILED_PRECONDITION
+    ├── FailedPreconditionError     request not allowed in state → FAILED_PRECONDITION (+ ErrorInfo)
     │   └── ViolationError          result reported for an action that was not allowed
     ├── OverloadedError             retry later                  → RESOURCE_EXHAUSTED
     ├── ServiceUnavailableError     a dependency is down         → UNAVAILABLE
@@ -69,7 +69,15 @@ class NotFoundError(AgentAuditError):
 
 
 class FailedPreconditionError(AgentAuditError):
-    """The request is well-formed but not allowed in the current state."""
+    """The request is well-formed but not allowed in the current state.
+
+    ``reason`` is a stable snake_case code a program can act on (the collector's rejection codes: ``rollback``,
+    ``fork``, ``bad_signature``, ...); it travels as a ``google.rpc.ErrorInfo`` detail, never inside the message.
+    """
+
+    def __init__(self, message: str, *, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class ViolationError(FailedPreconditionError):

@@ -94,8 +94,8 @@ class CollectorServicer:
                 metrics.COLLECTOR_REJECTIONS.labels(str(exc.code)).inc()
                 if not exc.is_evidence:  # the store already logged rollback/fork evidence at ERROR
                     log.warning("refused a batch from %s: %s", request.origin, exc)
-                # The "rejected:<code>:" prefix lets a forwarder tell a refusal from a fault.
-                raise FailedPreconditionError(f"rejected:{exc.code}: {exc.detail}") from None
+                # The code travels as ErrorInfo for the forwarder; the message keeps it for people reading logs.
+                raise FailedPreconditionError(f"rejected:{exc.code}: {exc.detail}", reason=exc.code) from None
         self._store_health("")
         metrics.COLLECTOR_BATCHES.inc()
         metrics.COLLECTOR_INGESTED_ENTRIES.inc(outcome.accepted)

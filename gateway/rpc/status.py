@@ -25,6 +25,9 @@ from gateway.errors import (
     UnauthenticatedError,
 )
 
+# google.rpc.ErrorInfo.domain of every reason agentaudit attaches; the reason is the code in UPPER_SNAKE_CASE.
+ERROR_DOMAIN = "agentaudit.dev"
+
 _CODES: list[tuple[type[AgentAuditError], grpc.StatusCode]] = [
     (InvalidRequestError, grpc.StatusCode.INVALID_ARGUMENT),
     (UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),
@@ -58,6 +61,10 @@ def to_status(exc: BaseException) -> grpc.Status:
             )
         )
         proto.details.append(detail)
+    if isinstance(exc, FailedPreconditionError) and exc.reason:
+        detail = any_pb2.Any()
+        detail.Pack(error_details_pb2.ErrorInfo(reason=exc.reason.upper(), domain=ERROR_DOMAIN))
+        proto.details.append(detail)
     if isinstance(exc, OverloadedError) and exc.retry_after_s is not None:
         detail = any_pb2.Any()
         retry = error_details_pb2.RetryInfo()
@@ -77,3 +84,15 @@ class _Status(grpc.Status):
     code: grpc.StatusCode
     details: str
     trailing_metadata: tuple[tuple[str, str | bytes], ...]
+
+
+def error_reason(trailing_metadata: object) -> str:
+    """The ``ErrorInfo`` reason (lower snake_case) in a failed call's trailing metadata, or "" if none is ours."""
+    for key, value in trailing_metadata or ():  # type: ignore[attr-defined]
+        if key != "grpc-status-details-bin" or not isinstance(value, bytes):
+            continue
+        for detail in status_pb2.Status.FromString(value).details:
+            info = error_details_pb2.ErrorInfo()
+            if detail.Unpack(info) and info.domain == ERROR_DOMAIN:
+                return str(info.reason).lower()
+    return ""

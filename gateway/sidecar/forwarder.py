@@ -39,6 +39,7 @@ from gateway.journal.merkle import MerkleRoot, decode_state
 from gateway.journal.note import Checkpoint, NoteError, SignedNote, sign_checkpoint
 from gateway.journal.store import JournalReader
 from gateway.journal.writer import JournalWriter, now_nanos
+from gateway.rpc.status import error_reason
 from gateway.sidecar.recorder import AuditRecorder
 from gateway.signing import Ed25519Signer
 
@@ -128,9 +129,7 @@ def _upstream_error(exc: grpc.aio.AioRpcError) -> UpstreamError:
         if key == "retry-after-ms":
             with contextlib.suppress(ValueError):
                 retry_after = int(value) / 1000
-    rejected = ""
-    if code == grpc.StatusCode.FAILED_PRECONDITION and details.startswith("rejected:"):
-        rejected = details.split(":", 2)[1]
+    rejected = error_reason(metadata) if code == grpc.StatusCode.FAILED_PRECONDITION else ""
     return UpstreamError(f"{code.name}: {details}", code=code.name, rejected=rejected, retry_after_s=retry_after)
 
 
