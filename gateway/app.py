@@ -99,8 +99,10 @@ class Sidecar:
         self._health_server: grpc.aio.Server | None = None
         self._metrics_server: WSGIServer | None = None
         self._telemetry: telemetry.Telemetry | None = None
-        self._writer: JournalWriter | None = None
-        self._reader: JournalReader | None = None
+        # The parts, public so a test can drive them (they are None until ``start`` reaches them).
+        self.writer: JournalWriter | None = None
+        self.reader: JournalReader | None = None
+        self.recorder: AuditRecorder | None = None
         self._lock: IO[bytes] | None = None
         self.policy: PolicyManager | None = None
         self.approvals: ApprovalBook | None = None
@@ -109,7 +111,7 @@ class Sidecar:
         self._operator_server: grpc.aio.Server | None = None
         self._alerts: AlertDispatcher | None = None
         self.forwarder: Forwarder | None = None
-        self._retention: RetentionJob | None = None
+        self.retention: RetentionJob | None = None
         self._collector: Collector | None = None
         self._sockets: list[str] = []
 
@@ -140,16 +142,35 @@ class Sidecar:
             raise
 
     async def _start(self) -> None:
+        signer, redactor = self._load_keys()
+        self.stage = health.POLICY
+        load_document(self.config.policy.path)  # refuse a bad policy before touching the journal
+        self.stage = health.JOURNAL
+        await self._open_journal(signer, redactor)
+        self.stage = "api"
+        await self._start_services(signer)
+        await self._serve()
+        self.stage = ""
+        for stage in RETRYABLE_STAGES:
+            self.health.report(stage, "")  # a retried start succeeded
+        await self.health.started()
+        log.info("serving %s on %s (journal %s)", SERVICE_NAME, ", ".join(self.bound), self.config.journal.path)
+        if self.operator_bound:
+            log.info("serving %s on %s", OPERATOR_SERVICE_NAME, ", ".join(self.operator_bound))
+
+    def _load_keys(self) -> tuple[Ed25519Signer, Redactor]:
         cfg = self.config
         self.stage = "keys"
         signer = load_signer(cfg.journal.signing_key)
         redactor = Redactor.create(load_hmac_key(cfg.audit.hmac_key), cfg.audit.redact_fields, cfg.audit.hash_args)
         self._telemetry = telemetry.from_config(cfg.telemetry, signer.name)
-        self.stage = health.POLICY
-        load_document(cfg.policy.path)  # refuse a bad policy before touching the journal
-        self.stage = health.JOURNAL
+        return signer, redactor
+
+    async def _open_journal(self, signer: Ed25519Signer, redactor: Redactor) -> None:
+        """The lock, the single writer (resumes seq and chain), the reader and the recorder over them."""
+        cfg = self.config
         self._lock = _lock_journal(cfg.journal.path)
-        self._writer = JournalWriter(
+        self.writer = JournalWriter(
             cfg.journal.path,
             signer,
             max_batch=cfg.journal.max_batch,
@@ -157,12 +178,17 @@ class Sidecar:
             on_health=lambda problem: self.health.report(health.JOURNAL, problem),
             probe_interval_s=cfg.journal.probe_interval_s,
         )
-        await self._writer.start()
-        self.stage = "api"
-        self._reader = JournalReader(cfg.journal.path)
-        recorder = AuditRecorder(self._writer, self._reader, redactor)
+        await self.writer.start()
+        self.reader = JournalReader(cfg.journal.path)
+        self.recorder = AuditRecorder(self.writer, self.reader, redactor)
+
+    async def _start_services(self, signer: Ed25519Signer) -> None:
+        """Kill switches, policy, the journal_started event, approvals, alerts, forwarding, retention."""
+        cfg = self.config
+        assert self.writer is not None and self.reader is not None and self.recorder is not None
+        recorder = self.recorder
         self.switches = KillSwitchBoard(recorder)
-        await self.switches.load(self._reader)
+        await self.switches.load(self.reader)
         self.policy = PolicyManager(
             cfg.policy.path, recorder, poll_interval_s=cfg.policy.watch_interval_s, switches=self.switches
         )
@@ -172,11 +198,11 @@ class Sidecar:
                 "pid": os.getpid(),
                 "key_id": signer.key_id.hex(),
                 "policy_version": self.policy.engine.version,
-                "resumed_at_seq": self._writer.size,
+                "resumed_at_seq": self.writer.size,
             }
         )
         await self.policy.start()
-        self.approvals = ApprovalBook(recorder, self._reader)
+        self.approvals = ApprovalBook(recorder, self.reader)
         await self.approvals.start()
         metrics.observe_state(metrics.APPROVALS_PENDING, self.approvals.pending_count)
         if cfg.alerts.webhooks:
@@ -184,17 +210,22 @@ class Sidecar:
             await self._alerts.start()
         if cfg.forward.target:
             await self._start_forwarding(cfg, signer, recorder)
-        self._retention = RetentionJob(
-            self._reader,
+        self.retention = RetentionJob(
+            self.reader,
             recorder,
             self.forwarder,
             retention_days=cfg.audit.retention_days,
             interval_s=cfg.audit.prune_interval_s,
         )
-        await self._retention.start()
+        await self.retention.start()
+
+    async def _serve(self) -> None:
+        """The agent-facing server (GatewayService, health, reflection) and, if configured, the operator's."""
+        cfg = self.config
+        assert self.policy is not None and self.recorder is not None and self.approvals is not None
         forwarder = self.forwarder
         gate = (lambda: forwarder.blocked) if forwarder is not None else None
-        servicer = GatewayServicer(self.policy, recorder, cfg.server, self.approvals, self._alerts, gate)
+        servicer = GatewayServicer(self.policy, self.recorder, cfg.server, self.approvals, self._alerts, gate)
         options = [
             ("grpc.max_receive_message_length", cfg.server.max_message_bytes),
             ("grpc.so_reuseport", 0),
@@ -205,40 +236,39 @@ class Sidecar:
         reflection.enable_server_reflection([SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME], self._server)
         self.bound = self._listen(self._server, cfg.server.listen, None)
         if cfg.operator.listen:
-            operator = OperatorServicer(
-                Authenticator(cfg.operator),
-                recorder,
-                self.approvals,
-                self.switches,
-                self.policy,
-                self._reader,
-                self.forwarder,
-            )
-            self._operator_server = grpc.aio.server(options=options)
-            self._operator_server.add_generic_rpc_handlers([operator_handler(operator, self._telemetry)])
-            health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self._operator_server)
-            reflection.enable_server_reflection(
-                [OPERATOR_SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME], self._operator_server
-            )
-            self.operator_bound = self._listen(self._operator_server, cfg.operator.listen, _tls(cfg.operator))
-            await self._operator_server.start()
+            await self._serve_operator(options)
         await self._server.start()
         if cfg.server.unix_socket_mode:
             mode = int(cfg.server.unix_socket_mode, 8)
             for address in self.bound:
                 if address.startswith("unix://"):
                     os.chmod(address[len("unix://") :], mode)
-        self.stage = ""
-        for stage in RETRYABLE_STAGES:
-            self.health.report(stage, "")  # a retried start succeeded
-        await self.health.started()
-        log.info("serving %s on %s (journal %s)", SERVICE_NAME, ", ".join(self.bound), cfg.journal.path)
-        if self.operator_bound:
-            log.info("serving %s on %s", OPERATOR_SERVICE_NAME, ", ".join(self.operator_bound))
+
+    async def _serve_operator(self, options: list[tuple[str, int]]) -> None:
+        cfg = self.config
+        assert self.recorder is not None and self.approvals is not None and self.switches is not None
+        assert self.policy is not None and self.reader is not None
+        operator = OperatorServicer(
+            Authenticator(cfg.operator),
+            self.recorder,
+            self.approvals,
+            self.switches,
+            self.policy,
+            self.reader,
+            self.forwarder,
+        )
+        self._operator_server = grpc.aio.server(options=options)
+        self._operator_server.add_generic_rpc_handlers([operator_handler(operator, self._telemetry)])
+        health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self._operator_server)
+        reflection.enable_server_reflection(
+            [OPERATOR_SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME], self._operator_server
+        )
+        self.operator_bound = self._listen(self._operator_server, cfg.operator.listen, _tls(cfg.operator))
+        await self._operator_server.start()
 
     async def _start_forwarding(self, cfg: Config, signer: Ed25519Signer, recorder: AuditRecorder) -> None:
         """Starts the embedded collector (dev) if asked, then the forwarder."""
-        assert self._writer is not None and self._reader is not None
+        assert self.writer is not None and self.reader is not None
         target = cfg.forward.target
         if target == "embedded":
             socket_path = cfg.journal.path.parent / "collector.sock"
@@ -255,8 +285,8 @@ class Sidecar:
             await self._collector.store.register_origin(signer.name, [signer.verifier])
             target = f"unix://{socket_path}"
         self.forwarder = Forwarder(
-            self._writer,
-            self._reader,
+            self.writer,
+            self.reader,
             recorder,
             signer,
             GrpcUpstream(target),
@@ -313,9 +343,9 @@ class Sidecar:
             await self._server.stop(self.config.server.shutdown_grace_s)
             log.info("gRPC server drained in %.3fs", time.monotonic() - started)
             self._server = None
-        if self._retention is not None:
-            await self._retention.aclose()
-            self._retention = None
+        if self.retention is not None:
+            await self.retention.aclose()
+            self.retention = None
         if self.forwarder is not None:
             await self.forwarder.aclose()  # final flush: appends receipts, so before the writer closes
             self.forwarder = None
@@ -329,12 +359,13 @@ class Sidecar:
             await self.approvals.aclose()
         if self.policy is not None:
             await self.policy.aclose()
-        if self._writer is not None:
-            await self._writer.aclose()
-            self._writer = None
-        if self._reader is not None:
-            await self._reader.aclose()
-            self._reader = None
+        if self.writer is not None:
+            await self.writer.aclose()
+            self.writer = None
+            self.recorder = None
+        if self.reader is not None:
+            await self.reader.aclose()
+            self.reader = None
         if self._lock is not None:
             self._lock.close()
             self._lock = None
