@@ -20,6 +20,7 @@ import {
   toStruct,
 } from "./convert";
 import { DeadlineExceededError, fromServiceError, throwForDecision } from "./errors";
+import { grpcTarget } from "./address";
 import {
   GatewayServiceClient,
   type DecideRequest,
@@ -150,13 +151,14 @@ export class GatewayClient {
   private readonly metadata: Record<string, string>;
 
   /**
-   * @param target `unix:///abs/path.sock` or `HOST:PORT` (plaintext, as the sidecar listens locally).
+   * @param target `unix:///abs/path.sock`, `unix:relative.sock`, `unix://./relative.sock` or `HOST:PORT`
+   *   (plaintext, as the sidecar listens locally); a malformed one throws `AddressError`.
    */
   constructor(
     readonly target: string,
     options: GatewayClientOptions = {},
   ) {
-    this.stub = new GatewayServiceClient(target, credentials.createInsecure(), options.channelOptions);
+    this.stub = new GatewayServiceClient(grpcTarget(target), credentials.createInsecure(), options.channelOptions);
     this.timeoutMs = options.timeoutMs === undefined ? 10_000 : options.timeoutMs;
     this.metadata = { ...(options.metadata ?? {}) };
   }

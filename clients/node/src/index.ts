@@ -30,6 +30,7 @@ export {
   fromServiceError,
 } from "./errors";
 export type { FieldViolation } from "./errors";
+export { AddressError, grpcTarget, unixPath } from "./address";
 export type {
   Actor,
   ActorLike,

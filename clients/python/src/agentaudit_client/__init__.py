@@ -24,6 +24,7 @@ Usage::
 """
 
 from ._guard import Step
+from .address import AddressError, grpc_target
 from .aio import AsyncGatewayClient, AsyncRun
 from .client import GatewayClient, Run
 from .errors import (
@@ -45,6 +46,7 @@ from .models import Actor, ApprovalOutcome, DecideResult, ReportResult
 __all__ = [
     "ActionStopped",
     "Actor",
+    "AddressError",
     "AgentAuditError",
     "ApprovalOutcome",
     "ApprovalRequired",
@@ -64,4 +66,5 @@ __all__ = [
     "Step",
     "UnavailableError",
     "from_rpc_error",
+    "grpc_target",
 ]

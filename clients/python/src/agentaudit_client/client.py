@@ -17,6 +17,7 @@ from agentaudit.v1 import gateway_pb2, gateway_pb2_grpc
 from . import _convert
 from ._convert import ActorLike, DurationLike, ResultStatusLike, ScopeLike
 from ._guard import RunContext, Step, bind_args, failure, output_of
+from .address import grpc_target
 from .errors import DeadlineExceededError, from_rpc_error, raise_for_decision
 from .models import ApprovalOutcome, DecideResult, ReportResult
 
@@ -30,7 +31,8 @@ class GatewayClient:
     """Blocking client of the sidecar's GatewayService.
 
     Args:
-        target: ``unix:///abs/path.sock`` or ``HOST:PORT``.
+        target: ``unix:///abs/path.sock``, ``unix:relative.sock``, ``unix://./relative.sock`` or ``HOST:PORT``
+            (see :mod:`agentaudit_client.address`); a malformed one raises ``AddressError``.
         timeout: Deadline in seconds for each call (None: no deadline). ``wait_approval`` has its own.
         metadata: gRPC metadata sent with every call, as ``(key, value)`` pairs.
 
@@ -44,7 +46,7 @@ class GatewayClient:
         timeout: float | None = 10.0,
         metadata: Sequence[tuple[str, str]] | None = None,
     ) -> None:
-        self._channel = grpc.insecure_channel(target)
+        self._channel = grpc.insecure_channel(grpc_target(target))
         self._stub = gateway_pb2_grpc.GatewayServiceStub(self._channel)
         self._timeout = timeout
         self._metadata = tuple(metadata or ())
