@@ -6,6 +6,7 @@ import inspect
 import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, TypedDict
 
 from ._convert import ActorLike, ScopeLike
@@ -43,6 +44,18 @@ def failure(exc: BaseException) -> tuple[ResultStatusName, str]:
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     message = text.encode()[:MAX_ERROR_BYTES]
     return status, message.decode(errors="ignore")
+
+
+def wait_seconds(wait_for_approval: timedelta | float | bool | None) -> float | None:
+    """Seconds ``guard`` waits for an approval: None for no wait; ``True`` waits until resolved (or expired)."""
+    if wait_for_approval is None or wait_for_approval is False:
+        return None
+    if wait_for_approval is True:
+        return float("inf")
+    seconds = wait_for_approval.total_seconds() if isinstance(wait_for_approval, timedelta) else wait_for_approval
+    if seconds <= 0:
+        raise ValueError("wait_for_approval must be positive")
+    return float(seconds)
 
 
 def output_of(value: object) -> dict[str, Any] | None:

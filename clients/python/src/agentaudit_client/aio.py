@@ -7,6 +7,7 @@ import functools
 import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
+from datetime import timedelta
 from types import TracebackType
 from typing import Any, ParamSpec, Self, TypeVar
 
@@ -17,9 +18,9 @@ from agentaudit.v1 import gateway_pb2, gateway_pb2_grpc
 
 from . import _convert
 from ._convert import ActorLike, DurationLike, ResultStatusLike, ScopeLike
-from ._guard import RunContext, Step, bind_args, failure, output_of
+from ._guard import RunContext, Step, bind_args, failure, output_of, wait_seconds
 from .address import grpc_target
-from .errors import DeadlineExceededError, from_rpc_error, raise_for_decision
+from .errors import ApprovalRequired, DeadlineExceededError, from_rpc_error, raise_for_decision
 from .models import ApprovalOutcome, DecideResult, ReportResult
 
 _P = ParamSpec("_P")
@@ -148,10 +149,18 @@ class AsyncGatewayClient:
         approval_id: str = "",
         traceparent: str = "",
         labels: Mapping[str, str] | None = None,
+        wait_for_approval: timedelta | float | bool | None = None,
+        next_step_id: Callable[[], int] | None = None,
     ) -> AsyncIterator[Step]:
         """Decides, runs the block only if allowed, and reports how it went. See ``GatewayClient.guard``.
 
         A cancelled block (``asyncio.CancelledError``) is reported "cancelled".
+
+        With ``wait_for_approval`` (a ``timedelta``, seconds, or ``True`` for as long as the approval stays open),
+        an "approval_required" answer is waited for (``WaitApproval``); once a human resolves it the step is
+        decided again with the approval id (as step ``next_step_id()``, else ``step_id``), so the sidecar
+        journals the resume and the block runs only if that is allowed. Denied or expired raise
+        ``ActionStopped`` with the precise reason; still pending when the wait ends raises ``ApprovalRequired``.
 
         Raises:
             ActionStopped: The decision was "stop"; the block did not run.
@@ -171,6 +180,26 @@ class AsyncGatewayClient:
             traceparent=traceparent,
             labels=labels,
         )
+        wait_s = wait_seconds(wait_for_approval)
+        if result.decision == "approval_required" and wait_s is not None:
+            outcome = await self.wait_approval(result.approval_id, timeout=None if wait_s == float("inf") else wait_s)
+            if outcome.state == "pending":
+                raise ApprovalRequired(result)
+            # Resolved either way: ask again with the approval, so the sidecar journals the resume and names
+            # the precise reason if it is refused (approval_denied, approval_expired, or a later layer's stop).
+            result = await self.decide(
+                run_id=run_id,
+                tenant_id=tenant_id,
+                action=action,
+                args=args,
+                step_id=next_step_id() if next_step_id is not None else step_id,
+                actor=actor,
+                agent_id=agent_id,
+                scope=scope,
+                approval_id=result.approval_id,
+                traceparent=traceparent,
+                labels=labels,
+            )
         raise_for_decision(result)
         step = Step(result)
         started = time.monotonic()
@@ -241,10 +270,11 @@ class AsyncRun:
         scope: ScopeLike | None = None,
         approval_id: str = "",
         labels: Mapping[str, str] | None = None,
+        wait_for_approval: timedelta | float | bool | None = None,
     ) -> contextlib.AbstractAsyncContextManager[Step]:
-        """``AsyncGatewayClient.guard`` for the next step of this run."""
+        """``AsyncGatewayClient.guard`` for the next step of this run (a resume after approval takes the step after)."""
         kwargs = self._context.decide_kwargs(action, args, scope=scope, approval_id=approval_id, labels=labels)
-        return self._client.guard(**kwargs)
+        return self._client.guard(**kwargs, wait_for_approval=wait_for_approval, next_step_id=self._context.next_step)
 
     def guarded(
         self,
