@@ -137,3 +137,85 @@ def rfc6962_root(leaf_hashes: Iterable[bytes]) -> bytes:
     for leaf in leaf_hashes:
         tree.append(leaf)
     return tree.root()
+
+
+def _split(n: int) -> int:
+    """RFC 6962's k: the largest power of two smaller than ``n`` (n > 1)."""
+    return 1 << ((n - 1).bit_length() - 1)
+
+
+class SubtreeHashes:
+    """MTH of any range of a tree RFC 6962's PATH visits, from the leaves it has and subtree roots it was given.
+
+    ``leaves`` are the leaf hashes from index ``first`` on; ``known`` maps (start, end) ranges to their MTH (a
+    pruned prefix's perfect subtrees, from the prune marker's frontier). A range that is neither computable nor
+    known raises ``LookupError``.
+    """
+
+    def __init__(self, leaves: Sequence[bytes], first: int = 0, known: dict[tuple[int, int], bytes] | None = None):
+        self._leaves = leaves
+        self._first = first
+        self._known = dict(known or {})
+
+    def mth(self, start: int, end: int) -> bytes:
+        """The Merkle tree hash of leaves ``[start, end)``."""
+        cached = self._known.get((start, end))
+        if cached is not None:
+            return cached
+        if end - start == 1:
+            if start < self._first or start - self._first >= len(self._leaves):
+                raise LookupError(f"leaf {start} is not available (pruned or beyond the journal)")
+            return self._leaves[start - self._first]
+        if end <= start:
+            raise LookupError(f"empty range [{start}, {end})")
+        k = _split(end - start)
+        digest = node_hash(self.mth(start, start + k), self.mth(start + k, end))
+        if k >= 64:  # keep large subtrees: proofs for many leaves of one tree share them
+            self._known[(start, end)] = digest
+        return digest
+
+    def inclusion_proof(self, index: int, size: int) -> list[bytes]:
+        """RFC 6962 §2.1.1 PATH(index, D[0:size]): the sibling hashes from the leaf up to the root."""
+        if not 0 <= index < size:
+            raise ValueError(f"leaf {index} is not in a tree of size {size}")
+        path: list[bytes] = []
+        start, end = 0, size
+        while end - start > 1:
+            k = _split(end - start)
+            if index < start + k:
+                path.append(self.mth(start + k, end))
+                end = start + k
+            else:
+                path.append(self.mth(start, start + k))
+                start += k
+        path.reverse()
+        return path
+
+
+def root_from_inclusion_proof(index: int, size: int, leaf: bytes, proof: Sequence[bytes]) -> bytes:
+    """The root a leaf and its inclusion proof lead to (RFC 9162 §2.1.3.2); compare it with the trusted root.
+
+    Raises:
+        ValueError: the proof has the wrong length or a hash of the wrong size for ``index`` in ``size``.
+    """
+    if not 0 <= index < size:
+        raise ValueError(f"leaf {index} is not in a tree of size {size}")
+    fn, sn, digest = index, size - 1, leaf
+    for sibling in proof:
+        if len(sibling) != HASH_SIZE:
+            raise ValueError("a proof hash is not 32 bytes")
+        if sn == 0:
+            raise ValueError("the inclusion proof is longer than the tree is deep")
+        if fn & 1 or fn == sn:
+            digest = node_hash(sibling, digest)
+            if not fn & 1:
+                while fn & 1 == 0 and fn != 0:
+                    fn >>= 1
+                    sn >>= 1
+        else:
+            digest = node_hash(digest, sibling)
+        fn >>= 1
+        sn >>= 1
+    if sn != 0:
+        raise ValueError("the inclusion proof is shorter than the tree is deep")
+    return digest
