@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -27,14 +26,15 @@ from gateway.errors import (
     UnauthenticatedError,
 )
 from gateway.identity import Operator
-from gateway.journal.query import EventFilter, last_seq, select_signed
-from gateway.journal.store import JournalReader
+from gateway.journal.query import EventFilter
+from gateway.journal.state import PENDING, Approval, EngagedSwitch
+from gateway.journal.store import JournalReader, SignedEvent
 from gateway.rpc.auth import ROLE_ADMIN, ROLE_APPROVER, ROLE_AUDITOR, Authenticator, require
 from gateway.rpc.filters import parse_event_filter
 from gateway.rpc.handlers import Call, Context, service_handler
-from gateway.sidecar.approvals import PENDING, Approval, ApprovalBook
+from gateway.sidecar.approvals import ApprovalBook
 from gateway.sidecar.forwarder import Forwarder
-from gateway.sidecar.killswitch import EngagedSwitch, KillSwitchBoard
+from gateway.sidecar.killswitch import KillSwitchBoard
 from gateway.sidecar.policy_manager import TRIGGER_OPERATOR, PolicyManager
 from gateway.sidecar.recorder import AuditRecorder
 
@@ -130,10 +130,7 @@ def _event_filter(f: operator_pb2.EventFilter, newest_first: bool) -> EventFilte
     return EventFilter(**fields, newest_first=newest_first)
 
 
-_SignedRow = tuple[int, bytes, bytes, dict[str, Any]]
-
-
-def _searched_event(row: _SignedRow) -> operator_pb2.SearchedEvent:
+def _searched_event(row: SignedEvent) -> operator_pb2.SearchedEvent:
     seq, entry, signature, body = row
     event = operator_pb2.SearchedEvent(seq=seq, entry=entry, signature=signature)
     event.body.update(body)
@@ -263,11 +260,7 @@ class OperatorServicer:
         flt = _event_filter(request.filter, request.newest_first)
         page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         after = _page_cursor(request.page_token)
-
-        def page(conn: sqlite3.Connection) -> list[_SignedRow]:
-            return list(select_signed(conn, flt, after_seq=after, limit=page_size))
-
-        rows = await self._reader.run(page)
+        rows = await self._reader.search(flt, after_seq=after, limit=page_size)
         events = [_searched_event(row) for row in rows]
         token = base64.urlsafe_b64encode(str(rows[-1][0]).encode()).decode() if len(rows) == page_size else ""
         return operator_pb2.SearchEventsResponse(events=events, next_page_token=token)
@@ -293,14 +286,9 @@ class OperatorServicer:
         if request.HasField("after_seq"):
             after = request.after_seq
         else:
-            after = await self._reader.run(last_seq)
+            after = await self._reader.last_seq()
         while True:
-
-            def page(conn: sqlite3.Connection, after: int = after) -> tuple[int, list[_SignedRow]]:
-                tail = last_seq(conn)
-                return tail, list(select_signed(conn, flt, after_seq=after, limit=WATCH_PAGE, through_seq=tail))
-
-            tail, rows = await self._reader.run(page)
+            tail, rows = await self._reader.watch_page(flt, after_seq=after, limit=WATCH_PAGE)
             for row in rows:
                 yield operator_pb2.WatchEventsResponse(event=_searched_event(row))
                 after = row[0]

@@ -328,27 +328,27 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 
 def cmd_forwarder_status(args: argparse.Namespace) -> int:
+    from gateway.journal.state import forwarder_backlog  # noqa: PLC0415
     from gateway.journal.store import connect_readonly  # noqa: PLC0415
 
     conn = connect_readonly(Path(args.journal))
     try:
-        (size,) = conn.execute("SELECT count(*) FROM journal").fetchone()
-        rows = conn.execute("SELECT origin, acked_size FROM forwarder_state").fetchall()
-        acked = rows[0][1] if rows else 0
-        oldest = conn.execute("SELECT unix_nanos FROM journal WHERE seq = ?", (acked,)).fetchone()
+        progress = forwarder_backlog(conn)
     finally:
         conn.close()
-    age_s = (time.time_ns() - oldest[0]) / 1e9 if oldest else 0.0
+    size, acked = progress.journal_size, progress.acked_size
+    oldest = progress.oldest_unsent_ns
+    age_s = (time.time_ns() - oldest) / 1e9 if oldest is not None else 0.0
     report = {
         "journal_size": size,
         "acked_size": acked,
-        "backlog": size - acked,
+        "backlog": progress.backlog,
         "oldest_unsent_age_s": round(age_s, 3),
     }
     if args.json:
         print(json.dumps(report))
     else:
-        print(f"forwarded {acked} of {size} entries; backlog {size - acked} (oldest unsent {age_s:.1f} s old)")
+        print(f"forwarded {acked} of {size} entries; backlog {progress.backlog} (oldest unsent {age_s:.1f} s old)")
     return EXIT_OK
 
 

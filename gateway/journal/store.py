@@ -1,4 +1,9 @@
-"""Read access to the journal database (lookups by id; listing for the ``events`` CLI)."""
+"""Read access to the journal database: typed lookups, by id and by seq, and the state tables' reads.
+
+``JournalReader`` is the sidecar's way in: every read is a named, typed method run on one dedicated thread. The
+SQL of the state tables lives in :mod:`gateway.journal.state` and that of event search in
+:mod:`gateway.journal.query`; this module only runs them.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +14,15 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from gateway.errors import JournalUnavailableError
+from gateway.journal import query, state
 from gateway.journal.entry import HEADER_SIZE
 from gateway.journal.schema import OPERATOR_CONTEXT_WHERE
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,54 @@ _EVENT_COLUMNS = (
 
 def _event(row: tuple[Any, ...]) -> StoredEvent:
     return StoredEvent(row[0], bytes(row[1]), *row[2:])
+
+
+@dataclass(frozen=True)
+class SignedEntry:
+    """One stored entry exactly as signed, with its leaf hash (what the forwarder sends)."""
+
+    seq: int
+    entry: bytes
+    signature: bytes
+    leaf_hash: bytes
+
+
+SignedEvent = tuple[int, bytes, bytes, dict[str, Any]]  # (seq, entry, signature, parsed body): query.select_signed
+
+
+def first_seq_since(conn: sqlite3.Connection, unix_nanos: int) -> int | None:
+    """The seq of the oldest entry written at or after ``unix_nanos``, if any."""
+    row = conn.execute("SELECT seq FROM journal WHERE unix_nanos >= ? ORDER BY seq LIMIT 1", (unix_nanos,)).fetchone()
+    return None if row is None else int(row[0])
+
+
+def leaf_hashes(conn: sqlite3.Connection, start: int, end: int) -> list[bytes]:
+    """The stored leaf hashes of seq ``start`` up to ``end`` (exclusive), in seq order."""
+    sql = "SELECT leaf_hash FROM journal WHERE seq >= ? AND seq < ? ORDER BY seq"
+    return [bytes(leaf) for (leaf,) in conn.execute(sql, (start, end))]
+
+
+def signed_entries(conn: sqlite3.Connection, start: int, end: int) -> list[SignedEntry]:
+    """The stored entries of seq ``start`` up to ``end`` (exclusive), in seq order."""
+    sql = "SELECT seq, entry, signature, leaf_hash FROM journal WHERE seq >= ? AND seq < ? ORDER BY seq"
+    return [
+        SignedEntry(int(seq), bytes(entry), bytes(signature), bytes(leaf))
+        for seq, entry, signature, leaf in conn.execute(sql, (start, end))
+    ]
+
+
+def _search_page(
+    conn: sqlite3.Connection, flt: query.EventFilter, after_seq: int | None, limit: int
+) -> list[SignedEvent]:
+    return list(query.select_signed(conn, flt, after_seq=after_seq, limit=limit))
+
+
+def _watch_page(
+    conn: sqlite3.Connection, flt: query.EventFilter, after_seq: int, limit: int
+) -> tuple[int, list[SignedEvent]]:
+    # The tail is read first, so entries appended meanwhile wait for the next page instead of being skipped.
+    tail = query.last_seq(conn)
+    return tail, list(query.select_signed(conn, flt, after_seq=after_seq, limit=limit, through_seq=tail))
 
 
 def connect_readonly(path: Path) -> sqlite3.Connection:
@@ -94,30 +149,71 @@ class JournalReader:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._query_one, sql, (pre_event_id,))
 
-    def _query_rows(self, sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
-        try:
-            cursor = self._connection().execute(sql, params)
-            names = [d[0] for d in cursor.description]
-            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-        except sqlite3.Error as exc:
-            raise JournalUnavailableError(f"state read failed: {exc}") from exc
-
-    async def rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-        """Rows of a query on the operational state tables (approvals, kill switches), as dicts."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._query_rows, sql, params)
-
-    async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """Runs ``work`` with the read-only connection on the reader thread (never on the event loop)."""
+    async def _call(
+        self, read: Callable[Concatenate[sqlite3.Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Runs one typed read with the read-only connection on the reader thread (never on the event loop)."""
 
         def guarded() -> T:
             try:
-                return work(self._connection())
+                return read(self._connection(), *args, **kwargs)
             except sqlite3.Error as exc:
                 raise JournalUnavailableError(f"journal read failed: {exc}") from exc
 
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, guarded)
+
+    # --- the journal, by seq -----------------------------------------------------------------------------------
+
+    async def last_seq(self) -> int:
+        """The seq of the newest entry, or -1 for an empty journal."""
+        return await self._call(query.last_seq)
+
+    async def first_seq_since(self, unix_nanos: int) -> int | None:
+        """The seq of the oldest entry written at or after ``unix_nanos``, if any."""
+        return await self._call(first_seq_since, unix_nanos)
+
+    async def leaf_hashes(self, start: int, end: int) -> list[bytes]:
+        """The stored leaf hashes of seq ``start`` up to ``end`` (exclusive); fewer if some are missing."""
+        return await self._call(leaf_hashes, start, end)
+
+    async def signed_entries(self, start: int, end: int) -> list[SignedEntry]:
+        """The stored entries of seq ``start`` up to ``end`` (exclusive), as signed; fewer if some are missing."""
+        return await self._call(signed_entries, start, end)
+
+    async def search(self, flt: query.EventFilter, *, after_seq: int | None, limit: int) -> list[SignedEvent]:
+        """One page of events matching ``flt`` after the keyset cursor ``after_seq`` (``query.select_signed``)."""
+        return await self._call(_search_page, flt, after_seq, limit)
+
+    async def watch_page(self, flt: query.EventFilter, *, after_seq: int, limit: int) -> tuple[int, list[SignedEvent]]:
+        """The newest seq now, and up to ``limit`` events matching ``flt`` after ``after_seq`` and up to it."""
+        return await self._call(_watch_page, flt, after_seq, limit)
+
+    # --- the state tables (gateway.journal.state) --------------------------------------------------------------
+
+    async def open_approvals(self) -> list[state.Approval]:
+        """Approvals still open: pending, or granted and not yet used."""
+        return await self._call(state.open_approvals)
+
+    async def approval(self, approval_id: str) -> state.Approval | None:
+        """The approval with this id, in any state, if any."""
+        return await self._call(state.approval, approval_id)
+
+    async def list_approvals(self, approval_state: str, tenant_id: str, limit: int) -> list[state.Approval]:
+        """Up to ``limit`` approvals in a state, newest first, of one tenant when ``tenant_id`` is set."""
+        return await self._call(state.list_approvals, approval_state, tenant_id, limit)
+
+    async def engaged_switches(self) -> list[state.EngagedSwitch]:
+        """Every engaged operator kill switch, oldest first."""
+        return await self._call(state.engaged_switches)
+
+    async def forwarder_acked_size(self, origin: str) -> int:
+        """How many entries of ``origin`` the collector has acknowledged."""
+        return await self._call(state.forwarder_acked_size, origin)
+
+    async def prune_state(self) -> state.PruneState | None:
+        """Where retention last pruned, if it ever did."""
+        return await self._call(state.prune_state)
 
     async def aclose(self) -> None:
         """Closes the connection and the thread."""

@@ -6,37 +6,34 @@ the ``approval_id``; it is allowed only if the approval is granted, unexpired, u
 
 Approvals live in the ``approvals`` state table (so pending ones survive a restart) and in memory while open.
 Every change (created with its pre-event, granted, denied, expired, used with the resuming pre-event) commits in
-the same transaction as the signed journal event that records it.
+the same transaction as the signed journal event that records it; ``gateway.journal.state`` owns the table's SQL.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict
 
 from gateway import reasons
 from gateway.errors import FailedPreconditionError, NotFoundError, PermissionDeniedError
 from gateway.identity import Operator
+from gateway.journal import state as state_tables
 from gateway.journal.entry import EventKind
+from gateway.journal.state import DENIED, EXPIRED, GRANTED, PENDING, Approval
 from gateway.journal.store import JournalReader
 from gateway.journal.writer import StateChange, now_nanos
 from gateway.policy.model import ActionRequest, Decision
 from gateway.sidecar.recorder import AuditRecorder, RecordedEvent
 
+# The approval record and its states belong to the state table (journal/state); servicers take them from here too.
+__all__ = ["DENIED", "EXPIRED", "GRANTED", "MAX_LIST", "PENDING", "Approval", "ApprovalBook"]
+
 log = logging.getLogger(__name__)
 
-PENDING, GRANTED, DENIED, EXPIRED = "pending", "granted", "denied", "expired"
-STATES = (PENDING, GRANTED, DENIED, EXPIRED)
-_COLUMNS = (
-    "approval_id, state, used, tenant_id, run_id, step_id, agent_id, actor_type, actor_id, action, action_key, "
-    "policy_rule, approvers, created_ns, expires_ns, resolved_by, resolved_ns, comment, event_id"
-)
 MAX_LIST = 1000
 _CLOSED_KEPT = 10_000
 _RESUME_REFUSALS = frozenset(
@@ -49,39 +46,6 @@ _RESUME_REFUSALS = frozenset(
         reasons.APPROVAL_MISMATCH,
     }
 )
-
-
-@dataclass
-class Approval:
-    """One approval (mutable: its state moves pending → granted/denied/expired, and used once)."""
-
-    approval_id: str
-    state: str
-    used: bool
-    tenant_id: str
-    run_id: str
-    step_id: int
-    agent_id: str
-    actor_type: str
-    actor_id: str
-    action: str
-    action_key: str
-    policy_rule: str
-    approvers: tuple[str, ...]
-    created_ns: int
-    expires_ns: int
-    resolved_by: str
-    resolved_ns: int | None
-    comment: str
-    event_id: str
-
-    @classmethod
-    def from_row(cls, row: dict[str, Any]) -> Approval:
-        """From a state-table row."""
-        row = dict(row)
-        row["used"] = bool(row["used"])
-        row["approvers"] = tuple(json.loads(row["approvers"]))
-        return cls(**row)
 
 
 class ApprovalBook:
@@ -99,11 +63,7 @@ class ApprovalBook:
 
     async def start(self) -> None:
         """Loads open approvals (pending, or granted and unused) and starts expiring them on time."""
-        rows = await self._reader.rows(
-            f"SELECT {_COLUMNS} FROM approvals WHERE state = 'pending' OR (state = 'granted' AND used = 0)"
-        )
-        for row in rows:
-            approval = Approval.from_row(row)
+        for approval in await self._reader.open_approvals():
             self._open[approval.approval_id] = approval
         self._task = asyncio.create_task(self._expire_loop(), name="approval-expiry")
 
@@ -147,11 +107,7 @@ class ApprovalBook:
             comment="",
             event_id=event_id,
         )
-        values = asdict(approval)
-        values["used"] = 0
-        values["approvers"] = json.dumps(list(approval.approvers))
-        statement = f"INSERT INTO approvals ({_COLUMNS}) VALUES ({', '.join('?' * len(values))})"
-        return approval, [(statement, tuple(values.values()))]
+        return approval, [state_tables.insert_approval(approval)]
 
     def opened(self, approval: Approval) -> None:
         """Registers a created approval once its pre-event is committed."""
@@ -192,7 +148,7 @@ class ApprovalBook:
 
     def use_statement(self, approval: Approval) -> list[StateChange]:
         """The statement that marks a granted approval used (committed with the resuming pre-event)."""
-        return [("UPDATE approvals SET used = 1 WHERE approval_id = ?", (approval.approval_id,))]
+        return [state_tables.mark_approval_used(approval.approval_id)]
 
     def used(self, approval: Approval) -> None:
         """The resuming pre-event is committed: the approval is closed."""
@@ -264,12 +220,7 @@ class ApprovalBook:
 
     @staticmethod
     def _resolution(approval_id: str, state: str, by: str, nanos: int, comment: str) -> list[StateChange]:
-        return [
-            (
-                "UPDATE approvals SET state = ?, resolved_by = ?, resolved_ns = ?, comment = ? WHERE approval_id = ?",
-                (state, by, nanos, comment, approval_id),
-            )
-        ]
+        return [state_tables.resolve_approval(approval_id, state, by, nanos, comment)]
 
     async def expire_due(self) -> int:
         """Journals ``approval_expired`` for every pending approval past its expiry; returns how many."""
@@ -308,10 +259,10 @@ class ApprovalBook:
         approval = self._open.get(approval_id)
         if approval is not None:
             return approval
-        rows = await self._reader.rows(f"SELECT {_COLUMNS} FROM approvals WHERE approval_id = ?", (approval_id,))
-        if not rows:
+        stored = await self._reader.approval(approval_id)
+        if stored is None:
             raise NotFoundError(f"no approval {approval_id!r}")
-        return Approval.from_row(rows[0])
+        return stored
 
     async def wait(self, approval_id: str, timeout_s: float | None) -> Approval:
         """Waits until the approval is resolved or expires, or ``timeout_s`` passes; returns its state then."""
@@ -336,13 +287,6 @@ class ApprovalBook:
 
     async def list(self, state: str, tenant_id: str, limit: int) -> Sequence[Approval]:
         """Approvals in a state (newest first), optionally of one tenant."""
-        sql = f"SELECT {_COLUMNS} FROM approvals WHERE state = ?"
-        params: list[Any] = [state]
-        if tenant_id:
-            sql += " AND tenant_id = ?"
-            params.append(tenant_id)
-        sql += " ORDER BY created_ns DESC LIMIT ?"
-        params.append(min(limit or MAX_LIST, MAX_LIST))
-        rows = await self._reader.rows(sql, tuple(params))
+        stored = await self._reader.list_approvals(state, tenant_id, min(limit or MAX_LIST, MAX_LIST))
         # Open approvals are authoritative in memory (a grant may be newer than the reader's snapshot).
-        return [self._open.get(r["approval_id"]) or Approval.from_row(r) for r in rows]
+        return [self._open.get(a.approval_id) or a for a in stored]

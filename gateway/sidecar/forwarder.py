@@ -35,6 +35,7 @@ from agentaudit.v1 import collector_pb2, collector_pb2_grpc
 from gateway import metrics, reasons
 from gateway.alerts import Alert
 from gateway.ids import rfc3339_nanos
+from gateway.journal import state as state_tables
 from gateway.journal.merkle import MerkleRoot, decode_state
 from gateway.journal.note import Checkpoint, NoteError, SignedNote, sign_checkpoint
 from gateway.journal.store import JournalReader
@@ -212,8 +213,8 @@ class Forwarder:
 
     async def _pruned_tree(self) -> MerkleRoot:
         """The tree over the pruned prefix (from the prune marker's state), or an empty tree."""
-        rows = await self._reader.rows("SELECT tree_state FROM prune_state")
-        return decode_state(bytes(rows[0]["tree_state"])) if rows else MerkleRoot()
+        pruned = await self._reader.prune_state()
+        return MerkleRoot() if pruned is None else decode_state(pruned.tree_state)
 
     @property
     def blocked(self) -> str:
@@ -222,8 +223,7 @@ class Forwarder:
 
     async def start(self) -> None:
         """Loads the cursor and the tree up to it, then starts the loop."""
-        rows = await self._reader.rows("SELECT acked_size FROM forwarder_state WHERE origin = ?", (self._signer.name,))
-        acked = int(rows[0]["acked_size"]) if rows else 0
+        acked = await self._reader.forwarder_acked_size(self._signer.name)
         self._tree = await self._pruned_tree()  # entries before a prune are gone; their tree frontier is kept
         await self._extend_tree(acked)
         self.status.acked_size = acked
@@ -241,12 +241,10 @@ class Forwarder:
         start = tree.size
         while start < size:
             end = min(size, start + 10_000)
-            rows = await self._reader.rows(
-                "SELECT leaf_hash FROM journal WHERE seq >= ? AND seq < ? ORDER BY seq", (start, end)
-            )
-            for row in rows:
-                tree.append(bytes(row["leaf_hash"]))
-            if len(rows) != end - start:
+            leaves = await self._reader.leaf_hashes(start, end)
+            for leaf in leaves:
+                tree.append(leaf)
+            if len(leaves) != end - start:
                 return
             start = end
 
@@ -382,16 +380,14 @@ class Forwarder:
         if not due and now - self._last_send < self._idle:
             return False
         end = min(tail, acked + self._batch)
-        rows = await self._reader.rows(
-            "SELECT seq, entry, signature, leaf_hash FROM journal WHERE seq >= ? AND seq < ? ORDER BY seq", (acked, end)
-        )
+        rows = await self._reader.signed_entries(acked, end)
         if len(rows) != end - acked:
             raise UpstreamError(f"journal is missing entries between {acked} and {end}")
         tree = copy.deepcopy(self._tree)
         for row in rows:
-            tree.append(bytes(row["leaf_hash"]))
+            tree.append(row.leaf_hash)
         note = sign_checkpoint(Checkpoint(self._signer.name, end, tree.root()), self._signer)
-        entries = [(int(r["seq"]), bytes(r["entry"]), bytes(r["signature"])) for r in rows]
+        entries = [(r.seq, r.entry, r.signature) for r in rows]
         size, cosigned = await self._upstream.ingest(self._signer.name, entries, note.encode())
         if size < end:
             raise UpstreamError(f"the collector acknowledged {size} entries, expected {end}")
@@ -407,12 +403,7 @@ class Forwarder:
             size,
             self._tree.root().hex(),
             cosigned,
-            state=[
-                (
-                    "INSERT OR REPLACE INTO forwarder_state (origin, acked_size, cosigned_note) VALUES (?, ?, ?)",
-                    (self._signer.name, size, cosigned),
-                )
-            ],
+            state=[state_tables.advance_forwarder(self._signer.name, size, cosigned)],
         )
         self._receipt_seqs = {s for s in self._receipt_seqs if s >= size}
         self._receipt_seqs.add(receipt.receipt.seq)

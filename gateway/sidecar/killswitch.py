@@ -2,30 +2,20 @@
 
 A switch stops every Decide in its scope (global, or one tenant, agent or run) from the next request on; the
 policy engine consults the board before anything else. Switches live in the ``kill_switches`` state table and
-survive restarts; each engage or release is a signed ``kill_switch`` event committed in the same transaction.
+survive restarts (``gateway.journal.state`` owns its SQL); each engage or release is a signed ``kill_switch``
+event committed in the same transaction.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from gateway.errors import FailedPreconditionError, NotFoundError
+from gateway.journal import state as state_tables
+from gateway.journal.state import EngagedSwitch
 from gateway.journal.store import JournalReader
 from gateway.journal.writer import now_nanos
 from gateway.sidecar.recorder import AuditRecorder, RecordedEvent
 
 SCOPES = ("global", "tenant", "agent", "run")
-
-
-@dataclass(frozen=True)
-class EngagedSwitch:
-    """One engaged switch."""
-
-    scope: str
-    target: str
-    reason: str
-    engaged_by: str
-    engaged_ns: int
 
 
 class KillSwitchBoard:
@@ -37,8 +27,7 @@ class KillSwitchBoard:
 
     async def load(self, reader: JournalReader) -> None:
         """Loads the switches persisted by earlier runs."""
-        for row in await reader.rows("SELECT scope, target, reason, engaged_by, engaged_ns FROM kill_switches"):
-            switch = EngagedSwitch(**row)
+        for switch in await reader.engaged_switches():
             self._switches[(switch.scope, switch.target)] = switch
 
     def find(self, tenant_id: str, agent_id: str, run_id: str) -> EngagedSwitch | None:
@@ -59,23 +48,16 @@ class KillSwitchBoard:
         """Engages (or re-engages with a new reason) a switch; journaled with the operator as actor."""
         if (scope, target) in self._switches and self._switches[(scope, target)].reason == reason:
             raise FailedPreconditionError(f"kill switch {scope}:{target or '*'} is already engaged")
-        nanos = now_nanos()
+        switch = EngagedSwitch(scope, target, reason, operator, now_nanos())
         event = await self._recorder.record_kill_switch(
             "engage",
             scope,
             target,
             reason,
             operator,
-            nanos,
-            state=[
-                (
-                    "INSERT OR REPLACE INTO kill_switches (scope, target, reason, engaged_by, engaged_ns) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (scope, target, reason, operator, nanos),
-                )
-            ],
+            switch.engaged_ns,
+            state=[state_tables.engage_switch(switch)],
         )
-        switch = EngagedSwitch(scope, target, reason, operator, nanos)
         self._switches[(scope, target)] = switch
         return switch, event
 
@@ -90,7 +72,7 @@ class KillSwitchBoard:
             reason,
             operator,
             now_nanos(),
-            state=[("DELETE FROM kill_switches WHERE scope = ? AND target = ?", (scope, target))],
+            state=[state_tables.release_switch(scope, target)],
         )
         del self._switches[(scope, target)]
         return event

@@ -19,7 +19,9 @@ import contextlib
 import logging
 from typing import Protocol
 
+from gateway.journal import state as state_tables
 from gateway.journal.merkle import MerkleRoot, decode_state, encode_state
+from gateway.journal.state import PruneState
 from gateway.journal.store import JournalReader
 from gateway.journal.writer import now_nanos
 from gateway.sidecar.recorder import AuditRecorder
@@ -87,43 +89,33 @@ class RetentionJob:
             return 0
         witnessed = self._witnessed.witnessed_size
         cutoff = now_ns - self._retention_ns
-        rows = await self._reader.rows("SELECT seq FROM journal WHERE unix_nanos >= ? ORDER BY seq LIMIT 1", (cutoff,))
-        state = await self._reader.rows("SELECT pruned_before, tree_state, last_leaf_hash FROM prune_state")
-        start = int(state[0]["pruned_before"]) if state else 0
-        tail = await self._reader.rows("SELECT max(seq) AS top FROM journal")
-        newest = tail[0]["top"]
-        first_recent = int(rows[0]["seq"]) if rows else (int(newest) + 1 if newest is not None else 0)
+        first_recent = await self._reader.first_seq_since(cutoff)
+        if first_recent is None:  # nothing is recent: the whole journal is old
+            first_recent = await self._reader.last_seq() + 1
+        previous = await self._reader.prune_state()
+        start = 0 if previous is None else previous.pruned_before
         before = min(first_recent, witnessed)
         if before <= start:
             return 0
-        tree = decode_state(bytes(state[0]["tree_state"])) if state else MerkleRoot()
-        last_leaf = bytes(state[0]["last_leaf_hash"]) if state else bytes(32)
+        tree = MerkleRoot() if previous is None else decode_state(previous.tree_state)
+        last_leaf = bytes(32) if previous is None else previous.last_leaf_hash
         seq = start
         while seq < before:
             end = min(before, seq + _CHUNK)
-            chunk = await self._reader.rows(
-                "SELECT seq, leaf_hash FROM journal WHERE seq >= ? AND seq < ? ORDER BY seq", (seq, end)
-            )
-            if len(chunk) != end - seq:
+            leaves = await self._reader.leaf_hashes(seq, end)
+            if len(leaves) != end - seq:
                 raise RuntimeError(f"retention: entries between {seq} and {end} are missing")
-            for row in chunk:
-                last_leaf = bytes(row["leaf_hash"])
-                tree.append(last_leaf)
+            for leaf in leaves:
+                tree.append(leaf)
+            last_leaf = leaves[-1]
             seq = end
-        tree_state = encode_state(tree)
+        pruned = PruneState(before, encode_state(tree), last_leaf)
         await self._recorder.record_prune(
             before,
             last_leaf.hex(),
-            base64.b64encode(tree_state).decode(),
+            base64.b64encode(pruned.tree_state).decode(),
             self._retention_days,
             cutoff,
-            state=[
-                (
-                    "INSERT OR REPLACE INTO prune_state (id, pruned_before, tree_state, last_leaf_hash) "
-                    "VALUES (1, ?, ?, ?)",
-                    (before, tree_state, last_leaf),
-                ),
-                ("DELETE FROM journal WHERE seq < ?", (before,)),
-            ],
+            state=state_tables.prune(pruned),
         )
         return before - start
