@@ -18,7 +18,8 @@ from gateway.journal.writer import JournalWriter, StateChange, now_nanos
 from gateway.sidecar.retention import RetentionJob
 from tests.conftest import run_cli
 from tests.journal_helpers import body, fixed_signer
-from tests.test_retention import DAY_NS, Sidecar, run, wait_until
+from tests.test_retention import DAY_NS, Sidecar, run, signer, wait_until
+from tests.test_retention import journal as sidecar_journal
 
 
 def commit(path: Path, *changes: StateChange) -> None:
@@ -177,7 +178,7 @@ def test_forwarder_status_counts_the_entries_retention_pruned(tmp_path: Path) ->
 
     async def scenario(sidecar: Sidecar) -> None:
         fwd = sidecar.forwarder
-        assert fwd is not None
+        assert fwd is not None and sidecar.recorder is not None and sidecar.reader is not None
         for _ in range(30):
             await sidecar.recorder.record_heartbeat()
         await wait_until(lambda: fwd.status.acked_size >= 30)
@@ -187,10 +188,10 @@ def test_forwarder_status_counts_the_entries_retention_pruned(tmp_path: Path) ->
         assert pruned is not None and pruned.pruned_before == seen["pruned"]
 
     run(tmp_path, scenario)
-    path = tmp_path / "journal.db"
+    path = sidecar_journal(tmp_path)
     with sqlite3.connect(path) as conn:
         (top, rows) = conn.execute("SELECT max(seq), count(*) FROM journal").fetchone()
-        acked = state.forwarder_acked_size(conn, "retention-test/origin")
+        acked = state.forwarder_acked_size(conn, signer(tmp_path).name)
     assert seen["pruned"] > 0 and rows == top + 1 - seen["pruned"], "retention removed a prefix"
 
     done = run_cli("forwarder", "status", str(path), "--json", check=True)
