@@ -198,6 +198,7 @@ class LimitState:
         summary = ReplaySummary()
         has_steps = any(limit.kind == "steps" for limit in limits)
         quotas = [limit for limit in limits if limit.kind != "steps"]
+        by_action: dict[str, list[Limit]] = {}  # action globs matched once per action name, as the engine does
         for event in events:
             body = event.body
             summary.events += 1
@@ -210,8 +211,11 @@ class LimitState:
             summary.allowed += 1
             at = min(event.unix_nanos / 1e9, now)  # a clock that stepped back since cannot put an event ahead
             agent, action = str(body.get("agent_id", "")), str(body.get("action", ""))
-            for limit in quotas:
-                if limit.selector.applies(action, tenant, agent):
+            matching = by_action.get(action)
+            if matching is None:
+                matching = by_action[action] = [x for x in quotas if x.selector.actions.match(action)]
+            for limit in matching:
+                if limit.selector.tenants.match(tenant) and limit.selector.agents.match(agent):
                     state_key = (limit.fingerprint, limit_key(limit, tenant, agent, action, run))
                     summary.unknown_amounts += self._replay_one(limit, state_key, body, at, now)
         return summary
