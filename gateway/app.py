@@ -2,9 +2,10 @@
 
 Probes first (``start_probes``): the health-only listener, reporting "starting", and the /metrics server, so a
 slow or failing start is visible. Then ``start``: keys → policy check → journal lock and writer (opens, checks
-origin, resumes seq/chain) → reader → policy manager → journal_started event → policy watch and SIGHUP → gRPC
-server (GatewayService, health, reflection) → health SERVING. :func:`run` retries a start that failed on the
-policy or the journal when ``health.retry_start_s`` is set, reporting NOT_SERVING meanwhile (docs/operations.md).
+origin, resumes seq/chain) → reader → policy manager, its limit state replayed from the journal → journal_started
+event → policy watch and SIGHUP → gRPC server (GatewayService, health, reflection) → health SERVING. :func:`run`
+retries a start that failed on the policy or the journal when ``health.retry_start_s`` is set, reporting
+NOT_SERVING meanwhile (docs/operations.md).
 
 Stop (the reverse, so no acknowledged decision is lost): health NOT_SERVING → stop accepting RPCs and drain
 in-flight ones (grace period) → stop policy reloads → flush and close the journal writer → close the reader →
@@ -192,6 +193,7 @@ class Sidecar:
         self.policy = PolicyManager(
             cfg.policy.path, recorder, poll_interval_s=cfg.policy.watch_interval_s, switches=self.switches
         )
+        await self.policy.replay_limits(self.reader)  # before the first Decide: a restart never widens a limit
         await recorder.record_started(
             {
                 "version": __version__,

@@ -2,7 +2,8 @@
 
 The first layer that stops or requires approval decides; otherwise the action is allowed, naming the access
 binding that granted it. Evaluation does no I/O. Limit state lives in a shared :class:`LimitState` (so it
-survives reloads) and is consumed only when the answer lets the action run.
+survives reloads) and is consumed only when the answer lets the action run. The clock is the wall clock
+(``time.time``): fixed windows are aligned to the epoch, and a restart replays journaled wall-clock timestamps.
 
 Shadow rules, and every rule of a policy in ``mode: shadow``, record what they would have decided (the first
 such outcome is returned as ``Decision.shadow``) and let evaluation continue as if they had not matched.
@@ -21,7 +22,7 @@ from gateway import reasons
 from gateway.policy import cel
 from gateway.policy.cel import ConditionError
 from gateway.policy.document import Limit, PolicyDocument, Rule
-from gateway.policy.limits import LimitState
+from gateway.policy.limits import LimitState, limit_key, numeric_field
 from gateway.policy.model import ActionRequest, Decision, ShadowOutcome, Verdict
 
 LAYER_KILL_SWITCH = "kill_switch"
@@ -108,7 +109,7 @@ class LayeredPolicy:
         self,
         document: PolicyDocument,
         state: LimitState,
-        clock: Clock = time.monotonic,
+        clock: Clock = time.time,
         switches: SwitchLookup | None = None,
     ) -> None:
         self.document = document
@@ -226,18 +227,17 @@ class LayeredPolicy:
         consumed: list[tuple[Limit, tuple[str, ...], float]],
     ) -> Decision | None:
         r = ev.request
-        values = {"tenant": r.tenant_id, "agent": r.agent_id, "action": r.action, "run": r.run_id}
         for limit in limits:
             if not (limit.selector.tenants.match(r.tenant_id) and limit.selector.agents.match(r.agent_id)):
                 continue
-            key = tuple(values[k] for k in limit.key)
+            key = limit_key(limit, r.tenant_id, r.agent_id, r.action, r.run_id)
             if limit.kind == "steps":
                 retry_after = None
                 exceeded = ev.steps + 1 > limit.maximum
             else:
                 amount = 1.0
                 if limit.kind == "sum":
-                    found = _field(r.args, limit.field)
+                    found = numeric_field(r.args, limit.field)
                     if found is None:
                         outcome = ShadowOutcome(Verdict.STOP, reasons.POLICY_ERROR, LAYER_LIMITS, limit.name)
                         if self._enforce(limit.shadow, ev, outcome):
@@ -297,15 +297,3 @@ class LayeredPolicy:
                     approval_expires_s=rule.expires_s,
                 )
         return None
-
-
-def _field(args: Any, path: tuple[str, ...]) -> float | None:
-    """A numeric value at a dotted path of args, or None when absent or not a number."""
-    node = args
-    for part in path:
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    if isinstance(node, bool) or not isinstance(node, int | float):
-        return None
-    return float(node)

@@ -4,6 +4,9 @@ A reload that fails to read, parse or compile is rejected with the file, line an
 previous policy keeps answering. An accepted change is first journaled as ``policy_changed`` (old and new
 version, actor, trigger) and only then takes effect, so every decision under the new version comes after the
 event that introduced it. If the event cannot be journaled, the change is not applied.
+
+On start, :meth:`PolicyManager.replay_limits` rebuilds the limit state from the journal before the first Decide,
+so a restart never widens a limit (ADR 0011).
 """
 
 from __future__ import annotations
@@ -14,15 +17,18 @@ import logging
 import os
 import pwd
 import signal
+import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from gateway import metrics
 from gateway.errors import ConfigError, JournalUnavailableError
+from gateway.journal import replay
+from gateway.journal.store import JournalReader
 from gateway.policy.document import PolicyDocument, parse_policy
 from gateway.policy.engine import Clock, LayeredPolicy, SwitchLookup
-from gateway.policy.limits import LimitState
+from gateway.policy.limits import LimitState, ReplaySummary, replay_since
 from gateway.sidecar.recorder import AuditRecorder
 
 log = logging.getLogger(__name__)
@@ -78,7 +84,7 @@ class PolicyManager:
         path: Path,
         recorder: AuditRecorder,
         *,
-        clock: Clock = time.monotonic,
+        clock: Clock = time.time,
         poll_interval_s: float = 1.0,
         switches: SwitchLookup | None = None,
     ) -> None:
@@ -153,6 +159,41 @@ class PolicyManager:
             metrics.POLICY_RELOADS.labels("applied").inc()
             metrics.set_policy_version(document.version)
             return ReloadOutcome(True, old, document.version, event_id=event.event_id)
+
+    async def replay_limits(self, reader: JournalReader) -> ReplaySummary:
+        """Rebuilds the limit state from the journal's pre-events; call before the first Decide.
+
+        Reads only the span the active policy's limits depend on (``replay_since``), on the reader's thread.
+        """
+        limits = self.engine.document.limits
+        now = self._clock()
+        since = replay_since(limits, now)
+        if since is None:
+            return ReplaySummary()
+        since_nanos = int(since * 1e9)
+        started = time.monotonic()
+
+        def work(conn: sqlite3.Connection) -> ReplaySummary:
+            start = replay.first_seq_since(conn, since_nanos)
+            summary = self._state.replay(replay.iter_pre_events(conn, start, since_nanos), limits, now)
+            if summary.runs:
+                self._state.add_steps(replay.count_pre_events_before(conn, summary.runs, start))
+            return summary
+
+        summary = await reader.run(work)
+        log.info(
+            "limit state rebuilt from %d pre-events (%d allowed) in %.3fs",
+            summary.events,
+            summary.allowed,
+            time.monotonic() - started,
+        )
+        if summary.unknown_amounts:
+            log.warning(
+                "%d journaled amounts of sum budgets were redacted, so each counts as its budget's whole max until "
+                "the window ends: do not redact a field a sum budget adds up",
+                summary.unknown_amounts,
+            )
+        return summary
 
     async def start(self) -> None:
         """Starts watching the file and, when running in the main thread, handling SIGHUP."""
