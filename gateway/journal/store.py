@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from gateway.errors import JournalUnavailableError
-from gateway.journal import query, state
+from gateway.journal import query, replay, state
 from gateway.journal.entry import HEADER_SIZE
 from gateway.journal.schema import OPERATOR_CONTEXT_WHERE
 
@@ -189,6 +189,19 @@ class JournalReader:
         """The newest seq now, and up to ``limit`` events matching ``flt`` after ``after_seq`` and up to it."""
         return await self._call(_watch_page, flt, after_seq, limit)
 
+    async def scan_pre_events(
+        self, since_nanos: int, consume: Callable[[Iterator[replay.PreEvent]], T]
+    ) -> tuple[int, T]:
+        """Streams the pre-events written since ``since_nanos`` into ``consume`` on the reader thread (ADR 0011).
+
+        Returns the seq the scan started at and what ``consume`` returned; nothing is held in memory at once.
+        """
+        return await self._call(_scan_pre_events, since_nanos, consume)
+
+    async def count_pre_events_before(self, run_ids: list[str], before_seq: int) -> dict[str, int]:
+        """Per run, how many pre-events it has before ``before_seq`` (its earlier steps)."""
+        return await self._call(replay.count_pre_events_before, run_ids, before_seq)
+
     # --- the state tables (gateway.journal.state) --------------------------------------------------------------
 
     async def open_approvals(self) -> list[state.Approval]:
@@ -257,3 +270,10 @@ def iter_bodies(
             yield seq, json.loads(bytes(entry)[HEADER_SIZE:])
     finally:
         conn.close()
+
+
+def _scan_pre_events(
+    conn: sqlite3.Connection, since_nanos: int, consume: Callable[[Iterator[replay.PreEvent]], T]
+) -> tuple[int, T]:
+    start = replay.first_seq_since(conn, since_nanos)
+    return start, consume(replay.iter_pre_events(conn, start, since_nanos))

@@ -17,14 +17,12 @@ import logging
 import os
 import pwd
 import signal
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from gateway import metrics
 from gateway.errors import ConfigError, JournalUnavailableError
-from gateway.journal import replay
 from gateway.journal.store import JournalReader
 from gateway.policy.document import PolicyDocument, parse_policy
 from gateway.policy.engine import Clock, LayeredPolicy, SwitchLookup
@@ -173,14 +171,11 @@ class PolicyManager:
         since_nanos = int(since * 1e9)
         started = time.monotonic()
 
-        def work(conn: sqlite3.Connection) -> ReplaySummary:
-            start = replay.first_seq_since(conn, since_nanos)
-            summary = self._state.replay(replay.iter_pre_events(conn, start, since_nanos), limits, now)
-            if summary.runs:
-                self._state.add_steps(replay.count_pre_events_before(conn, summary.runs, start))
-            return summary
-
-        summary = await reader.run(work)
+        start, summary = await reader.scan_pre_events(
+            since_nanos, lambda events: self._state.replay(events, limits, now)
+        )
+        if summary.runs:
+            self._state.add_steps(await reader.count_pre_events_before(sorted(summary.runs), start))
         log.info(
             "limit state rebuilt from %d pre-events (%d allowed) in %.3fs",
             summary.events,
