@@ -34,6 +34,7 @@ from gateway.alerts import (
 from gateway.errors import ConfigError
 from tests.conftest import ROOT, free_port, start_gateway
 from tests.gateway_helpers import decide_request, stub
+from tests.helpers import eventually, eventually_async
 from tests.operator_helpers import prepare_dir
 
 DEADLINE_S = 15.0
@@ -161,15 +162,6 @@ def hook(url: str, fmt: str = "cloudevents", **overrides: Any) -> WebhookConfig:
     return WebhookConfig(url=url, format=fmt, **{"timeout_s": 2.0, **overrides})
 
 
-async def eventually(predicate: Callable[[], bool], what: str) -> None:
-    """Polls until ``predicate`` holds or the deadline passes (no fixed waits)."""
-    deadline = time.monotonic() + DEADLINE_S
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
-
-
 def run(cfg: AlertsConfig, scenario: Callable[[AlertDispatcher], Awaitable[None]]) -> None:
     async def main() -> None:
         async with AlertDispatcher(cfg) as dispatcher:
@@ -185,7 +177,7 @@ def run(cfg: AlertsConfig, scenario: Callable[[AlertDispatcher], Awaitable[None]
 def test_cloudevent_is_delivered_in_structured_mode(receiver: Receiver) -> None:
     async def scenario(d: AlertDispatcher) -> None:
         d.notify(ALERT)
-        await eventually(lambda: len(receiver.delivered()) == 1, "the event")
+        await eventually_async(lambda: len(receiver.delivered()) == 1, message="the event")
 
     run(config(hook(receiver.url + "/events")), scenario)
     got = receiver.delivered()[0]
@@ -206,7 +198,7 @@ def test_cloudevent_is_delivered_in_structured_mode(receiver: Receiver) -> None:
 def test_slack_message_is_delivered_with_the_approve_command(receiver: Receiver) -> None:
     async def scenario(d: AlertDispatcher) -> None:
         d.notify(ALERT)
-        await eventually(lambda: len(receiver.delivered()) == 1, "the message")
+        await eventually_async(lambda: len(receiver.delivered()) == 1, message="the message")
 
     run(config(hook(receiver.url + "/services/T0/B0/x", "slack")), scenario)
     got = receiver.delivered()[0]
@@ -222,7 +214,7 @@ def test_slack_message_is_delivered_with_the_approve_command(receiver: Receiver)
 def test_configured_headers_are_sent(receiver: Receiver) -> None:
     async def scenario(d: AlertDispatcher) -> None:
         d.notify(STOP)
-        await eventually(lambda: len(receiver.delivered()) == 1, "the event")
+        await eventually_async(lambda: len(receiver.delivered()) == 1, message="the event")
 
     run(config(hook(receiver.url, headers=(("Authorization", "Bearer s3cret"),))), scenario)
     assert receiver.delivered()[0].headers["Authorization"] == "Bearer s3cret"
@@ -299,7 +291,7 @@ def test_receiver_that_fails_then_recovers_gets_the_alert(
 
     async def scenario(d: AlertDispatcher) -> None:
         d.notify(ALERT)
-        await eventually(lambda: len(receiver.delivered()) == 1, "delivery after recovery")
+        await eventually_async(lambda: len(receiver.delivered()) == 1, message="delivery after recovery")
 
     run(config(hook(receiver.url, timeout_s=timeout_s)), scenario)
     assert receiver.attempts == len(failures) + 1
@@ -308,15 +300,20 @@ def test_receiver_that_fails_then_recovers_gets_the_alert(
 
 
 def test_retry_after_is_honoured_but_capped_at_backoff_max(receiver: Receiver) -> None:
-    # Uncapped, an hour's Retry-After would outlast the deadline.
+    # Ignored, the retry would come after the 1 ms backoff; honoured, after an hour, but capped at backoff_max_s
+    # (0.5 s), so the delivery comes within the deadline and no sooner than the cap.
     receiver.fail_next = [429]
     receiver.extra_headers = {"Retry-After": "3600"}
+    backoff_max_s = 0.5
 
     async def scenario(d: AlertDispatcher) -> None:
+        started = time.monotonic()
         d.notify(ALERT)
-        await eventually(lambda: len(receiver.delivered()) == 1, "delivery after Retry-After")
+        await eventually_async(lambda: len(receiver.delivered()) == 1, message="delivery after Retry-After")
+        # A little under the cap: the event loop may wake a clock tick early.
+        assert time.monotonic() - started >= backoff_max_s * 0.9, "the retry did not wait for Retry-After"
 
-    run(config(hook(receiver.url)), scenario)
+    run(config(hook(receiver.url), backoff_initial_s=0.001, backoff_max_s=backoff_max_s), scenario)
 
 
 def test_receiver_that_always_fails_exhausts_max_attempts_and_counts_a_failure(receiver: Receiver) -> None:
@@ -325,7 +322,9 @@ def test_receiver_that_always_fails_exhausts_max_attempts_and_counts_a_failure(r
 
     async def scenario(d: AlertDispatcher) -> None:
         d.notify(ALERT)
-        await eventually(lambda: counter("agentaudit_alert_failures_total", "slack") == before + 1, "failure")
+        await eventually_async(
+            lambda: counter("agentaudit_alert_failures_total", "slack") == before + 1, message="failure"
+        )
 
     run(config(hook(receiver.url, "slack", max_attempts=3)), scenario)
     assert receiver.attempts == 3
@@ -338,7 +337,9 @@ def test_client_error_is_not_retried(receiver: Receiver) -> None:
 
     async def scenario(d: AlertDispatcher) -> None:
         d.notify(ALERT)
-        await eventually(lambda: counter("agentaudit_alert_failures_total", "cloudevents") == before + 1, "failure")
+        await eventually_async(
+            lambda: counter("agentaudit_alert_failures_total", "cloudevents") == before + 1, message="failure"
+        )
 
     run(config(hook(receiver.url, max_attempts=5)), scenario)
     assert receiver.attempts == 1
@@ -349,7 +350,9 @@ def test_unreachable_receiver_counts_a_failure() -> None:
 
     async def scenario(d: AlertDispatcher) -> None:
         d.notify(ALERT)
-        await eventually(lambda: counter("agentaudit_alert_failures_total", "cloudevents") == before + 1, "failure")
+        await eventually_async(
+            lambda: counter("agentaudit_alert_failures_total", "cloudevents") == before + 1, message="failure"
+        )
 
     run(config(hook(f"http://127.0.0.1:{free_port()}/", max_attempts=2)), scenario)
 
@@ -363,7 +366,9 @@ def test_failure_log_names_the_webhook_without_secrets(receiver: Receiver, caplo
 
     async def scenario(d: AlertDispatcher) -> None:
         d.notify(ALERT)
-        await eventually(lambda: counter("agentaudit_alert_failures_total", "slack") == before + 1, "failure")
+        await eventually_async(
+            lambda: counter("agentaudit_alert_failures_total", "slack") == before + 1, message="failure"
+        )
 
     run(config(webhook), scenario)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -407,7 +412,7 @@ def test_full_queue_drops_and_counts_the_overflow_then_delivers_the_rest(receive
         assert counter("agentaudit_alerts_dropped_total", "cloudevents") == before + 9_900
         await dispatcher.start()
         try:
-            await eventually(lambda: len(receiver.delivered()) == 100, "the queued alerts")
+            await eventually_async(lambda: len(receiver.delivered()) == 100, message="the queued alerts")
         finally:
             await dispatcher.aclose()
 
@@ -438,7 +443,7 @@ def test_aclose_counts_undelivered_alerts_as_dropped_after_its_timeout(receiver:
         await dispatcher.start()
         for _ in range(3):
             dispatcher.notify(ALERT)
-        await eventually(lambda: receiver.attempts >= 1, "a first attempt")
+        await eventually_async(lambda: receiver.attempts >= 1, message="a first attempt")
         await dispatcher.aclose(timeout_s=0.05)
         dispatcher.notify(ALERT)  # after close: dropped and counted, never queued
 
@@ -636,10 +641,11 @@ def test_sidecar_alerts_on_stops_and_new_approvals_and_a_failing_receiver_never_
             types_pb2.DECISION_STOP,
             types_pb2.DECISION_APPROVAL_REQUIRED,
         ]
-        deadline = time.monotonic() + DEADLINE_S
-        while len(receiver.delivered("/slack")) < 2 or not receiver.delivered("/ce"):
-            assert time.monotonic() < deadline, "alerts were not delivered"
-            time.sleep(0.02)
+        eventually(
+            lambda: len(receiver.delivered("/slack")) >= 2 and receiver.delivered("/ce"),
+            timeout=DEADLINE_S,
+            message="alerts delivered",
+        )
         texts = sorted(r.body["text"] for r in receiver.delivered("/slack"))
         assert "decision=stop" in texts[1] and "kill_switch_engaged" in texts[1] and "tenant=t_frozen" in texts[1]
         assert approval.approval_id in texts[0], "the approval alert says how to approve"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import os
 import shutil
 import sqlite3
@@ -25,7 +26,7 @@ from gateway.collector.ingest import IngestRejected, RejectCode
 from gateway.collector.sqlite_store import SqliteCollectorStore
 from gateway.collector.store import CollectorStore, IngestOutcome
 from gateway.errors import ConfigError
-from gateway.journal.entry import leaf_hash
+from gateway.journal.entry import EventKind, decode_entry, encode_entry, leaf_hash, signature_payload
 from gateway.journal.merkle import MerkleRoot, decode_state, encode_state, rfc6962_root
 from gateway.journal.note import Checkpoint, SignedNote, sign_checkpoint, verify_cosignature, verify_note
 from gateway.signing import Ed25519Signer
@@ -379,6 +380,36 @@ def _malformed_entry(j: Journals) -> tuple[str, list[Row], str]:
     return ORIGIN, batch, checkpoint(j.a[:HELD] + batch, j.key)
 
 
+def _resigned(j: Journals, *, body: bytes | None = None, kind: int | None = None) -> tuple[str, list[Row], str]:
+    """Seq HELD rewritten (its body or kind byte) and validly signed again: only the shared entry check sees it."""
+    seq, raw, _ = j.a[HELD]
+    e = decode_entry(raw)
+    rewritten = encode_entry(
+        e.kind if kind is None else kind,
+        e.seq,
+        e.unix_nanos,
+        e.prev_leaf_hash,
+        e.key_id,
+        e.body if body is None else body,
+    )
+    batch = [(seq, rewritten, j.key.sign(signature_payload(ORIGIN, rewritten)))]
+    return ORIGIN, batch, checkpoint(j.a[:HELD] + batch, j.key)
+
+
+def _noncanonical_body(j: Journals) -> tuple[str, list[Row], str]:
+    body = json.loads(decode_entry(j.a[HELD][1]).body)
+    return _resigned(j, body=json.dumps(body, indent=1).encode())  # same JSON, not its RFC 8785 bytes
+
+
+def _unknown_kind(j: Journals) -> tuple[str, list[Row], str]:
+    return _resigned(j, kind=200)
+
+
+def _kind_mismatch(j: Journals) -> tuple[str, list[Row], str]:
+    kind = decode_entry(j.a[HELD][1]).kind
+    return _resigned(j, kind=EventKind.HEARTBEAT if kind != EventKind.HEARTBEAT else EventKind.PRE_EXEC)
+
+
 def _garbage_checkpoint(j: Journals) -> tuple[str, list[Row], str]:
     return ORIGIN, j.a[HELD:8], "not a signed note\n"
 
@@ -413,6 +444,9 @@ REFUSALS = [
     pytest.param(_size_mismatch, RejectCode.SIZE_MISMATCH, "seq 7", id="size_mismatch"),
     pytest.param(_unknown_key, RejectCode.UNKNOWN_KEY, "seq 4", id="unknown_key"),
     pytest.param(_malformed_entry, RejectCode.MALFORMED_ENTRY, "seq 4", id="malformed_entry"),
+    pytest.param(_noncanonical_body, RejectCode.MALFORMED_ENTRY, "RFC 8785", id="noncanonical_body"),
+    pytest.param(_unknown_kind, RejectCode.MALFORMED_ENTRY, "kind 200 is not a known", id="unknown_kind"),
+    pytest.param(_kind_mismatch, RejectCode.MALFORMED_ENTRY, "body kind is", id="kind_mismatch"),
     pytest.param(_garbage_checkpoint, RejectCode.BAD_CHECKPOINT, "malformed", id="bad_checkpoint"),
     pytest.param(_checkpoint_for_another_origin, RejectCode.BAD_CHECKPOINT, OTHER_ORIGIN, id="checkpoint_origin"),
     pytest.param(_control_characters, RejectCode.BAD_CHECKPOINT, "control", id="checkpoint_control_chars"),

@@ -22,6 +22,7 @@ from gateway.journal.store import iter_bodies
 from gateway.signing import Ed25519Signer, write_secret_file
 from tests.conftest import AGENTAUDIT, ROOT, RunningGateway, free_port, run_cli, start_gateway, wait_serving
 from tests.gateway_helpers import decide_request, stub
+from tests.helpers import eventually
 
 DEADLINE_S = 30.0
 
@@ -100,13 +101,6 @@ def collector_rows(db: Path, origin: str) -> list[tuple[int, bytes, bytes]]:
         ]
 
 
-def wait_for(predicate: Any, deadline_s: float = DEADLINE_S) -> None:
-    deadline = time.monotonic() + deadline_s
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met before the deadline"
-        time.sleep(0.05)
-
-
 @pytest.fixture
 def collector(tmp_path: Path) -> Iterator[tuple[CollectorProcess, list[tuple[Path, str]]]]:
     (tmp_path / "c").mkdir()
@@ -179,12 +173,12 @@ def test_collector_down_then_back_loses_nothing(collector: Any) -> None:
     gw = start_gateway(d, forward=True)
     try:
         load(gw, 30, "run_1")
-        wait_for(lambda: proc.size(origin) >= 30)
+        eventually(lambda: proc.size(origin) >= 30, timeout=DEADLINE_S)
         proc.stop(signal.SIGKILL)
         ids = load(gw, 60, "run_2")  # decisions keep flowing while the collector is down
         assert len(ids) == 60
         proc.start()
-        wait_for(lambda: proc.size(origin) >= len(journal_rows(gw.journal_path)) - 1)
+        eventually(lambda: proc.size(origin) >= len(journal_rows(gw.journal_path)) - 1, timeout=DEADLINE_S)
     finally:
         gw.stop()
     local = journal_rows(gw.journal_path)
@@ -201,7 +195,7 @@ def test_sidecar_killed_mid_batch_resends_without_duplicates(collector: Any) -> 
         gw.stop(signal.SIGKILL)
     gw = start_gateway(d, forward=True)
     try:
-        wait_for(lambda: proc.size(origin) >= len(journal_rows(gw.journal_path)) - 1)
+        eventually(lambda: proc.size(origin) >= len(journal_rows(gw.journal_path)) - 1, timeout=DEADLINE_S)
     finally:
         gw.stop()
     local = journal_rows(gw.journal_path)
@@ -222,7 +216,7 @@ def test_a_journal_restored_from_an_old_copy_is_detected_and_fails_closed(collec
         shutil.copy(f, backup / f.name)
     gw = start_gateway(d, forward=True)
     load(gw, 30, "run_2")
-    wait_for(lambda: proc.size(origin) >= 40)
+    eventually(lambda: proc.size(origin) >= 40, timeout=DEADLINE_S)
     gw.stop()
     for f in d.glob("journal.db*"):
         f.unlink()
@@ -230,7 +224,7 @@ def test_a_journal_restored_from_an_old_copy_is_detected_and_fails_closed(collec
         shutil.copy(f, d / f.name)  # an operator restores yesterday's backup
     gw = start_gateway(d, forward=True)
     try:
-        wait_for(lambda: any(True for _ in iter_bodies(gw.journal_path, kind="gap_recovery")))
+        eventually(lambda: any(True for _ in iter_bodies(gw.journal_path, kind="gap_recovery")), timeout=DEADLINE_S)
         channel, gateway = stub(gw.unix_target)
         with channel:
             refused = gateway.Decide(decide_request(run_id="run_3"), timeout=10)
@@ -262,7 +256,7 @@ def test_a_lost_acknowledgement_is_recovered_by_the_handshake_without_duplicates
     d, origin = sidecars[0]
     gw = start_gateway(d, forward=True)
     load(gw, 20, "run_1")
-    wait_for(lambda: proc.size(origin) >= 20)
+    eventually(lambda: proc.size(origin) >= 20, timeout=DEADLINE_S)
     gw.stop()
     held = proc.size(origin)
     # The collector acknowledged, but the acknowledgement never reached the cursor (lost on the way back).
@@ -271,7 +265,7 @@ def test_a_lost_acknowledgement_is_recovered_by_the_handshake_without_duplicates
     gw = start_gateway(d, forward=True)
     try:
         load(gw, 5, "run_2")
-        wait_for(lambda: proc.size(origin) >= held + 5)
+        eventually(lambda: proc.size(origin) >= held + 5, timeout=DEADLINE_S)
     finally:
         gw.stop()
     remote = collector_rows(proc.directory / "collector.db", origin)
@@ -288,11 +282,13 @@ def test_collector_killed_repeatedly_under_load_loses_nothing(collector: Any) ->
             before = proc.size(origin)
             worker = threading.Thread(target=load, args=(gw, 60, f"run_{round_}"))
             worker.start()
-            wait_for(lambda before=before: proc.size(origin) > before)  # batches are flowing: kill mid-stream
+            eventually(
+                lambda before=before: proc.size(origin) > before, timeout=DEADLINE_S
+            )  # batches are flowing: kill mid-stream
             proc.stop(signal.SIGKILL)
             worker.join()
             proc.start()
-        wait_for(lambda: proc.size(origin) >= len(journal_rows(gw.journal_path)) - 1)
+        eventually(lambda: proc.size(origin) >= len(journal_rows(gw.journal_path)) - 1, timeout=DEADLINE_S)
     finally:
         gw.stop()
     remote = collector_rows(proc.directory / "collector.db", origin)

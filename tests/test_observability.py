@@ -15,7 +15,6 @@ import shutil
 import sqlite3
 import subprocess
 import threading
-import time
 import urllib.request
 from collections.abc import Iterator
 from concurrent import futures
@@ -48,6 +47,7 @@ from tests.conftest import (
     wait_serving,
 )
 from tests.gateway_helpers import decide_request, journal_count, stub
+from tests.helpers import eventually
 from tests.operator_helpers import auth, operator_stub
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -77,16 +77,6 @@ def health(target: str, service: str = "") -> int:
     with grpc.insecure_channel(target) as channel:
         reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
     return int(reply.status)
-
-
-def wait_for(predicate: object, timeout: float = 15.0, what: str = "condition") -> None:
-    assert callable(predicate)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -178,7 +168,7 @@ def test_journal_fault_fails_closed_and_turns_health_not_serving(observed: tuple
         with channel:
             reply = gateway.Decide(decide_request(run_id="fault"), timeout=10)
             assert reply.reason == "audit_unavailable"
-            wait_for(lambda: health(health_target) == NOT_SERVING, what="readiness NOT_SERVING")
+            eventually(lambda: health(health_target) == NOT_SERVING, message="readiness NOT_SERVING")
             assert health(health_target, "agentaudit.v1.GatewayService") == NOT_SERVING
             assert health(health_target, "liveness") == NOT_SERVING
             during = scrape(port)
@@ -192,7 +182,7 @@ def test_journal_fault_fails_closed_and_turns_health_not_serving(observed: tuple
             blocker.execute("ROLLBACK")
             recovered = gateway.Decide(decide_request(run_id="fault", step_id=2), timeout=10)
         assert recovered.decision == types_pb2.DECISION_ALLOW
-        wait_for(lambda: health(health_target) == SERVING, what="readiness back to SERVING")
+        eventually(lambda: health(health_target) == SERVING, message="readiness back to SERVING")
         assert health(health_target, "liveness") == SERVING
     finally:
         blocker.close()
@@ -251,15 +241,15 @@ def test_forwarder_and_collector_metrics(tmp_path: Path) -> None:
         channel, gateway = stub(gw.unix_target)
         with channel:
             gateway.Decide(decide_request(run_id="f1"), timeout=10)
-        wait_for(
+        eventually(
             lambda: (
                 value(scrape(sidecar_metrics), "agentaudit_forwarder_upload_failures_total", reason="unavailable") >= 2
             ),
-            what="upload failures while the collector is down",
+            message="upload failures while the collector is down",
         )
         text = scrape(sidecar_metrics)
         assert value(text, "agentaudit_forwarder_backlog_entries") >= 2  # journal_started and the decision
-        wait_for(lambda: value(scrape(sidecar_metrics), "agentaudit_forwarder_backlog_age_seconds") > 0.2)
+        eventually(lambda: value(scrape(sidecar_metrics), "agentaudit_forwarder_backlog_age_seconds") > 0.2)
 
         # A collector that registered another key for this origin refuses the batches (a rejection); once it
         # knows the sidecar's key, it accepts them.
@@ -279,20 +269,20 @@ def test_forwarder_and_collector_metrics(tmp_path: Path) -> None:
         }
         (cdir / "collector.yaml").write_text(yaml.safe_dump(config))
         collector = start_collector(cdir, collector_port)
-        wait_for(
+        eventually(
             lambda: value(scrape(collector_metrics), "agentaudit_collector_rejections_total") >= 1,
-            what="a rejection of an unknown origin",
+            message="a rejection of an unknown origin",
         )
         collector.terminate()
         collector.wait(15)
         config["collector"]["origins"] = [{"origin": origin, "keys": [str(gw.public_key_path)]}]
         (cdir / "collector.yaml").write_text(yaml.safe_dump(config))
         collector = start_collector(cdir, collector_port)
-        wait_for(
+        eventually(
             lambda: value(scrape(collector_metrics), "agentaudit_collector_ingested_entries_total") >= 2,
-            what="entries ingested",
+            message="entries ingested",
         )
-        wait_for(lambda: value(scrape(sidecar_metrics), "agentaudit_forwarder_backlog_age_seconds") == 0)
+        eventually(lambda: value(scrape(sidecar_metrics), "agentaudit_forwarder_backlog_age_seconds") == 0)
         text = scrape(sidecar_metrics)
         assert value(text, "agentaudit_forwarder_uploaded_entries_total") >= 2
         assert value(scrape(collector_metrics), "agentaudit_collector_batches_total") >= 1
@@ -413,7 +403,7 @@ def test_spans_reach_a_local_otlp_receiver(tmp_path: Path) -> None:
             with receiver._lock:
                 return next((s for s in receiver.spans if s.name.endswith("/Decide")), None)  # type: ignore[attr-defined]
 
-        wait_for(lambda: decide_span() is not None, what="the Decide span at the receiver")
+        eventually(lambda: decide_span() is not None, message="the Decide span at the receiver")
         span = decide_span()
         attrs = {a.key: a.value for a in span.attributes}  # type: ignore[attr-defined]
         assert span.trace_id.hex() == TRACE_ID  # type: ignore[attr-defined]
@@ -424,7 +414,9 @@ def test_spans_reach_a_local_otlp_receiver(tmp_path: Path) -> None:
         assert receiver.resources[0]["service.name"] == "agentaudit-test"
         # The event points back at the trace: find one from the other.
         assert _event(gw, reply.event_id)["trace_id"] == span.trace_id.hex()  # type: ignore[attr-defined]
-        wait_for(lambda: any(s.name.endswith("/ReportResult") for s in list(receiver.spans)), what="ReportResult span")
+        eventually(
+            lambda: any(s.name.endswith("/ReportResult") for s in list(receiver.spans)), message="ReportResult span"
+        )
     finally:
         gw.stop()
         server.stop(None)
@@ -563,12 +555,12 @@ def test_bad_initial_policy_is_broken_not_starting_and_recovers(tmp_path: Path) 
     (directory / "policy.yaml").write_text(good.replace("rules:", "rules:\n  - name: broken\n    when: 'args.(('\n", 1))
     proc, target, sock = serve_retrying(directory, stderr=subprocess.PIPE)
     try:
-        wait_for(lambda: _status(target) == NOT_SERVING, what="readiness NOT_SERVING for a bad policy")
+        eventually(lambda: _status(target) == NOT_SERVING, message="readiness NOT_SERVING for a bad policy")
         assert health(target, "liveness") == SERVING  # a restart would not fix a policy
         assert health(target, "agentaudit.v1.GatewayService") == NOT_SERVING
         assert not sock.exists()  # the agent API is not served: agents get UNAVAILABLE and fail closed
         (directory / "policy.yaml").write_text(good)
-        wait_for(lambda: _status(target) == SERVING, what="SERVING once the policy is fixed")
+        eventually(lambda: _status(target) == SERVING, message="SERVING once the policy is fixed")
         channel, gateway = stub(f"unix://{sock}")
         with channel:
             assert gateway.Decide(decide_request(), timeout=10).decision == types_pb2.DECISION_ALLOW
@@ -588,10 +580,10 @@ def test_a_locked_journal_at_start_fails_liveness_until_released(tmp_path: Path)
     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     proc, target, _ = serve_retrying(directory, stderr=subprocess.DEVNULL)
     try:
-        wait_for(lambda: _status(target) == NOT_SERVING, what="readiness NOT_SERVING for a locked journal")
+        eventually(lambda: _status(target) == NOT_SERVING, message="readiness NOT_SERVING for a locked journal")
         assert health(target, "liveness") == NOT_SERVING
         lock.close()  # releases the lock
-        wait_for(lambda: _status(target) == SERVING, what="SERVING once the journal is free")
+        eventually(lambda: _status(target) == SERVING, message="SERVING once the journal is free")
         assert health(target, "liveness") == SERVING
     finally:
         lock.close()
@@ -758,21 +750,21 @@ def test_policy_reload_metrics(observed: tuple[RunningGateway, int, str]) -> Non
     before = scrape(port)
     (old_version,) = re.findall(r'agentaudit_policy_info\{version="([^"]+)"\} 1', before)
     policy.write_text(original + "\nnot: [valid\n")
-    wait_for(
+    eventually(
         lambda: (
             value(scrape(port), "agentaudit_policy_reloads_total", result="rejected")
             > value(before, "agentaudit_policy_reloads_total", result="rejected")
         ),
-        what="a rejected reload",
+        message="a rejected reload",
     )
     assert value(scrape(port), "agentaudit_policy_info", version=old_version) == 1
     policy.write_text(original.replace("expires_in: 1h", "expires_in: 2h", 1))
-    wait_for(
+    eventually(
         lambda: (
             value(scrape(port), "agentaudit_policy_reloads_total", result="applied")
             > value(before, "agentaudit_policy_reloads_total", result="applied")
         ),
-        what="an applied reload",
+        message="an applied reload",
     )
     versions = re.findall(r'agentaudit_policy_info\{version="([^"]+)"\} 1', scrape(port))
     assert len(versions) == 1 and versions[0] != old_version
@@ -794,10 +786,10 @@ def test_an_idle_sidecar_notices_a_journal_it_cannot_write(tmp_path: Path) -> No
     try:
         before = journal_count(gw.journal_path)
         blocker.execute("BEGIN IMMEDIATE")
-        wait_for(lambda: health(target) == NOT_SERVING, what="readiness NOT_SERVING without any request")
+        eventually(lambda: health(target) == NOT_SERVING, message="readiness NOT_SERVING without any request")
         assert health(target, "liveness") == NOT_SERVING
         blocker.execute("ROLLBACK")
-        wait_for(lambda: health(target) == SERVING, what="SERVING once the lock is released")
+        eventually(lambda: health(target) == SERVING, message="SERVING once the lock is released")
         assert journal_count(gw.journal_path) == before, "the probe writes nothing to the journal"
     finally:
         blocker.close()

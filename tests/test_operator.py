@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from gateway.journal.store import iter_bodies
 from gateway.policy import EXAMPLE_POLICY
 from tests.conftest import RunningGateway, free_port, run_cli, start_gateway
 from tests.gateway_helpers import decide_request, stub
+from tests.helpers import eventually
 from tests.operator_helpers import TOKENS, auth, make_ca, operator_stub, prepare_dir
 
 REFUND = {"order_id": "o_1", "amount": 250}
@@ -23,13 +23,6 @@ REFUND = {"order_id": "o_1", "amount": 250}
 
 def events(path: Path, kind: str | None = None) -> list[dict[str, Any]]:
     return [body for _, body in iter_bodies(path, kind=kind)]
-
-
-def wait_for(predicate: Any, deadline_s: float = 10.0) -> None:
-    deadline = time.monotonic() + deadline_s
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met before the deadline"
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -167,7 +160,7 @@ def test_an_expired_approval_is_journaled_and_cannot_be_granted(tmp_path: Path) 
     gw = start_gateway(tmp_path / "gw")
     try:
         pending = ask_refund(gw)
-        wait_for(lambda: events(gw.journal_path, "approval_expired"), deadline_s=15)
+        eventually(lambda: events(gw.journal_path, "approval_expired"))
         with pytest.raises(grpc.RpcError) as info:
             grant(gw, pending.approval_id)
         assert info.value.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -13,18 +12,11 @@ from gateway.journal.store import iter_bodies
 from gateway.policy import EXAMPLE_POLICY
 from tests.conftest import RunningGateway, run_cli
 from tests.gateway_helpers import decide_request, stub
+from tests.helpers import eventually
 
 
 def events(path: Path, kind: str | None = None) -> list[dict[str, object]]:
     return [body for _, body in iter_bodies(path, kind=kind)]
-
-
-def wait_for(predicate: object, deadline_s: float = 10.0) -> None:
-    assert callable(predicate)
-    deadline = time.monotonic() + deadline_s
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met before the deadline"
-        time.sleep(0.05)
 
 
 def test_a_burst_of_crm_calls_is_rate_limited_per_tenant(gateway_server: RunningGateway) -> None:
@@ -98,7 +90,7 @@ def test_file_change_reloads_and_journals_policy_changed(gateway_server: Running
         before = gw.Decide(decide_request(action="kb.read"), timeout=10)
         assert before.decision == types_pb2.DECISION_ALLOW
         policy.write_text(EXAMPLE_POLICY.replace('actions: ["crm.search", "crm.lookup", "kb.*"]', 'actions: ["crm.*"]'))
-        wait_for(lambda: events(gateway_server.journal_path, "policy_changed"))
+        eventually(lambda: events(gateway_server.journal_path, "policy_changed"))
         after = gw.Decide(decide_request(action="kb.read", step_id=2), timeout=10)
     changed = events(gateway_server.journal_path, "policy_changed")[0]
     assert (changed["old_version"], changed["new_version"]) == (before.policy_version, after.policy_version)
@@ -133,7 +125,7 @@ def test_a_bad_policy_is_rejected_and_the_old_one_keeps_answering(
         version = gw.Decide(decide_request(), timeout=10).policy_version
         policy.write_text(broken)
         gateway_server.proc.send_signal(signal.SIGHUP)
-        wait_for(lambda: message in gateway_server.log())
+        eventually(lambda: message in gateway_server.log())
         again = gw.Decide(decide_request(step_id=2), timeout=10)
     assert again.policy_version == version
     assert again.decision == types_pb2.DECISION_ALLOW
@@ -145,7 +137,7 @@ def test_sighup_reloads(gateway_server: RunningGateway) -> None:
     policy = gateway_server.dir / "policy.yaml"
     policy.write_text(EXAMPLE_POLICY.replace("mode: enforce", "mode: shadow"))
     gateway_server.proc.send_signal(signal.SIGHUP)
-    wait_for(lambda: events(gateway_server.journal_path, "policy_changed"))
+    eventually(lambda: events(gateway_server.journal_path, "policy_changed"))
     channel, gw = stub(gateway_server.unix_target)
     with channel:
         reply = gw.Decide(decide_request(action="db.drop"), timeout=10)

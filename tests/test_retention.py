@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
 from pathlib import Path
 
 import pytest
@@ -18,16 +17,9 @@ from gateway.sidecar.forwarder import Forwarder
 from gateway.sidecar.recorder import AuditRecorder
 from gateway.sidecar.retention import RetentionJob
 from gateway.signing import Ed25519Signer, load_signer, write_secret_file
+from tests.helpers import eventually_async
 
 DAY_NS = 86_400 * 1_000_000_000
-
-
-async def wait_until(predicate: object, deadline_s: float = 15.0) -> None:
-    assert callable(predicate)
-    deadline = time.monotonic() + deadline_s
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met before the deadline"
-        await asyncio.sleep(0.02)
 
 
 def run(directory: Path, scenario: object) -> None:
@@ -101,14 +93,14 @@ def test_only_witnessed_old_entries_are_pruned_and_the_rest_still_verifies(tmp_p
             await recorder(sidecar).record_heartbeat()
         fwd = sidecar.forwarder
         assert fwd is not None
-        await wait_until(lambda: fwd.status.acked_size >= 40)
+        await eventually_async(lambda: fwd.status.acked_size >= 40)
         job = retention(sidecar, fwd)
         assert await job.prune_once(now_nanos()) == 0, "nothing is older than a day yet"
         pruned["acked"] = fwd.status.acked_size
         pruned["count"] = await job.prune_once(now_nanos() + 2 * DAY_NS)  # two days later: all of it is old
         for _ in range(5):
             await recorder(sidecar).record_heartbeat()
-        await wait_until(lambda: fwd.status.acked_size >= pruned["acked"] + 5)
+        await eventually_async(lambda: fwd.status.acked_size >= pruned["acked"] + 5)
 
     run(tmp_path, scenario)
     assert 0 < pruned["count"] <= pruned["acked"], "only what the collector had cosigned was pruned"
@@ -128,7 +120,7 @@ def test_a_restarted_sidecar_forwards_on_from_the_pruned_state(tmp_path: Path) -
             await recorder(sidecar).record_heartbeat()
         fwd = sidecar.forwarder
         assert fwd is not None
-        await wait_until(lambda: fwd.status.acked_size >= 20)
+        await eventually_async(lambda: fwd.status.acked_size >= 20)
         await retention(sidecar, fwd).prune_once(now_nanos() + 2 * DAY_NS)
 
     async def second(sidecar: Sidecar) -> None:
@@ -136,7 +128,7 @@ def test_a_restarted_sidecar_forwards_on_from_the_pruned_state(tmp_path: Path) -
         assert fwd is not None
         for _ in range(5):
             await recorder(sidecar).record_heartbeat()
-        await wait_until(lambda: fwd.status.acked_size >= writer_size(sidecar) - 1)
+        await eventually_async(lambda: fwd.status.acked_size >= writer_size(sidecar) - 1)
         assert not fwd.status.recovery_required
 
     run(tmp_path, first)

@@ -17,8 +17,9 @@ from gateway.journal.state import DENIED, GRANTED, PENDING, Approval, EngagedSwi
 from gateway.journal.writer import JournalWriter, StateChange, now_nanos
 from gateway.sidecar.retention import RetentionJob
 from tests.conftest import run_cli
+from tests.helpers import eventually_async
 from tests.journal_helpers import body, fixed_signer
-from tests.test_retention import DAY_NS, Sidecar, run, signer, wait_until
+from tests.test_retention import DAY_NS, Sidecar, run, signer
 from tests.test_retention import journal as sidecar_journal
 
 
@@ -181,7 +182,7 @@ def test_forwarder_status_counts_the_entries_retention_pruned(tmp_path: Path) ->
         assert fwd is not None and sidecar.recorder is not None and sidecar.reader is not None
         for _ in range(30):
             await sidecar.recorder.record_heartbeat()
-        await wait_until(lambda: fwd.status.acked_size >= 30)
+        await eventually_async(lambda: fwd.status.acked_size >= 30)
         job = RetentionJob(sidecar.reader, sidecar.recorder, fwd, retention_days=1, interval_s=3600)
         seen["pruned"] = await job.prune_once(now_nanos() + 2 * DAY_NS)
         pruned = await sidecar.reader.prune_state()

@@ -11,7 +11,6 @@ The collector cosigns every state it stores, in the same transaction: the held s
 from __future__ import annotations
 
 import enum
-import json
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -20,6 +19,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from gateway.errors import FailedPreconditionError, MalformedEntryError
+from gateway.journal.check import EntryFault, check_entry
 from gateway.journal.entry import ZERO_HASH, decode_entry, leaf_hash, signature_payload
 from gateway.journal.merkle import MerkleRoot, decode_state, encode_state
 from gateway.journal.note import Checkpoint, NoteError, NoteSignature, SignedNote, cosign
@@ -55,7 +55,9 @@ class RejectCode(enum.StrEnum):
     CONFLICTING_ENTRY = "conflicting_entry"
     """An entry the collector already holds was resent with different bytes."""
     MALFORMED_ENTRY = "malformed_entry"
-    """The entry bytes do not decode as an envelope, or its body is not a JSON object."""
+    """The entry bytes do not decode as an envelope, its body is not canonical (RFC 8785) JSON object, or the
+    body's kind does not name the header's known kind byte (what ``verify`` reports as ``noncanonical_body``
+    and ``kind_mismatch``)."""
     UNKNOWN_KEY = "unknown_key"
     """The entry's key id matches no key registered for the origin."""
     BAD_SIGNATURE = "bad_signature"
@@ -292,8 +294,9 @@ def verify_batch(
     if checkpoint.size == state.size:
         return BatchResult(checkpoint, note, (), state, resend=True)
 
-    # 9. Each new entry: decodes, is signed as the seq it was sent as, names a registered key, carries a valid
-    #    signature bound to this origin, and links to the leaf hash before it.
+    # 9. Each new entry passes the check verify runs on every row: decodes, is signed as the seq it was sent as,
+    #    names a registered key, carries a valid signature bound to this origin, links to the leaf hash before
+    #    it, has a canonical JSON object body whose kind names the header's.
     keys: dict[bytes, list[Verifier]] = {}
     for verifier in verifiers:
         keys.setdefault(verifier.key_id, []).append(verifier)
@@ -352,6 +355,28 @@ def _check_signatures(origin: str, keys: dict[bytes, list[Verifier]], entries: S
     return [ok for part in _signature_pool.map(check, chunks) for ok in part]
 
 
+# An entry fault as the collector's refusal (its vocabulary predates the shared check and stays stable).
+_REJECTION_FOR_FAULT: dict[EntryFault, RejectCode] = {
+    EntryFault.MALFORMED_ENTRY: RejectCode.MALFORMED_ENTRY,
+    EntryFault.UNKNOWN_KEY: RejectCode.UNKNOWN_KEY,
+    EntryFault.BAD_SIGNATURE: RejectCode.BAD_SIGNATURE,
+    EntryFault.REORDER: RejectCode.NOT_CONTIGUOUS,
+    EntryFault.CHAIN_BREAK: RejectCode.CHAIN_BREAK,
+    EntryFault.NONCANONICAL_BODY: RejectCode.MALFORMED_ENTRY,
+    EntryFault.KIND_MISMATCH: RejectCode.MALFORMED_ENTRY,
+}
+# Which fault names the refusal when an entry has several: the order the collector has always checked in.
+_FAULT_PRECEDENCE = (
+    EntryFault.MALFORMED_ENTRY,
+    EntryFault.REORDER,
+    EntryFault.UNKNOWN_KEY,
+    EntryFault.BAD_SIGNATURE,
+    EntryFault.CHAIN_BREAK,
+    EntryFault.NONCANONICAL_BODY,
+    EntryFault.KIND_MISMATCH,
+)
+
+
 def _verify_new_entry(
     origin: str,
     keys: dict[bytes, list[Verifier]],
@@ -361,45 +386,21 @@ def _verify_new_entry(
     prev: bytes,
     signed: bool,
 ) -> NewEntry:
-    try:
-        entry = decode_entry(raw)
-    except MalformedEntryError as exc:
-        raise IngestRejected(RejectCode.MALFORMED_ENTRY, f"seq {seq}: {exc}", seq=seq) from exc
-    if entry.seq != seq:
-        raise IngestRejected(
-            RejectCode.NOT_CONTIGUOUS, f"the entry sent as seq {seq} is signed as seq {entry.seq}", seq=seq
-        )
-    candidates = keys.get(entry.key_id)
-    if not candidates:
-        raise IngestRejected(
-            RejectCode.UNKNOWN_KEY,
-            f"seq {seq}: key id {entry.key_id.hex()} is not registered for origin {origin!r}",
-            seq=seq,
-        )
-    # Key ids are 4 bytes, so two registered keys may share one; any of them verifying is enough
-    # (checked in parallel beforehand by _check_signatures).
-    if not signed:
-        raise IngestRejected(
-            RejectCode.BAD_SIGNATURE,
-            f"seq {seq}: signature does not verify under key {entry.key_id.hex()} for origin {origin!r}",
-            seq=seq,
-        )
-    if entry.prev_leaf_hash != prev:
-        what = "zeros" if seq == 0 else f"the leaf hash of seq {seq - 1} ({_short(prev)}...)"
-        raise IngestRejected(
-            RejectCode.CHAIN_BREAK,
-            f"seq {seq}: prev_leaf_hash {_short(entry.prev_leaf_hash)}... is not {what}",
-            seq=seq,
-        )
-    body = _parse_body(seq, entry.body)
+    """Runs the check ``verify`` runs on a stored row (:func:`gateway.journal.check.check_entry`) on a new entry,
+    so the collector witnesses nothing ``verify`` would later report; refuses on the first fault."""
+    checked = check_entry(seq, raw, signature, origin=origin, keys=keys, prev_leaf_hash=prev, signed=signed)
+    if checked.problems:
+        problem = min(checked.problems, key=lambda p: _FAULT_PRECEDENCE.index(p.fault))
+        raise IngestRejected(_REJECTION_FOR_FAULT[problem.fault], f"seq {seq}: {problem.message}", seq=seq)
+    assert checked.entry is not None and checked.body is not None  # no problems: it decoded to a JSON object
     return NewEntry(
         seq=seq,
         entry=raw,
         signature=signature,
         leaf_hash=leaf_hash(raw, signature),
-        unix_nanos=entry.unix_nanos,
-        body=body,
-        indexed=storable_indexed_values(body),
+        unix_nanos=checked.entry.unix_nanos,
+        body=checked.body,
+        indexed=storable_indexed_values(checked.body),
     )
 
 
@@ -418,19 +419,6 @@ def _parse_checkpoint(text: str) -> tuple[SignedNote, Checkpoint]:
 def _signed_by_registered_key(note: SignedNote, line: NoteSignature, verifiers: Sequence[Verifier]) -> bool:
     message = note.text.encode()
     return any(line.name == v.name and line.key_id == v.key_id and v.verify(message, line.signature) for v in verifiers)
-
-
-def _parse_body(seq: int, body: bytes) -> dict[str, Any]:
-    try:
-        # Decode explicitly: json.loads(bytes) would also accept UTF-16 and UTF-32.
-        value = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise IngestRejected(RejectCode.MALFORMED_ENTRY, f"seq {seq}: body is not UTF-8 JSON: {exc}", seq=seq) from exc
-    if not isinstance(value, dict):
-        raise IngestRejected(
-            RejectCode.MALFORMED_ENTRY, f"seq {seq}: body is a JSON {type(value).__name__}, not an object", seq=seq
-        )
-    return value
 
 
 def storable_indexed_values(body: dict[str, Any]) -> tuple[Any, ...]:

@@ -45,7 +45,7 @@ from gateway.collector.store import (
     unknown_origin,
 )
 from gateway.errors import ConfigError
-from gateway.journal.query import EventFilter
+from gateway.journal.filter import POSTGRES, EventFilter
 from gateway.signing import Ed25519Signer, Verifier
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -291,7 +291,7 @@ class PostgresCollectorStore:
         """Matching events of every origin in ``(unix_nanos, origin, seq)`` order after ``after``, at most ``limit``."""
         if limit <= 0 or not _storable_filter(flt, after):
             return []
-        plan = search_plan(flt, newest_first=newest_first, dialect="postgres", placeholder=lambda i: f"${i}")
+        plan = search_plan(flt, newest_first=newest_first, dialect=POSTGRES)
         scan = limit if plan.check is None else max(limit, SEARCH_SCAN_ROWS)
         hits: list[SearchHit] = []
         cursor = after

@@ -38,7 +38,7 @@ from gateway.collector.store import (
     search_plan,
     unknown_origin,
 )
-from gateway.journal.query import EventFilter
+from gateway.journal.filter import SQLITE, EventFilter
 from gateway.signing import Ed25519Signer, Verifier
 
 _T = TypeVar("_T")
@@ -237,7 +237,7 @@ class SqliteCollectorStore:
         self, flt: EventFilter, *, newest_first: bool, after: SearchCursor | None, limit: int
     ) -> list[SearchHit]:
         """Matching events of every origin in ``(unix_nanos, origin, seq)`` order after ``after``, at most ``limit``."""
-        plan = search_plan(flt, newest_first=newest_first, dialect="sqlite", placeholder=lambda _: "?")
+        plan = search_plan(flt, newest_first=newest_first, dialect=SQLITE)
         scan = limit if plan.check is None else max(limit, SEARCH_SCAN_ROWS)
 
         def query(conn: sqlite3.Connection) -> list[SearchHit]:

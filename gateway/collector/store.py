@@ -29,7 +29,7 @@ from typing import Any, NamedTuple, Protocol
 from gateway.collector.ingest import BatchEntry, IngestRejected, NewEntry, RejectCode, is_storable_text
 from gateway.errors import ConfigError, ServiceUnavailableError, SigningKeyError
 from gateway.journal.entry import HEADER_SIZE
-from gateway.journal.query import EventFilter, body_predicate, glob_to_sqlite
+from gateway.journal.filter import EQUALITY_COLUMNS, SQLITE, EventFilter, SqlDialect, body_predicate, sql_conditions
 from gateway.journal.schema import INDEXED_FIELDS
 from gateway.signing import Ed25519Signer, Verifier, parse_verifier
 
@@ -67,7 +67,7 @@ class IngestOutcome:
 
 @dataclass(frozen=True)
 class CollectorEventFilter(EventFilter):
-    """:class:`~gateway.journal.query.EventFilter` plus the journal's ``origin`` (exact), for the collector."""
+    """:class:`~gateway.journal.filter.EventFilter` plus the journal's ``origin`` (exact), for the collector."""
 
     origin: str | None = None
 
@@ -158,23 +158,15 @@ class CollectorStore(Protocol):
         """
 
 
-# Filters with an indexed column, compared for equality (EventFilter field → events column).
-_EQUALITY_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("run_id", "run_id"),
-    ("tenant_id", "tenant_id"),
-    ("agent_id", "agent_id"),
-    ("decision", "decision"),
-    ("reason", "reason"),
-    ("kind", "kind"),
-    ("origin", "origin"),
-)
+# The journal's equality columns plus the journal's origin, which only the collector holds in one table.
+_EQUALITY_COLUMNS = (*EQUALITY_COLUMNS, ("origin", "origin"))
 SEARCH_SCAN_ROWS = 500
 """Rows read per statement while body-side filters discard candidates."""
 
 
 @dataclass(frozen=True)
 class SearchPlan:
-    """One search as SQL: conditions with placeholders made by ``placeholder(i)`` (1-based), and their values.
+    """One search as SQL: conditions with the dialect's placeholders, and their values.
 
     ``keyset`` is the cursor condition for ``(unix_nanos, origin, seq)``, to be given the cursor as its three
     parameters after ``params``; ``order`` the ORDER BY list; ``check`` the body-side test (None: none).
@@ -187,59 +179,20 @@ class SearchPlan:
     check: Callable[[dict[str, Any]], bool] | None
 
 
-def search_plan(flt: EventFilter, *, newest_first: bool, dialect: str, placeholder: Callable[[int], str]) -> SearchPlan:
-    """Translates ``flt`` for ``dialect`` (``sqlite`` or ``postgres``); only constants enter the SQL text.
+def search_plan(flt: EventFilter, *, newest_first: bool, dialect: SqlDialect) -> SearchPlan:
+    """Translates ``flt`` for ``dialect`` (:func:`gateway.journal.filter.sql_conditions`, with ``origin``) and adds
+    the keyset and order; only constants enter the SQL text.
 
-    The action glob becomes ``GLOB`` in SQLite and ``LIKE`` (with ``\\`` escapes) in PostgreSQL, both
-    case-sensitive; a bracket class selects a superset in SQL and is confirmed on the body with fnmatch, as the
-    sidecar does (:func:`gateway.journal.query.glob_to_sqlite`). In PostgreSQL origins sort bytewise
-    (``COLLATE "C"``), like SQLite, so both stores return the same order.
+    In PostgreSQL origins sort bytewise (``COLLATE "C"``), like SQLite, so both stores return the same order.
     """
-    where: list[str] = []
-    params: list[Any] = []
-
-    def add(condition: str, value: Any) -> None:
-        params.append(value)
-        where.append(condition.format(placeholder(len(params))))
-
-    for field, column in _EQUALITY_COLUMNS:
-        value = getattr(flt, field, None)
-        if value is not None:
-            add(f"{column} = {{}}", value)
-    if flt.action is not None:
-        if not any(c in flt.action for c in "*?["):
-            add("action = {}", flt.action)
-        elif dialect == "sqlite":
-            add("action GLOB {}", glob_to_sqlite(flt.action)[0])
-        else:
-            add("action LIKE {} ESCAPE '\\'", glob_to_like(flt.action))
-    if flt.since_ns is not None:
-        add("unix_nanos >= {}", flt.since_ns)
-    if flt.until_ns is not None:
-        add("unix_nanos < {}", flt.until_ns)
-    origin = "origin" if dialect == "sqlite" else 'origin COLLATE "C"'
+    where, params = sql_conditions(flt, dialect, columns=_EQUALITY_COLUMNS)
+    origin = "origin" if dialect.name == SQLITE.name else 'origin COLLATE "C"'
     compare, direction = ("<", "DESC") if newest_first else (">", "ASC")
     n = len(params)
+    placeholder = dialect.placeholder
     keyset = f"(unix_nanos, {origin}, seq) {compare} ({placeholder(n + 1)}, {placeholder(n + 2)}, {placeholder(n + 3)})"
     order = f"unix_nanos {direction}, {origin} {direction}, seq {direction}"
     return SearchPlan(where, params, keyset, order, body_predicate(flt))
-
-
-def glob_to_like(pattern: str) -> str:
-    """An fnmatch glob as a ``LIKE ... ESCAPE '\\'`` pattern: ``*`` → ``%``, ``?`` and a bracket class → ``_``
-    (a superset, confirmed on the body), ``%``, ``_`` and ``\\`` escaped, every other character literal."""
-    sqlite_glob, _ = glob_to_sqlite(pattern)
-    out: list[str] = []
-    i = 0
-    while i < len(sqlite_glob):
-        if sqlite_glob.startswith("[[]", i):
-            out.append("[")
-            i += 3
-            continue
-        c = sqlite_glob[i]
-        i += 1
-        out.append("%" if c == "*" else "_" if c == "?" else "\\" + c if c in "%_\\" else c)
-    return "".join(out)
 
 
 def search_hit(origin: str, seq: int, entry: bytes, signature: bytes, unix_nanos: int) -> SearchHit:

@@ -2,7 +2,8 @@
 
 :func:`select` streams the matching events of a journal in seq order (or newest first) in constant memory:
 filters that have an indexed column (``gateway/journal/schema.py``) become parameterised SQL; the others
-(policy layer, policy rule, actor, trace id) are applied to the parsed body. The journal is read in keyset pages
+(policy layer, policy rule, actor, trace id) are applied to the parsed body (both built by
+``gateway/journal/filter.py``, which the collector's search shares). The journal is read in keyset pages
 (``seq > ?`` / ``seq < ?``, never OFFSET), each its own short statement, so a long export never holds one read
 transaction open against a running sidecar (which would stop WAL checkpoints) and a page boundary cannot shift
 when entries are appended meanwhile.
@@ -15,19 +16,21 @@ opened by the caller (:func:`gateway.journal.store.connect_readonly`).
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import json
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import quote
 
 from gateway.errors import JournalUnreadableError
 from gateway.journal.entry import HEADER_SIZE, EventKind
+from gateway.journal.filter import SQLITE, body_predicate, sql_conditions
+
+# Re-exported (explicitly, for mypy): callers of select() build one, and the CLI's filter flags are its fields.
+from gateway.journal.filter import EventFilter as EventFilter  # noqa: PLC0414
 
 PAGE_SIZE = 512
 """Entries read per keyset page (one short SQL statement each)."""
@@ -57,142 +60,6 @@ _RFC3339_RE = re.compile(
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SQLITE_MAX_INT = 2**63 - 1
 _TIME_SYNTAX = "use RFC 3339 (2026-11-27T09:00:00Z, 2026-11-27T10:00:00.5+01:00) or a duration ago (30s, 15m, 2h, 7d)"
-
-
-@dataclass(frozen=True)
-class EventFilter:
-    """Which events to select; every field left ``None`` matches everything.
-
-    String filters match the body field exactly (an event without the field never matches), except ``action``,
-    an fnmatch-style glob like the policy's (``*``, ``?``, ``[abc]``, ``[!abc]``; case-sensitive). ``actor`` is
-    ``type:id`` (``user:u_1``, ``operator:alice``) or a bare ``id`` of any type; an id containing ``:`` needs its
-    type. ``since_ns`` (inclusive) and ``until_ns`` (exclusive) bound the entry's signed time (unix nanoseconds).
-    """
-
-    run_id: str | None = None
-    tenant_id: str | None = None
-    agent_id: str | None = None
-    action: str | None = None
-    decision: str | None = None
-    reason: str | None = None
-    kind: str | None = None
-    since_ns: int | None = None
-    until_ns: int | None = None
-    policy_layer: str | None = None
-    policy_rule: str | None = None
-    actor: str | None = None
-    trace_id: str | None = None
-    newest_first: bool = False
-
-
-# Filters with an indexed column, compared for equality (EventFilter field → column).
-_EQUALITY_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("run_id", "run_id"),
-    ("tenant_id", "tenant_id"),
-    ("agent_id", "agent_id"),
-    ("decision", "decision"),
-    ("reason", "reason"),
-    ("kind", "kind"),
-)
-
-
-def glob_to_sqlite(pattern: str) -> tuple[str, bool]:
-    """Translates an fnmatch glob to a SQLite ``GLOB`` pattern; the flag says whether it is exact.
-
-    ``*`` and ``?`` mean the same in both; every other character outside a bracket class is literal in fnmatch, so
-    the only one SQLite would misread, ``[``, is written ``[[]``. Bracket classes differ in corner cases (a
-    leading ``^``, unusual ranges), so a class becomes ``?`` (any one character): the SQL then selects a superset
-    and the flag is False, telling the caller to confirm each candidate with :func:`fnmatch.fnmatchcase`.
-    """
-    out: list[str] = []
-    exact = True
-    i, n = 0, len(pattern)
-    while i < n:
-        c = pattern[i]
-        i += 1
-        if c in "*?":
-            out.append(c)
-        elif c == "[":
-            # Where fnmatch's class ends (same scan as fnmatch.translate); unclosed means a literal "[".
-            j = i
-            if j < n and pattern[j] == "!":
-                j += 1
-            if j < n and pattern[j] == "]":
-                j += 1
-            while j < n and pattern[j] != "]":
-                j += 1
-            if j >= n:
-                out.append("[[]")
-            else:
-                out.append("?")
-                exact = False
-                i = j + 1
-        else:
-            out.append(c)
-    return "".join(out), exact
-
-
-def _where(flt: EventFilter) -> tuple[list[str], list[Any]]:
-    """SQL conditions (constants with ``?`` placeholders) and their parameters for the indexed filters."""
-    where: list[str] = []
-    params: list[Any] = []
-    for field, column in _EQUALITY_COLUMNS:
-        value = getattr(flt, field)
-        if value is not None:
-            where.append(f"{column} = ?")
-            params.append(value)
-    if flt.action is not None:
-        sql_glob, _ = glob_to_sqlite(flt.action)
-        if any(c in flt.action for c in "*?["):
-            where.append("action GLOB ?")
-            params.append(sql_glob)
-        else:
-            where.append("action = ?")
-            params.append(flt.action)
-    if flt.since_ns is not None:
-        where.append("unix_nanos >= ?")
-        params.append(flt.since_ns)
-    if flt.until_ns is not None:
-        where.append("unix_nanos < ?")
-        params.append(flt.until_ns)
-    return where, params
-
-
-# Filters without a column, compared for equality with the body field of the same name.
-_BODY_EQUALITY_FIELDS = ("policy_layer", "policy_rule", "trace_id")
-
-
-def _body_field_is(field: str, wanted: str) -> Callable[[dict[str, Any]], bool]:
-    return lambda body: body.get(field) == wanted
-
-
-def body_predicate(flt: EventFilter) -> Callable[[dict[str, Any]], bool] | None:
-    """The filters without a column, as one test on the parsed body; None when there are none."""
-    checks: list[Callable[[dict[str, Any]], bool]] = []
-    for field in _BODY_EQUALITY_FIELDS:
-        wanted = getattr(flt, field)
-        if wanted is not None:
-            checks.append(_body_field_is(field, wanted))
-    if flt.actor is not None:
-        actor_type, sep, actor_id = flt.actor.partition(":")
-        if not sep:
-            actor_type, actor_id = "", flt.actor
-
-        def actor_matches(body: dict[str, Any]) -> bool:
-            actor = body.get("actor")
-            return (
-                isinstance(actor, dict)
-                and actor.get("id") == actor_id
-                and (not actor_type or actor.get("type") == actor_type)
-            )
-
-        checks.append(actor_matches)
-    if flt.action is not None and not glob_to_sqlite(flt.action)[1]:
-        pattern = flt.action
-        checks.append(lambda body: isinstance(body.get("action"), str) and fnmatch.fnmatchcase(body["action"], pattern))
-    if not checks:
-        return None
-    return lambda body: all(check(body) for check in checks)
 
 
 def select(
@@ -235,7 +102,7 @@ def select_signed(
     """
     if limit is not None and limit <= 0:
         return
-    where, params = _where(flt)
+    where, params = sql_conditions(flt, SQLITE, first_param=2)
     check = body_predicate(flt)
     order, compare = ("DESC", "<") if flt.newest_first else ("ASC", ">")
     if through_seq is not None:

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.canonical import CanonicalizationError, canonical_json
 from gateway.errors import ConfigError, JournalUnreadableError, MalformedEntryError
+from gateway.journal.check import SIGNATURE_FAULTS, EntryProblem, check_entry
 from gateway.journal.entry import (
     ENTRY_DOMAIN,
     ZERO_HASH,
@@ -37,7 +37,6 @@ from gateway.journal.entry import (
     EventKind,
     decode_entry,
     leaf_hash,
-    signature_payload,
 )
 from gateway.journal.merkle import EMPTY_ROOT, HASH_SIZE, MerkleRoot, decode_state
 from gateway.journal.note import Checkpoint, NoteError, SignedNote, verify_cosignature, verify_note, witness_key_id
@@ -628,10 +627,18 @@ class _Scan:
             self._roots[self._tree.size] = self._tree.root()
         self._prev_leaf = self._last_leaf = leaf
 
-        # 3. Decode the envelope, then verify the signature over the domain-separated payload, bound to the
-        #    trusted origin, under the key the entry names. Bytes that do not decode name no key.
-        entry = self._decode(seq, stored_entry, stored_signature)
-        signed = entry is not None and self._check_signature(seq, entry, signature)
+        # 3. Check the entry against its signed bytes, by the steps every holder of an entry runs
+        #    (gateway/journal/check.py): decode, signature bound to the trusted origin under the key the entry
+        #    names, signed seq, chain link, canonical body, kind. Values that are not BLOBs are no entry at all.
+        if isinstance(stored_entry, bytes) and isinstance(stored_signature, bytes):
+            checked = check_entry(
+                seq, stored_entry, stored_signature, origin=self._origin, keys=self._keys, prev_leaf_hash=expected_prev
+            )
+            problems = checked.problems
+        else:
+            self._add(seq, FindingCode.MALFORMED_ENTRY, "the entry or signature column does not hold a BLOB")
+            checked, problems = None, ()
+        self._add_problems(seq, (p for p in problems if p.fault in SIGNATURE_FAULTS))
 
         # 4. Compare with the leaf hash stored when the row was written: a difference means the entry or
         #    signature bytes changed afterwards.
@@ -643,27 +650,19 @@ class _Scan:
                 f"{_short(leaf)}...: the entry or signature changed after it was written",
             )
         # Nothing below can be checked on bytes that do not decode.
-        if entry is None:
+        if checked is None or checked.entry is None:
             return
+        entry, body, signed, canonical, kind_ok = (
+            checked.entry,
+            checked.body,
+            checked.signed,
+            checked.canonical,
+            checked.kind_ok,
+        )
 
-        # 5. The signed seq must be the row's seq: entries cannot be moved or renumbered.
-        if entry.seq != seq:
-            self._add(seq, FindingCode.REORDER, f"the entry is signed as seq {entry.seq}, stored as seq {seq}")
-
-        # 6. The hash chain: the signed prev_leaf_hash must be the previous row's recomputed leaf hash.
-        if expected_prev is not None and entry.prev_leaf_hash != expected_prev:
-            what = "zeros" if seq == 0 else f"the leaf hash of seq {seq - 1} ({_short(expected_prev)}...)"
-            self._add(
-                seq,
-                FindingCode.CHAIN_BREAK,
-                f"prev_leaf_hash {_short(entry.prev_leaf_hash)}... is not {what}",
-            )
-
-        # 7. The body must be canonical JSON, so the signed bytes are the one encoding of the event.
-        body, canonical = self._check_body(seq, entry.body)
-
-        # 8. The body's kind string must name the header's kind byte.
-        kind_ok = body is not None and self._check_kind(seq, entry.kind, body)
+        # 5-8. What the signed entry says, reported after the stored leaf hash: the signed seq is the row's, the
+        #    chain links to the previous row, the body is canonical JSON, its kind names the header's.
+        self._add_problems(seq, (p for p in problems if p.fault not in SIGNATURE_FAULTS))
 
         # 9. Indexed columns are what search and the forwarder read: each must equal the signed value.
         self._check_columns(seq, entry, body, stored_nanos, stored_indexed)
@@ -774,80 +773,10 @@ class _Scan:
         else:
             self._credit(anchor.note, receipt=False)
 
-    def _decode(self, seq: int, stored_entry: object, stored_signature: object) -> Entry | None:
-        if not isinstance(stored_entry, bytes) or not isinstance(stored_signature, bytes):
-            self._add(seq, FindingCode.MALFORMED_ENTRY, "the entry or signature column does not hold a BLOB")
-            return None
-        try:
-            return decode_entry(stored_entry)
-        except MalformedEntryError as exc:
-            self._add(seq, FindingCode.MALFORMED_ENTRY, str(exc))
-            return None
-
-    def _check_signature(self, seq: int, entry: Entry, signature: bytes) -> bool:
-        """Whether the signature verifies; reports why not."""
-        candidates = self._keys.get(entry.key_id)
-        if not candidates:
-            self._add(
-                seq,
-                FindingCode.UNKNOWN_KEY,
-                f"key id {entry.key_id.hex()} matches none of the given public keys",
-            )
-            return False
-        payload = signature_payload(self._origin, entry.raw)
-        # Key ids are 4 bytes, so two trusted keys may share one; any of them verifying is enough.
-        if not any(verifier.verify(payload, signature) for verifier in candidates):
-            names = ", ".join(f"{v.name}+{v.key_id.hex()}" for v in candidates)
-            self._add(
-                seq,
-                FindingCode.BAD_SIGNATURE,
-                f"signature does not verify under {names} for origin {self._origin!r}",
-            )
-            return False
-        return True
-
-    def _check_body(self, seq: int, body_bytes: bytes) -> tuple[dict[str, Any] | None, bool]:
-        """Returns the parsed body when it is a JSON object (canonical or not), else None, and whether the
-        bytes are its RFC 8785 canonical form."""
-        try:
-            # Decode explicitly: json.loads(bytes) would also accept UTF-16 and UTF-32.
-            body = json.loads(body_bytes.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-            self._add(seq, FindingCode.NONCANONICAL_BODY, f"body is not UTF-8 JSON: {exc}")
-            return None, False
-        if not isinstance(body, dict):
-            self._add(seq, FindingCode.NONCANONICAL_BODY, f"body is a JSON {type(body).__name__}, not an object")
-            return None, False
-        try:
-            canonical = canonical_json(body)
-        except (CanonicalizationError, RecursionError) as exc:
-            # json.loads accepts what JCS cannot encode (NaN, integers beyond 2**53, lone surrogates).
-            self._add(seq, FindingCode.NONCANONICAL_BODY, f"body has no RFC 8785 form: {exc}")
-            return body, False
-        if canonical != body_bytes:
-            self._add(
-                seq,
-                FindingCode.NONCANONICAL_BODY,
-                "body is not byte-identical to its RFC 8785 canonical form",
-            )
-            return body, False
-        return body, True
-
-    def _check_kind(self, seq: int, kind: int, body: dict[str, Any]) -> bool:
-        """Whether the body's kind names the header's kind byte; reports why not."""
-        try:
-            label = EventKind(kind).label
-        except ValueError:
-            self._add(seq, FindingCode.KIND_MISMATCH, f"header kind {kind} is not a known event kind")
-            return False
-        if body.get("kind") != label:
-            self._add(
-                seq,
-                FindingCode.KIND_MISMATCH,
-                f"header kind {kind} is {label!r}, body kind is {_quote(body.get('kind'))}",
-            )
-            return False
-        return True
+    def _add_problems(self, seq: int, problems: Iterable[EntryProblem]) -> None:
+        for problem in problems:
+            # EntryFault values are finding codes by construction (gateway/journal/check.py).
+            self._add(seq, FindingCode(problem.fault.value), problem.message)
 
     def _check_columns(
         self,

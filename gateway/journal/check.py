@@ -1,0 +1,192 @@
+"""The check of one journal entry against its signed bytes, shared by ``verify`` and the collector (pure, no I/O).
+
+An entry is trusted only as far as these steps go, whoever holds it: :func:`gateway.journal.verify.verify_journal`
+runs them on every stored row and reports every problem as a finding; the collector's
+:func:`gateway.collector.ingest.verify_batch` runs them on every new entry of a batch and refuses the batch on
+the first problem. Same steps, same rules, so nothing the collector witnesses can later fail ``verify``.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.canonical import CanonicalizationError, canonical_json
+from gateway.errors import MalformedEntryError
+from gateway.journal.entry import Entry, EventKind, decode_entry, signature_payload
+from gateway.signing import Verifier
+
+_MAX_QUOTED = 80
+
+
+class EntryFault(enum.StrEnum):
+    """What is wrong with one entry. The values are the matching ``verify`` finding codes (docs/verify.md)."""
+
+    MALFORMED_ENTRY = "malformed_entry"
+    """The bytes do not decode as an envelope (domain tag, header, body length)."""
+    UNKNOWN_KEY = "unknown_key"
+    """No trusted key has the entry's key id."""
+    BAD_SIGNATURE = "bad_signature"
+    """The signature does not verify under the trusted key(s) the key id names, for this origin."""
+    REORDER = "reorder"
+    """The seq signed inside the entry is not the seq it is stored or sent as."""
+    CHAIN_BREAK = "chain_break"
+    """The signed prev_leaf_hash is not the leaf hash of the entry before it (zeros at seq 0)."""
+    NONCANONICAL_BODY = "noncanonical_body"
+    """The body is not a UTF-8 JSON object byte-identical to its RFC 8785 canonical form."""
+    KIND_MISMATCH = "kind_mismatch"
+    """The header's kind byte is not a known kind, or the body's ``kind`` string does not name it."""
+
+
+SIGNATURE_FAULTS = frozenset({EntryFault.MALFORMED_ENTRY, EntryFault.UNKNOWN_KEY, EntryFault.BAD_SIGNATURE})
+"""Faults found by steps 1 and 2 (decoding and the signature), before anything the entry says is looked at."""
+
+
+@dataclass(frozen=True)
+class EntryProblem:
+    """One fault of an entry, with a message for people (stored values quoted, never raw)."""
+
+    fault: EntryFault
+    message: str
+
+
+@dataclass(frozen=True)
+class EntryCheck:
+    """The outcome of :func:`check_entry`.
+
+    Attributes:
+        entry: the decoded envelope; None when the bytes do not decode (then nothing else was checked).
+        body: the body when it is a JSON object, canonical or not; else None.
+        signed: the signature verifies under a trusted key for the origin.
+        canonical: the body bytes are the RFC 8785 form of a JSON object.
+        kind_ok: the body's ``kind`` names the header's kind byte.
+        problems: every fault found, in the order of the steps.
+    """
+
+    entry: Entry | None
+    body: dict[str, Any] | None
+    signed: bool
+    canonical: bool
+    kind_ok: bool
+    problems: tuple[EntryProblem, ...]
+
+    @property
+    def ok(self) -> bool:
+        """True when the entry passed every step."""
+        return not self.problems
+
+
+def check_entry(
+    seq: int,
+    raw: bytes,
+    signature: bytes,
+    *,
+    origin: str,
+    keys: Mapping[bytes, Sequence[Verifier]],
+    prev_leaf_hash: bytes | None,
+    signed: bool | None = None,
+) -> EntryCheck:
+    """Checks one entry's bytes and signature, following the numbered steps below; keeps going after a fault.
+
+    Args:
+        seq: the seq the entry is stored (or sent) as.
+        raw: the exact entry bytes; signature: the stored signature bytes.
+        origin: the trusted origin signatures are bound to (never one read from the entry's holder).
+        keys: trusted public keys by key id (several may share a 4-byte id).
+        prev_leaf_hash: the recomputed leaf hash of the entry before (zeros at seq 0); None skips the chain
+            step, when the entry before is missing (a gap, reported by the caller).
+        signed: whether the signature verifies, when the caller already checked it (the collector does so in
+            parallel); None checks it here.
+    """
+    problems: list[EntryProblem] = []
+
+    def fault(kind: EntryFault, message: str) -> None:
+        problems.append(EntryProblem(kind, message))
+
+    # 1. Decode the envelope. Bytes that do not decode name no key and carry no seq: nothing else can be checked.
+    try:
+        entry = decode_entry(raw)
+    except MalformedEntryError as exc:
+        fault(EntryFault.MALFORMED_ENTRY, str(exc))
+        return EntryCheck(None, None, False, False, False, tuple(problems))
+
+    # 2. Verify the signature over the domain-separated payload, bound to the trusted origin, under the key the
+    #    entry names. Key ids are 4 bytes, so two trusted keys may share one; any of them verifying is enough.
+    candidates = keys.get(entry.key_id)
+    if not candidates:
+        fault(EntryFault.UNKNOWN_KEY, f"key id {entry.key_id.hex()} matches none of the given public keys")
+        signed = False
+    else:
+        if signed is None:
+            payload = signature_payload(origin, entry.raw)
+            signed = any(verifier.verify(payload, signature) for verifier in candidates)
+        if not signed:
+            names = ", ".join(f"{v.name}+{v.key_id.hex()}" for v in candidates)
+            fault(EntryFault.BAD_SIGNATURE, f"signature does not verify under {names} for origin {origin!r}")
+
+    # 3. The signed seq must be the seq it is held as: entries cannot be moved or renumbered.
+    if entry.seq != seq:
+        fault(EntryFault.REORDER, f"the entry is signed as seq {entry.seq}, stored as seq {seq}")
+
+    # 4. The hash chain: the signed prev_leaf_hash must be the previous entry's recomputed leaf hash.
+    if prev_leaf_hash is not None and entry.prev_leaf_hash != prev_leaf_hash:
+        what = "zeros" if seq == 0 else f"the leaf hash of seq {seq - 1} ({_short(prev_leaf_hash)}...)"
+        fault(EntryFault.CHAIN_BREAK, f"prev_leaf_hash {_short(entry.prev_leaf_hash)}... is not {what}")
+
+    # 5. The body must be canonical JSON, so the signed bytes are the one encoding of the event.
+    body, canonical, body_problem = _check_body(entry.body)
+    if body_problem is not None:
+        fault(EntryFault.NONCANONICAL_BODY, body_problem)
+
+    # 6. The body's kind string must name the header's kind byte.
+    kind_problem = None if body is None else _check_kind(entry.kind, body)
+    if kind_problem is not None:
+        fault(EntryFault.KIND_MISMATCH, kind_problem)
+    kind_ok = body is not None and kind_problem is None
+
+    return EntryCheck(entry, body, signed, canonical, kind_ok, tuple(problems))
+
+
+def _check_body(body_bytes: bytes) -> tuple[dict[str, Any] | None, bool, str | None]:
+    """The parsed body when it is a JSON object (canonical or not), whether the bytes are its RFC 8785 form, and
+    what is wrong (None: nothing)."""
+    try:
+        # Decode explicitly: json.loads(bytes) would also accept UTF-16 and UTF-32.
+        body = json.loads(body_bytes.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        return None, False, f"body is not UTF-8 JSON: {exc}"
+    if not isinstance(body, dict):
+        return None, False, f"body is a JSON {type(body).__name__}, not an object"
+    try:
+        canonical = canonical_json(body)
+    except (CanonicalizationError, RecursionError) as exc:
+        # json.loads accepts what JCS cannot encode (NaN, integers beyond 2**53, lone surrogates).
+        return body, False, f"body has no RFC 8785 form: {exc}"
+    if canonical != body_bytes:
+        return body, False, "body is not byte-identical to its RFC 8785 canonical form"
+    return body, True, None
+
+
+def _check_kind(kind: int, body: dict[str, Any]) -> str | None:
+    try:
+        label = EventKind(kind).label
+    except ValueError:
+        return f"header kind {kind} is not a known event kind"
+    if body.get("kind") != label:
+        return f"header kind {kind} is {label!r}, body kind is {quote(body.get('kind'))}"
+    return None
+
+
+def quote(value: object) -> str:
+    """Quotes a stored value for a message. repr() escapes control characters, so a tampered value cannot inject
+    terminal escape sequences into a report; long values are cut so one huge value cannot flood it."""
+    text = value.hex() if isinstance(value, bytes) else repr(value)
+    return text if len(text) <= _MAX_QUOTED else text[: _MAX_QUOTED - 3] + "..."
+
+
+def _short(digest: object) -> str:
+    """The first 8 bytes of a hash in hex, enough to tell hashes apart in a message."""
+    return digest.hex()[:16] if isinstance(digest, bytes) else quote(digest)
