@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.collector.app import Collector, CollectorConfig
+from gateway.collector.app import Collector
+from gateway.config import CollectorConfig
 from gateway.journal.store import JournalReader
 from gateway.journal.verify import FindingCode, verify_journal
 from gateway.journal.writer import JournalWriter, now_nanos
