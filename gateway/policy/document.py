@@ -10,7 +10,6 @@ import fnmatch
 import hashlib
 import math
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -450,7 +449,6 @@ def _rules(
 
 
 _TOP_LEVEL = {"version", "mode", "kill_switch", "access", "limits", "approval", "rules"}
-_Section = Callable[[_Parser, dict[str, Any], set[str]], Any]
 
 
 def parse_policy(text: str, source: str = "<policy>") -> PolicyDocument:

@@ -32,7 +32,6 @@ from gateway.sidecar.recorder import AuditRecorder, RecordedEvent
 log = logging.getLogger(__name__)
 
 PENDING, GRANTED, DENIED, EXPIRED = "pending", "granted", "denied", "expired"
-STATES = (PENDING, GRANTED, DENIED, EXPIRED)
 _COLUMNS = (
     "approval_id, state, used, tenant_id, run_id, step_id, agent_id, actor_type, actor_id, action, action_key, "
     "policy_rule, approvers, created_ns, expires_ns, resolved_by, resolved_ns, comment, event_id"
