@@ -336,9 +336,17 @@ def _access(p: _Parser, doc: dict[str, Any], seen: set[str]) -> Access:
     return Access(default == "allow", tuple(bindings))
 
 
+_RATE_LIMIT_REASONS = {
+    "tenant": reasons.RATE_LIMITED_TENANT,
+    "agent": reasons.RATE_LIMITED_AGENT,
+    "action": reasons.RATE_LIMITED_ACTION,
+    "run": reasons.RATE_LIMITED_RUN,
+}
+
+
 def _default_limit_reason(kind: str, key: tuple[str, ...]) -> str:
     if kind == "rate":
-        return f"rate_limited_{key[0]}" if len(key) == 1 else "rate_limited"
+        return _RATE_LIMIT_REASONS[key[0]] if len(key) == 1 else reasons.RATE_LIMITED
     return reasons.STEP_BUDGET_EXCEEDED if kind == "steps" else reasons.BUDGET_EXCEEDED
 
 
