@@ -22,7 +22,8 @@ from gateway.policy.cel import Condition, ConditionError, compile_condition
 from gateway.policy.model import Verdict
 
 MODES = ("enforce", "shadow")
-SCOPES = ("global", "tenant", "agent", "run")
+KILL_SWITCH_SCOPES = ("global", "tenant", "agent", "run")
+"""What a kill switch can cover (policy ``kill_switch`` rules and operator switches alike)."""
 LIMIT_KEYS = ("tenant", "agent", "action", "run")
 ACTOR_TYPES = ("user", "service", "agent")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
@@ -268,8 +269,8 @@ def _kill_switches(p: _Parser, doc: dict[str, Any], seen: set[str]) -> tuple[Kil
         name = p.name(raw, path, "kill_switch", seen)
         what = f"kill_switch rule {name!r}"
         scope = raw.get("scope", "global")
-        if scope not in SCOPES:
-            raise p.error((*path, "scope"), what, f"'scope' must be one of {', '.join(SCOPES)}")
+        if scope not in KILL_SWITCH_SCOPES:
+            raise p.error((*path, "scope"), what, f"'scope' must be one of {', '.join(KILL_SWITCH_SCOPES)}")
         if scope == "global":
             if "target" in raw:
                 raise p.error(path, what, "a global switch takes no 'target'")

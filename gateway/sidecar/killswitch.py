@@ -14,8 +14,6 @@ from gateway.journal.store import JournalReader
 from gateway.journal.writer import now_nanos
 from gateway.sidecar.recorder import AuditRecorder, RecordedEvent
 
-SCOPES = ("global", "tenant", "agent", "run")
-
 
 @dataclass(frozen=True)
 class EngagedSwitch:
