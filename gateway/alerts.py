@@ -20,36 +20,26 @@ import fnmatch
 import json
 import logging
 import random
-import re
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import httpx
 
 from gateway import __version__, metrics
-from gateway.errors import ConfigError
-from gateway.policy.model import ActionRequest, Decision, Verdict
+from gateway.config.alerts import FORMAT_CLOUDEVENTS, AlertsConfig, WebhookConfig
+from gateway.policy.model import ActionRequest, Decision
 
 log = logging.getLogger(__name__)
 
-DECISIONS = (Verdict.STOP.value, Verdict.APPROVAL_REQUIRED.value)
-"""The decisions that can raise an alert (``allow`` never does)."""
-FORMAT_SLACK = "slack"
-FORMAT_CLOUDEVENTS = "cloudevents"
-FORMATS = (FORMAT_SLACK, FORMAT_CLOUDEVENTS)
 CLOUDEVENTS_SPECVERSION = "1.0"
 CLOUDEVENTS_TYPE_PREFIX = "dev.agentaudit.decision."
 CLOUDEVENTS_CONTENT_TYPE = "application/cloudevents+json"
 SLACK_CONTENT_TYPE = "application/json"
 USER_AGENT = f"agentaudit/{__version__}"
 
-# Headers the payload format decides; letting configuration override them would corrupt the request.
-_RESERVED_HEADERS = frozenset({"content-type", "content-length", "host", "transfer-encoding"})
-_HEADER_NAME_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")  # RFC 9110 token
 _SLACK_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
 
 
@@ -93,186 +83,6 @@ def alert_from_decision(
         timestamp=timestamp,
         origin=origin,
     )
-
-
-@dataclass(frozen=True)
-class WebhookConfig:
-    """One receiver: where, in which format, for which decisions, and how hard to try."""
-
-    # Not in repr: a Slack URL's path and custom headers (Authorization) are secrets.
-    url: str = field(repr=False)
-    format: str
-    decisions: tuple[str, ...] = DECISIONS
-    reasons: tuple[str, ...] = ("*",)
-    layers: tuple[str, ...] = ("*",)
-    tenants: tuple[str, ...] = ("*",)
-    timeout_s: float = 5.0
-    max_attempts: int = 5
-    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
-
-    @property
-    def display_url(self) -> str:
-        """``scheme://host[:port]`` only: safe to log (no path, query, user info)."""
-        parts = urlsplit(self.url)
-        host = parts.hostname or ""
-        if ":" in host:
-            host = f"[{host}]"
-        port = f":{parts.port}" if parts.port is not None else ""
-        return f"{parts.scheme}://{host}{port}"
-
-
-@dataclass(frozen=True)
-class AlertsConfig:
-    """The ``alerts:`` section: webhooks and delivery tuning shared by all of them."""
-
-    webhooks: tuple[WebhookConfig, ...] = ()
-    queue_size: int = 1000
-    backoff_initial_s: float = 0.5
-    backoff_max_s: float = 30.0
-    approve_command: str = "agentaudit approve {approval_id}"
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Configuration parsing
-
-
-def _mapping(key: str, raw: Any) -> dict[str, Any]:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{key}: expected a mapping, got {type(raw).__name__}")
-    return raw
-
-
-def _refuse_unknown(key: str, raw: Mapping[str, Any], cls: type[Any]) -> None:
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(str(k) for k in set(raw) - names)
-    if unknown:
-        raise ConfigError(f"{key}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(names))})")
-
-
-def _number(key: str, value: Any, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
-    if not low < value <= high:
-        raise ConfigError(f"{key}: {value} is outside ({low}, {high}]")
-    return float(value)
-
-
-def _integer(key: str, value: Any, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
-    if not low <= value <= high:
-        raise ConfigError(f"{key}: {value} is outside {low}..{high}")
-    return value
-
-
-def _strings(key: str, value: Any, allowed: tuple[str, ...] | None = None) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise ConfigError(f"{key}: expected a list of non-empty strings, got {value!r}")
-    if not value:
-        raise ConfigError(f"{key}: must not be empty (omit the key to match everything)")
-    if allowed is not None:
-        bad = [v for v in value if v not in allowed]
-        if bad:
-            raise ConfigError(f"{key}: {', '.join(bad)} not one of {', '.join(allowed)}")
-    return tuple(value)
-
-
-def _url(key: str, value: Any) -> str:
-    if not isinstance(value, str):
-        raise ConfigError(f"{key}: must be an http(s) URL")
-    try:
-        parts = urlsplit(value)
-        _ = parts.port  # raises ValueError on a malformed port
-    except ValueError:
-        raise ConfigError(f"{key}: must be an http(s) URL") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        # The value is not echoed: it may carry a secret.
-        raise ConfigError(f"{key}: must be an http(s) URL")
-    try:
-        httpx.URL(value)  # refuse at start what the client would refuse at the first alert
-    except httpx.InvalidURL:
-        raise ConfigError(f"{key}: must be an http(s) URL") from None
-    return value
-
-
-def _headers(key: str, value: Any) -> tuple[tuple[str, str], ...]:
-    pairs = []
-    for name, header_value in _mapping(key, value).items():
-        if not isinstance(name, str) or not _HEADER_NAME_RE.match(name):
-            raise ConfigError(f"{key}: {name!r} is not a valid header name")
-        if name.lower() in _RESERVED_HEADERS:
-            raise ConfigError(f"{key}.{name}: set by the payload format, cannot be configured")
-        if not isinstance(header_value, str) or any(c in header_value for c in "\r\n\0"):
-            # The value is not echoed: it is typically a credential.
-            raise ConfigError(f"{key}.{name}: expected a single-line string")
-        pairs.append((name, header_value))
-    return tuple(pairs)
-
-
-def _webhook(key: str, raw: Any) -> WebhookConfig:
-    raw = _mapping(key, raw)
-    _refuse_unknown(key, raw, WebhookConfig)
-    for required in ("url", "format"):
-        if required not in raw:
-            raise ConfigError(f"{key}.{required}: required")
-    fmt = raw["format"]
-    if fmt not in FORMATS:
-        raise ConfigError(f"{key}.format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
-    values: dict[str, Any] = {"url": _url(f"{key}.url", raw["url"]), "format": fmt}
-    if "decisions" in raw:
-        values["decisions"] = _strings(f"{key}.decisions", raw["decisions"], DECISIONS)
-    for name in ("reasons", "layers", "tenants"):
-        if name in raw:
-            values[name] = _strings(f"{key}.{name}", raw[name])
-    if "timeout_s" in raw:
-        values["timeout_s"] = _number(f"{key}.timeout_s", raw["timeout_s"], 0.0, 300.0)
-    if "max_attempts" in raw:
-        values["max_attempts"] = _integer(f"{key}.max_attempts", raw["max_attempts"], 1, 100)
-    if "headers" in raw:
-        values["headers"] = _headers(f"{key}.headers", raw["headers"])
-    return WebhookConfig(**values)
-
-
-def parse_alerts_config(raw: Any, where: str = "alerts") -> AlertsConfig:
-    """Validates the ``alerts:`` section as loaded by ``yaml.safe_load``.
-
-    Args:
-        raw: the section's value; None (section absent or empty) means no webhooks.
-        where: the key prefix used in error messages.
-
-    Returns:
-        The validated configuration.
-
-    Raises:
-        ConfigError: naming the key, e.g. ``alerts.webhooks[0].url: must be an http(s) URL``.
-    """
-    if raw is None:
-        return AlertsConfig()
-    raw = _mapping(where, raw)
-    _refuse_unknown(where, raw, AlertsConfig)
-    values: dict[str, Any] = {}
-    webhooks = raw.get("webhooks")
-    if webhooks is not None:
-        if not isinstance(webhooks, list):
-            raise ConfigError(f"{where}.webhooks: expected a list, got {type(webhooks).__name__}")
-        values["webhooks"] = tuple(_webhook(f"{where}.webhooks[{i}]", w) for i, w in enumerate(webhooks))
-    if "queue_size" in raw:
-        values["queue_size"] = _integer(f"{where}.queue_size", raw["queue_size"], 1, 1_000_000)
-    if "backoff_initial_s" in raw:
-        values["backoff_initial_s"] = _number(f"{where}.backoff_initial_s", raw["backoff_initial_s"], 0.0, 3600.0)
-    if "backoff_max_s" in raw:
-        values["backoff_max_s"] = _number(f"{where}.backoff_max_s", raw["backoff_max_s"], 0.0, 3600.0)
-    if "approve_command" in raw:
-        command = raw["approve_command"]
-        if not isinstance(command, str) or not command.strip():
-            raise ConfigError(f"{where}.approve_command: expected a non-empty string, got {command!r}")
-        values["approve_command"] = command
-    cfg = AlertsConfig(**values)
-    if cfg.backoff_initial_s > cfg.backoff_max_s:
-        raise ConfigError(
-            f"{where}.backoff_initial_s: {cfg.backoff_initial_s} exceeds backoff_max_s {cfg.backoff_max_s}"
-        )
-    return cfg
 
 
 # ---------------------------------------------------------------------------------------------------------------

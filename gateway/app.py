@@ -34,8 +34,8 @@ from gateway.alerts import AlertDispatcher
 from gateway.api.gateway_service import SERVICE_NAME, GatewayServicer, generic_handler
 from gateway.api.operator_service import SERVICE_NAME as OPERATOR_SERVICE_NAME
 from gateway.api.operator_service import OperatorServicer, operator_handler
-from gateway.collector.app import Collector, CollectorConfig
-from gateway.config import Config, OperatorConfig
+from gateway.collector.app import Collector
+from gateway.config import CollectorConfig, Config, OperatorConfig
 from gateway.errors import AgentAuditError, ConfigError
 from gateway.journal.store import JournalReader
 from gateway.journal.writer import JournalWriter

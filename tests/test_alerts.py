@@ -23,14 +23,12 @@ from agentaudit.v1 import types_pb2
 from gateway.alerts import (
     Alert,
     AlertDispatcher,
-    AlertsConfig,
-    WebhookConfig,
     cloudevents_payload,
-    parse_alerts_config,
     retry_after_s,
     slack_payload,
     webhook_matches,
 )
+from gateway.config import AlertsConfig, WebhookConfig, parse_alerts_config
 from gateway.errors import ConfigError
 from tests.conftest import ROOT, free_port, start_gateway
 from tests.gateway_helpers import decide_request, stub

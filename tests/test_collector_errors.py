@@ -9,7 +9,8 @@ import grpc
 import pytest
 
 from agentaudit.v1 import collector_pb2, collector_pb2_grpc
-from gateway.collector.app import Collector, CollectorConfig
+from gateway.collector.app import Collector
+from gateway.config import CollectorConfig
 from gateway.errors import FailedPreconditionError
 from gateway.rpc.status import ERROR_DOMAIN, error_reason, to_status
 from gateway.sidecar.forwarder import _upstream_error

@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
-from gateway.collector.app import NANOS_PER_DAY, load_collector_config, retention_loop
+from gateway.collector.app import NANOS_PER_DAY, retention_loop
 from gateway.collector.ingest import IngestRejected
 from gateway.collector.store import CollectorStore, CollectorUnavailableError
+from gateway.config import load_collector_config
 from gateway.errors import ConfigError
 from tests import test_collector_store
 from tests.test_collector_store import (

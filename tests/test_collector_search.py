@@ -20,9 +20,10 @@ import pytest
 
 from agentaudit.v1 import collector_pb2, collector_pb2_grpc, operator_pb2
 from gateway.canonical import canonical_json
-from gateway.collector.app import Collector, CollectorConfig
+from gateway.collector.app import Collector
 from gateway.collector.sqlite_store import SqliteCollectorStore
 from gateway.collector.store import CollectorEventFilter, CollectorStore, SearchHit
+from gateway.config import CollectorConfig
 from gateway.journal.entry import HEADER_SIZE, EventKind
 from gateway.journal.schema import indexed_values
 from gateway.journal.writer import JournalWriter

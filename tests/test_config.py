@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -69,3 +71,128 @@ def test_bad_config_is_rejected_with_the_key_named(tmp_path: Path, text: str, me
     path.write_text(text)
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         config.load(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        pytest.param("journal:\n  max_batch: 2001\n", "journal.max_batch: 2001 is outside 1..2000", id="journal-batch"),
+        pytest.param("journal:\n  busy_timeout_ms: soon\n", "journal.busy_timeout_ms: expected an integer", id="ms"),
+        pytest.param("journal:\n  path: 3\n", "journal.path: expected a path, got 3", id="journal-path"),
+        pytest.param("policy:\n  watch_interval_s: 0\n", "policy.watch_interval_s", id="policy-watch"),
+        pytest.param("forward:\n  on_rollback: ignore\n", "forward.on_rollback: expected stop or allow", id="fwd"),
+        pytest.param("forward:\n  target: nowhere\n", "forward.target", id="forward-target"),
+        pytest.param("forward:\n  batch_max_entries: 0\n", "forward.batch_max_entries", id="forward-batch"),
+        pytest.param("telemetry:\n  otlp_insecure: perhaps\n", "telemetry.otlp_insecure: expected true", id="tls"),
+        pytest.param("server: [1]\n", "server: expected a mapping, got list", id="section-not-a-mapping"),
+        pytest.param("operator: [1]\n", "operator: expected a mapping, got list", id="operator-not-a-mapping"),
+        pytest.param("operator:\n  colour: red\n", "operator: unknown key(s) colour", id="operator-unknown"),
+        pytest.param("operator:\n  listen: ['x']\n", "operator.listen: 'x' is not unix:///path", id="operator-listen"),
+        pytest.param(
+            "operator:\n  tokens: [{identity: a, roles: [root], sha256: x}]\n",
+            "operator.tokens[0].roles",
+            id="operator-role",
+        ),
+        pytest.param(
+            "operator:\n  tokens: [{identity: a, roles: [admin], sha256: ABC}]\n",
+            "operator.tokens[0].sha256",
+            id="operator-digest",
+        ),
+        pytest.param("alerts:\n  queue_size: many\n", "alerts.queue_size: expected an integer", id="alerts-queue"),
+        pytest.param(
+            "alerts:\n  webhooks: [{url: 'http://h', format: slack, max_attempts: 101}]\n",
+            "alerts.webhooks[0].max_attempts: 101 is outside 1..100",
+            id="alerts-attempts",
+        ),
+        pytest.param(
+            "alerts:\n  webhooks: [{url: 'http://h', format: slack, timeout_s: '5'}]\n",
+            "alerts.webhooks[0].timeout_s: expected a number",
+            id="alerts-quoted-number",
+        ),
+    ],
+)
+def test_bad_section_value_is_rejected_naming_the_key_and_what_was_expected(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        pytest.param(
+            {"AGENTAUDIT_JOURNAL_MAX_BATCH": "abc"}, "AGENTAUDIT_JOURNAL_MAX_BATCH: expected an integer", id="int"
+        ),
+        pytest.param({"AGENTAUDIT_AUDIT_HASH_ARGS": "maybe"}, "AGENTAUDIT_AUDIT_HASH_ARGS: expected true", id="bool"),
+        pytest.param({"AGENTAUDIT_SERVER_MAX_DEPTH": "0"}, "server.max_depth: 0 is outside 1..100", id="range"),
+    ],
+)
+def test_bad_environment_value_is_rejected_naming_the_variable_or_key(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config.load(env=env)
+    assert message in str(info.value)
+
+
+def write_collector(tmp_path: Path, extra: str) -> Path:
+    path = tmp_path / "collector.yaml"
+    path.write_text(f"collector:\n  store: sqlite:///{tmp_path}/c.db\n  witness_key: witness.key\n{extra}")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        pytest.param(
+            "  max_batch_entries: abc\n", "collector.max_batch_entries: expected an integer, got 'abc'", id="batch-abc"
+        ),
+        pytest.param("  max_batch_entries: 0\n", "collector.max_batch_entries: 0 is outside 1..", id="batch-zero"),
+        pytest.param(
+            "  max_batch_entries: 2.5\n", "collector.max_batch_entries: expected an integer", id="batch-float"
+        ),
+        pytest.param("  max_inflight: true\n", "collector.max_inflight: expected an integer", id="inflight-bool"),
+        pytest.param("  max_inflight: -1\n", "collector.max_inflight: -1 is outside 1..", id="inflight-negative"),
+        pytest.param("  prune_interval_s: fast\n", "collector.prune_interval_s: expected a number", id="prune"),
+        pytest.param("  listen: 7430\n", "collector.listen: expected a list", id="listen-not-a-list"),
+        pytest.param("  origins: {a: b}\n", "collector.origins: expected a list", id="origins-not-a-list"),
+        pytest.param("  origins: [{origin: a, keys: [1]}]\n", "collector.origins[0]", id="origin-key-not-a-path"),
+        pytest.param("  search_tokens: [abc]\n", "collector.search_tokens", id="search-token"),
+        pytest.param("  metrics_listen: 'unix:///m'\n", "collector.metrics_listen: expected HOST:PORT", id="metrics"),
+        pytest.param("  colour: red\n", "collector: unknown key(s) colour", id="unknown-key"),
+    ],
+)
+def test_bad_collector_value_is_rejected_naming_the_key_and_what_was_expected(
+    tmp_path: Path, extra: str, message: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        config.load_collector_config(write_collector(tmp_path, extra))
+    assert message in str(info.value)
+
+
+def test_collector_store_comes_from_the_environment_when_set(tmp_path: Path) -> None:
+    env = {"AGENTAUDIT_COLLECTOR_STORE": "postgresql://agentaudit@db/audit"}
+    cfg = config.load_collector_config(write_collector(tmp_path, ""), env)
+    assert cfg.store == "postgresql://agentaudit@db/audit"
+    assert cfg.witness_key == tmp_path / "witness.key"
+
+
+def test_journal_batch_limit_is_the_one_the_schema_builds_inserts_to() -> None:
+    from gateway.journal import schema  # noqa: PLC0415
+
+    assert schema.MAX_ROWS_PER_INSERT == config.MAX_ROWS_PER_INSERT
+    assert config.load(env={"AGENTAUDIT_JOURNAL_MAX_BATCH": str(config.MAX_ROWS_PER_INSERT)}).journal.max_batch == 2000
+
+
+def test_configuration_loads_no_component_it_configures() -> None:
+    # The journal imports config for one limit; loading config must not drag in the alert dispatcher, the policy
+    # model or an HTTP client (the offline verifier reads a file and nothing else).
+    code = (
+        "import sys, gateway.config, gateway.journal.verify; "
+        "print(sorted(m for m in ('gateway.alerts', 'gateway.policy', 'gateway.rpc', 'httpx', 'grpc') "
+        "if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

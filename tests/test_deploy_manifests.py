@@ -33,7 +33,7 @@ import yaml
 from kubernetes_validate import utils as kv
 
 from gateway import config as config_mod
-from gateway.collector.app import load_collector_config
+from gateway.config import load_collector_config
 from gateway.errors import SigningKeyError
 from gateway.policy.document import parse_policy
 from gateway.signing import load_signer, read_secret_file

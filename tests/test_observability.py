@@ -32,7 +32,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agentaudit.v1 import collector_pb2, collector_pb2_grpc, gateway_pb2, operator_pb2, types_pb2
 from gateway import devenv
-from gateway.collector.app import Collector, CollectorConfig
+from gateway.collector.app import Collector
+from gateway.config import CollectorConfig
 from gateway.journal.store import iter_bodies
 from gateway.rpc.health import JOURNAL, POLICY, Health
 from gateway.signing import Ed25519Signer, write_secret_file

@@ -10,7 +10,8 @@ import pytest
 
 from gateway import devenv
 from gateway.app import Sidecar
-from gateway.collector.app import Collector, CollectorConfig
+from gateway.collector.app import Collector
+from gateway.config import CollectorConfig
 from gateway.journal.verify import FindingCode, verify_journal
 from gateway.journal.writer import now_nanos
 from gateway.sidecar.forwarder import Forwarder

@@ -29,6 +29,7 @@ from gateway.identity import Operator
 from gateway.journal.query import EventFilter
 from gateway.journal.state import PENDING, Approval, EngagedSwitch
 from gateway.journal.store import JournalReader, SignedEvent
+from gateway.policy.document import KILL_SWITCH_SCOPES
 from gateway.rpc.auth import ROLE_ADMIN, ROLE_APPROVER, ROLE_AUDITOR, Authenticator, require
 from gateway.rpc.filters import parse_event_filter
 from gateway.rpc.handlers import Call, Context, service_handler
@@ -46,13 +47,11 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = "agentaudit.v1.OperatorService"
 MAX_COMMENT_BYTES = 1024
 MAX_POLICY_BYTES = 1024 * 1024
-_SCOPES = {
-    operator_pb2.KILL_SWITCH_SCOPE_GLOBAL: "global",
-    operator_pb2.KILL_SWITCH_SCOPE_TENANT: "tenant",
-    operator_pb2.KILL_SWITCH_SCOPE_AGENT: "agent",
-    operator_pb2.KILL_SWITCH_SCOPE_RUN: "run",
+# The wire enum spells each of the policy's scopes as KILL_SWITCH_SCOPE_<NAME>; one missing fails at import.
+_KILL_SWITCH_SCOPE_ENUMS = {
+    scope: operator_pb2.KillSwitchScope.Value(f"KILL_SWITCH_SCOPE_{scope.upper()}") for scope in KILL_SWITCH_SCOPES
 }
-_SCOPE_ENUMS = {v: k for k, v in _SCOPES.items()}
+_KILL_SWITCH_SCOPE_NAMES = {v: k for k, v in _KILL_SWITCH_SCOPE_ENUMS.items()}
 _STATE_NAMES = {v: k for k, v in APPROVAL_STATES.items()}
 _ACTOR_TYPES = {
     "user": types_pb2.ACTOR_TYPE_USER,
@@ -95,7 +94,7 @@ def approval_message(a: Approval) -> operator_pb2.Approval:
 
 def _switch_message(s: EngagedSwitch) -> operator_pb2.KillSwitch:
     return operator_pb2.KillSwitch(
-        scope=_SCOPE_ENUMS[s.scope],
+        scope=_KILL_SWITCH_SCOPE_ENUMS[s.scope],
         target=s.target,
         reason=s.reason,
         engaged_by=s.engaged_by,
@@ -138,7 +137,7 @@ def _searched_event(row: SignedEvent) -> operator_pb2.SearchedEvent:
 
 
 def _scope_target(scope: int, target: str) -> tuple[str, str]:
-    name = _SCOPES.get(scope)  # type: ignore[call-overload]
+    name = _KILL_SWITCH_SCOPE_NAMES.get(scope)  # type: ignore[call-overload]
     if name is None:
         raise InvalidRequestError([FieldViolation("scope", "must be global, tenant, agent or run")])
     if name == "global" and target:
@@ -230,7 +229,7 @@ class OperatorServicer:
                 targets = switch.target.patterns if switch.scope != "global" else ("",)
                 switches += [
                     operator_pb2.KillSwitch(
-                        scope=_SCOPE_ENUMS[switch.scope],
+                        scope=_KILL_SWITCH_SCOPE_ENUMS[switch.scope],
                         target=t,
                         reason=switch.reason,
                         engaged_by=f"policy:{switch.name}",

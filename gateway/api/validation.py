@@ -31,7 +31,7 @@ ACTOR_TYPES = {
     types_pb2.ACTOR_TYPE_SERVICE: "service",
     types_pb2.ACTOR_TYPE_AGENT: "agent",
 }
-SCOPES = {
+ACTION_SCOPES = {
     types_pb2.SCOPE_UNSPECIFIED: "",
     types_pb2.SCOPE_USER: "user",
     types_pb2.SCOPE_TENANT: "tenant",
@@ -149,7 +149,7 @@ def parse_decide(request: gateway_pb2.DecideRequest, *, max_args_bytes: int, max
     if request.actor.type not in ACTOR_TYPES:
         check.add("actor.type", f"unknown actor type {request.actor.type}")
     check.text("actor.id", request.actor.id, required=False)
-    if request.scope not in SCOPES:
+    if request.scope not in ACTION_SCOPES:
         check.add("scope", f"unknown scope {request.scope}")
     name = request.action.name
     if not name:
@@ -178,7 +178,7 @@ def parse_decide(request: gateway_pb2.DecideRequest, *, max_args_bytes: int, max
         action=name,
         args=args.value,
         args_normalised=args.normalised,
-        scope=SCOPES[request.scope],
+        scope=ACTION_SCOPES[request.scope],
         approval_id=request.approval_id,
         traceparent=request.traceparent,
         labels=dict(request.labels),

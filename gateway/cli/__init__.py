@@ -282,7 +282,8 @@ def cmd_policy_reload(args: argparse.Namespace) -> int:
 
 def cmd_collector(args: argparse.Namespace) -> int:
     from gateway import app  # noqa: PLC0415
-    from gateway.collector.app import Collector, load_collector_config  # noqa: PLC0415
+    from gateway.collector.app import Collector  # noqa: PLC0415
+    from gateway.config import load_collector_config  # noqa: PLC0415
 
     cfg = load_collector_config(Path(args.config), _env())
     if args.listen:

@@ -1,6 +1,6 @@
 """The collector process (``agentaudit collector --config FILE``) and the embedded collector of ``agentaudit dev``.
 
-Configuration (YAML)::
+Configuration (YAML; parsed by :mod:`gateway.config.collector`)::
 
     collector:
       listen: ["127.0.0.1:7430"]          # unix:///path or HOST:PORT
@@ -25,132 +25,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import grpc
-import yaml
 from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from gateway.collector.service import SERVICE_NAME, CollectorServicer, collector_handler
 from gateway.collector.store import CollectorStore, CollectorUnavailableError
-from gateway.config import HOST_PORT_RE
+from gateway.config import CollectorConfig
 from gateway.errors import ConfigError
 from gateway.rpc.health import STORE, Health
 from gateway.rpc.net import prepare_unix_socket
 from gateway.signing import Ed25519Signer, Verifier, load_signer, load_verifier
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class CollectorConfig:
-    """Where the collector listens, stores, and whom it accepts."""
-
-    listen: tuple[str, ...]
-    store: str
-    witness_key: Path
-    origins: tuple[tuple[str, tuple[Path, ...]], ...] = ()
-    max_batch_entries: int = 10_000
-    max_inflight: int = 8
-    search_tokens: tuple[str, ...] = ()  # SHA-256 (hex) of the bearer tokens allowed to search; none: search is off
-    retention_days: int | None = None
-    prune_interval_s: float = 3600.0
-    metrics_listen: str = ""  # HOST:PORT for Prometheus /metrics (`agentaudit collector` only); empty: off
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def load_collector_config(path: Path, env: Mapping[str, str] | None = None) -> CollectorConfig:
-    """Parses a collector configuration file; relative paths resolve against its directory.
-
-    ``AGENTAUDIT_COLLECTOR_STORE`` in ``env`` replaces ``collector.store``, so a DSN holding a password can come
-    from a secret (libpq's ``PGPASSWORD`` and friends work too: asyncpg reads them).
-    """
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read collector config {path}: {exc}") from exc
-    section = raw.get("collector") if isinstance(raw, dict) else None
-    if not isinstance(section, dict):
-        raise ConfigError(f"{path}: expected a 'collector:' mapping")
-    unknown = set(section) - {
-        "listen",
-        "store",
-        "witness_key",
-        "origins",
-        "max_batch_entries",
-        "max_inflight",
-        "retention_days",
-        "prune_interval_s",
-        "search_tokens",
-        "metrics_listen",
-    }
-    if unknown:
-        raise ConfigError(f"collector: unknown key(s) {', '.join(sorted(unknown))}")
-    base = path.resolve().parent
-
-    def resolve(p: str) -> Path:
-        q = Path(p).expanduser()
-        return q if q.is_absolute() else base / q
-
-    listen = section.get("listen") or ["127.0.0.1:7430"]
-    if not isinstance(listen, list) or not all(isinstance(a, str) for a in listen):
-        raise ConfigError("collector.listen: expected a list of addresses")
-    store = (env or {}).get("AGENTAUDIT_COLLECTOR_STORE") or section.get("store")
-    if not isinstance(store, str) or not store.startswith(("sqlite:///", "postgresql://", "postgres://")):
-        raise ConfigError(
-            "collector.store (or AGENTAUDIT_COLLECTOR_STORE): expected sqlite:///path or postgresql://..."
-        )
-    if store.startswith("sqlite:///") and not Path(store[len("sqlite:///") - 1 :]).is_absolute():
-        store = "sqlite:///" + str(resolve(store[len("sqlite:///") :]))
-    if not isinstance(section.get("witness_key"), str):
-        raise ConfigError("collector.witness_key: expected the path of the witness signing key")
-    origins = []
-    for i, spec in enumerate(section.get("origins") or []):
-        if (
-            not isinstance(spec, dict)
-            or not isinstance(spec.get("origin"), str)
-            or not isinstance(spec.get("keys"), list)
-        ):
-            raise ConfigError(f"collector.origins[{i}]: expected {{origin: NAME, keys: [PUBLIC_KEY_FILE, ...]}}")
-        origins.append((spec["origin"], tuple(resolve(k) for k in spec["keys"])))
-    retention_days = section.get("retention_days")
-    if retention_days is not None and (
-        not isinstance(retention_days, int) or isinstance(retention_days, bool) or retention_days < 1
-    ):
-        raise ConfigError("collector.retention_days: expected a whole number of days, at least 1 (omit to keep)")
-    prune_interval_s = section.get("prune_interval_s", 3600)
-    if not isinstance(prune_interval_s, int | float) or isinstance(prune_interval_s, bool) or prune_interval_s <= 0:
-        raise ConfigError("collector.prune_interval_s: expected a positive number of seconds")
-    metrics_listen = section.get("metrics_listen", "")
-    if not isinstance(metrics_listen, str) or (metrics_listen and not HOST_PORT_RE.match(metrics_listen)):
-        raise ConfigError("collector.metrics_listen: expected HOST:PORT")
-    return CollectorConfig(
-        listen=tuple(listen),
-        store=store,
-        witness_key=resolve(section["witness_key"]),
-        origins=tuple(origins),
-        max_batch_entries=int(section.get("max_batch_entries", 10_000)),
-        max_inflight=int(section.get("max_inflight", 8)),
-        retention_days=retention_days,
-        prune_interval_s=float(prune_interval_s),
-        search_tokens=_search_tokens(section.get("search_tokens")),
-        metrics_listen=metrics_listen,
-    )
-
-
-def _search_tokens(raw: Any) -> tuple[str, ...]:
-    """SHA-256 digests (hex) of the bearer tokens that may search; an absent list turns search off."""
-    if raw is None:
-        return ()
-    if not isinstance(raw, list) or not all(isinstance(t, str) and re.fullmatch(r"[0-9a-f]{64}", t) for t in raw):
-        raise ConfigError("collector.search_tokens: expected a list of SHA-256 digests (64 lower-case hex digits)")
-    return tuple(raw)
 
 
 def open_store(url: str) -> CollectorStore:

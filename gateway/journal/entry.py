@@ -22,7 +22,6 @@ from gateway.errors import MalformedEntryError
 ENTRY_DOMAIN = b"agentaudit-journal/v1\n"
 SIGNATURE_DOMAIN = b"agentaudit-journal/v1 sig\n"
 ZERO_HASH = bytes(32)
-SIGNATURE_SIZE = 64
 
 _HEADER = struct.Struct(">BQq32s4sI")
 HEADER_SIZE = len(ENTRY_DOMAIN) + _HEADER.size

@@ -10,6 +10,8 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from gateway.config.limits import MAX_ROWS_PER_INSERT
+
 SCHEMA_VERSION = "1"
 
 # Body field → column. ``link_event_id`` holds the pre-event a post-event or violation refers to.
@@ -133,7 +135,6 @@ CREATE TABLE IF NOT EXISTS kill_switches (
 ) STRICT;
 """
 
-MAX_ROWS_PER_INSERT = 2000  # 16 columns x 2000 rows stays under SQLite's 32766 host parameters
 _ROW_PLACEHOLDERS = "(" + ", ".join("?" * len(COLUMNS)) + ")"
 
 

@@ -10,7 +10,6 @@ import fnmatch
 import hashlib
 import math
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +22,8 @@ from gateway.policy.cel import Condition, ConditionError, compile_condition
 from gateway.policy.model import Verdict
 
 MODES = ("enforce", "shadow")
-SCOPES = ("global", "tenant", "agent", "run")
+KILL_SWITCH_SCOPES = ("global", "tenant", "agent", "run")
+"""What a kill switch can cover (policy ``kill_switch`` rules and operator switches alike)."""
 LIMIT_KEYS = ("tenant", "agent", "action", "run")
 ACTOR_TYPES = ("user", "service", "agent")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
@@ -269,8 +269,8 @@ def _kill_switches(p: _Parser, doc: dict[str, Any], seen: set[str]) -> tuple[Kil
         name = p.name(raw, path, "kill_switch", seen)
         what = f"kill_switch rule {name!r}"
         scope = raw.get("scope", "global")
-        if scope not in SCOPES:
-            raise p.error((*path, "scope"), what, f"'scope' must be one of {', '.join(SCOPES)}")
+        if scope not in KILL_SWITCH_SCOPES:
+            raise p.error((*path, "scope"), what, f"'scope' must be one of {', '.join(KILL_SWITCH_SCOPES)}")
         if scope == "global":
             if "target" in raw:
                 raise p.error(path, what, "a global switch takes no 'target'")
@@ -337,9 +337,17 @@ def _access(p: _Parser, doc: dict[str, Any], seen: set[str]) -> Access:
     return Access(default == "allow", tuple(bindings))
 
 
+_RATE_LIMIT_REASONS = {
+    "tenant": reasons.RATE_LIMITED_TENANT,
+    "agent": reasons.RATE_LIMITED_AGENT,
+    "action": reasons.RATE_LIMITED_ACTION,
+    "run": reasons.RATE_LIMITED_RUN,
+}
+
+
 def _default_limit_reason(kind: str, key: tuple[str, ...]) -> str:
     if kind == "rate":
-        return f"rate_limited_{key[0]}" if len(key) == 1 else "rate_limited"
+        return _RATE_LIMIT_REASONS[key[0]] if len(key) == 1 else reasons.RATE_LIMITED
     return reasons.STEP_BUDGET_EXCEEDED if kind == "steps" else reasons.BUDGET_EXCEEDED
 
 
@@ -450,7 +458,6 @@ def _rules(
 
 
 _TOP_LEVEL = {"version", "mode", "kill_switch", "access", "limits", "approval", "rules"}
-_Section = Callable[[_Parser, dict[str, Any], set[str]], Any]
 
 
 def parse_policy(text: str, source: str = "<policy>") -> PolicyDocument:

@@ -46,8 +46,6 @@ from gateway.signing import Ed25519Signer
 
 log = logging.getLogger(__name__)
 
-RECEIPT_KINDS = ("cosignature", "heartbeat")
-
 
 class UpstreamError(Exception):
     """A batch was not acknowledged; ``retry_after_s`` is the collector's back-pressure hint, if any."""

@@ -15,8 +15,6 @@ from gateway.journal.store import JournalReader
 from gateway.journal.writer import now_nanos
 from gateway.sidecar.recorder import AuditRecorder, RecordedEvent
 
-SCOPES = ("global", "tenant", "agent", "run")
-
 
 class KillSwitchBoard:
     """The engaged operator switches, in memory (loaded at start) and in the state table."""

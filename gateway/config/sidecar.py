@@ -1,9 +1,9 @@
-"""Configuration: frozen dataclasses per section, loaded once from YAML, ``AGENTAUDIT_*`` env vars and flags.
+"""The sidecar's configuration (``agentaudit serve`` and ``dev``): one frozen dataclass per section, loaded once.
 
-Precedence: flags > environment > file > defaults. Environment variables are named
-``AGENTAUDIT_<SECTION>_<KEY>`` (``AGENTAUDIT_AUDIT_HASH_ARGS=false``, ``AGENTAUDIT_SERVER_LISTEN=a,b``).
-Relative paths in a file are resolved against the file's directory. Every problem is a :class:`ConfigError`
-naming the key. The reference is docs/configuration.md.
+Sources: a YAML file, ``AGENTAUDIT_*`` environment variables and flags; precedence flags > environment > file >
+defaults. Environment variables are named ``AGENTAUDIT_<SECTION>_<KEY>`` (``AGENTAUDIT_AUDIT_HASH_ARGS=false``,
+``AGENTAUDIT_SERVER_LISTEN=a,b``). Relative paths in a file are resolved against the file's directory. Every
+problem is a :class:`ConfigError` naming the key. The reference is docs/configuration.md.
 """
 
 from __future__ import annotations
@@ -18,9 +18,20 @@ from typing import Any
 
 import yaml
 
-from gateway.alerts import AlertsConfig, parse_alerts_config
+from gateway.config.alerts import AlertsConfig, parse_alerts_config
+from gateway.config.limits import MAX_ROWS_PER_INSERT
+from gateway.config.values import (
+    HOST_PORT_RE,
+    LISTEN_RE,
+    SHA256_RE,
+    coerce,
+    field_names,
+    in_range,
+    listen_addresses,
+    mapping,
+    refuse_unknown,
+)
 from gateway.errors import ConfigError
-from gateway.journal.schema import MAX_ROWS_PER_INSERT
 
 ENV_PREFIX = "AGENTAUDIT_"
 DEFAULT_TCP_PORT = 7419
@@ -122,7 +133,6 @@ class TelemetryConfig:
 
 
 OPERATOR_ROLES = ("admin", "approver", "auditor")
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -172,64 +182,21 @@ class Config:
 
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("json", "text")
-_HOST_PORT = r"([A-Za-z0-9.\-]+|\[[0-9a-fA-F:]+\]):\d{1,5}"
-HOST_PORT_RE = re.compile(rf"^{_HOST_PORT}$")
-_LISTEN_RE = re.compile(rf"^(unix://.+|{_HOST_PORT})$")
-
-
-def _coerce(key: str, value: Any, annotation: Any, base: Path) -> Any:
-    """Converts a YAML or env value to the field's type, or raises ConfigError naming the key."""
-    origin = typing.get_origin(annotation)
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
-            return value.lower() in ("true", "1", "yes", "on")
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
-    if annotation is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        try:
-            return int(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
-    if annotation is float:
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
-    if annotation is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-        return value
-    if annotation is Path:
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"{key}: expected a path, got {value!r}")
-        path = Path(value).expanduser()
-        return path if path.is_absolute() else base / path
-    if origin is tuple:
-        items = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
-        if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
-            raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
-        return tuple(items)
-    raise ConfigError(f"{key}: unsupported type")  # pragma: no cover - a programming error
+# Sections with structure (lists of mappings) that the flat reader cannot take; each has its own parser.
+_STRUCTURED_SECTIONS = ("operator", "alerts")
 
 
 def _section(name: str, cls: type[Any], raw: Any, env: Mapping[str, str], base: Path) -> Any:
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{name}: expected a mapping, got {type(raw).__name__}")
+    """Reads a flat section: each key converted by its field's annotation, then ``AGENTAUDIT_<SECTION>_<KEY>``."""
+    raw = mapping(name, {} if raw is None else raw)
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - names)
-    if unknown:
-        raise ConfigError(f"{name}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(names))})")
-    values = {k: _coerce(f"{name}.{k}", v, hints[k], base) for k, v in raw.items()}
+    names = field_names(cls)
+    refuse_unknown(name, raw, names)
+    values = {k: coerce(f"{name}.{k}", v, hints[k], base) for k, v in raw.items()}
     for k in names:
         env_name = f"{ENV_PREFIX}{name}_{k}".upper()
         if env_name in env:
-            values[k] = _coerce(env_name, env[env_name], hints[k], Path.cwd())
+            values[k] = coerce(env_name, env[env_name], hints[k], Path.cwd())
     instance = cls(**values)
     # Defaults that are relative paths resolve against the config file's directory too.
     for f in dataclasses.fields(cls):
@@ -239,30 +206,13 @@ def _section(name: str, cls: type[Any], raw: Any, env: Mapping[str, str], base: 
     return instance
 
 
-def _resolve_listen(listen: tuple[str, ...], base: Path, key: str = "server.listen") -> tuple[str, ...]:
-    out = []
-    for address in listen:
-        if not _LISTEN_RE.match(address):
-            raise ConfigError(f"{key}: {address!r} is not unix:///path or HOST:PORT")
-        if address.startswith("unix://"):
-            path = Path(address[len("unix://") :])
-            out.append(f"unix://{path if path.is_absolute() else (base / path).resolve()}")
-        else:
-            out.append(address)
-    return tuple(out)
-
-
 def _operator(raw: Any, env: Mapping[str, str], base: Path, listen: list[str] | None) -> OperatorConfig:
     """Parses the ``operator`` section (tokens and TLS are structured, so not handled by ``_section``)."""
-    raw = {} if raw is None else raw
-    if not isinstance(raw, dict):
-        raise ConfigError("operator: expected a mapping")
-    unknown = sorted(set(raw) - {"listen", "tokens", "tls"})
-    if unknown:
-        raise ConfigError(f"operator: unknown key(s) {', '.join(unknown)} (known: listen, tokens, tls)")
-    addresses = _coerce("operator.listen", raw.get("listen", []), tuple[str, ...], base)
+    raw = mapping("operator", {} if raw is None else raw)
+    refuse_unknown("operator", raw, field_names(OperatorConfig))
+    addresses = coerce("operator.listen", raw.get("listen", []), tuple[str, ...], base)
     if "AGENTAUDIT_OPERATOR_LISTEN" in env:
-        addresses = _coerce("AGENTAUDIT_OPERATOR_LISTEN", env["AGENTAUDIT_OPERATOR_LISTEN"], tuple[str, ...], base)
+        addresses = coerce("AGENTAUDIT_OPERATOR_LISTEN", env["AGENTAUDIT_OPERATOR_LISTEN"], tuple[str, ...], base)
     if listen:
         addresses = tuple(listen)
     tokens = []
@@ -278,7 +228,7 @@ def _operator(raw: Any, env: Mapping[str, str], base: Path, listen: list[str] | 
             raise ConfigError(f"{where}.identity: expected a non-empty identity")
         if not isinstance(roles, list) or not roles or any(r not in OPERATOR_ROLES for r in roles):
             raise ConfigError(f"{where}.roles: expected a list of {', '.join(OPERATOR_ROLES)}")
-        if not isinstance(digest, str) or not _SHA256_RE.match(digest):
+        if not isinstance(digest, str) or not SHA256_RE.fullmatch(digest):
             raise ConfigError(f"{where}.sha256: expected the token's SHA-256 as 64 lower-case hex digits")
         tokens.append(OperatorTokenConfig(identity, tuple(roles), digest))
     tls = None
@@ -286,14 +236,14 @@ def _operator(raw: Any, env: Mapping[str, str], base: Path, listen: list[str] | 
         spec = raw["tls"]
         if not isinstance(spec, dict) or set(spec) - {"cert", "key", "client_ca", "identities"}:
             raise ConfigError("operator.tls: expected cert, key, client_ca and optionally identities")
-        paths = {k: _coerce(f"operator.tls.{k}", spec.get(k), Path, base) for k in ("cert", "key", "client_ca")}
+        paths = {k: coerce(f"operator.tls.{k}", spec.get(k), Path, base) for k in ("cert", "key", "client_ca")}
         identities = spec.get("identities") or {}
         if not isinstance(identities, dict) or any(
             not isinstance(r, list) or any(x not in OPERATOR_ROLES for x in r) for r in identities.values()
         ):
             raise ConfigError(f"operator.tls.identities: map certificate common names to lists of {OPERATOR_ROLES}")
         tls = OperatorTlsConfig(**paths, identities=tuple((str(k), tuple(v)) for k, v in identities.items()))
-    return OperatorConfig(_resolve_listen(addresses, base) if addresses else (), tuple(tokens), tls)
+    return OperatorConfig(listen_addresses("operator.listen", addresses, base), tuple(tokens), tls)
 
 
 def _validate(cfg: Config) -> None:
@@ -319,12 +269,11 @@ def _validate(cfg: Config) -> None:
         ("journal.busy_timeout_ms", cfg.journal.busy_timeout_ms, 0, 600_000),
         ("journal.max_batch", cfg.journal.max_batch, 1, MAX_ROWS_PER_INSERT),
     ):
-        if not low <= value <= high:
-            raise ConfigError(f"{key}: {value} is outside {low}..{high}")
+        in_range(key, value, low, high)
     fwd = cfg.forward
     if fwd.on_rollback not in ("stop", "allow"):
         raise ConfigError(f"forward.on_rollback: expected stop or allow, got {fwd.on_rollback!r}")
-    if fwd.target and fwd.target != "embedded" and not _LISTEN_RE.match(fwd.target):
+    if fwd.target and fwd.target != "embedded" and not LISTEN_RE.match(fwd.target):
         raise ConfigError(f"forward.target: {fwd.target!r} is not unix:///path, HOST:PORT or embedded")
     if not 1 <= fwd.batch_max_entries <= 10_000:
         raise ConfigError("forward.batch_max_entries: must be 1..10000")
@@ -386,13 +335,11 @@ def load(
             raise ConfigError(f"{path}: top level must be a mapping")
         raw = loaded or {}
         base = path.resolve().parent
-    special = {"operator", "alerts"}
-    sections = {
-        f.name: typing.get_type_hints(Config)[f.name] for f in dataclasses.fields(Config) if f.name not in special
-    }
-    unknown = sorted(set(raw) - set(sections) - special)
+    hints = typing.get_type_hints(Config)
+    sections = {name: hints[name] for name in field_names(Config) if name not in _STRUCTURED_SECTIONS}
+    unknown = sorted(set(raw) - set(sections) - set(_STRUCTURED_SECTIONS))
     if unknown:
-        known = ", ".join([*sections, *sorted(special)])
+        known = ", ".join([*sections, *sorted(_STRUCTURED_SECTIONS)])
         raise ConfigError(f"unknown section(s) {', '.join(unknown)} (known: {known})")
     parts = {name: _section(name, cls, raw.get(name), env, base) for name, cls in sections.items()}
     cfg = Config(
@@ -403,8 +350,8 @@ def load(
     server = cfg.server
     if listen:
         server = dataclasses.replace(server, listen=tuple(listen))
-    server = dataclasses.replace(server, listen=_resolve_listen(server.listen, base))
-    health = dataclasses.replace(cfg.health, listen=_resolve_listen(cfg.health.listen, base, "health.listen"))
+    server = dataclasses.replace(server, listen=listen_addresses("server.listen", server.listen, base))
+    health = dataclasses.replace(cfg.health, listen=listen_addresses("health.listen", cfg.health.listen, base))
     cfg = dataclasses.replace(cfg, server=server, health=health)
     overlap = set(cfg.server.listen) & set(cfg.operator.listen)
     if overlap:

@@ -1,0 +1,117 @@
+"""The collector's configuration file (``agentaudit collector --config FILE``): one ``collector:`` section.
+
+Only ``AGENTAUDIT_COLLECTOR_STORE`` is read from the environment, so a DSN holding a password can come from a
+secret (libpq's ``PGPASSWORD`` and friends work too: asyncpg reads them). The reference is docs/collector.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gateway.config.values import HOST_PORT_RE, SHA256_RE, field_names, integer, number, refuse_unknown, resolve_path
+from gateway.errors import ConfigError
+
+DEFAULT_COLLECTOR_LISTEN = ("127.0.0.1:7430",)
+STORE_SCHEMES = ("sqlite:///", "postgresql://", "postgres://")
+STORE_ENV = "AGENTAUDIT_COLLECTOR_STORE"
+
+
+@dataclass(frozen=True)
+class CollectorConfig:
+    """Where the collector listens, stores, and whom it accepts."""
+
+    listen: tuple[str, ...]
+    store: str
+    witness_key: Path
+    origins: tuple[tuple[str, tuple[Path, ...]], ...] = ()
+    max_batch_entries: int = 10_000
+    max_inflight: int = 8
+    search_tokens: tuple[str, ...] = ()  # SHA-256 (hex) of the bearer tokens allowed to search; none: search is off
+    retention_days: int | None = None
+    prune_interval_s: float = 3600.0
+    metrics_listen: str = ""  # HOST:PORT for Prometheus /metrics (`agentaudit collector` only); empty: off
+
+
+def load_collector_config(path: Path, env: Mapping[str, str] | None = None) -> CollectorConfig:
+    """Parses a collector configuration file; relative paths resolve against its directory.
+
+    ``AGENTAUDIT_COLLECTOR_STORE`` in ``env`` replaces ``collector.store``.
+
+    Raises:
+        ConfigError: naming the key, e.g. ``collector.max_batch_entries: expected an integer, got 'abc'``.
+    """
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read collector config {path}: {exc}") from exc
+    section = raw.get("collector") if isinstance(raw, dict) else None
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: expected a 'collector:' mapping")
+    return parse_collector_config(section, path.resolve().parent, env or {})
+
+
+def parse_collector_config(section: dict[str, Any], base: Path, env: Mapping[str, str]) -> CollectorConfig:
+    """Validates the ``collector:`` section; relative paths resolve against ``base``."""
+    refuse_unknown("collector", section, field_names(CollectorConfig))
+    listen = section.get("listen") or list(DEFAULT_COLLECTOR_LISTEN)
+    if not isinstance(listen, list) or not all(isinstance(a, str) for a in listen):
+        raise ConfigError("collector.listen: expected a list of addresses")
+    store = env.get(STORE_ENV) or section.get("store")
+    if not isinstance(store, str) or not store.startswith(STORE_SCHEMES):
+        raise ConfigError(f"collector.store (or {STORE_ENV}): expected sqlite:///path or postgresql://...")
+    if store.startswith("sqlite:///") and not Path(store[len("sqlite:///") - 1 :]).is_absolute():
+        store = "sqlite:///" + str(resolve_path(store[len("sqlite:///") :], base))
+    if not isinstance(section.get("witness_key"), str):
+        raise ConfigError("collector.witness_key: expected the path of the witness signing key")
+    retention_days = section.get("retention_days")
+    if retention_days is not None and (
+        not isinstance(retention_days, int) or isinstance(retention_days, bool) or retention_days < 1
+    ):
+        raise ConfigError("collector.retention_days: expected a whole number of days, at least 1 (omit to keep)")
+    metrics_listen = section.get("metrics_listen", "")
+    if not isinstance(metrics_listen, str) or (metrics_listen and not HOST_PORT_RE.match(metrics_listen)):
+        raise ConfigError("collector.metrics_listen: expected HOST:PORT")
+    return CollectorConfig(
+        listen=tuple(listen),
+        store=store,
+        witness_key=resolve_path(section["witness_key"], base),
+        origins=_origins(section.get("origins"), base),
+        max_batch_entries=integer("collector.max_batch_entries", section.get("max_batch_entries", 10_000), 1, 10**6),
+        max_inflight=integer("collector.max_inflight", section.get("max_inflight", 8), 1, 10_000),
+        retention_days=retention_days,
+        prune_interval_s=number("collector.prune_interval_s", section.get("prune_interval_s", 3600), 0.0, 7 * 86400),
+        search_tokens=_search_tokens(section.get("search_tokens")),
+        metrics_listen=metrics_listen,
+    )
+
+
+def _origins(raw: Any, base: Path) -> tuple[tuple[str, tuple[Path, ...]], ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise ConfigError("collector.origins: expected a list of {origin: NAME, keys: [PUBLIC_KEY_FILE, ...]}")
+    origins = []
+    for i, spec in enumerate(raw):
+        if (
+            not isinstance(spec, dict)
+            or not isinstance(spec.get("origin"), str)
+            or not isinstance(spec.get("keys"), list)
+            or not all(isinstance(k, str) and k for k in spec["keys"])
+        ):
+            raise ConfigError(f"collector.origins[{i}]: expected {{origin: NAME, keys: [PUBLIC_KEY_FILE, ...]}}")
+        origins.append((spec["origin"], tuple(resolve_path(k, base) for k in spec["keys"])))
+    return tuple(origins)
+
+
+def _search_tokens(raw: Any) -> tuple[str, ...]:
+    """SHA-256 digests (hex) of the bearer tokens that may search; an absent list turns search off."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(t, str) and SHA256_RE.fullmatch(t) for t in raw):
+        raise ConfigError("collector.search_tokens: expected a list of SHA-256 digests (64 lower-case hex digits)")
+    return tuple(raw)
