@@ -58,12 +58,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.canonical import canonical_json
+from gateway.cli.render import format_trace
 from gateway.ids import rfc3339_nanos
 from gateway.journal import query
 from gateway.journal.entry import EventKind
 from gateway.journal.schema import DDL, OPERATOR_CONTEXT_WHERE, indexed_values
 from gateway.journal.store import connect_readonly, iter_bodies, iter_operator_context
-from gateway.journal.trace import CONTEXT_KINDS, build_trace, format_trace
+from gateway.journal.trace import CONTEXT_KINDS, build_trace
 from gateway.journal.writer import JournalWriter, Receipt, StateChange
 from gateway.signing import Ed25519Signer
 

@@ -33,9 +33,10 @@ from hypothesis import strategies as st
 from agentaudit.v1 import gateway_pb2, operator_pb2, types_pb2
 from gateway import cli
 from gateway.canonical import canonical_json
+from gateway.cli.render import summary_line
 from gateway.journal.entry import EventKind
 from gateway.journal.filter import glob_to_sqlite
-from gateway.journal.query import EventFilter, parse_time, select, summary_line
+from gateway.journal.query import EventFilter, parse_time, select
 from gateway.journal.schema import indexed_values
 from gateway.journal.store import connect_readonly, iter_bodies
 from gateway.journal.writer import JournalWriter

@@ -21,7 +21,8 @@ import pytest
 from google.protobuf import duration_pb2
 
 from agentaudit.v1 import gateway_pb2, gateway_pb2_grpc, operator_pb2, operator_pb2_grpc, types_pb2
-from gateway.journal.trace import AnomalyCode, Role, TraceStep, build_trace, format_trace
+from gateway.cli.render import format_trace
+from gateway.journal.trace import AnomalyCode, Role, TraceStep, build_trace
 from gateway.policy import EXAMPLE_POLICY
 from tests.conftest import run_cli, start_gateway
 from tests.gateway_helpers import decide_request, stub

@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.canonical import canonical_json
+from gateway.cli.render import format_report
 from gateway.errors import ConfigError, JournalUnreadableError
 from gateway.journal import schema
 from gateway.journal.entry import ENTRY_DOMAIN, HEADER_SIZE, EventKind, leaf_hash
@@ -26,7 +27,6 @@ from gateway.journal.merkle import EMPTY_ROOT, MerkleRoot, rfc6962_root
 from gateway.journal.verify import (
     FindingCode,
     VerifyReport,
-    format_report,
     verify_journal,
 )
 from gateway.journal.writer import JournalWriter, Receipt

@@ -20,12 +20,13 @@ from typing import Any
 import pytest
 
 from gateway.canonical import canonical_json
+from gateway.cli.render import format_report
 from gateway.errors import ConfigError
 from gateway.journal import schema
 from gateway.journal.entry import EventKind
 from gateway.journal.merkle import rfc6962_root
 from gateway.journal.note import Checkpoint, NoteSignature, SignedNote, cosign, sign_checkpoint
-from gateway.journal.verify import VerifyReport, format_report, verify_journal
+from gateway.journal.verify import VerifyReport, verify_journal
 from gateway.journal.writer import JournalWriter
 from gateway.signing import Ed25519Signer, Verifier
 from tests.conftest import run_cli

@@ -8,9 +8,9 @@ filters that have an indexed column (``gateway/journal/schema.py``) become param
 transaction open against a running sidecar (which would stop WAL checkpoints) and a page boundary cannot shift
 when entries are appended meanwhile.
 
-Also here, the shapes events are exported in: a JSON line, a CloudEvents 1.0 structured event and a one-line
-summary for people. Pure functions apart from :func:`select` and :func:`journal_origin`, which read a connection
-opened by the caller (:func:`gateway.journal.store.connect_readonly`).
+Also here, the CloudEvents 1.0 shape events are exported in (the text and JSON-line forms are printed by
+``gateway.cli.render``). Pure functions apart from :func:`select` and :func:`journal_origin`, which read a
+connection opened by the caller (:func:`gateway.journal.store.connect_readonly`).
 """
 
 from __future__ import annotations
@@ -206,11 +206,6 @@ def parse_time(text: str, *, now_ns: int | None = None) -> int:
     return seconds * 10**9 + int((fraction or "").ljust(9, "0"))
 
 
-def json_line(seq: int, body: dict[str, Any]) -> str:
-    """The JSON-lines form of an event: its body with its ``seq`` first (like ``agentaudit events``)."""
-    return json.dumps({"seq": seq, **body}, ensure_ascii=False, separators=(",", ":"))
-
-
 def cloudevent(seq: int, body: dict[str, Any], origin: str) -> dict[str, Any]:
     """A CloudEvents 1.0 structured-mode event for a journal event (the shape ``gateway.alerts`` sends).
 
@@ -231,38 +226,3 @@ def cloudevent(seq: int, body: dict[str, Any], origin: str) -> dict[str, Any]:
     event["datacontenttype"] = CLOUDEVENTS_DATA_CONTENT_TYPE
     event["data"] = {"seq": seq, **body}
     return event
-
-
-def cloudevent_line(seq: int, body: dict[str, Any], origin: str) -> str:
-    """:func:`cloudevent` as one JSON line."""
-    return json.dumps(cloudevent(seq, body, origin), ensure_ascii=False, separators=(",", ":"))
-
-
-_SUMMARY_DETAILS = ("status", "approval_id", "operation", "scope", "target", "method", "new_version")
-
-
-def summary_line(seq: int, body: dict[str, Any]) -> str:
-    """One readable line: time (UTC, milliseconds), seq, kind, run/step, action, decision, reason (``-`` for a field
-    the event lacks), then what identifies the rest (result status, approval id, kill-switch operation and target,
-    ...) and ``by TYPE:ID`` for an event with an actor."""
-
-    def text(key: str) -> str:
-        value = body.get(key)
-        return str(value) if value not in (None, "") else "-"
-
-    timestamp = text("timestamp")
-    short = re.fullmatch(r"(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(\.\d{3})?\d*Z", timestamp)
-    if short:
-        timestamp = f"{short[1].replace('T', ' ')}{short[2] or '.000'}Z"
-    run = text("run_id")
-    if run != "-" and body.get("step_id") is not None:
-        run = f"{run}/{body['step_id']}"
-    parts = [
-        f"{timestamp}  #{seq:<7} {text('kind'):<16} {run:<24} {text('action'):<20} "
-        f"{text('decision'):<17} {text('reason')}"
-    ]
-    parts += [f"{key}={body[key]}" for key in _SUMMARY_DETAILS if body.get(key) not in (None, "")]
-    actor = body.get("actor")
-    if isinstance(actor, dict):
-        parts.append(f"by {actor.get('type', '?')}:{actor.get('id', '?')}")
-    return "  ".join(parts)

@@ -19,9 +19,7 @@ lines.
 
 from __future__ import annotations
 
-import datetime
 import enum
-import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,14 +39,8 @@ _RESULT_KINDS = ("post_exec", "violation")
 _APPROVAL_KINDS = ("approval_granted", "approval_denied", "approval_expired")
 _ALLOW = "allow"
 _APPROVAL_REQUIRED = "approval_required"
-# Lines are padded so the seq/verification column lines up, up to this width; longer lines are not padded.
-_ALIGN_LIMIT = 120
-# Free text from the journal (errors, comments) is cut to this many characters in the text output.
-_MAX_TEXT = 120
-_SHORT_VERSION = len("sha256:") + 12
-_LEGEND = "as marked per event (✓ verified, ✗ finding, ? not checked)"
-# Ranges of seqs and steps use an en dash, as in print.
-_DASH = "\u2013"
+# Ranges of seqs and steps use an en dash, as in print (the text trace too).
+DASH = "\u2013"
 
 
 class AnomalyCode(enum.StrEnum):
@@ -159,7 +151,7 @@ TimelineItem = TraceStep | TraceEvent | StepGap
 
 @dataclass(frozen=True)
 class Trace:
-    """A run as a timeline. Build it with :func:`build_trace`, render it with :func:`format_trace`."""
+    """A run as a timeline. Build it with :func:`build_trace`; ``gateway.cli.render.format_trace`` prints it."""
 
     run_id: str
     tenants: tuple[str, ...]
@@ -272,7 +264,7 @@ def build_trace(
         verification = status(seq)
         if verification.startswith(TAMPERED):
             step = shown.get("step_id") if shown.get("run_id") == run_id else None
-            flag(seq, _int_or_none(step), AnomalyCode.VERIFICATION_FAILED, f"{_kind(shown)}: {verification}")
+            flag(seq, int_or_none(step), AnomalyCode.VERIFICATION_FAILED, f"{_kind(shown)}: {verification}")
 
     def trace_event(event: Mapping[str, Any], role: Role) -> TraceEvent:
         seq = int(event["seq"])
@@ -301,7 +293,7 @@ def build_trace(
         run_id=run_id,
         tenants=_distinct(e.get("tenant_id") for e in run_events),
         agents=_distinct(e.get("agent_id") for e in run_events),
-        actors=_distinct(_actor(e.get("actor")) for e in run_events if _kind(e) == _PRE),
+        actors=_distinct(actor_label(e.get("actor")) for e in run_events if _kind(e) == _PRE),
         first_seq=int(first["seq"]),
         last_seq=int(last["seq"]),
         started=str(first.get("timestamp", "")),
@@ -341,7 +333,7 @@ class _Run:
         for e in events:
             if _kind(e) in _APPROVAL_KINDS:
                 self.resolutions.setdefault(str(e.get("approval_id")), []).append(e)
-        self.step_ids = sorted({s for e in events if (s := _int_or_none(e.get("step_id"))) is not None})
+        self.step_ids = sorted({s for e in events if (s := int_or_none(e.get("step_id"))) is not None})
         self._group_of: dict[int, int] = {}  # seq → the step id of the group it is shown in
         self._groups: dict[int, _Group] = {}
         for e in events:
@@ -349,7 +341,7 @@ class _Run:
 
     def _place(self, event: Mapping[str, Any]) -> None:
         kind = _kind(event)
-        own = _int_or_none(event.get("step_id")) or 0
+        own = int_or_none(event.get("step_id")) or 0
         anchor: Mapping[str, Any] | None = None
         if kind == _PRE:
             anchor = self.resumes(event)
@@ -390,45 +382,45 @@ class _Run:
     def check(self, flag: Callable[[int, int | None, AnomalyCode, str], None]) -> None:
         """Reports each anomaly of the run's events through ``flag`` (missing steps are found separately)."""
         for e in self.events:
-            seq, kind, step = int(e["seq"]), _kind(e), _int_or_none(e.get("step_id"))
-            action = _clean(e.get("action") or "?")
+            seq, kind, step = int(e["seq"]), _kind(e), int_or_none(e.get("step_id"))
+            action = printable(e.get("action") or "?")
             if kind == _PRE and e.get("decision") == _ALLOW and not self.results.get(str(e.get("event_id"))):
                 flag(seq, step, AnomalyCode.MISSING_RESULT, f"{action} was allowed but no result was reported")
             elif kind in _RESULT_KINDS:
                 what = "violation" if kind == "violation" else "result"
                 pre = self.pres.get(str(e.get("pre_event_id")))
                 if kind == "violation":
-                    pre_reason = _clean(e.get("pre_reason") or e.get("reason") or "")
+                    pre_reason = printable(e.get("pre_reason") or e.get("reason") or "")
                     flag(
                         seq,
                         step,
                         AnomalyCode.VIOLATION,
-                        f"{action} reported {_clean(e.get('status') or '?')} after "
-                        f"{_clean(e.get('decision') or '?')} ({pre_reason}): {_clean(e.get('reason') or '')}",
+                        f"{action} reported {printable(e.get('status') or '?')} after "
+                        f"{printable(e.get('decision') or '?')} ({pre_reason}): {printable(e.get('reason') or '')}",
                     )
                 if pre is None:
                     flag(
                         seq,
                         step,
                         AnomalyCode.RESULT_WITHOUT_ALLOW,
-                        f"{what} for pre-event {_clean(e.get('pre_event_id') or '?')} "
-                        f"(seq {_clean(e.get('pre_event_seq'))}), which is not in this run",
+                        f"{what} for pre-event {printable(e.get('pre_event_id') or '?')} "
+                        f"(seq {printable(e.get('pre_event_seq'))}), which is not in this run",
                     )
                 elif pre.get("decision") != _ALLOW:
                     flag(
                         seq,
                         step,
                         AnomalyCode.RESULT_WITHOUT_ALLOW,
-                        f"{what} for seq {pre['seq']}, which was {_clean(pre.get('decision') or '?')} "
-                        f"({_clean(pre.get('reason') or '')}), not allow",
+                        f"{what} for seq {pre['seq']}, which was {printable(pre.get('decision') or '?')} "
+                        f"({printable(pre.get('reason') or '')}), not allow",
                     )
         for approval_id, pre in self.asking.items():
             if approval_id not in self.resolutions:
                 flag(
                     int(pre["seq"]),
-                    _int_or_none(pre.get("step_id")),
+                    int_or_none(pre.get("step_id")),
                     AnomalyCode.UNRESOLVED_APPROVAL,
-                    f"approval {_clean(approval_id)} for {_clean(pre.get('action') or '?')} "
+                    f"approval {printable(approval_id)} for {printable(pre.get('action') or '?')} "
                     "was never granted, denied or expired",
                 )
 
@@ -496,7 +488,9 @@ def _insert_gaps(items: list[TimelineItem], step_ids: list[int]) -> tuple[list[T
             gaps.append(StepGap(previous + 1, step - 1))
         previous = step
     anomalies = {
-        gap: Anomaly(AnomalyCode.MISSING_STEPS, f"no events for {_steps(gap)} (the run has steps up to {step_ids[-1]})")
+        gap: Anomaly(
+            AnomalyCode.MISSING_STEPS, f"no events for {step_span(gap)} (the run has steps up to {step_ids[-1]})"
+        )
         for gap in gaps
     }
     timeline: list[TimelineItem] = []
@@ -508,188 +502,27 @@ def _insert_gaps(items: list[TimelineItem], step_ids: list[int]) -> tuple[list[T
     return timeline + pending, anomalies
 
 
-def format_trace(trace: Trace) -> str:
-    """Renders a trace as plain text: a header, the timeline, the anomalies and the verification status."""
-    lines: list[tuple[str, str]] = []  # (text, seq and verification column)
-    dates = _Dates(trace.started)
-    previous_version = trace.policy_version
-    step_width = max((len(str(s.step_id)) for s in trace.steps), default=1)
-    for item in trace.timeline:
-        if isinstance(item, StepGap):
-            lines.append((f"{'':12}  {_steps(item)}: no events  ! {AnomalyCode.MISSING_STEPS}", ""))
-            continue
-        if isinstance(item, TraceEvent):
-            lines += dates.line(item, f"operator: {_operator_text(item.body)}")
-            continue
-        label = f"step {item.step_id:<{step_width}}  "
-        last_pre: int | None = None
-        for index, event in enumerate(item.events):
-            text, version = _event_text(event, item, last_pre, previous_version)
-            previous_version = version or previous_version
-            if event.kind == _PRE:
-                last_pre = event.seq
-            prefix = f"{label}{_clean(item.action)}  " if index == 0 else " " * len(label)
-            lines += dates.line(event, prefix + text)
-    width = max([len(text) for text, column in lines if column and len(text) <= _ALIGN_LIMIT] or [0])
-    body = [f"{text:<{width}}  {column}".rstrip() if column else text for text, column in lines]
-    return "\n".join([*_header(trace), "", *body, "", *_footer(trace)])
-
-
-class _Dates:
-    """Prefixes lines with their UTC time, inserting a date line whenever the date changes."""
-
-    def __init__(self, started: str) -> None:
-        parsed = _parse_time(started)
-        self._date = parsed.date() if parsed else None
-
-    def line(self, event: TraceEvent, text: str) -> list[tuple[str, str]]:
-        parsed = _parse_time(str(event.body.get("timestamp", "")))
-        out: list[tuple[str, str]] = []
-        if parsed is not None and parsed.date() != self._date:
-            self._date = parsed.date()
-            out.append((f"-- {self._date.isoformat()} --", ""))
-        clock = parsed.strftime("%H:%M:%S.") + f"{parsed.microsecond // 1000:03d}" if parsed else "??:??:??.???"
-        marks = f"  ! {', '.join(str(a) for a in event.anomalies)}" if event.anomalies else ""
-        out.append((f"{clock}  {text}{marks}", f"seq {event.seq} {_clean(event.verification)}"))
-        return out
-
-
-def _header(trace: Trace) -> list[str]:
-    who = [f"run {_clean(trace.run_id)}"]
-    for label, values in (("tenant", trace.tenants), ("agent", trace.agents), ("actor", trace.actors)):
-        if values:
-            who.append(f"{label} {', '.join(_clean(v) for v in values)}")
-    started, ended = _parse_time(trace.started), _parse_time(trace.ended)
-    span = f"seq {trace.first_seq}" + (f"{_DASH}{trace.last_seq}" if trace.last_seq != trace.first_seq else "")
-    if started is not None and ended is not None:
-        end = ended.strftime("%H:%M:%SZ" if ended.date() == started.date() else "%Y-%m-%dT%H:%M:%SZ")
-        span += f", {started.strftime('%Y-%m-%dT%H:%M:%SZ')} → {end}"
-    if trace.policy_version:
-        span += f", policy {_short_version(trace.policy_version)}"
-    return ["  ".join(who), span]
-
-
-def _footer(trace: Trace) -> list[str]:
-    lines = [f"anomalies: {len(trace.anomalies) or 'none'}"]
-    for anomaly in trace.anomalies:
-        where = [f"step {anomaly.step_id}"] if anomaly.step_id is not None else []
-        where += [f"seq {anomaly.seq}"] if anomaly.seq is not None else []
-        at = f" ({', '.join(where)})" if where else ""
-        lines.append(f"  {anomaly.code}{at}: {anomaly.message}")
-    lines.append(f"verification: {trace.journal_status or _LEGEND}")
-    return lines
-
-
-def _event_text(event: TraceEvent, step: TraceStep, last_pre: int | None, version: str) -> tuple[str, str]:
-    """The text of one event of a step, and the policy version it was decided under (pre-events)."""
-    body = event.body
-    if event.role in (Role.DECISION, Role.RETRY, Role.RESUMED):
-        parts = [_clean(body.get("decision") or "?"), _clean(body.get("reason") or "")]
-        where = "/".join(_clean(body.get(k)) for k in ("policy_layer", "policy_rule") if body.get(k))
-        parts += [f"[{where}]"] if where else []
-        if body.get("retry_after_ms"):
-            parts.append(f"retry after {_clean(body['retry_after_ms'])} ms")
-        if body.get("shadow_decision"):
-            shadow = "/".join(_clean(body.get(k)) for k in ("shadow_layer", "shadow_rule") if body.get(k))
-            parts.append(f"shadow: {_clean(body['shadow_decision'])} {_clean(body.get('shadow_reason') or '')}")
-            parts[-1] += f" [{shadow}]" if shadow else ""
-        resumed = str(body.get("resumed_approval_id") or "")
-        if resumed and event.role is not Role.RESUMED:
-            parts.append(f"resumes {_clean(resumed)} (not asked for in this run)")
-        decided = str(body.get("policy_version") or "")
-        if decided and decided != version:
-            parts.append(f"policy {_short_version(decided)}")
-        text = "  ".join(p for p in parts if p)
-        if event.role is Role.DECISION:
-            return text, decided
-        action = str(body.get("action") or "")
-        if action != step.action:
-            text = f"{_clean(action)}  {text}"
-        if event.role is Role.RETRY:
-            return f"retry: {text}", decided
-        own = _int_or_none(body.get("step_id"))
-        return (f"resumed: {text}" if own == step.step_id else f"resumed as step {own}: {text}"), decided
-    if event.role is Role.APPROVAL:
-        verb = {"approval_granted": "granted", "approval_denied": "denied", "approval_expired": "expired"}[event.kind]
-        actor = body.get("actor")
-        text = f"approval {_clean(body.get('approval_id') or '?')} {verb}"
-        if not (isinstance(actor, Mapping) and actor.get("type") == "system"):  # expiry: nobody decided
-            text += f" by {_actor(actor)}"
-        comment = str(body.get("comment") or "")
-        return text + (f" ({_quote(comment)})" if comment else ""), ""
-    if event.role is Role.RESULT:
-        violation = event.kind == "violation"
-        label = "violation" if violation else "result"
-        pre_seq = body.get("pre_event_seq")
-        if pre_seq != last_pre:  # say which pre-event, unless it is the line just above
-            label += f" for seq {_clean(pre_seq)}"
-        status = _clean(body.get("status") or "?")
-        text = f"{label}: {_clean(body.get('reason'))}, reported {status}" if violation else f"{label}: {status}"
-        duration = body.get("duration_ns")
-        if isinstance(duration, int):
-            text += f" in {_milliseconds(duration)} ms"
-        error = str(body.get("error") or "")
-        return text + (f", error {_quote(error)}" if error else ""), ""
-    return f"{_clean(event.kind)} {_clean(body.get('event_id') or '')}".rstrip(), ""
-
-
-def _operator_text(body: Mapping[str, Any]) -> str:
-    actor = _actor(body.get("actor"))
-    if body.get("kind") == "policy_changed":
-        old, new = _short_version(str(body.get("old_version") or "?")), _short_version(str(body.get("new_version")))
-        trigger = f" ({_clean(body['trigger'])})" if body.get("trigger") else ""
-        return f"policy {old} → {new} by {actor}{trigger}"
-    operation = {"engage": "engaged", "release": "released"}.get(str(body.get("operation")), body.get("operation"))
-    scope = str(body.get("scope") or "?")
-    where = "globally" if scope == "global" else f"for {_clean(scope)} {_clean(body.get('target') or '?')}"
-    comment = str(body.get("comment") or "")
-    return f"kill switch {_clean(operation)} {where} by {actor}" + (f" ({_quote(comment)})" if comment else "")
-
-
-def _steps(gap: StepGap) -> str:
-    return f"step {gap.first}" if gap.first == gap.last else f"steps {gap.first}{_DASH}{gap.last}"
-
-
-def _milliseconds(nanos: int) -> str:
-    return f"{nanos / 1_000_000:.3f}".rstrip("0").rstrip(".")
-
-
-def _short_version(version: str) -> str:
-    return _clean(version[:_SHORT_VERSION] if version.startswith("sha256:") else version)
-
-
-def _parse_time(timestamp: str) -> datetime.datetime | None:
-    """An RFC 3339 timestamp (any number of fraction digits) in UTC, or None."""
-    text = timestamp.strip()
-    if not text:
-        return None
-    text = text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text
-    head, dot, rest = text.partition(".")
-    if dot:  # datetime takes at most 6 fraction digits; journal timestamps have 9
-        digits = len(rest) - len(rest.lstrip("0123456789"))
-        text = f"{head}.{rest[:digits][:6].ljust(6, '0')}{rest[digits:]}"
-    try:
-        parsed = datetime.datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return parsed.astimezone(datetime.UTC) if parsed.tzinfo else parsed.replace(tzinfo=datetime.UTC)
+def step_span(gap: StepGap) -> str:
+    """``step 4`` or ``steps 4..6`` (with an en dash): the steps a gap covers (anomaly messages and the text trace)."""
+    return f"step {gap.first}" if gap.first == gap.last else f"steps {gap.first}{DASH}{gap.last}"
 
 
 def _kind(event: Mapping[str, Any]) -> str:
     return str(event.get("kind", ""))
 
 
-def _int_or_none(value: Any) -> int | None:
+def int_or_none(value: Any) -> int | None:
+    """A journal value that is an int (not a bool), else None."""
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _actor(actor: Any) -> str:
+def actor_label(actor: Any) -> str:
     """``alice`` for an operator, ``user:u_1`` for anyone else."""
     if not isinstance(actor, Mapping) or not actor.get("id"):
         return "?"
     if actor.get("type") == "operator":
-        return _clean(actor["id"])
-    return _clean(f"{actor.get('type') or '?'}:{actor['id']}")
+        return printable(actor["id"])
+    return printable(f"{actor.get('type') or '?'}:{actor['id']}")
 
 
 def _distinct(values: Iterable[Any]) -> tuple[str, ...]:
@@ -700,15 +533,9 @@ def _distinct(values: Iterable[Any]) -> tuple[str, ...]:
     return tuple(seen)
 
 
-def _clean(value: Any) -> str:
+def printable(value: Any) -> str:
     """A journal value made safe for one line: non-printable characters escaped (no forged lines or bidi tricks)."""
     text = "" if value is None else str(value)
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in text)
-
-
-def _quote(text: str) -> str:
-    """Free text (comment, error) quoted, escaped and cut to a readable length."""
-    cut = text if len(text) <= _MAX_TEXT else text[: _MAX_TEXT - 1] + "…"
-    return _clean(json.dumps(cut, ensure_ascii=False))

@@ -250,35 +250,6 @@ def verify_journal(
     return scan.report()
 
 
-def format_report(report: VerifyReport) -> str:
-    """Renders a report for people: one line per finding, then the witness status and a summary line."""
-    lines = [f"{'journal' if f.seq is None else f'seq {f.seq}'}: {f.code}: {f.message}" for f in report.findings]
-    if report.pruned_before:
-        lines.append(f"pruned: seq 0..{report.pruned_before - 1} removed by retention (signed prune marker)")
-    witnessed = f"witnessed: {report.witnessed_size} of {_count(report.tree_size, 'entry', 'entries')}"
-    if report.witnessed_size > 0:
-        witnessed += f" (cosigned by {', '.join(report.witnessed_by)})"
-    elif report.witnessed_size < report.tree_size:
-        witnessed += " (a cut-off tail is not detectable locally)"
-    lines.append(witnessed)
-    if report.uncredited_receipts:
-        receipts = _count(report.uncredited_receipts, "cosigned checkpoint receipt", "cosigned checkpoint receipts")
-        by = _names(report.uncredited_witnesses) or "no witness"
-        if report.witness_keys:
-            lines.append(
-                f"not counted: {receipts} cosigned by none of the given witness keys "
-                f"({', '.join(report.witness_keys)}), only by {by}"
-            )
-        else:
-            lines.append(f"not counted: {receipts} (cosigned by {by}): no witness key was given")
-    entries = _count(report.entries, "entry", "entries")
-    if report.ok:
-        lines.append(f"journal OK: {entries}, root {report.root_hash.hex()}")
-    else:
-        lines.append(f"TAMPER EVIDENCE: {_count(len(report.findings), 'finding', 'findings')} in {entries}")
-    return "\n".join(lines)
-
-
 def _count(n: int, one: str, many: str) -> str:
     return f"{n} {one if n == 1 else many}"
 
@@ -354,7 +325,7 @@ def _quote(value: object) -> str:
     return text if len(text) <= _MAX_QUOTED else text[: _MAX_QUOTED - 3] + "..."
 
 
-def _names(names: Sequence[str]) -> str:
+def printable_names(names: Sequence[str]) -> str:
     """Key names for a message: as they are when printable, else quoted (names from a note are not trusted)."""
     return ", ".join(n if n.isprintable() and len(n) <= _MAX_QUOTED else _quote(n) for n in names)
 
@@ -453,7 +424,7 @@ def _read_anchor(number: int, text: str, notes: _NoteChecker) -> _Anchor:
     if notes.witness_names and not cosigned.cosigners:
         raise ConfigError(
             f"anchor {number}: no given witness key ({', '.join(notes.witness_names)}) cosigned it"
-            + (f"; it is cosigned by {_names(cosigned.others)}" if cosigned.others else "")
+            + (f"; it is cosigned by {printable_names(cosigned.others)}" if cosigned.others else "")
         )
     return _Anchor(number, cosigned)
 

@@ -1,0 +1,209 @@
+"""Operator commands, clients of a running sidecar's OperatorService: ``approvals``, ``approve``, ``deny``,
+``kill-switch``, ``recovery acknowledge`` and ``policy reload``.
+
+gRPC and the generated stubs are imported by :func:`_operator_call` when a command runs, not with this module:
+every command builds the whole parser, and the offline ones (``verify``, ``events``, ...) must not load gRPC.
+Requests are therefore named by method and built there from keyword fields (enum values by their names).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from gateway.cli import render
+from gateway.cli.exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, OperatorCallError
+from gateway.errors import ConfigError
+
+DEFAULT_OPERATOR_SOCKET = Path(".agentaudit") / "operator.sock"
+DEFAULT_OPERATOR_TOKEN = Path(".agentaudit") / "operator.token"
+
+
+def _operator_flags() -> argparse.ArgumentParser:
+    """The parent parser of every operator command: where the operator API is and how to authenticate."""
+    flags = argparse.ArgumentParser(add_help=False)
+    flags.add_argument(
+        "--operator",
+        metavar="ADDRESS",
+        help="operator API (default: $AGENTAUDIT_OPERATOR_ADDRESS or unix://./.agentaudit/operator.sock)",
+    )
+    flags.add_argument(
+        "--token-file", help="bearer token file (default: $AGENTAUDIT_OPERATOR_TOKEN or ./.agentaudit/operator.token)"
+    )
+    flags.add_argument("--tls-ca", help="CA certificate of the operator listener (enables TLS)")
+    flags.add_argument("--tls-cert", help="client certificate for mutual TLS")
+    flags.add_argument("--tls-key", help="client private key for mutual TLS")
+    flags.add_argument("--timeout", type=float, default=10.0, help="seconds before giving up (default 10)")
+    return flags
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``approvals``, ``approve``, ``deny``, ``kill-switch`` and ``recovery``."""
+    operator_flags = _operator_flags()
+    p = sub.add_parser("approvals", parents=[operator_flags], help="list approvals (pending by default)")
+    p.add_argument("--state", choices=["pending", "granted", "denied", "expired"], default="pending")
+    p.add_argument("--tenant", help="only this tenant's approvals")
+    p.add_argument("--limit", type=int, default=100, help="most approvals listed (default 100, max 1000)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=cmd_approvals)
+    for name, verb in (("approve", "grant"), ("deny", "deny")):
+        p = sub.add_parser(name, parents=[operator_flags], help=f"{verb} a pending approval")
+        p.add_argument("approval_id", help="apr_... id from `agentaudit approvals`")
+        p.add_argument("--comment", help="journaled with the decision")
+        p.set_defaults(func=cmd_resolve)
+
+    switch = sub.add_parser("kill-switch", help="engage, release or list kill switches").add_subparsers(
+        dest="switch_command", required=True, metavar="SUBCOMMAND"
+    )
+    for name in ("engage", "release"):
+        p = switch.add_parser(name, parents=[operator_flags], help=f"{name} a kill switch (role admin)")
+        p.add_argument("--scope", choices=["global", "tenant", "agent", "run"], required=True)
+        p.add_argument("--target", help="tenant, agent or run id (not for global)")
+        p.add_argument("--reason", required=name == "engage", help="why (journaled)")
+        p.set_defaults(func=cmd_kill_switch)
+    p = switch.add_parser("status", parents=[operator_flags], help="list engaged kill switches")
+    p.set_defaults(func=cmd_kill_switch)
+
+    recovery = sub.add_parser("recovery", help="accept a detected journal rollback").add_subparsers(
+        dest="recovery_command", required=True, metavar="SUBCOMMAND"
+    )
+    p = recovery.add_parser("acknowledge", parents=[operator_flags], help="let Decide answer again (role admin)")
+    p.add_argument("--comment", required=True, help="why (journaled)")
+    p.set_defaults(func=cmd_recovery_acknowledge)
+
+
+def register_policy_reload(policy: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``policy reload``, beside the offline ``policy check`` and ``policy test``."""
+    p = policy.add_parser("reload", parents=[_operator_flags()], help="reload a running sidecar's policy (role admin)")
+    p.add_argument("--file", help="submit this policy document instead of re-reading the sidecar's own file")
+    p.set_defaults(func=cmd_policy_reload)
+
+
+def _token(args: argparse.Namespace) -> str:
+    """The bearer token: --token-file, else $AGENTAUDIT_OPERATOR_TOKEN, else ./.agentaudit/operator.token if any."""
+    token = os.environ.get("AGENTAUDIT_OPERATOR_TOKEN", "")
+    token_file = Path(args.token_file) if args.token_file else DEFAULT_OPERATOR_TOKEN
+    if args.token_file or (not token and token_file.exists()):
+        try:
+            token = token_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read token file {token_file}: {exc.strerror}") from exc
+    return token
+
+
+def _operator_call(args: argparse.Namespace, method: str, **fields: Any) -> Any:
+    """Calls one OperatorService method (its request built from ``fields``) with the configured credential.
+
+    Raises:
+        ConfigError: a token or TLS file cannot be read.
+        OperatorCallError: the call failed; exit 2 for a bad request or credential, else 1.
+    """
+    import grpc  # noqa: PLC0415 - see the module docstring
+
+    from agentaudit.v1 import operator_pb2, operator_pb2_grpc  # noqa: PLC0415
+
+    address = (
+        args.operator or os.environ.get("AGENTAUDIT_OPERATOR_ADDRESS") or f"unix://{DEFAULT_OPERATOR_SOCKET.resolve()}"
+    )
+    token = _token(args)
+    metadata = [("authorization", f"Bearer {token}")] if token else []
+    if args.tls_ca:
+        try:
+            ca, key, cert = (Path(p).read_bytes() if p else None for p in (args.tls_ca, args.tls_key, args.tls_cert))
+        except OSError as exc:
+            raise ConfigError(f"cannot read {exc.filename}: {exc.strerror}") from exc
+        channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(ca, key, cert))
+    else:
+        channel = grpc.insecure_channel(address)
+    request = getattr(operator_pb2, f"{method}Request")(**fields)
+    with channel:
+        stub = operator_pb2_grpc.OperatorServiceStub(channel)
+        try:
+            return getattr(stub, method)(request, metadata=metadata, timeout=args.timeout)
+        except grpc.RpcError as exc:
+            code = exc.code()
+            exit_code = (
+                EXIT_USAGE
+                if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED)
+                else EXIT_FAILURE
+            )
+            raise OperatorCallError(f"{code.name}: {exc.details()}", exit_code) from None
+
+
+def cmd_approvals(args: argparse.Namespace) -> int:
+    """``agentaudit approvals``: a table, or one JSON object per line."""
+    reply = _operator_call(
+        args,
+        "ListApprovals",
+        state=f"APPROVAL_STATE_{args.state.upper()}",
+        tenant_id=args.tenant or "",
+        limit=args.limit,
+    )
+    lines = (
+        [render.approval_json_line(a) for a in reply.approvals]
+        if args.json
+        else render.approvals_table(reply.approvals, args.state)
+    )
+    for line in lines:
+        print(line)
+    return EXIT_OK
+
+
+def cmd_resolve(args: argparse.Namespace) -> int:
+    """``agentaudit approve`` and ``agentaudit deny``."""
+    grant = args.command == "approve"
+    method = "GrantApproval" if grant else "DenyApproval"
+    reply = _operator_call(args, method, approval_id=args.approval_id, comment=args.comment or "")
+    verb = "granted" if grant else "denied"
+    print(f"{reply.approval.approval_id} {verb} by {reply.approval.resolved_by} (event {reply.event_id})")
+    return EXIT_OK
+
+
+def cmd_kill_switch(args: argparse.Namespace) -> int:
+    """``agentaudit kill-switch engage|release|status``."""
+    if args.switch_command == "status":
+        reply = _operator_call(args, "ListKillSwitches")
+        if not reply.kill_switches:
+            print("no kill switch engaged")
+        for s in reply.kill_switches:
+            print(render.kill_switch_row(s))
+        return EXIT_OK
+    fields = {
+        "scope": f"KILL_SWITCH_SCOPE_{args.scope.upper()}",
+        "target": args.target or "",
+        "reason": args.reason or "",
+    }
+    where = f"{args.scope}:{args.target or '*'}"
+    if args.switch_command == "engage":
+        reply = _operator_call(args, "EngageKillSwitch", **fields)
+        print(f"kill switch engaged at {where} (event {reply.event_id})")
+    else:
+        reply = _operator_call(args, "ReleaseKillSwitch", **fields)
+        print(f"kill switch released at {where} (event {reply.event_id})")
+    return EXIT_OK
+
+
+def cmd_recovery_acknowledge(args: argparse.Namespace) -> int:
+    """``agentaudit recovery acknowledge``."""
+    reply = _operator_call(args, "AcknowledgeRecovery", comment=args.comment)
+    what = reply.detected or "nothing was pending"
+    print(f"recovery acknowledged ({what}); event {reply.event_id}")
+    return EXIT_OK
+
+
+def cmd_policy_reload(args: argparse.Namespace) -> int:
+    """``agentaudit policy reload``: the sidecar re-reads its file, or takes ``--file``'s document."""
+    document = ""
+    if args.file:
+        try:
+            document = Path(args.file).read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read {args.file}: {exc.strerror}") from exc
+    reply = _operator_call(args, "ReloadPolicy", document=document)
+    if reply.changed:
+        print(f"policy {reply.new_version} active (was {reply.old_version}; event {reply.event_id})")
+    else:
+        print(f"policy unchanged ({reply.new_version})")
+    return EXIT_OK

@@ -1,0 +1,207 @@
+"""The long-running commands and their setup: ``dev``, ``serve``, ``collector`` and ``keygen``.
+
+Each command imports the server it runs (``gateway.app``, ``gateway.devenv``, ``gateway.config``, the collector)
+once, at its start, not with this module: every command builds the whole parser, and the offline ones
+(``verify``, ``events``, ...) must not load gRPC or the server's dependencies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from gateway import __version__, logs
+from gateway.cli.exits import EXIT_OK
+from gateway.errors import ConfigError
+
+if TYPE_CHECKING:
+    from gateway.config import Config
+
+log = logging.getLogger("agentaudit")
+
+
+_LISTEN_HELP = "address to serve on: unix:///path or HOST:PORT (repeatable; replaces the configured ones)"
+_OPERATOR_LISTEN_HELP = "operator API address: unix:///path or HOST:PORT (repeatable; replaces operator.listen)"
+
+
+def register_sidecar(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``dev`` and ``serve``."""
+    p = sub.add_parser("dev", help="zero-configuration local sidecar (creates DIR with keys, policy, journal)")
+    p.add_argument("--dir", default=".agentaudit", help="working directory (default: ./.agentaudit)")
+    p.add_argument("--listen", action="append", metavar="ADDRESS", help=_LISTEN_HELP)
+    p.add_argument("--operator-listen", action="append", metavar="ADDRESS", help=_OPERATOR_LISTEN_HELP)
+    p.set_defaults(func=cmd_dev)
+
+    p = sub.add_parser("serve", help="run the sidecar from a configuration file")
+    p.add_argument("--config", required=True, metavar="FILE", help="YAML configuration (docs/configuration.md)")
+    p.add_argument("--listen", action="append", metavar="ADDRESS", help=_LISTEN_HELP)
+    p.add_argument("--operator-listen", action="append", metavar="ADDRESS", help=_OPERATOR_LISTEN_HELP)
+    p.set_defaults(func=cmd_serve)
+
+
+def register_collector(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``collector``."""
+    p = sub.add_parser("collector", help="run the central collector (CollectorService) from a configuration file")
+    p.add_argument("--config", required=True, metavar="FILE", help="collector YAML (docs/collector.md)")
+    p.add_argument("--listen", action="append", metavar="ADDRESS", help="replaces collector.listen (repeatable)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-format", default="json", choices=["json", "text"], help="stderr log lines (default json)")
+    p.set_defaults(func=cmd_collector)
+
+
+def register_keygen(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``keygen``."""
+    p = sub.add_parser("keygen", help="create an Ed25519 signing key pair and an HMAC key")
+    p.add_argument("--dir", default=".", help="where to write signing.key, signing.pub, hmac.key (default: .)")
+    p.add_argument("--origin", help="journal origin, used as the key name (default: agentaudit-dev/HOSTNAME)")
+    p.add_argument("--keep-existing", action="store_true", help="create only missing keys instead of failing")
+    p.set_defaults(func=cmd_keygen)
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith("AGENTAUDIT_")}
+
+
+def _stop_on_signals() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM (call from within the running loop): the servers' cue to stop in order."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    """``agentaudit dev``: prepares DIR (keys, policy, configuration) and runs a sidecar with a banner."""
+    from gateway import devenv  # noqa: PLC0415 - see the module docstring
+
+    directory = Path(args.dir).resolve()
+    return _serve(
+        lambda: devenv.prepare(directory, args.listen, _env(), args.operator_listen), banner=True, directory=directory
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``agentaudit serve``: runs a sidecar from a configuration file."""
+    from gateway import config  # noqa: PLC0415 - see the module docstring
+
+    return _serve(
+        lambda: (
+            config.load(Path(args.config), env=_env(), listen=args.listen, operator_listen=args.operator_listen),
+            [],
+        ),
+        banner=False,
+    )
+
+
+def _serve(cfg_loader: Callable[[], tuple[Config, Sequence[str]]], banner: bool, directory: Path | None = None) -> int:
+    """Runs the sidecar until SIGINT/SIGTERM."""
+    from gateway import app  # noqa: PLC0415 - see the module docstring
+
+    cfg, created = cfg_loader()
+    logs.setup(cfg.log.level, cfg.log.format or ("text" if banner else "json"))
+    app.install_event_loop_policy()
+
+    async def main() -> None:
+        stop = _stop_on_signals()
+        sidecar = app.Sidecar(cfg)
+        try:
+            await sidecar.start_probes()
+            if not await app.start_with_retries(sidecar, stop):
+                return
+            app.freeze_startup_objects()
+            if banner:
+                assert directory is not None
+                _print_dev_banner(cfg, sidecar.bound, sidecar.operator_bound, created, directory)
+            await stop.wait()
+            log.info("shutting down")
+        finally:
+            await sidecar.aclose()
+
+    asyncio.run(main())
+    return EXIT_OK
+
+
+def _print_dev_banner(
+    cfg: Config, bound: Sequence[str], operator: Sequence[str], created: Sequence[str], directory: Path
+) -> None:
+    pub = directory / "signing.pub"
+    print(f"agentaudit {__version__} dev sidecar is running (Ctrl-C to stop)")
+    if created:
+        print(f"  created in {directory}: {', '.join(created)}")
+    print(f"  journal:   {cfg.journal.path}")
+    print(f"  policy:    {cfg.policy.path}")
+    for address in bound:
+        print(f"  listening: {address}")
+    print("connect:")
+    print("  python: from agentaudit_client import GatewayClient; GatewayClient(" + repr(bound[0]) + ")")
+    print(f"  example: python examples/support_agent.py --target {bound[0]}")
+    print(f"  grpcurl: grpcurl -plaintext {next((b for b in bound if not b.startswith('unix')), bound[0])} list")
+    if operator:
+        token = directory / "operator.token"
+        flags = f"--operator {operator[0]} --token-file {token}"
+        print(f"operator API ({', '.join(operator)}; identity dev-operator, roles admin, approver, auditor):")
+        print(f"  agentaudit approvals {flags}")
+        print(f"  agentaudit approve APPROVAL_ID {flags}")
+        print(f"  agentaudit kill-switch engage --scope tenant --target t_42 --reason drill {flags}")
+        print("  (run from the directory holding .agentaudit/ and the flags can be left out)")
+    print("verify:")
+    witness = directory / "witness.pub"
+    witnessed = f" --witness-key {witness}" if cfg.forward.target == "embedded" and witness.exists() else ""
+    print(f"  agentaudit verify {cfg.journal.path} --public-key {pub}{witnessed}")
+    if cfg.forward.target:
+        print(f"  agentaudit forwarder status {cfg.journal.path}")
+    print(f"  agentaudit events {cfg.journal.path}")
+    sys.stdout.flush()
+
+
+def cmd_collector(args: argparse.Namespace) -> int:
+    """``agentaudit collector``: runs the central collector until SIGINT/SIGTERM."""
+    from gateway import app, metrics  # noqa: PLC0415 - see the module docstring
+    from gateway.collector.app import Collector  # noqa: PLC0415
+    from gateway.config import load_collector_config  # noqa: PLC0415
+
+    cfg = load_collector_config(Path(args.config), _env())
+    if args.listen:
+        cfg = dataclasses.replace(cfg, listen=tuple(args.listen))
+    logs.setup(args.log_level, args.log_format)
+    app.install_event_loop_policy()
+
+    async def main() -> None:
+        stop = _stop_on_signals()
+        metrics.BUILD_INFO.info({"version": __version__})
+        exposition = metrics.serve(cfg.metrics_listen)[0] if cfg.metrics_listen else None
+        collector = Collector(cfg)
+        try:
+            await collector.start()
+            await stop.wait()
+        finally:
+            await collector.aclose()
+            if exposition is not None:
+                exposition.shutdown()
+
+    asyncio.run(main())
+    return EXIT_OK
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    """``agentaudit keygen``: signing and HMAC keys in DIR, refusing to overwrite existing ones."""
+    from gateway import devenv  # noqa: PLC0415 - see the module docstring
+
+    directory = Path(args.dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    existing = [n for n in ("signing.key", "hmac.key") if (directory / n).exists()]
+    if existing and not args.keep_existing:
+        raise ConfigError(f"{', '.join(existing)} already exist in {directory}; refusing to overwrite keys")
+    created = devenv.ensure_keys(directory, args.origin or devenv.default_origin())
+    for name in created:
+        print(directory / name)
+    return EXIT_OK
