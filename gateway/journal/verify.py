@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.canonical import CanonicalizationError, canonical_json
+from gateway.canonical import CanonicalizationError, canonical_json, parse_json
 from gateway.errors import ConfigError, JournalUnreadableError, MalformedEntryError
 from gateway.journal.entry import (
     ENTRY_DOMAIN,
@@ -810,8 +810,9 @@ class _Scan:
         """Returns the parsed body when it is a JSON object (canonical or not), else None, and whether the
         bytes are its RFC 8785 canonical form."""
         try:
-            # Decode explicitly: json.loads(bytes) would also accept UTF-16 and UTF-32.
-            body = json.loads(body_bytes.decode("utf-8"))
+            # Decode explicitly: json.loads(bytes) would also accept UTF-16 and UTF-32. Numbers are read as
+            # doubles, as RFC 8785 defines them (10000000000000000 is the double 1e16, not an out-of-range int).
+            body = parse_json(body_bytes.decode("utf-8"))
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             self._add(seq, FindingCode.NONCANONICAL_BODY, f"body is not UTF-8 JSON: {exc}")
             return None, False
@@ -821,7 +822,7 @@ class _Scan:
         try:
             canonical = canonical_json(body)
         except (CanonicalizationError, RecursionError) as exc:
-            # json.loads accepts what JCS cannot encode (NaN, integers beyond 2**53, lone surrogates).
+            # json.loads accepts what JCS cannot encode (NaN, Infinity, 1e400, lone surrogates).
             self._add(seq, FindingCode.NONCANONICAL_BODY, f"body has no RFC 8785 form: {exc}")
             return body, False
         if canonical != body_bytes:
