@@ -9,6 +9,8 @@ import pytest
 from google.protobuf import struct_pb2
 
 from agentaudit.v1 import gateway_pb2, types_pb2
+from gateway.api.validation import parse_decide
+from gateway.errors import InvalidRequestError
 from tests.conftest import RunningGateway, wait_serving
 from tests.gateway_helpers import bad_request_fields, decide_request, journal_count, stub
 
@@ -163,3 +165,18 @@ def test_malformed_report_is_invalid_argument(
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert bad_request_fields(info.value) == fields
     assert journal_count(gateway_server.journal_path) == before
+
+
+@pytest.mark.parametrize(
+    ("args", "description"),
+    [
+        pytest.param({"": 1}, "has an empty key at action.args", id="top-level-empty"),
+        pytest.param(
+            {"c": [{"ok": 1}, {"k\x00": 1}]}, "has a key containing NUL ('k\\x00') at action.args.c[1]", id="nested-nul"
+        ),
+    ],
+)
+def test_bad_key_violation_says_where_the_key_is(args: dict[str, object], description: str) -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        parse_decide(decide_request(args=args), max_args_bytes=65_536, max_depth=32)
+    assert [(v.field, v.description) for v in info.value.violations] == [("action.args", description)]
