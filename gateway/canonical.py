@@ -10,6 +10,12 @@ correct but costs ~30 µs for a typical event; ``json.dumps`` with sorted keys p
   code points; the two orders differ only when such characters meet supplementary-plane ones).
 
 Anything else falls back to ``rfc8785``. A property test checks both paths give the same bytes.
+
+Numbers are IEEE-754 doubles (RFC 8785 §3.2.2.3), in both directions: a double of any finite magnitude is
+written as ECMAScript prints it (``1e16`` → ``10000000000000000``, ``1e21`` → ``1e+21``), and :func:`parse_json`
+reads a JSON number back as the double it denotes, so re-canonicalising stored bytes (what ``verify`` does)
+gives the same bytes for every number the API can accept. Python ints beyond ±(2**53-1) are refused when
+encoding: they are not doubles, and a body built from them would not survive that round trip.
 """
 
 from __future__ import annotations
@@ -41,6 +47,28 @@ def normalise_number(value: float) -> tuple[int | float, bool]:
         # Beyond 2**53-1 Python prints "9007199254740992.0" where JCS prints "9007199254740992".
         return (int(value), True) if abs(value) <= _MAX_SAFE_INT else (value, False)
     return value, 1e-4 <= abs(value) < 1e16
+
+
+def _parse_int(literal: str) -> int | float:
+    value = int(literal)
+    if abs(value) <= _MAX_SAFE_INT:
+        return value
+    # Beyond the safe range a JSON integer denotes the nearest double (RFC 8785 §3.2.2.3); float() rounds to it.
+    try:
+        return float(value)
+    except OverflowError as exc:
+        raise ValueError(f"number {literal[:32]}… is beyond the range of a double") from exc
+
+
+def parse_json(text: str) -> Any:
+    """Parses JSON the way RFC 8785 reads it: numbers as doubles (integers beyond ±(2**53-1) become floats,
+    which :func:`canonical_json` prints as JCS does), so ``canonical_json(parse_json(t)) == t`` holds for every
+    canonical ``t`` this module writes.
+
+    Raises:
+        ValueError: not JSON (``json.JSONDecodeError``), or an integer literal beyond the range of a double.
+    """
+    return json.loads(text, parse_int=_parse_int)
 
 
 def key_sorts_alike(key: str) -> bool:

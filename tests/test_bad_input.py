@@ -8,7 +8,9 @@ import grpc
 import pytest
 from google.protobuf import struct_pb2
 
-from agentaudit.v1 import gateway_pb2
+from agentaudit.v1 import gateway_pb2, types_pb2
+from gateway.api.validation import parse_decide
+from gateway.errors import InvalidRequestError
 from tests.conftest import RunningGateway, wait_serving
 from tests.gateway_helpers import bad_request_fields, decide_request, journal_count, stub
 
@@ -63,6 +65,36 @@ DECIDE_CASES: list[tuple[str, Callable[[], bytes], list[str]]] = [
         ["labels"],
     ),
     ("not-protobuf", lambda: b"\xff\xff\xff\xff", ["request"]),
+    # Ids are compared byte for byte: " run_1" and "run_1" would be two runs that look alike in every report.
+    ("run-id-leading-space", lambda: decide_request(run_id=" run_1").SerializeToString(), ["run_id"]),
+    ("run-id-trailing-space", lambda: decide_request(run_id="run_1 ").SerializeToString(), ["run_id"]),
+    ("tenant-id-trailing-space", lambda: decide_request(tenant_id="t_42 ").SerializeToString(), ["tenant_id"]),
+    ("agent-id-leading-space", lambda: decide_request(agent_id=" support-agent").SerializeToString(), ["agent_id"]),
+    (
+        "actor-id-trailing-space",
+        lambda: decide_request(actor=types_pb2.Actor(type=types_pb2.ACTOR_TYPE_USER, id="u_1 ")).SerializeToString(),
+        ["actor.id"],
+    ),
+    ("approval-id-leading-space", lambda: decide_request(approval_id=" apr_1").SerializeToString(), ["approval_id"]),
+    (
+        "action-name-trailing-newline",
+        lambda: decide_request(action="crm.lookup\n").SerializeToString(),
+        ["action.name"],
+    ),
+    (
+        "label-key-trailing-newline",
+        lambda: decide_request(labels={"team\n": "v"}).SerializeToString(),
+        ["labels['team\\n']"],
+    ),
+    ("nul-in-label-key", lambda: decide_request(labels={"a\x00": "v"}).SerializeToString(), ["labels['a\\x00']"]),
+    ("nul-in-args-key", lambda: decide_request(args={"a\x00b": 1}).SerializeToString(), ["action.args"]),
+    (
+        "nul-in-nested-args-key",
+        lambda: decide_request(args={"c": [{"ok": 1}, {"\x00": 1}]}).SerializeToString(),
+        ["action.args"],
+    ),
+    ("empty-args-key", lambda: decide_request(args={"": 1}).SerializeToString(), ["action.args"]),
+    ("empty-nested-args-key", lambda: decide_request(args={"c": {"": 1}}).SerializeToString(), ["action.args"]),
 ]
 
 
@@ -101,6 +133,26 @@ def test_malformed_decide_is_invalid_argument_naming_fields(
             ["output"],
             id="oversized-output",
         ),
+        pytest.param(
+            gateway_pb2.ReportResultRequest(event_id="evt_x ", status=1), ["event_id"], id="event-id-trailing-space"
+        ),
+        pytest.param(
+            gateway_pb2.ReportResultRequest(event_id=" evt_x", status=1), ["event_id"], id="event-id-leading-space"
+        ),
+        pytest.param(
+            gateway_pb2.ReportResultRequest(
+                event_id="evt_x", status=1, output=struct_pb2.Struct(fields={"k\x00": struct_pb2.Value(number_value=1)})
+            ),
+            ["output"],
+            id="nul-in-output-key",
+        ),
+        pytest.param(
+            gateway_pb2.ReportResultRequest(
+                event_id="evt_x", status=1, output=struct_pb2.Struct(fields={"": struct_pb2.Value(number_value=1)})
+            ),
+            ["output"],
+            id="empty-output-key",
+        ),
     ],
 )
 def test_malformed_report_is_invalid_argument(
@@ -113,3 +165,18 @@ def test_malformed_report_is_invalid_argument(
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert bad_request_fields(info.value) == fields
     assert journal_count(gateway_server.journal_path) == before
+
+
+@pytest.mark.parametrize(
+    ("args", "description"),
+    [
+        pytest.param({"": 1}, "has an empty key at action.args", id="top-level-empty"),
+        pytest.param(
+            {"c": [{"ok": 1}, {"k\x00": 1}]}, "has a key containing NUL ('k\\x00') at action.args.c[1]", id="nested-nul"
+        ),
+    ],
+)
+def test_bad_key_violation_says_where_the_key_is(args: dict[str, object], description: str) -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        parse_decide(decide_request(args=args), max_args_bytes=65_536, max_depth=32)
+    assert [(v.field, v.description) for v in info.value.violations] == [("action.args", description)]

@@ -21,8 +21,8 @@ MAX_ERROR_BYTES = 4096
 MAX_DURATION_S = 30 * 24 * 3600
 MAX_STEP_ID = 2**53 - 1
 
-_ACTION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/\-]{0,255}$")
-_LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/\-]{0,62}$")
+_ACTION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/\-]{0,255}")  # used with fullmatch: "$" would admit a final \n
+_LABEL_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/\-]{0,62}")
 
 
 ACTOR_TYPES = {
@@ -53,8 +53,21 @@ class _NotFinite(Exception):
     pass
 
 
+class _BadKey(Exception):
+    """A map key the journal must not hold; ``path`` is filled in (outermost first) as the walk unwinds."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.path: list[str] = []
+
+    def describe(self, field: str) -> str:
+        return f"has {self.problem} at {field}{''.join(self.path)}"
+
+
 def struct_to_json(message: struct_pb2.Struct, max_depth: int) -> JsonPayload:
-    """Converts a Struct to plain Python, refusing nesting deeper than ``max_depth`` and NaN/infinity."""
+    """Converts a Struct to plain Python, refusing nesting deeper than ``max_depth``, NaN/infinity, and empty
+    or NUL-holding keys (an empty key makes an ambiguous redaction path; NUL ends keys in C-string consumers)."""
     exact = True
 
     def value(v: struct_pb2.Value, depth: int) -> Any:
@@ -76,7 +89,14 @@ def struct_to_json(message: struct_pb2.Struct, max_depth: int) -> JsonPayload:
         if kind == "list_value":
             if depth + 1 > max_depth:
                 raise _TooDeep
-            return [value(item, depth + 1) for item in v.list_value.values]
+            items = []
+            for i, item in enumerate(v.list_value.values):
+                try:
+                    items.append(value(item, depth + 1))
+                except _BadKey as exc:
+                    exc.path.insert(0, f"[{i}]")
+                    raise
+            return items
         return None
 
     def struct(s: struct_pb2.Struct, depth: int) -> dict[str, Any]:
@@ -85,9 +105,17 @@ def struct_to_json(message: struct_pb2.Struct, max_depth: int) -> JsonPayload:
             raise _TooDeep
         out = {}
         for k, v in s.fields.items():
+            if not k:
+                raise _BadKey("an empty key")
+            if "\x00" in k:
+                raise _BadKey(f"a key containing NUL ({k[:64]!r})")
             if not key_sorts_alike(k):
                 exact = False
-            out[k] = value(v, depth)
+            try:
+                out[k] = value(v, depth)
+            except _BadKey as exc:
+                exc.path.insert(0, f".{k[:64]}")
+                raise
         return out
 
     converted = struct(message, 1)
@@ -113,6 +141,9 @@ class _Checker:
             self.add(field, f"must be at most {max_bytes} bytes")
         elif not value.isprintable():
             self.add(field, "must not contain control or separator characters other than space")
+        elif value[0] == " " or value[-1] == " ":
+            # Ids are matched byte for byte: "run_1 " would be a second run that reads like the first.
+            self.add(field, "must not begin or end with a space")
 
     def payload(self, field: str, message: struct_pb2.Struct, max_bytes: int, max_depth: int) -> JsonPayload:
         size = message.ByteSize()
@@ -125,6 +156,8 @@ class _Checker:
             self.add(field, f"is nested deeper than {max_depth} levels")
         except _NotFinite:
             self.add(field, "holds NaN or infinity, which JSON cannot represent")
+        except _BadKey as exc:
+            self.add(field, exc.describe(field))
         return _EMPTY
 
     def raise_if_any(self) -> None:
@@ -154,7 +187,7 @@ def parse_decide(request: gateway_pb2.DecideRequest, *, max_args_bytes: int, max
     name = request.action.name
     if not name:
         check.add("action.name", "is required")
-    elif not _ACTION_RE.match(name):
+    elif not _ACTION_RE.fullmatch(name):
         check.add("action.name", "must match [A-Za-z0-9][A-Za-z0-9_.:/-]{0,255}")
     args = check.payload("action.args", request.action.args, max_args_bytes, max_depth)
     if request.traceparent and not valid_traceparent(request.traceparent):
@@ -163,7 +196,7 @@ def parse_decide(request: gateway_pb2.DecideRequest, *, max_args_bytes: int, max
         check.add("labels", f"has {len(request.labels)} entries, more than {MAX_LABELS}")
     else:
         for key, val in request.labels.items():
-            if not _LABEL_KEY_RE.match(key):
+            if not _LABEL_KEY_RE.fullmatch(key):
                 check.add(f"labels[{key[:64]!r}]", "key must match [A-Za-z0-9][A-Za-z0-9_.:/-]{0,62}")
             elif len(val.encode()) > MAX_LABEL_VALUE_BYTES or not val.isprintable():
                 check.add(f"labels[{key!r}]", f"value must be at most {MAX_LABEL_VALUE_BYTES} bytes, no controls")

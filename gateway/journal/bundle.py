@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.canonical import CanonicalizationError, canonical_json
+from gateway.canonical import CanonicalizationError, canonical_json, parse_json
 from gateway.errors import MalformedEntryError
 from gateway.journal.entry import EventKind, decode_entry, leaf_hash, signature_payload
 from gateway.journal.merkle import HASH_SIZE, SubtreeHashes, decode_state, root_from_inclusion_proof
@@ -319,7 +319,7 @@ def _check_entry(
 
 def _canonical_body(seq: int, body_bytes: bytes, kind: int, report: BundleReport) -> dict[str, Any]:
     try:
-        body = json.loads(body_bytes)
+        body = parse_json(body_bytes.decode("utf-8"))  # numbers as doubles, as RFC 8785 reads them
         canonical = canonical_json(body) == body_bytes
     except (ValueError, RecursionError, CanonicalizationError):
         body, canonical = None, False

@@ -9,12 +9,11 @@ the first problem. Same steps, same rules, so nothing the collector witnesses ca
 from __future__ import annotations
 
 import enum
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.canonical import CanonicalizationError, canonical_json
+from gateway.canonical import CanonicalizationError, canonical_json, parse_json
 from gateway.errors import MalformedEntryError
 from gateway.journal.entry import Entry, EventKind, decode_entry, signature_payload
 from gateway.signing import Verifier
@@ -154,8 +153,9 @@ def _check_body(body_bytes: bytes) -> tuple[dict[str, Any] | None, bool, str | N
     """The parsed body when it is a JSON object (canonical or not), whether the bytes are its RFC 8785 form, and
     what is wrong (None: nothing)."""
     try:
-        # Decode explicitly: json.loads(bytes) would also accept UTF-16 and UTF-32.
-        body = json.loads(body_bytes.decode("utf-8"))
+        # Decode explicitly: json.loads(bytes) would also accept UTF-16 and UTF-32. Numbers are read as doubles,
+        # as RFC 8785 defines them (10000000000000000 is the double 1e16, not an out-of-range int).
+        body = parse_json(body_bytes.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         return None, False, f"body is not UTF-8 JSON: {exc}"
     if not isinstance(body, dict):
@@ -163,7 +163,7 @@ def _check_body(body_bytes: bytes) -> tuple[dict[str, Any] | None, bool, str | N
     try:
         canonical = canonical_json(body)
     except (CanonicalizationError, RecursionError) as exc:
-        # json.loads accepts what JCS cannot encode (NaN, integers beyond 2**53, lone surrogates).
+        # json.loads accepts what JCS cannot encode (NaN, Infinity, 1e400, lone surrogates).
         return body, False, f"body has no RFC 8785 form: {exc}"
     if canonical != body_bytes:
         return body, False, "body is not byte-identical to its RFC 8785 canonical form"
