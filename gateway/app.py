@@ -29,14 +29,15 @@ import grpc
 from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from gateway import __version__, metrics
-from gateway.alerts import AlertDispatcher
+from gateway import __version__, metrics, reasons
+from gateway.alerts import Alert, AlertDispatcher
 from gateway.api.gateway_service import SERVICE_NAME, GatewayServicer, generic_handler
 from gateway.api.operator_service import SERVICE_NAME as OPERATOR_SERVICE_NAME
 from gateway.api.operator_service import OperatorServicer, operator_handler
 from gateway.collector.app import Collector
 from gateway.config import CollectorConfig, Config, OperatorConfig
 from gateway.errors import AgentAuditError, ConfigError
+from gateway.ids import now_nanos, rfc3339_nanos
 from gateway.journal.store import JournalReader
 from gateway.journal.writer import JournalWriter
 from gateway.redaction import Redactor, load_hmac_key
@@ -178,10 +179,37 @@ class Sidecar:
             busy_timeout_ms=cfg.journal.busy_timeout_ms,
             on_health=lambda problem: self.health.report(health.JOURNAL, problem),
             probe_interval_s=cfg.journal.probe_interval_s,
+            on_lost=lambda _why: self._alert_journal_lost(signer.name),
         )
         await self.writer.start()
         self.reader = JournalReader(cfg.journal.path)
         self.recorder = AuditRecorder(self.writer, self.reader, redactor)
+
+    def _alert_journal_lost(self, origin: str) -> None:
+        """The writer lost its journal files (removed or replaced) and fails closed for good: page someone.
+
+        The writer has logged why, once; the alert carries the reason code and ``policy_rule`` ``journal_lost``.
+        """
+        if self._alerts is None:
+            return
+        self._alerts.notify(
+            Alert(
+                decision="stop",
+                reason=reasons.AUDIT_UNAVAILABLE,
+                policy_layer="audit",
+                policy_rule="journal_lost",
+                policy_version="",
+                tenant_id="",
+                run_id="",
+                step_id=0,
+                agent_id="",
+                action="",
+                event_id="",
+                approval_id="",
+                timestamp=rfc3339_nanos(now_nanos()),
+                origin=origin,
+            )
+        )
 
     async def _start_services(self, signer: Ed25519Signer) -> None:
         """Kill switches, policy, the journal_started event, approvals, alerts, forwarding, retention."""

@@ -9,6 +9,21 @@ previous commit ran is the next batch.
 
 If a commit fails, every append of that batch fails with :class:`JournalUnavailableError` (callers fail closed),
 the writer re-reads the journal tail so seq and chain stay exact, and later appends are tried afresh.
+
+The files themselves are watched too (docs/journal.md, "Journal files removed or replaced"). SQLite keeps writing
+happily into a ``journal.db``, ``-wal`` or ``-shm`` that was unlinked or replaced under it, and every entry it
+commits there is gone at the next start. So before and after every commit, and on every idle probe, the writer
+compares each path's ``st_dev``/``st_ino`` with what it opened: a commit that landed in a file the path no longer
+names is not durable, so its receipts fail, and the writer stays failed closed until restarted (it never reopens a
+replaced file silently). It then copies what its open files still hold to ``journal.db.salvaged-<time>``, so the
+acknowledged entries survive, and tells ``on_lost``. The same check refuses to touch a file it may not write (an
+immutable or read-only ``-shm``): SQLite maps that file, and a store into a page the kernel refuses kills the
+process with SIGBUS, so checking first is how the writer fails closed instead (see ``_check_files`` for what it
+cannot cover).
+
+After commits, at most every ``head_interval_s``, and at close, the writer records the last acknowledged entry in
+the high-water mark beside the journal (:mod:`gateway.journal.head`); :meth:`JournalWriter.start` refuses a
+journal younger than that mark.
 """
 
 from __future__ import annotations
@@ -29,6 +44,7 @@ from gateway import metrics
 from gateway.errors import ConfigError, JournalUnavailableError
 from gateway.ids import now_nanos as now_nanos  # noqa: PLC0414 - re-exported until every caller imports gateway.ids
 from gateway.journal.entry import ZERO_HASH, encode_entry, leaf_hash, signature_payload
+from gateway.journal.head import HeadMark, read_head, rollback_error, write_head
 from gateway.journal.schema import DDL, SCHEMA_VERSION, STATE_DDL, insert_sql
 from gateway.signing import Ed25519Signer
 
@@ -41,6 +57,10 @@ class Receipt:
 
     seq: int
     leaf_hash: bytes
+
+
+class _JournalLostError(JournalUnavailableError):
+    """A journal file the writer has open is no longer the one its path names (removed or replaced): permanent."""
 
 
 StateChange = tuple[str, tuple[Any, ...]]  # an SQL statement on the state tables and its parameters
@@ -77,8 +97,19 @@ class JournalWriter:
         busy_timeout_ms: int = 5000,
         on_health: Callable[[str], None] | None = None,
         probe_interval_s: float = 0.0,
+        on_lost: Callable[[str], None] | None = None,
+        head_interval_s: float = 1.0,
     ) -> None:
         self.path = path
+        # Told once, on the loop, why the journal files were lost (the writer stays failed closed): alerts.
+        self._on_lost = on_lost
+        self._lost = ""
+        self._files = [path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")]
+        self._identity: dict[Path, tuple[int, int]] = {}  # (st_dev, st_ino) of each file as opened
+        # The high-water mark is rewritten (two fsyncs) at most this often, not per commit: see _maybe_write_head.
+        self._head_interval_s = head_interval_s
+        self._head_written_at = 0.0
+        self._head_seq = -1
         # Told "" after a commit succeeds and the error after one fails (only on a change): health and readiness.
         self._on_health = on_health
         self._problem = ""
@@ -119,6 +150,9 @@ class JournalWriter:
             self._probe_task = asyncio.create_task(self._probe_loop(), name="journal-probe")
 
     def _open(self) -> None:
+        mark = read_head(self.path)
+        if mark is not None and not self.path.exists():
+            raise rollback_error(self.path, mark, "does not exist")
         if not self.path.exists():
             # Create it private: the journal holds redacted, but still sensitive, business facts.
             os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
@@ -147,7 +181,52 @@ class JournalWriter:
             conn.close()
             raise ConfigError(f"journal {self.path} has schema version {meta.get('schema_version')!r}")
         self._conn = conn
+        if mark is not None:
+            self._check_mark(mark)
         self._next_seq, self._prev_hash = self._read_tail()
+        self._head_seq = self._next_seq - 1 if mark is None else mark.seq
+        for file in self._files:
+            with contextlib.suppress(FileNotFoundError):
+                stat = os.stat(file)
+                self._identity[file] = (stat.st_dev, stat.st_ino)
+
+    def _check_mark(self, mark: HeadMark) -> None:
+        """Refuses a journal younger than the high-water mark: shorter, or another entry at the mark's seq."""
+        assert self._conn is not None
+        row = self._conn.execute("SELECT leaf_hash FROM journal WHERE seq = ?", (mark.seq,)).fetchone()
+        found = ""
+        if mark.origin != self.origin:
+            found = f"is for origin {self.origin!r} while the mark is for {mark.origin!r}"
+        elif row is None:
+            count = self._conn.execute("SELECT coalesce(max(seq) + 1, 0) FROM journal").fetchone()[0]
+            found = f"holds only {count} entries"
+        elif bytes(row[0]) != mark.leaf_hash:
+            found = f"has another entry at seq {mark.seq}"
+        if found:
+            self._conn.close()
+            self._conn = None
+            raise rollback_error(self.path, mark, found)
+
+    def _check_files(self) -> None:
+        """On the writer thread: each journal file is still the one opened, and writable.
+
+        Raises:
+            _JournalLostError: a file was removed or replaced (permanent).
+            JournalUnavailableError: a file may not be written now (immutable, read-only volume): SQLite would
+                take SIGBUS storing into its mapped ``-shm``, so the commit is not attempted.
+
+        A file made unwritable *during* a commit, after this check, can still raise SIGBUS in SQLite: the check
+        narrows that window to one commit, it cannot close it (docs/adr/0011).
+        """
+        for file, identity in self._identity.items():
+            try:
+                stat = os.stat(file)
+            except FileNotFoundError:
+                raise _JournalLostError(f"journal file {file} was removed while open") from None
+            if (stat.st_dev, stat.st_ino) != identity:
+                raise _JournalLostError(f"journal file {file} was replaced while open")
+            if not os.access(file, os.W_OK):
+                raise JournalUnavailableError(f"journal file {file} is not writable")
 
     def _read_tail(self) -> tuple[int, bytes]:
         if self._conn is None:
@@ -168,6 +247,8 @@ class JournalWriter:
         """
         if self._closing or self._loop is None:
             raise JournalUnavailableError("journal writer is not running")
+        if self._lost:
+            raise JournalUnavailableError(self._lost)
         future: asyncio.Future[Receipt] = self._loop.create_future()
         self._pending.append(_Append(kind, body, unix_nanos, columns, future, state))
         self._wake.set()
@@ -187,6 +268,10 @@ class JournalWriter:
                 state = [change for item in batch for change in item.state]
                 try:
                     await loop.run_in_executor(self._executor, self._insert, rows, state)
+                except _JournalLostError as exc:
+                    await self._lose(loop, str(exc), [*batch, *self._pending])
+                    self._pending.clear()
+                    continue
                 except Exception as exc:
                     log.error("journal commit of %d entries failed: %s", len(batch), exc)
                     metrics.JOURNAL_COMMIT_FAILURES.inc()
@@ -209,7 +294,47 @@ class JournalWriter:
             if self._closing:
                 return
 
+    async def _lose(self, loop: asyncio.AbstractEventLoop, why: str, failed: Sequence[_Append]) -> None:
+        """The journal files are gone: fail ``failed`` and every later append, salvage, tell health and alerts."""
+        first = not self._lost
+        if first:
+            self._lost = f"journal lost: {why}; restart the sidecar after checking the journal directory"
+        metrics.JOURNAL_COMMIT_FAILURES.inc()
+        for item in failed:
+            if not item.future.done():
+                item.future.set_exception(JournalUnavailableError(self._lost))
+        if not first:
+            return  # the probe and a commit both found it: say it once
+        log.error("%s (no entry is acknowledged from now on)", self._lost)
+        self._set_problem(self._lost)
+        try:
+            salvaged = await loop.run_in_executor(self._executor, self._salvage)
+        except (sqlite3.Error, OSError, JournalUnavailableError) as exc:
+            log.error("cannot salvage the open journal: %s", exc)
+        else:
+            log.error("the journal as this sidecar holds it is saved in %s (verify it, keep it)", salvaged)
+        if self._on_lost is not None:
+            self._on_lost(self._lost)
+
+    def _salvage(self) -> Path:
+        """On the writer thread: records the last acknowledged entry in the mark, copies the open journal aside."""
+        conn = self._conn
+        if conn is None:
+            raise JournalUnavailableError("journal is closed")
+        if self._next_seq > 0:
+            write_head(self.path, HeadMark(self.origin, self._next_seq - 1, self._prev_hash))
+        target = self.path.with_name(f"{self.path.name}.salvaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+        os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        copy = sqlite3.connect(target)
+        try:
+            conn.backup(copy)
+        finally:
+            copy.close()
+        return target
+
     def _set_problem(self, problem: str) -> None:
+        if self._lost and problem != self._lost:
+            return  # lost is final: neither a later probe nor a commit clears it
         if problem != self._problem:
             self._problem = problem
             if self._on_health is not None:
@@ -248,25 +373,45 @@ class JournalWriter:
         if conn is None:
             raise JournalUnavailableError("journal is closed")
         params = [value for row in rows for value in row]
+        self._check_files()
         started = time.perf_counter()
         try:
             if not state:
                 conn.execute(insert_sql(len(rows)), params)
-                self._observe(rows, started)
-                return
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.execute(insert_sql(len(rows)), params)
-                for sql, args in state:
-                    conn.execute(sql, args)
-                conn.execute("COMMIT")
-                self._observe(rows, started)
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                raise
+            else:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    conn.execute(insert_sql(len(rows)), params)
+                    for sql, args in state:
+                        conn.execute(sql, args)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                    raise
         except sqlite3.Error as exc:
             raise JournalUnavailableError(f"commit failed: {exc}") from exc
+        # After the fsync, before any receipt resolves: a commit into an unlinked file is not durable.
+        self._check_files()
+        self._observe(rows, started)
+        self._maybe_write_head(rows[-1][0], rows[-1][3])
+
+    def _maybe_write_head(self, seq: int, digest: bytes) -> None:
+        """Moves the high-water mark to this commit if the last move is ``head_interval_s`` old.
+
+        Not on every commit: the mark costs two fsyncs (file and directory), which per commit would roughly halve
+        throughput on a disk where one fsync dominates a commit. The mark may therefore lag the journal by up to
+        the interval after a crash; after a clean stop or a lost journal it is exact.
+        """
+        now = time.monotonic()
+        if now - self._head_written_at < self._head_interval_s:
+            return
+        try:
+            write_head(self.path, HeadMark(self.origin, seq, digest))
+        except OSError as exc:
+            log.warning("cannot update the journal's high-water mark: %s", exc)
+            return
+        self._head_written_at, self._head_seq = now, seq
 
     @staticmethod
     def _observe(rows: Sequence[tuple[Any, ...]], started: float) -> None:
@@ -286,6 +431,10 @@ class JournalWriter:
                 continue
             try:
                 await loop.run_in_executor(self._executor, self._probe)
+            except _JournalLostError as exc:
+                await self._lose(loop, str(exc), self._pending)
+                self._pending.clear()
+                return
             except (sqlite3.Error, OSError, JournalUnavailableError) as exc:
                 self._set_problem(f"write probe failed: {exc}")
             except RuntimeError:
@@ -303,6 +452,7 @@ class JournalWriter:
         conn = self._conn
         if conn is None:
             raise JournalUnavailableError("journal is closed")
+        self._check_files()  # first: taking the lock touches the mapped -shm
         conn.execute("BEGIN IMMEDIATE")
         conn.execute("ROLLBACK")
         fd = os.open(self.path.with_name(self.path.name + ".probe"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -315,9 +465,13 @@ class JournalWriter:
     async def _resync(self, loop: asyncio.AbstractEventLoop) -> None:
         """After a failed commit, re-reads the tail so seq and chain continue from what is really stored."""
         try:
-            self._next_seq, self._prev_hash = await loop.run_in_executor(self._executor, self._read_tail)
+            self._next_seq, self._prev_hash = await loop.run_in_executor(self._executor, self._checked_tail)
         except (sqlite3.Error, JournalUnavailableError) as exc:
             log.error("cannot re-read the journal tail: %s", exc)
+
+    def _checked_tail(self) -> tuple[int, bytes]:
+        self._check_files()  # reading takes a read mark in the mapped -shm
+        return self._read_tail()
 
     async def aclose(self) -> None:
         """Stops accepting appends, commits everything already queued, then closes the database."""
@@ -343,6 +497,12 @@ class JournalWriter:
             )
 
     def _close(self) -> None:
+        if self._conn is not None and not self._lost and self._next_seq - 1 > self._head_seq:
+            try:
+                self._check_files()
+                write_head(self.path, HeadMark(self.origin, self._next_seq - 1, self._prev_hash))
+            except (OSError, JournalUnavailableError) as exc:
+                log.warning("cannot update the journal's high-water mark at close: %s", exc)
         if self._conn is not None:
             self._conn.close()
             self._conn = None
