@@ -322,6 +322,8 @@ class GoverningProxy:
             return tool_error(
                 "agentaudit could not reach its sidecar, so this call was not run (fail closed). Retry later."
             )
+        if approval_id and decision.decision == "approval_required" and decision.approval_id == approval_id:
+            return call.still_pending(decision)  # a resume before the human decided: never ask again in a loop
         return await call.answer(decision)
 
     def remember_pending(self, principal: str, tool: str, digest: str, approval_id: str) -> None:
@@ -420,6 +422,8 @@ class _Call:
             resumed = await self.decide(approval_id)
             if resumed is None:
                 return tool_error("agentaudit could not reach its sidecar, so this call was not run (fail closed).")
+            if resumed.decision == "approval_required" and resumed.approval_id == approval_id:
+                return self.still_pending(resumed)
             if resumed.decision == "approval_required":  # a later rule asks again: do not loop here
                 self.proxy.remember_pending(self.principal, self.tool, self.digest, resumed.approval_id)
                 return tool_error(f"agentaudit: another approval is required ({resumed.approval_id}).")

@@ -80,6 +80,9 @@ class Upstream:
 
     def mark_broken(self) -> None:
         """The caller saw the connection fail: reconnect before the next call."""
+        # Forget the client now, so a call arriving before the owner task runs waits for the new connection.
+        self._client = None
+        self._ready.clear()
         self._broken.set()
 
     async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
