@@ -133,6 +133,20 @@ def _proxy_flags(gw: RunningGateway, setup: Setup, sidecar: str | None, extra: l
     ]
 
 
+def start_http(setup: Setup, flags: list[str], env: dict[str, str], procs: list[subprocess.Popen[bytes]]) -> str:
+    """Starts the test server over HTTP and ``agentaudit mcp http`` in front of it; returns the proxy's URL."""
+    upstream_port, proxy_port = free_port(), free_port()
+    with open(setup.tmp / "http.log", "ab") as log:
+        procs.append(subprocess.Popen([*SERVER, "http", str(upstream_port)], env=env, cwd=ROOT, stderr=log))
+        wait_port(upstream_port, procs[0])
+        upstream = f"http://127.0.0.1:{upstream_port}/mcp"
+        listen = f"127.0.0.1:{proxy_port}"
+        command = [*AGENTAUDIT, "mcp", "http", *flags, "--listen", listen, "--upstream", upstream]
+        procs.append(subprocess.Popen(command, env=env, cwd=ROOT, stderr=log))
+        wait_port(proxy_port, procs[1])
+    return f"http://{listen}/mcp"
+
+
 @asynccontextmanager
 async def connect(
     gw: RunningGateway,
@@ -162,29 +176,7 @@ async def connect(
                 cwd=str(ROOT),
             )
         else:
-            upstream_port, proxy_port = free_port(), free_port()
-            log = open(setup.tmp / "http.log", "ab")  # noqa: SIM115 - closed with the processes
-            procs.append(subprocess.Popen([*SERVER, "http", str(upstream_port)], env=env, cwd=ROOT, stderr=log))
-            wait_port(upstream_port, procs[0])
-            procs.append(
-                subprocess.Popen(
-                    [
-                        *AGENTAUDIT,
-                        "mcp",
-                        "http",
-                        *flags,
-                        "--listen",
-                        f"127.0.0.1:{proxy_port}",
-                        "--upstream",
-                        f"http://127.0.0.1:{upstream_port}/mcp",
-                    ],
-                    env=env,
-                    cwd=ROOT,
-                    stderr=log,
-                )
-            )
-            wait_port(proxy_port, procs[1])
-            target = f"http://127.0.0.1:{proxy_port}/mcp"
+            target = start_http(setup, flags, env, procs)
         async with Client(target, mode=mode, elicitation_callback=elicitation, cache=None) as client:
             assert client.protocol_version == revision
             yield client
