@@ -45,6 +45,7 @@ class EventKind(enum.IntEnum):
     PRUNE = 13
     OPERATOR_DENIED = 14
     GAP_RECOVERY = 15
+    TOOL_CHANGED = 16
 
     @property
     def label(self) -> str:

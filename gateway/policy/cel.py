@@ -19,7 +19,7 @@ import cel
 from gateway.errors import AgentAuditError
 
 # The variables a condition may read (documented in docs/policy.md).
-VARIABLES = frozenset({"action", "args", "tenant", "agent", "actor", "scope", "labels", "run"})
+VARIABLES = frozenset({"action", "args", "tenant", "agent", "actor", "scope", "labels", "run", "tool"})
 _MACROS = ("all", "exists", "exists_one", "map", "filter")
 
 DRY_RUN_CONTEXT: Mapping[str, Any] = {
@@ -31,6 +31,7 @@ DRY_RUN_CONTEXT: Mapping[str, Any] = {
     "scope": "",
     "labels": {},
     "run": {"id": "", "steps": 0, "step_id": 0},
+    "tool": {"changed": False, "annotations": {}},
 }
 
 

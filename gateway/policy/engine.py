@@ -15,7 +15,7 @@ A condition that fails at evaluation time fails closed: ``stop`` / ``policy_erro
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple, Protocol
 
 from gateway import reasons
@@ -72,7 +72,24 @@ class _Evaluation:
                 return dict(r.labels)
             case "run":
                 return {"id": r.run_id, "steps": self.steps, "step_id": r.step_id}
+            case "tool":
+                return tool_variable(r.labels)
         raise KeyError(name)  # pragma: no cover - VARIABLES and this match are kept in step
+
+
+# Labels the MCP proxy (gateway.mcp.proxy) sets on a tool call; annotations are the server's untrusted hints.
+_TOOL_CHANGED_LABEL = "mcp.tool_changed"
+_TOOL_ANNOTATION_PREFIX = "mcp.annotation."
+
+
+def tool_variable(labels: Mapping[str, str]) -> dict[str, Any]:
+    """The CEL ``tool`` variable: ``tool.changed`` and ``tool.annotations`` (false and empty off MCP)."""
+    annotations = {
+        key.removeprefix(_TOOL_ANNOTATION_PREFIX): value == "true"
+        for key, value in labels.items()
+        if key.startswith(_TOOL_ANNOTATION_PREFIX)
+    }
+    return {"changed": labels.get(_TOOL_CHANGED_LABEL) == "true", "annotations": annotations}
 
 
 class _Applicable(NamedTuple):

@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 LAYER_AUDIT = "audit"
 LAYER_POLICY = "policy"
+# Set by the MCP proxy (gateway.mcp.proxy) on the first call after it sees a tool definition change.
+TOOL_CHANGE_NEW_LABEL = "mcp.tool_change_new"
 
 
 class PolicySource(Protocol):
@@ -107,6 +109,9 @@ class Decider:
                 action, prepared.action_key, step.decision, step.approval_id, step.event_id
             )
         try:
+            if action.labels.get(TOOL_CHANGE_NEW_LABEL) == "true":
+                changed = await self._recorder.record_tool_changed(action)
+                self._alert_tool_changed(action, changed.event_id)
             await self._recorder.record_decision(
                 action, prepared, step.decision, step.approval_id, event_id=step.event_id, state=step.state
             )
@@ -191,6 +196,20 @@ class Decider:
             origin=self._recorder.origin,
         )
         self._alerts.notify(alert)
+
+    def _alert_tool_changed(self, action: ActionRequest, event_id: str) -> None:
+        if self._alerts is None:
+            return
+        changed = Decision(Verdict.STOP, reasons.TOOL_DEFINITION_CHANGED, "mcp", "tool_pinning", self._version())
+        alert = alert_from_decision(
+            action,
+            changed,
+            event_id=event_id,
+            approval_id="",
+            timestamp=rfc3339_nanos(now_nanos()),
+            origin=self._recorder.origin,
+        )
+        self._alerts.notify(dataclasses.replace(alert, decision="tool_changed"))
 
     def _version(self) -> str:
         return self._policy.engine.version

@@ -214,6 +214,20 @@ class AuditRecorder:
         }
         return await self._record(EventKind.OPERATOR_DENIED, now_nanos(), fields)
 
+    async def record_tool_changed(self, request: ActionRequest) -> RecordedEvent:
+        """Journals an MCP tool definition that differs from its pinned digest (labels set by the MCP proxy)."""
+        labels = request.labels
+        fields = {
+            "run_id": request.run_id,
+            "step_id": request.step_id,
+            "tenant_id": request.tenant_id,
+            "agent_id": request.agent_id,
+            "action": request.action,
+            "tool_digest": labels.get("mcp.tool_digest", ""),
+            "pinned_digest": labels.get("mcp.tool_pinned_digest", ""),
+        }
+        return await self._record(EventKind.TOOL_CHANGED, now_nanos(), fields)
+
     async def record_started(self, details: Mapping[str, Any]) -> RecordedEvent:
         """Journals a ``journal_started`` lifecycle event (one per sidecar start)."""
         return await self._record(EventKind.JOURNAL_STARTED, now_nanos(), {"origin": self.origin, **details})

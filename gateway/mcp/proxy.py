@@ -1,0 +1,470 @@
+"""The governing core both transports share: every ``tools/call`` is decided, forwarded only on allow, reported.
+
+A client of the sidecar (``agentaudit_client``), never a journal writer. Per call:
+
+1. Identity: action ``mcp.<server>.<tool>``, args = the tool arguments; tenant, agent and actor from the
+   configuration (flags, environment, or verified JWT claims in HTTP mode); the run from ``_meta``
+   (``agentaudit/run_id``), the ``Agentaudit-Run-Id`` header, the flag, or the client session; steps numbered
+   per run; W3C ``traceparent`` from ``_meta``.
+2. Decide. ``allow`` forwards and reports the result (``isError`` → failed) with its duration. ``stop`` answers a
+   tool error the model can read. ``approval_required`` asks a human through URL-mode elicitation (never a form:
+   a client can forge an "accept") and resumes only when the sidecar, deciding again with the approval id, allows.
+3. Fail closed: if the sidecar cannot be reached, nothing is forwarded.
+
+``tools/list`` hides tools the policy's access layer can never allow for this identity (no journaling), and
+pins each definition's digest; a changed definition travels to the sidecar as labels on the call's Decide.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mcp_types as types
+from mcp.server.context import ServerRequestContext
+from mcp.server.lowlevel import Server
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+
+from agentaudit_client import AsyncGatewayClient, DecideResult, GatewayError
+from gateway import reasons
+from gateway.canonical import canonical_json
+from gateway.mcp.seal import SealError, StateSealer, args_digest
+from gateway.mcp.state import ProxyState, load_or_create_key
+from gateway.mcp.upstream import Upstream, UpstreamUnavailableError
+from gateway.policy.document import PolicyDocument, parse_policy
+
+log = logging.getLogger("agentaudit.mcp")
+
+RUN_ID_META_KEY = "agentaudit/run_id"
+RUN_ID_HEADER = "agentaudit-run-id"
+TRACEPARENT_META_KEY = "traceparent"
+APPROVAL_INPUT_KEY = "agentaudit_approval"
+# Labels the sidecar reads as the ``tool`` CEL variable (gateway.policy.engine); annotations are the server's
+# hints, untrusted.
+LABEL_SERVER = "mcp.server"
+LABEL_TOOL_CHANGED = "mcp.tool_changed"
+LABEL_TOOL_CHANGE_NEW = "mcp.tool_change_new"
+LABEL_TOOL_DIGEST = "mcp.tool_digest"
+LABEL_TOOL_PINNED = "mcp.tool_pinned_digest"
+LABEL_ANNOTATION_PREFIX = "mcp.annotation."
+_ANNOTATION_HINTS = ("destructiveHint", "readOnlyHint", "idempotentHint", "openWorldHint")
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who acts: fixed for a proxy, or per request from verified JWT claims (HTTP)."""
+
+    tenant_id: str
+    agent_id: str = ""
+    actor_type: str = "agent"
+    actor_id: str = ""
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """How the proxy governs (flags of ``agentaudit mcp``)."""
+
+    sidecar: str
+    server_name: str
+    identity: Identity
+    state_dir: Path
+    run_id: str = ""
+    policy_path: Path | None = None
+    approval_url_template: str = ""
+    approval_wait_s: float = 300.0
+    sidecar_timeout_s: float = 10.0
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _ToolInfo:
+    digest: str
+    pinned: str
+    hints: dict[str, bool]
+
+    @property
+    def changed(self) -> bool:
+        return self.digest != self.pinned
+
+
+def tool_digest(tool: types.Tool) -> str:
+    """SHA-256 of the canonical JSON of a tool's name, description and input schema."""
+    return hashlib.sha256(
+        canonical_json({"name": tool.name, "description": tool.description or "", "inputSchema": tool.input_schema})
+    ).hexdigest()
+
+
+def may_ever_allow(document: PolicyDocument, action: str, identity: Identity) -> bool:
+    """False only when the access layer denies ``action`` to this identity whatever the arguments.
+
+    A binding with a ``when`` condition might grant it for some request, so it counts as a possible allow; a
+    shadow policy never stops anything. Later layers (limits, approvals, rules) never hide a tool.
+    """
+    if document.shadow or document.access.default_allow:
+        return True
+    return any(
+        b.actions.match(action)
+        and b.tenants.match(identity.tenant_id)
+        and b.agents.match(identity.agent_id)
+        and (b.actor_types is None or identity.actor_type in b.actor_types)
+        for b in document.access.bindings
+    )
+
+
+class _ListingPolicy:
+    """The policy file the sidecar runs, re-read when it changes, for filtering ``tools/list``."""
+
+    def __init__(self, path: Path | None) -> None:
+        self._path = path
+        self._mtime = -1.0
+        self._document: PolicyDocument | None = None
+
+    def document(self) -> PolicyDocument | None:
+        if self._path is None:
+            return None
+        try:
+            mtime = self._path.stat().st_mtime
+            if mtime != self._mtime:
+                self._document = parse_policy(self._path.read_text(), str(self._path))
+                self._mtime = mtime
+        except Exception as exc:  # a broken file hides nothing: the sidecar still decides every call
+            log.warning("cannot read policy %s for tools/list filtering: %s", self._path, exc)
+        return self._document
+
+
+def tool_error(text: str) -> types.CallToolResult:
+    """A tool result the model reads (a deny is a value, not a JSON-RPC error)."""
+    return types.CallToolResult(content=[types.TextContent(type="text", text=text)], is_error=True)
+
+
+def stop_text(decision: DecideResult) -> str:
+    """What the model is told when the sidecar says stop."""
+    text = f"agentaudit stopped this call: {decision.reason}"
+    if decision.policy_rule:
+        text += f" (policy {decision.policy_layer}/{decision.policy_rule})"
+    if decision.retry_after is not None:
+        text += f"; retry after {decision.retry_after:.3g}s"
+    return text + "."
+
+
+def _result_output(result: types.CallToolResult) -> dict[str, Any]:
+    output: dict[str, Any] = {"content": [c.model_dump(mode="json", by_alias=True) for c in result.content]}
+    if result.structured_content is not None:
+        output["structuredContent"] = result.structured_content
+    return output
+
+
+class GoverningProxy:
+    """An MCP server that governs a real one. Build with ``await GoverningProxy.open(...)``."""
+
+    def __init__(self, config: ProxyConfig, upstream: Upstream, gateway: AsyncGatewayClient) -> None:
+        self.config = config
+        self.upstream = upstream
+        self.gateway = gateway
+        self._state = ProxyState(config.state_dir)
+        self.sealer = StateSealer(load_or_create_key(config.state_dir), self._state)
+        self._policy = _ListingPolicy(config.policy_path)
+        self._tools: dict[str, _ToolInfo] = {}
+        self._steps: dict[str, int] = {}
+        self._pending: dict[tuple[str, str, str], str] = {}  # (principal, tool, args digest) → approval id
+        self._session_runs: dict[int, str] = {}
+        self.server = self._build_server()
+
+    async def start(self) -> None:
+        """Connects to the upstream server."""
+        await self.upstream.start()
+
+    async def aclose(self) -> None:
+        """Stops in order: the upstream connection, the sidecar channel, the state file."""
+        await self.upstream.aclose()
+        await self.gateway.aclose()
+        self._state.close()
+
+    def _build_server(self) -> Server[Any]:
+        return Server(
+            f"agentaudit-{self.config.server_name}",
+            on_list_tools=self.list_tools,
+            on_call_tool=self.call_tool,
+            on_list_resources=self._passthrough("list_resources"),
+            on_list_resource_templates=self._passthrough("list_resource_templates"),
+            on_read_resource=self._read_resource,
+            on_list_prompts=self._passthrough("list_prompts"),
+            on_get_prompt=self._get_prompt,
+        )
+
+    # --- pass-through (not governed) ---------------------------------------------------------------------------
+
+    def _passthrough(self, method: str) -> Any:
+        async def handler(ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None) -> Any:
+            return await self.upstream.call(method, cursor=params.cursor if params else None)
+
+        return handler
+
+    async def _read_resource(self, ctx: ServerRequestContext[Any], params: types.ReadResourceRequestParams) -> Any:
+        return await self.upstream.call("read_resource", params.uri)
+
+    async def _get_prompt(self, ctx: ServerRequestContext[Any], params: types.GetPromptRequestParams) -> Any:
+        return await self.upstream.call("get_prompt", params.name, params.arguments)
+
+    # --- identity ------------------------------------------------------------------------------------------------
+
+    def identity(self, ctx: ServerRequestContext[Any]) -> Identity:
+        """The configured identity (``http.py`` overrides this with verified claims)."""
+        return self.config.identity
+
+    def _run_id(self, ctx: ServerRequestContext[Any], meta: Mapping[str, Any]) -> str:
+        from_meta = meta.get(RUN_ID_META_KEY)
+        if isinstance(from_meta, str) and from_meta:
+            return from_meta
+        request = ctx.request
+        headers = getattr(request, "headers", None)
+        if headers is not None and headers.get(RUN_ID_HEADER):
+            return str(headers[RUN_ID_HEADER])
+        if self.config.run_id:
+            return self.config.run_id
+        if headers is not None and headers.get("mcp-session-id"):
+            return f"mcp-{headers['mcp-session-id']}"
+        # stdio, or a stateless request with nothing better: one run per client connection.
+        key = id(ctx.session)
+        if key not in self._session_runs:
+            self._session_runs[key] = f"mcp-{self.config.server_name}-{time.time_ns():x}"
+        return self._session_runs[key]
+
+    def _next_step(self, run_id: str) -> int:
+        self._steps[run_id] = self._steps.get(run_id, 0) + 1
+        return self._steps[run_id]
+
+    # --- tools/list ----------------------------------------------------------------------------------------------
+
+    async def list_tools(
+        self, ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
+        """The upstream's tools, minus those the access layer never allows; each definition pinned."""
+        listed: types.ListToolsResult = await self.upstream.call("list_tools", cursor=params.cursor if params else None)
+        self._remember(listed.tools)
+        document = self._policy.document()
+        identity = self.identity(ctx)
+        if document is not None:
+            listed.tools = [t for t in listed.tools if may_ever_allow(document, self.action(t.name), identity)]
+        return listed
+
+    def _remember(self, tools: list[types.Tool]) -> None:
+        for tool in tools:
+            digest = tool_digest(tool)
+            pinned = self._state.pin(self.config.server_name, tool.name, digest)
+            annotations = tool.annotations
+            hints = {
+                hint: bool(value)
+                for hint in _ANNOTATION_HINTS
+                if annotations is not None and (value := getattr(annotations, _snake(hint), None)) is not None
+            }
+            self._tools[tool.name] = _ToolInfo(digest, pinned, hints)
+            if digest != pinned:
+                log.warning("MCP tool %s.%s changed since it was pinned", self.config.server_name, tool.name)
+
+    def action(self, tool: str) -> str:
+        """The action name the sidecar sees for a tool."""
+        return f"mcp.{self.config.server_name}.{tool}"
+
+    async def _tool_labels(self, name: str) -> dict[str, str]:
+        if name not in self._tools:
+            try:
+                self._remember((await self.upstream.call("list_tools")).tools)
+            except Exception as exc:
+                log.warning("cannot list upstream tools: %s", exc)
+        labels = {**self.config.labels, LABEL_SERVER: self.config.server_name}
+        info = self._tools.get(name)
+        if info is None:
+            return labels
+        labels[LABEL_TOOL_CHANGED] = "true" if info.changed else "false"
+        labels.update({LABEL_ANNOTATION_PREFIX + k: "true" if v else "false" for k, v in info.hints.items()})
+        if info.changed:
+            labels[LABEL_TOOL_DIGEST] = info.digest
+            labels[LABEL_TOOL_PINNED] = info.pinned
+            if self._state.first_report(self.config.server_name, name, info.digest):
+                labels[LABEL_TOOL_CHANGE_NEW] = "true"
+        return labels
+
+    # --- tools/call ----------------------------------------------------------------------------------------------
+
+    async def call_tool(
+        self, ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult | types.InputRequiredResult:
+        """Decide → forward on allow → report; stop and pending approvals become tool errors."""
+        name, arguments = params.name, dict(params.arguments or {})
+        meta: Mapping[str, Any] = params.meta or {}
+        identity = self.identity(ctx)
+        run_id = self._run_id(ctx, meta)
+        principal = f"{identity.tenant_id}|{identity.agent_id}|{identity.actor_type}:{identity.actor_id}|{run_id}"
+        digest = args_digest(arguments)
+        approval_id = ""
+        if params.request_state is not None:
+            try:
+                approval_id = self.sealer.open(params.request_state, name, digest, principal).approval_id
+            except SealError as exc:
+                return tool_error(f"agentaudit refused this retry: {exc}. Nothing was run.")
+            # input_responses are deliberately ignored: an "accept" relayed by the client is not an approval.
+        else:
+            approval_id = self._pending.pop((principal, name, digest), "")
+        traceparent = meta.get(TRACEPARENT_META_KEY)
+        call = _Call(self, ctx, name, arguments, identity, run_id, principal, digest)
+        call.traceparent = traceparent if isinstance(traceparent, str) else ""
+        call.labels = await self._tool_labels(name)
+        decision = await call.decide(approval_id)
+        if decision is None:
+            return tool_error(
+                "agentaudit could not reach its sidecar, so this call was not run (fail closed). Retry later."
+            )
+        if approval_id and decision.decision == "approval_required" and decision.approval_id == approval_id:
+            return call.still_pending(decision)  # a resume before the human decided: never ask again in a loop
+        return await call.answer(decision)
+
+    def remember_pending(self, principal: str, tool: str, digest: str, approval_id: str) -> None:
+        """A later identical call resumes with this approval (clients that cannot carry a requestState)."""
+        self._pending[(principal, tool, digest)] = approval_id
+
+    def approval_url(self, approval_id: str, action: str) -> str:
+        """Where a human approves: the configured console page, else a text naming the CLI command."""
+        if self.config.approval_url_template:
+            return self.config.approval_url_template.replace("{approval_id}", urllib.parse.quote(approval_id))
+        text = (
+            f"agentaudit: the call {action} needs a human approval ({approval_id}). "
+            f"An approver runs: agentaudit approve {approval_id}"
+        )
+        return "data:text/plain;charset=utf-8," + urllib.parse.quote(text)
+
+
+def _snake(hint: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in hint)
+
+
+@dataclass
+class _Call:
+    """One governed ``tools/call`` in flight."""
+
+    proxy: GoverningProxy
+    ctx: ServerRequestContext[Any]
+    tool: str
+    arguments: dict[str, Any]
+    identity: Identity
+    run_id: str
+    principal: str
+    digest: str
+    traceparent: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+
+    async def decide(self, approval_id: str) -> DecideResult | None:
+        identity = self.identity
+        try:
+            return await self.proxy.gateway.decide(
+                run_id=self.run_id,
+                step_id=self.proxy._next_step(self.run_id),
+                tenant_id=identity.tenant_id,
+                agent_id=identity.agent_id,
+                actor=(identity.actor_type, identity.actor_id or identity.agent_id or "mcp-client"),
+                action=self.proxy.action(self.tool),
+                args=self.arguments,
+                approval_id=approval_id,
+                traceparent=self.traceparent,
+                labels=self.labels,
+            )
+        except GatewayError as exc:
+            log.error("sidecar Decide failed for %s: %s", self.tool, exc)
+            return None
+
+    async def answer(self, decision: DecideResult) -> types.CallToolResult | types.InputRequiredResult:
+        if decision.decision == "allow":
+            return await self.forward(decision)
+        if decision.decision == "approval_required":
+            return await self.ask_approval(decision)
+        if decision.reason == reasons.APPROVAL_PENDING:
+            return self.still_pending(decision)
+        return tool_error(stop_text(decision))
+
+    def still_pending(self, decision: DecideResult) -> types.CallToolResult:
+        approval_id = decision.approval_id
+        if approval_id:
+            self.proxy.remember_pending(self.principal, self.tool, self.digest, approval_id)
+        return tool_error(
+            f"agentaudit: approval {approval_id or ''} is still pending; nothing was run. "
+            "Retry the same call once a human has approved it."
+        )
+
+    async def ask_approval(self, decision: DecideResult) -> types.CallToolResult | types.InputRequiredResult:
+        approval_id = decision.approval_id
+        url = self.proxy.approval_url(approval_id, self.proxy.action(self.tool))
+        message = f"agentaudit: {self.proxy.action(self.tool)} needs a human approval ({approval_id})."
+        if self.ctx.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            # 2026-07-28: the client shows the page, then retries with the sealed state; the retry decides again.
+            sealed = self.proxy.sealer.seal(approval_id, self.tool, self.digest, self.principal)
+            request = types.ElicitRequest(params=types.ElicitRequestURLParams(message=message, url=url))
+            return types.InputRequiredResult(input_requests={APPROVAL_INPUT_KEY: request}, request_state=sealed)
+        capabilities = self.ctx.session.client_capabilities if self.ctx.session is not None else None
+        elicitation = capabilities.elicitation if capabilities is not None else None
+        if elicitation is not None and elicitation.url is not None:
+            # 2025-11-25 with URL elicitation: show the page, then wait for the human (bounded).
+            try:
+                await self.ctx.session.elicit_url(message, url, elicitation_id=approval_id)
+            except Exception as exc:
+                log.warning("URL elicitation for %s failed: %s", approval_id, exc)
+            # Whatever the client answered, only the sidecar's record of a human resolution counts.
+            try:
+                await self.proxy.gateway.wait_approval(approval_id, timeout=self.proxy.config.approval_wait_s)
+            except GatewayError as exc:
+                log.warning("WaitApproval %s failed: %s", approval_id, exc)
+            resumed = await self.decide(approval_id)
+            if resumed is None:
+                return tool_error("agentaudit could not reach its sidecar, so this call was not run (fail closed).")
+            if resumed.decision == "approval_required" and resumed.approval_id == approval_id:
+                return self.still_pending(resumed)
+            if resumed.decision == "approval_required":  # a later rule asks again: do not loop here
+                self.proxy.remember_pending(self.principal, self.tool, self.digest, resumed.approval_id)
+                return tool_error(f"agentaudit: another approval is required ({resumed.approval_id}).")
+            return await self.answer(resumed)
+        self.proxy.remember_pending(self.principal, self.tool, self.digest, approval_id)
+        return tool_error(
+            f"agentaudit: this call needs a human approval ({approval_id}); nothing was run. "
+            f"An approver can run `agentaudit approve {approval_id}`"
+            + (f" or open {url}" if self.proxy.config.approval_url_template else "")
+            + ". Retrying the same call after approval will go through."
+        )
+
+    async def forward(self, decision: DecideResult) -> types.CallToolResult:
+        started = time.monotonic()
+        try:
+            result: types.CallToolResult = await self.proxy.upstream.call("call_tool", self.tool, self.arguments)
+        except (UpstreamUnavailableError, Exception) as exc:
+            await self.report(decision, "failed", time.monotonic() - started, error=f"upstream failed: {exc}")
+            return tool_error(f"the MCP server failed while running {self.tool}: {exc}")
+        status = "failed" if result.is_error else "succeeded"
+        error = _first_text(result) if result.is_error else ""
+        await self.report(decision, status, time.monotonic() - started, error=error, output=_result_output(result))
+        return result
+
+    async def report(
+        self, decision: DecideResult, status: str, duration: float, *, error: str = "", output: Any = None
+    ) -> None:
+        try:
+            await self.proxy.gateway.report_result(
+                decision.event_id,
+                status=status,  # type: ignore[arg-type]
+                error=error[:4096],
+                output=output,
+                duration=duration,
+            )
+        except GatewayError as exc:  # the call already ran: say so in the log, the model still gets its result
+            log.error("ReportResult for %s failed: %s", decision.event_id, exc)
+
+
+def _first_text(result: types.CallToolResult) -> str:
+    for item in result.content:
+        if isinstance(item, types.TextContent):
+            return item.text
+    return json.dumps(_result_output(result))[:4096]
