@@ -59,6 +59,9 @@ class ApprovalBook:
         # Recently closed approvals (used, denied, expired), so a late resume gets a precise reason.
         self._closed: OrderedDict[str, Approval] = OrderedDict()
         self._changed: dict[str, asyncio.Event] = {}
+        # Resolutions in flight: approval id -> (operator, "granted"/"denied"), reserved before the journal await so
+        # exactly one of many concurrent grant/deny calls can win.
+        self._resolving: dict[str, tuple[str, str]] = {}
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -174,11 +177,23 @@ class ApprovalBook:
     def _open_pending(self, approval_id: str) -> Approval:
         approval = self._open.get(approval_id)
         if approval is None:
-            raise NotFoundError(f"no open approval {approval_id!r}")
+            closed = self._closed.get(approval_id)
+            if closed is None:
+                raise NotFoundError(f"no open approval {approval_id!r}")
+            approval = closed
+        in_flight = self._resolving.get(approval_id)
+        if in_flight is not None:
+            by, state = in_flight
+            raise FailedPreconditionError(
+                f"approval {approval_id} is already being {state} by {by}", reason=reasons.APPROVAL_ALREADY_RESOLVED
+            )
         if approval.state != PENDING:
-            raise FailedPreconditionError(f"approval {approval_id} is already {approval.state}")
+            by = f" by {approval.resolved_by}" if approval.resolved_by else ""
+            raise FailedPreconditionError(
+                f"approval {approval_id} is already {approval.state}{by}", reason=reasons.APPROVAL_ALREADY_RESOLVED
+            )
         if now_nanos() >= approval.expires_ns:
-            raise FailedPreconditionError(f"approval {approval_id} has expired")
+            raise FailedPreconditionError(f"approval {approval_id} has expired", reason=reasons.APPROVAL_EXPIRED)
         return approval
 
     @staticmethod
@@ -194,25 +209,34 @@ class ApprovalBook:
             )
 
     async def resolve(self, approval_id: str, grant: bool, operator: Operator, comment: str) -> tuple[Approval, str]:
-        """Grants or denies a pending approval; returns it and the journaled event id."""
+        """Grants or denies a pending approval; returns it and the journaled event id.
+
+        Exactly one resolution wins: the approval is reserved for this operator before the journal await (as a
+        resume reserves before its pre-event), so a concurrent grant or deny is refused with FAILED_PRECONDITION
+        naming the winner; the reservation is dropped again if the event could not be journaled.
+        """
         approval = self._open_pending(approval_id)
         self._check_approver(approval, operator)
         state = GRANTED if grant else DENIED
-        nanos = now_nanos()
-        event = await self._recorder.record_approval(
-            EventKind.APPROVAL_GRANTED if grant else EventKind.APPROVAL_DENIED,
-            asdict(approval),
-            {"type": "operator", "id": operator.identity},
-            comment,
-            nanos,
-            self._resolution(approval_id, state, operator.identity, nanos, comment),
-        )
-        approval.state, approval.resolved_by, approval.resolved_ns, approval.comment = (
-            state,
-            operator.identity,
-            nanos,
-            comment,
-        )
+        self._resolving[approval_id] = (operator.identity, state)
+        try:
+            nanos = now_nanos()
+            event = await self._recorder.record_approval(
+                EventKind.APPROVAL_GRANTED if grant else EventKind.APPROVAL_DENIED,
+                asdict(approval),
+                {"type": "operator", "id": operator.identity},
+                comment,
+                nanos,
+                self._resolution(approval_id, state, operator.identity, nanos, comment),
+            )
+            approval.state, approval.resolved_by, approval.resolved_ns, approval.comment = (
+                state,
+                operator.identity,
+                nanos,
+                comment,
+            )
+        finally:
+            del self._resolving[approval_id]
         if not grant:
             self._close(approval)
         self._notify(approval_id)
@@ -225,16 +249,26 @@ class ApprovalBook:
     async def expire_due(self) -> int:
         """Journals ``approval_expired`` for every pending approval past its expiry; returns how many."""
         now = now_nanos()
-        due = [a for a in self._open.values() if a.state == PENDING and a.expires_ns <= now]
+        due = [
+            a
+            for a in self._open.values()
+            if a.state == PENDING and a.expires_ns <= now and a.approval_id not in self._resolving
+        ]
         for approval in due:
-            event: RecordedEvent = await self._recorder.record_approval(
-                EventKind.APPROVAL_EXPIRED,
-                asdict(approval),
-                {"type": "system", "id": "agentaudit"},
-                "",
-                now,
-                self._resolution(approval.approval_id, EXPIRED, "", now, ""),
-            )
+            if approval.state != PENDING or approval.approval_id in self._resolving:
+                continue  # resolved while an earlier one was being journaled
+            self._resolving[approval.approval_id] = ("agentaudit", EXPIRED)
+            try:
+                event: RecordedEvent = await self._recorder.record_approval(
+                    EventKind.APPROVAL_EXPIRED,
+                    asdict(approval),
+                    {"type": "system", "id": "agentaudit"},
+                    "",
+                    now,
+                    self._resolution(approval.approval_id, EXPIRED, "", now, ""),
+                )
+            finally:
+                del self._resolving[approval.approval_id]
             approval.state, approval.resolved_ns = EXPIRED, now
             self._close(approval)
             self._notify(approval.approval_id)
