@@ -1,4 +1,8 @@
-"""Concurrent operators and agents on one approval, through a real sidecar process: exactly one of each wins."""
+"""Who may resolve an approval, and how often, through a real sidecar process.
+
+Concurrent operators and agents on one approval: exactly one of each wins. The run's own actor cannot approve it
+under any spelling, and the unauthenticated agent port learns only the state, never who resolved it.
+"""
 
 from __future__ import annotations
 
@@ -124,3 +128,33 @@ def test_twenty_concurrent_resumes_of_a_raced_grant_yield_exactly_one_allow(side
     decisions = [r.decision for r in resumes]
     assert decisions.count(types_pb2.DECISION_ALLOW) == 1
     assert {r.reason for r in resumes if r.decision != types_pb2.DECISION_ALLOW} == {"approval_used"}
+
+
+@pytest.mark.parametrize(
+    "actor_id",
+    [
+        pytest.param("Alice", id="capitalised"),
+        pytest.param("ALICE ", id="upper-with-space"),
+        pytest.param("\uff41\uff4c\uff49\uff43\uff45", id="full-width"),
+    ],
+)
+def test_the_runs_actor_cannot_approve_it_under_any_spelling(sidecar: RunningGateway, actor_id: str) -> None:
+    pending = ask_refund(sidecar, actor=types_pb2.Actor(type=types_pb2.ACTOR_TYPE_USER, id=actor_id))
+    channel, op = operator_stub(sidecar.operator_target)
+    with channel, pytest.raises(grpc.RpcError) as info:
+        resolve_calls(op, pending.approval_id, ["grant"])[0]()
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "cannot approve" in (info.value.details() or "")
+    assert resolutions(sidecar, pending.approval_id) == []
+
+
+def test_wait_approval_on_the_agent_port_returns_the_state_but_not_who_resolved_it(sidecar: RunningGateway) -> None:
+    pending = ask_refund(sidecar)
+    channel, op = operator_stub(sidecar.operator_target)
+    with channel:
+        resolve_calls(op, pending.approval_id, ["grant"])[0]()
+    channel, gateway = stub(sidecar.tcp_target)
+    with channel:
+        waited = gateway.WaitApproval(gateway_pb2.WaitApprovalRequest(approval_id=pending.approval_id), timeout=10)
+    assert waited.state == gateway_pb2.APPROVAL_STATE_GRANTED
+    assert (waited.resolved_by, waited.comment) == ("", "")

@@ -20,7 +20,7 @@ from dataclasses import asdict
 
 from gateway import reasons
 from gateway.errors import FailedPreconditionError, NotFoundError, PermissionDeniedError
-from gateway.identity import Operator
+from gateway.identity import Operator, normalise_identity
 from gateway.journal import state as state_tables
 from gateway.journal.entry import EventKind
 from gateway.journal.state import DENIED, EXPIRED, GRANTED, PENDING, Approval
@@ -198,12 +198,14 @@ class ApprovalBook:
 
     @staticmethod
     def _check_approver(approval: Approval, operator: Operator) -> None:
-        # 1. Nobody approves their own run: the run's initiating actor cannot be its approver.
-        if approval.actor_id and approval.actor_id == operator.identity:
+        who = normalise_identity(operator.identity)
+        # 1. Nobody approves their own run: the run's initiating actor cannot be its approver, under any spelling.
+        if approval.actor_id and normalise_identity(approval.actor_id) == who:
             raise PermissionDeniedError(f"{operator.identity} initiated run {approval.run_id} and cannot approve it")
-        # 2. The rule's approver list, when given, names identities or role:NAME entries.
+        # 2. The rule's approver list, when given, names identities or role:NAME entries (compared normalised too).
         allowed = approval.approvers
-        if allowed and operator.identity not in allowed and not any(f"role:{r}" in allowed for r in operator.roles):
+        names = {normalise_identity(a) for a in allowed}
+        if allowed and who not in names and not any(normalise_identity(f"role:{r}") in names for r in operator.roles):
             raise PermissionDeniedError(
                 f"{operator.identity} is not among the approvers of {approval.approval_id} ({', '.join(allowed)})"
             )
