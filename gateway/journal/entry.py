@@ -46,6 +46,7 @@ class EventKind(enum.IntEnum):
     PRUNE = 13
     OPERATOR_DENIED = 14
     GAP_RECOVERY = 15
+    STATE_MISMATCH = 16
 
     @property
     def label(self) -> str:

@@ -64,9 +64,13 @@ class ApprovalBook:
         self._resolving: dict[str, tuple[str, str]] = {}
         self._task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        """Loads open approvals (pending, or granted and unused) and starts expiring them on time."""
-        for approval in await self._reader.open_approvals():
+    async def start(self, trusted: Sequence[Approval] | None = None) -> None:
+        """Loads open approvals (pending, or granted and unused) and starts expiring them on time.
+
+        ``trusted`` are the open approvals derived from the signed events (``state.trusted_state``); without it
+        the table's rows are loaded as they are.
+        """
+        for approval in trusted if trusted is not None else await self._reader.open_approvals():
             self._open[approval.approval_id] = approval
         self._task = asyncio.create_task(self._expire_loop(), name="approval-expiry")
 
