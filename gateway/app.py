@@ -38,6 +38,7 @@ from gateway.collector.app import Collector
 from gateway.config import CollectorConfig, Config, OperatorConfig
 from gateway.errors import AgentAuditError, ConfigError
 from gateway.ids import now_nanos, rfc3339_nanos
+from gateway.journal.state import TrustedState
 from gateway.journal.store import JournalReader
 from gateway.journal.writer import JournalWriter
 from gateway.redaction import Redactor, load_hmac_key
@@ -48,6 +49,7 @@ from gateway.sidecar.approvals import ApprovalBook
 from gateway.sidecar.forwarder import Forwarder, GrpcUpstream
 from gateway.sidecar.killswitch import KillSwitchBoard
 from gateway.sidecar.policy_manager import PolicyManager, load_document
+from gateway.sidecar.reconcile import report_state_mismatches
 from gateway.sidecar.recorder import AuditRecorder
 from gateway.sidecar.retention import RetentionJob
 from gateway.signing import Ed25519Signer, load_signer
@@ -115,6 +117,7 @@ class Sidecar:
         self.forwarder: Forwarder | None = None
         self.retention: RetentionJob | None = None
         self._collector: Collector | None = None
+        self._trusted: TrustedState | None = None
         self._sockets: list[str] = []
 
     async def start_probes(self) -> None:
@@ -216,8 +219,12 @@ class Sidecar:
         cfg = self.config
         assert self.writer is not None and self.reader is not None and self.recorder is not None
         recorder = self.recorder
+        # State follows signatures (ADR 0012): what is enforced is derived from the signed events; rows that
+        # disagree are ignored, logged and journaled once.
+        self._trusted = await self.reader.trusted_state(signer.name, signer.verifier.verify)
+        await report_state_mismatches(recorder, self._trusted)
         self.switches = KillSwitchBoard(recorder)
-        await self.switches.load(self.reader)
+        await self.switches.load(self.reader, self._trusted.switches)
         self.policy = PolicyManager(
             cfg.policy.path, recorder, poll_interval_s=cfg.policy.watch_interval_s, switches=self.switches
         )
@@ -233,7 +240,7 @@ class Sidecar:
         )
         await self.policy.start()
         self.approvals = ApprovalBook(recorder, self.reader)
-        await self.approvals.start()
+        await self.approvals.start(self._trusted.approvals if self._trusted else None)
         metrics.observe_state(metrics.APPROVALS_PENDING, self.approvals.pending_count)
         if cfg.alerts.webhooks:
             self._alerts = AlertDispatcher(cfg.alerts)
@@ -328,7 +335,7 @@ class Sidecar:
             fail_closed_on_rollback=cfg.forward.on_rollback == "stop",
             alerts=self._alerts,
         )
-        await self.forwarder.start()
+        await self.forwarder.start(self._trusted.acked_size if self._trusted else None)
         metrics.observe_state(metrics.FORWARD_BACKLOG_ENTRIES, self.forwarder.backlog_entries)
         metrics.observe_state(metrics.FORWARD_BACKLOG_AGE_SECONDS, self.forwarder.backlog_age_s)
 

@@ -45,6 +45,8 @@ APPROVAL_NOT_FOUND = "approval_not_found"
 """The agent resumed with an approval id this sidecar does not know (or that is closed)."""
 TOOL_DEFINITION_CHANGED = "tool_definition_changed"
 """An MCP tool definition differs from the digest the MCP proxy pinned first (alerted with a tool_changed event)."""
+APPROVAL_ALREADY_RESOLVED = "approval_already_resolved"
+"""An operator tried to grant or deny an approval another resolution already won (FAILED_PRECONDITION)."""
 JOURNAL_RECOVERY_REQUIRED = "journal_recovery_required"
 """The collector holds more (or other) entries than this journal: it was truncated, restored or rewritten.
 Decide refuses until an operator acknowledges (``on_rollback: stop``)."""

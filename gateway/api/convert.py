@@ -48,7 +48,9 @@ def decide_response(answer: Answer) -> gateway_pb2.DecideResponse:
 
 
 def wait_approval_response(approval: Approval) -> gateway_pb2.WaitApprovalResponse:
-    """The WaitApprovalResponse for an approval's current state."""
-    return gateway_pb2.WaitApprovalResponse(
-        state=APPROVAL_STATES[approval.state], resolved_by=approval.resolved_by, comment=approval.comment
-    )
+    """The WaitApprovalResponse for an approval's current state: the state only.
+
+    The agent port is unauthenticated and WaitApproval names only an approval id, so the approver's identity and
+    comment are never returned there (docs/operator.md); operators read them through ListApprovals.
+    """
+    return gateway_pb2.WaitApprovalResponse(state=APPROVAL_STATES[approval.state])

@@ -46,6 +46,7 @@ class EventKind(enum.IntEnum):
     OPERATOR_DENIED = 14
     GAP_RECOVERY = 15
     TOOL_CHANGED = 16
+    STATE_MISMATCH = 17
 
     @property
     def label(self) -> str:

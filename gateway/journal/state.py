@@ -19,10 +19,15 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import astuple, dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gateway.journal.writer import StateChange
+from gateway.errors import MalformedEntryError
+from gateway.journal.entry import decode_entry, signature_payload
+
+if TYPE_CHECKING:  # only a type here: the offline verifier imports this module and never the writer
+    from gateway.journal.writer import StateChange
 
 PENDING, GRANTED, DENIED, EXPIRED = "pending", "granted", "denied", "expired"
 
@@ -233,3 +238,239 @@ def forwarder_backlog(conn: sqlite3.Connection) -> ForwarderBacklog:
     acked = 0 if row is None else int(row[0])
     oldest = conn.execute("SELECT unix_nanos FROM journal WHERE seq = ?", (acked,)).fetchone()
     return ForwarderBacklog(journal_size(conn), acked, None if oldest is None else int(oldest[0]))
+
+
+# --- what the signed events say (state follows signatures, docs/adr/0012) -----------------------------------------
+
+APPROVAL_KINDS = {"approval_granted": GRANTED, "approval_denied": DENIED, "approval_expired": EXPIRED}
+_FOLDED_KINDS = (*APPROVAL_KINDS, "kill_switch", "cosignature", "state_mismatch")
+_DEFAULT_EXPIRES_S = 3600
+# The pre-event is stamped a moment after the approval row (both inside one Decide): times this close agree.
+_CLOCK_SLACK_NS = 5_000_000_000
+
+
+@dataclass(frozen=True)
+class StateMismatch:
+    """A state row that contradicts the signed events: ignored for enforcement and reported."""
+
+    table: str
+    key: str
+    detail: str
+
+
+class SignedStateFold:
+    """Approvals, kill switches and the witnessed size as the signed journal events define them (pure).
+
+    Feed it signed bodies in seq order (``add``); it never reads a table. ``verify`` feeds it every entry it has
+    checked; the sidecar feeds it the entries :func:`signed_state` locates and re-verifies.
+    """
+
+    def __init__(self) -> None:
+        self.approvals: dict[str, Approval] = {}
+        self.switches: dict[tuple[str, str], EngagedSwitch] = {}
+        self.cosigned_size = 0
+        self.reported: set[tuple[str, str]] = set()  # (table, key) already journaled as state_mismatch
+
+    def add(self, kind: str, unix_nanos: int, body: dict[str, Any]) -> None:
+        """Applies one signed event."""
+        if kind == "pre_exec":
+            self._pre_event(unix_nanos, body)
+        elif kind in APPROVAL_KINDS:
+            approval = self.approvals.get(str(body.get("approval_id", "")))
+            if approval is not None and approval.state == PENDING:
+                approval.state = APPROVAL_KINDS[kind]
+                actor = body.get("actor") or {}
+                approval.resolved_by = "" if kind == "approval_expired" else str(actor.get("id", ""))
+                approval.resolved_ns = unix_nanos
+                approval.comment = str(body.get("comment", ""))
+        elif kind == "kill_switch":
+            key = (str(body.get("scope", "")), str(body.get("target", "")))
+            if body.get("operation") == "engage":
+                actor = body.get("actor") or {}
+                self.switches[key] = EngagedSwitch(
+                    *key, str(body.get("comment", "")), str(actor.get("id", "")), unix_nanos
+                )
+            else:
+                self.switches.pop(key, None)
+        elif kind == "cosignature" and isinstance(body.get("tree_size"), int):
+            self.cosigned_size = max(self.cosigned_size, int(body["tree_size"]))
+        elif kind == "state_mismatch":
+            self.reported.add((str(body.get("table", "")), str(body.get("key", ""))))
+
+    def _pre_event(self, unix_nanos: int, body: dict[str, Any]) -> None:
+        approval_id = str(body.get("approval_id") or "")
+        resumed = str(body.get("resumed_approval_id") or "")
+        if resumed and body.get("decision") == "allow" and resumed in self.approvals:
+            self.approvals[resumed].used = True
+        if not approval_id or approval_id == resumed or body.get("decision") != "approval_required":
+            return
+        actor = body.get("actor") or {}
+        expires_s = body.get("approval_expires_in_s") or _DEFAULT_EXPIRES_S
+        self.approvals[approval_id] = Approval(
+            approval_id=approval_id,
+            state=PENDING,
+            used=False,
+            tenant_id=str(body.get("tenant_id", "")),
+            run_id=str(body.get("run_id", "")),
+            step_id=int(body.get("step_id") or 0),
+            agent_id=str(body.get("agent_id", "")),
+            actor_type=str(actor.get("type", "")),
+            actor_id=str(actor.get("id", "")),
+            action=str(body.get("action", "")),
+            action_key=str(body.get("action_key", "")),
+            policy_rule=str(body.get("policy_rule", "")),
+            approvers=tuple(str(a) for a in body.get("approvers") or ()),
+            created_ns=unix_nanos,
+            expires_ns=unix_nanos + int(expires_s) * 1_000_000_000,
+            resolved_by="",
+            resolved_ns=None,
+            comment="",
+            event_id=str(body.get("event_id", "")),
+        )
+
+    def open_approvals(self) -> list[Approval]:
+        """Approvals the signed events leave open: pending, or granted and not yet used."""
+        return [a for a in self.approvals.values() if a.state == PENDING or (a.state == GRANTED and not a.used)]
+
+
+def _same_approval(row: Approval, signed: Approval) -> bool:
+    timeless = ("created_ns", "expires_ns", "resolved_ns")
+    if any(getattr(row, f.name) != getattr(signed, f.name) for f in fields(Approval) if f.name not in timeless):
+        return False
+    return abs(row.created_ns - signed.created_ns) <= _CLOCK_SLACK_NS and row.expires_ns <= signed.expires_ns
+
+
+def reconcile_approvals(
+    rows: list[Approval], fold: SignedStateFold, pruned_until_ns: int | None = None
+) -> tuple[list[Approval], list[StateMismatch]]:
+    """The open approvals to enforce (the signed ones; a row is kept only where it agrees) and every disagreement.
+
+    ``rows`` are every approval row (any state): a row the signed events do not know, or one whose state, use or
+    bindings differ, is a mismatch, as is a signed open approval whose row is missing.
+    """
+    mismatches: list[StateMismatch] = []
+    by_id = {row.approval_id: row for row in rows}
+    for row in rows:
+        signed = fold.approvals.get(row.approval_id)
+        open_row = row.state == PENDING or (row.state == GRANTED and not row.used)
+        if signed is None and not open_row and pruned_until_ns is not None and row.created_ns < pruned_until_ns:
+            continue  # a closed approval whose events retention pruned: nothing to enforce, nothing to check
+        if signed is None:
+            mismatches.append(StateMismatch("approvals", row.approval_id, "no signed approval_required pre-event"))
+        elif not _same_approval(row, signed):
+            detail = f"row says {row.state}{' used' if row.used else ''}, signed events say {signed.state}"
+            mismatches.append(StateMismatch("approvals", row.approval_id, detail + (" used" if signed.used else "")))
+    enforced = []
+    for signed in fold.open_approvals():
+        stored = by_id.get(signed.approval_id)
+        if stored is None:
+            mismatches.append(StateMismatch("approvals", signed.approval_id, "row missing for a signed open approval"))
+        enforced.append(stored if stored is not None and _same_approval(stored, signed) else signed)
+    return enforced, mismatches
+
+
+def reconcile_switches(
+    rows: list[EngagedSwitch], fold: SignedStateFold, pruned_until_ns: int | None = None
+) -> tuple[list[EngagedSwitch], list[StateMismatch]]:
+    """The kill switches to enforce (those the signed events leave engaged) and every row that disagrees.
+
+    A row older than a retention prune whose engage event is gone cannot be checked; it stays enforced (an extra
+    switch only stops more), unreported.
+    """
+    mismatches = []
+    enforced = dict(fold.switches)
+    by_key = {(row.scope, row.target): row for row in rows}
+    for key, row in by_key.items():
+        if key not in fold.switches and pruned_until_ns is not None and row.engaged_ns < pruned_until_ns:
+            enforced[key] = row
+        elif fold.switches.get(key) != row:
+            mismatches.append(StateMismatch("kill_switches", f"{key[0]}:{key[1]}", "no signed engage matches the row"))
+    for key in fold.switches.keys() - by_key.keys():
+        mismatches.append(StateMismatch("kill_switches", f"{key[0]}:{key[1]}", "row missing for a signed engage"))
+    return sorted(enforced.values(), key=lambda s: s.engaged_ns), mismatches
+
+
+def reconcile_cursor(acked_size: int, fold: SignedStateFold, origin: str) -> tuple[int, list[StateMismatch]]:
+    """The forwarding cursor to use: never beyond the newest cosignature receipt's tree size."""
+    if acked_size <= fold.cosigned_size:
+        return acked_size, []
+    detail = f"cursor {acked_size} is beyond the newest cosignature receipt ({fold.cosigned_size})"
+    return fold.cosigned_size, [StateMismatch("forwarder_state", origin, detail)]
+
+
+def all_approvals(conn: sqlite3.Connection) -> list[Approval]:
+    """Every approval row, in any state (what reconciliation checks)."""
+    return [_approval(row) for row in conn.execute(_SELECT_APPROVALS)]
+
+
+@dataclass(frozen=True)
+class TrustedState:
+    """What the sidecar enforces after a start: the signed derivation, and the rows that disagreed with it."""
+
+    approvals: list[Approval]
+    switches: list[EngagedSwitch]
+    acked_size: int
+    mismatches: list[StateMismatch]
+    reported: frozenset[tuple[str, str]]  # mismatches journaled by an earlier start (not journaled again)
+
+
+def trusted_state(conn: sqlite3.Connection, origin: str, signature_ok: Callable[[bytes, bytes], bool]) -> TrustedState:
+    """Derives state from the signed events and checks the tables against it (the sidecar's start).
+
+    1. Locate the events that define state through the kind and decision indexes: approval_required pre-events,
+       approval resolutions, kill_switch, cosignature and earlier state_mismatch events; then the allowed
+       pre-events of the runs that hold a granted approval (which may have used it), through the run index.
+    2. Re-verify each located entry's signature over its stored bytes with ``signature_ok`` and read its kind,
+       time and body from those bytes, never from the columns; an entry that fails is skipped (and is what
+       ``agentaudit verify`` reports).
+    3. Fold them in seq order and reconcile every table against the result.
+    """
+    fold = SignedStateFold()
+    rows = _located(conn, "kind IN (?, ?, ?, ?, ?, ?) OR decision = 'approval_required'", _FOLDED_KINDS)
+    _fold(fold, rows, origin, signature_ok)
+    granted_runs = sorted({a.run_id for a in fold.approvals.values() if a.state == GRANTED})
+    if granted_runs:
+        fold = SignedStateFold()  # refold with the resumes in order (a use follows its grant)
+        marks = ", ".join("?" * len(granted_runs))
+        resumes = _located(conn, f"kind = 'pre_exec' AND decision = 'allow' AND run_id IN ({marks})", granted_runs)
+        _fold(fold, sorted({*rows, *resumes}), origin, signature_ok)
+    pruned_until_ns = _pruned_until_ns(conn)
+    approvals, mismatches = reconcile_approvals(all_approvals(conn), fold, pruned_until_ns)
+    switches, switch_mismatches = reconcile_switches(engaged_switches(conn), fold, pruned_until_ns)
+    acked, cursor_mismatches = reconcile_cursor(forwarder_acked_size(conn, origin), fold, origin)
+    return TrustedState(
+        approvals, switches, acked, [*mismatches, *switch_mismatches, *cursor_mismatches], frozenset(fold.reported)
+    )
+
+
+def _pruned_until_ns(conn: sqlite3.Connection) -> int | None:
+    """When the oldest entry retention kept was written, if retention ever pruned (else None)."""
+    pruned = prune_state(conn)
+    if pruned is None:
+        return None
+    row = conn.execute("SELECT unix_nanos FROM journal WHERE seq = ?", (pruned.pruned_before,)).fetchone()
+    return None if row is None else int(row[0])
+
+
+def _located(conn: sqlite3.Connection, where: str, params: Sequence[Any]) -> list[tuple[int, bytes, bytes]]:
+    sql = f"SELECT seq, entry, signature FROM journal WHERE {where} ORDER BY seq"
+    return [(int(seq), bytes(entry), bytes(signature)) for seq, entry, signature in conn.execute(sql, tuple(params))]
+
+
+def _fold(
+    fold: SignedStateFold,
+    rows: Iterable[tuple[int, bytes, bytes]],
+    origin: str,
+    signature_ok: Callable[[bytes, bytes], bool],
+) -> None:
+    for seq, raw, signature in rows:
+        try:
+            entry = decode_entry(raw)
+            body = json.loads(entry.body)
+        except (MalformedEntryError, ValueError):
+            continue
+        if entry.seq != seq or not isinstance(body, dict):
+            continue
+        if not signature_ok(signature_payload(origin, raw), signature):
+            continue
+        fold.add(str(body.get("kind", "")), entry.unix_nanos, body)

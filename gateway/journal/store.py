@@ -216,6 +216,10 @@ class JournalReader:
         """Up to ``limit`` approvals in a state, newest first, of one tenant when ``tenant_id`` is set."""
         return await self._call(state.list_approvals, approval_state, tenant_id, limit)
 
+    async def trusted_state(self, origin: str, signature_ok: Callable[[bytes, bytes], bool]) -> state.TrustedState:
+        """State derived from the signed events, with the rows that disagree (see ``state.trusted_state``)."""
+        return await self._call(state.trusted_state, origin, signature_ok)
+
     async def engaged_switches(self) -> list[state.EngagedSwitch]:
         """Every engaged operator kill switch, oldest first."""
         return await self._call(state.engaged_switches)

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import ConfigError, JournalUnreadableError, MalformedEntryError
+from gateway.journal import state as state_tables
 from gateway.journal.check import SIGNATURE_FAULTS, EntryProblem, check_entry
 from gateway.journal.entry import (
     ENTRY_DOMAIN,
@@ -93,6 +94,9 @@ class FindingCode(enum.StrEnum):
     the journal cannot have had at that point."""
     TRUNCATED = "truncated"
     """The journal has fewer entries than an anchor (a cosigned checkpoint given by the caller) covers."""
+    STATE_MISMATCH = "state_mismatch"
+    """A state table row (approvals, kill_switches, forwarder_state) contradicts the signed events; the sidecar
+    ignores it for enforcement (docs/adr/0012). The message names the table and key."""
 
 
 @dataclass(frozen=True)
@@ -235,6 +239,8 @@ def verify_journal(
         # which also checks every cosignature receipt in a verified entry (_Scan._check_receipt).
         for row in conn.execute(_SELECT_ROWS):
             scan.check_row(row)
+        # Step 5b: the state tables must say what the signed events say.
+        _check_state_tables(conn, origin, verifiers, scan)
     except sqlite3.Error as exc:
         # A file that stops being readable part-way (corrupt page, I/O error) proves nothing either way.
         raise JournalUnreadableError(f"{path}: reading failed after {scan.entries} rows: {exc}") from exc
@@ -248,6 +254,24 @@ def verify_journal(
     for anchor in anchor_points:
         scan.check_anchor(anchor)
     return scan.report()
+
+
+def _check_state_tables(conn: sqlite3.Connection, origin: str, verifiers: Sequence[Verifier], scan: _Scan) -> None:
+    """Reports every state row that contradicts the signed events (``state.trusted_state``, as the sidecar does at
+    start). Entries are re-verified there under the trusted keys; an entry that fails is not believed."""
+    tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if not {"approvals", "kill_switches", "forwarder_state"} <= tables:
+        return  # a journal file without state tables (e.g. exported) has nothing to contradict
+
+    def signature_ok(payload: bytes, signature: bytes) -> bool:
+        return any(v.verify(payload, signature) for v in verifiers)
+
+    for mismatch in state_tables.trusted_state(conn, origin, signature_ok).mismatches:
+        scan.add_finding(
+            None,
+            FindingCode.STATE_MISMATCH,
+            f"{mismatch.table} {_quote(mismatch.key)}: {mismatch.detail}; the signed events are what is enforced",
+        )
 
 
 def _count(n: int, one: str, many: str) -> str:
@@ -551,6 +575,10 @@ class _Scan:
                 self._roots[size] = self._tree.root()  # where a prune marker's tree starts the scan
             else:
                 self._wanted.add(size)
+
+    def add_finding(self, seq: int | None, code: FindingCode, message: str) -> None:
+        """Records a finding made outside the row scan (the state tables)."""
+        self._add(seq, code, message)
 
     def _add(self, seq: int | None, code: FindingCode, message: str) -> None:
         self._findings.append(Finding(seq, code, message))

@@ -20,7 +20,7 @@ from dataclasses import asdict
 
 from gateway import reasons
 from gateway.errors import FailedPreconditionError, NotFoundError, PermissionDeniedError
-from gateway.identity import Operator
+from gateway.identity import Operator, normalise_identity
 from gateway.journal import state as state_tables
 from gateway.journal.entry import EventKind
 from gateway.journal.state import DENIED, EXPIRED, GRANTED, PENDING, Approval
@@ -59,11 +59,18 @@ class ApprovalBook:
         # Recently closed approvals (used, denied, expired), so a late resume gets a precise reason.
         self._closed: OrderedDict[str, Approval] = OrderedDict()
         self._changed: dict[str, asyncio.Event] = {}
+        # Resolutions in flight: approval id -> (operator, "granted"/"denied"), reserved before the journal await so
+        # exactly one of many concurrent grant/deny calls can win.
+        self._resolving: dict[str, tuple[str, str]] = {}
         self._task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        """Loads open approvals (pending, or granted and unused) and starts expiring them on time."""
-        for approval in await self._reader.open_approvals():
+    async def start(self, trusted: Sequence[Approval] | None = None) -> None:
+        """Loads open approvals (pending, or granted and unused) and starts expiring them on time.
+
+        ``trusted`` are the open approvals derived from the signed events (``state.trusted_state``); without it
+        the table's rows are loaded as they are.
+        """
+        for approval in trusted if trusted is not None else await self._reader.open_approvals():
             self._open[approval.approval_id] = approval
         self._task = asyncio.create_task(self._expire_loop(), name="approval-expiry")
 
@@ -174,45 +181,68 @@ class ApprovalBook:
     def _open_pending(self, approval_id: str) -> Approval:
         approval = self._open.get(approval_id)
         if approval is None:
-            raise NotFoundError(f"no open approval {approval_id!r}")
+            closed = self._closed.get(approval_id)
+            if closed is None:
+                raise NotFoundError(f"no open approval {approval_id!r}")
+            approval = closed
+        in_flight = self._resolving.get(approval_id)
+        if in_flight is not None:
+            by, state = in_flight
+            raise FailedPreconditionError(
+                f"approval {approval_id} is already being {state} by {by}", reason=reasons.APPROVAL_ALREADY_RESOLVED
+            )
         if approval.state != PENDING:
-            raise FailedPreconditionError(f"approval {approval_id} is already {approval.state}")
+            by = f" by {approval.resolved_by}" if approval.resolved_by else ""
+            raise FailedPreconditionError(
+                f"approval {approval_id} is already {approval.state}{by}", reason=reasons.APPROVAL_ALREADY_RESOLVED
+            )
         if now_nanos() >= approval.expires_ns:
-            raise FailedPreconditionError(f"approval {approval_id} has expired")
+            raise FailedPreconditionError(f"approval {approval_id} has expired", reason=reasons.APPROVAL_EXPIRED)
         return approval
 
     @staticmethod
     def _check_approver(approval: Approval, operator: Operator) -> None:
-        # 1. Nobody approves their own run: the run's initiating actor cannot be its approver.
-        if approval.actor_id and approval.actor_id == operator.identity:
+        who = normalise_identity(operator.identity)
+        # 1. Nobody approves their own run: the run's initiating actor cannot be its approver, under any spelling.
+        if approval.actor_id and normalise_identity(approval.actor_id) == who:
             raise PermissionDeniedError(f"{operator.identity} initiated run {approval.run_id} and cannot approve it")
-        # 2. The rule's approver list, when given, names identities or role:NAME entries.
+        # 2. The rule's approver list, when given, names identities or role:NAME entries (compared normalised too).
         allowed = approval.approvers
-        if allowed and operator.identity not in allowed and not any(f"role:{r}" in allowed for r in operator.roles):
+        names = {normalise_identity(a) for a in allowed}
+        if allowed and who not in names and not any(normalise_identity(f"role:{r}") in names for r in operator.roles):
             raise PermissionDeniedError(
                 f"{operator.identity} is not among the approvers of {approval.approval_id} ({', '.join(allowed)})"
             )
 
     async def resolve(self, approval_id: str, grant: bool, operator: Operator, comment: str) -> tuple[Approval, str]:
-        """Grants or denies a pending approval; returns it and the journaled event id."""
+        """Grants or denies a pending approval; returns it and the journaled event id.
+
+        Exactly one resolution wins: the approval is reserved for this operator before the journal await (as a
+        resume reserves before its pre-event), so a concurrent grant or deny is refused with FAILED_PRECONDITION
+        naming the winner; the reservation is dropped again if the event could not be journaled.
+        """
         approval = self._open_pending(approval_id)
         self._check_approver(approval, operator)
         state = GRANTED if grant else DENIED
-        nanos = now_nanos()
-        event = await self._recorder.record_approval(
-            EventKind.APPROVAL_GRANTED if grant else EventKind.APPROVAL_DENIED,
-            asdict(approval),
-            {"type": "operator", "id": operator.identity},
-            comment,
-            nanos,
-            self._resolution(approval_id, state, operator.identity, nanos, comment),
-        )
-        approval.state, approval.resolved_by, approval.resolved_ns, approval.comment = (
-            state,
-            operator.identity,
-            nanos,
-            comment,
-        )
+        self._resolving[approval_id] = (operator.identity, state)
+        try:
+            nanos = now_nanos()
+            event = await self._recorder.record_approval(
+                EventKind.APPROVAL_GRANTED if grant else EventKind.APPROVAL_DENIED,
+                asdict(approval),
+                {"type": "operator", "id": operator.identity},
+                comment,
+                nanos,
+                self._resolution(approval_id, state, operator.identity, nanos, comment),
+            )
+            approval.state, approval.resolved_by, approval.resolved_ns, approval.comment = (
+                state,
+                operator.identity,
+                nanos,
+                comment,
+            )
+        finally:
+            del self._resolving[approval_id]
         if not grant:
             self._close(approval)
         self._notify(approval_id)
@@ -225,16 +255,26 @@ class ApprovalBook:
     async def expire_due(self) -> int:
         """Journals ``approval_expired`` for every pending approval past its expiry; returns how many."""
         now = now_nanos()
-        due = [a for a in self._open.values() if a.state == PENDING and a.expires_ns <= now]
+        due = [
+            a
+            for a in self._open.values()
+            if a.state == PENDING and a.expires_ns <= now and a.approval_id not in self._resolving
+        ]
         for approval in due:
-            event: RecordedEvent = await self._recorder.record_approval(
-                EventKind.APPROVAL_EXPIRED,
-                asdict(approval),
-                {"type": "system", "id": "agentaudit"},
-                "",
-                now,
-                self._resolution(approval.approval_id, EXPIRED, "", now, ""),
-            )
+            if approval.state != PENDING or approval.approval_id in self._resolving:
+                continue  # resolved while an earlier one was being journaled
+            self._resolving[approval.approval_id] = ("agentaudit", EXPIRED)
+            try:
+                event: RecordedEvent = await self._recorder.record_approval(
+                    EventKind.APPROVAL_EXPIRED,
+                    asdict(approval),
+                    {"type": "system", "id": "agentaudit"},
+                    "",
+                    now,
+                    self._resolution(approval.approval_id, EXPIRED, "", now, ""),
+                )
+            finally:
+                del self._resolving[approval.approval_id]
             approval.state, approval.resolved_ns = EXPIRED, now
             self._close(approval)
             self._notify(approval.approval_id)

@@ -219,9 +219,15 @@ class Forwarder:
         """Why Decide must refuse (a detected rollback awaiting acknowledgement), or ''."""
         return self.status.recovery_required if self._fail_closed else ""
 
-    async def start(self) -> None:
-        """Loads the cursor and the tree up to it, then starts the loop."""
+    async def start(self, trusted_acked: int | None = None) -> None:
+        """Loads the cursor and the tree up to it, then starts the loop.
+
+        ``trusted_acked`` is the cursor checked against the newest signed cosignature receipt
+        (``state.reconcile_cursor``): a cursor raised in the table beyond what was witnessed is not believed.
+        """
         acked = await self._reader.forwarder_acked_size(self._signer.name)
+        if trusted_acked is not None:
+            acked = min(acked, trusted_acked)
         self._tree = await self._pruned_tree()  # entries before a prune are gone; their tree frontier is kept
         await self._extend_tree(acked)
         self.status.acked_size = acked

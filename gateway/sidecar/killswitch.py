@@ -23,9 +23,10 @@ class KillSwitchBoard:
         self._recorder = recorder
         self._switches: dict[tuple[str, str], EngagedSwitch] = {}
 
-    async def load(self, reader: JournalReader) -> None:
-        """Loads the switches persisted by earlier runs."""
-        for switch in await reader.engaged_switches():
+    async def load(self, reader: JournalReader, trusted: list[EngagedSwitch] | None = None) -> None:
+        """Loads the switches engaged by earlier runs: ``trusted`` (derived from the signed kill_switch events,
+        ``state.trusted_state``) when given, else the table's rows."""
+        for switch in trusted if trusted is not None else await reader.engaged_switches():
             self._switches[(switch.scope, switch.target)] = switch
 
     def find(self, tenant_id: str, agent_id: str, run_id: str) -> EngagedSwitch | None:

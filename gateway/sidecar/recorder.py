@@ -199,6 +199,11 @@ class AuditRecorder:
         }
         return await self._record(EventKind.GAP_RECOVERY, now_nanos(), fields)
 
+    async def record_state_mismatch(self, table: str, key: str, detail: str) -> RecordedEvent:
+        """Journals a state row found to contradict the signed events (ignored for enforcement)."""
+        fields = {"table": table, "key": key, "detail": detail, "actor": {"type": "system", "id": "agentaudit"}}
+        return await self._record(EventKind.STATE_MISMATCH, now_nanos(), fields)
+
     async def record_recovery_acknowledged(self, operator: str, comment: str) -> RecordedEvent:
         """Journals an operator accepting a detected rollback (Decide answers again)."""
         fields = {"operation": "acknowledged", "comment": comment, "actor": {"type": "operator", "id": operator}}
