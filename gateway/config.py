@@ -52,6 +52,21 @@ class JournalConfig:
 
 
 @dataclass(frozen=True)
+class DetectorsConfig:
+    """Which value detectors run on recorded strings (gateway.redaction.detectors); all on by default."""
+
+    email: bool = True
+    phone: bool = True
+    card: bool = True
+    iban: bool = True
+    credentials: bool = True
+
+    def enabled(self) -> tuple[str, ...]:
+        """The names of the detectors that are on."""
+        return tuple(f.name for f in dataclasses.fields(self) if getattr(self, f.name))
+
+
+@dataclass(frozen=True)
 class AuditConfig:
     """Data safety of what is recorded (DESIGN §6 block, accepted as written)."""
 
@@ -62,6 +77,7 @@ class AuditConfig:
     sign_events: bool = True
     hmac_key: Path = Path("hmac.key")
     prune_interval_s: float = 3600.0  # how often retention runs (only entries the collector cosigned are pruned)
+    detectors: DetectorsConfig = field(default_factory=DetectorsConfig)
 
 
 @dataclass(frozen=True)
@@ -212,7 +228,27 @@ def _coerce(key: str, value: Any, annotation: Any, base: Path) -> Any:
         if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
             raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
         return tuple(items)
+    if annotation is DetectorsConfig:
+        return _detectors(key, value)
     raise ConfigError(f"{key}: unsupported type")  # pragma: no cover - a programming error
+
+
+def _detectors(key: str, value: Any) -> DetectorsConfig:
+    """``{email: true, phone: false, ...}`` (unnamed detectors stay on); from the environment, the list of those on
+    (``AGENTAUDIT_AUDIT_DETECTORS=email,card``; ``none`` turns all off)."""
+    names = [f.name for f in dataclasses.fields(DetectorsConfig)]
+    if isinstance(value, str):
+        wanted = [] if value.strip().lower() == "none" else [v.strip() for v in value.split(",") if v.strip()]
+        unknown = sorted(set(wanted) - set(names))
+        if unknown:
+            raise ConfigError(f"{key}: unknown detector(s) {', '.join(unknown)} (known: {', '.join(names)})")
+        return DetectorsConfig(**{n: n in wanted for n in names})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: expected a mapping of detector names to true or false, got {value!r}")
+    unknown = sorted(set(map(str, value)) - set(names))
+    if unknown:
+        raise ConfigError(f"{key}: unknown detector(s) {', '.join(unknown)} (known: {', '.join(names)})")
+    return DetectorsConfig(**{n: _coerce(f"{key}.{n}", v, bool, Path.cwd()) for n, v in value.items()})
 
 
 def _section(name: str, cls: type[Any], raw: Any, env: Mapping[str, str], base: Path) -> Any:

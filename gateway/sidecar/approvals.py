@@ -239,6 +239,7 @@ class ApprovalBook:
 
     async def resolve(self, approval_id: str, grant: bool, operator: Operator, comment: str) -> tuple[Approval, str]:
         """Grants or denies a pending approval; returns it and the journaled event id."""
+        comment = self._recorder.scrub_text(comment)  # free text: detected PII never reaches the state table
         approval = self._open_pending(approval_id)
         self._check_approver(approval, operator)
         state = GRANTED if grant else DENIED
