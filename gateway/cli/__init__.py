@@ -905,6 +905,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = policy.add_parser("reload", parents=[operator_flags], help="reload a running sidecar's policy (role admin)")
     p.add_argument("--file", help="submit this policy document instead of re-reading the sidecar's own file")
     p.set_defaults(func=cmd_policy_reload)
+    from gateway.cli import redact_check  # noqa: PLC0415
+
+    redact_check.register(sub)
     return parser
 
 
