@@ -103,7 +103,7 @@ DETECTORS: tuple[Detector, ...] = (
     Detector(
         EMAIL,
         lambda t: "@" in t,
-        re.compile(r"[\w.%+\-]+@[\w\-]+(?:\.[\w\-]+)*\.[^\W\d_]{2,}"),
+        re.compile(r"[\w.%+'\-]+@[\w\-]+(?:\.[\w\-]+)*\.[^\W\d_]{2,}"),
     ),
     Detector(
         IBAN,
