@@ -124,6 +124,20 @@ def test_cards_and_ibans_need_their_checksum() -> None:
     assert scanner().find("DE89370400440532013001") == []  # mod-97 fails
 
 
+@pytest.mark.parametrize(
+    ("text", "scrubbed"),
+    [
+        pytest.param("4111 1111 1111 1111 123", "[redacted:card] 123", id="card-then-cvv"),
+        pytest.param("card: 4111-1111-1111-1111.", "card: [redacted:card].", id="card-then-full-stop"),
+        pytest.param("12-4111 1111 1111 1111", "12-[redacted:card]", id="digits-before-a-card"),
+        pytest.param("ORD-4111111111111111", "ORD-4111111111111111", id="inside-an-id"),
+        pytest.param("4111111111111111.5", "4111111111111111.5", id="an-amount"),
+    ],
+)
+def test_card_numbers_are_found_by_their_groups_not_their_surroundings(text: str, scrubbed: str) -> None:
+    assert scanner().scrub(text)[0] == scrubbed
+
+
 def test_detectors_can_be_turned_off_one_by_one() -> None:
     only_cards = ValueScanner(["card"])
     assert only_cards.scrub("ann@example.com 4111111111111111") == ("ann@example.com [redacted:card]", ["card"])

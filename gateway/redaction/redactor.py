@@ -58,36 +58,64 @@ class Redacted:
 
 
 def _walk(matcher: FieldMatcher, scanner: ValueScanner, value: Any, prefix: str) -> Redacted:
+    """The redacted copy and its redactions. Paths are built only for containers and for what is redacted:
+    formatting one per leaf would cost more than the scan itself."""
     found: list[Redaction] = []
+    rule_for = matcher.rule_for if matcher else None
+    scrub = scanner.scrub if scanner else None
+    scrub_key = scanner.scrub_key
 
-    def scrub(text: str, path: str) -> str:
-        scrubbed, names = scanner.scrub(text)
+    def detected(names: Iterable[str], path: str) -> None:
         found.extend(Redaction(f"{path}#{name}", f"detector:{name}") for name in names)
-        return scrubbed
 
     def walk(node: Any, path: str) -> Any:
-        if isinstance(node, str):
-            return scrub(node, path) if scanner else node
         if isinstance(node, dict):
             out: dict[str, Any] = {}
             for key, child in node.items():
                 shown = key
-                if scanner:
-                    # A key can itself be an e-mail address; its path would leak it, so the key is scrubbed too.
-                    shown, names = scanner.scrub(key)
-                    if names:
+                if scrub is not None:
+                    # A key can itself be an e-mail address; its path would leak it, so keys are scrubbed too.
+                    shown, key_names = scrub_key(key)
+                    if key_names:
                         while shown in out or shown in node:
                             shown += "~"
-                        found.extend(Redaction(f"{path}.{shown}#{name}", f"detector:{name}") for name in names)
-                child_path = f"{path}.{shown}"
-                rule = matcher.rule_for(key) if matcher else None
-                if rule is not None:
-                    found.append(Redaction(child_path, f"rule:{rule}"))
+                        detected(key_names, f"{path}.{shown}")
+                if rule_for is not None:
+                    rule = rule_for(key)
+                    if rule is not None:
+                        found.append(Redaction(f"{path}.{shown}", f"rule:{rule}"))
+                        continue
+                if isinstance(child, str):
+                    if scrub is not None:
+                        text, names = scrub(child)
+                        if names:
+                            detected(names, f"{path}.{shown}")
+                        child = text  # noqa: PLW2901 - the redacted value replaces the raw one
+                    out[shown] = child
+                elif isinstance(child, (dict, list)):
+                    out[shown] = walk(child, f"{path}.{shown}")
                 else:
-                    out[shown] = walk(child, child_path)
+                    out[shown] = child
             return out
         if isinstance(node, list):
-            return [walk(child, f"{path}[{i}]") for i, child in enumerate(node)]
+            items = []
+            for i, child in enumerate(node):
+                if isinstance(child, str):
+                    if scrub is not None:
+                        text, names = scrub(child)
+                        if names:
+                            detected(names, f"{path}[{i}]")
+                        child = text  # noqa: PLW2901 - the redacted value replaces the raw one
+                    items.append(child)
+                elif isinstance(child, (dict, list)):
+                    items.append(walk(child, f"{path}[{i}]"))
+                else:
+                    items.append(child)
+            return items
+        if isinstance(node, str) and scrub is not None:
+            text, names = scrub(node)
+            detected(names, path)
+            return text
         return node
 
     return Redacted(walk(value, prefix), found)
