@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import pytest
 
+from gateway.errors import ConfigError
+from gateway.policy import EXAMPLE_POLICY
+from gateway.policy.document import parse_policy
+from gateway.policy.testing import load_cases, run_cases
 from gateway.redaction import FieldMatcher, key_words, normalised_key
+from tests.conftest import run_cli
 from tests.redaction_helpers import leaks, record_everywhere
 
 DEFAULT_RULES = ["email", "phone", "card_number"]
@@ -125,3 +132,72 @@ def test_every_matching_key_form_is_absent_from_every_byte_written(tmp_path: Pat
         assert value.encode() in written.journal and value.encode() in written.collector, (
             "the test looks in the right place"
         )
+
+
+POLICY_TESTS = """\
+audit: {redact_fields: [email, phone, card_number, "*_token"]}
+tests:
+  - name: real field names and a phone in a note are redacted
+    request:
+      action: crm.lookup
+      agent: support-agent
+      args: {customerEmail: a@b.example, note: "call +15557654321", HTTPAuthToken: x, order_id: o_1}
+      labels: {mobile: "555", team: billing}
+    expect:
+      decision: allow
+      redacted_paths: [args.customerEmail, "args.note#phone", args.HTTPAuthToken, labels.mobile]
+  - name: a case can set its own audit settings
+    audit: {redact_fields: [], detectors: {phone: false}}
+    request: {action: crm.lookup, agent: support-agent, args: {email: x, note: "call +15557654321 or a@b.example"}}
+    expect: {redacted_paths: ["args.note#email"]}
+  - name: a wrong expectation fails
+    request: {action: crm.lookup, agent: support-agent, args: {email: x}}
+    expect: {redacted_paths: []}
+"""
+
+
+def test_policy_test_cases_can_assert_redacted_paths() -> None:
+    results = run_cases(
+        parse_policy(EXAMPLE_POLICY, "example_policy.yaml"), load_cases(POLICY_TESTS, "t.yaml"), "t.yaml"
+    )
+    assert [r.passed for r in results] == [True, True, False], [r.actual for r in results]
+    assert results[2].actual["redacted_paths"] == ["args.email"]
+
+
+@pytest.mark.parametrize(
+    ("audit", "message"),
+    [
+        pytest.param("{detectors: {pin: true}}", "audit.detectors maps", id="unknown-detector"),
+        pytest.param("{redact_fields: email}", "audit.redact_fields must be a list", id="not-a-list"),
+        pytest.param("{colour: red}", "'audit' may set only", id="unknown-key"),
+    ],
+)
+def test_bad_audit_settings_in_a_test_file_are_refused(audit: str, message: str) -> None:
+    text = f"audit: {audit}\ntests:\n  - {{name: x, request: {{action: a}}, expect: {{decision: allow}}}}\n"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_cases(text, "t.yaml")
+
+
+def test_redact_check_prints_the_redacted_payload_and_what_redacted_each_path(tmp_path: Path) -> None:
+    sample = tmp_path / "sample.json"
+    sample.write_text(json.dumps({"customerEmail": "a@b.example", "note": "call +15557654321", "order_id": "o_1"}))
+    result = run_cli("redact-check", str(sample), "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {
+        "redacted": {"note": "call [redacted:phone]", "order_id": "o_1"},
+        "redactions": [
+            {"path": "args.customerEmail", "by": "rule:email"},
+            {"path": "args.note#phone", "by": "detector:phone"},
+        ],
+    }
+    config_file = tmp_path / "agentaudit.yaml"
+    config_file.write_text("audit:\n  redact_fields: []\n  detectors: {phone: false}\n")
+    text = run_cli("redact-check", str(sample), "--config", str(config_file), "--as", "output").stdout
+    assert "output.customerEmail#email  detector:email" in text and "+15557654321" in text
+
+
+def test_redact_check_refuses_what_is_not_a_json_object(tmp_path: Path) -> None:
+    sample = tmp_path / "sample.json"
+    sample.write_text("[1, 2]")
+    result = run_cli("redact-check", str(sample))
+    assert result.returncode == 2 and "expected a JSON object" in result.stderr
