@@ -26,7 +26,7 @@ from typing import Any
 
 from gateway.canonical import canonical_json, encode_normalised
 from gateway.errors import SigningKeyError
-from gateway.redaction.detectors import DETECTOR_NAMES, ValueScanner
+from gateway.redaction.detectors import DETECTOR_NAMES, MIN_LENGTH, ValueScanner
 from gateway.redaction.names import FieldMatcher
 from gateway.signing import read_secret_file, write_secret_file
 
@@ -86,7 +86,7 @@ def _walk(matcher: FieldMatcher, scanner: ValueScanner, value: Any, prefix: str)
                         found.append(Redaction(f"{path}.{shown}", f"rule:{rule}"))
                         continue
                 if isinstance(child, str):
-                    if scrub is not None:
+                    if scrub is not None and len(child) >= MIN_LENGTH:
                         text, names = scrub(child)
                         if names:
                             detected(names, f"{path}.{shown}")
@@ -101,7 +101,7 @@ def _walk(matcher: FieldMatcher, scanner: ValueScanner, value: Any, prefix: str)
             items = []
             for i, child in enumerate(node):
                 if isinstance(child, str):
-                    if scrub is not None:
+                    if scrub is not None and len(child) >= MIN_LENGTH:
                         text, names = scrub(child)
                         if names:
                             detected(names, f"{path}[{i}]")
