@@ -1,10 +1,11 @@
 """Value detectors: PII and credentials recognised by shape, whatever key (or free text) they arrive under.
 
-Each detector is a precompiled regex plus, where the shape alone is too loose, a checksum: payment cards pass
-Luhn and start with a card-network digit (2-6, so epoch timestamps in ms or ns never qualify), IBANs pass ISO
-13616 mod-97. Phone numbers are only recognised in forms that carry a phone's punctuation (a leading ``+`` with
-8-15 digits, or 10-11 digits in 3-4 groups split by spaces, dots, dashes or a bracketed area code): a bare run of
-digits is an order id or an epoch timestamp as often as a phone, so it is left to the name rules.
+Each detector is a precompiled regex (cards: windows of digit groups) plus, where the shape alone is too loose,
+a checksum: payment cards pass Luhn and start with a card-network digit (2-6, so epoch timestamps in ms or ns
+never qualify), IBANs pass ISO 13616 mod-97. Phone numbers are only recognised in forms that carry a phone's
+punctuation (a leading ``+`` with 8-15 digits, or 10-11 digits in 3-4 groups split by spaces, dots, dashes or a
+bracketed area code): a bare run of digits is an order id or an epoch timestamp as often as a phone, so it is
+left to the name rules.
 
 Cost: a string shorter than six characters, or wholly an ISO 8601 date or time, a UUID or a decimal amount, is
 never scanned; otherwise cheap gates (an ``@``; a credential prefix; at least 8 or 13 digits; two capitals and
@@ -53,7 +54,7 @@ def _bounded(match: re.Match[str], before: str, after: str) -> bool:
 
 
 _DIGITS = "0123456789"
-_WORD_AFTER = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_"
+_ASCII_WORD = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_"
 
 
 _DIGIT_RUN = re.compile(r"\d+(?:[ \-]\d+)*")
@@ -103,9 +104,9 @@ def _iban(match: re.Match[str]) -> bool:
 def _phone(match: re.Match[str]) -> bool:
     text = match.group()
     if text.startswith("+"):
-        if not _bounded(match, _WORD_AFTER + "+", _WORD_AFTER + "-"):
+        if not _bounded(match, _ASCII_WORD + "+", _ASCII_WORD + "-"):
             return False
-    elif not _bounded(match, _WORD_AFTER + ".-/:", _WORD_AFTER + ".-/:"):
+    elif not _bounded(match, _ASCII_WORD + ".-/:", _ASCII_WORD + ".-/:"):
         return False
     digits = sum(c.isdigit() for c in text)
     return 8 <= digits <= 15 if text.startswith("+") else 10 <= digits <= 11
