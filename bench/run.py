@@ -33,7 +33,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench import collector_ingest, policy_eval
+from bench import collector_ingest, policy_eval, redaction
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench" / "results"
@@ -451,6 +451,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--policy-evaluations", type=int, default=50_000, help="timed policy evaluations per policy (default 50000)"
     )
     parser.add_argument(
+        "--redaction-evaluations",
+        type=int,
+        default=20_000,
+        help="timed redactions of the 1 KiB args per setting (default 20000; 16 KiB: a sixteenth)",
+    )
+    parser.add_argument(
         "--collector-events",
         type=int,
         default=collector_ingest.DEFAULT_EVENTS,
@@ -485,6 +491,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # In-process and after the servers have stopped, so nothing else competes for the CPU.
         progress("measuring policy evaluation (50-rule policy vs a one-binding baseline)")
         summary["policy"] = policy_eval.run(args.policy_evaluations)
+        progress("measuring redaction per Decide (1 KiB and 16 KiB args: off, names, names + detectors)")
+        summary["redaction"] = redaction.run(args.redaction_evaluations)
         progress(f"measuring collector ingest into PostgreSQL ({args.collector_events} events) vs raw COPY")
         summary["collector_ingest"] = collector_ingest.run(args.collector_events, progress=progress)
     if "echo" in results and "decide" in results:
@@ -517,6 +525,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "policy" in summary:
         print()
         print(policy_eval.format_result(summary["policy"]))
+    if "redaction" in summary:
+        print()
+        print(redaction.format_result(summary["redaction"]))
     if "collector_ingest" in summary:
         print()
         print(collector_ingest.format_result(summary["collector_ingest"]))

@@ -167,7 +167,10 @@ class Sidecar:
         cfg = self.config
         self.stage = "keys"
         signer = load_signer(cfg.journal.signing_key)
-        redactor = Redactor.create(load_hmac_key(cfg.audit.hmac_key), cfg.audit.redact_fields, cfg.audit.hash_args)
+        audit = cfg.audit
+        redactor = Redactor.create(
+            load_hmac_key(audit.hmac_key), audit.redact_fields, audit.hash_args, audit.detectors.enabled()
+        )
         self._telemetry = telemetry.from_config(cfg.telemetry, signer.name)
         return signer, redactor
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -196,3 +197,33 @@ def test_configuration_loads_no_component_it_configures() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_audit_detectors_are_on_by_default_and_switchable_one_by_one(tmp_path: Path) -> None:
+    assert config.load(None).audit.detectors.enabled() == ("email", "phone", "card", "iban", "credentials")
+    path = tmp_path / "c.yaml"
+    path.write_text("audit:\n  detectors: {phone: false, iban: no}\n")
+    assert config.load(path).audit.detectors.enabled() == ("email", "card", "credentials")
+    env = {"AGENTAUDIT_AUDIT_DETECTORS": "email,card"}
+    assert config.load(path, env=env).audit.detectors.enabled() == ("email", "card")
+    assert config.load(None, env={"AGENTAUDIT_AUDIT_DETECTORS": "none"}).audit.detectors.enabled() == ()
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "message"),
+    [
+        pytest.param(
+            "audit:\n  detectors: {ssn: true}\n", {}, "audit.detectors: unknown detector(s) ssn", id="unknown"
+        ),
+        pytest.param("audit:\n  detectors: {email: maybe}\n", {}, "audit.detectors.email", id="bad-bool"),
+        pytest.param("audit:\n  detectors: [email]\n", {}, "audit.detectors: expected a mapping", id="a-list"),
+        pytest.param("", {"AGENTAUDIT_AUDIT_DETECTORS": "email,pin"}, "unknown detector(s) pin", id="env-unknown"),
+    ],
+)
+def test_bad_audit_detectors_are_refused_naming_the_key(
+    tmp_path: Path, text: str, env: dict[str, str], message: str
+) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        config.load(path, env=env)

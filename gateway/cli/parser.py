@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from gateway import __version__
-from gateway.cli import health, journal, mcp, operator, policy, serve
+from gateway.cli import health, journal, mcp, operator, policy, redact_check, serve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,5 +25,6 @@ def build_parser() -> argparse.ArgumentParser:
     serve.register_keygen(sub)
     journal.register(sub)
     operator.register_policy_reload(policy.register(sub))
+    redact_check.register(sub)
     mcp.register(sub)
     return parser

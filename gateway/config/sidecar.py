@@ -63,6 +63,21 @@ class JournalConfig:
 
 
 @dataclass(frozen=True)
+class DetectorsConfig:
+    """Which value detectors run on recorded strings (gateway.redaction.detectors); all on by default."""
+
+    email: bool = True
+    phone: bool = True
+    card: bool = True
+    iban: bool = True
+    credentials: bool = True
+
+    def enabled(self) -> tuple[str, ...]:
+        """The names of the detectors that are on."""
+        return tuple(f.name for f in dataclasses.fields(self) if getattr(self, f.name))
+
+
+@dataclass(frozen=True)
 class AuditConfig:
     """Data safety of what is recorded (DESIGN §6 block, accepted as written)."""
 
@@ -73,6 +88,7 @@ class AuditConfig:
     sign_events: bool = True
     hmac_key: Path = Path("hmac.key")
     prune_interval_s: float = 3600.0  # how often retention runs (only entries the collector cosigned are pruned)
+    detectors: DetectorsConfig = field(default_factory=DetectorsConfig)
 
 
 @dataclass(frozen=True)
@@ -186,17 +202,42 @@ LOG_FORMATS = ("json", "text")
 _STRUCTURED_SECTIONS = ("operator", "alerts")
 
 
+def _field_value(key: str, value: Any, annotation: Any, base: Path) -> Any:
+    """One field's value: the shared reader's types, plus the nested detectors mapping of ``audit``."""
+    if annotation is DetectorsConfig:
+        return _detectors(key, value)
+    return coerce(key, value, annotation, base)
+
+
+def _detectors(key: str, value: Any) -> DetectorsConfig:
+    """``{email: true, phone: false, ...}`` (unnamed detectors stay on); from the environment, the list of those on
+    (``AGENTAUDIT_AUDIT_DETECTORS=email,card``; ``none`` turns all off)."""
+    names = [f.name for f in dataclasses.fields(DetectorsConfig)]
+    if isinstance(value, str):
+        wanted = [] if value.strip().lower() == "none" else [v.strip() for v in value.split(",") if v.strip()]
+        unknown = sorted(set(wanted) - set(names))
+        if unknown:
+            raise ConfigError(f"{key}: unknown detector(s) {', '.join(unknown)} (known: {', '.join(names)})")
+        return DetectorsConfig(**{n: n in wanted for n in names})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: expected a mapping of detector names to true or false, got {value!r}")
+    unknown = sorted(set(map(str, value)) - set(names))
+    if unknown:
+        raise ConfigError(f"{key}: unknown detector(s) {', '.join(unknown)} (known: {', '.join(names)})")
+    return DetectorsConfig(**{n: coerce(f"{key}.{n}", v, bool, Path.cwd()) for n, v in value.items()})
+
+
 def _section(name: str, cls: type[Any], raw: Any, env: Mapping[str, str], base: Path) -> Any:
     """Reads a flat section: each key converted by its field's annotation, then ``AGENTAUDIT_<SECTION>_<KEY>``."""
     raw = mapping(name, {} if raw is None else raw)
     hints = typing.get_type_hints(cls)
     names = field_names(cls)
     refuse_unknown(name, raw, names)
-    values = {k: coerce(f"{name}.{k}", v, hints[k], base) for k, v in raw.items()}
+    values = {k: _field_value(f"{name}.{k}", v, hints[k], base) for k, v in raw.items()}
     for k in names:
         env_name = f"{ENV_PREFIX}{name}_{k}".upper()
         if env_name in env:
-            values[k] = coerce(env_name, env[env_name], hints[k], Path.cwd())
+            values[k] = _field_value(env_name, env[env_name], hints[k], Path.cwd())
     instance = cls(**values)
     # Defaults that are relative paths resolve against the config file's directory too.
     for f in dataclasses.fields(cls):

@@ -221,6 +221,7 @@ class ApprovalBook:
         resume reserves before its pre-event), so a concurrent grant or deny is refused with FAILED_PRECONDITION
         naming the winner; the reservation is dropped again if the event could not be journaled.
         """
+        comment = self._recorder.scrub_text(comment)  # free text: detected PII never reaches the state table
         approval = self._open_pending(approval_id)
         self._check_approver(approval, operator)
         state = GRANTED if grant else DENIED

@@ -45,6 +45,7 @@ class KillSwitchBoard:
 
     async def engage(self, scope: str, target: str, reason: str, operator: str) -> tuple[EngagedSwitch, RecordedEvent]:
         """Engages (or re-engages with a new reason) a switch; journaled with the operator as actor."""
+        reason = self._recorder.scrub_text(reason)  # free text: detected PII never reaches the state table
         if (scope, target) in self._switches and self._switches[(scope, target)].reason == reason:
             raise FailedPreconditionError(f"kill switch {scope}:{target or '*'} is already engaged")
         switch = EngagedSwitch(scope, target, reason, operator, now_nanos())

@@ -83,6 +83,13 @@ class AuditRecorder:
             normalised=normalised,
         )
 
+    def scrub_text(self, text: str) -> str:
+        """Free text stored raw by design (operator comments, kill-switch reasons) with detected values replaced.
+
+        Services call it before building their state rows too, so the raw value reaches no table.
+        """
+        return self._redactor.scrub_text(text, "")[0]
+
     async def _append(
         self,
         kind: EventKind,
@@ -123,7 +130,7 @@ class AuditRecorder:
             "tenant_id": target if scope == "tenant" else "",
             "agent_id": target if scope == "agent" else "",
             "run_id": target if scope == "run" else "",
-            "comment": reason,
+            "comment": self.scrub_text(reason),
             "actor": {"type": "operator", "id": operator},
         }
         return await self._record(EventKind.KILL_SWITCH, nanos, fields, state)
@@ -149,7 +156,7 @@ class AuditRecorder:
             "action_key": approval["action_key"],
             "policy_rule": approval["policy_rule"],
             "actor": dict(actor),
-            "comment": comment,
+            "comment": self.scrub_text(comment),
         }
         return await self._record(kind, nanos, fields, state)
 
@@ -206,7 +213,11 @@ class AuditRecorder:
 
     async def record_recovery_acknowledged(self, operator: str, comment: str) -> RecordedEvent:
         """Journals an operator accepting a detected rollback (Decide answers again)."""
-        fields = {"operation": "acknowledged", "comment": comment, "actor": {"type": "operator", "id": operator}}
+        fields = {
+            "operation": "acknowledged",
+            "comment": self.scrub_text(comment),
+            "actor": {"type": "operator", "id": operator},
+        }
         return await self._record(EventKind.GAP_RECOVERY, now_nanos(), fields)
 
     async def record_operator_denied(self, method: str, identity: str, reason: str, detail: str) -> RecordedEvent:
@@ -276,6 +287,8 @@ class AuditRecorder:
         shadow = decision.shadow
         trace_id, span_id = trace_ids(request.traceparent)
         event_id = event_id or new_event_id()
+        # Labels are agent-supplied like args: redacted the same way, by name and by value, into the same list.
+        labels = self._redactor.redact(dict(request.labels), "labels")
         body = {
             "event_id": event_id,
             "kind": EventKind.PRE_EXEC.label,
@@ -288,7 +301,7 @@ class AuditRecorder:
             "action": request.action,
             "args": prepared.redacted_args,
             "args_digest": prepared.args_digest,
-            "redacted_paths": prepared.redacted_paths,
+            "redacted_paths": sorted([*prepared.redacted_paths, *labels.paths]),
             "action_key": prepared.action_key,
             "scope": request.scope,
             "decision": decision.verdict.value,
@@ -307,7 +320,7 @@ class AuditRecorder:
             "resumed_approval_id": request.approval_id,
             "trace_id": trace_id,
             "span_id": span_id,
-            "labels": dict(request.labels),
+            "labels": labels.value,
         }
         receipt = await self._append(EventKind.PRE_EXEC, body, nanos, normalised=prepared.normalised, state=state)
         self._remember(
@@ -386,6 +399,7 @@ class AuditRecorder:
         if existing is not None:
             return ResultOutcome(existing.event_id, True, existing.kind == EventKind.VIOLATION.label)
         canonical, redacted, paths = self._redactor.prepare(output.value, "output", normalised=output.normalised)
+        error, error_paths = self._redactor.scrub_text(error, "error")
         nanos = now_nanos()
         allowed = pre.decision == Verdict.ALLOW.value
         kind = EventKind.POST_EXEC if allowed else EventKind.VIOLATION
@@ -409,7 +423,7 @@ class AuditRecorder:
             "error": error,
             "output": redacted,
             "output_digest": self._redactor.digest(canonical, output=True),
-            "redacted_paths": paths,
+            "redacted_paths": sorted([*paths, *error_paths]),
             "duration_ns": duration_ns,
         }
         if not allowed:

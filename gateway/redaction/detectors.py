@@ -1,0 +1,256 @@
+"""Value detectors: PII and credentials recognised by shape, whatever key (or free text) they arrive under.
+
+Each detector is a precompiled regex (cards: windows of digit groups) plus, where the shape alone is too loose,
+a checksum: payment cards pass Luhn and start with a card-network digit (2-6, so epoch timestamps in ms or ns
+never qualify), IBANs pass ISO 13616 mod-97. Phone numbers are only recognised in forms that carry a phone's
+punctuation (a leading ``+`` with 8-15 digits, or 10-11 digits in 3-4 groups split by spaces, dots, dashes or a
+bracketed area code): a bare run of digits is an order id or an epoch timestamp as often as a phone, so it is
+left to the name rules.
+
+Cost: a string shorter than six characters, or wholly an ISO 8601 date or time, a UUID or a decimal amount, is
+never scanned; otherwise cheap gates (an ``@``; a credential prefix; at least 8 or 13 digits; two capitals and
+two digits) are computed once per string and only the detectors whose gate is open run their regex.
+A detected substring is replaced in place with ``[redacted:NAME]`` (which no detector matches again).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+
+EMAIL = "email"
+PHONE = "phone"
+CARD = "card"
+IBAN = "iban"
+CREDENTIALS = "credentials"
+DETECTOR_NAMES = (EMAIL, PHONE, CARD, IBAN, CREDENTIALS)
+_KEY_CACHE = 8192
+MIN_LENGTH = 6  # the shortest detectable value ("a@b.co"); shorter strings are never scanned
+
+
+def marker(name: str) -> str:
+    """What replaces a detected value."""
+    return f"[redacted:{name}]"
+
+
+def _luhn(digits: str) -> bool:
+    total = 0
+    for i, char in enumerate(reversed(digits)):
+        d = ord(char) - 48
+        if i % 2:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def _bounded(match: re.Match[str], before: str, after: str) -> bool:
+    """The characters around a match are none of ``before`` / ``after`` (checked here rather than with
+    lookarounds in the pattern, so that patterns start with a character class and the regex engine can skip
+    ahead to candidate positions)."""
+    text, start, end = match.string, match.start(), match.end()
+    return (start == 0 or text[start - 1] not in before) and (end == len(text) or text[end] not in after)
+
+
+_DIGITS = "0123456789"
+_ASCII_WORD = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_"
+
+
+_DIGIT_RUN = re.compile(r"\d+(?:[ \-]\d+)*")
+_DIGIT_GROUP = re.compile(r"\d+")
+
+
+def _card_spans(text: str) -> list[tuple[int, int]]:
+    """Card numbers: within each run of digit groups (split by single spaces or dashes), the first window of
+    whole groups holding 13-19 digits that starts with a network digit (2-6) and passes Luhn. Windows, not the
+    whole run, so a card followed by its CVV (``4111 1111 1111 1111 123``) is still found."""
+    spans = []
+    for run in _DIGIT_RUN.finditer(text):
+        start, end = run.span()
+        decimal = text[end : end + 1] == "." and text[end + 1 : end + 2].isdigit()
+        if (start and text[start - 1] in "-.") or text[end : end + 1] == "-" or decimal:
+            continue  # part of an id (ORD-4111...) or of a decimal; a sentence's full stop after it is fine
+        groups = [g.span() for g in _DIGIT_GROUP.finditer(text, run.start(), run.end())]
+        i = 0
+        while i < len(groups):
+            total, j = 0, i
+            while j < len(groups):
+                total += groups[j][1] - groups[j][0]
+                if total > 19:
+                    break
+                if total >= 13:
+                    digits = _DIGIT_GROUP.findall(text, groups[i][0], groups[j][1])
+                    number = "".join(digits)
+                    if number[0] in "23456" and _luhn(number):
+                        break
+                j += 1
+            if j < len(groups) and 13 <= total <= 19:
+                spans.append((groups[i][0], groups[j][1]))
+                i = j + 1
+            else:
+                i += 1
+    return spans
+
+
+def _iban(match: re.Match[str]) -> bool:
+    compact = match.group().replace(" ", "")
+    if not 15 <= len(compact) <= 34:
+        return False
+    rearranged = compact[4:] + compact[:4]
+    return int("".join(str(int(c, 36)) for c in rearranged)) % 97 == 1
+
+
+def _phone(match: re.Match[str]) -> bool:
+    text = match.group()
+    if text.startswith("+"):
+        if not _bounded(match, _ASCII_WORD + "+", _ASCII_WORD + "-"):
+            return False
+    elif not _bounded(match, _ASCII_WORD + ".-/:", _ASCII_WORD + ".-/:"):
+        return False
+    digits = sum(c.isdigit() for c in text)
+    return 8 <= digits <= 15 if text.startswith("+") else 10 <= digits <= 11
+
+
+@dataclass(frozen=True)
+class Detector:
+    """One kind of sensitive value: the cheap gate it needs, a pattern and an optional check of each match."""
+
+    name: str
+    gate: str  # which of the gates computed once per string (``ValueScanner.find``) must be open
+    pattern: re.Pattern[str] | Callable[[str], list[tuple[int, int]]]
+    check: Callable[[re.Match[str]], bool] | None = None
+
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        """Where this detector finds values in ``text`` (whether its gate is open is the caller's business).
+
+        A match its check rejects is retried one character later, so a rejected candidate cannot hide a real
+        value that starts inside it."""
+        if not isinstance(self.pattern, re.Pattern):
+            return self.pattern(text)
+        found, position = [], 0
+        while (match := self.pattern.search(text, position)) is not None:
+            if self.check is None or self.check(match):
+                found.append(match.span())
+                position = match.end()
+            else:
+                position = match.start() + 1
+        return found
+
+
+# The gates: one C-level operation each per string, deciding which detectors run at all.
+_DELETE_DIGITS = str.maketrans("", "", "0123456789")
+_IBAN_GATE = re.compile(r"[A-Z]{2}\d\d")
+_CREDENTIAL_GATE = re.compile(r"Bearer|[sr]k[-_]|gh[pousr]_|github_pat_|xox|AKIA|ASIA|-----BEGIN|eyJ")
+# A whole string of one of these shapes holds no detectable value: the commonest business strings skip everything.
+_BENIGN = re.compile(
+    r"\d{4}-\d\d-\d\d(?:[T ]\d\d:\d\d(?::\d\d(?:\.\d{1,9})?)?(?:Z|[+\-]\d\d:?\d\d)?)?"  # ISO 8601 date or time
+    r"|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"  # UUID
+    r"|-?\d{1,12}\.\d{1,6}"  # an amount (not a bare integer: that may be a card number)
+)
+
+# Order matters: earlier detectors claim their spans first (a card number is not also reported as a phone).
+DETECTORS: tuple[Detector, ...] = (
+    Detector(
+        CREDENTIALS,
+        "credential",
+        re.compile(
+            r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|\Z)"
+            r"|\bBearer\s+[A-Za-z0-9\-._~+/]{8,}=*"
+            r"|\beyJ[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]{8,}"
+            r"|\bsk-(?:proj-|ant-)?[A-Za-z0-9_\-]{16,}"
+            r"|\b[sr]k_(?:live|test)_[A-Za-z0-9]{16,}"
+            r"|\bgh[pousr]_[A-Za-z0-9]{30,}"
+            r"|\bgithub_pat_[A-Za-z0-9_]{40,}"
+            r"|\bxox[bpars]-[A-Za-z0-9\-]{10,}"
+            r"|\b(?:AKIA|ASIA)[A-Z0-9]{16}\b",
+            re.DOTALL,
+        ),
+    ),
+    Detector(EMAIL, "at", re.compile(r"[\w.%+'\-]+@[\w\-]+(?:\.[\w\-]+)*\.[^\W\d_]{2,}")),
+    Detector(
+        IBAN,
+        "iban",
+        re.compile(r"\b[A-Z]{2}\d{2}(?:[A-Z0-9]{11,30}|(?: [A-Z0-9]{4}){2,7}(?: [A-Z0-9]{1,3})?)\b"),
+        _iban,
+    ),
+    Detector(CARD, "13 digits", _card_spans),
+    Detector(
+        PHONE,
+        "8 digits",
+        re.compile(
+            r"\+\d[\d \-.()]{6,20}\d"
+            r"|(?:\(\d{2,4}\) ?|\d{2,4}[ \-.])\d{3,4}[ \-.]\d{3,4}"
+            r"|0\d(?:[ .\-]\d{2}){4}"
+        ),
+        _phone,
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A detected value: which detector and where."""
+
+    name: str
+    start: int
+    end: int
+
+
+class ValueScanner:
+    """The enabled detectors, applied to one string at a time."""
+
+    def __init__(self, enabled: Iterable[str] = DETECTOR_NAMES) -> None:
+        names = set(enabled)
+        unknown = names - set(DETECTOR_NAMES)
+        if unknown:
+            raise ValueError(f"unknown detector(s) {', '.join(sorted(unknown))} (known: {', '.join(DETECTOR_NAMES)})")
+        self.detectors = tuple(d for d in DETECTORS if d.name in names)
+        self.names = tuple(d.name for d in self.detectors)
+        # Keys repeat (every line item has the same ones): their answers are remembered, bounded.
+        self.scrub_key = lru_cache(maxsize=_KEY_CACHE)(self._scrub_key)
+
+    def __bool__(self) -> bool:
+        return bool(self.detectors)
+
+    def find(self, text: str) -> list[Finding]:
+        """Non-overlapping findings in ``text``, in order."""
+        if len(text) < MIN_LENGTH:
+            return []
+        digits = len(text) - len(text.translate(_DELETE_DIGITS))
+        at = "@" in text
+        credential = _CREDENTIAL_GATE.search(text) is not None
+        if not (at or credential) and (digits < 8 or _BENIGN.fullmatch(text)):
+            return []  # the common case, decided in four C-level operations
+        gates = {
+            "at": at,
+            "credential": credential,
+            "8 digits": digits >= 8,
+            "13 digits": digits >= 13,
+            "iban": digits >= 8 and _IBAN_GATE.search(text) is not None,
+        }
+        found: list[Finding] = []
+        for detector in self.detectors:
+            if not gates[detector.gate]:
+                continue
+            for start, end in detector.spans(text):
+                if not any(start < f.end and f.start < end for f in found):
+                    found.append(Finding(detector.name, start, end))
+        return sorted(found, key=lambda f: f.start)
+
+    def scrub(self, text: str) -> tuple[str, list[str]]:
+        """``text`` with each detected value replaced by its marker, and the names of the detectors that fired."""
+        found = self.find(text)
+        if not found:
+            return text, []
+        parts, position = [], 0
+        for finding in found:
+            parts.append(text[position : finding.start])
+            parts.append(marker(finding.name))
+            position = finding.end
+        parts.append(text[position:])
+        return "".join(parts), sorted({f.name for f in found})
+
+    def _scrub_key(self, key: str) -> tuple[str, tuple[str, ...]]:
+        text, names = self.scrub(key)
+        return text, tuple(names)

@@ -1,0 +1,196 @@
+"""Redaction and keyed digests of arguments, outputs, labels and free text (no raw secrets or PII in the journal).
+
+Two mechanisms, both on every recorded value:
+
+- **Name rules** (``audit.redact_fields``, see :mod:`gateway.redaction.names`): a key they name is removed at any
+  depth; the event lists each removed path (``args.customer.email``, ``args.items[0].phone``).
+- **Value detectors** (``audit.detectors``, see :mod:`gateway.redaction.detectors`): a detected value inside any
+  string (or key) is replaced in place with ``[redacted:NAME]``; the event lists the path with the detector's
+  name after ``#`` (``args.note#phone``, ``labels.ticket#email``, ``error#email``).
+
+``redacted_paths`` stays a sorted list of strings, so existing readers keep working. Digests are HMAC-SHA-256
+under a secret key, never a bare SHA-256: a plain hash of a low-entropy value such as a phone number is
+brute-forced in minutes. Each digest is domain-separated so an args digest can never be confused with an action
+key. Digests and the action key are computed over the raw value (two equal calls share them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.canonical import canonical_json, encode_normalised
+from gateway.errors import SigningKeyError
+from gateway.redaction.detectors import DETECTOR_NAMES, MIN_LENGTH, ValueScanner
+from gateway.redaction.names import FieldMatcher
+from gateway.signing import read_secret_file, write_secret_file
+
+HMAC_KEY_BYTES = 32
+_ARGS_DOMAIN = b"agentaudit args/v1\n"
+_OUTPUT_DOMAIN = b"agentaudit output/v1\n"
+_ACTION_KEY_DOMAIN = b"agentaudit action_key/v1\n"
+
+
+@dataclass(frozen=True)
+class Redaction:
+    """One redacted path and what redacted it (``rule:email`` or ``detector:phone``)."""
+
+    path: str
+    by: str
+
+
+@dataclass(frozen=True)
+class Redacted:
+    """A redacted copy of a value and what was redacted in it."""
+
+    value: Any
+    redactions: list[Redaction]
+
+    @property
+    def paths(self) -> list[str]:
+        """The journal's ``redacted_paths``: sorted, since map order on the wire is not stable."""
+        return sorted({r.path for r in self.redactions})
+
+
+def _walk(matcher: FieldMatcher, scanner: ValueScanner, value: Any, prefix: str) -> Redacted:
+    """The redacted copy and its redactions. Paths are built only for containers and for what is redacted:
+    formatting one per leaf would cost more than the scan itself."""
+    found: list[Redaction] = []
+    rule_for = matcher.rule_for if matcher else None
+    scrub = scanner.scrub if scanner else None
+    scrub_key = scanner.scrub_key
+
+    def detected(names: Iterable[str], path: str) -> None:
+        found.extend(Redaction(f"{path}#{name}", f"detector:{name}") for name in names)
+
+    def walk(node: Any, path: str) -> Any:
+        if isinstance(node, dict):
+            out: dict[str, Any] = {}
+            for key, child in node.items():
+                shown = key
+                if scrub is not None:
+                    # A key can itself be an e-mail address; its path would leak it, so keys are scrubbed too.
+                    shown, key_names = scrub_key(key)
+                    if key_names:
+                        while shown in out or shown in node:
+                            shown += "~"
+                        detected(key_names, f"{path}.{shown}")
+                if rule_for is not None:
+                    rule = rule_for(key)
+                    if rule is not None:
+                        found.append(Redaction(f"{path}.{shown}", f"rule:{rule}"))
+                        continue
+                if isinstance(child, str):
+                    if scrub is not None and len(child) >= MIN_LENGTH:
+                        text, names = scrub(child)
+                        if names:
+                            detected(names, f"{path}.{shown}")
+                        child = text  # noqa: PLW2901 - the redacted value replaces the raw one
+                    out[shown] = child
+                elif isinstance(child, (dict, list)):
+                    out[shown] = walk(child, f"{path}.{shown}")
+                else:
+                    out[shown] = child
+            return out
+        if isinstance(node, list):
+            items = []
+            for i, child in enumerate(node):
+                if isinstance(child, str):
+                    if scrub is not None and len(child) >= MIN_LENGTH:
+                        text, names = scrub(child)
+                        if names:
+                            detected(names, f"{path}[{i}]")
+                        child = text  # noqa: PLW2901 - the redacted value replaces the raw one
+                    items.append(child)
+                elif isinstance(child, (dict, list)):
+                    items.append(walk(child, f"{path}[{i}]"))
+                else:
+                    items.append(child)
+            return items
+        if isinstance(node, str) and scrub is not None:
+            text, names = scrub(node)
+            detected(names, path)
+            return text
+        return node
+
+    return Redacted(walk(value, prefix), found)
+
+
+def redact(value: Any, fields: Iterable[str], prefix: str) -> tuple[Any, list[str]]:
+    """Returns a copy of ``value`` without the keys the name rules ``fields`` match, and the removed paths."""
+    result = _walk(FieldMatcher(fields), ValueScanner(()), value, prefix)
+    return result.value, result.paths
+
+
+@dataclass(frozen=True)
+class Redactor:
+    """Applies the configured redaction and digests."""
+
+    hmac_key: bytes
+    fields: FieldMatcher
+    hash_args: bool
+    scanner: ValueScanner = field(default_factory=ValueScanner)
+
+    @classmethod
+    def create(
+        cls, hmac_key: bytes, fields: Iterable[str], hash_args: bool, detectors: Iterable[str] = DETECTOR_NAMES
+    ) -> Redactor:
+        """Builds a redactor from name rules (see :mod:`gateway.redaction.names`) and the enabled detectors."""
+        return cls(hmac_key, FieldMatcher(fields), hash_args, ValueScanner(detectors))
+
+    def _mac(self, domain: bytes, data: bytes) -> str:
+        return hmac.digest(self.hmac_key, domain + data, hashlib.sha256).hex()
+
+    def action_key(self, name: str, canonical_args: bytes) -> str:
+        """Stable key for equal action name and canonical args (dedup across retries, approval binding)."""
+        return "ak_" + self._mac(_ACTION_KEY_DOMAIN, name.encode() + b"\n" + canonical_args)[:32]
+
+    def digest(self, canonical: bytes, *, output: bool = False) -> str:
+        """HMAC-SHA-256 of canonical args (or output); empty when ``hash_args`` is off."""
+        if not self.hash_args:
+            return ""
+        return "hmac-sha256:" + self._mac(_OUTPUT_DOMAIN if output else _ARGS_DOMAIN, canonical)
+
+    def redact(self, value: Any, prefix: str) -> Redacted:
+        """A redacted copy of ``value`` (a mapping, list or string) by name and by value, with what was redacted."""
+        if not self.fields and not self.scanner:
+            return Redacted(dict(value) if isinstance(value, Mapping) else value, [])
+        return _walk(self.fields, self.scanner, value, prefix)
+
+    def prepare(self, value: Mapping[str, Any], prefix: str, *, normalised: bool) -> tuple[bytes, Any, list[str]]:
+        """Canonical bytes of the raw value, its redacted copy and the redacted paths.
+
+        ``normalised``: the value is JCS-normalised already (``gateway.canonical.encode_normalised`` applies).
+        """
+        result = self.redact(value, prefix)
+        canonical = encode_normalised(value) if normalised else canonical_json(value)
+        return canonical, result.value, result.paths
+
+    def scrub_text(self, text: str, path: str) -> tuple[str, list[str]]:
+        """Free text (an error, a comment, a reason) with detected values replaced in place, and the paths."""
+        if not self.scanner:
+            return text, []
+        scrubbed, names = self.scanner.scrub(text)
+        return scrubbed, [f"{path}#{name}" for name in names]
+
+
+def create_hmac_key(path: Path) -> None:
+    """Writes a fresh random HMAC key (hex) with mode 0600."""
+    write_secret_file(path, os.urandom(HMAC_KEY_BYTES).hex() + "\n")
+
+
+def load_hmac_key(path: Path) -> bytes:
+    """Reads the HMAC key file (hex, at least 32 bytes)."""
+    text = read_secret_file(path).decode("ascii", errors="replace").strip()
+    try:
+        key = bytes.fromhex(text)
+    except ValueError as exc:
+        raise SigningKeyError(f"{path}: HMAC key must be hex") from exc
+    if len(key) < HMAC_KEY_BYTES:
+        raise SigningKeyError(f"{path}: HMAC key must be at least {HMAC_KEY_BYTES} bytes")
+    return key
