@@ -182,7 +182,7 @@ def test_negative_zero_is_recorded_as_zero_with_the_digest_of_zero() -> None:
         action = parse_decide(decide_request(args={"n": zero}), max_args_bytes=MAX_BYTES, max_depth=MAX_DEPTH)
         canonical, _, _ = redactor.prepare(action.args, "args", normalised=action.args_normalised)
         assert canonical == b'{"n":0}'
-        keys_seen.add(redactor.action_key(action.action, canonical))
+        keys_seen.add(redactor.action_key(action.tenant_id, action.action, canonical))
     assert len(keys_seen) == 1
 
 

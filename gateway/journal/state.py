@@ -49,7 +49,7 @@ class Approval:
     actor_type: str
     actor_id: str
     action: str
-    action_key: str
+    action_key: str  # the approval binding (ab_…) a resume must match; the column keeps its first name
     policy_rule: str
     approvers: tuple[str, ...]
     created_ns: int
@@ -317,7 +317,8 @@ class SignedStateFold:
             actor_type=str(actor.get("type", "")),
             actor_id=str(actor.get("id", "")),
             action=str(body.get("action", "")),
-            action_key=str(body.get("action_key", "")),
+            # The approval binding (journals before it existed bound approvals by the action key).
+            action_key=str(body.get("approval_binding") or body.get("action_key", "")),
             policy_rule=str(body.get("policy_rule", "")),
             approvers=tuple(str(a) for a in body.get("approvers") or ()),
             created_ns=unix_nanos,

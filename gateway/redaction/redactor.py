@@ -33,7 +33,8 @@ from gateway.signing import read_secret_file, write_secret_file
 HMAC_KEY_BYTES = 32
 _ARGS_DOMAIN = b"agentaudit args/v1\n"
 _OUTPUT_DOMAIN = b"agentaudit output/v1\n"
-_ACTION_KEY_DOMAIN = b"agentaudit action_key/v1\n"
+_ACTION_KEY_DOMAIN = b"agentaudit action_key/v2\n"
+_BINDING_DOMAIN = b"agentaudit approval_binding/v1\n"
 
 
 @dataclass(frozen=True)
@@ -146,9 +147,21 @@ class Redactor:
     def _mac(self, domain: bytes, data: bytes) -> str:
         return hmac.digest(self.hmac_key, domain + data, hashlib.sha256).hex()
 
-    def action_key(self, name: str, canonical_args: bytes) -> str:
-        """Stable key for equal action name and canonical args (dedup across retries, approval binding)."""
-        return "ak_" + self._mac(_ACTION_KEY_DOMAIN, name.encode() + b"\n" + canonical_args)[:32]
+    def action_key(self, tenant_id: str, name: str, canonical_redacted_args: bytes) -> str:
+        """The key Decide returns and the journal indexes: equal for the same tenant, action and *redacted* args.
+
+        It is computed over the redacted args, so it says nothing about a redacted value: a caller who tries
+        guesses for a redacted field gets the same key for every guess (the oracle of docs/adr/0013). It still
+        dedups retries of the same action. Keyed per tenant, so keys do not link tenants' actions.
+        """
+        message = tenant_id.encode() + b"\n" + name.encode() + b"\n" + canonical_redacted_args
+        return "ak_" + self._mac(_ACTION_KEY_DOMAIN, message)[:32]
+
+    def approval_binding(self, tenant_id: str, name: str, canonical_args: bytes) -> str:
+        """The digest an approval is bound to: the tenant, action and the exact *raw* args. Never returned to a
+        caller (only journaled, keyed), so it cannot serve as an oracle for redacted values."""
+        message = tenant_id.encode() + b"\n" + name.encode() + b"\n" + canonical_args
+        return "ab_" + self._mac(_BINDING_DOMAIN, message)[:32]
 
     def digest(self, canonical: bytes, *, output: bool = False) -> str:
         """HMAC-SHA-256 of canonical args (or output); empty when ``hash_args`` is off."""
@@ -163,7 +176,7 @@ class Redactor:
         return _walk(self.fields, self.scanner, value, prefix)
 
     def prepare(self, value: Mapping[str, Any], prefix: str, *, normalised: bool) -> tuple[bytes, Any, list[str]]:
-        """Canonical bytes of the raw value, its redacted copy and the redacted paths.
+        """Canonical bytes of the raw value, its redacted copy and the redacted paths (``[]``: the copy is the value).
 
         ``normalised``: the value is JCS-normalised already (``gateway.canonical.encode_normalised`` applies).
         """

@@ -100,13 +100,15 @@ class Decider:
 
     async def decide(self, action: ActionRequest) -> Answer:
         """Decides and records one proposed action; returns only after its pre-event is durable."""
-        prepared = self._recorder.prepare(action.action, action.args, normalised=action.args_normalised)
+        prepared = self._recorder.prepare(
+            action.action, action.args, tenant_id=action.tenant_id, normalised=action.args_normalised
+        )
         step = _Step(action, prepared, new_event_id())
         step.decision = self._decide(step)
         if step.decision.verdict is Verdict.APPROVAL_REQUIRED and not step.approval_id:
             step.approval_id = new_approval_id()
             step.created, step.state = self._approvals.create(
-                action, prepared.action_key, step.decision, step.approval_id, step.event_id
+                action, prepared.approval_binding, step.decision, step.approval_id, step.event_id
             )
         try:
             if action.labels.get(TOOL_CHANGE_NEW_LABEL) == "true":
@@ -147,7 +149,7 @@ class Decider:
 
     def _resume(self, action: ActionRequest, prepared: PreparedAction) -> tuple[Decision, Approval | None]:
         """Decides a request that resumes with an approval: evaluated as approved only if the approval holds."""
-        reason, approval = self._approvals.check_resume(action, prepared.action_key)
+        reason, approval = self._approvals.check_resume(action, prepared.approval_binding)
         if reason:
             verdict = Verdict.APPROVAL_REQUIRED if reason == reasons.APPROVAL_PENDING else Verdict.STOP
             rule = approval.policy_rule if approval is not None else ""

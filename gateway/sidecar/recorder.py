@@ -37,6 +37,7 @@ class PreparedAction:
 
     action_key: str
     args_digest: str
+    approval_binding: str
     redacted_args: Any
     redacted_paths: list[str]
     normalised: bool = False
@@ -72,12 +73,17 @@ class AuditRecorder:
         # Per pre-event: the (possibly in-flight) result, so concurrent duplicate reports journal once.
         self._results: OrderedDict[str, asyncio.Future[ResultOutcome]] = OrderedDict()
 
-    def prepare(self, action: str, args: Mapping[str, Any], *, normalised: bool = False) -> PreparedAction:
-        """Redacts and digests args; computes the action key."""
+    def prepare(
+        self, action: str, args: Mapping[str, Any], *, tenant_id: str = "", normalised: bool = False
+    ) -> PreparedAction:
+        """Redacts and digests args; computes the action key (over the redacted args) and the approval binding."""
         canonical, redacted, paths = self._redactor.prepare(args, "args", normalised=normalised)
+        # Nothing redacted: the redacted copy is the value, so its canonical bytes are the ones just made.
+        canonical_redacted = canonical_json(redacted) if paths else canonical
         return PreparedAction(
-            action_key=self._redactor.action_key(action, canonical),
+            action_key=self._redactor.action_key(tenant_id, action, canonical_redacted),
             args_digest=self._redactor.digest(canonical),
+            approval_binding=self._redactor.approval_binding(tenant_id, action, canonical),
             redacted_args=redacted,
             redacted_paths=paths,
             normalised=normalised,
@@ -153,7 +159,7 @@ class AuditRecorder:
             "tenant_id": approval["tenant_id"],
             "agent_id": approval["agent_id"],
             "action": approval["action"],
-            "action_key": approval["action_key"],
+            "approval_binding": approval["action_key"],
             "policy_rule": approval["policy_rule"],
             "actor": dict(actor),
             "comment": self.scrub_text(comment),
@@ -303,6 +309,8 @@ class AuditRecorder:
             "args_digest": prepared.args_digest,
             "redacted_paths": sorted([*prepared.redacted_paths, *labels.paths]),
             "action_key": prepared.action_key,
+            # The binding of the approval this pre-event asks for (never returned to the agent; docs/adr/0013).
+            "approval_binding": prepared.approval_binding if decision.verdict is Verdict.APPROVAL_REQUIRED else "",
             "scope": request.scope,
             "decision": decision.verdict.value,
             "reason": decision.reason,
