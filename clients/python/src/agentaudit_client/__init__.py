@@ -21,6 +21,9 @@ Usage::
         def create_refund(order_id: str, amount: int) -> dict[str, str]: ...
 
 ``AsyncGatewayClient`` offers the same API for asyncio (``await``, ``async with``).
+
+``instrument()`` governs agents built with LangChain, Pydantic AI and the other supported frameworks with no
+change to their code (``agentaudit_client.integrations``; docs/integrations.md).
 """
 
 from ._guard import Step
@@ -41,6 +44,7 @@ from .errors import (
     UnavailableError,
     from_rpc_error,
 )
+from .integrations import instrument
 from .models import Actor, ApprovalOutcome, DecideResult, ReportResult
 
 __all__ = [
@@ -67,4 +71,5 @@ __all__ = [
     "UnavailableError",
     "from_rpc_error",
     "grpc_target",
+    "instrument",
 ]
