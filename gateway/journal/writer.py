@@ -2,10 +2,10 @@
 
 Handlers call :meth:`JournalWriter.append` and await a :class:`Receipt`. One asyncio task owns the write path:
 it takes every append that is waiting (up to ``max_batch``), hands the whole batch to one dedicated thread,
-which assigns seq numbers, builds and signs each envelope, chains the leaf hashes, commits the batch in one
-transaction and syncs the WAL (durable on return, see :meth:`JournalWriter._insert`), then resolves every receipt.
-There is exactly one thread hand-off per batch, never per entry, and no deliberate wait to grow a batch: whatever
-queued while the previous commit ran is the next batch.
+which assigns seq numbers, builds and signs each envelope, chains the leaf hashes and commits the batch in one
+transaction (WAL, ``synchronous=FULL``: durable on return), then resolves every receipt. There is exactly one
+thread hand-off per batch, never per entry, and no deliberate wait to grow a batch: whatever queued while the
+previous commit ran is the next batch.
 
 If a commit fails, every append of that batch fails with :class:`JournalUnavailableError` (callers fail closed),
 the writer re-reads the journal tail so seq and chain stay exact, and later appends are tried afresh.
@@ -86,15 +86,10 @@ class _Append:
 
 
 def open_connection(path: Path, *, busy_timeout_ms: int) -> sqlite3.Connection:
-    """Opens the journal database for writing: WAL, and SQLite syncing only at checkpoints.
-
-    ``synchronous=NORMAL`` because the writer syncs the WAL itself after every commit, before any receipt
-    (:meth:`JournalWriter._insert`): as durable as ``FULL``, without an fsync between the check of the ``-shm`` and
-    SQLite's stores into it (docs/adr/0012-shm-faults.md).
-    """
+    """Opens the journal database for writing with the durability settings the invariants require."""
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000)
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA synchronous=FULL")
     conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
     return conn
 
@@ -121,9 +116,6 @@ class JournalWriter:
         self._unwritable = ""  # why a journal file may not be written, while that lasts (logged on change only)
         self._files = [path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")]
         self._identity: dict[Path, tuple[int, int]] = {}  # (st_dev, st_ino) of each file as opened
-        # The -wal, kept open to sync each commit. SQLite takes no POSIX lock on it (its locks are on the database
-        # and the -shm), so this descriptor, unlike one on those files, can be closed without dropping SQLite's.
-        self._wal_fd = -1
         # The high-water mark is rewritten (two fsyncs) at most this often, not per commit: see _maybe_write_head.
         self._head_interval_s = head_interval_s
         self._head_written_at = 0.0
@@ -207,7 +199,6 @@ class JournalWriter:
             with contextlib.suppress(FileNotFoundError):
                 stat = os.stat(file)
                 self._identity[file] = (stat.st_dev, stat.st_ino)
-        self._wal_fd = os.open(self._files[1], os.O_RDONLY | os.O_CLOEXEC)
 
     def _check_mark(self, mark: HeadMark) -> None:
         """Refuses a journal younger than the high-water mark: shorter, or another entry at the mark's seq."""
@@ -414,15 +405,9 @@ class JournalWriter:
     def _insert(self, rows: Sequence[tuple[Any, ...]], state: Sequence[StateChange]) -> None:
         """Runs on the writer thread: one multi-row INSERT, which in autocommit mode is its own transaction.
 
-        One statement means one ``sqlite3_step`` (the GIL is released once for the insert and the commit) and
-        all-or-nothing: a failed batch leaves no row behind. A batch that carries state changes runs in an explicit
-        transaction with them instead.
-
-        Then ``fdatasync`` of the WAL, before any receipt: the commit's frames, commit marker included, are on disk,
-        which is what ``synchronous=FULL`` would have done inside the step. Doing it here instead means SQLite's
-        stores into the mapped ``-shm`` (the WAL index, updated after the frames are written) come microseconds
-        after :meth:`_check_files`, not an fsync later; a ``chattr +i`` landing inside that fsync no longer kills
-        the process (measured: 5 of 9 runs died of SIGBUS under load with ``FULL``, none of 8 with this).
+        One statement means one ``sqlite3_step`` (the GIL is released once for the insert and the fsync'd commit)
+        and all-or-nothing: a failed batch leaves no row behind. A batch that carries state changes runs in an
+        explicit transaction with them instead.
         """
         conn = self._conn
         if conn is None:
@@ -446,10 +431,6 @@ class JournalWriter:
                     raise
         except sqlite3.Error as exc:
             raise JournalUnavailableError(f"commit failed: {exc}") from exc
-        try:
-            os.fdatasync(self._wal_fd)
-        except OSError as exc:
-            raise JournalUnavailableError(f"commit not durable: syncing {self._files[1]} failed: {exc}") from exc
         # After the fsync, before any receipt resolves: a commit into an unlinked file is not durable. (Whether
         # the files are still writable does not matter here: what SQLite returned from is already durable.)
         self._check_identity()
@@ -581,6 +562,3 @@ class JournalWriter:
             pass  # the files are unlinked or replaced, not unwritable: closing stores into our own mapping only
         self._conn.close()
         self._conn = None
-        if self._wal_fd >= 0:
-            os.close(self._wal_fd)
-            self._wal_fd = -1
