@@ -16,10 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import fcntl
 import gc
 import logging
 import os
+import signal
+import sys
 import time
 from pathlib import Path
 from typing import IO
@@ -122,6 +125,7 @@ class Sidecar:
 
     async def start_probes(self) -> None:
         """Starts what lets a supervisor watch the start: health listener ("starting") and /metrics."""
+        enable_fault_tracebacks()
         cfg = self.config
         metrics.BUILD_INFO.info({"version": __version__})
         await self.health.publish()
@@ -412,6 +416,27 @@ class Sidecar:
         if self._telemetry is not None:
             self._telemetry.shutdown()
             self._telemetry = None
+
+
+def enable_fault_tracebacks() -> None:
+    """A fatal signal (SIGBUS, SIGSEGV, ...) writes every thread's traceback to stderr, then ends the process.
+
+    SQLite stores into the mapped ``-shm``; if that file turns immutable or read-only *during* a transaction (after
+    the journal's checks, docs/adr/0012-shm-faults.md) the store is SIGBUS. Without this the process vanishes with
+    no log line; with it the log says where, and the default action still ends the process for the supervisor to
+    restart. faulthandler restores the default action before re-raising, so a fault can never turn into a loop of
+    handler and re-fault (a handler that only returned would re-execute the faulting store forever: a hang).
+    """
+    if faulthandler.is_enabled():
+        return  # already on (PYTHONFAULTHANDLER, python -X faulthandler, pytest)
+    try:
+        faulthandler.enable(file=sys.stderr, all_threads=True)
+    except (AttributeError, ValueError, OSError) as exc:  # stderr replaced by an object with no file descriptor
+        log.warning("fatal-signal tracebacks are off: %s", exc)
+        return
+    handler = signal.getsignal(signal.SIGBUS)
+    if handler not in (signal.SIG_DFL, None):
+        log.warning("a Python handler for SIGBUS is installed (%r): a fault in SQLite would hang, not exit", handler)
 
 
 def install_event_loop_policy() -> None:

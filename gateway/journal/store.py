@@ -19,6 +19,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 from gateway.errors import JournalUnavailableError
 from gateway.journal import query, replay, state
 from gateway.journal.entry import HEADER_SIZE
+from gateway.journal.fileguard import abandon, why_unwritable
 from gateway.journal.schema import OPERATOR_CONTEXT_WHERE
 
 T = TypeVar("T")
@@ -119,10 +120,19 @@ class JournalReader:
 
     def __init__(self, path: Path) -> None:
         self._path = path
+        self._shm = path.with_name(path.name + "-shm")
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal-reader")
         self._conn: sqlite3.Connection | None = None
 
     def _connection(self) -> sqlite3.Connection:
+        """The connection, for one read transaction: checked first, because starting one stores in the ``-shm``.
+
+        A reader takes a read mark in the mapped WAL index; into an immutable or read-only ``-shm`` that store is
+        SIGBUS for the whole process (:mod:`gateway.journal.fileguard`), so the read fails closed instead.
+        """
+        why = why_unwritable(self._shm)
+        if why:
+            raise JournalUnavailableError(f"journal read refused: {self._shm} is {why}")
         if self._conn is None:
             self._conn = connect_readonly(self._path)
         return self._conn
@@ -240,7 +250,10 @@ class JournalReader:
 
     def _close(self) -> None:
         if self._conn is not None:
-            self._conn.close()
+            if why_unwritable(self._shm):
+                abandon(self._conn)  # closing would store into the mapped -shm: SIGBUS
+            else:
+                self._conn.close()
             self._conn = None
 
 

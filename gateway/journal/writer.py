@@ -16,10 +16,14 @@ commits there is gone at the next start. So before and after every commit, and o
 compares each path's ``st_dev``/``st_ino`` with what it opened: a commit that landed in a file the path no longer
 names is not durable, so its receipts fail, and the writer stays failed closed until restarted (it never reopens a
 replaced file silently). It then copies what its open files still hold to ``journal.db.salvaged-<time>``, so the
-acknowledged entries survive, and tells ``on_lost``. The same check refuses to touch a file it may not write (an
-immutable or read-only ``-shm``): SQLite maps that file, and a store into a page the kernel refuses kills the
-process with SIGBUS, so checking first is how the writer fails closed instead (see ``_check_files`` for what it
-cannot cover).
+acknowledged entries survive, and tells ``on_lost``.
+
+Before every transaction (commit, probe, tail read) the writer also refuses to touch a file it may not write (an
+immutable, append-only or read-only ``-shm``, :mod:`gateway.journal.fileguard`): SQLite maps that file, and a
+store into a page the kernel refuses kills the process with SIGBUS, so checking first is how the writer fails
+closed instead. That state is transient: it is logged once, health turns NOT_SERVING, and the first commit or
+probe after the file is writable again clears it. A file made unwritable *during* a commit, after the check, can
+still raise SIGBUS in SQLite (docs/adr/0012-shm-faults.md).
 
 After commits, at most every ``head_interval_s``, and at close, the writer records the last acknowledged entry in
 the high-water mark beside the journal (:mod:`gateway.journal.head`); :meth:`JournalWriter.start` refuses a
@@ -44,6 +48,7 @@ from gateway import metrics
 from gateway.errors import ConfigError, JournalUnavailableError
 from gateway.ids import now_nanos as now_nanos  # noqa: PLC0414 - re-exported until every caller imports gateway.ids
 from gateway.journal.entry import ZERO_HASH, encode_entry, leaf_hash, signature_payload
+from gateway.journal.fileguard import abandon, why_unwritable
 from gateway.journal.head import HeadMark, read_head, rollback_error, write_head
 from gateway.journal.schema import DDL, SCHEMA_VERSION, STATE_DDL, insert_sql
 from gateway.signing import Ed25519Signer
@@ -61,6 +66,10 @@ class Receipt:
 
 class _JournalLostError(JournalUnavailableError):
     """A journal file the writer has open is no longer the one its path names (removed or replaced): permanent."""
+
+
+class _JournalUnwritableError(JournalUnavailableError):
+    """A journal file may not be written now, so nothing was attempted: transient, cleared once it is writable."""
 
 
 StateChange = tuple[str, tuple[Any, ...]]  # an SQL statement on the state tables and its parameters
@@ -104,6 +113,7 @@ class JournalWriter:
         # Told once, on the loop, why the journal files were lost (the writer stays failed closed): alerts.
         self._on_lost = on_lost
         self._lost = ""
+        self._unwritable = ""  # why a journal file may not be written, while that lasts (logged on change only)
         self._files = [path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")]
         self._identity: dict[Path, tuple[int, int]] = {}  # (st_dev, st_ino) of each file as opened
         # The high-water mark is rewritten (two fsyncs) at most this often, not per commit: see _maybe_write_head.
@@ -208,16 +218,28 @@ class JournalWriter:
             raise rollback_error(self.path, mark, found)
 
     def _check_files(self) -> None:
-        """On the writer thread: each journal file is still the one opened, and writable.
+        """On the writer thread, before a transaction: each journal file is still the one opened, and writable.
 
         Raises:
             _JournalLostError: a file was removed or replaced (permanent).
-            JournalUnavailableError: a file may not be written now (immutable, read-only volume): SQLite would
-                take SIGBUS storing into its mapped ``-shm``, so the commit is not attempted.
+            _JournalUnwritableError: a file may not be written now (immutable, append-only, read-only volume):
+                SQLite would take SIGBUS storing into its mapped ``-shm``, so the transaction is not attempted.
 
-        A file made unwritable *during* a commit, after this check, can still raise SIGBUS in SQLite: the check
-        narrows that window to one commit, it cannot close it (docs/adr/0011).
+        A file made unwritable *during* a transaction, after this check, can still raise SIGBUS in SQLite: the
+        check narrows that window to one transaction, it cannot close it (docs/adr/0012-shm-faults.md).
         """
+        self._check_identity()
+        for file in self._identity:
+            why = why_unwritable(file)
+            if why:
+                raise _JournalUnwritableError(
+                    f"journal file {file} is {why}: nothing is recorded (SQLite maps it and would crash storing "
+                    "into it); make it writable again (chattr -i, or remount the volume read-write) and recording "
+                    "resumes"
+                )
+
+    def _check_identity(self) -> None:
+        """Each journal file is still the one opened (after a commit: one into an unlinked file is not durable)."""
         for file, identity in self._identity.items():
             try:
                 stat = os.stat(file)
@@ -225,8 +247,6 @@ class JournalWriter:
                 raise _JournalLostError(f"journal file {file} was removed while open") from None
             if (stat.st_dev, stat.st_ino) != identity:
                 raise _JournalLostError(f"journal file {file} was replaced while open")
-            if not os.access(file, os.W_OK):
-                raise JournalUnavailableError(f"journal file {file} is not writable")
 
     def _read_tail(self) -> tuple[int, bytes]:
         if self._conn is None:
@@ -272,6 +292,9 @@ class JournalWriter:
                     await self._lose(loop, str(exc), [*batch, *self._pending])
                     self._pending.clear()
                     continue
+                except _JournalUnwritableError as exc:
+                    self._refuse_unwritable(str(exc), batch)  # nothing was attempted: no tail to re-read
+                    continue
                 except Exception as exc:
                     log.error("journal commit of %d entries failed: %s", len(batch), exc)
                     metrics.JOURNAL_COMMIT_FAILURES.inc()
@@ -281,6 +304,7 @@ class JournalWriter:
                             item.future.set_exception(JournalUnavailableError(str(exc)))
                     await self._resync(loop)
                     continue
+                self._writable_again()
                 if self._problem:
                     self._set_problem("")
                 self._last_commit = time.monotonic()
@@ -331,6 +355,22 @@ class JournalWriter:
         finally:
             copy.close()
         return target
+
+    def _refuse_unwritable(self, why: str, failed: Sequence[_Append]) -> None:
+        """Fails ``failed`` closed while a journal file may not be written: one log line per change, not per commit."""
+        metrics.JOURNAL_COMMIT_FAILURES.inc()
+        if why != self._unwritable:
+            self._unwritable = why
+            log.error("%s", why)
+        self._set_problem(why)
+        for item in failed:
+            if not item.future.done():
+                item.future.set_exception(JournalUnavailableError(why))
+
+    def _writable_again(self) -> None:
+        if self._unwritable:
+            log.warning("the journal files are writable again; recording resumes (was: %s)", self._unwritable)
+            self._unwritable = ""
 
     def _set_problem(self, problem: str) -> None:
         if self._lost and problem != self._lost:
@@ -391,8 +431,9 @@ class JournalWriter:
                     raise
         except sqlite3.Error as exc:
             raise JournalUnavailableError(f"commit failed: {exc}") from exc
-        # After the fsync, before any receipt resolves: a commit into an unlinked file is not durable.
-        self._check_files()
+        # After the fsync, before any receipt resolves: a commit into an unlinked file is not durable. (Whether
+        # the files are still writable does not matter here: what SQLite returned from is already durable.)
+        self._check_identity()
         self._observe(rows, started)
         self._maybe_write_head(rows[-1][0], rows[-1][3])
 
@@ -435,11 +476,14 @@ class JournalWriter:
                 await self._lose(loop, str(exc), self._pending)
                 self._pending.clear()
                 return
+            except _JournalUnwritableError as exc:
+                self._refuse_unwritable(str(exc), ())
             except (sqlite3.Error, OSError, JournalUnavailableError) as exc:
                 self._set_problem(f"write probe failed: {exc}")
             except RuntimeError:
                 return  # the executor shut down: closing
             else:
+                self._writable_again()
                 if self._problem:
                     self._set_problem("")
 
@@ -499,10 +543,22 @@ class JournalWriter:
     def _close(self) -> None:
         if self._conn is not None and not self._lost and self._next_seq - 1 > self._head_seq:
             try:
-                self._check_files()
+                self._check_identity()
                 write_head(self.path, HeadMark(self.origin, self._next_seq - 1, self._prev_hash))
             except (OSError, JournalUnavailableError) as exc:
                 log.warning("cannot update the journal's high-water mark at close: %s", exc)
-        if self._conn is not None:
-            self._conn.close()
+        if self._conn is None:
+            return
+        try:
+            self._check_files()
+        except _JournalUnwritableError as exc:
+            # Closing the last connection checkpoints through the mapped -shm: SIGBUS. The process is ending, and its
+            # exit releases the connection without storing anything; every acknowledged entry is already durable.
+            log.warning("journal connection left open for the process exit to release: %s", exc)
+            abandon(self._conn)
             self._conn = None
+            return
+        except _JournalLostError:
+            pass  # the files are unlinked or replaced, not unwritable: closing stores into our own mapping only
+        self._conn.close()
+        self._conn = None
