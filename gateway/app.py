@@ -422,7 +422,7 @@ def enable_fault_tracebacks() -> None:
     """A fatal signal (SIGBUS, SIGSEGV, ...) writes every thread's traceback to stderr, then ends the process.
 
     SQLite stores into the mapped ``-shm``; if that file turns immutable or read-only *during* a transaction (after
-    the journal's checks, docs/adr/0012-shm-faults.md) the store is SIGBUS. Without this the process vanishes with
+    the journal's checks, docs/adr/0014-shm-faults.md) the store is SIGBUS. Without this the process vanishes with
     no log line; with it the log says where, and the default action still ends the process for the supervisor to
     restart. faulthandler restores the default action before re-raising, so a fault can never turn into a loop of
     handler and re-fault (a handler that only returned would re-execute the faulting store forever: a hang).

@@ -4,7 +4,7 @@ SQLite maps the ``-shm`` file (the WAL index) shared and writable in every conne
 reader's. A store into a page of that mapping the kernel refuses (the file made immutable with ``chattr +i``,
 which also writes its pages back and write-protects them at once) raises SIGBUS in the storing thread, and no
 Python code can catch that: the process dies. So every connection asks :func:`why_unwritable` before each
-transaction and fails closed instead of letting SQLite store (docs/adr/0012-shm-faults.md).
+transaction and fails closed instead of letting SQLite store (docs/adr/0014-shm-faults.md).
 
 The attribute bits come from ``statx(2)`` by path, not from the ``FS_IOC_GETFLAGS`` ioctl: the ioctl needs an open
 descriptor, and closing any descriptor of a file drops every POSIX lock the process holds on it, SQLite's WAL and

@@ -23,7 +23,7 @@ immutable, append-only or read-only ``-shm``, :mod:`gateway.journal.fileguard`):
 store into a page the kernel refuses kills the process with SIGBUS, so checking first is how the writer fails
 closed instead. That state is transient: it is logged once, health turns NOT_SERVING, and the first commit or
 probe after the file is writable again clears it. A file made unwritable *during* a commit, after the check, can
-still raise SIGBUS in SQLite (docs/adr/0012-shm-faults.md).
+still raise SIGBUS in SQLite (docs/adr/0014-shm-faults.md).
 
 After commits, at most every ``head_interval_s``, and at close, the writer records the last acknowledged entry in
 the high-water mark beside the journal (:mod:`gateway.journal.head`); :meth:`JournalWriter.start` refuses a
@@ -226,7 +226,7 @@ class JournalWriter:
                 SQLite would take SIGBUS storing into its mapped ``-shm``, so the transaction is not attempted.
 
         A file made unwritable *during* a transaction, after this check, can still raise SIGBUS in SQLite: the
-        check narrows that window to one transaction, it cannot close it (docs/adr/0012-shm-faults.md).
+        check narrows that window to one transaction, it cannot close it (docs/adr/0014-shm-faults.md).
         """
         self._check_identity()
         for file in self._identity:
