@@ -22,7 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from gateway.cli import render
+from gateway.cli import connect, render
 from gateway.cli.exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, OperatorCallError
 from gateway.cli.filters import (
     event_filter,
@@ -252,7 +252,7 @@ def _search_collector(args: argparse.Namespace, flt: query.EventFilter) -> int:
     if not args.json:
         print(render.search_header(with_origin=True))
     found, token = 0, args.page_token or ""
-    with grpc.insecure_channel(args.collector) as channel:
+    with grpc.insecure_channel(connect.target(args.collector, "--collector")) as channel:
         stub = collector_pb2_grpc.CollectorServiceStub(channel)
         while True:
             request = operator_pb2.SearchEventsRequest(
@@ -266,9 +266,7 @@ def _search_collector(args: argparse.Namespace, flt: query.EventFilter) -> int:
             except grpc.RpcError as exc:
                 code = exc.code()
                 exit_code = EXIT_USAGE if code == grpc.StatusCode.INVALID_ARGUMENT else EXIT_FAILURE
-                raise OperatorCallError(
-                    f"collector {args.collector}: {code.name}: {exc.details()}", exit_code
-                ) from None
+                raise OperatorCallError(f"collector {connect.failure(exc, args.collector)}", exit_code) from None
             for event in reply.events:
                 found += 1
                 # The signed body itself (the Struct copy would turn every number into a float).
