@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -181,6 +182,78 @@ def test_policy_check_and_test_have_json(dev_here: DevHere) -> None:
     lines = [json.loads(line) for line in dev_here.cli("policy", "test", policy, cases, "--json").stdout.splitlines()]
     assert lines[-1]["failed"] == 0 and lines[-1]["passed"] == len(lines) - 1
     assert all(line["passed"] for line in lines[:-1])
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param(["events"], id="events"),
+        pytest.param(["search", "--limit", "1"], id="search"),
+        pytest.param(["export", "--limit", "1"], id="export"),
+        pytest.param(["tail", "-n", "1"], id="tail"),
+        pytest.param(["verify"], id="verify"),
+        pytest.param(["forwarder", "status"], id="forwarder-status"),
+        pytest.param(["trace", "run_default"], id="trace"),
+    ],
+)
+def test_journal_readers_default_to_the_dev_journal_and_say_which_file(dev_here: DevHere, command: list[str]) -> None:
+    with GatewayClient(dev_here.tcp) as client:
+        run = client.run("run_default", tenant_id="t_default", agent_id="a", actor=("user", "u_1"))
+        with run.guard("crm.lookup", {"customer_id": "c_1"}) as step:
+            step.output = {"ok": True}
+    done = dev_here.cli(*command)
+    assert done.returncode == 0, done.stderr
+    assert "agentaudit: reading ./.agentaudit/journal.db" in done.stderr.splitlines()
+
+
+def test_verify_with_the_dev_keys_by_default(dev_here: DevHere) -> None:
+    done = dev_here.cli("verify")
+    assert "agentaudit: using .agentaudit/signing.pub" in done.stderr
+    assert done.stdout.splitlines()[-1].startswith("journal OK: ")
+
+
+def test_verify_says_precisely_when_a_copy_lacks_its_wal(dev_here: DevHere) -> None:
+    shutil.copyfile(dev_here.cwd / ".agentaudit/journal.db", dev_here.cwd / "copied.db")
+    done = dev_here.cli("verify", "copied.db", "--public-key", ".agentaudit/signing.pub")
+    assert done.returncode == 2
+    assert "without its -wal file" in done.stderr and "agentaudit journal backup OUT" in done.stderr
+
+
+def test_backup_copies_a_running_journal_into_one_file_that_verifies(dev_here: DevHere) -> None:
+    done = dev_here.cli("journal", "backup", "backup.db")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("copied ") and done.stdout.splitlines()[-1].startswith("journal OK: ")
+    assert not (dev_here.cwd / "backup.db-wal").exists()
+    again = dev_here.cli("verify", "backup.db", "--public-key", ".agentaudit/signing.pub")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert dev_here.cli("journal", "backup", "backup.db").returncode == 2  # never overwrites
+
+
+def test_tamper_demo_shows_the_recipe_and_what_verify_says_leaving_the_journal_intact(dev_here: DevHere) -> None:
+    done = dev_here.cli("journal", "tamper-demo", "--output", "tampered.db")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "DROP TRIGGER journal_no_update;" in done.stdout and "AS BLOB" in done.stdout
+    assert "TAMPER EVIDENCE: " in done.stdout
+    assert dev_here.cli("verify").returncode == 0
+
+
+def test_a_run_bundle_is_written_and_verifies_offline(dev_here: DevHere) -> None:
+    made = dev_here.cli("bundle", "run_see_args", "-o", "run.aab")
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.startswith("wrote run.aab: run run_see_args, ")
+    checked = dev_here.cli("verify", "run.aab", "--public-key", ".agentaudit/signing.pub")
+    assert checked.returncode == 0, checked.stdout
+    assert checked.stdout.splitlines()[-1].startswith("bundle OK: run run_see_args")
+    as_json = json.loads(dev_here.cli("verify", "run.aab", "--public-key", ".agentaudit/signing.pub", "--json").stdout)
+    assert as_json["ok"] is True and as_json["run_id"] == "run_see_args"
+
+
+def test_a_chain_break_message_shows_where_the_two_hashes_differ() -> None:
+    from gateway.journal.check import _apart  # noqa: PLC0415
+
+    first, second = bytes(32), bytes(10) + b"\x01" + bytes(21)
+    shown = _apart(first, second)
+    assert shown[0] != shown[1] and all("(byte 10)" in text for text in shown)
 
 
 def test_piping_into_head_ends_without_a_traceback(dev_here: DevHere) -> None:

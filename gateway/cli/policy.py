@@ -21,9 +21,9 @@ def register(
     sub: argparse._SubParsersAction[argparse.ArgumentParser],
 ) -> argparse._SubParsersAction[argparse.ArgumentParser]:
     """``policy check`` and ``policy test``; returns the ``policy`` sub-commands for ``policy reload``."""
-    policy = sub.add_parser("policy", help="check or test a policy file offline").add_subparsers(
-        dest="policy_command", required=True, metavar="SUBCOMMAND"
-    )
+    policy = sub.add_parser(
+        "policy", help="check or test a policy file offline; reload a running sidecar's"
+    ).add_subparsers(dest="policy_command", required=True, metavar="SUBCOMMAND")
     p = policy.add_parser("check", help="validate a policy (exit 0 valid, 2 invalid with file, line and rule)")
     p.add_argument("file", help="policy YAML file")
     p.add_argument("--json", action="store_true", help="print one JSON object (valid, version, mode, counts)")
