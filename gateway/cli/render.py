@@ -87,6 +87,16 @@ def summary_line(seq: int, body: dict[str, Any]) -> str:
     return "  ".join(parts)
 
 
+def decision_line(body: dict[str, Any]) -> str:
+    """One decision as ``agentaudit dev`` prints it live: time, decision, reason, action, run/step, tenant."""
+    clock = str(body.get("timestamp", ""))[11:23]
+    run = f"{body.get('run_id', '-')}/{body.get('step_id', '-')}"
+    return printable(
+        f"{clock}  {body.get('decision', '?'):<17} {body.get('reason', ''):<22} {body.get('action', ''):<18} "
+        f"{run:<24} {body.get('tenant_id', '')}"
+    ).rstrip()
+
+
 def collector_json_line(origin: str, seq: int, body: dict[str, Any]) -> str:
     """The JSON-lines form of an event found on a collector: its origin and seq first, then the signed body."""
     return json.dumps({"origin": origin, "seq": seq, **body}, ensure_ascii=False, separators=(",", ":"))
