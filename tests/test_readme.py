@@ -31,8 +31,8 @@ def walkthrough_commands() -> list[str]:
     commands = []
     for block in re.findall(r"```sh\n(.*?)```", section, flags=re.S):
         joined = re.sub(r"\\\n\s*", " ", block)
-        for line in joined.splitlines():
-            line = line.strip()
+        for raw in joined.splitlines():
+            line = raw.strip()
             if line.startswith(".venv/bin/"):
                 commands.append(re.sub(r"\s+#.*$", "", line))
     return commands
