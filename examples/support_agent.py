@@ -26,6 +26,7 @@ from agentaudit_client import (
     ApprovalRequired,
     DecideResult,
     GatewayClient,
+    GatewayError,
     UnavailableError,
 )
 
@@ -54,7 +55,7 @@ def play(client: GatewayClient, run_id: str, flood_run_id: str) -> None:
             break
         allowed += 1
     retry = f"retry_after={stopped.retry_after:.3f}s" if stopped.retry_after is not None else ""
-    show(f"crm.search x{allowed + 1} (t_flood)", stopped, retry)
+    show(f"crm.search #{allowed + 1} (t_flood)", stopped, f"after {allowed} allowed {retry}".rstrip())
 
     run = client.run(run_id, tenant_id="t_42", agent_id=AGENT, actor=ACTOR)
 
@@ -67,14 +68,16 @@ def play(client: GatewayClient, run_id: str, flood_run_id: str) -> None:
         create_refund(order_id="o_1", amount=250, customer={"email": "ann@example.com"})
     except ApprovalRequired as pending:
         show("refund.create (t_42)", pending.result, f"approval={pending.approval_id}")
+    except ActionStopped as denied:  # e.g. a kill switch engaged for t_42 (the README's drill)
+        show("refund.create (t_42)", denied.result, "(stopped)")
 
     # (c) A lookup is allowed: the block runs and its output and duration are reported.
     args = {"customer_id": "c_7", "phone": "+15551234567"}
     try:
         with run.guard("crm.lookup", args) as step:
             step.output = lookup_customer(**args)
-    except ActionStopped as denied:
-        show("crm.lookup (t_42)", denied.result, "(unexpected)")
+    except ActionStopped as denied:  # a kill switch, or a policy changed to stop lookups
+        show("crm.lookup (t_42)", denied.result, "(stopped)")
     else:
         reported = f"reported={step.report.event_id}" if step.report else ""
         show("crm.lookup (t_42)", step.decision, reported)
@@ -100,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--target",
         default="unix://" + os.path.abspath(".agentaudit/gateway.sock"),
-        help="sidecar address: unix:///abs/path.sock or HOST:PORT (default: %(default)s)",
+        help="sidecar address: unix:///abs/path.sock, unix:relative/path.sock or HOST:PORT (default: %(default)s)",
     )
     parser.add_argument(
         "--journal",
@@ -118,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
             play(client, run_id, flood_run_id)
     except UnavailableError as exc:
         print(f"cannot reach the sidecar at {options.target} ({exc}); is `agentaudit dev` running?")
+        return 1
+    except GatewayError as exc:  # any other refusal: one line, never a traceback
+        print(f"the sidecar refused a call: {exc}")
         return 1
 
     if not options.no_events:

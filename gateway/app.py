@@ -356,8 +356,11 @@ class Sidecar:
                 prepare_unix_socket(Path(address[len("unix://") :]))
             try:
                 port = server.add_secure_port(address, tls) if tls and not unix else server.add_insecure_port(address)
-            except RuntimeError as exc:
-                raise ConfigError(f"cannot listen on {address}: {exc}") from exc
+            except RuntimeError as exc:  # gRPC's own text only says to set GRPC_VERBOSITY; say what to do instead
+                hint = "another process holds it" if not unix else "the socket's directory is not writable"
+                raise ConfigError(
+                    f"cannot listen on {address}: {hint} (stop it, or choose another address with --listen)"
+                ) from exc
             if port == 0:
                 raise ConfigError(f"cannot listen on {address} (address in use?)")
             bound.append(f"{address.rsplit(':', 1)[0]}:{port}" if not unix and address.endswith(":0") else address)

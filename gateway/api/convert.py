@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from google.protobuf import duration_pb2
 
-from agentaudit.v1 import gateway_pb2, types_pb2
+from agentaudit.v1 import gateway_pb2, operator_pb2, types_pb2
 from gateway.policy.model import Verdict
 from gateway.sidecar.approvals import DENIED, EXPIRED, GRANTED, PENDING, Approval
 from gateway.sidecar.decider import Answer
@@ -54,3 +57,18 @@ def wait_approval_response(approval: Approval) -> gateway_pb2.WaitApprovalRespon
     comment are never returned there (docs/operator.md); operators read them through ListApprovals.
     """
     return gateway_pb2.WaitApprovalResponse(state=APPROVAL_STATES[approval.state])
+
+
+def add_approval_details(message: operator_pb2.Approval, pre_event: Mapping[str, Any], previous_steps: int) -> None:
+    """Fills the Approval fields that show what is approved, from the signed pre-event that asked for it.
+
+    The arguments are the journaled ones: a redacted value was never stored, only its path (``redacted_paths``).
+    """
+    args = pre_event.get("args")
+    if isinstance(args, Mapping):
+        message.args.update(args)
+    paths = pre_event.get("redacted_paths")
+    if isinstance(paths, list):
+        message.redacted_paths.extend(str(p) for p in paths)
+    message.reason = str(pre_event.get("reason") or "")
+    message.previous_steps = previous_steps

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -16,7 +17,7 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from agentaudit.v1 import operator_pb2, types_pb2
-from gateway.api.convert import APPROVAL_STATES
+from gateway.api.convert import APPROVAL_STATES, add_approval_details
 from gateway.errors import (
     ConfigError,
     FieldViolation,
@@ -26,6 +27,7 @@ from gateway.errors import (
     UnauthenticatedError,
 )
 from gateway.identity import Operator
+from gateway.journal.entry import HEADER_SIZE
 from gateway.journal.query import EventFilter
 from gateway.journal.state import PENDING, Approval, EngagedSwitch
 from gateway.journal.store import JournalReader, SignedEvent
@@ -195,7 +197,21 @@ class OperatorServicer:
     async def list_approvals(self, request: operator_pb2.ListApprovalsRequest, operator: Operator) -> Any:
         state = _STATE_NAMES.get(request.state, PENDING)
         approvals = await self._approvals.list(state, request.tenant_id, request.limit)
-        return operator_pb2.ListApprovalsResponse(approvals=[approval_message(a) for a in approvals])
+        return operator_pb2.ListApprovalsResponse(approvals=[await self._detailed(a) for a in approvals])
+
+    async def _detailed(self, approval: Approval) -> operator_pb2.Approval:
+        """The approval with what it approves, read from its pre-event (an approver must see the arguments)."""
+        message = approval_message(approval)
+        event = await self._reader.find_event(approval.event_id)
+        if event is None:  # pruned by retention: the approval itself is still listed
+            return message
+        entries = await self._reader.signed_entries(event.seq, event.seq + 1)
+        if not entries:
+            return message
+        body = json.loads(entries[0].entry[HEADER_SIZE:])
+        previous = await self._reader.count_pre_events_before([approval.run_id], event.seq)
+        add_approval_details(message, body, previous.get(approval.run_id, 0))
+        return message
 
     async def _resolve(self, request: Any, operator: Operator, grant: bool) -> tuple[Approval, str]:
         _text("approval_id", request.approval_id, 128, required=True)

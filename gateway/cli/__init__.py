@@ -7,9 +7,11 @@ everything printed is rendered by :mod:`gateway.cli.render`.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
+from gateway.cli.connect import quiet_grpc_logging
 from gateway.cli.exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, OperatorCallError
 from gateway.cli.journal import READERS
 from gateway.cli.parser import build_parser
@@ -18,9 +20,12 @@ from gateway.errors import AgentAuditError, ConfigError, JournalError
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``agentaudit`` console script: runs one command and maps its failure to an exit code."""
+    quiet_grpc_logging()  # before any command imports gRPC: its core reads the variable once
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)
+        # Flushed here, inside the handler below: a reader that hung up (`| head`) ends the command quietly.
+        sys.stdout.flush()
     except ConfigError as exc:
         print(f"agentaudit: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -34,7 +39,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"agentaudit: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except BrokenPipeError:
+        _discard_stdout()
         return EXIT_OK
     except KeyboardInterrupt:
         return EXIT_FAILURE
     return code
+
+
+def _discard_stdout() -> None:
+    """Points stdout at /dev/null after the reader hung up, so the interpreter's final flush cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)

@@ -74,7 +74,9 @@ def seconds(value: str) -> float:
 def journal_file_flag() -> argparse.ArgumentParser:
     """A parent parser with the positional JOURNAL file of the read-only commands."""
     parent = argparse.ArgumentParser(add_help=False)
-    parent.add_argument("journal", help="journal database file (journal.db); read-only, may be in use")
+    parent.add_argument(
+        "journal", nargs="?", help="journal database file (default: .agentaudit/journal.db); read-only, may be in use"
+    )
     return parent
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from gateway.cli import render
+from gateway.cli import connect, defaults, evidence, render
 from gateway.cli.exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, OperatorCallError
 from gateway.cli.filters import (
     event_filter,
@@ -35,7 +35,8 @@ from gateway.cli.filters import (
 )
 from gateway.errors import ConfigError, JournalError, JournalUnavailableError
 from gateway.journal import query
-from gateway.journal.entry import HEADER_SIZE
+from gateway.journal.bundle import is_bundle
+from gateway.journal.entry import HEADER_SIZE, EventKind
 from gateway.journal.state import forwarder_backlog
 from gateway.journal.store import connect_readonly, iter_bodies, iter_operator_context
 from gateway.journal.trace import CONTEXT_KINDS, build_trace, verification_from_report
@@ -54,7 +55,7 @@ def register_forwarder(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         dest="forwarder_command", required=True, metavar="SUBCOMMAND"
     )
     p = forwarder.add_parser("status", help="backlog of a journal: entries not yet acknowledged by the collector")
-    p.add_argument("journal", help="journal database file (journal.db)")
+    p.add_argument("journal", nargs="?", help=defaults.JOURNAL_HELP)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_forwarder_status)
 
@@ -63,7 +64,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``verify``, ``events``, ``trace``, ``export``, ``search`` and ``tail``, in the order --help lists them."""
     _register_verify(sub)
     p = sub.add_parser("events", help="print journal events as JSON lines (signed bodies with their seq)")
-    p.add_argument("journal", help="journal database file (journal.db)")
+    p.add_argument("journal", nargs="?", help=defaults.JOURNAL_HELP)
     p.add_argument("--run-id", help="only events of this run")
     p.add_argument("--kind", help="only events of this kind (pre_exec, post_exec, violation, ...)")
     p.set_defaults(func=cmd_events)
@@ -89,9 +90,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _register_verify(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("verify", help="verify a journal offline (exit 0 intact, 1 tamper evidence, 2 error)")
-    p.add_argument("journal", help="journal database file (journal.db)")
-    p.add_argument("--public-key", action="append", required=True, metavar="KEY", help="signing.pub (repeatable)")
+    p = sub.add_parser(
+        "verify", help="verify a journal or an evidence bundle offline (exit 0 intact, 1 tamper evidence, 2 error)"
+    )
+    p.add_argument("journal", nargs="?", help=f"journal file or evidence bundle (default: {defaults.DEFAULT_JOURNAL})")
+    p.add_argument(
+        "--public-key",
+        action="append",
+        metavar="KEY",
+        help="signing.pub (repeatable; default: signing.pub beside the journal, and then witness.pub too)",
+    )
     p.add_argument("--origin", help="expected origin (default: the public key's name)")
     p.add_argument(
         "--witness-key", action="append", metavar="KEY", help="collector (witness) public key file (repeatable)"
@@ -115,7 +123,7 @@ def _register_trace(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "1 the run has anomalies (gate scripts on it), 2 unknown run or unreadable journal.",
     )
     p.add_argument("run_id", metavar="RUN_ID", help="the run to trace")
-    p.add_argument("--journal", default=".agentaudit/journal.db", help="journal file (default: .agentaudit/journal.db)")
+    p.add_argument("--journal", help=f"journal file (default: {defaults.DEFAULT_JOURNAL}, and its dev signing.pub)")
     p.add_argument(
         "--public-key", action="append", metavar="KEY", help="verify the journal with signing.pub (repeatable)"
     )
@@ -127,7 +135,7 @@ def _register_search(
     sub: argparse._SubParsersAction[argparse.ArgumentParser], filters: argparse.ArgumentParser
 ) -> None:
     p = sub.add_parser("search", parents=[filters], help="find events by run, tenant, decision, reason, time, ...")
-    p.add_argument("journal", nargs="?", help="journal database file (journal.db); read-only, may be in use")
+    p.add_argument("journal", nargs="?", help=defaults.JOURNAL_HELP)
     p.add_argument("--collector", metavar="ADDRESS", help="search a collector (HOST:PORT) instead of a journal file")
     p.add_argument("--origin", type=nonempty, metavar="ORIGIN", help="only this journal (with --collector)")
     p.add_argument("--page-token", metavar="TOKEN", help="continue from a previous page (with --collector)")
@@ -143,31 +151,46 @@ def _register_search(
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    """``agentaudit verify``: exit 0 intact, 1 tamper evidence."""
-    verifiers = [load_verifier(Path(p)) for p in args.public_key]
-    witnesses = [load_verifier(Path(p)) for p in args.witness_key or []]
+    """``agentaudit verify``: exit 0 intact, 1 tamper evidence (a journal, or an evidence bundle)."""
+    path = defaults.journal(args.journal)
+    if is_bundle(path):
+        return evidence.verify_bundle_file(path, args)
+    public_keys, witness_keys = args.public_key or [], args.witness_key or []
+    if not public_keys:  # the dev keys beside the journal, as `agentaudit dev` made them
+        dev_keys = [
+            defaults.dev_key(path, "signing.pub"),
+            None if witness_keys else defaults.dev_key(path, "witness.pub"),
+        ]
+        if dev_keys[0] is None:
+            raise ConfigError(f"give --public-key KEY (no signing.pub beside {path})")
+        public_keys, witness_keys = [str(dev_keys[0])], witness_keys or [str(k) for k in dev_keys[1:] if k]
+    verifiers = [load_verifier(Path(p)) for p in public_keys]
+    witnesses = [load_verifier(Path(p)) for p in witness_keys]
     anchors = []
     for anchor in args.anchor or []:
         try:
             anchors.append(Path(anchor).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read anchor {anchor}: {exc}") from exc
-    report = verify_journal(Path(args.journal), verifiers, origin=args.origin, witnesses=witnesses, anchors=anchors)
+    incomplete = defaults.explain_incomplete_copy(path)
+    if incomplete:
+        raise ConfigError(incomplete)
+    report = verify_journal(path, verifiers, origin=args.origin, witnesses=witnesses, anchors=anchors)
     print(json.dumps(report.to_json()) if args.json else render.format_report(report))
     return EXIT_OK if report.ok else EXIT_FAILURE
 
 
 def cmd_events(args: argparse.Namespace) -> int:
     """``agentaudit events``: every (matching) event as a JSON line."""
-    for seq, body in iter_bodies(Path(args.journal), run_id=args.run_id, kind=args.kind):
+    for seq, body in iter_bodies(defaults.journal(args.journal), run_id=args.run_id, kind=args.kind):
         print(render.json_line(seq, body))
     return EXIT_OK
 
 
-def _open(journal: str) -> sqlite3.Connection:
-    """The journal opened read-only; a file that cannot be opened is a usage error (the file named is the input)."""
+def _open(journal: str | None) -> sqlite3.Connection:
+    """The journal (default ./.agentaudit/journal.db) opened read-only; one that cannot be opened is a usage error."""
     try:
-        return connect_readonly(Path(journal))
+        return connect_readonly(defaults.journal(journal))
     except JournalUnavailableError as exc:
         raise ConfigError(str(exc)) from exc
 
@@ -195,8 +218,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         if args.journal or args.after is not None:
             raise ConfigError("--collector searches the collector: give no JOURNAL file and no --after")
         return _search_collector(args, flt)
-    if not args.journal or args.page_token or args.origin:
-        raise ConfigError("give a JOURNAL file, or --collector ADDRESS (--page-token and --origin need --collector)")
+    if args.page_token or args.origin:
+        raise ConfigError("--page-token and --origin need --collector ADDRESS")
     conn = _open(args.journal)
     try:
         found = 0
@@ -252,7 +275,7 @@ def _search_collector(args: argparse.Namespace, flt: query.EventFilter) -> int:
     if not args.json:
         print(render.search_header(with_origin=True))
     found, token = 0, args.page_token or ""
-    with grpc.insecure_channel(args.collector) as channel:
+    with grpc.insecure_channel(connect.target(args.collector, "--collector")) as channel:
         stub = collector_pb2_grpc.CollectorServiceStub(channel)
         while True:
             request = operator_pb2.SearchEventsRequest(
@@ -266,9 +289,7 @@ def _search_collector(args: argparse.Namespace, flt: query.EventFilter) -> int:
             except grpc.RpcError as exc:
                 code = exc.code()
                 exit_code = EXIT_USAGE if code == grpc.StatusCode.INVALID_ARGUMENT else EXIT_FAILURE
-                raise OperatorCallError(
-                    f"collector {args.collector}: {code.name}: {exc.details()}", exit_code
-                ) from None
+                raise OperatorCallError(f"collector {connect.failure(exc, args.collector)}", exit_code) from None
             for event in reply.events:
                 found += 1
                 # The signed body itself (the Struct copy would turn every number into a float).
@@ -333,8 +354,11 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 def cmd_trace(args: argparse.Namespace) -> int:
     """``agentaudit trace``: exit 0 clean, 1 the run has anomalies, 2 unknown run or unreadable journal."""
-    path = Path(args.journal)
-    verifiers = [load_verifier(Path(p)) for p in args.public_key or []]
+    path = defaults.journal(args.journal)
+    public_keys = args.public_key or []
+    if not public_keys and not args.journal:  # the dev journal: verify with its dev key
+        public_keys = [str(key)] if (key := defaults.dev_key(path, "signing.pub")) else []
+    verifiers = [load_verifier(Path(p)) for p in public_keys]
     try:
         # The run_id index serves the run; operator events (few) come through their partial index.
         events = [{"seq": seq, **body} for seq, body in iter_bodies(path, run_id=args.run_id)]
@@ -360,11 +384,17 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
 def cmd_forwarder_status(args: argparse.Namespace) -> int:
     """``agentaudit forwarder status``: how far the collector has acknowledged this journal."""
-    conn = connect_readonly(Path(args.journal))
+    conn = connect_readonly(defaults.journal(args.journal))
     try:
         progress = forwarder_backlog(conn)
+        # The collector's cosignature of the last batch is journaled after that batch was acknowledged, so the
+        # newest entry is usually such a receipt waiting for the next batch: counted, and said, apart.
+        unsent_kinds = [
+            row[0] for row in conn.execute("SELECT kind FROM journal WHERE seq >= ?", (progress.acked_size,))
+        ]
     finally:
         conn.close()
+    receipts = sum(kind == EventKind.COSIGNATURE.label for kind in unsent_kinds)
     size, acked = progress.journal_size, progress.acked_size
     oldest = progress.oldest_unsent_ns
     age_s = (time.time_ns() - oldest) / 1e9 if oldest is not None else 0.0
@@ -373,9 +403,16 @@ def cmd_forwarder_status(args: argparse.Namespace) -> int:
         "acked_size": acked,
         "backlog": progress.backlog,
         "oldest_unsent_age_s": round(age_s, 3),
+        "unsent_receipts": receipts,
     }
     if args.json:
         print(json.dumps(report))
     else:
-        print(f"forwarded {acked} of {size} entries; backlog {progress.backlog} (oldest unsent {age_s:.1f} s old)")
+        line = f"forwarded {acked} of {size} entries; backlog {progress.backlog} (oldest unsent {age_s:.1f} s old)"
+        if receipts and receipts == progress.backlog:
+            line += (
+                f"\n  {'the unsent entry is' if receipts == 1 else f'all {receipts} unsent entries are'} the "
+                "collector's cosignature receipt of what it acknowledged; it is forwarded with the next batch"
+            )
+        print(line)
     return EXIT_OK

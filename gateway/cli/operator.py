@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from gateway.cli import render
+from gateway.cli import connect, render
 from gateway.cli.exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, OperatorCallError
 from gateway.errors import ConfigError
 
@@ -27,7 +27,8 @@ def _operator_flags() -> argparse.ArgumentParser:
     flags.add_argument(
         "--operator",
         metavar="ADDRESS",
-        help="operator API (default: $AGENTAUDIT_OPERATOR_ADDRESS or unix://./.agentaudit/operator.sock)",
+        help="operator API: unix:///abs/path.sock, unix:relative/path.sock or HOST:PORT "
+        "(default: $AGENTAUDIT_OPERATOR_ADDRESS or unix:.agentaudit/operator.sock)",
     )
     flags.add_argument(
         "--token-file", help="bearer token file (default: $AGENTAUDIT_OPERATOR_TOKEN or ./.agentaudit/operator.token)"
@@ -64,6 +65,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         p.add_argument("--reason", required=name == "engage", help="why (journaled)")
         p.set_defaults(func=cmd_kill_switch)
     p = switch.add_parser("status", parents=[operator_flags], help="list engaged kill switches")
+    p.add_argument("--json", action="store_true", help="one JSON object per engaged switch, one a line")
     p.set_defaults(func=cmd_kill_switch)
 
     recovery = sub.add_parser("recovery", help="accept a detected journal rollback").add_subparsers(
@@ -104,9 +106,8 @@ def _operator_call(args: argparse.Namespace, method: str, **fields: Any) -> Any:
 
     from agentaudit.v1 import operator_pb2, operator_pb2_grpc  # noqa: PLC0415
 
-    address = (
-        args.operator or os.environ.get("AGENTAUDIT_OPERATOR_ADDRESS") or f"unix://{DEFAULT_OPERATOR_SOCKET.resolve()}"
-    )
+    address = args.operator or os.environ.get("AGENTAUDIT_OPERATOR_ADDRESS") or f"unix:{DEFAULT_OPERATOR_SOCKET}"
+    channel_target = connect.target(address, "--operator")
     token = _token(args)
     metadata = [("authorization", f"Bearer {token}")] if token else []
     if args.tls_ca:
@@ -114,9 +115,9 @@ def _operator_call(args: argparse.Namespace, method: str, **fields: Any) -> Any:
             ca, key, cert = (Path(p).read_bytes() if p else None for p in (args.tls_ca, args.tls_key, args.tls_cert))
         except OSError as exc:
             raise ConfigError(f"cannot read {exc.filename}: {exc.strerror}") from exc
-        channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(ca, key, cert))
+        channel = grpc.secure_channel(channel_target, grpc.ssl_channel_credentials(ca, key, cert))
     else:
-        channel = grpc.insecure_channel(address)
+        channel = grpc.insecure_channel(channel_target)
     request = getattr(operator_pb2, f"{method}Request")(**fields)
     with channel:
         stub = operator_pb2_grpc.OperatorServiceStub(channel)
@@ -129,7 +130,7 @@ def _operator_call(args: argparse.Namespace, method: str, **fields: Any) -> Any:
                 if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED)
                 else EXIT_FAILURE
             )
-            raise OperatorCallError(f"{code.name}: {exc.details()}", exit_code) from None
+            raise OperatorCallError(connect.failure(exc, address), exit_code) from None
 
 
 def cmd_approvals(args: argparse.Namespace) -> int:
@@ -165,6 +166,10 @@ def cmd_kill_switch(args: argparse.Namespace) -> int:
     """``agentaudit kill-switch engage|release|status``."""
     if args.switch_command == "status":
         reply = _operator_call(args, "ListKillSwitches")
+        if args.json:
+            for s in reply.kill_switches:
+                print(render.json_object(render.kill_switch_record(s)))
+            return EXIT_OK
         if not reply.kill_switches:
             print("no kill switch engaged")
         for s in reply.kill_switches:

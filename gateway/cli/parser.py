@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from gateway import __version__
-from gateway.cli import health, journal, mcp, operator, policy, redact_check, serve
+from gateway.cli import evidence, health, journal, mcp, operator, policy, redact_check, serve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     journal.register_forwarder(sub)
     serve.register_keygen(sub)
     journal.register(sub)
+    evidence.register_bundle(sub)
+    evidence.register_journal(sub)
     operator.register_policy_reload(policy.register(sub))
     redact_check.register(sub)
     mcp.register(sub)

@@ -87,6 +87,16 @@ def summary_line(seq: int, body: dict[str, Any]) -> str:
     return "  ".join(parts)
 
 
+def decision_line(body: dict[str, Any]) -> str:
+    """One decision as ``agentaudit dev`` prints it live: time, decision, reason, action, run/step, tenant."""
+    clock = str(body.get("timestamp", ""))[11:23]
+    run = f"{body.get('run_id', '-')}/{body.get('step_id', '-')}"
+    return printable(
+        f"{clock}  {body.get('decision', '?'):<17} {body.get('reason', ''):<22} {body.get('action', ''):<18} "
+        f"{run:<24} {body.get('tenant_id', '')}"
+    ).rstrip()
+
+
 def collector_json_line(origin: str, seq: int, body: dict[str, Any]) -> str:
     """The JSON-lines form of an event found on a collector: its origin and seq first, then the signed body."""
     return json.dumps({"origin": origin, "seq": seq, **body}, ensure_ascii=False, separators=(",", ":"))
@@ -328,25 +338,109 @@ def when(ts: Timestamp) -> str:
     return ts.ToDatetime().strftime("%Y-%m-%d %H:%M:%SZ") if ts.seconds else "-"
 
 
-def approval_json_line(approval: Approval) -> str:
-    """An approval as one JSON line, in protobuf's JSON mapping with the .proto field names."""
+def json_object(value: Mapping[str, Any]) -> str:
+    """Any other ``--json`` output: one compact JSON object in the CLI's one vocabulary (docs/cli.md).
+
+    snake_case keys; enum values as lower-case names (``pending``, ``tenant``), never protobuf's prefixed ones;
+    counts, seqs and step ids as JSON numbers; times as RFC 3339 UTC strings, ``null`` when unset.
+    """
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _enum_name(message: Any, field: str, prefix: str) -> str:
+    """An enum field's value by its lower-case name without ``prefix``, from the message's own descriptor."""
+    enum = message.DESCRIPTOR.fields_by_name[field].enum_type
+    assert enum is not None
+    return str(enum.values_by_number[getattr(message, field)].name).removeprefix(prefix).lower()
+
+
+def _rfc3339(ts: Timestamp) -> str | None:
+    return str(ts.ToJsonString()) if ts.seconds or ts.nanos else None
+
+
+def _plain(value: Any) -> Any:
+    """A protobuf Struct value back to JSON as journaled: whole doubles as integers (Struct has no integers)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def approval_record(approval: Approval) -> dict[str, Any]:
+    """An approval in the CLI's JSON vocabulary: what is asked for, by whom, and (when resolved) who decided."""
     # Imported here, the one protobuf import of this module: the offline commands render with it too.
     from google.protobuf import json_format  # noqa: PLC0415
 
-    return json_format.MessageToJson(approval, indent=None, preserving_proto_field_name=True)
+    return {
+        "approval_id": approval.approval_id,
+        "state": _enum_name(approval, "state", "APPROVAL_STATE_"),
+        "tenant_id": approval.tenant_id,
+        "run_id": approval.run_id,
+        "step_id": approval.step_id,
+        "previous_steps": approval.previous_steps,
+        "agent_id": approval.agent_id,
+        "actor": {"type": _enum_name(approval.actor, "type", "ACTOR_TYPE_"), "id": approval.actor.id},
+        "action": approval.action,
+        "args": _plain(json_format.MessageToDict(approval.args)),
+        "redacted_paths": list(approval.redacted_paths),
+        "reason": approval.reason,
+        "policy_rule": approval.policy_rule,
+        "approvers": list(approval.approvers),
+        "action_key": approval.action_key,
+        "event_id": approval.event_id,
+        "created_at": _rfc3339(approval.created_at),
+        "expires_at": _rfc3339(approval.expires_at),
+        "resolved_by": approval.resolved_by or None,
+        "resolved_at": _rfc3339(approval.resolved_at),
+        "comment": approval.comment or None,
+        "used": approval.used,
+    }
+
+
+def approval_json_line(approval: Approval) -> str:
+    """An approval as one JSON line (:func:`approval_record`)."""
+    return json_object(approval_record(approval))
 
 
 def approvals_table(approvals: Sequence[Approval], state: str) -> list[str]:
-    """``agentaudit approvals``: a header and one row per approval, or one line saying there is none."""
+    """``agentaudit approvals``: per approval a row, then what it approves (the redacted arguments, the reason, the
+    run's earlier steps) and, once resolved, who resolved it, when, and why; or one line saying there is none."""
     if not approvals:
         return [f"no {state} approvals"]
-    rows = [f"{'APPROVAL':<31} {'TENANT':<12} {'RUN':<20} {'ACTION':<18} {'RULE':<24} {'EXPIRES':<20} REQUESTED BY"]
-    rows += [
-        f"{a.approval_id:<31} {a.tenant_id:<12} {a.run_id:<20} {a.action:<18} {a.policy_rule:<24} "
-        f"{when(a.expires_at):<20} {a.actor.id or '-'}"
-        for a in approvals
+    rows = [
+        f"{'APPROVAL':<31} {'TENANT':<12} {'RUN':<20} {'STEP':>4}  {'ACTION':<18} {'RULE':<24} {'EXPIRES':<20} "
+        "REQUESTED BY"
     ]
+    for a in approvals:
+        record = approval_record(a)
+        requester = f"{record['actor']['type']}:{a.actor.id}" if a.actor.id else "-"
+        rows.append(
+            f"{printable(a.approval_id):<31} {printable(a.tenant_id):<12} {printable(a.run_id):<20} {a.step_id:>4}  "
+            f"{printable(a.action):<18} {printable(a.policy_rule):<24} {when(a.expires_at):<20} "
+            f"{printable(requester)} via {printable(a.agent_id or '-')}"
+        )
+        args = printable(json.dumps(record["args"], ensure_ascii=False, separators=(",", ":")))
+        rows.append(f"    args {args}")
+        redacted = ", ".join(printable(p) for p in a.redacted_paths) or "none"
+        rows.append(f"    reason {printable(a.reason or '-')}; redacted {redacted}; {a.previous_steps} earlier step(s)")
+        if a.resolved_by:
+            comment = f": {_quote(a.comment)}" if a.comment else ""
+            rows.append(f"    resolved by {printable(a.resolved_by)} at {when(a.resolved_at)}{comment}")
     return rows
+
+
+def kill_switch_record(switch: KillSwitch) -> dict[str, Any]:
+    """A kill switch in the CLI's JSON vocabulary."""
+    return {
+        "scope": _enum_name(switch, "scope", "KILL_SWITCH_SCOPE_"),
+        "target": switch.target or None,
+        "reason": switch.reason,
+        "engaged_by": switch.engaged_by,
+        "engaged_at": _rfc3339(switch.engaged_at),
+    }
 
 
 def kill_switch_row(switch: KillSwitch) -> str:
@@ -357,6 +451,16 @@ def kill_switch_row(switch: KillSwitch) -> str:
     scope = scope_enum.values_by_number[switch.scope].name.removeprefix("KILL_SWITCH_SCOPE_").lower()
     since = when(switch.engaged_at)
     return f"{scope:<7} {switch.target or '*':<24} by {switch.engaged_by:<24} since {since:<20} {switch.reason}"
+
+
+def case_record(result: CaseResult) -> dict[str, Any]:
+    """One ``policy test`` case in the CLI's JSON vocabulary: its name, whether it passed, what was expected and got."""
+    return {
+        "name": result.name,
+        "passed": result.passed,
+        "expected": dict(result.expected),
+        "actual": dict(result.actual),
+    }
 
 
 def policy_test_lines(results: Sequence[CaseResult]) -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -28,8 +29,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("agentaudit")
 
 
-_LISTEN_HELP = "address to serve on: unix:///path or HOST:PORT (repeatable; replaces the configured ones)"
-_OPERATOR_LISTEN_HELP = "operator API address: unix:///path or HOST:PORT (repeatable; replaces operator.listen)"
+_LISTEN_HELP = (
+    "address to serve on: unix:///abs/path.sock, unix:relative/path.sock or HOST:PORT "
+    "(repeatable; replaces the configured ones)"
+)
+_OPERATOR_LISTEN_HELP = "operator API address, in the same forms (repeatable; replaces operator.listen)"
+# How often `agentaudit dev` looks for new decisions to print: fast enough to read as live.
+_DECISION_POLL_S = 0.2
 
 
 def register_sidecar(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -38,6 +44,7 @@ def register_sidecar(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p.add_argument("--dir", default=".agentaudit", help="working directory (default: ./.agentaudit)")
     p.add_argument("--listen", action="append", metavar="ADDRESS", help=_LISTEN_HELP)
     p.add_argument("--operator-listen", action="append", metavar="ADDRESS", help=_OPERATOR_LISTEN_HELP)
+    p.add_argument("-q", "--quiet", action="store_true", help="do not print a line per decision")
     p.set_defaults(func=cmd_dev)
 
     p = sub.add_parser("serve", help="run the sidecar from a configuration file")
@@ -85,7 +92,10 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
     directory = Path(args.dir).resolve()
     return _serve(
-        lambda: devenv.prepare(directory, args.listen, _env(), args.operator_listen), banner=True, directory=directory
+        lambda: devenv.prepare(directory, args.listen, _env(), args.operator_listen),
+        banner=True,
+        directory=directory,
+        decisions=not args.quiet,
     )
 
 
@@ -102,7 +112,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
 
 
-def _serve(cfg_loader: Callable[[], tuple[Config, Sequence[str]]], banner: bool, directory: Path | None = None) -> int:
+def _serve(
+    cfg_loader: Callable[[], tuple[Config, Sequence[str]]],
+    banner: bool,
+    directory: Path | None = None,
+    decisions: bool = False,
+) -> int:
     """Runs the sidecar until SIGINT/SIGTERM."""
     from gateway import app  # noqa: PLC0415 - see the module docstring
 
@@ -121,8 +136,11 @@ def _serve(cfg_loader: Callable[[], tuple[Config, Sequence[str]]], banner: bool,
             if banner:
                 assert directory is not None
                 _print_dev_banner(cfg, sidecar.bound, sidecar.operator_bound, created, directory)
+            printer = asyncio.create_task(_print_decisions(cfg.journal.path, stop)) if decisions else None
             await stop.wait()
             log.info("shutting down")
+            if printer is not None:
+                await printer
         finally:
             await sidecar.aclose()
 
@@ -144,7 +162,10 @@ def _print_dev_banner(
     print("connect:")
     print("  python: from agentaudit_client import GatewayClient; GatewayClient(" + repr(bound[0]) + ")")
     print(f"  example: python examples/support_agent.py --target {bound[0]}")
-    print(f"  grpcurl: grpcurl -plaintext {next((b for b in bound if not b.startswith('unix')), bound[0])} list")
+    tcp = next((b for b in bound if not b.startswith("unix")), None)
+    if tcp:  # buf ships in the venv (the buf-bin wheel); grpcurl usually is not installed
+        buf = Path(sys.executable).parent / "buf"
+        print(f"  buf curl: {buf} curl --protocol grpc --http2-prior-knowledge --list-methods http://{tcp}")
     if operator:
         token = directory / "operator.token"
         flags = f"--operator {operator[0]} --token-file {token}"
@@ -161,6 +182,37 @@ def _print_dev_banner(
         print(f"  agentaudit forwarder status {cfg.journal.path}")
     print(f"  agentaudit events {cfg.journal.path}")
     sys.stdout.flush()
+
+
+async def _print_decisions(journal: Path, stop: asyncio.Event) -> None:
+    """Prints one line per decision journaled from now on (``agentaudit dev`` without ``--quiet``) until ``stop``.
+
+    Read back from the journal like ``tail --follow``: what is printed is what was recorded, and the sidecar's
+    decision path is not touched.
+    """
+    from gateway.cli import render  # noqa: PLC0415 - see the module docstring
+    from gateway.journal import query  # noqa: PLC0415
+    from gateway.journal.store import connect_readonly  # noqa: PLC0415
+
+    conn = await asyncio.to_thread(connect_readonly, journal)
+    decisions = query.EventFilter(kind="pre_exec")
+
+    def new_lines(after: int) -> tuple[int, list[str]]:
+        top = query.last_seq(conn)
+        rows = list(query.select(conn, decisions, after_seq=after, through_seq=top)) if top > after else []
+        return top, [render.decision_line(body) for _seq, body in rows]
+
+    try:
+        seen, _ = await asyncio.to_thread(new_lines, 2**62)  # start at the current end
+        print("decisions (one line each; --quiet to stop them):", flush=True)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):  # the poll interval passed: look again
+                await asyncio.wait_for(stop.wait(), _DECISION_POLL_S)
+            seen, lines = await asyncio.to_thread(new_lines, seen)
+            for line in lines:
+                print(line, flush=True)
+    finally:
+        conn.close()
 
 
 def cmd_collector(args: argparse.Namespace) -> int:

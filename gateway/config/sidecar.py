@@ -254,8 +254,8 @@ def _operator(raw: Any, env: Mapping[str, str], base: Path, listen: list[str] | 
     addresses = coerce("operator.listen", raw.get("listen", []), tuple[str, ...], base)
     if "AGENTAUDIT_OPERATOR_LISTEN" in env:
         addresses = coerce("AGENTAUDIT_OPERATOR_LISTEN", env["AGENTAUDIT_OPERATOR_LISTEN"], tuple[str, ...], base)
-    if listen:
-        addresses = tuple(listen)
+    if listen:  # typed on the command line: a relative socket is relative to where it was typed
+        addresses = listen_addresses("--operator-listen", listen, Path.cwd())
     tokens = []
     raw_tokens = raw.get("tokens") or []
     if not isinstance(raw_tokens, list):
@@ -389,8 +389,8 @@ def load(
         alerts=parse_alerts_config(raw.get("alerts") or {}),
     )
     server = cfg.server
-    if listen:
-        server = dataclasses.replace(server, listen=tuple(listen))
+    if listen:  # as for --operator-listen: relative to the working directory, not to the configuration file
+        server = dataclasses.replace(server, listen=listen_addresses("--listen", listen, Path.cwd()))
     server = dataclasses.replace(server, listen=listen_addresses("server.listen", server.listen, base))
     health = dataclasses.replace(cfg.health, listen=listen_addresses("health.listen", cfg.health.listen, base))
     cfg = dataclasses.replace(cfg, server=server, health=health)

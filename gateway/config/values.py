@@ -131,14 +131,26 @@ def strings(key: str, value: Any, allowed: tuple[str, ...] | None = None) -> tup
 
 
 def listen_addresses(key: str, listen: Iterable[str], base: Path) -> tuple[str, ...]:
-    """Checks listen addresses; a relative ``unix://`` path resolves against ``base``."""
+    """Checks listen addresses: ``HOST:PORT`` or a unix socket in any form the clients accept.
+
+    Unix sockets go through the clients' one address parser (``unix:///abs``, ``unix:rel``, ``unix://./rel``, a bare
+    path), relative paths resolving against ``base``, so that the server binds exactly where a client typing the
+    same text connects.
+    """
+    # Imported here: the client package loads gRPC, and loading the configuration must not (the offline tools
+    # read it too); only a configuration with listeners gets this far.
+    from agentaudit_client.address import AddressError, grpc_target, unix_path  # noqa: PLC0415
+
     out = []
     for address in listen:
-        if not LISTEN_RE.match(address):
-            raise ConfigError(f"{key}: {address!r} is not unix:///path or HOST:PORT")
-        if address.startswith("unix://"):
-            path = Path(address[len("unix://") :])
-            out.append(f"unix://{path if path.is_absolute() else (base / path).resolve()}")
-        else:
+        try:
+            socket = unix_path(address, base)
+        except AddressError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
+        if socket is not None:
+            out.append(grpc_target(str(socket)))
+        elif HOST_PORT_RE.match(address):
             out.append(address)
+        else:
+            raise ConfigError(f"{key}: {address!r} is not unix:///path or HOST:PORT (unix:relative/path also works)")
     return tuple(out)

@@ -132,8 +132,9 @@ def check_entry(
 
     # 4. The hash chain: the signed prev_leaf_hash must be the previous entry's recomputed leaf hash.
     if prev_leaf_hash is not None and entry.prev_leaf_hash != prev_leaf_hash:
-        what = "zeros" if seq == 0 else f"the leaf hash of seq {seq - 1} ({_short(prev_leaf_hash)}...)"
-        fault(EntryFault.CHAIN_BREAK, f"prev_leaf_hash {_short(entry.prev_leaf_hash)}... is not {what}")
+        signed_prev, expected = _apart(entry.prev_leaf_hash, prev_leaf_hash)
+        what = "zeros" if seq == 0 else f"the leaf hash of seq {seq - 1} ({expected})"
+        fault(EntryFault.CHAIN_BREAK, f"prev_leaf_hash {signed_prev} is not {what}")
 
     # 5. The body must be canonical JSON, so the signed bytes are the one encoding of the event.
     body, canonical, body_problem = _check_body(entry.body)
@@ -185,6 +186,21 @@ def quote(value: object) -> str:
     terminal escape sequences into a report; long values are cut so one huge value cannot flood it."""
     text = value.hex() if isinstance(value, bytes) else repr(value)
     return text if len(text) <= _MAX_QUOTED else text[: _MAX_QUOTED - 3] + "..."
+
+
+_SHORT_BYTES = 8  # what _short shows
+
+
+def _apart(first: bytes, second: bytes) -> tuple[str, str]:
+    """Two different hashes shortened so that the difference shows: from the first byte that differs, if later."""
+    at = next((i for i, (x, y) in enumerate(zip(first, second, strict=False)) if x != y), 0)
+    if at < _SHORT_BYTES:  # the usual case: the short forms already differ
+        return f"{_short(first)}...", f"{_short(second)}..."
+
+    def from_difference(digest: bytes) -> str:
+        return f"{digest[:4].hex()}...(byte {at}) {digest[at : at + 4].hex()}..."
+
+    return from_difference(first), from_difference(second)
 
 
 def _short(digest: object) -> str:

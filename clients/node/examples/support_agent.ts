@@ -20,6 +20,7 @@ import {
   ActionStopped,
   ApprovalRequired,
   GatewayClient,
+  GatewayError,
   UnavailableError,
   type ActorLike,
   type Step,
@@ -67,7 +68,7 @@ export async function play(client: GatewayClient, runId: string, floodRunId: str
     allowed += 1;
   }
   const retry = stopped!.retryAfter !== null ? `retry_after=${stopped!.retryAfter.toFixed(3)}s` : "";
-  show(`crm.search x${allowed + 1} (t_flood)`, stopped!, retry);
+  show(`crm.search #${allowed + 1} (t_flood)`, stopped!, `after ${allowed} allowed ${retry}`.trimEnd());
 
   const run = client.run(runId, { tenantId: "t_42", agentId: AGENT, actor: ACTOR });
 
@@ -84,11 +85,16 @@ export async function play(client: GatewayClient, runId: string, floodRunId: str
   try {
     await createRefund({ order_id: "o_1", amount: 250, customer: { email: "ann@example.com" } });
   } catch (error) {
-    if (!(error instanceof ApprovalRequired)) {
+    if (error instanceof ApprovalRequired) {
+      refund = error.result;
+      show("refund.create (t_42)", refund, `approval=${error.approvalId}`);
+    } else if (error instanceof ActionStopped) {
+      // e.g. a kill switch engaged for t_42 (the README's drill)
+      refund = error.result;
+      show("refund.create (t_42)", refund, "(stopped)");
+    } else {
       throw error;
     }
-    refund = error.result;
-    show("refund.create (t_42)", refund, `approval=${error.approvalId}`);
   }
 
   // (c) A lookup is allowed: the function runs and its output and duration are reported.
@@ -107,7 +113,7 @@ export async function play(client: GatewayClient, runId: string, floodRunId: str
       throw error;
     }
     lookupResult = error.result;
-    show("crm.lookup (t_42)", error.result, "(unexpected)");
+    show("crm.lookup (t_42)", error.result, "(stopped)");
   }
   const report = lookup?.report ? { event_id: lookup.report.eventId, duplicate: lookup.report.duplicate } : null;
 
@@ -156,6 +162,11 @@ async function main(): Promise<number> {
   } catch (error) {
     if (error instanceof UnavailableError) {
       console.error(`cannot reach the sidecar at ${target} (${error.message}); is \`agentaudit dev\` running?`);
+      return 1;
+    }
+    if (error instanceof GatewayError) {
+      // any other refusal: one line, never a stack trace
+      console.error(`the sidecar refused a call: ${error.message}`);
       return 1;
     }
     throw error;

@@ -69,6 +69,10 @@ class Approval(_message.Message):
     COMMENT_FIELD_NUMBER: _builtins.int
     EVENT_ID_FIELD_NUMBER: _builtins.int
     USED_FIELD_NUMBER: _builtins.int
+    ARGS_FIELD_NUMBER: _builtins.int
+    REDACTED_PATHS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    PREVIOUS_STEPS_FIELD_NUMBER: _builtins.int
     approval_id: _builtins.str
     state: _gateway_pb2.ApprovalState.ValueType
     tenant_id: _builtins.str
@@ -85,6 +89,9 @@ class Approval(_message.Message):
     """The pre-event that asked for the approval."""
     used: _builtins.bool
     """True once a granted approval has been used by a Decide."""
+    reason: _builtins.str
+    previous_steps: _builtins.int
+    """How many steps (pre-events) the run had before this one."""
     @_builtins.property
     def actor(self) -> _types_pb2.Actor: ...
     @_builtins.property
@@ -97,6 +104,14 @@ class Approval(_message.Message):
     def expires_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def resolved_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def args(self) -> _struct_pb2.Struct:
+        """What the approver approves, from the pre-event that asked (event_id) as journaled: the arguments with every
+        redacted value replaced (never the value itself), the paths that were redacted, and the decision's reason.
+        """
+
+    @_builtins.property
+    def redacted_paths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
@@ -118,10 +133,14 @@ class Approval(_message.Message):
         comment: _builtins.str = ...,
         event_id: _builtins.str = ...,
         used: _builtins.bool = ...,
+        args: _struct_pb2.Struct | None = ...,
+        redacted_paths: _abc.Iterable[_builtins.str] | None = ...,
+        reason: _builtins.str = ...,
+        previous_steps: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "created_at", b"created_at", "expires_at", b"expires_at", "resolved_at", b"resolved_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "args", b"args", "created_at", b"created_at", "expires_at", b"expires_at", "resolved_at", b"resolved_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "action_key", b"action_key", "actor", b"actor", "agent_id", b"agent_id", "approval_id", b"approval_id", "approvers", b"approvers", "comment", b"comment", "created_at", b"created_at", "event_id", b"event_id", "expires_at", b"expires_at", "policy_rule", b"policy_rule", "resolved_at", b"resolved_at", "resolved_by", b"resolved_by", "run_id", b"run_id", "state", b"state", "step_id", b"step_id", "tenant_id", b"tenant_id", "used", b"used"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "action_key", b"action_key", "actor", b"actor", "agent_id", b"agent_id", "approval_id", b"approval_id", "approvers", b"approvers", "args", b"args", "comment", b"comment", "created_at", b"created_at", "event_id", b"event_id", "expires_at", b"expires_at", "policy_rule", b"policy_rule", "previous_steps", b"previous_steps", "reason", b"reason", "redacted_paths", b"redacted_paths", "resolved_at", b"resolved_at", "resolved_by", b"resolved_by", "run_id", b"run_id", "state", b"state", "step_id", b"step_id", "tenant_id", b"tenant_id", "used", b"used"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -105,6 +105,15 @@ export interface Approval {
   eventId: string;
   /** True once a granted approval has been used by a Decide. */
   used: boolean;
+  /**
+   * What the approver approves, from the pre-event that asked (event_id) as journaled: the arguments with every
+   * redacted value replaced (never the value itself), the paths that were redacted, and the decision's reason.
+   */
+  args: { [key: string]: any } | undefined;
+  redactedPaths: string[];
+  reason: string;
+  /** How many steps (pre-events) the run had before this one. */
+  previousSteps: number;
 }
 
 export interface ListApprovalsRequest {
@@ -312,6 +321,10 @@ function createBaseApproval(): Approval {
     comment: "",
     eventId: "",
     used: false,
+    args: undefined,
+    redactedPaths: [],
+    reason: "",
+    previousSteps: 0,
   };
 }
 
@@ -370,6 +383,18 @@ export const Approval: MessageFns<Approval> = {
     }
     if (message.used !== false) {
       writer.uint32(144).bool(message.used);
+    }
+    if (message.args !== undefined) {
+      Struct.encode(Struct.wrap(message.args), writer.uint32(154).fork()).join();
+    }
+    for (const v of message.redactedPaths) {
+      writer.uint32(162).string(v!);
+    }
+    if (message.reason !== "") {
+      writer.uint32(170).string(message.reason);
+    }
+    if (message.previousSteps !== 0) {
+      writer.uint32(176).uint64(message.previousSteps);
     }
     return writer;
   },
@@ -531,6 +556,38 @@ export const Approval: MessageFns<Approval> = {
             message.used = reader.bool();
             continue;
           }
+          case 19: {
+            if (tag !== 154) {
+              break;
+            }
+
+            message.args = Struct.unwrap(Struct.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 20: {
+            if (tag !== 162) {
+              break;
+            }
+
+            message.redactedPaths.push(reader.string());
+            continue;
+          }
+          case 21: {
+            if (tag !== 170) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+          case 22: {
+            if (tag !== 176) {
+              break;
+            }
+
+            message.previousSteps = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -613,6 +670,18 @@ export const Approval: MessageFns<Approval> = {
         ? globalThis.String(object.event_id)
         : "",
       used: isSet(object.used) ? globalThis.Boolean(object.used) : false,
+      args: isObject(object.args) ? object.args : undefined,
+      redactedPaths: globalThis.Array.isArray(object?.redactedPaths)
+        ? object.redactedPaths.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.redacted_paths)
+        ? object.redacted_paths.map((e: any) => globalThis.String(e))
+        : [],
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+      previousSteps: isSet(object.previousSteps)
+        ? globalThis.Number(object.previousSteps)
+        : isSet(object.previous_steps)
+        ? globalThis.Number(object.previous_steps)
+        : 0,
     };
   },
 
@@ -672,6 +741,18 @@ export const Approval: MessageFns<Approval> = {
     if (message.used !== false) {
       obj.used = message.used;
     }
+    if (message.args !== undefined) {
+      obj.args = message.args;
+    }
+    if (message.redactedPaths?.length) {
+      obj.redactedPaths = message.redactedPaths;
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    if (message.previousSteps !== 0) {
+      obj.previousSteps = Math.round(message.previousSteps);
+    }
     return obj;
   },
 
@@ -698,6 +779,10 @@ export const Approval: MessageFns<Approval> = {
     message.comment = object.comment ?? "";
     message.eventId = object.eventId ?? "";
     message.used = object.used ?? false;
+    message.args = object.args ?? undefined;
+    message.redactedPaths = object.redactedPaths?.map((e) => e) || [];
+    message.reason = object.reason ?? "";
+    message.previousSteps = object.previousSteps ?? 0;
     return message;
   },
 };
