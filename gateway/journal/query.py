@@ -102,49 +102,58 @@ def select_signed(
     """
     if limit is not None and limit <= 0:
         return
-    where, params = sql_conditions(flt, SQLITE, first_param=2)
+    sql, params = _page_query(flt, through_seq)
     check = body_predicate(flt)
+    cursor_seq = (_SQLITE_MAX_INT if flt.newest_first else -1) if after_seq is None else after_seq
+    remaining = limit
+    while True:
+        rows = 0
+        for seq, entry, signature in _page(conn, sql, (cursor_seq, *params, page_size)):
+            rows += 1
+            cursor_seq = seq
+            body = _parse_body(seq, entry)
+            if check is not None and not check(body):
+                continue
+            yield seq, bytes(entry), bytes(signature), body
+            if remaining is not None:
+                remaining -= 1
+                if remaining == 0:
+                    return
+        if rows < page_size:
+            return
+
+
+def _page_query(flt: EventFilter, through_seq: int | None) -> tuple[str, list[Any]]:
+    """The keyset-paged SELECT for ``flt``: its first parameter is the cursor seq, its last the page size."""
+    where, params = sql_conditions(flt, SQLITE, first_param=2)
     order, compare = ("DESC", "<") if flt.newest_first else ("ASC", ">")
     if through_seq is not None:
         where.append("seq <= ?")
         params.append(through_seq)
     conditions = " AND ".join([f"seq {compare} ?", *where])
     # Only constants are interpolated; every value is a placeholder parameter.
-    sql = f"SELECT seq, entry, signature FROM journal WHERE {conditions} ORDER BY seq {order} LIMIT ?"  # noqa: S608
-    start = _SQLITE_MAX_INT if flt.newest_first else -1
-    cursor_seq = start if after_seq is None else after_seq
-    remaining = limit
-    while True:
-        rows = 0
-        try:
-            cursor = conn.execute(sql, (cursor_seq, *params, page_size))
-        except sqlite3.Error as exc:
-            raise JournalUnreadableError(f"journal read failed: {exc}") from exc
-        try:
-            while True:
-                try:
-                    row = cursor.fetchone()
-                except sqlite3.Error as exc:
-                    raise JournalUnreadableError(f"journal read failed: {exc}") from exc
-                if row is None:
-                    break
-                seq, entry, signature = row
-                rows += 1
-                cursor_seq = seq
-                body = _parse_body(seq, entry)
-                if check is not None and not check(body):
-                    continue
-                yield seq, bytes(entry), bytes(signature), body
-                if remaining is not None:
-                    remaining -= 1
-                    if remaining == 0:
-                        return
-        finally:
-            # The caller may have closed the connection first (a generator abandoned on a broken pipe).
-            with contextlib.suppress(sqlite3.ProgrammingError):
-                cursor.close()
-        if rows < page_size:
-            return
+    return f"SELECT seq, entry, signature FROM journal WHERE {conditions} ORDER BY seq {order} LIMIT ?", params  # noqa: S608
+
+
+def _page(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> Iterator[tuple[int, bytes, bytes]]:
+    """The rows of one page, read one at a time; any SQLite error is a JournalUnreadableError."""
+    try:
+        cursor = conn.execute(sql, params)
+    except sqlite3.Error as exc:
+        raise JournalUnreadableError(f"journal read failed: {exc}") from exc
+    try:
+        while True:
+            try:
+                row = cursor.fetchone()
+            except sqlite3.Error as exc:
+                raise JournalUnreadableError(f"journal read failed: {exc}") from exc
+            if row is None:
+                return
+            yield row
+    finally:
+        # The caller may have closed the connection first (a generator abandoned on a broken pipe).
+        with contextlib.suppress(sqlite3.ProgrammingError):
+            cursor.close()
 
 
 def _parse_body(seq: int, entry: bytes) -> dict[str, Any]:
