@@ -20,6 +20,7 @@ import pytest
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
+from agentaudit.v1 import gateway_pb2
 from agentaudit_client import (
     ActionStopped,
     Actor,
@@ -35,6 +36,7 @@ from agentaudit_client import (
     UnavailableError,
     from_rpc_error,
 )
+from agentaudit_client._convert import approval_outcome
 from tests.conftest import RunningGateway, run_cli
 
 ACTOR = ("user", "u_1")
@@ -243,6 +245,21 @@ def test_rpc_error_translation_decodes_status_details() -> None:
     assert exhausted.retry_after == 1.5
     assert type(internal) is GatewayError
     assert internal.code is grpc.StatusCode.INTERNAL
+
+
+@pytest.mark.parametrize(
+    ("state", "name"),
+    [
+        pytest.param(gateway_pb2.APPROVAL_STATE_PENDING, "pending", id="pending"),
+        pytest.param(gateway_pb2.APPROVAL_STATE_GRANTED, "granted", id="granted"),
+        pytest.param(gateway_pb2.APPROVAL_STATE_DENIED, "denied", id="denied"),
+        pytest.param(gateway_pb2.APPROVAL_STATE_EXPIRED, "expired", id="expired"),
+        pytest.param(gateway_pb2.APPROVAL_STATE_ABANDONED, "abandoned", id="abandoned"),
+    ],
+)
+def test_every_approval_state_has_its_name_and_only_granted_is_a_grant(state: Any, name: str) -> None:
+    outcome = approval_outcome(gateway_pb2.WaitApprovalResponse(state=state))
+    assert (outcome.state, outcome.granted) == (name, name == "granted")
 
 
 # --- guard ----------------------------------------------------------------------------------------------

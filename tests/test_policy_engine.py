@@ -296,7 +296,7 @@ access:
             id="switch-without-target",
         ),
         pytest.param(
-            "version: 1\naccess: {}\napproval:\n  - {name: a, expires_in: never}\n",
+            "version: 1\naccess: {}\napproval:\n  - {name: a, expires_in: soon}\n",
             "'expires_in' must be a positive duration",
             id="bad-expiry",
         ),

@@ -330,7 +330,9 @@ class Events:
 
     def approval(self, pre: dict[str, Any], kind: str = "approval_granted", who: str = "alice") -> dict[str, Any]:
         actor = (
-            {"type": "system", "id": "agentaudit"} if kind == "approval_expired" else {"type": "operator", "id": who}
+            {"type": "system", "id": "agentaudit"}
+            if kind in ("approval_expired", "approval_abandoned")
+            else {"type": "operator", "id": who}
         )
         return self.add(
             kind,
@@ -478,6 +480,17 @@ def test_any_resolution_settles_an_approval(kind: str) -> None:
             }[kind]
         )
     )
+
+
+def test_an_abandoned_grant_is_shown_apart_from_an_expiry() -> None:
+    e = Events()
+    asked = e.pre(1, "approval_required", "approval_required", action="refund.create", approval_id="apr_1")
+    e.approval(asked, "approval_granted")
+    e.approval(asked, "approval_abandoned")
+    trace = build_trace(e.events, run_id=RUN)
+    assert trace.anomalies == ()
+    line = format_trace(trace).splitlines()[5]
+    assert line.split("  seq")[0].rstrip().endswith("approval apr_1 abandoned (granted, not used in time)")
 
 
 def test_shadow_decisions_and_retry_delays_are_shown_on_the_decision() -> None:

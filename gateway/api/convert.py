@@ -9,7 +9,7 @@ from google.protobuf import duration_pb2
 
 from agentaudit.v1 import gateway_pb2, operator_pb2, types_pb2
 from gateway.policy.model import Verdict
-from gateway.sidecar.approvals import DENIED, EXPIRED, GRANTED, PENDING, Approval
+from gateway.sidecar.approvals import ABANDONED, DENIED, EXPIRED, GRANTED, PENDING, Approval
 from gateway.sidecar.decider import Answer
 
 VERDICTS = {
@@ -22,6 +22,7 @@ APPROVAL_STATES = {
     GRANTED: gateway_pb2.APPROVAL_STATE_GRANTED,
     DENIED: gateway_pb2.APPROVAL_STATE_DENIED,
     EXPIRED: gateway_pb2.APPROVAL_STATE_EXPIRED,
+    ABANDONED: gateway_pb2.APPROVAL_STATE_ABANDONED,
 }
 
 

@@ -29,7 +29,7 @@ from gateway.errors import (
 from gateway.identity import Operator
 from gateway.journal.entry import HEADER_SIZE
 from gateway.journal.query import EventFilter
-from gateway.journal.state import PENDING, Approval, EngagedSwitch
+from gateway.journal.state import NEVER_NS, PENDING, Approval, EngagedSwitch
 from gateway.journal.store import JournalReader, SignedEvent
 from gateway.policy.document import KILL_SWITCH_SCOPES
 from gateway.rpc.auth import ROLE_ADMIN, ROLE_APPROVER, ROLE_AUDITOR, Authenticator, require
@@ -85,7 +85,7 @@ def approval_message(a: Approval) -> operator_pb2.Approval:
         policy_rule=a.policy_rule,
         approvers=list(a.approvers),
         created_at=_timestamp(a.created_ns),
-        expires_at=_timestamp(a.expires_ns),
+        expires_at=_timestamp(None if a.expires_ns >= NEVER_NS else a.expires_ns),  # unset: parks until answered
         resolved_by=a.resolved_by,
         resolved_at=_timestamp(a.resolved_ns),
         comment=a.comment,

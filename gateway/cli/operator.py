@@ -44,7 +44,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``approvals``, ``approve``, ``deny``, ``kill-switch`` and ``recovery``."""
     operator_flags = _operator_flags()
     p = sub.add_parser("approvals", parents=[operator_flags], help="list approvals (pending by default)")
-    p.add_argument("--state", choices=["pending", "granted", "denied", "expired"], default="pending")
+    p.add_argument("--state", choices=["pending", "granted", "denied", "expired", "abandoned"], default="pending")
     p.add_argument("--tenant", help="only this tenant's approvals")
     p.add_argument("--limit", type=int, default=100, help="most approvals listed (default 100, max 1000)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")

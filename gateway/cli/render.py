@@ -263,7 +263,12 @@ def _event_text(event: TraceEvent, step: TraceStep, last_pre: int | None, versio
         own = int_or_none(body.get("step_id"))
         return (f"resumed: {text}" if own == step.step_id else f"resumed as step {own}: {text}"), decided
     if event.role is Role.APPROVAL:
-        verb = {"approval_granted": "granted", "approval_denied": "denied", "approval_expired": "expired"}[event.kind]
+        verb = {
+            "approval_granted": "granted",
+            "approval_denied": "denied",
+            "approval_expired": "expired",  # nobody answered in time
+            "approval_abandoned": "abandoned (granted, not used in time)",
+        }[event.kind]
         actor = body.get("actor")
         text = f"approval {printable(body.get('approval_id') or '?')} {verb}"
         if not (isinstance(actor, Mapping) and actor.get("type") == "system"):  # expiry: nobody decided

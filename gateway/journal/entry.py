@@ -47,6 +47,7 @@ class EventKind(enum.IntEnum):
     GAP_RECOVERY = 15
     TOOL_CHANGED = 16
     STATE_MISMATCH = 17
+    APPROVAL_ABANDONED = 18
 
     @property
     def label(self) -> str:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import astuple, dataclass, fields
+from dataclasses import astuple, dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
 from gateway.errors import MalformedEntryError
@@ -30,6 +30,15 @@ if TYPE_CHECKING:  # only a type here: the offline verifier imports this module 
     from gateway.journal.writer import StateChange
 
 PENDING, GRANTED, DENIED, EXPIRED = "pending", "granted", "denied", "expired"
+ABANDONED = "abandoned"
+"""A granted approval nobody used within its use-by time (distinct from expired: never answered in time)."""
+
+NEVER_NS = 2**63 - 1
+"""``expires_ns`` of an approval that parks until answered (``expires_in: never``): the largest SQLite integer."""
+DEFAULT_EXPIRES_S = 3600
+"""An approval rule's ``expires_in`` when it names none (and a parked approval's grant's ``use_within``)."""
+EXPIRES_NEVER = "never"
+"""The pre-event's ``approval_expires_in_s`` for a rule with ``expires_in: never``."""
 
 
 # --- approvals -------------------------------------------------------------------------------------------------
@@ -37,7 +46,11 @@ PENDING, GRANTED, DENIED, EXPIRED = "pending", "granted", "denied", "expired"
 
 @dataclass
 class Approval:
-    """One approval (mutable: its state moves pending → granted/denied/expired, and it is used once)."""
+    """One approval (mutable: its state moves pending → granted/denied/expired, granted → abandoned; used once).
+
+    ``expires_ns`` is when the approval lapses in its current state: a pending one expires (nobody answered in
+    time), a granted one is abandoned (nobody used it in time). Granting moves it to the grant's use-by time.
+    """
 
     approval_id: str
     state: str
@@ -58,15 +71,34 @@ class Approval:
     resolved_ns: int | None
     comment: str
     event_id: str
+    # Not a column: how long a grant stays usable, taken from the signed pre-event (None: as long as the ask
+    # could wait). Only the signed derivation (``trusted_state``) and a new approval know it.
+    use_within_s: int | None = None
 
 
-# In the dataclass's field order, so a row maps to an Approval positionally and back.
+def use_by_ns(approval: Approval, granted_ns: int) -> int:
+    """When a grant of ``approval`` made at ``granted_ns`` is abandoned if nobody uses it.
+
+    The rule's ``use_within`` when it set one, else its ``expires_in`` (both counted from the grant); an approval
+    that parked (``expires_in: never``) gets the default hour, so a grant never stays usable for ever.
+    """
+    if approval.use_within_s is not None:
+        seconds = approval.use_within_s
+    elif approval.expires_ns >= NEVER_NS:
+        seconds = DEFAULT_EXPIRES_S
+    else:
+        return granted_ns + max(0, approval.expires_ns - approval.created_ns)
+    return granted_ns + seconds * 1_000_000_000
+
+
+# In the dataclass's field order, so a row maps to an Approval positionally and back (``use_within_s`` aside).
 _APPROVAL_COLUMNS = (
     "approval_id, state, used, tenant_id, run_id, step_id, agent_id, actor_type, actor_id, action, action_key, "
     "policy_rule, approvers, created_ns, expires_ns, resolved_by, resolved_ns, comment, event_id"
 )
 _SELECT_APPROVALS = f"SELECT {_APPROVAL_COLUMNS} FROM approvals"
-_INSERT_APPROVAL = f"INSERT INTO approvals ({_APPROVAL_COLUMNS}) VALUES ({', '.join('?' * len(fields(Approval)))})"
+_COLUMN_COUNT = len(_APPROVAL_COLUMNS.split(","))
+_INSERT_APPROVAL = f"INSERT INTO approvals ({_APPROVAL_COLUMNS}) VALUES ({', '.join('?' * _COLUMN_COUNT)})"
 _USED, _APPROVERS = 2, 12  # the columns stored as another type: used (INTEGER 0/1), approvers (a JSON list)
 
 
@@ -101,7 +133,7 @@ def list_approvals(conn: sqlite3.Connection, state: str, tenant_id: str, limit: 
 
 def insert_approval(approval: Approval) -> StateChange:
     """Persists a new approval (committed with the pre-event that asked for it)."""
-    values = list(astuple(approval))
+    values = list(astuple(approval))[:_COLUMN_COUNT]
     values[_USED] = int(approval.used)
     values[_APPROVERS] = json.dumps(list(approval.approvers))
     return _INSERT_APPROVAL, tuple(values)
@@ -113,11 +145,25 @@ def mark_approval_used(approval_id: str) -> StateChange:
 
 
 def resolve_approval(approval_id: str, state: str, resolved_by: str, resolved_ns: int, comment: str) -> StateChange:
-    """Records a pending approval's resolution: granted, denied or expired (committed with that event)."""
+    """Records a pending approval's denial or expiry (committed with that event)."""
     return (
         "UPDATE approvals SET state = ?, resolved_by = ?, resolved_ns = ?, comment = ? WHERE approval_id = ?",
         (state, resolved_by, resolved_ns, comment, approval_id),
     )
+
+
+def grant_approval(approval_id: str, granted_by: str, granted_ns: int, comment: str, use_by: int) -> StateChange:
+    """Records a pending approval's grant and its use-by time (committed with the ``approval_granted`` event)."""
+    return (
+        "UPDATE approvals SET state = ?, resolved_by = ?, resolved_ns = ?, comment = ?, expires_ns = ? "
+        "WHERE approval_id = ?",
+        (GRANTED, granted_by, granted_ns, comment, use_by, approval_id),
+    )
+
+
+def abandon_approval(approval_id: str) -> StateChange:
+    """Records that a grant lapsed unused; who granted it stays (committed with ``approval_abandoned``)."""
+    return "UPDATE approvals SET state = ? WHERE approval_id = ?", (ABANDONED, approval_id)
 
 
 # --- kill switches ---------------------------------------------------------------------------------------------
@@ -243,8 +289,10 @@ def forwarder_backlog(conn: sqlite3.Connection) -> ForwarderBacklog:
 # --- what the signed events say (state follows signatures, docs/adr/0012) -----------------------------------------
 
 APPROVAL_KINDS = {"approval_granted": GRANTED, "approval_denied": DENIED, "approval_expired": EXPIRED}
-_FOLDED_KINDS = (*APPROVAL_KINDS, "kill_switch", "cosignature", "state_mismatch")
-_DEFAULT_EXPIRES_S = 3600
+"""The events that resolve a pending approval, and the state each leaves it in."""
+APPROVAL_ABANDONED_KIND = "approval_abandoned"
+"""The event that closes a granted approval nobody used within its use-by time."""
+_FOLDED_KINDS = (*APPROVAL_KINDS, APPROVAL_ABANDONED_KIND, "kill_switch", "cosignature", "state_mismatch")
 # The pre-event is stamped a moment after the approval row (both inside one Decide): times this close agree.
 _CLOCK_SLACK_NS = 5_000_000_000
 
@@ -283,6 +331,12 @@ class SignedStateFold:
                 approval.resolved_by = "" if kind == "approval_expired" else str(actor.get("id", ""))
                 approval.resolved_ns = unix_nanos
                 approval.comment = str(body.get("comment", ""))
+                if approval.state == GRANTED:
+                    approval.expires_ns = use_by_ns(approval, unix_nanos)
+        elif kind == APPROVAL_ABANDONED_KIND:
+            approval = self.approvals.get(str(body.get("approval_id", "")))
+            if approval is not None and approval.state == GRANTED and not approval.used:
+                approval.state = ABANDONED
         elif kind == "kill_switch":
             key = (str(body.get("scope", "")), str(body.get("target", "")))
             if body.get("operation") == "engage":
@@ -305,7 +359,11 @@ class SignedStateFold:
         if not approval_id or approval_id == resumed or body.get("decision") != "approval_required":
             return
         actor = body.get("actor") or {}
-        expires_s = body.get("approval_expires_in_s") or _DEFAULT_EXPIRES_S
+        expires_in = body.get("approval_expires_in_s")
+        parks = expires_in == EXPIRES_NEVER
+        expires_s = DEFAULT_EXPIRES_S if parks else int(expires_in or DEFAULT_EXPIRES_S)
+        # Journals before use_within existed leave it out: a grant is then usable as long as the ask could wait.
+        use_within_s = int(body.get("approval_use_within_s") or expires_s)
         self.approvals[approval_id] = Approval(
             approval_id=approval_id,
             state=PENDING,
@@ -322,11 +380,12 @@ class SignedStateFold:
             policy_rule=str(body.get("policy_rule", "")),
             approvers=tuple(str(a) for a in body.get("approvers") or ()),
             created_ns=unix_nanos,
-            expires_ns=unix_nanos + int(expires_s) * 1_000_000_000,
+            expires_ns=NEVER_NS if parks else unix_nanos + expires_s * 1_000_000_000,
             resolved_by="",
             resolved_ns=None,
             comment="",
             event_id=str(body.get("event_id", "")),
+            use_within_s=use_within_s,
         )
 
     def open_approvals(self) -> list[Approval]:
@@ -335,7 +394,7 @@ class SignedStateFold:
 
 
 def _same_approval(row: Approval, signed: Approval) -> bool:
-    timeless = ("created_ns", "expires_ns", "resolved_ns")
+    timeless = ("created_ns", "expires_ns", "resolved_ns", "use_within_s")  # the row never holds use_within_s
     if any(getattr(row, f.name) != getattr(signed, f.name) for f in fields(Approval) if f.name not in timeless):
         return False
     return abs(row.created_ns - signed.created_ns) <= _CLOCK_SLACK_NS and row.expires_ns <= signed.expires_ns
@@ -366,7 +425,9 @@ def reconcile_approvals(
         stored = by_id.get(signed.approval_id)
         if stored is None:
             mismatches.append(StateMismatch("approvals", signed.approval_id, "row missing for a signed open approval"))
-        enforced.append(stored if stored is not None and _same_approval(stored, signed) else signed)
+        agreed = stored is not None and _same_approval(stored, signed)
+        # The row may keep its (no later) times; how long a grant stays usable comes from the signed pre-event.
+        enforced.append(replace(stored, use_within_s=signed.use_within_s) if stored and agreed else signed)
     return enforced, mismatches
 
 
@@ -419,15 +480,16 @@ def trusted_state(conn: sqlite3.Connection, origin: str, signature_ok: Callable[
     """Derives state from the signed events and checks the tables against it (the sidecar's start).
 
     1. Locate the events that define state through the kind and decision indexes: approval_required pre-events,
-       approval resolutions, kill_switch, cosignature and earlier state_mismatch events; then the allowed
-       pre-events of the runs that hold a granted approval (which may have used it), through the run index.
+       approval resolutions and abandonments, kill_switch, cosignature and earlier state_mismatch events; then the
+       allowed pre-events of the runs that hold a granted approval (which may have used it), through the run index.
     2. Re-verify each located entry's signature over its stored bytes with ``signature_ok`` and read its kind,
        time and body from those bytes, never from the columns; an entry that fails is skipped (and is what
        ``agentaudit verify`` reports).
     3. Fold them in seq order and reconcile every table against the result.
     """
     fold = SignedStateFold()
-    rows = _located(conn, "kind IN (?, ?, ?, ?, ?, ?) OR decision = 'approval_required'", _FOLDED_KINDS)
+    kinds = ", ".join("?" * len(_FOLDED_KINDS))
+    rows = _located(conn, f"kind IN ({kinds}) OR decision = 'approval_required'", _FOLDED_KINDS)
     _fold(fold, rows, origin, signature_ok)
     granted_runs = sorted({a.run_id for a in fold.approvals.values() if a.state == GRANTED})
     if granted_runs:

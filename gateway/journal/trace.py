@@ -36,7 +36,8 @@ CONTEXT_KINDS = OPERATOR_CONTEXT_KINDS  # the events a trace shows beside the ru
 
 _PRE = "pre_exec"
 _RESULT_KINDS = ("post_exec", "violation")
-_APPROVAL_KINDS = ("approval_granted", "approval_denied", "approval_expired")
+# The approval chain of a step: how its approval was resolved, and (after a grant nobody used in time) abandoned.
+_APPROVAL_KINDS = ("approval_granted", "approval_denied", "approval_expired", "approval_abandoned")
 _ALLOW = "allow"
 _APPROVAL_REQUIRED = "approval_required"
 # Ranges of seqs and steps use an en dash, as in print (the text trace too).
@@ -70,7 +71,7 @@ class Role(enum.StrEnum):
     RESUMED = "resumed"
     """A pre-event resuming an approval the step asked for (possibly under another step id)."""
     APPROVAL = "approval"
-    """The approval the step asked for was granted, denied or expired."""
+    """The approval the step asked for was granted, denied or expired (or, granted and never used, abandoned)."""
     RESULT = "result"
     """A ``post_exec`` or ``violation`` reported for one of the step's pre-events."""
     OPERATOR = "operator"

@@ -122,7 +122,9 @@ class Rule:
     reason: str
     shadow: bool
     approvers: tuple[str, ...] = ()
-    expires_s: int | None = None
+    expires_s: int | None = None  # approval rules: how long the ask waits for an answer (None with ``parks``)
+    parks: bool = False  # approval rules with ``expires_in: never``: the ask waits until someone answers it
+    use_within_s: int | None = None  # approval rules: how long a grant stays usable (None: ``expires_in``)
 
 
 @dataclass(frozen=True)
@@ -413,7 +415,7 @@ def _rate(p: _Parser, value: Any, path: tuple[Any, ...], what: str) -> float:
 def _rules(
     p: _Parser, doc: dict[str, Any], section: str, seen: set[str], verdicts: tuple[Verdict, ...]
 ) -> tuple[Rule, ...]:
-    allowed = {"name", "actions", "tenants", "agents", "when", "reason", "shadow", "approvers", "expires_in"}
+    allowed = {"name", "actions", "tenants", "agents", "when", "reason", "shadow", "approvers", *_APPROVAL_TIMES}
     if len(verdicts) > 1:
         allowed.add("decision")
     out = []
@@ -431,15 +433,16 @@ def _rules(
             if verdict not in verdicts:
                 raise p.error((*path, "decision"), what, f"'decision' must be one of {', '.join(verdicts)}")
         approvers: tuple[str, ...] = ()
-        expires_s = None
+        expires_s, parks, use_within_s = None, False, None
         if verdict is Verdict.APPROVAL_REQUIRED:
             raw_approvers = raw.get("approvers", [])
             if not isinstance(raw_approvers, list) or not all(isinstance(a, str) and a for a in raw_approvers):
                 raise p.error((*path, "approvers"), what, "'approvers' must be a list of identities or role:NAME")
             approvers = tuple(raw_approvers)
-            expires_s = int(p.duration(raw.get("expires_in", "1h"), (*path, "expires_in"), what, "expires_in"))
-        elif "approvers" in raw or "expires_in" in raw:
-            raise p.error(path, what, "'approvers' and 'expires_in' apply only to approval_required rules")
+            expires_s, parks, use_within_s = _approval_times(p, raw, path, what)
+        elif "approvers" in raw or any(key in raw for key in _APPROVAL_TIMES):
+            message = "'approvers', 'expires_in' and 'use_within' apply only to approval_required rules"
+            raise p.error(path, what, message)
         default_reason = reasons.APPROVAL_REQUIRED if verdict is Verdict.APPROVAL_REQUIRED else reasons.STOPPED_BY_RULE
         out.append(
             Rule(
@@ -452,9 +455,38 @@ def _rules(
                 shadow=p.flag(raw, "shadow", path, what),
                 approvers=approvers,
                 expires_s=expires_s,
+                parks=parks,
+                use_within_s=use_within_s,
             )
         )
     return tuple(out)
+
+
+_APPROVAL_TIMES = ("expires_in", "use_within")
+NEVER = "never"
+"""``expires_in: never``: the approval parks until someone answers it (a grant still has its use-by time)."""
+
+
+def _approval_times(
+    p: _Parser, raw: dict[str, Any], path: tuple[Any, ...], what: str
+) -> tuple[int | None, bool, int | None]:
+    """An approval rule's ``expires_in`` (seconds, or None when it parks) and ``use_within`` (None: as expires_in).
+
+    A grant always lapses: ``use_within`` has no ``never``, so a grant nobody uses is abandoned in the end.
+    """
+    expires_in = raw.get("expires_in", "1h")
+    parks = expires_in == NEVER
+    expires_s = None
+    if not parks:
+        seconds = parse_duration(expires_in)
+        if seconds is None or seconds <= 0:
+            message = "'expires_in' must be a positive duration like 30s, 15m, 24h or 7d, or never"
+            raise p.error((*path, "expires_in"), what, message)
+        expires_s = max(1, int(seconds))  # whole seconds, as journaled; never rounded down to no time at all
+    use_within_s = None
+    if "use_within" in raw:
+        use_within_s = max(1, int(p.duration(raw["use_within"], (*path, "use_within"), what, "use_within")))
+    return expires_s, parks, use_within_s
 
 
 _TOP_LEVEL = {"version", "mode", "kill_switch", "access", "limits", "approval", "rules"}

@@ -312,5 +312,7 @@ class LayeredPolicy:
                     ev,
                     approvers=rule.approvers,
                     approval_expires_s=rule.expires_s,
+                    approval_parks=rule.parks,
+                    approval_use_within_s=rule.use_within_s,
                 )
         return None

@@ -38,7 +38,9 @@ class Decision:
     retry_after_s: float | None = None
     shadow: ShadowOutcome | None = None
     approvers: tuple[str, ...] = ()
-    approval_expires_s: int | None = None
+    approval_expires_s: int | None = None  # how long the ask waits for an answer (None: the default hour)
+    approval_parks: bool = False  # the rule says ``expires_in: never``: the ask waits until someone answers it
+    approval_use_within_s: int | None = None  # how long a grant stays usable (None: as long as the ask waited)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,14 @@
 """Human approvals: created by ``approval_required`` decisions, resolved by operators, used once by the agent.
 
 An approval is bound to the action key (name plus canonical args), run, tenant and policy rule of the decision
-that asked for it, and expires after the rule's ``expires_in``. The agent resumes by calling Decide again with
-the ``approval_id``; it is allowed only if the approval is granted, unexpired, unused and every binding matches.
+that asked for it. It has two clocks, and each ends in its own outcome:
+
+- **expired**: nobody granted or denied it within the rule's ``expires_in`` (``never``: it waits until answered);
+- **abandoned**: it was granted, but the agent did not use it within the grant's use-by time (the rule's
+  ``use_within``, by default its ``expires_in``, counted from the grant). A grant always lapses in the end.
+
+Denied is the third outcome. The agent resumes by calling Decide again with the ``approval_id``; it is allowed only
+if the approval is granted, within its use-by time, unused and every binding matches.
 
 Approvals live in the ``approvals`` state table (so pending ones survive a restart) and in memory while open.
 Every change (created with its pre-event, granted, denied, expired, used with the resuming pre-event) commits in
@@ -14,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -23,25 +30,32 @@ from gateway.errors import FailedPreconditionError, NotFoundError, PermissionDen
 from gateway.identity import Operator, normalise_identity
 from gateway.journal import state as state_tables
 from gateway.journal.entry import EventKind
-from gateway.journal.state import DENIED, EXPIRED, GRANTED, PENDING, Approval
+from gateway.journal.state import ABANDONED, DENIED, EXPIRED, GRANTED, NEVER_NS, PENDING, Approval
 from gateway.journal.store import JournalReader
 from gateway.journal.writer import StateChange, now_nanos
 from gateway.policy.model import ActionRequest, Decision
 from gateway.sidecar.recorder import AuditRecorder, RecordedEvent
 
 # The approval record and its states belong to the state table (journal/state); servicers take them from here too.
-__all__ = ["DENIED", "EXPIRED", "GRANTED", "MAX_LIST", "PENDING", "Approval", "ApprovalBook"]
+__all__ = ["ABANDONED", "DENIED", "EXPIRED", "GRANTED", "MAX_LIST", "PENDING", "Approval", "ApprovalBook"]
 
 log = logging.getLogger(__name__)
 
 MAX_LIST = 1000
 _CLOSED_KEPT = 10_000
+# Why a closed (or lapsed) approval refuses a resume: each outcome has its own reason.
+_CLOSED_REASONS = {
+    DENIED: reasons.APPROVAL_DENIED,
+    EXPIRED: reasons.APPROVAL_EXPIRED,
+    ABANDONED: reasons.APPROVAL_ABANDONED,
+}
 _RESUME_REFUSALS = frozenset(
     {
         reasons.APPROVAL_NOT_FOUND,
         reasons.APPROVAL_PENDING,
         reasons.APPROVAL_DENIED,
         reasons.APPROVAL_EXPIRED,
+        reasons.APPROVAL_ABANDONED,
         reasons.APPROVAL_USED,
         reasons.APPROVAL_MISMATCH,
     }
@@ -65,7 +79,7 @@ class ApprovalBook:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self, trusted: Sequence[Approval] | None = None) -> None:
-        """Loads open approvals (pending, or granted and unused) and starts expiring them on time.
+        """Loads open approvals (pending, or granted and unused) and starts expiring or abandoning them on time.
 
         ``trusted`` are the open approvals derived from the signed events (``state.trusted_state``); without it
         the table's rows are loaded as they are.
@@ -93,6 +107,7 @@ class ApprovalBook:
     ) -> tuple[Approval, list[StateChange]]:
         """A new pending approval for an ``approval_required`` decision, and the statement that persists it."""
         now = now_nanos()
+        expires_s = decision.approval_expires_s or state_tables.DEFAULT_EXPIRES_S
         approval = Approval(
             approval_id=approval_id,
             state=PENDING,
@@ -108,11 +123,13 @@ class ApprovalBook:
             policy_rule=decision.rule,
             approvers=decision.approvers,
             created_ns=now,
-            expires_ns=now + (decision.approval_expires_s or 3600) * 1_000_000_000,
+            expires_ns=NEVER_NS if decision.approval_parks else now + expires_s * 1_000_000_000,
             resolved_by="",
             resolved_ns=None,
             comment="",
             event_id=event_id,
+            # As the signed derivation reads it back from the pre-event (state.SignedStateFold).
+            use_within_s=decision.approval_use_within_s or expires_s,
         )
         return approval, [state_tables.insert_approval(approval)]
 
@@ -133,11 +150,10 @@ class ApprovalBook:
                 return reasons.APPROVAL_NOT_FOUND, None
             if closed.used:
                 return reasons.APPROVAL_USED, closed
-            return {DENIED: reasons.APPROVAL_DENIED, EXPIRED: reasons.APPROVAL_EXPIRED}.get(
-                closed.state, reasons.APPROVAL_NOT_FOUND
-            ), closed
-        if approval.state == PENDING and now_nanos() >= approval.expires_ns:
-            return reasons.APPROVAL_EXPIRED, approval
+            return _CLOSED_REASONS.get(closed.state, reasons.APPROVAL_NOT_FOUND), closed
+        if not approval.used and now_nanos() >= approval.expires_ns:
+            # Lapsed, whether or not the expiry task has journaled it yet: never answered, or granted and not used.
+            return (reasons.APPROVAL_EXPIRED if approval.state == PENDING else reasons.APPROVAL_ABANDONED), approval
         if (approval.tenant_id, approval.run_id, approval.action_key) != (
             request.tenant_id,
             request.run_id,
@@ -147,7 +163,7 @@ class ApprovalBook:
         if approval.state == PENDING:
             return reasons.APPROVAL_PENDING, approval
         if approval.state != GRANTED:
-            return {DENIED: reasons.APPROVAL_DENIED, EXPIRED: reasons.APPROVAL_EXPIRED}[approval.state], approval
+            return _CLOSED_REASONS[approval.state], approval
         if approval.used:
             return reasons.APPROVAL_USED, approval
         approval.used = True
@@ -228,19 +244,27 @@ class ApprovalBook:
         self._resolving[approval_id] = (operator.identity, state)
         try:
             nanos = now_nanos()
+            # A grant has its own use-by time, counted from now; the state row keeps it as the new expires_ns.
+            lapses_ns = state_tables.use_by_ns(approval, nanos) if grant else approval.expires_ns
+            change = (
+                state_tables.grant_approval(approval_id, operator.identity, nanos, comment, lapses_ns)
+                if grant
+                else state_tables.resolve_approval(approval_id, DENIED, operator.identity, nanos, comment)
+            )
             event = await self._recorder.record_approval(
                 EventKind.APPROVAL_GRANTED if grant else EventKind.APPROVAL_DENIED,
                 asdict(approval),
                 {"type": "operator", "id": operator.identity},
                 comment,
                 nanos,
-                self._resolution(approval_id, state, operator.identity, nanos, comment),
+                [change],
             )
-            approval.state, approval.resolved_by, approval.resolved_ns, approval.comment = (
+            approval.state, approval.resolved_by, approval.resolved_ns, approval.comment, approval.expires_ns = (
                 state,
                 operator.identity,
                 nanos,
                 comment,
+                lapses_ns,
             )
         finally:
             del self._resolving[approval_id]
@@ -249,38 +273,47 @@ class ApprovalBook:
         self._notify(approval_id)
         return approval, event.event_id
 
-    @staticmethod
-    def _resolution(approval_id: str, state: str, by: str, nanos: int, comment: str) -> list[StateChange]:
-        return [state_tables.resolve_approval(approval_id, state, by, nanos, comment)]
-
     async def expire_due(self) -> int:
-        """Journals ``approval_expired`` for every pending approval past its expiry; returns how many."""
+        """Closes every open approval past its time; returns how many.
+
+        A pending one is journaled ``approval_expired`` (nobody answered in time); a granted one nobody used is
+        journaled ``approval_abandoned``, keeping who granted it. One a resume in flight has reserved is left alone:
+        its pre-event may still commit (and if it does not, the reservation is undone and the next round takes it).
+        """
         now = now_nanos()
-        due = [
-            a
-            for a in self._open.values()
-            if a.state == PENDING and a.expires_ns <= now and a.approval_id not in self._resolving
-        ]
+        due = [a for a in self._open.values() if self._lapsed(a, now)]
         for approval in due:
-            if approval.state != PENDING or approval.approval_id in self._resolving:
-                continue  # resolved while an earlier one was being journaled
-            self._resolving[approval.approval_id] = ("agentaudit", EXPIRED)
+            if not self._lapsed(approval, now):
+                continue  # resolved or used while an earlier one was being journaled
+            outcome = EXPIRED if approval.state == PENDING else ABANDONED
+            self._resolving[approval.approval_id] = ("agentaudit", outcome)
             try:
                 event: RecordedEvent = await self._recorder.record_approval(
-                    EventKind.APPROVAL_EXPIRED,
+                    EventKind.APPROVAL_EXPIRED if outcome == EXPIRED else EventKind.APPROVAL_ABANDONED,
                     asdict(approval),
                     {"type": "system", "id": "agentaudit"},
                     "",
                     now,
-                    self._resolution(approval.approval_id, EXPIRED, "", now, ""),
+                    [
+                        state_tables.resolve_approval(approval.approval_id, EXPIRED, "", now, "")
+                        if outcome == EXPIRED
+                        else state_tables.abandon_approval(approval.approval_id)
+                    ],
                 )
             finally:
                 del self._resolving[approval.approval_id]
-            approval.state, approval.resolved_ns = EXPIRED, now
+            approval.state = outcome
+            if outcome == EXPIRED:
+                approval.resolved_ns = now
             self._close(approval)
             self._notify(approval.approval_id)
-            log.info("approval %s expired (event %s)", approval.approval_id, event.event_id)
+            log.info("approval %s %s (event %s)", approval.approval_id, outcome, event.event_id)
         return len(due)
+
+    def _lapsed(self, approval: Approval, now: int) -> bool:
+        """Past its time and not taken: pending, or granted and neither used nor reserved by a resume in flight."""
+        open_now = approval.state == PENDING or (approval.state == GRANTED and not approval.used)
+        return open_now and approval.expires_ns <= now and approval.approval_id not in self._resolving
 
     async def _expire_loop(self) -> None:
         while True:
@@ -309,7 +342,8 @@ class ApprovalBook:
         """Waits until the approval is resolved or expires, or ``timeout_s`` passes; returns its state then."""
         approval = await self.get(approval_id)
         while approval.state == PENDING:
-            remaining = (approval.expires_ns - now_nanos()) / 1e9
+            # An approval that parks (expires_in: never) waits for its answer or the caller's deadline only.
+            remaining = math.inf if approval.expires_ns >= NEVER_NS else (approval.expires_ns - now_nanos()) / 1e9
             wait_s = remaining if timeout_s is None else min(timeout_s, remaining)
             if wait_s <= 0:
                 if remaining <= 0:
@@ -319,7 +353,7 @@ class ApprovalBook:
                 return approval
             changed = self._changed.setdefault(approval_id, asyncio.Event())
             try:
-                await asyncio.wait_for(changed.wait(), wait_s)
+                await asyncio.wait_for(changed.wait(), None if math.isinf(wait_s) else wait_s)
             except TimeoutError:
                 if timeout_s is not None and wait_s == timeout_s:
                     return approval

@@ -20,6 +20,7 @@ from gateway.errors import NotFoundError, ViolationError
 from gateway.ids import new_event_id, now_nanos, rfc3339_nanos
 from gateway.journal.entry import EventKind
 from gateway.journal.schema import indexed_values
+from gateway.journal.state import EXPIRES_NEVER
 from gateway.journal.store import JournalReader, StoredEvent
 from gateway.journal.writer import JournalWriter, Receipt, StateChange
 from gateway.policy.model import ActionRequest, Decision, Verdict
@@ -324,7 +325,8 @@ class AuditRecorder:
             "shadow_rule": shadow.rule if shadow else "",
             "approval_id": approval_id,
             "approvers": list(decision.approvers),
-            "approval_expires_in_s": decision.approval_expires_s,
+            "approval_expires_in_s": EXPIRES_NEVER if decision.approval_parks else decision.approval_expires_s,
+            "approval_use_within_s": decision.approval_use_within_s,
             "resumed_approval_id": request.approval_id,
             "trace_id": trace_id,
             "span_id": span_id,

@@ -44,6 +44,7 @@ const APPROVAL_STATES: Partial<Record<ApprovalState, ApprovalStateName>> = {
   [ApprovalState.APPROVAL_STATE_GRANTED]: "granted",
   [ApprovalState.APPROVAL_STATE_DENIED]: "denied",
   [ApprovalState.APPROVAL_STATE_EXPIRED]: "expired",
+  [ApprovalState.APPROVAL_STATE_ABANDONED]: "abandoned",
 };
 
 function lookup<K extends string, V>(table: Record<K, V>, key: string, what: string): V {

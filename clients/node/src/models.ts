@@ -4,7 +4,7 @@ export type DecisionName = "allow" | "stop" | "approval_required";
 export type ActorTypeName = "user" | "service" | "agent";
 export type ScopeName = "user" | "tenant" | "global";
 export type ResultStatusName = "succeeded" | "failed" | "cancelled" | "timed_out";
-export type ApprovalStateName = "pending" | "granted" | "denied" | "expired";
+export type ApprovalStateName = "pending" | "granted" | "denied" | "expired" | "abandoned";
 
 /** Who initiated a run. */
 export interface Actor {
@@ -55,7 +55,10 @@ export interface ReportResult {
 
 /** State of an approval after waiting for it. */
 export interface ApprovalOutcome {
-  /** "pending" (still unresolved when the wait ended), "granted", "denied" or "expired". */
+  /**
+   * "pending" (still unresolved when the wait ended), "granted", "denied", "expired" (nobody answered in time) or
+   * "abandoned" (granted, but not used within its use-by time).
+   */
   readonly state: ApprovalStateName;
   /** Operator identity that resolved the approval. */
   readonly resolvedBy: string;

@@ -3,7 +3,8 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { failure, MAX_ERROR_BYTES, toDuration, toStruct, truncateUtf8 } from "../src/convert";
+import { approvalOutcome, failure, MAX_ERROR_BYTES, toDuration, toStruct, truncateUtf8 } from "../src/convert";
+import { ApprovalState } from "../src/gen/agentaudit/v1/gateway";
 
 test("truncateUtf8 cuts at a character boundary", () => {
   assert.equal(truncateUtf8("abc", 3), "abc");
@@ -34,4 +35,18 @@ test("toStruct accepts JSON-like objects and drops undefined properties", () => 
   assert.equal(toStruct(undefined, "args"), undefined);
   assert.throws(() => toStruct({ d: new Date() } as never, "args"), /args\.d must be JSON-like/);
   assert.throws(() => toStruct({ n: Infinity }, "args"), /finite/);
+});
+
+test("approvalOutcome names every approval state; only granted is a grant", () => {
+  const names = [
+    [ApprovalState.APPROVAL_STATE_PENDING, "pending"],
+    [ApprovalState.APPROVAL_STATE_GRANTED, "granted"],
+    [ApprovalState.APPROVAL_STATE_DENIED, "denied"],
+    [ApprovalState.APPROVAL_STATE_EXPIRED, "expired"],
+    [ApprovalState.APPROVAL_STATE_ABANDONED, "abandoned"],
+  ] as const;
+  for (const [state, name] of names) {
+    const outcome = approvalOutcome({ state, resolvedBy: "", comment: "" });
+    assert.deepEqual([outcome.state, outcome.granted], [name, name === "granted"]);
+  }
 });

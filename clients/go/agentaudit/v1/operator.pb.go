@@ -96,8 +96,10 @@ type Approval struct {
 	ActionKey  string `protobuf:"bytes,9,opt,name=action_key,json=actionKey,proto3" json:"action_key,omitempty"`
 	PolicyRule string `protobuf:"bytes,10,opt,name=policy_rule,json=policyRule,proto3" json:"policy_rule,omitempty"`
 	// Identities or role:NAME entries allowed to resolve it (empty: any approver).
-	Approvers  []string               `protobuf:"bytes,11,rep,name=approvers,proto3" json:"approvers,omitempty"`
-	CreatedAt  *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	Approvers []string               `protobuf:"bytes,11,rep,name=approvers,proto3" json:"approvers,omitempty"`
+	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	// When it lapses in its current state: a pending approval expires then (unset: it parks until answered), a
+	// granted one is abandoned then unless used (its use-by time).
 	ExpiresAt  *timestamppb.Timestamp `protobuf:"bytes,13,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
 	ResolvedBy string                 `protobuf:"bytes,14,opt,name=resolved_by,json=resolvedBy,proto3" json:"resolved_by,omitempty"`
 	ResolvedAt *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=resolved_at,json=resolvedAt,proto3" json:"resolved_at,omitempty"`

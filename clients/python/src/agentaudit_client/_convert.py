@@ -56,6 +56,7 @@ _APPROVAL_STATES: dict[gateway_pb2.ApprovalState.ValueType, ApprovalStateName] =
     gateway_pb2.APPROVAL_STATE_GRANTED: "granted",
     gateway_pb2.APPROVAL_STATE_DENIED: "denied",
     gateway_pb2.APPROVAL_STATE_EXPIRED: "expired",
+    gateway_pb2.APPROVAL_STATE_ABANDONED: "abandoned",
 }
 
 

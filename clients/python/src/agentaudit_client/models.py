@@ -9,7 +9,7 @@ DecisionName = Literal["allow", "stop", "approval_required"]
 ActorTypeName = Literal["user", "service", "agent"]
 ScopeName = Literal["user", "tenant", "global"]
 ResultStatusName = Literal["succeeded", "failed", "cancelled", "timed_out"]
-ApprovalStateName = Literal["pending", "granted", "denied", "expired"]
+ApprovalStateName = Literal["pending", "granted", "denied", "expired", "abandoned"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +76,8 @@ class ApprovalOutcome:
     """State of an approval after waiting for it.
 
     Attributes:
-        state: "pending" (still unresolved when the wait ended), "granted", "denied" or "expired".
+        state: "pending" (still unresolved when the wait ended), "granted", "denied", "expired" (nobody answered
+            in time) or "abandoned" (granted, but not used within its use-by time).
         resolved_by: Operator identity that resolved the approval.
         comment: Comment given with the resolution.
     """

@@ -30,18 +30,28 @@ class _ApprovalStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Approva
     DESCRIPTOR: _descriptor.EnumDescriptor
     APPROVAL_STATE_UNSPECIFIED: _ApprovalState.ValueType  # 0
     APPROVAL_STATE_PENDING: _ApprovalState.ValueType  # 1
+    """Waiting for an approver (until the rule's expires_in, or until answered when it is never)."""
     APPROVAL_STATE_GRANTED: _ApprovalState.ValueType  # 2
+    """Granted and usable once, until the grant's use-by time (the rule's use_within, by default its expires_in)."""
     APPROVAL_STATE_DENIED: _ApprovalState.ValueType  # 3
     APPROVAL_STATE_EXPIRED: _ApprovalState.ValueType  # 4
+    """Nobody granted or denied it within the rule's expires_in."""
+    APPROVAL_STATE_ABANDONED: _ApprovalState.ValueType  # 5
+    """Granted, but not used within the grant's use-by time."""
 
 class ApprovalState(_ApprovalState, metaclass=_ApprovalStateEnumTypeWrapper):
-    """State of an approval."""
+    """State of an approval. Denied, expired and abandoned are three different outcomes."""
 
 APPROVAL_STATE_UNSPECIFIED: ApprovalState.ValueType  # 0
 APPROVAL_STATE_PENDING: ApprovalState.ValueType  # 1
+"""Waiting for an approver (until the rule's expires_in, or until answered when it is never)."""
 APPROVAL_STATE_GRANTED: ApprovalState.ValueType  # 2
+"""Granted and usable once, until the grant's use-by time (the rule's use_within, by default its expires_in)."""
 APPROVAL_STATE_DENIED: ApprovalState.ValueType  # 3
 APPROVAL_STATE_EXPIRED: ApprovalState.ValueType  # 4
+"""Nobody granted or denied it within the rule's expires_in."""
+APPROVAL_STATE_ABANDONED: ApprovalState.ValueType  # 5
+"""Granted, but not used within the grant's use-by time."""
 Global___ApprovalState: _TypeAlias = ApprovalState  # noqa: Y015
 
 @_typing.final

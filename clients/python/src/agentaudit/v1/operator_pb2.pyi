@@ -101,7 +101,11 @@ class Approval(_message.Message):
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
-    def expires_at(self) -> _timestamp_pb2.Timestamp: ...
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When it lapses in its current state: a pending approval expires then (unset: it parks until answered), a
+        granted one is abandoned then unless used (its use-by time).
+        """
+
     @_builtins.property
     def resolved_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property

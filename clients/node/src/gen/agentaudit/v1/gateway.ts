@@ -37,13 +37,18 @@ export const protobufPackage = "agentaudit.v1";
 
 export const protobufFileName = "agentaudit/v1/gateway.proto";
 
-/** State of an approval. */
+/** State of an approval. Denied, expired and abandoned are three different outcomes. */
 export enum ApprovalState {
   APPROVAL_STATE_UNSPECIFIED = 0,
+  /** APPROVAL_STATE_PENDING - Waiting for an approver (until the rule's expires_in, or until answered when it is never). */
   APPROVAL_STATE_PENDING = 1,
+  /** APPROVAL_STATE_GRANTED - Granted and usable once, until the grant's use-by time (the rule's use_within, by default its expires_in). */
   APPROVAL_STATE_GRANTED = 2,
   APPROVAL_STATE_DENIED = 3,
+  /** APPROVAL_STATE_EXPIRED - Nobody granted or denied it within the rule's expires_in. */
   APPROVAL_STATE_EXPIRED = 4,
+  /** APPROVAL_STATE_ABANDONED - Granted, but not used within the grant's use-by time. */
+  APPROVAL_STATE_ABANDONED = 5,
   UNRECOGNIZED = -1,
 }
 
@@ -64,6 +69,9 @@ export function approvalStateFromJSON(object: any): ApprovalState {
     case 4:
     case "APPROVAL_STATE_EXPIRED":
       return ApprovalState.APPROVAL_STATE_EXPIRED;
+    case 5:
+    case "APPROVAL_STATE_ABANDONED":
+      return ApprovalState.APPROVAL_STATE_ABANDONED;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -83,6 +91,8 @@ export function approvalStateToJSON(object: ApprovalState): string {
       return "APPROVAL_STATE_DENIED";
     case ApprovalState.APPROVAL_STATE_EXPIRED:
       return "APPROVAL_STATE_EXPIRED";
+    case ApprovalState.APPROVAL_STATE_ABANDONED:
+      return "APPROVAL_STATE_ABANDONED";
     case ApprovalState.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";

@@ -96,7 +96,13 @@ export interface Approval {
   policyRule: string;
   /** Identities or role:NAME entries allowed to resolve it (empty: any approver). */
   approvers: string[];
-  createdAt: Date | undefined;
+  createdAt:
+    | Date
+    | undefined;
+  /**
+   * When it lapses in its current state: a pending approval expires then (unset: it parks until answered), a
+   * granted one is abandoned then unless used (its use-by time).
+   */
   expiresAt: Date | undefined;
   resolvedBy: string;
   resolvedAt: Date | undefined;
