@@ -60,9 +60,9 @@ export interface ApprovalOutcome {
    * "abandoned" (granted, but not used within its use-by time).
    */
   readonly state: ApprovalStateName;
-  /** Operator identity that resolved the approval. */
+  /** Empty on the agent port, which returns the state only (the approver is for operators, via ListApprovals). */
   readonly resolvedBy: string;
-  /** Comment given with the resolution. */
+  /** Empty on the agent port, like `resolvedBy`. */
   readonly comment: string;
   /** True when the approval was granted. */
   readonly granted: boolean;

@@ -78,8 +78,9 @@ class ApprovalOutcome:
     Attributes:
         state: "pending" (still unresolved when the wait ended), "granted", "denied", "expired" (nobody answered
             in time) or "abandoned" (granted, but not used within its use-by time).
-        resolved_by: Operator identity that resolved the approval.
-        comment: Comment given with the resolution.
+        resolved_by: Empty on the agent port, which returns the state only (the approver and comment are for
+            operators, through ListApprovals); kept for compatibility.
+        comment: Empty on the agent port, like ``resolved_by``.
     """
 
     state: ApprovalStateName
