@@ -10,15 +10,22 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from gateway.cli.exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, OperatorCallError
-from gateway.cli.journal import READERS
-from gateway.cli.parser import build_parser
-from gateway.errors import AgentAuditError, ConfigError, JournalError
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``agentaudit`` console script: runs one command and maps its failure to an exit code."""
-    args = build_parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["hook"]:
+        # A coding agent starts the hook for every tool call: dispatch before importing the rest of the CLI.
+        from gateway.cli.hook import run  # noqa: PLC0415
+
+        return run(arguments[1:])
+    # Imported here, not at the top, so that the hook path above loads none of them.
+    from gateway.cli.exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, OperatorCallError  # noqa: PLC0415
+    from gateway.cli.journal import READERS  # noqa: PLC0415
+    from gateway.cli.parser import build_parser  # noqa: PLC0415
+    from gateway.errors import AgentAuditError, ConfigError, JournalError  # noqa: PLC0415
+
+    args = build_parser().parse_args(arguments)
     try:
         code: int = args.func(args)
     except ConfigError as exc:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from gateway import __version__
-from gateway.cli import health, journal, mcp, operator, policy, serve
+from gateway.cli import health, hook, journal, mcp, operator, policy, serve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,4 +26,5 @@ def build_parser() -> argparse.ArgumentParser:
     journal.register(sub)
     operator.register_policy_reload(policy.register(sub))
     mcp.register(sub)
+    hook.register(sub)
     return parser
