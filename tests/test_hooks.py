@@ -161,6 +161,10 @@ def test_on_approval_ask_hands_the_call_to_the_agents_prompt(hook_sidecar: Runni
         AGENTAUDIT_HOOK_ON_APPROVAL="ask",
     )
     assert verdict("claude-code", answer)[0] == "ask"
+    # The person said yes at Claude Code's prompt: the call ran without an agentaudit approval.
+    hook("claude-code", payload("claude-code-post", project, "make deploy"), hook_sidecar.unix_target)
+    (violation,) = bodies(hook_sidecar.journal_path, "violation")
+    assert violation["action"] == "claude_code.Bash"
 
 
 def test_pairing_files_are_readable_by_the_user_only(hook_sidecar: RunningGateway, project: Path) -> None:

@@ -30,7 +30,12 @@ def _cmd_hook(args: argparse.Namespace) -> int:
         on_approval=args.on_approval,
         timeout=args.timeout,
     )
-    return main(args.agent_name, config, sys.stdin, sys.stdout)
+    code = main(args.agent_name, config, sys.stdin, sys.stdout)
+    # The answer is printed and the pairing file written: skip the interpreter's teardown, where gRPC's core
+    # shuts its threads down, since the agent waits for the process to exit, not just for its answer.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _cmd_install(args: argparse.Namespace) -> int:

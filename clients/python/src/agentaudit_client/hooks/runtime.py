@@ -111,6 +111,10 @@ def _decide(dialect: Dialect, event: ToolEvent, config: HookConfig) -> tuple[Ver
         return "allow", f"agentaudit: allowed ({decision.event_id})"
     if decision.decision == "approval_required":
         pairing.put(directory, "approval", call_key, {"approval_id": decision.approval_id})
+        if config.on_approval == "ask":
+            # If the person at the agent's prompt says yes, the call runs without an agentaudit approval: report
+            # it against this pre-event anyway, so the sidecar journals it as the violation it is.
+            pairing.put(directory, "pre", event.pair_key, {"event_id": decision.event_id, "started": time.time()})
         reason = (
             f"agentaudit: approval_required: a human must approve this call (approval {decision.approval_id}: "
             f"`agentaudit approve {decision.approval_id}`), then retry it."
