@@ -91,9 +91,13 @@ def test_apply_keeps_the_users_own_hooks() -> None:
     async def mine(*_: Any) -> dict[str, Any]:
         return {}
 
-    options = ClaudeAgentOptions(hooks={"PreToolUse": [HookMatcher(matcher="Bash", hooks=[mine])]})
-    governor = ClaudeAgentGovernor(AsyncGatewayClient("127.0.0.1:1"), "t_42")
-    applied = governor.apply(options)
+    async def apply() -> ClaudeAgentOptions:
+        # A grpc.aio channel belongs to an event loop: make the client inside one.
+        async with AsyncGatewayClient("127.0.0.1:1") as client:
+            options = ClaudeAgentOptions(hooks={"PreToolUse": [HookMatcher(matcher="Bash", hooks=[mine])]})
+            return ClaudeAgentGovernor(client, "t_42").apply(options)
+
+    applied = asyncio.run(apply())
     assert applied.hooks is not None
     assert [m.matcher for m in applied.hooks["PreToolUse"]] == ["Bash", None]
     assert applied.can_use_tool is not None
