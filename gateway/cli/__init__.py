@@ -11,17 +11,24 @@ import os
 import sys
 from collections.abc import Sequence
 
-from gateway.cli.connect import quiet_grpc_logging
-from gateway.cli.exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, OperatorCallError
-from gateway.cli.journal import READERS
-from gateway.cli.parser import build_parser
-from gateway.errors import AgentAuditError, ConfigError, JournalError
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``agentaudit`` console script: runs one command and maps its failure to an exit code."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["hook"]:
+        # A coding agent starts the hook for every tool call: dispatch before importing the rest of the CLI.
+        from gateway.cli.hook import run  # noqa: PLC0415
+
+        return run(arguments[1:])
+    # Imported here, not at the top, so that the hook path above loads none of them.
+    from gateway.cli.connect import quiet_grpc_logging  # noqa: PLC0415
+    from gateway.cli.exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, OperatorCallError  # noqa: PLC0415
+    from gateway.cli.journal import READERS  # noqa: PLC0415
+    from gateway.cli.parser import build_parser  # noqa: PLC0415
+    from gateway.errors import AgentAuditError, ConfigError, JournalError  # noqa: PLC0415
+
     quiet_grpc_logging()  # before any command imports gRPC: its core reads the variable once
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(arguments)
     try:
         code: int = args.func(args)
         # Flushed here, inside the handler below: a reader that hung up (`| head`) ends the command quietly.

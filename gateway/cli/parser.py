@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from gateway import __version__
-from gateway.cli import evidence, health, journal, mcp, operator, policy, redact_check, serve
+from gateway.cli import evidence, health, hook, journal, mcp, operator, policy, redact_check, serve
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,4 +29,5 @@ def build_parser() -> argparse.ArgumentParser:
     operator.register_policy_reload(policy.register(sub))
     redact_check.register(sub)
     mcp.register(sub)
+    hook.register(sub)
     return parser

@@ -1,0 +1,208 @@
+"""Coding-agent hook wall time and framework adapter overhead, against a real `agentaudit dev` sidecar.
+
+``python -m bench.integrations [--hook-calls N] [--tool-calls N]``
+
+1. Hook: runs ``agentaudit hook claude-code`` as Claude Code does (a new process, the PreToolUse JSON on stdin),
+   then the PostToolUse for the same tool-use id, N times; each is timed from process start to its answer.
+   Target: p50 under 100 ms. ``python -c pass`` is timed alongside, as the floor of any Python hook.
+2. Adapter: the same OpenAI Agents SDK run (the SDK's ScriptedModel, N sequential tool calls) without and with
+   ``AgentsGovernor``; the per-call difference is set against the client's own decide + report per call.
+   Target: within 1 ms of it.
+
+Prints a table on stderr and, as its last line, the figures as one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from gateway import devenv
+
+ROOT = Path(__file__).resolve().parent.parent
+ALLOW_ALL = {
+    "version": 1,
+    "access": {"roles": {"all": {"actions": ["*"]}}, "bindings": [{"name": "all", "roles": ["all"]}]},
+}
+HOOK_TARGET_P50_MS = 100.0
+ADAPTER_TARGET_MS = 1.0
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _start_sidecar(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
+    devenv.prepare(directory, None, {})
+    (directory / "policy.yaml").write_text(yaml.safe_dump(ALLOW_ALL))
+    sock = f"unix://{directory / 'gateway.sock'}"
+    env = {**os.environ, "AGENTAUDIT_FORWARD_TARGET": ""}
+    cmd = [
+        sys.executable,
+        "-m",
+        "gateway.cli",
+        "dev",
+        "--dir",
+        str(directory),
+        "--listen",
+        sock,
+        "--operator-listen",
+        f"unix://{directory / 'operator.sock'}",
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT, env=env)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with grpc.insecure_channel(sock) as channel:
+                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return proc, sock
+        except grpc.RpcError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("the sidecar did not start")
+
+
+def _timed(cmd: list[str], stdin: str, env: dict[str, str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(cmd, input=stdin, capture_output=True, text=True, check=True, env=env, cwd=ROOT)
+    return (time.perf_counter() - started) * 1000
+
+
+def bench_hook(sock: str, project: Path, calls: int) -> dict[str, Any]:
+    """Wall time per hook process, pre and post, in milliseconds."""
+    agentaudit = Path(sys.executable).parent / "agentaudit"
+    cmd = (
+        [str(agentaudit), "hook", "claude-code"]
+        if agentaudit.exists()
+        else [sys.executable, "-m", "gateway.cli", "hook", "claude-code"]
+    )
+    env = {**os.environ, "AGENTAUDIT_SIDECAR": sock, "AGENTAUDIT_TENANT_ID": "t_bench"}
+    pre_ms, post_ms, floor_ms = [], [], []
+    for i in range(calls):
+        base = {
+            "session_id": "bench",
+            "cwd": str(project),
+            "tool_name": "Bash",
+            "tool_use_id": f"toolu_{i}",
+            "tool_input": {"command": f"echo {i}"},
+        }
+        pre_ms.append(_timed(cmd, json.dumps({**base, "hook_event_name": "PreToolUse"}), env))
+        post = {**base, "hook_event_name": "PostToolUse", "tool_response": {"stdout": str(i)}}
+        post_ms.append(_timed(cmd, json.dumps(post), env))
+        floor_ms.append(_timed([sys.executable, "-c", "pass"], "", env))
+    summary = {
+        name: {"p50_ms": round(statistics.median(v), 1), "p99_ms": round(_percentile(v, 0.99), 1)}
+        for name, v in (("pre", pre_ms), ("post", post_ms), ("python_floor", floor_ms))
+    }
+    summary["target_p50_ms"] = HOOK_TARGET_P50_MS
+    summary["met"] = summary["pre"]["p50_ms"] < HOOK_TARGET_P50_MS
+    return summary
+
+
+async def _agents_run(sock: str, calls: int, governed: bool) -> float:
+    from agents import Agent, RunConfig, Runner, function_tool  # noqa: PLC0415
+    from agents.testing import ModelStep, ScriptedModel, assistant_message, function_call  # noqa: PLC0415
+
+    from agentaudit_client import AsyncGatewayClient  # noqa: PLC0415
+    from agentaudit_client.integrations.openai_agents import AgentsGovernor  # noqa: PLC0415
+
+    @function_tool
+    def lookup(customer_id: str) -> dict[str, str]:
+        """Looks a customer up."""
+        return {"customer_id": customer_id}
+
+    steps = [
+        ModelStep(output=[function_call("lookup", {"customer_id": f"c{i}"}, call_id=f"c{i}")]) for i in range(calls)
+    ]
+    model = ScriptedModel([*steps, ModelStep(output=[assistant_message("done")])])
+    agent = Agent(name="bench", model=model, tools=[lookup])
+    async with AsyncGatewayClient(sock) as client:
+        if governed:
+            AgentsGovernor(client, "t_bench", "bench-agent").govern(agent)
+        started = time.perf_counter()
+        await Runner.run(agent, "go", max_turns=calls + 2, run_config=RunConfig(tracing_disabled=True))
+        return (time.perf_counter() - started) * 1000
+
+
+async def _client_cost(sock: str, calls: int) -> float:
+    from agentaudit_client import AsyncGatewayClient  # noqa: PLC0415
+
+    async with AsyncGatewayClient(sock) as client:
+        run = client.run("bench_client", tenant_id="t_bench", agent_id="bench-agent")
+        started = time.perf_counter()
+        for i in range(calls):
+            decision = await run.decide("lookup", {"customer_id": f"c{i}"})
+            await client.report_result(decision.event_id, output={"customer_id": f"c{i}"})
+        return (time.perf_counter() - started) * 1000 / calls
+
+
+def bench_adapter(sock: str, calls: int) -> dict[str, Any]:
+    """Per-call overhead of the OpenAI Agents SDK adapter against the client's own decide + report."""
+    asyncio.run(_agents_run(sock, 5, governed=True))  # warm up imports and the channel
+    bare = asyncio.run(_agents_run(sock, calls, governed=False))
+    governed = asyncio.run(_agents_run(sock, calls, governed=True))
+    client = asyncio.run(_client_cost(sock, calls))
+    per_call = (governed - bare) / calls
+    return {
+        "openai_agents": {
+            "per_call_overhead_ms": round(per_call, 3),
+            "client_decide_report_ms": round(client, 3),
+            "adapter_over_client_ms": round(per_call - client, 3),
+            "target_ms": ADAPTER_TARGET_MS,
+            "met": per_call - client <= ADAPTER_TARGET_MS,
+        }
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--hook-calls", type=int, default=50)
+    parser.add_argument("--tool-calls", type=int, default=100)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="aa-bench-") as tmp:
+        directory = Path(tmp)
+        proc, sock = _start_sidecar(directory / "sidecar")
+        project = directory / "project"
+        (project / ".agentaudit").mkdir(parents=True)
+        try:
+            figures = {
+                "hook_claude_code": bench_hook(sock, project, args.hook_calls),
+                "adapters": bench_adapter(sock, args.tool_calls),
+            }
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(15)
+    hook = figures["hook_claude_code"]
+    print(
+        f"hook claude-code  pre p50 {hook['pre']['p50_ms']} ms p99 {hook['pre']['p99_ms']} ms; post p50 "
+        f"{hook['post']['p50_ms']} ms; python floor p50 {hook['python_floor']['p50_ms']} ms",
+        file=sys.stderr,
+    )
+    oa = figures["adapters"]["openai_agents"]
+    print(
+        f"openai-agents     {oa['per_call_overhead_ms']} ms/call vs client {oa['client_decide_report_ms']} ms/call",
+        file=sys.stderr,
+    )
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

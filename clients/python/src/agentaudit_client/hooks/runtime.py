@@ -1,0 +1,176 @@
+"""One hook call: parse the agent's JSON, decide (before) or report (after), answer the way the agent expects.
+
+Fail closed: if the sidecar cannot be reached, or answers with an error, a tool is denied with a reason that says
+so, unless its class (:func:`~.dialects.tool_class`) is listed in ``fail_open``. An approval is waited for up to
+``approval_wait_s`` (0 by default: the hook answers at once); still pending, the call is denied (or, with
+``on_approval="ask"``, handed to the agent's own prompt) and the approval id is kept, so the same call retried
+after a human approved it (``agentaudit approve ID``) resumes with that approval.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from . import pairing
+from .dialects import DIALECTS, Dialect, ToolEvent, Verdict, tool_class
+
+DEFAULT_SIDECAR = "unix://./.agentaudit/gateway.sock"
+MAX_OUTPUT_BYTES = 64 * 1024  # a tool's response can be a whole file: past this only its size is reported
+
+
+@dataclass(frozen=True)
+class HookConfig:
+    """Who the hook decides for and how it fails; every field has an ``AGENTAUDIT_*`` environment variable."""
+
+    sidecar: str = ""
+    tenant_id: str = "local"
+    agent_id: str = ""
+    actor_id: str = ""
+    timeout_s: float = 3.0
+    approval_wait_s: float = 0.0
+    on_approval: str = "deny"
+    fail_open: frozenset[str] = field(default_factory=frozenset)
+
+    @classmethod
+    def from_env(cls, env: os._Environ[str] | dict[str, str], **flags: Any) -> HookConfig:
+        """The configuration from flags (when given) over environment variables over defaults."""
+
+        def pick(flag: str, var: str, default: str) -> str:
+            value = flags.get(flag)
+            return str(value) if value not in (None, "") else env.get(var, default)
+
+        fail_open = pick("fail_open", "AGENTAUDIT_HOOK_FAIL_OPEN", "")
+        return cls(
+            sidecar=pick("sidecar", "AGENTAUDIT_SIDECAR", ""),
+            tenant_id=pick("tenant", "AGENTAUDIT_TENANT_ID", "local"),
+            agent_id=pick("agent", "AGENTAUDIT_AGENT_ID", ""),
+            actor_id=pick("actor", "AGENTAUDIT_ACTOR_ID", env.get("USER", "")),
+            timeout_s=float(pick("timeout", "AGENTAUDIT_HOOK_TIMEOUT", "3")),
+            approval_wait_s=float(pick("approval_wait", "AGENTAUDIT_HOOK_APPROVAL_WAIT", "0")),
+            on_approval=pick("on_approval", "AGENTAUDIT_HOOK_ON_APPROVAL", "deny"),
+            fail_open=frozenset(c.strip() for c in fail_open.split(",") if c.strip()),
+        )
+
+
+def handle(dialect: Dialect, payload: dict[str, Any], config: HookConfig) -> dict[str, Any]:
+    """The answer to one hook payload (an empty dict means no opinion)."""
+    event = dialect.parse(payload)
+    if event is None:  # an event we were not installed for: stay out of the way
+        return {}
+    if event.phase == "post":
+        _report(dialect, event, config)
+        return dialect.render("post", "allow", "")
+    verdict, reason = _decide(dialect, event, config)
+    return dialect.render("pre", verdict, reason)
+
+
+def _client(event: ToolEvent, config: HookConfig) -> Any:
+    from agentaudit_client.client import GatewayClient  # noqa: PLC0415 - gRPC only once there is a call
+
+    target = config.sidecar or DEFAULT_SIDECAR
+    from agentaudit_client.address import grpc_target  # noqa: PLC0415
+
+    return GatewayClient(grpc_target(target, base=event.cwd or None), timeout=config.timeout_s)
+
+
+def _decide(dialect: Dialect, event: ToolEvent, config: HookConfig) -> tuple[Verdict, str]:
+    from agentaudit_client.errors import GatewayError  # noqa: PLC0415
+
+    directory = pairing.state_dir(event.cwd)
+    call_key = f"{dialect.name}|{event.run_id}|{event.tool}|{json.dumps(event.args, sort_keys=True, default=str)}"
+    waiting = pairing.take(directory, "approval", call_key)
+    request = {
+        "run_id": event.run_id or f"{dialect.name}-session",
+        "tenant_id": config.tenant_id,
+        "action": f"{dialect.action_prefix}.{event.tool}",
+        "args": event.args,
+        # Each hook is its own process: microseconds since the epoch keep step ids increasing within a run.
+        "step_id": time.time_ns() // 1000,
+        "actor": ("user", config.actor_id or "unknown"),
+        "agent_id": config.agent_id or dialect.name,
+        "labels": {"hook": dialect.name, "tool_class": tool_class(event.tool)},
+    }
+    try:
+        with _client(event, config) as client:
+            decision = client.decide(**request, approval_id=(waiting or {}).get("approval_id", ""))
+            if decision.decision == "approval_required" and config.approval_wait_s > 0:
+                outcome = client.wait_approval(decision.approval_id, timeout=config.approval_wait_s)
+                if outcome.state != "pending":
+                    request["step_id"] = time.time_ns() // 1000
+                    decision = client.decide(**request, approval_id=decision.approval_id)
+    except GatewayError as exc:
+        return _unreachable(event, config, exc)
+    if decision.allowed:
+        pairing.put(directory, "pre", event.pair_key, {"event_id": decision.event_id, "started": time.time()})
+        pairing.prune(directory)
+        return "allow", f"agentaudit: allowed ({decision.event_id})"
+    if decision.decision == "approval_required":
+        pairing.put(directory, "approval", call_key, {"approval_id": decision.approval_id})
+        if config.on_approval == "ask":
+            # If the person at the agent's prompt says yes, the call runs without an agentaudit approval: report
+            # it against this pre-event anyway, so the sidecar journals it as the violation it is.
+            pairing.put(directory, "pre", event.pair_key, {"event_id": decision.event_id, "started": time.time()})
+        reason = (
+            f"agentaudit: approval_required: a human must approve this call (approval {decision.approval_id}: "
+            f"`agentaudit approve {decision.approval_id}`), then retry it."
+        )
+        return ("ask" if config.on_approval == "ask" else "deny"), reason
+    retry = f" Retry after {decision.retry_after:g} s." if decision.retry_after else ""
+    rule = decision.policy_rule or "default"
+    return "deny", f"agentaudit: stopped ({decision.reason}) by policy rule {rule}.{retry}"
+
+
+def _unreachable(event: ToolEvent, config: HookConfig, exc: Exception) -> tuple[Verdict, str]:
+    klass = tool_class(event.tool)
+    where = config.sidecar or DEFAULT_SIDECAR
+    if klass in config.fail_open:
+        print(f"agentaudit: sidecar at {where} unavailable; {klass} tools fail open: {exc}", file=sys.stderr)
+        return "allow", ""
+    return "deny", (
+        f"agentaudit: audit_unavailable: the sidecar at {where} cannot be reached ({type(exc).__name__}), "
+        f"so this {klass} call is denied (fail closed; start it with `agentaudit dev`, or set "
+        "AGENTAUDIT_HOOK_FAIL_OPEN for tool classes that may run unaudited)."
+    )
+
+
+def _report(dialect: Dialect, event: ToolEvent, config: HookConfig) -> None:
+    from agentaudit_client.errors import GatewayError  # noqa: PLC0415
+
+    pending = pairing.take(pairing.state_dir(event.cwd), "pre", event.pair_key)
+    if pending is None:  # never allowed by this hook (denied, or hooked in after the call started)
+        return
+    duration = max(0.0, time.time() - float(pending.get("started", time.time())))
+    try:
+        with _client(event, config) as client:
+            if event.error:
+                client.report_result(pending["event_id"], status="failed", error=event.error[:4096], duration=duration)
+            else:
+                client.report_result(pending["event_id"], output=_output(event.output), duration=duration)
+    except GatewayError as exc:
+        print(f"agentaudit: could not report the result of {pending['event_id']}: {exc}", file=sys.stderr)
+
+
+def _output(value: Any) -> dict[str, Any]:
+    text = json.dumps(value, default=str)
+    if len(text) > MAX_OUTPUT_BYTES:
+        return {"truncated": True, "bytes": len(text)}
+    plain = json.loads(text)
+    return plain if isinstance(plain, dict) else {"result": plain}
+
+
+def main(agent: str, config: HookConfig, stdin: TextIO, stdout: TextIO) -> int:
+    """Runs one hook call for ``agent``: reads the payload, prints the answer, returns the exit code."""
+    dialect = DIALECTS[agent]
+    try:
+        payload = json.loads(stdin.read() or "{}")
+    except json.JSONDecodeError as exc:
+        print(f"agentaudit hook {agent}: the hook input is not JSON: {exc}", file=sys.stderr)
+        return 2  # every supported agent reads exit code 2 as "block", with stderr as the reason
+    answer = handle(dialect, payload if isinstance(payload, dict) else {}, config)
+    stdout.write(json.dumps(answer) + "\n")
+    return 0
