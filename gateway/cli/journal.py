@@ -99,6 +99,21 @@ def _register_verify(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p.add_argument(
         "--anchor", action="append", metavar="NOTE", help="cosigned checkpoint note file the journal must contain"
     )
+    p.add_argument(
+        "--require-witnessed",
+        nargs="?",
+        const=0,
+        type=natural,
+        metavar="N",
+        help="fail (exit 1) when more than N entries (default 0) lie beyond the last cosigned checkpoint and its "
+        "receipt; needs --witness-key (docs/verify.md, Assurance levels)",
+    )
+    p.add_argument(
+        "--min-size",
+        type=natural,
+        metavar="N",
+        help="fail (exit 1) when the journal holds fewer than N entries (e.g. the size you saw last time)",
+    )
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.set_defaults(func=cmd_verify)
 
@@ -152,7 +167,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
             anchors.append(Path(anchor).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read anchor {anchor}: {exc}") from exc
-    report = verify_journal(Path(args.journal), verifiers, origin=args.origin, witnesses=witnesses, anchors=anchors)
+    report = verify_journal(
+        Path(args.journal),
+        verifiers,
+        origin=args.origin,
+        witnesses=witnesses,
+        anchors=anchors,
+        require_witnessed=args.require_witnessed,
+        min_size=args.min_size,
+    )
     print(json.dumps(report.to_json()) if args.json else render.format_report(report))
     return EXIT_OK if report.ok else EXIT_FAILURE
 
