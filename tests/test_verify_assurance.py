@@ -209,3 +209,30 @@ def test_a_real_sidecars_forwarded_journal_passes_require_witnessed(tmp_path: Pa
     assert document["unwitnessed_beyond_grace"] == 0
     assert document["witnessed_size"] >= 40
     assert document["witnessed_by"] == ["collector.test"]
+
+
+@pytest.mark.parametrize(
+    ("plan", "witness", "says"),
+    [
+        pytest.param(
+            [5, Receipt(), 3],
+            True,
+            "witnessed up to seq 4 by collector.agentaudit.example: not even the key holder can rewrite those; "
+            "seq 5 on is not witnessed",
+            id="witnessed-prefix",
+        ),
+        pytest.param([5], True, "not witnessed: no checkpoint cosigned by collector.agentaudit.example", id="none"),
+        pytest.param([5, Receipt()], False, "witnessing not checked (no --witness-key)", id="no-witness-key"),
+    ],
+)
+def test_trace_says_what_the_verification_proves(tmp_path: Path, plan: list[Step], witness: bool, says: str) -> None:
+    pub, wpub = key_files(tmp_path)
+    path = tmp_path / "j.db"
+    build(path, plan)
+
+    flags = ["--witness-key", str(wpub)] if witness else []
+    result = run_cli("trace", "run_0", "--journal", str(path), "--public-key", str(pub), *flags)
+
+    status = result.stdout.splitlines()[-1]
+    assert status.startswith("verification: journal verified: "), result.stdout + result.stderr
+    assert "signed: no entry was edited without the signing key; " + says in status

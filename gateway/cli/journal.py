@@ -134,6 +134,12 @@ def _register_trace(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument(
         "--public-key", action="append", metavar="KEY", help="verify the journal with signing.pub (repeatable)"
     )
+    p.add_argument(
+        "--witness-key",
+        action="append",
+        metavar="KEY",
+        help="with --public-key: say how far the journal is witnessed by this collector key (repeatable)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object (steps, operator actions, anomalies)")
     p.set_defaults(func=cmd_trace)
 
@@ -358,6 +364,9 @@ def cmd_trace(args: argparse.Namespace) -> int:
     """``agentaudit trace``: exit 0 clean, 1 the run has anomalies, 2 unknown run or unreadable journal."""
     path = Path(args.journal)
     verifiers = [load_verifier(Path(p)) for p in args.public_key or []]
+    witnesses = [load_verifier(Path(p)) for p in args.witness_key or []]
+    if witnesses and not verifiers:
+        raise ConfigError("--witness-key needs --public-key: witnessing is checked while verifying the journal")
     try:
         # The run_id index serves the run; operator events (few) come through their partial index.
         events = [{"seq": seq, **body} for seq, body in iter_bodies(path, run_id=args.run_id)]
@@ -369,7 +378,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
         context = [{"seq": seq, **body} for seq, body in iter_operator_context(path) if seq <= last]
         # Verified after reading: the journal is append-only, so every event read is in the verified snapshot.
         verified, status = (
-            verification_from_report(verify_journal(path, verifiers))
+            verification_from_report(verify_journal(path, verifiers, witnesses=witnesses))
             if verifiers
             else (None, "not checked (no --public-key given)")
         )

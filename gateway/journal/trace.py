@@ -215,12 +215,29 @@ def verification_from_report(report: VerifyReport) -> tuple[Callable[[int], str]
 
     entries = f"{report.entries} {'entry' if report.entries == 1 else 'entries'}"
     if report.ok:
-        return verified, f"journal verified: {entries}, no tamper evidence"
+        return verified, f"journal verified: {entries}, no tamper evidence; {assurance(report)}"
     whole = sorted({str(f.code) for f in report.findings if f.seq is None})
     status = f"TAMPER EVIDENCE: {len(report.findings)} finding(s) in {entries}"
     if whole:
         status += f" (journal: {', '.join(whole)})"
     return verified, status + "; run `agentaudit verify` for details"
+
+
+def assurance(report: VerifyReport) -> str:
+    """What a clean report proves, in plain words: signed, and how far witnessed (docs/verify.md, levels)."""
+    signed = "signed: no entry was edited without the signing key"
+    size, keys = report.witnessed_size, report.witness_keys
+    if not keys:
+        return f"{signed}; witnessing not checked (no --witness-key): the key holder could rewrite any of it"
+    if size == 0:
+        return f"{signed}; not witnessed: no checkpoint cosigned by {', '.join(keys)} covers any entry"
+    by = ", ".join(report.witnessed_by)
+    if size >= report.tree_size:
+        return f"{signed}; witnessed to the end by {by}: not even the key holder can rewrite it"
+    return (
+        f"{signed}; witnessed up to seq {size - 1} by {by}: not even the key holder can rewrite those; "
+        f"seq {size} on is not witnessed"
+    )
 
 
 def build_trace(
