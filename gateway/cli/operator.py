@@ -15,7 +15,8 @@ from typing import Any
 
 from gateway.cli import render
 from gateway.cli.exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, OperatorCallError
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, SigningKeyError
+from gateway.signing import read_secret_file
 
 DEFAULT_OPERATOR_SOCKET = Path(".agentaudit") / "operator.sock"
 DEFAULT_OPERATOR_TOKEN = Path(".agentaudit") / "operator.token"
@@ -86,10 +87,12 @@ def _token(args: argparse.Namespace) -> str:
     token = os.environ.get("AGENTAUDIT_OPERATOR_TOKEN", "")
     token_file = Path(args.token_file) if args.token_file else DEFAULT_OPERATOR_TOKEN
     if args.token_file or (not token and token_file.exists()):
+        # A token grants approvals and kill switches: refuse a file others can read, as the server refuses a loose
+        # key file (the same rule, gateway.signing.read_secret_file).
         try:
-            token = token_file.read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read token file {token_file}: {exc.strerror}") from exc
+            token = read_secret_file(token_file).decode("utf-8", errors="replace").strip()
+        except SigningKeyError as exc:
+            raise ConfigError(f"token file: {exc}") from exc
     return token
 
 
