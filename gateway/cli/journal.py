@@ -126,8 +126,8 @@ def _register_trace(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Print a run step by step: decision, reason, policy layer and rule, the approval chain, the "
         "result, operator actions that affected it (kill switches, policy changes), each event's verification "
         "status (✓ verified, ✗ finding, ? not checked) and anomalies (missing_result, result_without_allow, "
-        "missing_steps, violation, unresolved_approval, verification_failed). Exit status: 0 no anomaly, "
-        "1 the run has anomalies (gate scripts on it), 2 unknown run or unreadable journal.",
+        "missing_steps, violation, unresolved_approval, verification_failed, replayed_attempt). Exit status: "
+        "0 no anomaly, 1 the run has anomalies (gate scripts on it), 2 unknown run or unreadable journal.",
     )
     p.add_argument("run_id", metavar="RUN_ID", help="the run to trace")
     p.add_argument("--journal", default=".agentaudit/journal.db", help="journal file (default: .agentaudit/journal.db)")

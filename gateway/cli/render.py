@@ -265,7 +265,8 @@ def _event_text(event: TraceEvent, step: TraceStep, last_pre: int | None, versio
         if action != step.action:
             text = f"{printable(action)}  {text}"
         if event.role is Role.RETRY:
-            return f"retry: {text}", decided
+            attempt = int_or_none(body.get("attempt"))
+            return (f"retry (attempt {attempt}): {text}" if attempt else f"retry: {text}"), decided
         own = int_or_none(body.get("step_id"))
         return (f"resumed: {text}" if own == step.step_id else f"resumed as step {own}: {text}"), decided
     if event.role is Role.APPROVAL:

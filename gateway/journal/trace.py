@@ -58,6 +58,9 @@ class AnomalyCode(enum.StrEnum):
     """An approval was required and never granted, denied or expired."""
     VERIFICATION_FAILED = "verification_failed"
     """The verifier reported tamper evidence at the seq of an event shown in the trace."""
+    REPLAYED_ATTEMPT = "replayed_attempt"
+    """A pre-event carries an attempt number its step already had: the sidecar numbers every pre-event of a
+    ``(run_id, step_id)`` 1, 2, 3, ..., so a repeat of a number is a copy (a replay), not a retry."""
 
 
 class Role(enum.StrEnum):
@@ -66,7 +69,8 @@ class Role(enum.StrEnum):
     DECISION = "decision"
     """The first pre-event of a step."""
     RETRY = "retry"
-    """A later pre-event with the same step id that does not resume an approval of the step."""
+    """A later pre-event with the same step id that does not resume an approval of the step (its ``attempt``
+    number, in journals that carry it, says which try it was)."""
     RESUMED = "resumed"
     """A pre-event resuming an approval the step asked for (possibly under another step id)."""
     APPROVAL = "approval"
@@ -440,6 +444,25 @@ class _Run:
                     f"approval {printable(approval_id)} for {printable(pre.get('action') or '?')} "
                     "was never granted, denied or expired",
                 )
+        self._check_attempts(flag)
+
+    def _check_attempts(self, flag: Callable[[int, int | None, AnomalyCode, str], None]) -> None:
+        """Flags a pre-event whose attempt number its step already had (journals without attempts: nothing)."""
+        highest: dict[int, int] = {}  # step id → the highest attempt seen so far
+        for e in self.events:
+            step, attempt = int_or_none(e.get("step_id")), int_or_none(e.get("attempt"))
+            if _kind(e) != _PRE or step is None or attempt is None:
+                continue
+            previous = highest.get(step, 0)
+            if attempt <= previous:
+                flag(
+                    int(e["seq"]),
+                    step,
+                    AnomalyCode.REPLAYED_ATTEMPT,
+                    f"{printable(e.get('action') or '?')} is attempt {attempt} of step {step} again (the step is "
+                    f"already at attempt {previous}): a copy of an earlier pre-event, not a retry",
+                )
+            highest[step] = max(previous, attempt)
 
 
 def _split(
