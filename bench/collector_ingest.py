@@ -75,6 +75,7 @@ def pre_exec_body(i: int) -> dict[str, Any]:
         "timestamp": f"2027-01-15T08:{i // 60000 % 60:02d}:{i // 1000 % 60:02d}.{i % 1000:03d}123456Z",
         "run_id": f"run_01JHB{i // 50:021d}",
         "step_id": i % 50,
+        "attempt": 1,
         "tenant_id": "t_42",
         "actor": {"type": "user", "id": "u_1001"},
         "agent_id": "support-agent",

@@ -82,7 +82,7 @@ SUBPROCESS_RUNS = 3
 QUERY_TARGET_MS = 100.0  # search --run-id and trace, warm p95
 APPEND_RATIO_TARGET = 0.9  # appends/s on the N-event journal over appends/s on an empty one
 
-GENERATOR_VERSION = 1  # bump when the generated journal changes: a cached one of another version is rebuilt
+GENERATOR_VERSION = 2  # bump when the generated journal changes: a cached one of another version is rebuilt
 WAVE = 2_000  # runs in flight while generating = appends per gather = rows per commit (MAX_ROWS_PER_INSERT)
 WORKLOAD_RUNS = 200  # runs in flight in the append workload
 ORIGIN = "bench.agentaudit/scale"
@@ -367,6 +367,7 @@ class Traffic:
             "timestamp": rfc3339_nanos(nanos),
             "run_id": run.run_id,
             "step_id": run.step,
+            "attempt": 2 if resumed else 1,  # a resume repeats the step that asked for the approval
             "tenant_id": run.tenant,
             "actor": run.actor,
             "agent_id": run.agent,

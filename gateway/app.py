@@ -39,6 +39,7 @@ from gateway.api.operator_service import SERVICE_NAME as OPERATOR_SERVICE_NAME
 from gateway.api.operator_service import OperatorServicer, operator_handler
 from gateway.collector.app import Collector
 from gateway.config import CollectorConfig, Config, OperatorConfig
+from gateway.config.sidecar import non_loopback_tcp
 from gateway.errors import AgentAuditError, ConfigError
 from gateway.ids import now_nanos, rfc3339_nanos
 from gateway.journal.state import TrustedState
@@ -279,6 +280,13 @@ class Sidecar:
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self._server)
         reflection.enable_server_reflection([SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME], self._server)
         self.bound = self._listen(self._server, cfg.server.listen, None)
+        for address in non_loopback_tcp(cfg.server.listen):
+            # The agent API has no TLS: anyone who reaches the address can propose actions and report results.
+            log.warning(
+                "server.listen %s is not a loopback address and the agent API has no TLS: other machines can call "
+                "it in plaintext; prefer a unix socket or 127.0.0.1",
+                address,
+            )
         if cfg.operator.listen:
             await self._serve_operator(options)
         await self._server.start()

@@ -148,7 +148,7 @@ def read_secret_file(path: Path) -> bytes:
         st = path.stat()
         if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise SigningKeyError(
-                f"{path} is accessible by group or others (mode {stat.S_IMODE(st.st_mode):o}); run chmod 600"
+                f"{path} is accessible by group or others (mode {stat.S_IMODE(st.st_mode):o}); run chmod 600 {path}"
             )
         return path.read_bytes()
     except OSError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -9,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway import config
+from gateway import config, devenv
 from gateway.errors import ConfigError
+from tests.conftest import AGENTAUDIT, ROOT, free_port, run_cli, wait_serving
 
 DESIGN_BLOCK = """\
 audit:
@@ -227,3 +229,84 @@ def test_bad_audit_detectors_are_refused_naming_the_key(
     path.write_text(text)
     with pytest.raises(ConfigError, match=re.escape(message)):
         config.load(path, env=env)
+
+
+_TLS = "  tls: {cert: c.pem, key: k.pem, client_ca: ca.pem}\n"
+
+
+@pytest.mark.parametrize(
+    ("operator", "refused"),
+    [
+        pytest.param("  listen: ['0.0.0.0:7421']\n", "0.0.0.0:7421", id="any-ipv4"),
+        pytest.param("  listen: ['[::]:7421']\n", "[::]:7421", id="any-ipv6"),
+        pytest.param("  listen: ['10.1.2.3:7421']\n", "10.1.2.3:7421", id="pod-ip"),
+        pytest.param("  listen: ['ops.example:7421']\n", "ops.example:7421", id="host-name"),
+        pytest.param("  listen: ['127.0.0.1:1', '0.0.0.0:7421']\n", "0.0.0.0:7421", id="one-of-several"),
+        pytest.param("  listen: ['0.0.0.0:7421']\n  allow_insecure: false\n", "0.0.0.0:7421", id="explicit-false"),
+        pytest.param("  listen: ['127.0.0.1:7421']\n", None, id="loopback-v4"),
+        pytest.param("  listen: ['127.0.0.2:7421']\n", None, id="loopback-v4-range"),
+        pytest.param("  listen: ['[::1]:7421']\n", None, id="loopback-v6"),
+        pytest.param("  listen: ['localhost:7421']\n", None, id="localhost"),
+        pytest.param("  listen: ['unix:///run/op.sock']\n", None, id="unix-socket"),
+        pytest.param("  listen: ['0.0.0.0:7421']\n" + _TLS, None, id="with-tls"),
+        pytest.param("  listen: ['0.0.0.0:7421']\n  allow_insecure: true\n", None, id="allowed-explicitly"),
+    ],
+)
+def test_operator_listener_off_loopback_needs_tls_or_allow_insecure(
+    tmp_path: Path, operator: str, refused: str | None
+) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("operator:\n" + operator)
+    if refused is None:
+        assert config.load(path).operator.listen
+        return
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    message = str(info.value)
+    assert message.startswith(f"operator.listen: {refused} is not a loopback address and operator.tls is not set")
+    assert "operator.allow_insecure: true" in message
+
+
+def test_operator_listen_flag_off_loopback_is_refused_too(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=re.escape("operator.listen: 0.0.0.0:7421 is not a loopback address")):
+        config.load(None, operator_listen=["0.0.0.0:7421"])
+
+
+def test_operator_allow_insecure_must_be_a_bool(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("operator:\n  allow_insecure: perhaps\n")
+    with pytest.raises(ConfigError, match=re.escape("operator.allow_insecure: expected true or false")):
+        config.load(path)
+
+
+def test_serve_refuses_to_start_an_operator_listener_off_loopback_without_tls(tmp_path: Path) -> None:
+    devenv.prepare(tmp_path, None, {})
+    address = f"0.0.0.0:{free_port()}"
+
+    result = run_cli("serve", "--config", str(tmp_path / devenv.CONFIG_FILE), "--operator-listen", address)
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"operator.listen: {address} is not a loopback address and operator.tls is not set" in result.stderr
+
+
+def test_a_gateway_listener_off_loopback_starts_with_a_warning(tmp_path: Path) -> None:
+    address = f"0.0.0.0:{free_port()}"
+    log_path = tmp_path / "sidecar.log"
+    unix = [f"unix://{tmp_path / 'g.sock'}", f"unix://{tmp_path / 'op.sock'}"]
+    with open(log_path, "wb") as log:
+        argv = [*AGENTAUDIT, "dev", "--dir", str(tmp_path), "--listen", unix[0], "--listen", address]
+        proc = subprocess.Popen(
+            [*argv, "--operator-listen", unix[1]],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={**os.environ, "AGENTAUDIT_FORWARD_TARGET": ""},
+        )
+    try:
+        wait_serving(unix[0], proc=proc)
+    finally:
+        proc.terminate()
+        proc.wait(15)
+    warnings = [line for line in log_path.read_text().splitlines() if "is not a loopback address" in line]
+    assert len(warnings) == 1, log_path.read_text()
+    assert "WARNING" in warnings[0].upper() and f"server.listen {address}" in warnings[0]

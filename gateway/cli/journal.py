@@ -107,6 +107,21 @@ def _register_verify(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p.add_argument(
         "--anchor", action="append", metavar="NOTE", help="cosigned checkpoint note file the journal must contain"
     )
+    p.add_argument(
+        "--require-witnessed",
+        nargs="?",
+        const=0,
+        type=natural,
+        metavar="N",
+        help="fail (exit 1) when more than N entries (default 0) lie beyond the last cosigned checkpoint and its "
+        "receipt; needs --witness-key (docs/verify.md, Assurance levels)",
+    )
+    p.add_argument(
+        "--min-size",
+        type=natural,
+        metavar="N",
+        help="fail (exit 1) when the journal holds fewer than N entries (e.g. the size you saw last time)",
+    )
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.set_defaults(func=cmd_verify)
 
@@ -119,13 +134,19 @@ def _register_trace(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Print a run step by step: decision, reason, policy layer and rule, the approval chain, the "
         "result, operator actions that affected it (kill switches, policy changes), each event's verification "
         "status (✓ verified, ✗ finding, ? not checked) and anomalies (missing_result, result_without_allow, "
-        "missing_steps, violation, unresolved_approval, verification_failed). Exit status: 0 no anomaly, "
-        "1 the run has anomalies (gate scripts on it), 2 unknown run or unreadable journal.",
+        "missing_steps, violation, unresolved_approval, verification_failed, replayed_attempt). Exit status: "
+        "0 no anomaly, 1 the run has anomalies (gate scripts on it), 2 unknown run or unreadable journal.",
     )
     p.add_argument("run_id", metavar="RUN_ID", help="the run to trace")
     p.add_argument("--journal", help=f"journal file (default: {defaults.DEFAULT_JOURNAL}, and its dev signing.pub)")
     p.add_argument(
         "--public-key", action="append", metavar="KEY", help="verify the journal with signing.pub (repeatable)"
+    )
+    p.add_argument(
+        "--witness-key",
+        action="append",
+        metavar="KEY",
+        help="with --public-key: say how far the journal is witnessed by this collector key (repeatable)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object (steps, operator actions, anomalies)")
     p.set_defaults(func=cmd_trace)
@@ -175,7 +196,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
     incomplete = defaults.explain_incomplete_copy(path)
     if incomplete:
         raise ConfigError(incomplete)
-    report = verify_journal(path, verifiers, origin=args.origin, witnesses=witnesses, anchors=anchors)
+    report = verify_journal(
+        path,
+        verifiers,
+        origin=args.origin,
+        witnesses=witnesses,
+        anchors=anchors,
+        require_witnessed=args.require_witnessed,
+        min_size=args.min_size,
+    )
     print(json.dumps(report.to_json()) if args.json else render.format_report(report))
     return EXIT_OK if report.ok else EXIT_FAILURE
 
@@ -359,6 +388,9 @@ def cmd_trace(args: argparse.Namespace) -> int:
     if not public_keys and not args.journal:  # the dev journal: verify with its dev key
         public_keys = [str(key)] if (key := defaults.dev_key(path, "signing.pub")) else []
     verifiers = [load_verifier(Path(p)) for p in public_keys]
+    witnesses = [load_verifier(Path(p)) for p in args.witness_key or []]
+    if witnesses and not verifiers:
+        raise ConfigError("--witness-key needs --public-key: witnessing is checked while verifying the journal")
     try:
         # The run_id index serves the run; operator events (few) come through their partial index.
         events = [{"seq": seq, **body} for seq, body in iter_bodies(path, run_id=args.run_id)]
@@ -370,7 +402,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
         context = [{"seq": seq, **body} for seq, body in iter_operator_context(path) if seq <= last]
         # Verified after reading: the journal is append-only, so every event read is in the verified snapshot.
         verified, status = (
-            verification_from_report(verify_journal(path, verifiers))
+            verification_from_report(verify_journal(path, verifiers, witnesses=witnesses))
             if verifiers
             else (None, "not checked (no --public-key given)")
         )

@@ -15,7 +15,8 @@ from typing import Any
 
 from gateway.cli import connect, render
 from gateway.cli.exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, OperatorCallError
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, SigningKeyError
+from gateway.signing import read_secret_file
 
 DEFAULT_OPERATOR_SOCKET = Path(".agentaudit") / "operator.sock"
 DEFAULT_OPERATOR_TOKEN = Path(".agentaudit") / "operator.token"
@@ -88,11 +89,22 @@ def _token(args: argparse.Namespace) -> str:
     token = os.environ.get("AGENTAUDIT_OPERATOR_TOKEN", "")
     token_file = Path(args.token_file) if args.token_file else DEFAULT_OPERATOR_TOKEN
     if args.token_file or (not token and token_file.exists()):
-        try:
-            token = token_file.read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read token file {token_file}: {exc.strerror}") from exc
+        token = _read_token_file(token_file)
     return token
+
+
+def _read_token_file(path: Path) -> str:
+    """A token file's text. A token grants approvals and kill switches, so a regular file that group or others can
+    access is refused, as the server refuses a loose key file (the same rule, ``gateway.signing.read_secret_file``).
+    Anything else (``/dev/null`` for "no token", a pipe from ``<(...)``) holds no stored secret and is read as is."""
+    try:
+        if path.is_file():
+            return read_secret_file(path).decode("utf-8", errors="replace").strip()
+        return path.read_text(errors="replace").strip()
+    except SigningKeyError as exc:
+        raise ConfigError(f"token file: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read token file {path}: {exc.strerror}") from exc
 
 
 def _operator_call(args: argparse.Namespace, method: str, **fields: Any) -> Any:

@@ -136,6 +136,7 @@ def format_report(report: VerifyReport) -> str:
     elif report.witnessed_size < report.tree_size:
         witnessed += " (a cut-off tail is not detectable locally)"
     lines.append(witnessed)
+    lines += _requirements(report)
     if report.uncredited_receipts:
         receipts = _count(report.uncredited_receipts, "cosigned checkpoint receipt", "cosigned checkpoint receipts")
         by = printable_names(report.uncredited_witnesses) or "no witness"
@@ -152,6 +153,21 @@ def format_report(report: VerifyReport) -> str:
     else:
         lines.append(f"TAMPER EVIDENCE: {_count(len(report.findings), 'finding', 'findings')} in {entries}")
     return "\n".join(lines)
+
+
+def _requirements(report: VerifyReport) -> list[str]:
+    """One line per assurance the caller demanded (--require-witnessed, --min-size), saying what was found."""
+    lines = []
+    if report.require_witnessed is not None:
+        receipt = report.witnessed_receipt_seq
+        grace = f", receipt at seq {receipt}" if receipt is not None else ""
+        lines.append(
+            f"required: at most {report.require_witnessed} unwitnessed beyond the last cosigned checkpoint "
+            f"(size {report.witnessed_size}{grace}): {report.unwitnessed_beyond_grace}"
+        )
+    if report.min_size is not None:
+        lines.append(f"required: at least {_count(report.min_size, 'entry', 'entries')}: {report.tree_size}")
+    return lines
 
 
 def _count(n: int, one: str, many: str) -> str:
@@ -259,7 +275,8 @@ def _event_text(event: TraceEvent, step: TraceStep, last_pre: int | None, versio
         if action != step.action:
             text = f"{printable(action)}  {text}"
         if event.role is Role.RETRY:
-            return f"retry: {text}", decided
+            attempt = int_or_none(body.get("attempt"))
+            return (f"retry (attempt {attempt}): {text}" if attempt else f"retry: {text}"), decided
         own = int_or_none(body.get("step_id"))
         return (f"resumed: {text}" if own == step.step_id else f"resumed as step {own}: {text}"), decided
     if event.role is Role.APPROVAL:

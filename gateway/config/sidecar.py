@@ -9,6 +9,7 @@ problem is a :class:`ConfigError` naming the key. The reference is docs/configur
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 import typing
 from collections.abc import Mapping
@@ -177,6 +178,28 @@ class OperatorConfig:
     listen: tuple[str, ...] = ()
     tokens: tuple[OperatorTokenConfig, ...] = ()
     tls: OperatorTlsConfig | None = None
+    allow_insecure: bool = False  # serve a non-loopback TCP address without TLS (bearer tokens in plaintext)
+
+
+def non_loopback_tcp(addresses: typing.Iterable[str]) -> tuple[str, ...]:
+    """The TCP addresses (``HOST:PORT``) whose host is not a loopback address: reachable from other machines.
+
+    A host name other than ``localhost`` counts as non-loopback: what it resolves to is not known here.
+    """
+    out = []
+    for address in addresses:
+        if address.startswith("unix://"):
+            continue
+        host = address.rpartition(":")[0].strip("[]")
+        if host == "localhost":
+            continue
+        try:
+            if ipaddress.ip_address(host).is_loopback:
+                continue
+        except ValueError:
+            pass
+        out.append(address)
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -284,7 +307,18 @@ def _operator(raw: Any, env: Mapping[str, str], base: Path, listen: list[str] | 
         ):
             raise ConfigError(f"operator.tls.identities: map certificate common names to lists of {OPERATOR_ROLES}")
         tls = OperatorTlsConfig(**paths, identities=tuple((str(k), tuple(v)) for k, v in identities.items()))
-    return OperatorConfig(listen_addresses("operator.listen", addresses, base), tuple(tokens), tls)
+    allow_insecure = coerce("operator.allow_insecure", raw.get("allow_insecure", False), bool, base)
+    addresses = listen_addresses("operator.listen", addresses, base)
+    exposed = non_loopback_tcp(addresses)
+    if exposed and tls is None and not allow_insecure:
+        # Operator tokens grant approvals and kill switches: refuse to send them over a network in plaintext
+        # unless someone wrote down that this is intended (a mesh that encrypts, a lab).
+        raise ConfigError(
+            f"operator.listen: {', '.join(exposed)} is not a loopback address and operator.tls is not set, so "
+            "operator tokens would cross the network in plaintext; configure operator.tls, listen on 127.0.0.1 "
+            "or a unix socket, or set operator.allow_insecure: true to accept that explicitly"
+        )
+    return OperatorConfig(addresses, tuple(tokens), tls, allow_insecure)
 
 
 def _validate(cfg: Config) -> None:

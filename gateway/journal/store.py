@@ -89,6 +89,12 @@ def signed_entries(conn: sqlite3.Connection, start: int, end: int) -> list[Signe
     ]
 
 
+def pre_events_per_step(conn: sqlite3.Connection, run_id: str) -> dict[int, int]:
+    """How many pre-events each step of a run has in the journal (through the ``journal_run`` index)."""
+    sql = "SELECT step_id, count(*) FROM journal WHERE run_id = ? AND kind = 'pre_exec' GROUP BY step_id"
+    return {int(step): int(n) for step, n in conn.execute(sql, (run_id,)) if step is not None}
+
+
 def _search_page(
     conn: sqlite3.Connection, flt: query.EventFilter, after_seq: int | None, limit: int
 ) -> list[SignedEvent]:
@@ -211,6 +217,10 @@ class JournalReader:
     async def count_pre_events_before(self, run_ids: list[str], before_seq: int) -> dict[str, int]:
         """Per run, how many pre-events it has before ``before_seq`` (its earlier steps)."""
         return await self._call(replay.count_pre_events_before, run_ids, before_seq)
+
+    async def pre_events_per_step(self, run_id: str) -> dict[int, int]:
+        """Per step of ``run_id``, how many pre-events the journal holds (the attempts already made)."""
+        return await self._call(pre_events_per_step, run_id)
 
     # --- the state tables (gateway.journal.state) --------------------------------------------------------------
 

@@ -59,6 +59,9 @@ class AnomalyCode(enum.StrEnum):
     """An approval was required and never granted, denied or expired."""
     VERIFICATION_FAILED = "verification_failed"
     """The verifier reported tamper evidence at the seq of an event shown in the trace."""
+    REPLAYED_ATTEMPT = "replayed_attempt"
+    """A pre-event carries an attempt number its step already had: the sidecar numbers every pre-event of a
+    ``(run_id, step_id)`` 1, 2, 3, ..., so a repeat of a number is a copy (a replay), not a retry."""
 
 
 class Role(enum.StrEnum):
@@ -67,7 +70,8 @@ class Role(enum.StrEnum):
     DECISION = "decision"
     """The first pre-event of a step."""
     RETRY = "retry"
-    """A later pre-event with the same step id that does not resume an approval of the step."""
+    """A later pre-event with the same step id that does not resume an approval of the step (its ``attempt``
+    number, in journals that carry it, says which try it was)."""
     RESUMED = "resumed"
     """A pre-event resuming an approval the step asked for (possibly under another step id)."""
     APPROVAL = "approval"
@@ -216,12 +220,29 @@ def verification_from_report(report: VerifyReport) -> tuple[Callable[[int], str]
 
     entries = f"{report.entries} {'entry' if report.entries == 1 else 'entries'}"
     if report.ok:
-        return verified, f"journal verified: {entries}, no tamper evidence"
+        return verified, f"journal verified: {entries}, no tamper evidence; {assurance(report)}"
     whole = sorted({str(f.code) for f in report.findings if f.seq is None})
     status = f"TAMPER EVIDENCE: {len(report.findings)} finding(s) in {entries}"
     if whole:
         status += f" (journal: {', '.join(whole)})"
     return verified, status + "; run `agentaudit verify` for details"
+
+
+def assurance(report: VerifyReport) -> str:
+    """What a clean report proves, in plain words: signed, and how far witnessed (docs/verify.md, levels)."""
+    signed = "signed: no entry was edited without the signing key"
+    size, keys = report.witnessed_size, report.witness_keys
+    if not keys:
+        return f"{signed}; witnessing not checked (no --witness-key): the key holder could rewrite any of it"
+    if size == 0:
+        return f"{signed}; not witnessed: no checkpoint cosigned by {', '.join(keys)} covers any entry"
+    by = ", ".join(report.witnessed_by)
+    if size >= report.tree_size:
+        return f"{signed}; witnessed to the end by {by}: not even the key holder can rewrite it"
+    return (
+        f"{signed}; witnessed up to seq {size - 1} by {by}: not even the key holder can rewrite those; "
+        f"seq {size} on is not witnessed"
+    )
 
 
 def build_trace(
@@ -424,6 +445,25 @@ class _Run:
                     f"approval {printable(approval_id)} for {printable(pre.get('action') or '?')} "
                     "was never granted, denied or expired",
                 )
+        self._check_attempts(flag)
+
+    def _check_attempts(self, flag: Callable[[int, int | None, AnomalyCode, str], None]) -> None:
+        """Flags a pre-event whose attempt number its step already had (journals without attempts: nothing)."""
+        highest: dict[int, int] = {}  # step id → the highest attempt seen so far
+        for e in self.events:
+            step, attempt = int_or_none(e.get("step_id")), int_or_none(e.get("attempt"))
+            if _kind(e) != _PRE or step is None or attempt is None:
+                continue
+            previous = highest.get(step, 0)
+            if attempt <= previous:
+                flag(
+                    int(e["seq"]),
+                    step,
+                    AnomalyCode.REPLAYED_ATTEMPT,
+                    f"{printable(e.get('action') or '?')} is attempt {attempt} of step {step} again (the step is "
+                    f"already at attempt {previous}): a copy of an earlier pre-event, not a retry",
+                )
+            highest[step] = max(previous, attempt)
 
 
 def _split(

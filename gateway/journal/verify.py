@@ -94,6 +94,11 @@ class FindingCode(enum.StrEnum):
     the journal cannot have had at that point."""
     TRUNCATED = "truncated"
     """The journal has fewer entries than an anchor (a cosigned checkpoint given by the caller) covers."""
+    UNWITNESSED = "unwitnessed"
+    """Journal-level, only with ``--require-witnessed N``: more than N entries lie beyond the last cosigned
+    checkpoint's grace (docs/verify.md, "Assurance levels"); the key holder could cut or rewrite them unseen."""
+    BELOW_MIN_SIZE = "below_min_size"
+    """Journal-level, only with ``--min-size N``: the journal holds fewer than N entries."""
     STATE_MISMATCH = "state_mismatch"
     """A state table row (approvals, kill_switches, forwarder_state) contradicts the signed events; the sidecar
     ignores it for enforcement (docs/adr/0012). The message names the table and key."""
@@ -130,6 +135,12 @@ class VerifyReport:
         uncredited_witnesses: the names those uncredited receipts are cosigned by, as the notes say.
         pruned_before: entries before this seq were removed by retention, as a signed prune marker in the
             journal records (0: nothing pruned); the tree and chain continue from the marker's state.
+        witnessed_receipt_seq: the seq of the first receipt that made ``witnessed_size`` witnessed, None when no
+            receipt did (nothing witnessed, or only an anchor covers that size).
+        unwitnessed_beyond_grace: entries after the witnessed prefix *and* after that receipt (see
+            :func:`witness_grace_end`); what ``require_witnessed`` bounds.
+        require_witnessed: the bound asked for (``--require-witnessed N``), None when not asked.
+        min_size: the size asked for (``--min-size N``), None when not asked.
     """
 
     origin: str
@@ -145,6 +156,10 @@ class VerifyReport:
     receipts: int = 0
     uncredited_receipts: int = 0
     uncredited_witnesses: tuple[str, ...] = ()
+    witnessed_receipt_seq: int | None = None
+    unwitnessed_beyond_grace: int = 0
+    require_witnessed: int | None = None
+    min_size: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -172,6 +187,10 @@ class VerifyReport:
             "receipts": self.receipts,
             "uncredited_receipts": self.uncredited_receipts,
             "uncredited_witnesses": list(self.uncredited_witnesses),
+            "witnessed_receipt_seq": self.witnessed_receipt_seq,
+            "unwitnessed_beyond_grace": self.unwitnessed_beyond_grace,
+            "require_witnessed": self.require_witnessed,
+            "min_size": self.min_size,
             "findings": [{"seq": f.seq, "code": str(f.code), "message": f.message} for f in self.findings],
         }
 
@@ -183,6 +202,8 @@ def verify_journal(
     origin: str | None = None,
     witnesses: Sequence[Verifier] = (),
     anchors: Sequence[str] = (),
+    require_witnessed: int | None = None,
+    min_size: int | None = None,
 ) -> VerifyReport:
     """Verifies a journal file offline against trusted public keys, reporting every finding by seq.
 
@@ -196,20 +217,26 @@ def verify_journal(
             them validly cosigned it (C2SP cosignature/v1). With none, nothing counts as witnessed.
         anchors: cosigned checkpoint notes (the text, e.g. as the collector returned it) kept outside the
             journal; the journal must contain each one's entries with the same root.
+        require_witnessed: when given (N >= 0), an ``unwitnessed`` finding if more than N entries lie beyond
+            the grace of the last witnessed checkpoint (:func:`witness_grace_end`). Needs ``witnesses``.
+        min_size: when given, a ``below_min_size`` finding if the journal's tree holds fewer entries (the pruned
+            prefix a verified prune marker vouches for counts).
 
     Returns:
         The report; ``report.ok`` is False when any tamper evidence was found.
 
     Raises:
-        ConfigError: no public key was given, the keys name different origins and ``origin`` is None, or an
+        ConfigError: no public key was given, the keys name different origins and ``origin`` is None, an
             anchor is not a checkpoint of this origin validly signed by its key and (when witness keys are
-            given) cosigned by one of them.
+            given) cosigned by one of them, ``require_witnessed`` was given without witness keys, or a bound
+            is negative.
         JournalUnreadableError: the file is missing, not a SQLite database, lacks the journal table, has
             a schema this verifier does not know, or could not be read to the end.
     """
     # Step 1: fix the trust anchors before reading anything the file says. The origin is what signatures
     # are bound to, so it comes from the caller's keys, never from the (untrusted) journal_meta table.
     origin = _resolve_origin(verifiers, origin)
+    _check_requirements(witnesses, require_witnessed, min_size)
     keys: dict[bytes, list[Verifier]] = {}
     for verifier in verifiers:
         keys.setdefault(verifier.key_id, []).append(verifier)
@@ -253,7 +280,33 @@ def verify_journal(
     scan.finish_prune()
     for anchor in anchor_points:
         scan.check_anchor(anchor)
+    # Step 7: the assurance the caller demanded, judged on the witnessed size the steps above established.
+    scan.require(require_witnessed, min_size)
     return scan.report()
+
+
+def _check_requirements(witnesses: Sequence[Verifier], require_witnessed: int | None, min_size: int | None) -> None:
+    if require_witnessed is not None and not witnesses:
+        raise ConfigError(
+            "--require-witnessed needs the collector's public key (--witness-key KEY): "
+            "without a witness key nothing counts as witnessed"
+        )
+    for flag, value in (("--require-witnessed", require_witnessed), ("--min-size", min_size)):
+        if value is not None and value < 0:
+            raise ConfigError(f"{flag} must be 0 or more, not {value}")
+
+
+def witness_grace_end(witnessed_size: int, receipt_seq: int | None) -> int:
+    """The tree size up to which the journal is witnessed or necessarily unwitnessed (the *grace*).
+
+    A receipt for a checkpoint of size S can only be appended after the collector answered, so it sits at some
+    seq R >= S, and the entries S..R (those written while the batch was in flight, and the receipt itself) can
+    never be covered by that checkpoint. The grace therefore ends after the first receipt that witnessed S:
+    ``max(S, R + 1)``. The *first* such receipt, because a copy of the same cosigned note can be appended again
+    later by anyone holding the key, and must not stretch the grace over entries written after the original.
+    With no receipt (nothing witnessed, or only an anchor), the grace ends at S itself.
+    """
+    return witnessed_size if receipt_seq is None else max(witnessed_size, receipt_seq + 1)
 
 
 def _check_state_tables(conn: sqlite3.Connection, origin: str, verifiers: Sequence[Verifier], scan: _Scan) -> None:
@@ -537,6 +590,10 @@ class _Scan:
         self._uncredited_by: dict[str, None] = {}
         self._witnessed = 0
         self._witnessed_by: dict[str, None] = {}
+        # The lowest seq of a credited receipt, per checkpoint size (the grace of --require-witnessed).
+        self._receipt_seq_at: dict[int, int] = {}
+        self._require_witnessed: int | None = None
+        self._min_size: int | None = None
 
     def start_after_prune(self, marker_seq: int, claim: dict[str, Any]) -> None:
         """Continues from a prune marker's state: the chain after its last leaf, the tree from its frontier.
@@ -730,6 +787,9 @@ class _Scan:
             )
         else:
             self._credit(cosigned, receipt=True)
+            if cosigned.cosigners:
+                size = checkpoint.size
+                self._receipt_seq_at[size] = min(seq, self._receipt_seq_at.get(size, seq))
 
     def _credit(self, cosigned: _Cosigned, *, receipt: bool) -> None:
         """Counts a checkpoint that matches the journal towards the witnessed size."""
@@ -771,6 +831,41 @@ class _Scan:
             )
         else:
             self._credit(anchor.note, receipt=False)
+
+    def require(self, require_witnessed: int | None, min_size: int | None) -> None:
+        """Adds the findings of the assurance the caller demanded (call after every receipt and anchor)."""
+        self._require_witnessed, self._min_size = require_witnessed, min_size
+        size = self._tree.size
+        if min_size is not None and size < min_size:
+            self._add(
+                None,
+                FindingCode.BELOW_MIN_SIZE,
+                f"journal holds {_count(size, 'entry', 'entries')}, fewer than --min-size {min_size}: "
+                f"{_count(min_size - size, 'entry was', 'entries were')} removed, or this is another journal",
+            )
+        beyond = self._beyond_grace()
+        if require_witnessed is None or beyond <= require_witnessed:
+            return
+        first = size - beyond
+        span = f"seq {first}" if beyond == 1 else f"seq {first}..{size - 1}"
+        receipt_seq = self._receipt_seq_at.get(self._witnessed)
+        if self._witnessed == 0:
+            where = "no checkpoint cosigned by a given witness key covers any entry"
+        elif receipt_seq is None:
+            where = f"the last cosigned checkpoint (an anchor) covers {self._witnessed}"
+        else:
+            where = f"the last cosigned checkpoint covers {self._witnessed}, its receipt is at seq {receipt_seq}"
+        self._add(
+            None,
+            FindingCode.UNWITNESSED,
+            f"{_count(beyond, 'entry is', 'entries are')} beyond the last cosigned checkpoint ({span}; {where}), "
+            f"more than the {require_witnessed} allowed: the signing key's holder could cut or rewrite "
+            f"{'it' if beyond == 1 else 'them'} without detection",
+        )
+
+    def _beyond_grace(self) -> int:
+        grace_end = witness_grace_end(self._witnessed, self._receipt_seq_at.get(self._witnessed))
+        return max(self._tree.size - grace_end, 0)
 
     def _add_problems(self, seq: int, problems: Iterable[EntryProblem]) -> None:
         for problem in problems:
@@ -816,6 +911,10 @@ class _Scan:
             receipts=self._receipts,
             uncredited_receipts=self._uncredited,
             uncredited_witnesses=tuple(self._uncredited_by),
+            witnessed_receipt_seq=self._receipt_seq_at.get(self._witnessed),
+            unwitnessed_beyond_grace=self._beyond_grace(),
+            require_witnessed=self._require_witnessed,
+            min_size=self._min_size,
         )
 
 

@@ -30,6 +30,8 @@ from gateway.tracecontext import trace_ids
 log = logging.getLogger(__name__)
 
 _CACHE_SIZE = 65_536
+# Runs whose per-step attempt counts are kept in memory (least recently used evicted, then re-read on a miss).
+_ATTEMPT_RUNS = 4_096
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,8 @@ class AuditRecorder:
         self._pre_events: OrderedDict[str, StoredEvent] = OrderedDict()
         # Per pre-event: the (possibly in-flight) result, so concurrent duplicate reports journal once.
         self._results: OrderedDict[str, asyncio.Future[ResultOutcome]] = OrderedDict()
+        # Per recent run: pre-events journaled (or being journaled) per step, so a repeat gets the next attempt.
+        self._attempts: OrderedDict[str, dict[int, int]] = OrderedDict()
 
     def prepare(
         self, action: str, args: Mapping[str, Any], *, tenant_id: str = "", normalised: bool = False
@@ -290,6 +294,48 @@ class AuditRecorder:
         Raises:
             JournalUnavailableError: it could not be recorded (the caller fails closed).
         """
+        attempt = await self._reserve_attempt(request.run_id, request.step_id)
+        try:
+            return await self._record_pre_event(request, prepared, decision, approval_id, attempt, event_id, state)
+        except BaseException:
+            self._release_attempt(request.run_id, request.step_id, attempt)
+            raise
+
+    async def _reserve_attempt(self, run_id: str, step_id: int) -> int:
+        """The attempt number of a new pre-event for ``(run_id, step_id)``: 1, then 2, 3, ... for repeats.
+
+        Counted in memory per recent run; a run not in memory (first seen since start, or evicted) is counted once
+        from the journal, so attempts keep counting across restarts. The number is taken before the append awaits,
+        so concurrent Decides of one step get distinct numbers.
+        """
+        steps = self._attempts.get(run_id)
+        if steps is None:
+            journaled = await self._reader.pre_events_per_step(run_id)
+            # Another Decide of this run may have loaded it while this one waited: its counts are newer.
+            steps = self._attempts.setdefault(run_id, journaled)
+        self._attempts.move_to_end(run_id)
+        if len(self._attempts) > _ATTEMPT_RUNS:
+            self._attempts.popitem(last=False)
+        attempt = steps.get(step_id, 0) + 1
+        steps[step_id] = attempt
+        return attempt
+
+    def _release_attempt(self, run_id: str, step_id: int, attempt: int) -> None:
+        """Gives back an attempt number whose pre-event was not journaled, unless a later one was taken since."""
+        steps = self._attempts.get(run_id)
+        if steps is not None and steps.get(step_id) == attempt:
+            steps[step_id] = attempt - 1
+
+    async def _record_pre_event(
+        self,
+        request: ActionRequest,
+        prepared: PreparedAction,
+        decision: Decision,
+        approval_id: str,
+        attempt: int,
+        event_id: str,
+        state: Sequence[StateChange],
+    ) -> RecordedEvent:
         nanos = now_nanos()
         shadow = decision.shadow
         trace_id, span_id = trace_ids(request.traceparent)
@@ -302,6 +348,7 @@ class AuditRecorder:
             "timestamp": rfc3339_nanos(nanos),
             "run_id": request.run_id,
             "step_id": request.step_id,
+            "attempt": attempt,
             "tenant_id": request.tenant_id,
             "actor": {"type": request.actor_type, "id": request.actor_id},
             "agent_id": request.agent_id,
