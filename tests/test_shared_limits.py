@@ -23,6 +23,8 @@ import pytest
 import redis
 
 from agentaudit.v1 import types_pb2
+from gateway import config
+from gateway.errors import ConfigError
 from gateway.journal.store import iter_bodies
 from gateway.policy.document import parse_policy
 from gateway.policy.engine import LayeredPolicy
@@ -425,3 +427,37 @@ def test_an_event_loop_runs_the_reserve_script(redis_prefix: str) -> None:
 
     decisions = asyncio.run(both())
     assert sorted(d.verdict.value for d in decisions) == ["allow"] * 5 + ["stop"] * 2
+
+
+def test_on_store_error_must_be_stop_or_local() -> None:
+    bad = '  - {name: calls, type: count, actions: ["*"], max: 1, window: 1h, on_store_error: allow}\n'
+    with pytest.raises(ConfigError, match="'on_store_error' must be stop or local"):
+        parse_policy(policy(bad), "p.yaml")
+
+
+def test_on_store_error_does_not_change_the_limits_state_key() -> None:
+    stop = parse_policy(policy('  - {name: c, type: count, actions: ["*"], max: 1, window: 1h}\n'), "p.yaml")
+    local = parse_policy(
+        policy('  - {name: c, type: count, actions: ["*"], max: 1, window: 1h, on_store_error: local}\n'), "p.yaml"
+    )
+    assert stop.limits[0].fingerprint == local.limits[0].fingerprint
+    assert (stop.limits[0].on_store_error, local.limits[0].on_store_error) == ("stop", "local")
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        pytest.param({"AGENTAUDIT_LIMITS_STORE": "http://redis:6379"}, "limits.store: expected a URL", id="scheme"),
+        pytest.param({"AGENTAUDIT_LIMITS_KEY_PREFIX": "a b"}, "limits.key_prefix", id="prefix"),
+        pytest.param({"AGENTAUDIT_LIMITS_TIMEOUT_MS": "0"}, "limits.timeout_ms: 0 is outside", id="timeout"),
+    ],
+)
+def test_a_bad_limits_section_is_refused(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        config.load(None, env=env)
+
+
+def test_a_store_url_with_a_password_is_never_echoed() -> None:
+    with pytest.raises(ConfigError) as raised:
+        config.load(None, env={"AGENTAUDIT_LIMITS_STORE": "redis-ish://:hunter2@redis"})
+    assert "hunter2" not in str(raised.value)
