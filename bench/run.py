@@ -33,7 +33,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench import collector_ingest, policy_eval, redaction
+from bench import collector_ingest, policy_eval, redaction, shared_limits
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench" / "results"
@@ -109,13 +109,34 @@ def observed_spec(workdir: Path) -> ServerSpec:
     return ServerSpec("observed", spec.argv, spec.address, RESULTS_DIR / "observed-server.log", env, helper)
 
 
+def limits_local_spec(workdir: Path) -> ServerSpec:
+    """``decide`` under a policy of three limits kept in the process (bench.shared_limits)."""
+    spec = decide_spec(workdir)
+    shared_limits.prepare(workdir)
+    return ServerSpec("limits_local", spec.argv, spec.address, RESULTS_DIR / "limits-local-server.log", spec.env)
+
+
+def limits_redis_spec(workdir: Path) -> ServerSpec:
+    """The same policy with its limits in Redis: one reserve script per Decide."""
+    spec = decide_spec(workdir)
+    shared_limits.prepare(workdir)
+    env = {**(spec.env or {}), **shared_limits.store_env()}
+    return ServerSpec("limits_redis", spec.argv, spec.address, RESULTS_DIR / "limits-redis-server.log", env)
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
 
 
-SPECS = {"echo": echo_spec, "decide": decide_spec, "observed": observed_spec}
+SPECS = {
+    "echo": echo_spec,
+    "decide": decide_spec,
+    "observed": observed_spec,
+    "limits_local": limits_local_spec,
+    "limits_redis": limits_redis_spec,
+}
 
 
 @dataclass
@@ -265,6 +286,24 @@ def run_target(
             return {"error": str(exc).split("\n", 1)[0]}
         progress(f"{name} stopped (exit status {report.exit_code}{', killed' if report.killed else ''})")
     return results
+
+
+def measure_shared_limits(duration_s: float, warmup_s: float) -> dict[str, Any]:
+    """Decide with limits in-process, then in Redis, one server at a time (bounded: see bench.shared_limits)."""
+    problem = shared_limits.unavailable()
+    if problem:
+        progress(f"skipping shared limits: {problem}")
+        return {"skipped": problem}
+    duration_s = min(duration_s, shared_limits.MAX_DURATION_S)
+    levels = shared_limits.CONCURRENCY
+    result: dict[str, Any] = {"concurrency": list(levels), "duration_s": duration_s}
+    try:
+        for name in ("limits_local", "limits_redis"):
+            result[name] = run_target(name, levels, duration_s, warmup_s, ServerReport())
+    finally:
+        progress(f"deleted {shared_limits.cleanup()} Redis keys of the run")
+    result["redis_over_local"] = shared_limits.compare(result["limits_local"], result["limits_redis"], levels)
+    return result
 
 
 def compute_ratios(echo: dict[str, Any], decide: dict[str, Any], concurrency: Sequence[int]) -> dict[str, Any]:
@@ -495,6 +534,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary["redaction"] = redaction.run(args.redaction_evaluations)
         progress(f"measuring collector ingest into PostgreSQL ({args.collector_events} events) vs raw COPY")
         summary["collector_ingest"] = collector_ingest.run(args.collector_events, progress=progress)
+        progress("measuring Decide with limits in-process vs shared in Redis")
+        summary["shared_limits"] = measure_shared_limits(args.duration, args.warmup)
     if "echo" in results and "decide" in results:
         summary["ratios"] = compute_ratios(results["echo"], results["decide"], concurrency)
     if "decide" in results and "observed" in results:
@@ -531,6 +572,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "collector_ingest" in summary:
         print()
         print(collector_ingest.format_result(summary["collector_ingest"]))
+    if "shared_limits" in summary:
+        print()
+        print(shared_limits.format_result(summary["shared_limits"]))
     notes = format_notes(results, targets)
     if notes:
         print()

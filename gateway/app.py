@@ -3,13 +3,13 @@
 Probes first (``start_probes``): the health-only listener, reporting "starting", and the /metrics server, so a
 slow or failing start is visible. Then ``start``: keys → policy check → journal lock and writer (opens, checks
 origin, resumes seq/chain) → reader → policy manager, its limit state replayed from the journal → journal_started
-event → policy watch and SIGHUP → gRPC server (GatewayService, health, reflection) → health SERVING. :func:`run`
-retries a start that failed on the policy or the journal when ``health.retry_start_s`` is set, reporting
-NOT_SERVING meanwhile (docs/operations.md).
+event → policy watch and SIGHUP → shared limit store (``limits.store``, if set) → gRPC server (GatewayService,
+health, reflection) → health SERVING. :func:`run` retries a start that failed on the policy or the journal when
+``health.retry_start_s`` is set, reporting NOT_SERVING meanwhile (docs/operations.md).
 
 Stop (the reverse, so no acknowledged decision is lost): health NOT_SERVING → stop accepting RPCs and drain
-in-flight ones (grace period) → stop policy reloads → flush and close the journal writer → close the reader →
-release the lock → probes.
+in-flight ones (grace period) → close the shared limit store → stop policy reloads → flush and close the journal
+writer → close the reader → release the lock → probes.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ from gateway.sidecar.policy_manager import PolicyManager, load_document
 from gateway.sidecar.reconcile import report_state_mismatches
 from gateway.sidecar.recorder import AuditRecorder
 from gateway.sidecar.retention import RetentionJob
+from gateway.sidecar.shared_limits import RedisLimits
 from gateway.signing import Ed25519Signer, load_signer
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,7 @@ class Sidecar:
         self._alerts: AlertDispatcher | None = None
         self.forwarder: Forwarder | None = None
         self.retention: RetentionJob | None = None
+        self.shared_limits: RedisLimits | None = None
         self._collector: Collector | None = None
         self._trusted: TrustedState | None = None
         self._sockets: list[str] = []
@@ -247,6 +249,9 @@ class Sidecar:
             }
         )
         await self.policy.start()
+        if cfg.limits.store:  # every replica draws from one limit (ADR 0015); the replayed state is the fallback
+            self.shared_limits = RedisLimits(cfg.limits.store, cfg.limits.key_prefix, cfg.limits.timeout_ms)
+            await self.shared_limits.start()
         self.approvals = ApprovalBook(recorder, self.reader)
         await self.approvals.start(self._trusted.approvals if self._trusted else None)
         metrics.observe_state(metrics.APPROVALS_PENDING, self.approvals.pending_count)
@@ -270,7 +275,9 @@ class Sidecar:
         assert self.policy is not None and self.recorder is not None and self.approvals is not None
         forwarder = self.forwarder
         gate = (lambda: forwarder.blocked) if forwarder is not None else None
-        servicer = GatewayServicer(self.policy, self.recorder, cfg.server, self.approvals, self._alerts, gate)
+        servicer = GatewayServicer(
+            self.policy, self.recorder, cfg.server, self.approvals, self._alerts, gate, self.shared_limits
+        )
         options = [
             ("grpc.max_receive_message_length", cfg.server.max_message_bytes),
             ("grpc.so_reuseport", 0),
@@ -412,6 +419,9 @@ class Sidecar:
             self._alerts = None
         if self.approvals is not None:
             await self.approvals.aclose()
+        if self.shared_limits is not None:
+            await self.shared_limits.aclose()
+            self.shared_limits = None
         if self.policy is not None:
             await self.policy.aclose()
         if self.writer is not None:

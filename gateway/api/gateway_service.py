@@ -16,6 +16,7 @@ from gateway.rpc.handlers import Context, service_handler
 from gateway.sidecar.approvals import ApprovalBook
 from gateway.sidecar.decider import AlertSink, Decider, PolicySource
 from gateway.sidecar.recorder import AuditRecorder
+from gateway.sidecar.shared_limits import RedisLimits
 from gateway.tracecontext import traceparent_header
 
 if TYPE_CHECKING:
@@ -35,8 +36,9 @@ class GatewayServicer:
         approvals: ApprovalBook,
         alerts: AlertSink | None = None,
         gate: Callable[[], str] | None = None,
+        shared_limits: RedisLimits | None = None,
     ) -> None:
-        self._decider = Decider(policy, recorder, approvals, alerts, gate)
+        self._decider = Decider(policy, recorder, approvals, alerts, gate, shared_limits)
         self._recorder = recorder
         self._limits = limits
         self._approvals = approvals

@@ -149,6 +149,19 @@ class TelemetryConfig:
     sample_ratio: float = 1.0  # of traces started here; a sampled parent (traceparent flag 01) is always followed
 
 
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Where limit state lives: in the process (default) or in a store every replica shares (ADR 0015)."""
+
+    store: str = ""  # redis://[user:password@]host:port[/db], rediss://… (TLS) or unix:///path; empty: in-process
+    key_prefix: str = "agentaudit"  # every key in the store starts with "<key_prefix>:"; one per fleet sharing it
+    timeout_ms: int = 50  # one Decide waits at most this long for the store, then on_store_error applies
+
+
+LIMITS_STORE_SCHEMES = ("redis://", "rediss://", "unix://")
+_KEY_PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$")
+
+
 OPERATOR_ROLES = ("admin", "approver", "auditor")
 
 
@@ -217,6 +230,7 @@ class Config:
     forward: ForwardConfig = field(default_factory=ForwardConfig)
     operator: OperatorConfig = field(default_factory=OperatorConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
 
 _LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -375,6 +389,13 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("telemetry.sample_ratio: must be between 0 and 1")
     if not tel.service_name:
         raise ConfigError("telemetry.service_name: must not be empty")
+    limits = cfg.limits
+    if limits.store and not limits.store.startswith(LIMITS_STORE_SCHEMES):
+        # Never echo the value: a store URL may carry a password.
+        raise ConfigError(f"limits.store: expected a URL starting with {', '.join(LIMITS_STORE_SCHEMES)}")
+    if not _KEY_PREFIX_RE.match(limits.key_prefix):
+        raise ConfigError(f"limits.key_prefix: expected 1-64 of A-Z a-z 0-9 _ . : -, got {limits.key_prefix!r}")
+    in_range("limits.timeout_ms", limits.timeout_ms, 1, 10_000)
 
 
 def load(

@@ -25,6 +25,11 @@ MODES = ("enforce", "shadow")
 KILL_SWITCH_SCOPES = ("global", "tenant", "agent", "run")
 """What a kill switch can cover (policy ``kill_switch`` rules and operator switches alike)."""
 LIMIT_KEYS = ("tenant", "agent", "action", "run")
+ON_STORE_ERROR_STOP = "stop"
+ON_STORE_ERROR_LOCAL = "local"
+ON_STORE_ERRORS = (ON_STORE_ERROR_STOP, ON_STORE_ERROR_LOCAL)
+"""What a limit does when the shared limit store does not answer: stop (``limits_unavailable``) or use the
+sidecar's own in-process state (ADR 0015)."""
 ACTOR_TYPES = ("user", "service", "agent")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 _DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)$")
@@ -108,6 +113,7 @@ class Limit:
     maximum: float = 0.0
     window_s: float = 0.0
     field: tuple[str, ...] = ()
+    on_store_error: str = ON_STORE_ERROR_STOP  # only read when ``limits.store`` is configured
 
 
 @dataclass(frozen=True)
@@ -354,7 +360,7 @@ def _default_limit_reason(kind: str, key: tuple[str, ...]) -> str:
 
 
 def _limits(p: _Parser, doc: dict[str, Any], seen: set[str]) -> tuple[Limit, ...]:
-    common = {"name", "type", "actions", "tenants", "agents", "key", "reason", "shadow"}
+    common = {"name", "type", "actions", "tenants", "agents", "key", "reason", "shadow", "on_store_error"}
     extra = {"rate": {"rate", "burst"}, "steps": {"max"}, "count": {"max", "window"}, "sum": {"max", "window", "field"}}
     out = []
     for index, raw in enumerate(p.items(doc, "limits")):
@@ -388,6 +394,9 @@ def _limits(p: _Parser, doc: dict[str, Any], seen: set[str]) -> tuple[Limit, ...
             ):
                 raise p.error((*path, "field"), what, "'field' must be a dotted path into args, e.g. amount")
             fields["field"] = tuple(field.split("."))
+        on_store_error = raw.get("on_store_error", ON_STORE_ERROR_STOP)
+        if on_store_error not in ON_STORE_ERRORS:
+            raise p.error((*path, "on_store_error"), what, f"'on_store_error' must be {' or '.join(ON_STORE_ERRORS)}")
         out.append(
             Limit(
                 name=name,
@@ -396,7 +405,9 @@ def _limits(p: _Parser, doc: dict[str, Any], seen: set[str]) -> tuple[Limit, ...
                 key=key,
                 reason=p.reason(raw, path, what, _default_limit_reason(kind, key)),
                 shadow=p.flag(raw, "shadow", path, what),
-                fingerprint=_fingerprint(raw),
+                # The fallback is not the limit: changing it keeps the limit's state (and its shared store keys).
+                fingerprint=_fingerprint({k: v for k, v in raw.items() if k != "on_store_error"}),
+                on_store_error=on_store_error,
                 **fields,
             )
         )

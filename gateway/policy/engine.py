@@ -2,8 +2,10 @@
 
 The first layer that stops or requires approval decides; otherwise the action is allowed, naming the access
 binding that granted it. Evaluation does no I/O. Limit state lives in a shared :class:`LimitState` (so it
-survives reloads) and is consumed only when the answer lets the action run. The clock is the wall clock
-(``time.time``): fixed windows are aligned to the epoch, and a restart replays journaled wall-clock timestamps.
+survives reloads) and is consumed only when the answer lets the action run. With a shared limit store, the caller
+checks and consumes in the store first and passes its :class:`SharedAnswer`, so evaluation stays pure (ADR 0015).
+The clock is the wall clock (``time.time``): fixed windows are aligned to the epoch, and a restart replays
+journaled wall-clock timestamps.
 
 Shadow rules, and every rule of a policy in ``mode: shadow``, record what they would have decided (the first
 such outcome is returned as ``Decision.shadow``) and let evaluation continue as if they had not matched.
@@ -21,8 +23,8 @@ from typing import Any, NamedTuple, Protocol
 from gateway import reasons
 from gateway.policy import cel
 from gateway.policy.cel import ConditionError
-from gateway.policy.document import Limit, PolicyDocument, Rule
-from gateway.policy.limits import LimitState, limit_key, numeric_field
+from gateway.policy.document import ON_STORE_ERROR_STOP, Limit, PolicyDocument, Rule
+from gateway.policy.limits import LimitState, SharedAnswer, limit_key, numeric_field
 from gateway.policy.model import ActionRequest, Decision, ShadowOutcome, Verdict
 
 LAYER_KILL_SWITCH = "kill_switch"
@@ -134,11 +136,31 @@ class LayeredPolicy:
         self._clock = clock
         self._switches = switches
         self._applicable: dict[str, _Applicable] = {}
+        self._counts_steps = any(limit.kind == "steps" for limit in document.limits)
 
     @property
     def version(self) -> str:
         """Hash of the canonical policy document."""
         return self.document.version
+
+    @property
+    def counts_steps(self) -> bool:
+        """Whether the policy has a steps budget (every Decide then counts a step of its run)."""
+        return self._counts_steps
+
+    @property
+    def shadow(self) -> bool:
+        """Whether the whole policy runs in shadow mode."""
+        return self.document.shadow
+
+    def limits_for(self, request: ActionRequest) -> tuple[Limit, ...]:
+        """The limits ``request`` is subject to, in evaluation order."""
+        r = request
+        return tuple(
+            x
+            for x in self._for_action(r.action).limits
+            if x.selector.tenants.match(r.tenant_id) and x.selector.agents.match(r.agent_id)
+        )
 
     def _decision(
         self, verdict: Verdict, reason: str, layer: str, rule: str, ev: _Evaluation, **extra: Any
@@ -173,19 +195,23 @@ class LayeredPolicy:
             self._applicable[action] = cached
         return cached
 
-    def evaluate(self, request: ActionRequest) -> Decision:
-        """Runs the layers in order; the first that decides wins."""
+    def evaluate(self, request: ActionRequest, shared: SharedAnswer | None = None) -> Decision:
+        """Runs the layers in order; the first that decides wins.
+
+        ``shared``: the shared limit store's answer for this request (None: no store, the in-process state).
+        """
         now = self._clock()
         applicable = self._for_action(request.action)
-        ev = _Evaluation(request, self._state.steps(request.run_id), applicable.needed)
-        self._state.count_step(request.run_id)
+        steps = shared.steps if shared is not None and shared.available else None
+        ev = _Evaluation(request, self._state.steps(request.run_id) if steps is None else steps, applicable.needed)
+        self._state.count_step(request.run_id)  # also while a store answers: the fallback's count stays current
         decided = self._kill_switch(ev) or self._access(ev)
         if decided is not None and not isinstance(decided, str):
             return decided
         granted_by = decided or DEFAULT_RULE
         consumed: list[tuple[Limit, tuple[str, ...], float]] = []
         decision = (
-            self._limits(ev, applicable.limits, now, consumed)
+            self._limits(ev, applicable.limits, now, consumed, shared)
             or self._rules(ev, applicable.approvals, LAYER_APPROVAL)
             or self._rules(ev, applicable.rules, LAYER_RULES)
             or self._decision(Verdict.ALLOW, reasons.ALLOWED, LAYER_ACCESS, granted_by, ev)
@@ -242,14 +268,18 @@ class LayeredPolicy:
         limits: tuple[Limit, ...],
         now: float,
         consumed: list[tuple[Limit, tuple[str, ...], float]],
+        shared: SharedAnswer | None,
     ) -> Decision | None:
         r = ev.request
         for limit in limits:
             if not (limit.selector.tenants.match(r.tenant_id) and limit.selector.agents.match(r.agent_id)):
                 continue
             key = limit_key(limit, r.tenant_id, r.agent_id, r.action, r.run_id)
-            if limit.kind == "steps":
-                retry_after = None
+            unavailable = shared is not None and not shared.available and limit.on_store_error == ON_STORE_ERROR_STOP
+            if unavailable and limit.kind == "steps":
+                retry_after, exceeded, reason = None, True, reasons.LIMITS_UNAVAILABLE
+            elif limit.kind == "steps":
+                retry_after, reason = None, limit.reason
                 exceeded = ev.steps + 1 > limit.maximum
             else:
                 amount = 1.0
@@ -261,15 +291,20 @@ class LayeredPolicy:
                             return self._decision(Verdict.STOP, reasons.POLICY_ERROR, LAYER_LIMITS, limit.name, ev)
                         continue
                     amount = found
-                retry_after = self._retry_after(limit, key, amount, now)
-                exceeded = retry_after is not None
-                consumed.append((limit, key, amount))
+                reason = reasons.LIMITS_UNAVAILABLE if unavailable else limit.reason
+                if unavailable:
+                    retry_after, exceeded = None, True
+                elif shared is not None and shared.available:
+                    retry_after = shared.retry_after[limit.name]  # checked, and consumed, by the store
+                    exceeded = retry_after is not None
+                else:
+                    retry_after = self._retry_after(limit, key, amount, now)
+                    exceeded = retry_after is not None
+                    consumed.append((limit, key, amount))
             if exceeded:
-                outcome = ShadowOutcome(Verdict.STOP, limit.reason, LAYER_LIMITS, limit.name)
+                outcome = ShadowOutcome(Verdict.STOP, reason, LAYER_LIMITS, limit.name)
                 if self._enforce(limit.shadow, ev, outcome):
-                    return self._decision(
-                        Verdict.STOP, limit.reason, LAYER_LIMITS, limit.name, ev, retry_after_s=retry_after
-                    )
+                    return self._decision(Verdict.STOP, reason, LAYER_LIMITS, limit.name, ev, retry_after_s=retry_after)
         return None
 
     def _retry_after(self, limit: Limit, key: tuple[str, ...], amount: float, now: float) -> float | None:

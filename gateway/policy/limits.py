@@ -9,6 +9,10 @@ same time line; tests drive a fake clock instead of sleeping. A bucket never ref
 Checks and consumption are separate: the engine checks every applicable limit, and consumes only when the final
 answer lets the action run, so denied or approval-pending attempts do not eat a tenant's quota.
 
+With ``limits.store`` configured, the sidecar's shared limit layer (:mod:`gateway.sidecar.shared_limits`) checks
+and consumes in the store before evaluation and hands the engine a :class:`SharedAnswer`; this state then serves
+only limits that fall back to it (``on_store_error: local``) while the store is unreachable (ADR 0015).
+
 The state is in memory, so on start :meth:`LimitState.replay` rebuilds it from the journaled pre-events (ADR 0011):
 a restart never widens a limit. Replay is pure like evaluation; the caller reads the journal.
 """
@@ -77,6 +81,23 @@ class WindowTotal:
 
 
 StateKey = tuple[str, tuple[str, ...]]
+
+
+@dataclass(frozen=True)
+class SharedAnswer:
+    """What the shared limit store answered for one request, computed before evaluation (ADR 0015).
+
+    ``available`` False: the store did not answer; each limit then stops (``limits_unavailable``) or uses the
+    in-process state, as its ``on_store_error`` says. Otherwise ``steps`` is how many steps the run proposed
+    before this one, fleet-wide (None when the policy has no steps budget: the in-process count serves), and
+    ``retry_after`` holds, by limit name, the store's check of every rate, count and sum limit the request is
+    subject to (None: room). The store has already consumed them if the answer lets the action run; the caller
+    releases them if it does not, so the engine never consumes a shared limit.
+    """
+
+    available: bool
+    steps: int | None = None
+    retry_after: Mapping[str, float | None] = field(default_factory=dict)
 
 
 def numeric_field(args: Any, path: tuple[str, ...]) -> float | None:

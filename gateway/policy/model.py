@@ -5,7 +5,11 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from gateway.policy.document import Limit
+    from gateway.policy.limits import SharedAnswer
 
 
 class Verdict(enum.StrEnum):
@@ -73,6 +77,20 @@ class PolicyEngine(Protocol):
         """Hash of the canonical policy document (``policy_version`` in every decision)."""
         ...
 
-    def evaluate(self, request: ActionRequest) -> Decision:
-        """Returns the decision for ``request``."""
+    def evaluate(self, request: ActionRequest, shared: SharedAnswer | None = None) -> Decision:
+        """Returns the decision for ``request`` (``shared``: the shared limit store's answer, if one is used)."""
+        ...
+
+    def limits_for(self, request: ActionRequest) -> tuple[Limit, ...]:
+        """The limits ``request`` is subject to, in evaluation order (what a shared store must check)."""
+        ...
+
+    @property
+    def counts_steps(self) -> bool:
+        """Whether the policy has a steps budget, so every Decide counts a step of its run."""
+        ...
+
+    @property
+    def shadow(self) -> bool:
+        """Whether the whole policy runs in shadow mode (nothing it decides is enforced)."""
         ...

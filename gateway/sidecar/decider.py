@@ -2,7 +2,9 @@
 
 The steps, in order (docs/architecture.md, "The Decide path"):
 
-1. **Prepare**: redact and digest the args; compute the action key.
+1. **Prepare**: redact and digest the args; compute the action key. With shared limits (``limits.store``),
+   reserve in the store: one round trip that checks and consumes every limit the request is subject to, before
+   the pure evaluation that uses its answer (ADR 0015).
 2. **Gate**: while the journal's integrity is in doubt (a detected rollback not yet acknowledged), stop.
 3. **Resume or evaluate**: a request naming an approval is checked against it (and, if it holds, reserved so a
    concurrent resume cannot use it too) and then evaluated as approved; any other request is evaluated by the
@@ -10,7 +12,8 @@ The steps, in order (docs/architecture.md, "The Decide path"):
 4. **Open an approval** for an ``approval_required`` decision: the state row commits with the pre-event.
 5. **Record** the pre-event durably. If that fails the answer is ``stop`` / ``audit_unavailable`` and any
    reservation is undone: nothing is allowed without a record (ADR 0001).
-6. **Commit or undo** the in-memory approval state, only after the record is durable.
+6. **Commit or undo** the in-memory approval state, only after the record is durable; give back a shared
+   reservation whenever the answer does not let the action run (or was not recorded).
 7. **Alert** on stops and on newly opened approvals (queued, never blocking).
 """
 
@@ -31,6 +34,7 @@ from gateway.policy.engine import LAYER_APPROVAL
 from gateway.policy.model import ActionRequest, Decision, PolicyEngine, Verdict
 from gateway.sidecar.approvals import Approval, ApprovalBook
 from gateway.sidecar.recorder import AuditRecorder, PreparedAction
+from gateway.sidecar.shared_limits import RedisLimits, Reservation
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +78,8 @@ class _Step:
     action: ActionRequest
     prepared: PreparedAction
     event_id: str
+    engine: PolicyEngine  # one policy for the whole Decide, even if a reload lands in between
+    reservation: Reservation | None = None  # what the shared limit store took for this request
     decision: Decision | None = None
     approval_id: str = ""
     state: list[StateChange] = dataclasses.field(default_factory=list)
@@ -91,19 +97,23 @@ class Decider:
         approvals: ApprovalBook,
         alerts: AlertSink | None = None,
         gate: Callable[[], str] | None = None,
+        shared_limits: RedisLimits | None = None,
     ) -> None:
         self._policy = policy
         self._recorder = recorder
         self._approvals = approvals
         self._alerts = alerts
         self._gate = gate  # non-empty answer: journal integrity is in doubt, refuse until acknowledged
+        self._shared_limits = shared_limits
 
     async def decide(self, action: ActionRequest) -> Answer:
         """Decides and records one proposed action; returns only after its pre-event is durable."""
         prepared = self._recorder.prepare(
             action.action, action.args, tenant_id=action.tenant_id, normalised=action.args_normalised
         )
-        step = _Step(action, prepared, new_event_id())
+        step = _Step(action, prepared, new_event_id(), self._policy.engine)
+        if self._shared_limits is not None:
+            step.reservation = await self._shared_limits.reserve(step.engine, action)
         step.decision = self._decide(step)
         if step.decision.verdict is Verdict.APPROVAL_REQUIRED and not step.approval_id:
             step.approval_id = new_approval_id()
@@ -118,9 +128,13 @@ class Decider:
                 action, prepared, step.decision, step.approval_id, event_id=step.event_id, state=step.state
             )
         except JournalUnavailableError as exc:
+            if step.reservation is not None:
+                await step.reservation.release()
             return self._fail_closed(step, exc)
         self._commit(step)
         decision = step.decision
+        if step.reservation is not None and decision.verdict is not Verdict.ALLOW:
+            await step.reservation.release()
         metrics.DECISIONS.labels(decision.verdict.value, decision.reason, decision.layer).inc()
         if log.isEnabledFor(logging.DEBUG):
             _log_decided(action, decision, step.event_id)
@@ -135,8 +149,8 @@ class Decider:
         if blocked:
             return Decision(Verdict.STOP, reasons.JOURNAL_RECOVERY_REQUIRED, LAYER_AUDIT, "", self._version())
         if not step.action.approval_id:
-            return self._evaluate(step.action)
-        decision, step.resumed = self._resume(step.action, step.prepared)
+            return self._evaluate(step, step.action)
+        decision, step.resumed = self._resume(step)
         if step.resumed is None:
             return decision
         if decision.verdict is Verdict.ALLOW:
@@ -147,19 +161,22 @@ class Decider:
             step.approval_id = step.resumed.approval_id
         return decision
 
-    def _resume(self, action: ActionRequest, prepared: PreparedAction) -> tuple[Decision, Approval | None]:
+    def _resume(self, step: _Step) -> tuple[Decision, Approval | None]:
         """Decides a request that resumes with an approval: evaluated as approved only if the approval holds."""
-        reason, approval = self._approvals.check_resume(action, prepared.approval_binding)
+        action = step.action
+        reason, approval = self._approvals.check_resume(action, step.prepared.approval_binding)
         if reason:
             verdict = Verdict.APPROVAL_REQUIRED if reason == reasons.APPROVAL_PENDING else Verdict.STOP
             rule = approval.policy_rule if approval is not None else ""
             return Decision(verdict, reason, LAYER_APPROVAL, rule, self._version()), approval
         # Every other layer still applies: a kill switch or an exhausted budget stops an approved action too.
-        return self._evaluate(dataclasses.replace(action, approved=True)), approval
+        return self._evaluate(step, dataclasses.replace(action, approved=True)), approval
 
-    def _evaluate(self, action: ActionRequest) -> Decision:
-        engine = self._policy.engine
+    def _evaluate(self, step: _Step, action: ActionRequest) -> Decision:
+        engine = step.engine
         try:
+            if step.reservation is not None:
+                return engine.evaluate(action, step.reservation.answer)
             return engine.evaluate(action)
         except Exception:
             # Fail closed on a policy fault; the stop is still journaled.
