@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from gateway.journal import query
+from gateway.journal.report import VerifyReport, printable_names
 from gateway.journal.trace import (
     DASH,
     AnomalyCode,
@@ -27,7 +28,6 @@ from gateway.journal.trace import (
     printable,
     step_span,
 )
-from gateway.journal.verify import VerifyReport, printable_names
 
 if TYPE_CHECKING:  # the generated messages are only types here: offline commands never load protobuf
     from google.protobuf.timestamp_pb2 import Timestamp

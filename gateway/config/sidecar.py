@@ -359,17 +359,7 @@ def _validate(cfg: Config) -> None:
         ("journal.max_batch", cfg.journal.max_batch, 1, MAX_ROWS_PER_INSERT),
     ):
         in_range(key, value, low, high)
-    fwd = cfg.forward
-    if fwd.on_rollback not in ("stop", "allow"):
-        raise ConfigError(f"forward.on_rollback: expected stop or allow, got {fwd.on_rollback!r}")
-    if fwd.target and fwd.target != "embedded" and not LISTEN_RE.match(fwd.target):
-        raise ConfigError(f"forward.target: {fwd.target!r} is not unix:///path, HOST:PORT or embedded")
-    if not 1 <= fwd.batch_max_entries <= 10_000:
-        raise ConfigError("forward.batch_max_entries: must be 1..10000")
-    if not (0 < fwd.batch_max_age_s <= 3600 and 1 <= fwd.idle_checkpoint_s <= 86400):
-        raise ConfigError("forward.batch_max_age_s / idle_checkpoint_s: out of range")
-    if not 0 < fwd.backoff_initial_s <= fwd.backoff_max_s <= 3600:
-        raise ConfigError("forward.backoff_initial_s must be positive and at most forward.backoff_max_s")
+    _validate_forward(cfg.forward)
     if cfg.journal.probe_interval_s and not 0.05 <= cfg.journal.probe_interval_s <= 3600:
         raise ConfigError("journal.probe_interval_s: must be 0 (off) or between 0.05 and 3600 seconds")
     if not 0.05 <= cfg.policy.watch_interval_s <= 3600:
@@ -396,6 +386,19 @@ def _validate(cfg: Config) -> None:
     if not _KEY_PREFIX_RE.match(limits.key_prefix):
         raise ConfigError(f"limits.key_prefix: expected 1-64 of A-Z a-z 0-9 _ . : -, got {limits.key_prefix!r}")
     in_range("limits.timeout_ms", limits.timeout_ms, 1, 10_000)
+
+
+def _validate_forward(fwd: ForwardConfig) -> None:
+    if fwd.on_rollback not in ("stop", "allow"):
+        raise ConfigError(f"forward.on_rollback: expected stop or allow, got {fwd.on_rollback!r}")
+    if fwd.target and fwd.target != "embedded" and not LISTEN_RE.match(fwd.target):
+        raise ConfigError(f"forward.target: {fwd.target!r} is not unix:///path, HOST:PORT or embedded")
+    if not 1 <= fwd.batch_max_entries <= 10_000:
+        raise ConfigError("forward.batch_max_entries: must be 1..10000")
+    if not (0 < fwd.batch_max_age_s <= 3600 and 1 <= fwd.idle_checkpoint_s <= 86400):
+        raise ConfigError("forward.batch_max_age_s / idle_checkpoint_s: out of range")
+    if not 0 < fwd.backoff_initial_s <= fwd.backoff_max_s <= 3600:
+        raise ConfigError("forward.backoff_initial_s must be positive and at most forward.backoff_max_s")
 
 
 def load(

@@ -301,15 +301,18 @@ def build_trace(
     items.sort(key=_start)
     timeline, gap_anomalies = _insert_gaps(items, run.step_ids)
 
-    # Anomalies are listed in the order they appear in the timeline.
-    ordered: list[Anomaly] = []
-    for item in timeline:
-        if isinstance(item, StepGap):
-            ordered.append(gap_anomalies[item])
-        else:
-            for event in item.events if isinstance(item, TraceStep) else (item,):
-                ordered += anomalies.get(event.seq, [])
+    ordered = _in_timeline_order(timeline, gap_anomalies, anomalies)
+    return _trace(run_id, run_events, tuple(timeline), tuple(ordered), journal_status)
 
+
+def _trace(
+    run_id: str,
+    run_events: Sequence[Mapping[str, Any]],
+    timeline: tuple[TimelineItem, ...],
+    anomalies: tuple[Anomaly, ...],
+    journal_status: str | None,
+) -> Trace:
+    """The trace's header fields, taken from the run's events, around its timeline and anomalies."""
     first, last = run_events[0], run_events[-1]
     return Trace(
         run_id=run_id,
@@ -321,10 +324,26 @@ def build_trace(
         started=str(first.get("timestamp", "")),
         ended=str(last.get("timestamp", "")),
         policy_version=next((str(e.get("policy_version", "")) for e in run_events if _kind(e) == _PRE), ""),
-        timeline=tuple(timeline),
-        anomalies=tuple(ordered),
+        timeline=timeline,
+        anomalies=anomalies,
         journal_status=journal_status,
     )
+
+
+def _in_timeline_order(
+    timeline: Sequence[TimelineItem],
+    gap_anomalies: Mapping[StepGap, Anomaly],
+    anomalies: Mapping[int, list[Anomaly]],
+) -> list[Anomaly]:
+    """The anomalies in the order they appear in the timeline (gaps where they fall, others by their event)."""
+    ordered: list[Anomaly] = []
+    for item in timeline:
+        if isinstance(item, StepGap):
+            ordered.append(gap_anomalies[item])
+        else:
+            for event in item.events if isinstance(item, TraceStep) else (item,):
+                ordered += anomalies.get(event.seq, [])
+    return ordered
 
 
 @dataclass

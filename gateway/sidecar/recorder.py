@@ -337,7 +337,6 @@ class AuditRecorder:
         state: Sequence[StateChange],
     ) -> RecordedEvent:
         nanos = now_nanos()
-        shadow = decision.shadow
         trace_id, span_id = trace_ids(request.traceparent)
         event_id = event_id or new_event_id()
         # Labels are agent-supplied like args: redacted the same way, by name and by value, into the same list.
@@ -357,40 +356,23 @@ class AuditRecorder:
             "args_digest": prepared.args_digest,
             "redacted_paths": sorted([*prepared.redacted_paths, *labels.paths]),
             "action_key": prepared.action_key,
-            # The binding of the approval this pre-event asks for (never returned to the agent; docs/adr/0013).
-            "approval_binding": prepared.approval_binding if decision.verdict is Verdict.APPROVAL_REQUIRED else "",
             "scope": request.scope,
-            "decision": decision.verdict.value,
-            "reason": decision.reason,
-            "policy_layer": decision.layer,
-            "policy_rule": decision.rule,
-            "policy_version": decision.policy_version,
-            "retry_after_ms": None if decision.retry_after_s is None else round(decision.retry_after_s * 1000),
-            "shadow_decision": shadow.verdict.value if shadow else "",
-            "shadow_reason": shadow.reason if shadow else "",
-            "shadow_layer": shadow.layer if shadow else "",
-            "shadow_rule": shadow.rule if shadow else "",
+            **_decided_fields(decision, prepared),
             "approval_id": approval_id,
-            "approvers": list(decision.approvers),
-            "approval_expires_in_s": EXPIRES_NEVER if decision.approval_parks else decision.approval_expires_s,
-            "approval_use_within_s": decision.approval_use_within_s,
             "resumed_approval_id": request.approval_id,
             "trace_id": trace_id,
             "span_id": span_id,
             "labels": labels.value,
         }
         receipt = await self._append(EventKind.PRE_EXEC, body, nanos, normalised=prepared.normalised, state=state)
+        pre = (request.run_id, request.step_id, request.tenant_id, request.agent_id or None, request.action)
         self._remember(
             StoredEvent(
                 receipt.seq,
                 receipt.leaf_hash,
                 EventKind.PRE_EXEC.label,
                 event_id,
-                request.run_id,
-                request.step_id,
-                request.tenant_id,
-                request.agent_id or None,
-                request.action,
+                *pre,
                 decision.verdict.value,
                 decision.reason,
                 prepared.action_key,
@@ -501,3 +483,25 @@ class AuditRecorder:
                 pre.event_id,
             )
         return ResultOutcome(new_id, duplicate=False, violation=not allowed)
+
+
+def _decided_fields(decision: Decision, prepared: PreparedAction) -> dict[str, Any]:
+    """The pre-event fields that say what was decided, by which rule, and what an approval asks for."""
+    shadow = decision.shadow
+    return {
+        "decision": decision.verdict.value,
+        "reason": decision.reason,
+        "policy_layer": decision.layer,
+        "policy_rule": decision.rule,
+        "policy_version": decision.policy_version,
+        "retry_after_ms": None if decision.retry_after_s is None else round(decision.retry_after_s * 1000),
+        "shadow_decision": shadow.verdict.value if shadow else "",
+        "shadow_reason": shadow.reason if shadow else "",
+        "shadow_layer": shadow.layer if shadow else "",
+        "shadow_rule": shadow.rule if shadow else "",
+        "approvers": list(decision.approvers),
+        "approval_expires_in_s": EXPIRES_NEVER if decision.approval_parks else decision.approval_expires_s,
+        "approval_use_within_s": decision.approval_use_within_s,
+        # The binding of the approval this pre-event asks for (never returned to the agent; docs/adr/0013).
+        "approval_binding": prepared.approval_binding if decision.verdict is Verdict.APPROVAL_REQUIRED else "",
+    }
