@@ -49,3 +49,11 @@ def test_every_sub_command_is_in_docs_cli(path: tuple[str, ...]) -> None:
 def test_every_flag_of_a_sub_command_is_in_docs_cli(path: tuple[str, ...]) -> None:
     flags = set(re.findall(r"(?<![\w-])--[a-z][a-z-]+", parser_of(path).format_help())) - {"--help"}
     assert sorted(f for f in flags if f not in CLI_DOC) == []
+
+
+@pytest.mark.parametrize("name", ["cli.md", "operator.md", "investigate.md"])
+def test_the_docs_print_only_address_forms_that_work(name: str) -> None:
+    """`unix://.agentaudit/x.sock` names a host, not a path: only unix:REL, unix:///ABS, unix://./REL work."""
+    text = (ROOT / "docs" / name).read_text()
+    broken = re.findall(r"unix://(?!/|\./|DIR/)[^\s`'\"]+", text)  # DIR: the placeholder of an absolute directory
+    assert broken == []
