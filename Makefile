@@ -10,23 +10,30 @@ NODE_STAMP := $(NODE_DIR)/dist/.built
 
 install: $(STAMP) $(NODE_STAMP)
 
+# A cold install is quiet pip for about a minute: one line before each step says what is happening.
 $(STAMP): pyproject.toml clients/python/pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e clients/python -e '.[dev]'
-	touch $(STAMP)
+	@echo "make: creating $(VENV) (a Python virtualenv, once)"
+	@$(PYTHON) -m venv $(VENV)
+	@echo "make: upgrading pip in $(VENV)"
+	@$(BIN)/pip install --quiet --upgrade pip
+	@echo "make: installing agentaudit and its dependencies into $(VENV) (about a minute on a cold cache)"
+	@$(BIN)/pip install --quiet -e clients/python -e '.[dev]'
+	@touch $(STAMP)
+	@echo "make: installed; $(BIN)/agentaudit is ready"
 
 # The Node client (clients/node): pinned dependencies, compiled once; the cross-client test runs its example.
 $(NODE_STAMP): $(NODE_DIR)/package-lock.json $(NODE_DIR)/tsconfig.json $(wildcard $(NODE_DIR)/src/*.ts $(NODE_DIR)/src/gen/*/*/*.ts $(NODE_DIR)/examples/*.ts $(NODE_DIR)/test/*.ts)
-	cd $(NODE_DIR) && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build
-	touch $@
+	@echo "make: installing and compiling the Node client in $(NODE_DIR) (npm ci, then tsc)"
+	@cd $(NODE_DIR) && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build
+	@touch $@
 
 # Tools the tests call that are not Python packages (promtool, tini, Go); installed with apt when run as root.
 system-deps:
 	scripts/system_deps.sh
 
 dev: $(STAMP)
-	$(BIN)/agentaudit dev
+	@echo "make: starting the sidecar: $(BIN)/agentaudit dev (Ctrl-C stops it)"
+	@$(BIN)/agentaudit dev
 
 test: install system-deps
 	$(BIN)/pytest -q

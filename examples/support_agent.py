@@ -40,20 +40,32 @@ def lookup_customer(customer_id: str, phone: str) -> dict[str, Any]:
     return {"customer_id": customer_id, "name": "Ann", "phone": phone, "open_orders": 1}
 
 
+def search_crm(query: str) -> dict[str, Any]:
+    """Stands in for the CRM search the looping agent repeats."""
+    return {"query": query, "hits": 1}
+
+
 def show(step: str, result: DecideResult, note: str = "") -> None:
     print(f"{step:<26} → {result.decision:<17} reason={result.reason:<20} event={result.event_id} {note}")
 
 
 def play(client: GatewayClient, run_id: str, flood_run_id: str) -> None:
     # (a) An agent stuck in a loop floods the CRM: the tenant's rate limit (10/s, burst 20) stops it.
-    # A deny is a value: decide() returns it, with retry_after.
+    # Every allowed search runs inside guard, so its result is reported too: a step decided but never reported
+    # is what `agentaudit trace` flags as missing_result. The stop is the ActionStopped's result, with retry_after.
     flood = client.run(flood_run_id, tenant_id="t_flood", agent_id=AGENT, actor=ACTOR)
     allowed = 0
+    stopped: DecideResult | None = None
     for _ in range(MAX_FLOOD):
-        stopped = flood.decide("crm.search", {"query": "ann"})
-        if not stopped.allowed:
+        try:
+            with flood.guard("crm.search", {"query": "ann"}) as search:
+                search.output = search_crm("ann")
+        except ActionStopped as denied:
+            stopped = denied.result
             break
         allowed += 1
+        stopped = search.decision  # the last answer, should the limit never stop the loop
+    assert stopped is not None  # MAX_FLOOD > 0
     retry = f"retry_after={stopped.retry_after:.3f}s" if stopped.retry_after is not None else ""
     show(f"crm.search #{allowed + 1} (t_flood)", stopped, f"after {allowed} allowed {retry}".rstrip())
 
@@ -127,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     if not options.no_events:
-        print_events(options.journal, run_id)  # the flood run's ~21 events are left out for brevity
+        print_events(options.journal, run_id)  # the flood run's ~41 events are left out for brevity
     return 0
 
 

@@ -56,6 +56,7 @@ from gateway.sidecar.policy_manager import PolicyManager, load_document
 from gateway.sidecar.reconcile import report_state_mismatches
 from gateway.sidecar.recorder import AuditRecorder
 from gateway.sidecar.retention import RetentionJob
+from gateway.sidecar.selfcheck import TamperGate, check_tail, report_tamper
 from gateway.sidecar.shared_limits import RedisLimits
 from gateway.signing import Ed25519Signer, load_signer
 
@@ -120,6 +121,7 @@ class Sidecar:
         self._operator_server: grpc.aio.Server | None = None
         self._alerts: AlertDispatcher | None = None
         self.forwarder: Forwarder | None = None
+        self.tamper_gate: TamperGate | None = None
         self.retention: RetentionJob | None = None
         self.shared_limits: RedisLimits | None = None
         self._collector: Collector | None = None
@@ -229,6 +231,15 @@ class Sidecar:
         cfg = self.config
         assert self.writer is not None and self.reader is not None and self.recorder is not None
         recorder = self.recorder
+        if cfg.alerts.webhooks:  # first: the self-check below may alert
+            self._alerts = AlertDispatcher(cfg.alerts)
+            await self._alerts.start()
+        # The self-check reads the tail as found, before this start appends anything, and reports before anything
+        # else reads the entries (a body edited into non-JSON stops the limits replay below; it is reported first).
+        tail = await check_tail(self.reader, cfg.journal.path, signer.verifier, self.writer.size)
+        self.tamper_gate = await report_tamper(
+            tail, recorder, self.reader, on_tamper=cfg.journal.on_tamper, origin=signer.name, alerts=self._alerts
+        )
         # State follows signatures (ADR 0012): what is enforced is derived from the signed events; rows that
         # disagree are ignored, logged and journaled once.
         self._trusted = await self.reader.trusted_state(signer.name, signer.verifier.verify)
@@ -255,9 +266,6 @@ class Sidecar:
         self.approvals = ApprovalBook(recorder, self.reader)
         await self.approvals.start(self._trusted.approvals if self._trusted else None)
         metrics.observe_state(metrics.APPROVALS_PENDING, self.approvals.pending_count)
-        if cfg.alerts.webhooks:
-            self._alerts = AlertDispatcher(cfg.alerts)
-            await self._alerts.start()
         if cfg.forward.target:
             await self._start_forwarding(cfg, signer, recorder)
         self.retention = RetentionJob(
@@ -273,8 +281,12 @@ class Sidecar:
         """The agent-facing server (GatewayService, health, reflection) and, if configured, the operator's."""
         cfg = self.config
         assert self.policy is not None and self.recorder is not None and self.approvals is not None
-        forwarder = self.forwarder
-        gate = (lambda: forwarder.blocked) if forwarder is not None else None
+        forwarder, tamper = self.forwarder, self.tamper_gate
+
+        def gate() -> str:
+            """Why Decide must refuse: a detected rollback or start-up tampering awaiting acknowledgement, or ''."""
+            return (forwarder.blocked if forwarder is not None else "") or (tamper.blocked if tamper else "")
+
         servicer = GatewayServicer(
             self.policy, self.recorder, cfg.server, self.approvals, self._alerts, gate, self.shared_limits
         )
@@ -315,6 +327,7 @@ class Sidecar:
             self.policy,
             self.reader,
             self.forwarder,
+            self.tamper_gate,
         )
         self._operator_server = grpc.aio.server(options=options)
         self._operator_server.add_generic_rpc_handlers([operator_handler(operator, self._telemetry)])

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from agentaudit_client import ApprovalRequired, DecideResult, GatewayClient
+from agentaudit_client import ActionStopped, ApprovalRequired, DecideResult, GatewayClient
 from tests.conftest import ROOT, RunningGateway, run_cli
 
 NODE_CLIENT = ROOT / "clients" / "node"
@@ -71,11 +71,17 @@ def play_python(target: str) -> dict[str, Any]:
     with GatewayClient(target) as client:
         flood = client.run(flood_run_id, tenant_id="t_flood", agent_id=AGENT, actor=ACTOR)
         allowed = 0
+        stopped: DecideResult | None = None
         for _ in range(MAX_FLOOD):
-            stopped = flood.decide("crm.search", {"query": "ann"})
-            if not stopped.allowed:
+            try:
+                with flood.guard("crm.search", {"query": "ann"}) as search:
+                    search.output = {"query": "ann", "hits": 1}
+            except ActionStopped as denied:
+                stopped = denied.result
                 break
             allowed += 1
+            stopped = search.decision
+        assert stopped is not None
 
         run = client.run(run_id, tenant_id="t_42", agent_id=AGENT, actor=ACTOR)
         refund_ran = False
@@ -185,17 +191,27 @@ def test_python_and_node_clients_get_the_same_answers_and_journal(gateway_server
     assert node_events[0]["args_digest"] == python_events[0]["args_digest"]
     assert node_events[2]["output_digest"] == python_events[2]["output_digest"]
 
-    # The flood runs: every allowed step journaled alike, and the same stop at the end.
+    # The flood runs: every allowed step journaled alike, and the same stop at the end. Both examples run each
+    # allowed search through guard, so each allowed step is a pre-event followed by its post-event (its reported
+    # result; without it `agentaudit trace` flags missing_result), and the stop is one pre-event: 2 * allowed + 1.
     python_flood, node_flood = (
         journal(gateway_server, python["flood_run_id"]),
         journal(gateway_server, node["flood_run_id"]),
     )
-    assert len(python_flood) == python["flood"]["allowed"] + 1
-    assert len(node_flood) == node["flood"]["allowed"] + 1
+    assert len(python_flood) == 2 * python["flood"]["allowed"] + 1
+    assert len(node_flood) == 2 * node["flood"]["allowed"] + 1
     for events in (python_flood, node_flood):
-        assert [e["step_id"] for e in events] == list(range(1, len(events) + 1))
-    without_step = [{k: v for k, v in e.items() if k != "step_id"} for e in (python_flood[0], node_flood[0])]
-    assert comparable(without_step[1]) == comparable(without_step[0])
+        allowed_steps = (len(events) - 1) // 2
+        assert [e["kind"] for e in events] == ["pre_exec", "post_exec"] * allowed_steps + ["pre_exec"]
+        # A post-event carries its pre-event's step id.
+        expected_steps = [step for step in range(1, allowed_steps + 1) for _ in (0, 1)] + [allowed_steps + 1]
+        assert [e["step_id"] for e in events] == expected_steps
+    for index in (0, 1):  # the first allowed step's pre-event, then its post-event
+        without_step = [
+            {k: v for k, v in e.items() if k != "step_id"} for e in (python_flood[index], node_flood[index])
+        ]
+        assert comparable(without_step[1]) == comparable(without_step[0]), index
+    assert node_flood[1]["output_digest"] == python_flood[1]["output_digest"]
     assert comparable({**node_flood[-1], "step_id": 0}) == comparable({**python_flood[-1], "step_id": 0})
 
 

@@ -307,6 +307,53 @@ def test_bad_policies_are_refused_with_file_line_and_rule(text: str, message: st
         parse_policy(text, "p.yaml")
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        pytest.param(
+            "version: 1\naccess: {}\n\nextra: 1\n",
+            r"^p.yaml:4: policy: unknown key\(s\) extra ",
+            id="unknown-top-level-key",
+        ),
+        pytest.param(
+            "version: 1\naccess: {}\nlimits:\n  - name: crm_per_tenant\n    type: rate\n"
+            "    rate: 10/s\n    brust: 20\n",
+            r"^p.yaml:7: limits rule 'crm_per_tenant': unknown key\(s\) brust ",
+            id="named-limit-unknown-key",
+        ),
+        pytest.param(
+            "version: 1\naccess: {}\nlimits:\n  - {name: a, type: steps, max: 5}\n  - {name: b, type: steps, max: 5}\n"
+            "  - name: third\n    type: steps\n    max: 5\n    colour: red\n",
+            r"^p.yaml:9: limits rule 'third': unknown key\(s\) colour ",
+            id="third-limit-by-name",
+        ),
+        pytest.param(
+            "version: 1\naccess: {}\nrules:\n  - name: r\n    when: 'true'\n    decison: stop\n",
+            r"^p.yaml:6: rules rule 'r': unknown key\(s\) decison ",
+            id="named-rule-unknown-key",
+        ),
+        pytest.param(
+            "version: 1\naccess: {}\nkill_switch:\n  - name: k\n    scope: global\n    targte: x\n",
+            r"^p.yaml:6: kill_switch rule 'k': unknown key\(s\) targte ",
+            id="named-switch-unknown-key",
+        ),
+        pytest.param(
+            "version: 1\naccess:\n  bindings:\n    - name: b\n      roels: [r]\n",
+            r"^p.yaml:5: access binding 'b': unknown key\(s\) roels ",
+            id="named-binding-unknown-key",
+        ),
+        pytest.param(
+            "version: 1\naccess: {}\nlimits:\n  - type: steps\n    max: 5\n    colour: red\n",
+            r"^p.yaml:6: limits rule #1: unknown key\(s\) colour ",
+            id="unnamed-limit-by-position",
+        ),
+    ],
+)
+def test_unknown_keys_are_reported_at_their_own_line_and_rules_by_name(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_policy(text, "p.yaml")
+
+
 def test_policy_version_ignores_formatting_but_not_content() -> None:
     a = parse_policy(EXAMPLE_POLICY).version
     assert parse_policy("# comment\n" + EXAMPLE_POLICY).version == a

@@ -40,6 +40,7 @@ from gateway.sidecar.forwarder import Forwarder
 from gateway.sidecar.killswitch import KillSwitchBoard
 from gateway.sidecar.policy_manager import TRIGGER_OPERATOR, PolicyManager
 from gateway.sidecar.recorder import AuditRecorder
+from gateway.sidecar.selfcheck import TamperGate
 
 if TYPE_CHECKING:
     from gateway.rpc.telemetry import Telemetry
@@ -161,6 +162,7 @@ class OperatorServicer:
         policy: PolicyManager,
         reader: JournalReader,
         forwarder: Forwarder | None = None,
+        tamper_gate: TamperGate | None = None,
     ) -> None:
         self._auth = authenticator
         self._recorder = recorder
@@ -168,6 +170,7 @@ class OperatorServicer:
         self._switches = switches
         self._policy = policy
         self._forwarder = forwarder
+        self._tamper_gate = tamper_gate
         self._reader = reader
 
     def guarded(self, method: str, roles: tuple[str, ...], call: Callable[[Any, Operator], Awaitable[Any]]) -> Call:
@@ -266,9 +269,13 @@ class OperatorServicer:
     async def acknowledge_recovery(self, request: operator_pb2.AcknowledgeRecoveryRequest, operator: Operator) -> Any:
         _text("comment", request.comment, MAX_COMMENT_BYTES, required=True)
         detected = self._forwarder.status.recovery_required if self._forwarder is not None else ""
+        if not detected and self._tamper_gate is not None:
+            detected = self._tamper_gate.blocked
         event = await self._recorder.record_recovery_acknowledged(operator.identity, request.comment)
         if self._forwarder is not None:
             await self._forwarder.acknowledge_recovery()
+        if self._tamper_gate is not None:
+            self._tamper_gate.acknowledge()
         return operator_pb2.AcknowledgeRecoveryResponse(detected=detected, event_id=event.event_id)
 
     async def search(self, request: operator_pb2.SearchEventsRequest, operator: Operator) -> Any:

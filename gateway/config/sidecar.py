@@ -61,6 +61,7 @@ class JournalConfig:
     busy_timeout_ms: int = 5000
     max_batch: int = 512
     probe_interval_s: float = 5.0  # while idle, check this often that the journal is writable (health); 0: off
+    on_tamper: str = "warn"  # the start-up self-check found tampering: warn (log, journal, alert) | stop (also refuse)
 
 
 @dataclass(frozen=True)
@@ -359,6 +360,8 @@ def _validate(cfg: Config) -> None:
         ("journal.max_batch", cfg.journal.max_batch, 1, MAX_ROWS_PER_INSERT),
     ):
         in_range(key, value, low, high)
+    if cfg.journal.on_tamper not in ("warn", "stop"):
+        raise ConfigError(f"journal.on_tamper: expected warn or stop, got {cfg.journal.on_tamper!r}")
     _validate_forward(cfg.forward)
     if cfg.journal.probe_interval_s and not 0.05 <= cfg.journal.probe_interval_s <= 3600:
         raise ConfigError("journal.probe_interval_s: must be 0 (off) or between 0.05 and 3600 seconds")

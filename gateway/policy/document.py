@@ -187,10 +187,21 @@ class _Parser:
     def mapping(self, value: Any, path: tuple[Any, ...], what: str, allowed: set[str]) -> dict[str, Any]:
         if not isinstance(value, dict):
             raise self.error(path, what, "must be a mapping")
-        unknown = sorted(str(k) for k in value if k not in allowed)
+        unknown = [k for k in value if k not in allowed]
         if unknown:
-            raise self.error(path, what, f"unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})")
+            # At the first unknown key's own line (document order), not the line where the mapping starts.
+            listed = ", ".join(sorted(map(str, unknown)))
+            raise self.error(
+                (*path, str(unknown[0])), what, f"unknown key(s) {listed} (allowed: {', '.join(sorted(allowed))})"
+            )
         return value
+
+    def rule(self, raw: Any, layer: str, index: int) -> str:
+        """How an error names a rule before it is checked: by its name when it has a usable one, else its position."""
+        name = raw.get("name") if isinstance(raw, dict) else None
+        if isinstance(name, str) and _NAME_RE.match(name):
+            return f"{layer} {name!r}"
+        return f"{layer} #{index + 1}"
 
     def items(self, doc: dict[str, Any], section: str) -> list[Any]:
         value = doc.get(section) or []
@@ -273,7 +284,7 @@ def _kill_switches(p: _Parser, doc: dict[str, Any], seen: set[str]) -> tuple[Kil
     out = []
     for index, raw in enumerate(p.items(doc, "kill_switch")):
         path = ("kill_switch", index)
-        p.mapping(raw, path, f"kill_switch rule #{index + 1}", {"name", "scope", "target", "reason", "shadow"})
+        p.mapping(raw, path, p.rule(raw, "kill_switch rule", index), {"name", "scope", "target", "reason", "shadow"})
         name = p.name(raw, path, "kill_switch", seen)
         what = f"kill_switch rule {name!r}"
         scope = raw.get("scope", "global")
@@ -317,7 +328,10 @@ def _access(p: _Parser, doc: dict[str, Any], seen: set[str]) -> Access:
     for index, spec in enumerate(bindings_raw):
         path = ("access", "bindings", index)
         p.mapping(
-            spec, path, f"access binding #{index + 1}", {"name", "roles", "tenants", "agents", "actor_types", "when"}
+            spec,
+            path,
+            p.rule(spec, "access binding", index),
+            {"name", "roles", "tenants", "agents", "actor_types", "when"},
         )
         name = p.name(spec, path, "access binding", seen)
         what = f"access binding {name!r}"
@@ -365,7 +379,7 @@ def _limits(p: _Parser, doc: dict[str, Any], seen: set[str]) -> tuple[Limit, ...
     out = []
     for index, raw in enumerate(p.items(doc, "limits")):
         path = ("limits", index)
-        p.mapping(raw, path, f"limits rule #{index + 1}", common | {k for v in extra.values() for k in v})
+        p.mapping(raw, path, p.rule(raw, "limits rule", index), common | {k for v in extra.values() for k in v})
         name = p.name(raw, path, "limits", seen)
         what = f"limits rule {name!r}"
         kind = raw.get("type")
@@ -432,7 +446,7 @@ def _rules(
     out = []
     for index, raw in enumerate(p.items(doc, section)):
         path = (section, index)
-        p.mapping(raw, path, f"{section} rule #{index + 1}", allowed)
+        p.mapping(raw, path, p.rule(raw, f"{section} rule", index), allowed)
         name = p.name(raw, path, section, seen)
         what = f"{section} rule {name!r}"
         verdict = verdicts[0]

@@ -217,6 +217,25 @@ class AuditRecorder:
         }
         return await self._record(EventKind.GAP_RECOVERY, now_nanos(), fields)
 
+    async def record_tamper_detected(
+        self,
+        detail: str,
+        findings: list[dict[str, Any]],
+        checked: dict[str, int],
+        *,
+        fail_closed: bool,
+    ) -> RecordedEvent:
+        """Journals entries of the journal's tail that failed the start-up self-check (gateway.sidecar.selfcheck)."""
+        fields = {
+            "operation": "tamper_detected",
+            "detail": detail,
+            "findings": findings,
+            "checked": checked,
+            "fail_closed": fail_closed,
+            "actor": {"type": "system", "id": "agentaudit"},
+        }
+        return await self._record(EventKind.GAP_RECOVERY, now_nanos(), fields)
+
     async def record_state_mismatch(self, table: str, key: str, detail: str) -> RecordedEvent:
         """Journals a state row found to contradict the signed events (ignored for enforcement)."""
         fields = {"table": table, "key": key, "detail": detail, "actor": {"type": "system", "id": "agentaudit"}}

@@ -52,17 +52,31 @@ function decisionJson(result: DecideResult): JsonObject {
   };
 }
 
+/** Stands in for the CRM search the looping agent repeats. */
+function searchCrm(query: string): JsonObject {
+  return { query, hits: 1 };
+}
+
 type Show = (step: string, result: DecideResult, note?: string) => void;
 
 export async function play(client: GatewayClient, runId: string, floodRunId: string, show: Show): Promise<JsonObject> {
   // (a) An agent stuck in a loop floods the CRM: the tenant's rate limit (10/s, burst 20) stops it.
-  // A deny is a value: decide() returns it, with retryAfter.
+  // Every allowed search runs inside guard, so its result is reported too: a step decided but never reported
+  // is what `agentaudit trace` flags as missing_result. The stop is the ActionStopped's result, with retryAfter.
   const flood = client.run(floodRunId, { tenantId: "t_flood", agentId: AGENT, actor: ACTOR });
   let allowed = 0;
   let stopped: DecideResult | undefined;
   for (let i = 0; i < MAX_FLOOD; i++) {
-    stopped = await flood.decide("crm.search", { query: "ann" });
-    if (!stopped.allowed) {
+    try {
+      await flood.guard("crm.search", { query: "ann" }, (search) => {
+        search.output = searchCrm("ann");
+        stopped = search.decision; // the last answer, should the limit never stop the loop
+      });
+    } catch (error) {
+      if (!(error instanceof ActionStopped)) {
+        throw error;
+      }
+      stopped = error.result;
       break;
     }
     allowed += 1;
