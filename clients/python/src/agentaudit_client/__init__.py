@@ -26,9 +26,10 @@ Usage::
 change to their code (``agentaudit_client.integrations``; docs/integrations.md).
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._guard import Step
 from .address import AddressError, grpc_target
-from .aio import AsyncGatewayClient, AsyncRun
 from .client import GatewayClient, Run
 from .errors import (
     ActionStopped,
@@ -44,8 +45,27 @@ from .errors import (
     UnavailableError,
     from_rpc_error,
 )
-from .integrations import instrument
 from .models import Actor, ApprovalOutcome, DecideResult, ReportResult
+
+if TYPE_CHECKING:
+    from .aio import AsyncGatewayClient, AsyncRun
+    from .integrations import instrument
+
+# Loaded on first use: the asyncio client (grpc.aio) and the framework adapters cost ~30 ms of imports that a
+# short-lived process such as a coding-agent hook (`agentaudit hook`) never needs.
+_LAZY = {"AsyncGatewayClient": ".aio", "AsyncRun": ".aio", "instrument": ".integrations"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib  # noqa: PLC0415
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "ActionStopped",
