@@ -19,12 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 import mcp_types as types
 import pytest
 from mcp import Client, StdioServerParameters
 
 from gateway.journal.store import iter_bodies
 from tests.conftest import AGENTAUDIT, ROOT, RunningGateway, free_port, run_cli, start_gateway
+from tests.helpers import eventually_async
 
 POLICY = """
 version: 1
@@ -33,7 +35,7 @@ access:
   roles:
     mcp_tools:
       actions: ["mcp.tools.read_record", "mcp.tools.write_record", "mcp.tools.fail", "mcp.tools.crash",
-                "mcp.tools.mutable"]
+                "mcp.tools.mutable", "mcp.tools.progress", "mcp.tools.notify", "mcp.tools.wait_cancel"]
   bindings:
     - name: mcp_agent
       agents: ["mcp-agent"]
@@ -157,6 +159,7 @@ async def connect(
     sidecar: str | None = None,
     elicitation: Any = None,
     extra: list[str] | None = None,
+    message_handler: Any = None,
 ) -> AsyncIterator[Client]:
     """A client of the proxy (which runs the test server), speaking ``revision`` over ``transport``."""
     env = {
@@ -177,7 +180,14 @@ async def connect(
             )
         else:
             target = start_http(setup, flags, env, procs)
-        async with Client(target, mode=mode, elicitation_callback=elicitation, cache=None) as client:
+        async with Client(
+            target,
+            mode=mode,
+            elicitation_callback=elicitation,
+            message_handler=message_handler,
+            log_level="debug",  # 2026-07-28 clients receive log messages only for requests that opt in
+            cache=None,
+        ) as client:
             assert client.protocol_version == revision
             yield client
     finally:
@@ -374,3 +384,67 @@ async def test_changed_tool_definition_is_journaled_and_stopped_by_policy(
     assert len(changed) == 1 and changed[0]["action"] == "mcp.tools.mutable"
     assert changed[0]["tool_digest"] != changed[0]["pinned_digest"]
     assert setup.calls() == ["mutable m1"]
+
+
+@both
+@revisions
+async def test_progress_of_a_running_call_reaches_the_client(
+    sidecar: RunningGateway, setup: Setup, transport: str, revision: str
+) -> None:
+    seen: list[tuple[float, float | None, str | None]] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append((progress, total, message))
+
+    async with connect(sidecar, setup, transport, revision) as client:
+        result = await client.call_tool("progress", {"id": "p1"}, progress_callback=on_progress)
+        await eventually_async(lambda: len(seen) == 3, message="three progress notifications")
+    assert not result.is_error
+    assert seen == [(1.0, 3.0, "step 1"), (2.0, 3.0, "step 2"), (3.0, 3.0, "step 3")]
+    assert [e["kind"] for e in events(sidecar, setup.run_id)] == ["pre_exec", "post_exec"]
+
+
+@both
+@revisions
+async def test_server_notifications_are_relayed_to_the_client(
+    sidecar: RunningGateway, setup: Setup, transport: str, revision: str
+) -> None:
+    received: list[Any] = []
+
+    async def on_message(message: Any) -> None:
+        received.append(message)
+
+    def methods() -> set[str]:
+        return {m.method for m in received if not isinstance(m, Exception)}
+
+    wanted = {"notifications/tools/list_changed", "notifications/resources/updated", "notifications/message"}
+    async with connect(sidecar, setup, transport, revision, message_handler=on_message) as client:
+        result = await client.call_tool("notify", {"id": "n1"})
+        await eventually_async(lambda: wanted <= methods(), message=f"{wanted} relayed")
+    assert not result.is_error
+    updated = next(m for m in received if m.method == "notifications/resources/updated")
+    assert str(updated.params.uri) == "test://records/r1"
+    logged = next(m for m in received if m.method == "notifications/message")
+    assert logged.params.data == {"note": "from the server"} and logged.params.logger == "tools"
+
+
+@both
+@revisions
+async def test_cancelled_call_is_cancelled_upstream_and_recorded_cancelled(
+    sidecar: RunningGateway, setup: Setup, transport: str, revision: str
+) -> None:
+    async with connect(sidecar, setup, transport, revision) as client:
+        async with anyio.create_task_group() as group:
+            group.start_soon(client.call_tool, "wait_cancel", {"id": "k1"})
+            await eventually_async(lambda: "wait_cancel k1" in setup.calls(), message="the call to reach the server")
+            group.cancel_scope.cancel()  # the SDK client sends notifications/cancelled for the abandoned request
+        await eventually_async(lambda: "cancelled k1" in setup.calls(), message="the server to see the cancel")
+        posts = await eventually_async(
+            lambda: [e for e in events(sidecar, setup.run_id) if e["kind"] == "post_exec"], message="a post-event"
+        )
+        # The proxy still serves: a later call runs.
+        after = await client.call_tool("read_record", {"id": "r9"})
+    assert not after.is_error
+    pre = next(e for e in events(sidecar, setup.run_id) if e["kind"] == "pre_exec")
+    assert (pre["action"], pre["decision"]) == ("mcp.tools.wait_cancel", "allow")
+    assert posts[0]["pre_event_id"] == pre["event_id"] and posts[0]["status"] == "cancelled"

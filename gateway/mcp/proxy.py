@@ -11,6 +11,10 @@ A client of the sidecar (``agentaudit_client``), never a journal writer. Per cal
    a client can forge an "accept") and resumes only when the sidecar, deciding again with the approval id, allows.
 3. Fail closed: if the sidecar cannot be reached, nothing is forwarded.
 
+Not governed, passed through: resources (with subscriptions), prompts, logging levels, the server's
+notifications (``relay.py``), each call's progress, and cancellation: a call the client cancels is cancelled
+upstream and reported ``cancelled``.
+
 ``tools/list`` hides tools the policy's access layer can never allow for this identity (no journaling), and
 pins each definition's digest; a changed definition travels to the sidecar as labels on the call's Decide.
 """
@@ -22,11 +26,13 @@ import json
 import logging
 import time
 import urllib.parse
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anyio
 import mcp_types as types
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
@@ -35,6 +41,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from agentaudit_client import AsyncGatewayClient, DecideResult, GatewayError
 from gateway import reasons
 from gateway.canonical import canonical_json
+from gateway.mcp.relay import NotificationRelay
 from gateway.mcp.seal import SealError, StateSealer, args_digest
 from gateway.mcp.state import ProxyState, load_or_create_key
 from gateway.mcp.upstream import Upstream, UpstreamUnavailableError
@@ -175,6 +182,8 @@ class GoverningProxy:
         self._steps: dict[str, int] = {}
         self._pending: dict[tuple[str, str, str], str] = {}  # (principal, tool, args digest) → approval id
         self._session_runs: dict[int, str] = {}
+        self.relay = NotificationRelay()
+        upstream.on_message = self.relay.relay
         self.server = self._build_server()
 
     async def start(self) -> None:
@@ -188,16 +197,30 @@ class GoverningProxy:
         self._state.close()
 
     def _build_server(self) -> Server[Any]:
-        return Server(
-            f"agentaudit-{self.config.server_name}",
-            on_list_tools=self.list_tools,
-            on_call_tool=self.call_tool,
-            on_list_resources=self._passthrough("list_resources"),
-            on_list_resource_templates=self._passthrough("list_resource_templates"),
-            on_read_resource=self._read_resource,
-            on_list_prompts=self._passthrough("list_prompts"),
-            on_get_prompt=self._get_prompt,
-        )
+        with warnings.catch_warnings():
+            # Logging is deprecated as of 2026-07-28; the proxy still passes it through for older clients.
+            warnings.simplefilter("ignore")
+            server: Server[Any] = Server(
+                f"agentaudit-{self.config.server_name}",
+                on_list_tools=self.list_tools,
+                on_call_tool=self.call_tool,
+                on_list_resources=self._passthrough("list_resources"),
+                on_list_resource_templates=self._passthrough("list_resource_templates"),
+                on_read_resource=self._read_resource,
+                on_subscribe_resource=self._subscribe,
+                on_unsubscribe_resource=self._unsubscribe,
+                on_list_prompts=self._passthrough("list_prompts"),
+                on_get_prompt=self._get_prompt,
+                on_set_logging_level=self._set_logging_level,
+            )
+        server.middleware.append(self._see_connection)
+        return server
+
+    async def _see_connection(self, ctx: ServerRequestContext[Any], call_next: Any) -> Any:
+        # Handshake-era connections have a standalone stream for the server's notifications (relay.py).
+        if ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS:
+            self.relay.seen(ctx.session)
+        return await call_next(ctx)
 
     # --- pass-through (not governed) ---------------------------------------------------------------------------
 
@@ -209,6 +232,19 @@ class GoverningProxy:
 
     async def _read_resource(self, ctx: ServerRequestContext[Any], params: types.ReadResourceRequestParams) -> Any:
         return await self.upstream.call("read_resource", params.uri)
+
+    async def _subscribe(self, ctx: ServerRequestContext[Any], params: types.SubscribeRequestParams) -> Any:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # resources/subscribe is 2025-era; the upstream link is handshake-era
+            return await self.upstream.call("subscribe_resource", str(params.uri))
+
+    async def _unsubscribe(self, ctx: ServerRequestContext[Any], params: types.UnsubscribeRequestParams) -> Any:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return await self.upstream.call("unsubscribe_resource", str(params.uri))
+
+    async def _set_logging_level(self, ctx: ServerRequestContext[Any], params: types.SetLevelRequestParams) -> Any:
+        return await self.upstream.call("set_logging_level", params.level)
 
     async def _get_prompt(self, ctx: ServerRequestContext[Any], params: types.GetPromptRequestParams) -> Any:
         return await self.upstream.call("get_prompt", params.name, params.arguments)
@@ -438,8 +474,24 @@ class _Call:
 
     async def forward(self, decision: DecideResult) -> types.CallToolResult:
         started = time.monotonic()
+        session = self.ctx.session
+
+        async def relay_progress(progress: float, total: float | None, message: str | None) -> None:
+            await session.report_progress(progress, total, message)  # a no-op unless the client gave a token
+
         try:
-            result: types.CallToolResult = await self.proxy.upstream.call("call_tool", self.tool, self.arguments)
+            with self.proxy.relay.in_call(session, self.ctx.request_id):
+                result: types.CallToolResult = await self.proxy.upstream.call(
+                    "call_tool", self.tool, self.arguments, progress_callback=relay_progress
+                )
+        except anyio.get_cancelled_exc_class():
+            # The client cancelled (notifications/cancelled; the SDK cancels this handler, and the upstream
+            # request with it) or the proxy is stopping: either way the call did not finish, so say so.
+            with anyio.CancelScope(shield=True):
+                await self.report(
+                    decision, "cancelled", time.monotonic() - started, error="cancelled before it finished"
+                )
+            raise
         except (UpstreamUnavailableError, Exception) as exc:
             await self.report(decision, "failed", time.monotonic() - started, error=f"upstream failed: {exc}")
             return tool_error(f"the MCP server failed while running {self.tool}: {exc}")
