@@ -51,6 +51,8 @@ log = logging.getLogger("agentaudit.mcp")
 
 RUN_ID_META_KEY = "agentaudit/run_id"
 RUN_ID_HEADER = "agentaudit-run-id"
+# Where HTTP mode's bearer middleware (bearer.py) leaves the identity it verified, in the request's ASGI scope.
+VERIFIED_IDENTITY_SCOPE_KEY = "agentaudit.identity"
 TRACEPARENT_META_KEY = "traceparent"
 APPROVAL_INPUT_KEY = "agentaudit_approval"
 # Labels the sidecar reads as the ``tool`` CEL variable (gateway.policy.engine); annotations are the server's
@@ -252,8 +254,10 @@ class GoverningProxy:
     # --- identity ------------------------------------------------------------------------------------------------
 
     def identity(self, ctx: ServerRequestContext[Any]) -> Identity:
-        """The configured identity (``http.py`` overrides this with verified claims)."""
-        return self.config.identity
+        """The identity a verified bearer token carries (HTTP with ``--jwt-*``), else the configured one."""
+        scope = getattr(ctx.request, "scope", None)
+        verified = scope.get(VERIFIED_IDENTITY_SCOPE_KEY) if isinstance(scope, Mapping) else None
+        return verified if isinstance(verified, Identity) else self.config.identity
 
     def _run_id(self, ctx: ServerRequestContext[Any], meta: Mapping[str, Any]) -> str:
         from_meta = meta.get(RUN_ID_META_KEY)
