@@ -16,7 +16,9 @@ notifications (``relay.py``), each call's progress, and cancellation: a call the
 upstream and reported ``cancelled``.
 
 ``tools/list`` hides tools the policy's access layer can never allow for this identity (no journaling), and
-pins each definition's digest; a changed definition travels to the sidecar as labels on the call's Decide.
+pins each definition's digest; a changed definition is journaled when a listing shows it, through a Decide for
+``mcp.<server>.tools/list`` with labels (``GoverningProxy._journal_change``), and marks every later call of the
+tool (``tool.changed`` in CEL).
 """
 
 from __future__ import annotations
@@ -63,6 +65,10 @@ LABEL_TOOL_CHANGE_NEW = "mcp.tool_change_new"
 LABEL_TOOL_DIGEST = "mcp.tool_digest"
 LABEL_TOOL_PINNED = "mcp.tool_pinned_digest"
 LABEL_ANNOTATION_PREFIX = "mcp.annotation."
+# On the tools/list Decide that journals a changed definition: which tool, and the action its calls have.
+LABEL_TOOL = "mcp.tool"
+LABEL_TOOL_ACTION = "mcp.tool_action"
+LIST_TOOLS_ACTION = "tools/list"  # decided as mcp.<server>.tools/list
 _ANNOTATION_HINTS = ("destructiveHint", "readOnlyHint", "idempotentHint", "openWorldHint")
 
 
@@ -286,14 +292,80 @@ class GoverningProxy:
     async def list_tools(
         self, ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
-        """The upstream's tools, minus those the access layer never allows; each definition pinned."""
+        """The upstream's tools, minus those the access layer never allows; each definition pinned.
+
+        A definition that changed since it was pinned is journaled now, through a Decide for the action
+        ``mcp.<server>.tools/list`` (see :meth:`_journal_change`); a changed tool that Decide does not allow is
+        withheld from this listing, so what the client saw matches what the journal says.
+        """
         listed: types.ListToolsResult = await self.upstream.call("list_tools", cursor=params.cursor if params else None)
         self._remember(listed.tools)
-        document = self._policy.document()
         identity = self.identity(ctx)
-        if document is not None:
-            listed.tools = [t for t in listed.tools if may_ever_allow(document, self.action(t.name), identity)]
+        withheld: set[str] = set()
+        server = self.config.server_name
+        for tool in listed.tools:
+            info = self._tools[tool.name]
+            if not info.changed:
+                continue
+            if self._state.first_report(server, tool.name, info.digest):
+                run_id = self._run_id(ctx, (params.meta or {}) if params else {})
+                if not await self._journal_change(tool.name, info, identity, run_id):
+                    withheld.add(tool.name)
+            elif self._state.withheld(server, tool.name, info.digest):
+                withheld.add(tool.name)  # decided at an earlier listing: not listed while this definition stands
+        document = self._policy.document()
+        listed.tools = [
+            t
+            for t in listed.tools
+            if t.name not in withheld and (document is None or may_ever_allow(document, self.action(t.name), identity))
+        ]
         return listed
+
+    async def _journal_change(self, name: str, info: _ToolInfo, identity: Identity, run_id: str) -> bool:
+        """Journals a changed definition at ``tools/list`` time; True if the tool may stay listed.
+
+        The proxy speaks to the sidecar only through Decide and ReportResult, so the change travels as a Decide
+        for the action ``mcp.<server>.tools/list`` whose labels name the tool and both digests (the sidecar
+        journals a ``tool_changed`` event for it, then the pre-event). The policy decides that action like any
+        other: ``allow`` keeps the tool listed and the listing is reported succeeded; ``stop`` or
+        ``approval_required`` withholds it from this and later listings while the definition stands (nothing is
+        reported, since nothing ran). If the sidecar cannot be
+        reached the tool is withheld (fail closed) and the change is reported again at the next listing.
+        """
+        labels = {
+            **self.config.labels,
+            **self._change_labels(info),
+            LABEL_SERVER: self.config.server_name,
+            LABEL_TOOL: name,
+            LABEL_TOOL_ACTION: self.action(name),
+            LABEL_TOOL_CHANGE_NEW: "true",
+        }
+        try:
+            decision = await self.gateway.decide(
+                run_id=run_id,
+                step_id=self._next_step(run_id),
+                tenant_id=identity.tenant_id,
+                agent_id=identity.agent_id,
+                actor=(identity.actor_type, identity.actor_id or identity.agent_id or "mcp-client"),
+                action=self.action(LIST_TOOLS_ACTION),
+                args={"tool": name},
+                labels=labels,
+            )
+        except GatewayError as exc:
+            log.error("sidecar Decide failed for the changed tool %s: %s; withheld from tools/list", name, exc)
+            self._state.forget_report(self.config.server_name, name, info.digest)
+            return False
+        if decision.decision != "allow":
+            log.warning("changed MCP tool %s withheld from tools/list: %s", name, decision.reason)
+            self._state.withhold(self.config.server_name, name, info.digest)
+            return False
+        try:
+            await self.gateway.report_result(
+                decision.event_id, status="succeeded", output={"listed": name}, duration=0.0
+            )
+        except GatewayError as exc:
+            log.error("ReportResult for %s failed: %s", decision.event_id, exc)
+        return True
 
     def _remember(self, tools: list[types.Tool]) -> None:
         for tool in tools:
@@ -309,6 +381,15 @@ class GoverningProxy:
             if digest != pinned:
                 log.warning("MCP tool %s.%s changed since it was pinned", self.config.server_name, tool.name)
 
+    @staticmethod
+    def _change_labels(info: _ToolInfo) -> dict[str, str]:
+        labels = {LABEL_TOOL_CHANGED: "true" if info.changed else "false"}
+        labels.update({LABEL_ANNOTATION_PREFIX + k: "true" if v else "false" for k, v in info.hints.items()})
+        if info.changed:
+            labels[LABEL_TOOL_DIGEST] = info.digest
+            labels[LABEL_TOOL_PINNED] = info.pinned
+        return labels
+
     def action(self, tool: str) -> str:
         """The action name the sidecar sees for a tool."""
         return f"mcp.{self.config.server_name}.{tool}"
@@ -323,13 +404,11 @@ class GoverningProxy:
         info = self._tools.get(name)
         if info is None:
             return labels
-        labels[LABEL_TOOL_CHANGED] = "true" if info.changed else "false"
-        labels.update({LABEL_ANNOTATION_PREFIX + k: "true" if v else "false" for k, v in info.hints.items()})
-        if info.changed:
-            labels[LABEL_TOOL_DIGEST] = info.digest
-            labels[LABEL_TOOL_PINNED] = info.pinned
-            if self._state.first_report(self.config.server_name, name, info.digest):
-                labels[LABEL_TOOL_CHANGE_NEW] = "true"
+        labels.update(self._change_labels(info))
+        # Normally journaled when the listing showed it; a call arriving with no such listing (a client that
+        # listed before the change) carries the news itself.
+        if info.changed and self._state.first_report(self.config.server_name, name, info.digest):
+            labels[LABEL_TOOL_CHANGE_NEW] = "true"
         return labels
 
     # --- tools/call ----------------------------------------------------------------------------------------------
