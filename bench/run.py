@@ -33,7 +33,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench import collector_ingest, policy_eval
+from bench import collector_ingest, mcp_proxy, policy_eval
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench" / "results"
@@ -487,6 +487,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary["policy"] = policy_eval.run(args.policy_evaluations)
         progress(f"measuring collector ingest into PostgreSQL ({args.collector_events} events) vs raw COPY")
         summary["collector_ingest"] = collector_ingest.run(args.collector_events, progress=progress)
+        progress("measuring the MCP proxy per tools/call against direct calls (stdio and HTTP)")
+        summary["mcp_proxy"] = mcp_proxy.run(min(args.duration, mcp_proxy.DEFAULT_DURATION_S), progress=progress)
     if "echo" in results and "decide" in results:
         summary["ratios"] = compute_ratios(results["echo"], results["decide"], concurrency)
     if "decide" in results and "observed" in results:
@@ -520,6 +522,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "collector_ingest" in summary:
         print()
         print(collector_ingest.format_result(summary["collector_ingest"]))
+    if "mcp_proxy" in summary:
+        print()
+        print(mcp_proxy.format_result(summary["mcp_proxy"]))
     notes = format_notes(results, targets)
     if notes:
         print()
