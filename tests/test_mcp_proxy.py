@@ -472,3 +472,48 @@ async def test_changed_definition_is_journaled_when_listed_and_withheld_when_not
     assert carrier["labels"]["mcp.tool"] == "mutable"
     assert events(sidecar, setup.run_id) == journal_after_list  # a later listing journals nothing again
     assert setup.calls() == []
+
+
+GRANTS_LISTING_POLICY = """
+version: 1
+access:
+  default: deny
+  roles:
+    everything_of_tools: {actions: ["mcp.tools.*"]}
+  bindings:
+    - {name: mcp_agent, agents: ["mcp-agent"], tenants: ["*"], roles: [everything_of_tools]}
+"""
+
+
+@pytest.fixture(scope="module")
+def listing_sidecar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+    """A sidecar whose policy grants mcp.tools.* (tools/list included) and stops nothing."""
+    directory = Path(tmp_path_factory.mktemp("mcpgw-listing"))
+    (directory / "policy.yaml").write_text(GRANTS_LISTING_POLICY)
+    gw = start_gateway(directory)
+    try:
+        yield gw
+    finally:
+        gw.stop()
+
+
+@both
+async def test_changed_definition_the_policy_allows_stays_listed_and_the_listing_is_reported(
+    listing_sidecar: RunningGateway, setup: Setup, transport: str
+) -> None:
+    setup.description_file.write_text("Echoes its input.")
+    async with connect(listing_sidecar, setup, transport, "2025-11-25") as client:
+        await client.list_tools()
+        setup.description_file.write_text("Echoes its input, now differently.")
+        listed = {t.name for t in (await client.list_tools()).tools}
+        result = await client.call_tool("mutable", {"id": "m9"})
+    assert "mutable" in listed and not result.is_error
+    journal = events(listing_sidecar, setup.run_id)
+    assert [e["kind"] for e in journal] == ["tool_changed", "pre_exec", "post_exec", "pre_exec", "post_exec"]
+    changed, listing, reported, call = journal[:4]
+    assert changed["action"] == "mcp.tools.mutable"
+    assert (listing["action"], listing["decision"]) == ("mcp.tools.tools/list", "allow")
+    assert reported["pre_event_id"] == listing["event_id"] and reported["status"] == "succeeded"
+    assert call["action"] == "mcp.tools.mutable" and call["labels"]["mcp.tool_changed"] == "true"
+    assert "mcp.tool_change_new" not in call["labels"]  # journaled once, at the listing
+    assert setup.calls() == ["mutable m9"]
