@@ -65,10 +65,17 @@ async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.Call
         for step in (1, 2, 3):
             await ctx.session.report_progress(step, 3, f"step {step}")
     if params.name == "notify":
-        # Connection-level, as a server sends them outside any request, so the proxy must relay them itself.
-        await ctx.session.send_tool_list_changed()
-        await ctx.session.send_resource_updated("test://records/r1")
-        await ctx.session.send_log_message("warning", {"note": "from the server"}, logger="tools")
+        # Related to this call, as a server reports what happens while a call runs: over HTTP they then ride the
+        # call's own stream, so they reach the proxy before the result does.
+        related = ctx.request_id
+        await ctx.session.send_notification(types.ToolListChangedNotification(), related_request_id=related)
+        updated = types.ResourceUpdatedNotificationParams(uri="test://records/r1")
+        await ctx.session.send_notification(
+            types.ResourceUpdatedNotification(params=updated), related_request_id=related
+        )
+        await ctx.session.send_log_message(
+            "warning", {"note": "from the server"}, logger="tools", related_request_id=related
+        )
     if params.name == "wait_cancel":
         try:
             await anyio.sleep_forever()
