@@ -12,15 +12,46 @@ from typing import Any
 DEFAULT_SIDECAR = "unix://./.agentaudit/gateway.sock"
 
 
+def _claims(args: argparse.Namespace) -> dict[str, str]:
+    from gateway.errors import ConfigError  # noqa: PLC0415
+    from gateway.mcp.bearer import parse_claim_mapping  # noqa: PLC0415
+
+    try:
+        return parse_claim_mapping(getattr(args, "claim", None) or [])
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _bearer(args: argparse.Namespace) -> Any:
+    """The JWT verification of ``mcp http``, or None when no ``--jwt-*`` flag is given."""
+    from gateway.errors import ConfigError  # noqa: PLC0415
+    from gateway.mcp.bearer import BearerConfig  # noqa: PLC0415
+
+    given = [args.jwt_issuer, args.jwt_audience, args.jwt_jwks, args.jwt_key]
+    if not any(given):
+        if args.claim:
+            raise ConfigError("--claim maps claims of a verified token: add --jwt-issuer, --jwt-audience and a key")
+        return None
+    if not (args.jwt_issuer and args.jwt_audience) or bool(args.jwt_jwks) == bool(args.jwt_key):
+        raise ConfigError("JWT verification needs --jwt-issuer, --jwt-audience and one of --jwt-jwks or --jwt-key")
+    return BearerConfig(
+        issuer=args.jwt_issuer,
+        audience=args.jwt_audience,
+        jwks_path=Path(args.jwt_jwks) if args.jwt_jwks else None,
+        key_path=Path(args.jwt_key) if args.jwt_key else None,
+        claims=_claims(args),
+    )
+
+
 def _config(args: argparse.Namespace) -> Any:
     from gateway.mcp.proxy import Identity, ProxyConfig  # noqa: PLC0415 - keeps the mcp SDK off other commands
 
     env = os.environ.get
     tenant = args.tenant or env("AGENTAUDIT_TENANT_ID", "")
-    if not tenant:
+    if not tenant and "tenant" not in _claims(args):
         from gateway.errors import ConfigError  # noqa: PLC0415
 
-        raise ConfigError("agentaudit mcp needs a tenant: --tenant or AGENTAUDIT_TENANT_ID")
+        raise ConfigError("agentaudit mcp needs a tenant: --tenant, AGENTAUDIT_TENANT_ID, or --claim tenant=CLAIM")
     labels = dict(item.split("=", 1) for item in args.label or [])
     return ProxyConfig(
         sidecar=args.sidecar or env("AGENTAUDIT_SIDECAR", DEFAULT_SIDECAR),
@@ -61,13 +92,14 @@ def cmd_http(args: argparse.Namespace) -> int:
     host, _, port = args.listen.rpartition(":")
     logs.setup(args.log_level, "text")
     config = _config(args)
+    bearer = _bearer(args)
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await http.serve(config, args.upstream, host or "127.0.0.1", int(port), stop)
+        await http.serve(config, args.upstream, host or "127.0.0.1", int(port), stop, bearer)
 
     asyncio.run(main())
     return 0
@@ -101,4 +133,15 @@ def register(subparsers: Any) -> None:
     p = modes.add_parser("http", parents=[common], help="Streamable HTTP reverse proxy in front of --upstream")
     p.add_argument("--listen", default="127.0.0.1:7431", help="HOST:PORT to serve /mcp on")
     p.add_argument("--upstream", required=True, help="the real server's Streamable HTTP URL")
+    jwt = p.add_argument_group("identity from a verified bearer JWT (every request then needs one, else 401)")
+    jwt.add_argument("--jwt-issuer", help="the token issuer (iss) to accept")
+    jwt.add_argument("--jwt-audience", help="the audience (aud) tokens must name: this proxy")
+    jwt.add_argument("--jwt-jwks", metavar="FILE", help="the issuer's public keys as a JWKS file")
+    jwt.add_argument("--jwt-key", metavar="PEM", help="the issuer's public key as a PEM file")
+    jwt.add_argument(
+        "--claim",
+        action="append",
+        metavar="FIELD=CLAIM",
+        help="identity from a claim, FIELD one of tenant, agent, actor, actor_type (e.g. tenant=org_id, actor=sub)",
+    )
     p.set_defaults(func=cmd_http)

@@ -2,6 +2,8 @@
 
 The SDK's server transport speaks every revision it supports, including the 2026-07-28 ``Mcp-Method`` /
 ``Mcp-Name`` headers (it checks them against the body); the governing itself is ``proxy.GoverningProxy``.
+With a ``BearerConfig``, every request needs a valid bearer JWT and acts as the identity its claims map to
+(``bearer.py``); without one, the identity is the flags'.
 """
 
 from __future__ import annotations
@@ -10,23 +12,40 @@ import asyncio
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 
 from agentaudit_client import AsyncGatewayClient
+from gateway.mcp.bearer import BearerAuthMiddleware, BearerConfig, BearerVerifier
 from gateway.mcp.proxy import GoverningProxy, ProxyConfig
 from gateway.mcp.upstream import Upstream
 
 
-def build(config: ProxyConfig, upstream_url: str, host: str = "127.0.0.1") -> tuple[GoverningProxy, Starlette]:
-    """The proxy and its ASGI app (served at ``/mcp``)."""
+def build(
+    config: ProxyConfig, upstream_url: str, host: str = "127.0.0.1", bearer: BearerConfig | None = None
+) -> tuple[GoverningProxy, Starlette]:
+    """The proxy and its ASGI app (served at ``/mcp``), behind bearer-JWT verification when ``bearer`` is set."""
     proxy = GoverningProxy(
         config, Upstream(upstream_url), AsyncGatewayClient(config.sidecar, timeout=config.sidecar_timeout_s)
     )
-    return proxy, proxy.server.streamable_http_app(host=host)
+    app = proxy.server.streamable_http_app(host=host)
+    if bearer is not None:
+        # Outermost, so a refused request never reaches the SDK's transport (nothing is decided for it).
+        app.user_middleware.insert(
+            0, Middleware(BearerAuthMiddleware, verifier=BearerVerifier(bearer, config.identity))
+        )
+    return proxy, app
 
 
-async def serve(config: ProxyConfig, upstream_url: str, host: str, port: int, stop: asyncio.Event) -> None:
+async def serve(
+    config: ProxyConfig,
+    upstream_url: str,
+    host: str,
+    port: int,
+    stop: asyncio.Event,
+    bearer: BearerConfig | None = None,
+) -> None:
     """Serves until ``stop`` is set."""
-    proxy, app = build(config, upstream_url, host)
+    proxy, app = build(config, upstream_url, host, bearer)
     await proxy.start()
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
     task = asyncio.create_task(server.serve(), name="mcp-http")

@@ -11,8 +11,14 @@ A client of the sidecar (``agentaudit_client``), never a journal writer. Per cal
    a client can forge an "accept") and resumes only when the sidecar, deciding again with the approval id, allows.
 3. Fail closed: if the sidecar cannot be reached, nothing is forwarded.
 
+Not governed, passed through: resources (with subscriptions), prompts, logging levels, the server's
+notifications (``relay.py``), each call's progress, and cancellation: a call the client cancels is cancelled
+upstream and reported ``cancelled``.
+
 ``tools/list`` hides tools the policy's access layer can never allow for this identity (no journaling), and
-pins each definition's digest; a changed definition travels to the sidecar as labels on the call's Decide.
+pins each definition's digest; a changed definition is journaled when a listing shows it, through a Decide for
+``mcp.<server>.tools/list`` with labels (``GoverningProxy._journal_change``), and marks every later call of the
+tool (``tool.changed`` in CEL).
 """
 
 from __future__ import annotations
@@ -22,11 +28,13 @@ import json
 import logging
 import time
 import urllib.parse
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anyio
 import mcp_types as types
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
@@ -35,6 +43,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from agentaudit_client import AsyncGatewayClient, DecideResult, GatewayError
 from gateway import reasons
 from gateway.canonical import canonical_json
+from gateway.mcp.relay import NotificationRelay
 from gateway.mcp.seal import SealError, StateSealer, args_digest
 from gateway.mcp.state import ProxyState, load_or_create_key
 from gateway.mcp.upstream import Upstream, UpstreamUnavailableError
@@ -44,6 +53,8 @@ log = logging.getLogger("agentaudit.mcp")
 
 RUN_ID_META_KEY = "agentaudit/run_id"
 RUN_ID_HEADER = "agentaudit-run-id"
+# Where HTTP mode's bearer middleware (bearer.py) leaves the identity it verified, in the request's ASGI scope.
+VERIFIED_IDENTITY_SCOPE_KEY = "agentaudit.identity"
 TRACEPARENT_META_KEY = "traceparent"
 APPROVAL_INPUT_KEY = "agentaudit_approval"
 # Labels the sidecar reads as the ``tool`` CEL variable (gateway.policy.engine); annotations are the server's
@@ -54,6 +65,10 @@ LABEL_TOOL_CHANGE_NEW = "mcp.tool_change_new"
 LABEL_TOOL_DIGEST = "mcp.tool_digest"
 LABEL_TOOL_PINNED = "mcp.tool_pinned_digest"
 LABEL_ANNOTATION_PREFIX = "mcp.annotation."
+# On the tools/list Decide that journals a changed definition: which tool, and the action its calls have.
+LABEL_TOOL = "mcp.tool"
+LABEL_TOOL_ACTION = "mcp.tool_action"
+LIST_TOOLS_ACTION = "tools/list"  # decided as mcp.<server>.tools/list
 _ANNOTATION_HINTS = ("destructiveHint", "readOnlyHint", "idempotentHint", "openWorldHint")
 
 
@@ -175,6 +190,8 @@ class GoverningProxy:
         self._steps: dict[str, int] = {}
         self._pending: dict[tuple[str, str, str], str] = {}  # (principal, tool, args digest) → approval id
         self._session_runs: dict[int, str] = {}
+        self.relay = NotificationRelay()
+        upstream.on_message = self.relay.relay
         self.server = self._build_server()
 
     async def start(self) -> None:
@@ -188,16 +205,30 @@ class GoverningProxy:
         self._state.close()
 
     def _build_server(self) -> Server[Any]:
-        return Server(
-            f"agentaudit-{self.config.server_name}",
-            on_list_tools=self.list_tools,
-            on_call_tool=self.call_tool,
-            on_list_resources=self._passthrough("list_resources"),
-            on_list_resource_templates=self._passthrough("list_resource_templates"),
-            on_read_resource=self._read_resource,
-            on_list_prompts=self._passthrough("list_prompts"),
-            on_get_prompt=self._get_prompt,
-        )
+        with warnings.catch_warnings():
+            # Logging is deprecated as of 2026-07-28; the proxy still passes it through for older clients.
+            warnings.simplefilter("ignore")
+            server: Server[Any] = Server(
+                f"agentaudit-{self.config.server_name}",
+                on_list_tools=self.list_tools,
+                on_call_tool=self.call_tool,
+                on_list_resources=self._passthrough("list_resources"),
+                on_list_resource_templates=self._passthrough("list_resource_templates"),
+                on_read_resource=self._read_resource,
+                on_subscribe_resource=self._subscribe,
+                on_unsubscribe_resource=self._unsubscribe,
+                on_list_prompts=self._passthrough("list_prompts"),
+                on_get_prompt=self._get_prompt,
+                on_set_logging_level=self._set_logging_level,
+            )
+        server.middleware.append(self._see_connection)
+        return server
+
+    async def _see_connection(self, ctx: ServerRequestContext[Any], call_next: Any) -> Any:
+        # Handshake-era connections have a standalone stream for the server's notifications (relay.py).
+        if ctx.protocol_version not in MODERN_PROTOCOL_VERSIONS:
+            self.relay.seen(ctx.session)
+        return await call_next(ctx)
 
     # --- pass-through (not governed) ---------------------------------------------------------------------------
 
@@ -210,14 +241,29 @@ class GoverningProxy:
     async def _read_resource(self, ctx: ServerRequestContext[Any], params: types.ReadResourceRequestParams) -> Any:
         return await self.upstream.call("read_resource", params.uri)
 
+    async def _subscribe(self, ctx: ServerRequestContext[Any], params: types.SubscribeRequestParams) -> Any:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # resources/subscribe is 2025-era; the upstream link is handshake-era
+            return await self.upstream.call("subscribe_resource", str(params.uri))
+
+    async def _unsubscribe(self, ctx: ServerRequestContext[Any], params: types.UnsubscribeRequestParams) -> Any:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return await self.upstream.call("unsubscribe_resource", str(params.uri))
+
+    async def _set_logging_level(self, ctx: ServerRequestContext[Any], params: types.SetLevelRequestParams) -> Any:
+        return await self.upstream.call("set_logging_level", params.level)
+
     async def _get_prompt(self, ctx: ServerRequestContext[Any], params: types.GetPromptRequestParams) -> Any:
         return await self.upstream.call("get_prompt", params.name, params.arguments)
 
     # --- identity ------------------------------------------------------------------------------------------------
 
     def identity(self, ctx: ServerRequestContext[Any]) -> Identity:
-        """The configured identity (``http.py`` overrides this with verified claims)."""
-        return self.config.identity
+        """The identity a verified bearer token carries (HTTP with ``--jwt-*``), else the configured one."""
+        scope = getattr(ctx.request, "scope", None)
+        verified = scope.get(VERIFIED_IDENTITY_SCOPE_KEY) if isinstance(scope, Mapping) else None
+        return verified if isinstance(verified, Identity) else self.config.identity
 
     def _run_id(self, ctx: ServerRequestContext[Any], meta: Mapping[str, Any]) -> str:
         from_meta = meta.get(RUN_ID_META_KEY)
@@ -246,14 +292,80 @@ class GoverningProxy:
     async def list_tools(
         self, ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
     ) -> types.ListToolsResult:
-        """The upstream's tools, minus those the access layer never allows; each definition pinned."""
+        """The upstream's tools, minus those the access layer never allows; each definition pinned.
+
+        A definition that changed since it was pinned is journaled now, through a Decide for the action
+        ``mcp.<server>.tools/list`` (see :meth:`_journal_change`); a changed tool that Decide does not allow is
+        withheld from this listing, so what the client saw matches what the journal says.
+        """
         listed: types.ListToolsResult = await self.upstream.call("list_tools", cursor=params.cursor if params else None)
         self._remember(listed.tools)
-        document = self._policy.document()
         identity = self.identity(ctx)
-        if document is not None:
-            listed.tools = [t for t in listed.tools if may_ever_allow(document, self.action(t.name), identity)]
+        withheld: set[str] = set()
+        server = self.config.server_name
+        for tool in listed.tools:
+            info = self._tools[tool.name]
+            if not info.changed:
+                continue
+            if self._state.first_report(server, tool.name, info.digest):
+                run_id = self._run_id(ctx, (params.meta or {}) if params else {})
+                if not await self._journal_change(tool.name, info, identity, run_id):
+                    withheld.add(tool.name)
+            elif self._state.withheld(server, tool.name, info.digest):
+                withheld.add(tool.name)  # decided at an earlier listing: not listed while this definition stands
+        document = self._policy.document()
+        listed.tools = [
+            t
+            for t in listed.tools
+            if t.name not in withheld and (document is None or may_ever_allow(document, self.action(t.name), identity))
+        ]
         return listed
+
+    async def _journal_change(self, name: str, info: _ToolInfo, identity: Identity, run_id: str) -> bool:
+        """Journals a changed definition at ``tools/list`` time; True if the tool may stay listed.
+
+        The proxy speaks to the sidecar only through Decide and ReportResult, so the change travels as a Decide
+        for the action ``mcp.<server>.tools/list`` whose labels name the tool and both digests (the sidecar
+        journals a ``tool_changed`` event for it, then the pre-event). The policy decides that action like any
+        other: ``allow`` keeps the tool listed and the listing is reported succeeded; ``stop`` or
+        ``approval_required`` withholds it from this and later listings while the definition stands (nothing is
+        reported, since nothing ran). If the sidecar cannot be
+        reached the tool is withheld (fail closed) and the change is reported again at the next listing.
+        """
+        labels = {
+            **self.config.labels,
+            **self._change_labels(info),
+            LABEL_SERVER: self.config.server_name,
+            LABEL_TOOL: name,
+            LABEL_TOOL_ACTION: self.action(name),
+            LABEL_TOOL_CHANGE_NEW: "true",
+        }
+        try:
+            decision = await self.gateway.decide(
+                run_id=run_id,
+                step_id=self._next_step(run_id),
+                tenant_id=identity.tenant_id,
+                agent_id=identity.agent_id,
+                actor=(identity.actor_type, identity.actor_id or identity.agent_id or "mcp-client"),
+                action=self.action(LIST_TOOLS_ACTION),
+                args={"tool": name},
+                labels=labels,
+            )
+        except GatewayError as exc:
+            log.error("sidecar Decide failed for the changed tool %s: %s; withheld from tools/list", name, exc)
+            self._state.forget_report(self.config.server_name, name, info.digest)
+            return False
+        if decision.decision != "allow":
+            log.warning("changed MCP tool %s withheld from tools/list: %s", name, decision.reason)
+            self._state.withhold(self.config.server_name, name, info.digest)
+            return False
+        try:
+            await self.gateway.report_result(
+                decision.event_id, status="succeeded", output={"listed": name}, duration=0.0
+            )
+        except GatewayError as exc:
+            log.error("ReportResult for %s failed: %s", decision.event_id, exc)
+        return True
 
     def _remember(self, tools: list[types.Tool]) -> None:
         for tool in tools:
@@ -269,6 +381,15 @@ class GoverningProxy:
             if digest != pinned:
                 log.warning("MCP tool %s.%s changed since it was pinned", self.config.server_name, tool.name)
 
+    @staticmethod
+    def _change_labels(info: _ToolInfo) -> dict[str, str]:
+        labels = {LABEL_TOOL_CHANGED: "true" if info.changed else "false"}
+        labels.update({LABEL_ANNOTATION_PREFIX + k: "true" if v else "false" for k, v in info.hints.items()})
+        if info.changed:
+            labels[LABEL_TOOL_DIGEST] = info.digest
+            labels[LABEL_TOOL_PINNED] = info.pinned
+        return labels
+
     def action(self, tool: str) -> str:
         """The action name the sidecar sees for a tool."""
         return f"mcp.{self.config.server_name}.{tool}"
@@ -283,13 +404,11 @@ class GoverningProxy:
         info = self._tools.get(name)
         if info is None:
             return labels
-        labels[LABEL_TOOL_CHANGED] = "true" if info.changed else "false"
-        labels.update({LABEL_ANNOTATION_PREFIX + k: "true" if v else "false" for k, v in info.hints.items()})
-        if info.changed:
-            labels[LABEL_TOOL_DIGEST] = info.digest
-            labels[LABEL_TOOL_PINNED] = info.pinned
-            if self._state.first_report(self.config.server_name, name, info.digest):
-                labels[LABEL_TOOL_CHANGE_NEW] = "true"
+        labels.update(self._change_labels(info))
+        # Normally journaled when the listing showed it; a call arriving with no such listing (a client that
+        # listed before the change) carries the news itself.
+        if info.changed and self._state.first_report(self.config.server_name, name, info.digest):
+            labels[LABEL_TOOL_CHANGE_NEW] = "true"
         return labels
 
     # --- tools/call ----------------------------------------------------------------------------------------------
@@ -438,8 +557,24 @@ class _Call:
 
     async def forward(self, decision: DecideResult) -> types.CallToolResult:
         started = time.monotonic()
+        session = self.ctx.session
+
+        async def relay_progress(progress: float, total: float | None, message: str | None) -> None:
+            await session.report_progress(progress, total, message)  # a no-op unless the client gave a token
+
         try:
-            result: types.CallToolResult = await self.proxy.upstream.call("call_tool", self.tool, self.arguments)
+            with self.proxy.relay.in_call(session, self.ctx.request_id):
+                result: types.CallToolResult = await self.proxy.upstream.call(
+                    "call_tool", self.tool, self.arguments, progress_callback=relay_progress
+                )
+        except anyio.get_cancelled_exc_class():
+            # The client cancelled (notifications/cancelled; the SDK cancels this handler, and the upstream
+            # request with it) or the proxy is stopping: either way the call did not finish, so say so.
+            with anyio.CancelScope(shield=True):
+                await self.report(
+                    decision, "cancelled", time.monotonic() - started, error="cancelled before it finished"
+                )
+            raise
         except (UpstreamUnavailableError, Exception) as exc:
             await self.report(decision, "failed", time.monotonic() - started, error=f"upstream failed: {exc}")
             return tool_error(f"the MCP server failed while running {self.tool}: {exc}")

@@ -1,7 +1,8 @@
 """The proxy's own small state: a SQLite file in its state directory, apart from any journal.
 
 It holds what the proxy must remember across restarts and is not audit: the sealed ``requestState`` tokens
-already spent (single use), and the pinned digest of each tool definition. The journal stays the sidecar's;
+already spent (single use), the pinned digest of each tool definition, which changed definitions were reported
+to the sidecar, and which of those its policy did not allow to be listed. The journal stays the sidecar's;
 the proxy never writes one.
 """
 
@@ -23,6 +24,9 @@ CREATE TABLE IF NOT EXISTS tool_pins (
   server TEXT NOT NULL, tool TEXT NOT NULL, digest TEXT NOT NULL, PRIMARY KEY (server, tool)
 );
 CREATE TABLE IF NOT EXISTS reported_changes (
+  server TEXT NOT NULL, tool TEXT NOT NULL, digest TEXT NOT NULL, PRIMARY KEY (server, tool, digest)
+);
+CREATE TABLE IF NOT EXISTS withheld_changes (
   server TEXT NOT NULL, tool TEXT NOT NULL, digest TEXT NOT NULL, PRIMARY KEY (server, tool, digest)
 );
 """
@@ -85,3 +89,25 @@ class ProxyState:
                 "INSERT OR IGNORE INTO reported_changes (server, tool, digest) VALUES (?, ?, ?)", (server, tool, digest)
             )
             return cursor.rowcount == 1
+
+    def forget_report(self, server: str, tool: str, digest: str) -> None:
+        """Undoes :meth:`first_report` when the report did not reach the sidecar, so it is sent again."""
+        with self._lock:
+            self._db.execute(
+                "DELETE FROM reported_changes WHERE server = ? AND tool = ? AND digest = ?", (server, tool, digest)
+            )
+
+    def withhold(self, server: str, tool: str, digest: str) -> None:
+        """Remembers that the policy did not allow this changed definition to be listed."""
+        with self._lock:
+            self._db.execute(
+                "INSERT OR IGNORE INTO withheld_changes (server, tool, digest) VALUES (?, ?, ?)", (server, tool, digest)
+            )
+
+    def withheld(self, server: str, tool: str, digest: str) -> bool:
+        """Whether this changed definition stays out of listings (see :meth:`withhold`)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM withheld_changes WHERE server = ? AND tool = ? AND digest = ?", (server, tool, digest)
+            ).fetchone()
+        return row is not None

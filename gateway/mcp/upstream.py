@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 from mcp import Client, StdioServerParameters
+from mcp.client.session import MessageHandlerFnT
 
 log = logging.getLogger("agentaudit.mcp")
 
@@ -25,6 +26,8 @@ class Upstream:
 
     def __init__(self, target: StdioServerParameters | str, connect_timeout_s: float = 30.0) -> None:
         self._target = target
+        # What the server sends unasked (notifications, transport errors); set by the proxy before start().
+        self.on_message: MessageHandlerFnT | None = None
         self._connect_timeout_s = connect_timeout_s
         self._client: Client | None = None
         self._ready = asyncio.Event()
@@ -48,7 +51,7 @@ class Upstream:
         while not self._closing:
             self._broken.clear()
             try:
-                async with Client(self._target, mode="legacy", cache=None) as client:
+                async with Client(self._target, mode="legacy", cache=None, message_handler=self.on_message) as client:
                     self._client, self._failure = client, None
                     self._ready.set()
                     await self._broken.wait()

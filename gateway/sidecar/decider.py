@@ -121,9 +121,9 @@ class Decider:
                 action, prepared.approval_binding, step.decision, step.approval_id, step.event_id
             )
         try:
+            changed_event = ""
             if action.labels.get(TOOL_CHANGE_NEW_LABEL) == "true":
-                changed = await self._recorder.record_tool_changed(action)
-                self._alert_tool_changed(action, changed.event_id)
+                changed_event = (await self._recorder.record_tool_changed(action)).event_id
             await self._recorder.record_decision(
                 action, prepared, step.decision, step.approval_id, event_id=step.event_id, state=step.state
             )
@@ -131,6 +131,8 @@ class Decider:
             if step.reservation is not None:
                 await step.reservation.release()
             return self._fail_closed(step, exc)
+        if changed_event:
+            self._alert_tool_changed(action, step.decision, changed_event)
         self._commit(step)
         decision = step.decision
         if step.reservation is not None and decision.verdict is not Verdict.ALLOW:
@@ -216,10 +218,14 @@ class Decider:
         )
         self._alerts.notify(alert)
 
-    def _alert_tool_changed(self, action: ActionRequest, event_id: str) -> None:
+    def _alert_tool_changed(self, action: ActionRequest, decision: Decision, event_id: str) -> None:
         if self._alerts is None:
             return
-        changed = Decision(Verdict.STOP, reasons.TOOL_DEFINITION_CHANGED, "mcp", "tool_pinning", self._version())
+        # The decision taken on the request that carried the change (a real one); reason and rule say what
+        # happened, so a webhook filtering on reason tool_definition_changed receives it.
+        changed = dataclasses.replace(
+            decision, reason=reasons.TOOL_DEFINITION_CHANGED, layer="mcp", rule="tool_pinning"
+        )
         alert = alert_from_decision(
             action,
             changed,
@@ -228,7 +234,8 @@ class Decider:
             timestamp=rfc3339_nanos(now_nanos()),
             origin=self._recorder.origin,
         )
-        self._alerts.notify(dataclasses.replace(alert, decision="tool_changed"))
+        # Name the changed tool, also when the change came with the proxy's tools/list Decide.
+        self._alerts.notify(dataclasses.replace(alert, action=action.labels.get("mcp.tool_action") or action.action))
 
     def _version(self) -> str:
         return self._policy.engine.version

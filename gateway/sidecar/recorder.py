@@ -268,7 +268,9 @@ class AuditRecorder:
             "step_id": request.step_id,
             "tenant_id": request.tenant_id,
             "agent_id": request.agent_id,
-            "action": request.action,
+            # The changed tool's own action when the proxy reports it from a tools/list (its Decide's action is
+            # mcp.<server>.tools/list); the call's action when it comes with a call.
+            "action": labels.get("mcp.tool_action") or request.action,
             "tool_digest": labels.get("mcp.tool_digest", ""),
             "pinned_digest": labels.get("mcp.tool_pinned_digest", ""),
         }

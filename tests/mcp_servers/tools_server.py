@@ -1,5 +1,7 @@
 """A small real MCP server for the proxy tests: read and write tools, one that fails, one that crashes the
-process, and one whose definition changes (its description is read from $MCP_TEST_DESCRIPTION_FILE).
+process, one whose definition changes (its description is read from $MCP_TEST_DESCRIPTION_FILE), and three for
+what the proxy passes through: one that reports progress, one that sends notifications (a tool-list change, a
+log message, a resource update) while it runs, and one that runs until it is cancelled.
 
 Run: ``python -m tests.mcp_servers.tools_server stdio`` or ``... http PORT``.
 """
@@ -21,6 +23,12 @@ CALLS_FILE = os.environ.get("MCP_TEST_CALLS_FILE", "")  # one line per executed 
 _OBJECT = {"type": "object", "properties": {"id": {"type": "string"}, "amount": {"type": "number"}}}
 
 
+def _record(line: str) -> None:
+    if CALLS_FILE:
+        with open(CALLS_FILE, "a") as out:
+            out.write(line + "\n")
+
+
 def _description() -> str:
     path = os.environ.get("MCP_TEST_DESCRIPTION_FILE", "")
     return Path(path).read_text() if path and Path(path).exists() else "Echoes its input."
@@ -37,21 +45,42 @@ async def list_tools(ctx: Any, params: Any) -> types.ListToolsResult:
             types.Tool(name="fail", description="Always fails.", input_schema=_OBJECT),
             types.Tool(name="crash", description="Kills the server mid-call.", input_schema=_OBJECT),
             types.Tool(name="mutable", description=_description(), input_schema=_OBJECT),
+            types.Tool(name="progress", description="Reports progress three times.", input_schema=_OBJECT),
+            types.Tool(name="notify", description="Sends notifications while it runs.", input_schema=_OBJECT),
+            types.Tool(name="wait_cancel", description="Runs until cancelled.", input_schema=_OBJECT),
         ]
     )
 
 
 async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
     args = params.arguments or {}
-    if CALLS_FILE:
-        with open(CALLS_FILE, "a") as out:  # noqa: ASYNC230 - a few bytes, the test reads them after
-            out.write(f"{params.name} {args.get('id', '')}\n")
+    _record(f"{params.name} {args.get('id', '')}")
     if params.name == "crash":
         os._exit(3)
     if params.name == "fail":
         return types.CallToolResult(
             content=[types.TextContent(type="text", text="record store offline")], is_error=True
         )
+    if params.name == "progress":
+        for step in (1, 2, 3):
+            await ctx.session.report_progress(step, 3, f"step {step}")
+    if params.name == "notify":
+        # Related to this call, as a server reports what happens while a call runs: over HTTP they then ride the
+        # call's own stream, so they reach the proxy before the result does.
+        related = ctx.request_id
+        await ctx.session.send_notification(types.ToolListChangedNotification(), related_request_id=related)
+        updated = types.ResourceUpdatedNotificationParams(uri="test://records/r1")
+        await ctx.session.send_notification(
+            types.ResourceUpdatedNotification(params=updated), related_request_id=related
+        )
+        await ctx.session.send_log_message(
+            "warning", {"note": "from the server"}, logger="tools", related_request_id=related
+        )
+    if params.name == "wait_cancel":
+        try:
+            await anyio.sleep_forever()
+        finally:
+            _record(f"cancelled {args.get('id', '')}")
     return types.CallToolResult(
         content=[types.TextContent(type="text", text=f"{params.name} ok {args.get('id', '')}")],
         structured_content={"tool": params.name, "id": args.get("id", "")},
