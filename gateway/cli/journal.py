@@ -249,6 +249,11 @@ def cmd_search(args: argparse.Namespace) -> int:
         return _search_collector(args, flt)
     if args.page_token or args.origin:
         raise ConfigError("--page-token and --origin need --collector ADDRESS")
+    if not args.journal and not defaults.DEFAULT_JOURNAL.exists():
+        raise ConfigError(
+            f"no journal at ./{defaults.DEFAULT_JOURNAL}: name the JOURNAL file, run where `agentaudit dev` ran, "
+            "or search a collector with --collector ADDRESS"
+        )
     conn = _open(args.journal)
     try:
         found = 0
