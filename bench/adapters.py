@@ -1,24 +1,27 @@
 """Per-tool-call overhead of the framework adapters: the same scripted agent run with and without the adapter.
 
-``python -m bench.adapters [--calls 50] [--runs 6]`` starts ``agentaudit dev`` in a temporary directory, then for
-each framework (LangChain ``create_agent`` with a fake chat model; Pydantic AI with a ``FunctionModel``) plays the
-same script: ``--calls`` turns of one ``kb.search`` tool call each (the example policy allows it, unlimited), in
-``--runs`` runs (a fresh thread or conversation each, so no per-run budget is reached). The overhead per call is
-(median run time with the adapter - median run time without) / calls. The client's own Decide + ReportResult per
-call, measured on the same sidecar, is printed beside it: the issue's target is adapter overhead within 1 ms of
-that.
+``python -m bench.adapters [--calls 30] [--runs 4]`` (``make bench`` runs it too) starts ``agentaudit dev`` in a
+temporary directory, then plays five scripts in turn, ``--runs`` rounds after a warm-up one: the client alone
+(``--calls`` Decide + ReportResult pairs), and for each framework (LangChain ``create_agent`` with a fake chat
+model, sync ``invoke``; Pydantic AI with a ``FunctionModel``) ``--calls`` turns of one ``kb.search`` tool call
+each (the example policy allows it, unlimited) without and with the adapter, a fresh thread or conversation
+per round. Taking turns within each round keeps a shared machine's changing load from landing on one figure.
+The overhead per call is (median with the adapter - median without) / calls; the issue's target is that
+overhead within 1 ms of the client's own Decide + ReportResult per call. The bench process's CPU time per call
+is reported beside each wall-clock figure.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,7 @@ from agentaudit_client import GatewayClient
 from agentaudit_client.integrations import AdapterSettings
 
 ACTION = "kb.search"
+TARGET_BEYOND_CLIENT_MS = 1.0  # issue 19: adapter overhead within 1 ms of the client's own decide + report
 
 
 def start_sidecar(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -50,30 +54,44 @@ def start_sidecar(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
     raise RuntimeError("agentaudit dev did not start")
 
 
-def median_seconds(play: Callable[[int], None], runs: int) -> float:
-    times = []
-    for i in range(runs):
-        started = time.perf_counter()
-        play(i)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times[1:] if runs > 2 else times)  # the first run warms imports and channels
+Play = Callable[[int], Awaitable[None]]
+"""One run of a scripted agent (the argument: the run's index, for a fresh thread or conversation id)."""
 
 
-def client_cost(target: str, calls: int, runs: int) -> float:
-    with GatewayClient(target) as client:
+class ByHand:
+    """A hand-written integration: the tool's own body decides and reports with the client (no adapter)."""
 
-        def play(i: int) -> None:
-            for step in range(1, calls + 1):
-                decision = client.decide(
-                    run_id=f"bench_client_{i}", step_id=step, tenant_id="t_42", agent_id="support-agent",
-                    actor=("user", "u_1"), action=ACTION, args={"query": "refund policy"},
-                )  # fmt: skip
-                client.report_result(decision.event_id, output={"result": "refund policy: 30 days"}, duration=0.0)
+    def __init__(self, client: GatewayClient) -> None:
+        self.client = client
+        self.run_id, self.step = "", 0
 
-        return median_seconds(play, runs) / calls
+    def start(self, run_id: str) -> None:
+        self.run_id, self.step = run_id, 0
+
+    def decide_and_report(self) -> None:
+        self.step += 1
+        decision = self.client.decide(
+            run_id=self.run_id, step_id=self.step, tenant_id="t_42", agent_id="support-agent",
+            actor=("user", "u_1"), action=ACTION, args={"query": "refund policy"},
+        )  # fmt: skip
+        self.client.report_result(decision.event_id, output={"result": "refund policy: 30 days"}, duration=0.0)
 
 
-def langchain_seconds(settings: AdapterSettings | None, calls: int, runs: int) -> float:
+def client_play(client: GatewayClient, calls: int) -> Play:
+    """The client alone: ``calls`` Decide + ReportResult pairs, as an adapter makes them."""
+
+    async def play(i: int) -> None:
+        for step in range(1, calls + 1):
+            decision = client.decide(
+                run_id=f"bench_client_{i}", step_id=step, tenant_id="t_42", agent_id="support-agent",
+                actor=("user", "u_1"), action=ACTION, args={"query": "refund policy"},
+            )  # fmt: skip
+            client.report_result(decision.event_id, output={"result": "refund policy: 30 days"}, duration=0.0)
+
+    return play
+
+
+def langchain_play(settings: AdapterSettings | None, calls: int, by_hand: ByHand | None = None) -> Play:
     from langchain.agents import create_agent  # noqa: PLC0415
     from langchain_core.language_models.fake_chat_models import GenericFakeChatModel  # noqa: PLC0415
     from langchain_core.messages import AIMessage  # noqa: PLC0415
@@ -88,23 +106,28 @@ def langchain_seconds(settings: AdapterSettings | None, calls: int, runs: int) -
     @tool(ACTION)
     def kb_search(query: str) -> str:
         """Searches the knowledge base."""
+        if by_hand is not None:
+            by_hand.decide_and_report()
         return "refund policy: 30 days"
 
     middleware = [AgentAuditMiddleware(settings)] if settings is not None else []
 
-    def play(i: int) -> None:
+    async def play(i: int) -> None:
         turns = [
             AIMessage(content="", tool_calls=[{"name": ACTION, "args": {"query": "refund policy"}, "id": f"c{n}"}])
             for n in range(calls)
         ]
         model = Scripted(messages=iter([*turns, AIMessage(content="done")]))
         agent = create_agent(model, [kb_search], middleware=middleware)
+        if by_hand is not None:
+            by_hand.start(f"lc_hand_{i}")
+        # The sync API, as most LangChain agents run: its tool calls take the adapter's blocking client.
         agent.invoke({"messages": [{"role": "user", "content": "go"}]}, {"configurable": {"thread_id": f"lc_{i}"}})
 
-    return median_seconds(play, runs)
+    return play
 
 
-def pydantic_ai_seconds(settings: AdapterSettings | None, calls: int, runs: int) -> float:
+def pydantic_ai_play(settings: AdapterSettings | None, calls: int, by_hand: ByHand | None = None) -> Play:
     from pydantic_ai import Agent  # noqa: PLC0415
     from pydantic_ai.messages import ModelMessage, ModelResponse, TextPart, ToolCallPart  # noqa: PLC0415
     from pydantic_ai.models.function import AgentInfo, FunctionModel  # noqa: PLC0415
@@ -123,42 +146,119 @@ def pydantic_ai_seconds(settings: AdapterSettings | None, calls: int, runs: int)
     @agent.tool_plain(name=ACTION)
     def kb_search(query: str) -> str:
         """Searches the knowledge base."""
+        if by_hand is not None:
+            by_hand.decide_and_report()
         return "refund policy: 30 days"
 
-    async def all_runs() -> float:
-        times = []
-        for i in range(runs):
-            started = time.perf_counter()
-            await agent.run("go", conversation_id=f"pa_{i}")
-            times.append(time.perf_counter() - started)
-        if capability is not None:
-            await capability.governor.aclose()
-        return statistics.median(times[1:] if runs > 2 else times)
+    async def play(i: int) -> None:
+        if by_hand is not None:
+            by_hand.start(f"pa_hand_{i}")
+        await agent.run("go", conversation_id=f"pa_{i}")
 
-    return asyncio.run(all_runs())
+    return play
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--calls", type=int, default=50, help="tool calls per run (default 50)")
-    parser.add_argument("--runs", type=int, default=6, help="runs per measurement (default 6; the first is warm-up)")
-    args = parser.parse_args(argv)
+PLAYS = (
+    "client",
+    "langchain",
+    "langchain+adapter",
+    "langchain+by_hand",
+    "pydantic_ai",
+    "pydantic_ai+adapter",
+    "pydantic_ai+by_hand",
+)
+FRAMEWORKS = ("langchain", "pydantic_ai")
+
+
+async def measure(target: str, calls: int, runs: int) -> dict[str, Any]:
+    """Per-call milliseconds of each play (median over ``runs`` rounds after a warm-up one) and the overheads.
+
+    The plays take turns within each round, so a change in the machine's load hits all of them alike (the
+    machine may be shared: measured one after the other, a busy minute lands on one figure only). Beside the
+    wall-clock figures, the bench process's own CPU time per call: the adapter's CPU overhead is the part of
+    its cost that is the adapter's doing, whatever the sidecar's latency.
+    """
+    settings = AdapterSettings(sidecar=target, tenant_id="t_42", agent_id="support-agent", actor_id="u_1")
+    lc_adapter, pa_adapter = langchain_play(settings, calls), pydantic_ai_play(settings, calls)
+    with GatewayClient(target) as client:
+        by_hand = ByHand(client)
+        plays = {
+            "client": client_play(client, calls),
+            "langchain": langchain_play(None, calls),
+            "langchain+adapter": lc_adapter,
+            "langchain+by_hand": langchain_play(None, calls, by_hand),
+            "pydantic_ai": pydantic_ai_play(None, calls),
+            "pydantic_ai+adapter": pa_adapter,
+            "pydantic_ai+by_hand": pydantic_ai_play(None, calls, by_hand),
+        }
+        wall: dict[str, list[float]] = {name: [] for name in PLAYS}
+        cpu: dict[str, list[float]] = {name: [] for name in PLAYS}
+        for i in range(runs + 1):
+            for name, play in plays.items():
+                wall_started, cpu_started = time.perf_counter(), time.process_time()
+                await play(i)
+                if i:  # round 0 warms imports, channels and the sidecar's caches
+                    wall[name].append((time.perf_counter() - wall_started) / calls * 1000)
+                    cpu[name].append((time.process_time() - cpu_started) / calls * 1000)
+    result: dict[str, Any] = {"calls": calls, "runs": runs, "target_beyond_client_ms": TARGET_BEYOND_CLIENT_MS}
+    for name in PLAYS:
+        result[f"{name}_ms"] = round(statistics.median(wall[name]), 3)
+        result[f"{name}_cpu_ms"] = round(statistics.median(cpu[name]), 3)
+    for framework in FRAMEWORKS:
+        overhead = result[f"{framework}+adapter_ms"] - result[f"{framework}_ms"]
+        cpu_overhead = result[f"{framework}+adapter_cpu_ms"] - result[f"{framework}_cpu_ms"]
+        result[f"{framework}_overhead_ms"] = round(overhead, 3)
+        result[f"{framework}_beyond_client_ms"] = round(overhead - result["client_ms"], 3)
+        result[f"{framework}_cpu_beyond_client_ms"] = round(cpu_overhead - result["client_cpu_ms"], 3)
+        # Against the same two calls written by hand inside the tool: what the adapter itself adds.
+        result[f"{framework}_beyond_by_hand_ms"] = round(
+            result[f"{framework}+adapter_ms"] - result[f"{framework}+by_hand_ms"], 3
+        )
+    result["target_met"] = all(
+        result[f"{framework}_beyond_client_ms"] <= TARGET_BEYOND_CLIENT_MS for framework in FRAMEWORKS
+    )
+    return result
+
+
+def run(calls: int = 30, runs: int = 4) -> dict[str, Any]:
+    """Starts ``agentaudit dev`` in a temporary directory and measures against it (``make bench`` calls this)."""
     with tempfile.TemporaryDirectory(prefix="aa-bench-") as tmp:
         proc, target = start_sidecar(Path(tmp))
         try:
-            settings = AdapterSettings(sidecar=target, tenant_id="t_42", agent_id="support-agent", actor_id="u_1")
-            client_ms = client_cost(target, args.calls, args.runs) * 1000
-            print(f"client decide + report per call: {client_ms:.3f} ms")
-            print(f"{'framework':<12} {'without ms/call':>16} {'with ms/call':>13} {'overhead ms':>12} {'- client':>9}")
-            for name, measure in (("langchain", langchain_seconds), ("pydantic_ai", pydantic_ai_seconds)):
-                without = measure(None, args.calls, args.runs) / args.calls * 1000
-                with_adapter = measure(settings, args.calls, args.runs) / args.calls * 1000
-                overhead = with_adapter - without
-                beyond = overhead - client_ms
-                print(f"{name:<12} {without:>16.3f} {with_adapter:>13.3f} {overhead:>12.3f} {beyond:>+9.3f}")
+            return asyncio.run(measure(target, calls, runs))
         finally:
             proc.terminate()
             proc.wait(15)
+
+
+def format_result(result: dict[str, Any]) -> str:
+    """The adapters section of the bench table."""
+    rows = [
+        f"framework adapters ({result['calls']} tool calls x {result['runs']} runs)   without ms/call  with ms/call"
+        "  overhead ms  - client  (cpu - client)  - by hand",
+        f"  client decide + report per call: {result['client_ms']:.3f} ms (cpu {result['client_cpu_ms']:.3f} ms)",
+    ]
+    for framework in FRAMEWORKS:
+        rows.append(
+            f"  {framework:<40} {result[f'{framework}_ms']:>12.3f} {result[f'{framework}+adapter_ms']:>13.3f}"
+            f" {result[f'{framework}_overhead_ms']:>12.3f} {result[f'{framework}_beyond_client_ms']:>+9.3f}"
+            f"  ({result[f'{framework}_cpu_beyond_client_ms']:+.3f})"
+            f"  {result[f'{framework}_beyond_by_hand_ms']:>+9.3f}"
+        )
+    met = "met" if result["target_met"] else "NOT met"
+    rows.append(f"  adapter overhead within {TARGET_BEYOND_CLIENT_MS:g} ms of the client's decide + report: {met}")
+    return "\n".join(rows)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Prints the table, then the figures as one JSON line."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calls", type=int, default=30, help="tool calls per run (default 30)")
+    parser.add_argument("--runs", type=int, default=4, help="measured runs per play, after one warm-up (default 4)")
+    args = parser.parse_args(argv)
+    result = run(args.calls, args.runs)
+    print(format_result(result))
+    print(json.dumps(result))
     return 0
 
 

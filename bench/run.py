@@ -33,7 +33,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench import collector_ingest, mcp_proxy, policy_eval, redaction, shared_limits
+from bench import adapters, collector_ingest, mcp_proxy, policy_eval, redaction, shared_limits
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench" / "results"
@@ -501,6 +501,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=collector_ingest.DEFAULT_EVENTS,
         help=f"journal entries for the collector ingest benchmark (default {collector_ingest.DEFAULT_EVENTS})",
     )
+    parser.add_argument(
+        "--adapter-calls", type=int, default=30, help="tool calls per framework-adapter run (default 30)"
+    )
+    parser.add_argument(
+        "--adapter-runs", type=int, default=4, help="measured runs per adapter play, after a warm-up (default 4)"
+    )
     parser.add_argument("--output", type=Path, default=RESULTS_PATH, help=f"results file (default {RESULTS_PATH})")
     return parser.parse_args(argv)
 
@@ -532,6 +538,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary["policy"] = policy_eval.run(args.policy_evaluations)
         progress("measuring redaction per Decide (1 KiB and 16 KiB args: off, names, names + detectors)")
         summary["redaction"] = redaction.run(args.redaction_evaluations)
+        progress("measuring framework adapter overhead per tool call (LangChain, Pydantic AI) vs the client alone")
+        summary["adapters"] = _adapters_section(args.adapter_calls, args.adapter_runs)
         progress(f"measuring collector ingest into PostgreSQL ({args.collector_events} events) vs raw COPY")
         summary["collector_ingest"] = collector_ingest.run(args.collector_events, progress=progress)
         progress("measuring Decide with limits in-process vs shared in Redis")
@@ -571,6 +579,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "redaction" in summary:
         print()
         print(redaction.format_result(summary["redaction"]))
+    if "adapters" in summary:
+        print()
+        print(
+            summary["adapters"]["error"]
+            if "error" in summary["adapters"]
+            else adapters.format_result(summary["adapters"])
+        )
     if "collector_ingest" in summary:
         print()
         print(collector_ingest.format_result(summary["collector_ingest"]))
@@ -590,6 +605,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\nwritten to {args.output} in {summary['wall_s']} s")
     print(json.dumps(summary), flush=True)
     return 1 if _failed(results) else 0
+
+
+def _adapters_section(calls: int, runs: int) -> dict[str, Any]:
+    """The adapters' figures; bounded (its own sidecar, a 30 s start and 15 s stop deadline), and an error note
+    instead of the figures when a framework is not installed or the sidecar does not start."""
+    try:
+        return adapters.run(calls, runs)
+    except (ImportError, RuntimeError, subprocess.TimeoutExpired) as exc:
+        return {"error": f"adapters not measured: {exc}"}
 
 
 def _failed(results: dict[str, Any]) -> bool:

@@ -19,8 +19,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -58,13 +59,47 @@ class Redacted:
         return sorted({r.path for r in self.redactions})
 
 
-def _walk(matcher: FieldMatcher, scanner: ValueScanner, value: Any, prefix: str) -> Redacted:
-    """The redacted copy and its redactions. Paths are built only for containers and for what is redacted:
-    formatting one per leaf would cost more than the scan itself."""
-    found: list[Redaction] = []
+_KEY_CACHE = 8192  # distinct keys whose decisions are remembered (bounded: keys come from agents)
+_KeyDecision = tuple[str, tuple[str, ...], str | None]
+
+
+def key_decisions(matcher: FieldMatcher, scanner: ValueScanner) -> Callable[[str], _KeyDecision]:
+    """Per key, all the walk needs: how it is shown (detected values in it scrubbed), which detectors fired on
+    it, and the name rule that removes it, if any. Remembered per key (keys repeat in every line item, and
+    one cache lookup is cheaper than two), bounded to ``_KEY_CACHE`` keys."""
     rule_for = matcher.rule_for if matcher else None
     scrub = scanner.scrub if scanner else None
-    scrub_key = scanner.scrub_key
+
+    def decide(key: str) -> _KeyDecision:
+        shown, names = scrub(key) if scrub is not None else (key, [])
+        return shown, tuple(names), rule_for(key) if rule_for is not None else None
+
+    return lru_cache(maxsize=_KEY_CACHE)(decide)
+
+
+def _walk(
+    matcher: FieldMatcher,
+    scanner: ValueScanner,
+    value: Any,
+    prefix: str,
+    keys: Callable[[str], _KeyDecision] | None = None,
+) -> Redacted:
+    """The redacted copy and its redactions. Paths are built only for containers and for what is redacted:
+    formatting one per leaf would cost more than the scan itself.
+
+    String values are not scanned one by one as the copy is built: each is noted with its place in the copy,
+    and after the walk ``ValueScanner.candidates`` picks, in one pass over all of them, the few a detector may
+    fire on; only those are scrubbed and written back. Keys are decided as they are met (``keys``: the
+    caller's remembered decisions, else fresh ones)."""
+    found: list[Redaction] = []
+    scanning = bool(scanner)
+    decide_key = keys if keys is not None else key_decisions(matcher, scanner)
+    # Strings to scan: their text, and where they sit (the container in the copy, the slot, the parent's path),
+    # in parallel lists: a tuple per string would be one more object for the garbage collector to count.
+    texts: list[str] = []
+    containers: list[dict[str, Any] | list[Any]] = []
+    slots: list[str | int] = []
+    paths: list[str] = []
 
     def detected(names: Iterable[str], path: str) -> None:
         found.extend(Redaction(f"{path}#{name}", f"detector:{name}") for name in names)
@@ -73,25 +108,21 @@ def _walk(matcher: FieldMatcher, scanner: ValueScanner, value: Any, prefix: str)
         if isinstance(node, dict):
             out: dict[str, Any] = {}
             for key, child in node.items():
-                shown = key
-                if scrub is not None:
-                    # A key can itself be an e-mail address; its path would leak it, so keys are scrubbed too.
-                    shown, key_names = scrub_key(key)
-                    if key_names:
-                        while shown in out or shown in node:
-                            shown += "~"
-                        detected(key_names, f"{path}.{shown}")
-                if rule_for is not None:
-                    rule = rule_for(key)
-                    if rule is not None:
-                        found.append(Redaction(f"{path}.{shown}", f"rule:{rule}"))
-                        continue
+                # A key can itself be an e-mail address; its path would leak it, so keys are scrubbed too.
+                shown, key_names, rule = decide_key(key)
+                if key_names:
+                    while shown in out or shown in node:
+                        shown += "~"
+                    detected(key_names, f"{path}.{shown}")
+                if rule is not None:
+                    found.append(Redaction(f"{path}.{shown}", f"rule:{rule}"))
+                    continue
                 if isinstance(child, str):
-                    if scrub is not None and len(child) >= MIN_LENGTH:
-                        text, names = scrub(child)
-                        if names:
-                            detected(names, f"{path}.{shown}")
-                        child = text  # noqa: PLW2901 - the redacted value replaces the raw one
+                    if scanning and len(child) >= MIN_LENGTH:
+                        texts.append(child)
+                        containers.append(out)
+                        slots.append(shown)
+                        paths.append(path)
                     out[shown] = child
                 elif isinstance(child, (dict, list)):
                     out[shown] = walk(child, f"{path}.{shown}")
@@ -99,27 +130,35 @@ def _walk(matcher: FieldMatcher, scanner: ValueScanner, value: Any, prefix: str)
                     out[shown] = child
             return out
         if isinstance(node, list):
-            items = []
+            items: list[Any] = []
             for i, child in enumerate(node):
                 if isinstance(child, str):
-                    if scrub is not None and len(child) >= MIN_LENGTH:
-                        text, names = scrub(child)
-                        if names:
-                            detected(names, f"{path}[{i}]")
-                        child = text  # noqa: PLW2901 - the redacted value replaces the raw one
+                    if scanning and len(child) >= MIN_LENGTH:
+                        texts.append(child)
+                        containers.append(items)
+                        slots.append(i)
+                        paths.append(path)
                     items.append(child)
                 elif isinstance(child, (dict, list)):
                     items.append(walk(child, f"{path}[{i}]"))
                 else:
                     items.append(child)
             return items
-        if isinstance(node, str) and scrub is not None:
-            text, names = scrub(node)
+        if isinstance(node, str) and scanning:
+            text, names = scanner.scrub(node)
             detected(names, path)
             return text
         return node
 
-    return Redacted(walk(value, prefix), found)
+    copy = walk(value, prefix)
+    if texts:
+        for index in scanner.candidates(texts):
+            text, names = scanner.scrub(texts[index])
+            if names:
+                slot, path = slots[index], paths[index]
+                containers[index][slot] = text  # type: ignore[index] # the redacted value replaces the raw one
+                detected(names, f"{path}[{slot}]" if isinstance(slot, int) else f"{path}.{slot}")
+    return Redacted(copy, found)
 
 
 def redact(value: Any, fields: Iterable[str], prefix: str) -> tuple[Any, list[str]]:
@@ -136,6 +175,10 @@ class Redactor:
     fields: FieldMatcher
     hash_args: bool
     scanner: ValueScanner = field(default_factory=ValueScanner)
+    keys: Callable[[str], _KeyDecision] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "keys", key_decisions(self.fields, self.scanner))  # frozen: set once, here
 
     @classmethod
     def create(
@@ -173,7 +216,7 @@ class Redactor:
         """A redacted copy of ``value`` (a mapping, list or string) by name and by value, with what was redacted."""
         if not self.fields and not self.scanner:
             return Redacted(dict(value) if isinstance(value, Mapping) else value, [])
-        return _walk(self.fields, self.scanner, value, prefix)
+        return _walk(self.fields, self.scanner, value, prefix, self.keys)
 
     def prepare(self, value: Mapping[str, Any], prefix: str, *, normalised: bool) -> tuple[bytes, Any, list[str]]:
         """Canonical bytes of the raw value, its redacted copy and the redacted paths (``[]``: the copy is the value).
