@@ -192,12 +192,18 @@ async def _print_decisions(journal: Path, stop: asyncio.Event) -> None:
     """
     from gateway.cli import render  # noqa: PLC0415 - see the module docstring
     from gateway.journal import query  # noqa: PLC0415
+    from gateway.journal.fileguard import abandon, why_unwritable  # noqa: PLC0415
     from gateway.journal.store import connect_readonly  # noqa: PLC0415
 
     conn = await asyncio.to_thread(connect_readonly, journal)
     decisions = query.EventFilter(kind="pre_exec")
+    shm = journal.with_name(journal.name + "-shm")
 
     def new_lines(after: int) -> tuple[int, list[str]]:
+        # A read transaction stores read marks into the mapped -shm: with the file unwritable that is SIGBUS, so
+        # nothing is read until it is writable again (the writer fails closed and says why; ADR 0014).
+        if why_unwritable(shm):
+            return after, []
         top = query.last_seq(conn)
         rows = list(query.select(conn, decisions, after_seq=after, through_seq=top)) if top > after else []
         return top, [render.decision_line(body) for _seq, body in rows]
@@ -212,7 +218,10 @@ async def _print_decisions(journal: Path, stop: asyncio.Event) -> None:
             for line in lines:
                 print(line, flush=True)
     finally:
-        conn.close()
+        if why_unwritable(shm):
+            abandon(conn)  # closing would checkpoint through the mapped -shm: SIGBUS
+        else:
+            conn.close()
 
 
 def cmd_collector(args: argparse.Namespace) -> int:
