@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agentaudit.v1 import types_pb2
+from agentaudit.v1 import gateway_pb2, types_pb2
 from gateway.journal.store import iter_bodies
 from gateway.policy import EXAMPLE_POLICY
 from tests.conftest import RunningGateway, run_cli
@@ -91,8 +91,16 @@ def test_file_change_reloads_and_journals_policy_changed(gateway_server: Running
         assert before.decision == types_pb2.DECISION_ALLOW
         policy.write_text(EXAMPLE_POLICY.replace('actions: ["crm.search", "crm.lookup", "kb.*"]', 'actions: ["crm.*"]'))
         eventually(lambda: events(gateway_server.journal_path, "policy_changed"))
-        after = gw.Decide(decide_request(action="kb.read", step_id=2), timeout=10)
-    changed = events(gateway_server.journal_path, "policy_changed")[0]
+        changed = events(gateway_server.journal_path, "policy_changed")[0]
+        # The change is journaled first and applied right after (a record before the new policy answers), so
+        # the next answers may still come from the old version for a moment: ask until the new one answers.
+        steps = iter(range(2, 1000))
+
+        def answered_by_the_new_policy() -> gateway_pb2.DecideResponse | None:
+            answer = gw.Decide(decide_request(action="kb.read", step_id=next(steps)), timeout=10)
+            return answer if answer.policy_version == changed["new_version"] else None
+
+        after = eventually(answered_by_the_new_policy, message="an answer from the new policy")
     assert (changed["old_version"], changed["new_version"]) == (before.policy_version, after.policy_version)
     assert changed["trigger"] == "file_change"
     assert changed["actor"]["type"] == "process_user"  # type: ignore[index]
