@@ -44,7 +44,8 @@ def _bearer(args: argparse.Namespace) -> Any:
 
 
 def _config(args: argparse.Namespace) -> Any:
-    from gateway.mcp.proxy import Identity, ProxyConfig  # noqa: PLC0415 - keeps the mcp SDK off other commands
+    from gateway.mcp.listing import Identity  # noqa: PLC0415 - keeps the mcp SDK off other commands
+    from gateway.mcp.proxy import ProxyConfig  # noqa: PLC0415
 
     env = os.environ.get
     tenant = args.tenant or env("AGENTAUDIT_TENANT_ID", "")

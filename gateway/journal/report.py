@@ -202,3 +202,20 @@ def missing_message(first: int, next_present: int) -> str:
 
 def column_message(column: str, stored: object, signed: object) -> str:
     return f"column {column} holds {quote(stored)}, the signed entry says {quote(signed)}"
+
+
+def assurance(report: VerifyReport) -> str:
+    """What a clean report proves, in plain words: signed, and how far witnessed (docs/verify.md, levels)."""
+    signed = "signed: no entry was edited without the signing key"
+    size, keys = report.witnessed_size, report.witness_keys
+    if not keys:
+        return f"{signed}; witnessing not checked (no --witness-key): the key holder could rewrite any of it"
+    if size == 0:
+        return f"{signed}; not witnessed: no checkpoint cosigned by {', '.join(keys)} covers any entry"
+    by = ", ".join(report.witnessed_by)
+    if size >= report.tree_size:
+        return f"{signed}; witnessed to the end by {by}: not even the key holder can rewrite it"
+    return (
+        f"{signed}; witnessed up to seq {size - 1} by {by}: not even the key holder can rewrite those; "
+        f"seq {size} on is not witnessed"
+    )

@@ -24,8 +24,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.journal.report import VerifyReport, assurance
 from gateway.journal.schema import OPERATOR_CONTEXT_KINDS
-from gateway.journal.verify import VerifyReport
 
 VERIFIED = "✓"
 NOT_CHECKED = "?"
@@ -226,23 +226,6 @@ def verification_from_report(report: VerifyReport) -> tuple[Callable[[int], str]
     if whole:
         status += f" (journal: {', '.join(whole)})"
     return verified, status + "; run `agentaudit verify` for details"
-
-
-def assurance(report: VerifyReport) -> str:
-    """What a clean report proves, in plain words: signed, and how far witnessed (docs/verify.md, levels)."""
-    signed = "signed: no entry was edited without the signing key"
-    size, keys = report.witnessed_size, report.witness_keys
-    if not keys:
-        return f"{signed}; witnessing not checked (no --witness-key): the key holder could rewrite any of it"
-    if size == 0:
-        return f"{signed}; not witnessed: no checkpoint cosigned by {', '.join(keys)} covers any entry"
-    by = ", ".join(report.witnessed_by)
-    if size >= report.tree_size:
-        return f"{signed}; witnessed to the end by {by}: not even the key holder can rewrite it"
-    return (
-        f"{signed}; witnessed up to seq {size - 1} by {by}: not even the key holder can rewrite those; "
-        f"seq {size} on is not witnessed"
-    )
 
 
 def build_trace(

@@ -23,7 +23,8 @@ from typing import Any
 import jwt
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.mcp.proxy import VERIFIED_IDENTITY_SCOPE_KEY, Identity
+from gateway.mcp.listing import Identity
+from gateway.mcp.proxy import VERIFIED_IDENTITY_SCOPE_KEY
 
 log = logging.getLogger("agentaudit.mcp")
 

@@ -23,7 +23,6 @@ tool (``tool.changed`` in CEL).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -42,12 +41,11 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from agentaudit_client import AsyncGatewayClient, DecideResult, GatewayError
 from gateway import reasons
-from gateway.canonical import canonical_json
+from gateway.mcp.listing import Identity, ListingPolicy, may_ever_allow, tool_digest
 from gateway.mcp.relay import NotificationRelay
 from gateway.mcp.seal import SealError, StateSealer, args_digest
 from gateway.mcp.state import ProxyState, load_or_create_key
 from gateway.mcp.upstream import Upstream, UpstreamUnavailableError
-from gateway.policy.document import PolicyDocument, parse_policy
 
 log = logging.getLogger("agentaudit.mcp")
 
@@ -70,16 +68,6 @@ LABEL_TOOL = "mcp.tool"
 LABEL_TOOL_ACTION = "mcp.tool_action"
 LIST_TOOLS_ACTION = "tools/list"  # decided as mcp.<server>.tools/list
 _ANNOTATION_HINTS = ("destructiveHint", "readOnlyHint", "idempotentHint", "openWorldHint")
-
-
-@dataclass(frozen=True)
-class Identity:
-    """Who acts: fixed for a proxy, or per request from verified JWT claims (HTTP)."""
-
-    tenant_id: str
-    agent_id: str = ""
-    actor_type: str = "agent"
-    actor_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -107,51 +95,6 @@ class _ToolInfo:
     @property
     def changed(self) -> bool:
         return self.digest != self.pinned
-
-
-def tool_digest(tool: types.Tool) -> str:
-    """SHA-256 of the canonical JSON of a tool's name, description and input schema."""
-    return hashlib.sha256(
-        canonical_json({"name": tool.name, "description": tool.description or "", "inputSchema": tool.input_schema})
-    ).hexdigest()
-
-
-def may_ever_allow(document: PolicyDocument, action: str, identity: Identity) -> bool:
-    """False only when the access layer denies ``action`` to this identity whatever the arguments.
-
-    A binding with a ``when`` condition might grant it for some request, so it counts as a possible allow; a
-    shadow policy never stops anything. Later layers (limits, approvals, rules) never hide a tool.
-    """
-    if document.shadow or document.access.default_allow:
-        return True
-    return any(
-        b.actions.match(action)
-        and b.tenants.match(identity.tenant_id)
-        and b.agents.match(identity.agent_id)
-        and (b.actor_types is None or identity.actor_type in b.actor_types)
-        for b in document.access.bindings
-    )
-
-
-class _ListingPolicy:
-    """The policy file the sidecar runs, re-read when it changes, for filtering ``tools/list``."""
-
-    def __init__(self, path: Path | None) -> None:
-        self._path = path
-        self._mtime = -1.0
-        self._document: PolicyDocument | None = None
-
-    def document(self) -> PolicyDocument | None:
-        if self._path is None:
-            return None
-        try:
-            mtime = self._path.stat().st_mtime
-            if mtime != self._mtime:
-                self._document = parse_policy(self._path.read_text(), str(self._path))
-                self._mtime = mtime
-        except Exception as exc:  # a broken file hides nothing: the sidecar still decides every call
-            log.warning("cannot read policy %s for tools/list filtering: %s", self._path, exc)
-        return self._document
 
 
 def tool_error(text: str) -> types.CallToolResult:
@@ -185,7 +128,7 @@ class GoverningProxy:
         self.gateway = gateway
         self._state = ProxyState(config.state_dir)
         self.sealer = StateSealer(load_or_create_key(config.state_dir), self._state)
-        self._policy = _ListingPolicy(config.policy_path)
+        self._policy = ListingPolicy(config.policy_path)
         self._tools: dict[str, _ToolInfo] = {}
         self._steps: dict[str, int] = {}
         self._pending: dict[tuple[str, str, str], str] = {}  # (principal, tool, args digest) → approval id

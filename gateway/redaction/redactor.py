@@ -91,74 +91,88 @@ def _walk(
     and after the walk ``ValueScanner.candidates`` picks, in one pass over all of them, the few a detector may
     fire on; only those are scrubbed and written back. Keys are decided as they are met (``keys``: the
     caller's remembered decisions, else fresh ones)."""
-    found: list[Redaction] = []
-    scanning = bool(scanner)
-    decide_key = keys if keys is not None else key_decisions(matcher, scanner)
-    # Strings to scan: their text, and where they sit (the container in the copy, the slot, the parent's path),
-    # in parallel lists: a tuple per string would be one more object for the garbage collector to count.
-    texts: list[str] = []
-    containers: list[dict[str, Any] | list[Any]] = []
-    slots: list[str | int] = []
-    paths: list[str] = []
+    walk = _Walk(scanner, keys if keys is not None else key_decisions(matcher, scanner))
+    copy = walk.node(value, prefix)
+    walk.scrub_noted()
+    return Redacted(copy, walk.found)
 
-    def detected(names: Iterable[str], path: str) -> None:
-        found.extend(Redaction(f"{path}#{name}", f"detector:{name}") for name in names)
 
-    def walk(node: Any, path: str) -> Any:
+class _Walk:
+    """One redaction walk: the redactions found, and the strings noted for the joined detector pass."""
+
+    def __init__(self, scanner: ValueScanner, decide_key: Callable[[str], _KeyDecision]) -> None:
+        self.scanner = scanner
+        self.scanning = bool(scanner)
+        self.decide_key = decide_key
+        self.found: list[Redaction] = []
+        # Strings to scan: their text, and where they sit (the container in the copy, the slot, the parent's
+        # path), in parallel lists: a tuple per string would be one more object for the garbage collector.
+        self.texts: list[str] = []
+        self.containers: list[dict[str, Any] | list[Any]] = []
+        self.slots: list[str | int] = []
+        self.paths: list[str] = []
+
+    def detected(self, names: Iterable[str], path: str) -> None:
+        self.found.extend(Redaction(f"{path}#{name}", f"detector:{name}") for name in names)
+
+    def note(self, text: str, container: dict[str, Any] | list[Any], slot: str | int, path: str) -> None:
+        if self.scanning and len(text) >= MIN_LENGTH:
+            self.texts.append(text)
+            self.containers.append(container)
+            self.slots.append(slot)
+            self.paths.append(path)
+
+    def node(self, node: Any, path: str) -> Any:
         if isinstance(node, dict):
-            out: dict[str, Any] = {}
-            for key, child in node.items():
-                # A key can itself be an e-mail address; its path would leak it, so keys are scrubbed too.
-                shown, key_names, rule = decide_key(key)
-                if key_names:
-                    while shown in out or shown in node:
-                        shown += "~"
-                    detected(key_names, f"{path}.{shown}")
-                if rule is not None:
-                    found.append(Redaction(f"{path}.{shown}", f"rule:{rule}"))
-                    continue
-                if isinstance(child, str):
-                    if scanning and len(child) >= MIN_LENGTH:
-                        texts.append(child)
-                        containers.append(out)
-                        slots.append(shown)
-                        paths.append(path)
-                    out[shown] = child
-                elif isinstance(child, (dict, list)):
-                    out[shown] = walk(child, f"{path}.{shown}")
-                else:
-                    out[shown] = child
-            return out
+            return self.mapping(node, path)
         if isinstance(node, list):
             items: list[Any] = []
             for i, child in enumerate(node):
                 if isinstance(child, str):
-                    if scanning and len(child) >= MIN_LENGTH:
-                        texts.append(child)
-                        containers.append(items)
-                        slots.append(i)
-                        paths.append(path)
+                    self.note(child, items, i, path)
                     items.append(child)
                 elif isinstance(child, (dict, list)):
-                    items.append(walk(child, f"{path}[{i}]"))
+                    items.append(self.node(child, f"{path}[{i}]"))
                 else:
                     items.append(child)
             return items
-        if isinstance(node, str) and scanning:
-            text, names = scanner.scrub(node)
-            detected(names, path)
+        if isinstance(node, str) and self.scanning:
+            text, names = self.scanner.scrub(node)
+            self.detected(names, path)
             return text
         return node
 
-    copy = walk(value, prefix)
-    if texts:
-        for index in scanner.candidates(texts):
-            text, names = scanner.scrub(texts[index])
+    def mapping(self, node: dict[str, Any], path: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, child in node.items():
+            # A key can itself be an e-mail address; its path would leak it, so keys are scrubbed too.
+            shown, key_names, rule = self.decide_key(key)
+            if key_names:
+                while shown in out or shown in node:
+                    shown += "~"
+                self.detected(key_names, f"{path}.{shown}")
+            if rule is not None:
+                self.found.append(Redaction(f"{path}.{shown}", f"rule:{rule}"))
+                continue
+            if isinstance(child, str):
+                self.note(child, out, shown, path)
+                out[shown] = child
+            elif isinstance(child, (dict, list)):
+                out[shown] = self.node(child, f"{path}.{shown}")
+            else:
+                out[shown] = child
+        return out
+
+    def scrub_noted(self) -> None:
+        """The joined pass: scrubs the noted strings a detector may fire on, in place in the copy."""
+        if not self.texts:
+            return
+        for index in self.scanner.candidates(self.texts):
+            text, names = self.scanner.scrub(self.texts[index])
             if names:
-                slot, path = slots[index], paths[index]
-                containers[index][slot] = text  # type: ignore[index] # the redacted value replaces the raw one
-                detected(names, f"{path}[{slot}]" if isinstance(slot, int) else f"{path}.{slot}")
-    return Redacted(copy, found)
+                slot, path = self.slots[index], self.paths[index]
+                self.containers[index][slot] = text  # type: ignore[index] # the redacted value replaces the raw one
+                self.detected(names, f"{path}[{slot}]" if isinstance(slot, int) else f"{path}.{slot}")
 
 
 def redact(value: Any, fields: Iterable[str], prefix: str) -> tuple[Any, list[str]]:
