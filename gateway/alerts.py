@@ -30,6 +30,7 @@ import httpx
 
 from gateway import __version__, metrics
 from gateway.config.alerts import FORMAT_CLOUDEVENTS, AlertsConfig, WebhookConfig
+from gateway.ids import now_nanos, rfc3339_nanos
 from gateway.policy.model import ActionRequest, Decision
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,26 @@ class Alert:
     approval_id: str
     timestamp: str
     origin: str
+
+
+def journal_alert(*, reason: str, rule: str, origin: str, event_id: str = "", decision: str = "stop") -> Alert:
+    """An alert about the journal itself (lost, rolled back, tampered with): no run, tenant or action to name."""
+    return Alert(
+        decision=decision,
+        reason=reason,
+        policy_layer="audit",
+        policy_rule=rule,
+        policy_version="",
+        tenant_id="",
+        run_id="",
+        step_id=0,
+        agent_id="",
+        action="",
+        event_id=event_id,
+        approval_id="",
+        timestamp=rfc3339_nanos(now_nanos()),
+        origin=origin,
+    )
 
 
 def alert_from_decision(

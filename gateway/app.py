@@ -33,7 +33,7 @@ from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from gateway import __version__, metrics, reasons
-from gateway.alerts import Alert, AlertDispatcher
+from gateway.alerts import AlertDispatcher, journal_alert
 from gateway.api.gateway_service import SERVICE_NAME, GatewayServicer, generic_handler
 from gateway.api.operator_service import SERVICE_NAME as OPERATOR_SERVICE_NAME
 from gateway.api.operator_service import OperatorServicer, operator_handler
@@ -41,7 +41,6 @@ from gateway.collector.app import Collector
 from gateway.config import CollectorConfig, Config, OperatorConfig
 from gateway.config.sidecar import non_loopback_tcp
 from gateway.errors import AgentAuditError, ConfigError
-from gateway.ids import now_nanos, rfc3339_nanos
 from gateway.journal.state import TrustedState
 from gateway.journal.store import JournalReader
 from gateway.journal.writer import JournalWriter
@@ -207,24 +206,7 @@ class Sidecar:
         """
         if self._alerts is None:
             return
-        self._alerts.notify(
-            Alert(
-                decision="stop",
-                reason=reasons.AUDIT_UNAVAILABLE,
-                policy_layer="audit",
-                policy_rule="journal_lost",
-                policy_version="",
-                tenant_id="",
-                run_id="",
-                step_id=0,
-                agent_id="",
-                action="",
-                event_id="",
-                approval_id="",
-                timestamp=rfc3339_nanos(now_nanos()),
-                origin=origin,
-            )
-        )
+        self._alerts.notify(journal_alert(reason=reasons.AUDIT_UNAVAILABLE, rule="journal_lost", origin=origin))
 
     async def _start_services(self, signer: Ed25519Signer) -> None:
         """Kill switches, policy, the journal_started event, approvals, alerts, forwarding, retention."""

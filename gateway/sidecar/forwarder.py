@@ -33,13 +33,12 @@ import grpc
 
 from agentaudit.v1 import collector_pb2, collector_pb2_grpc
 from gateway import metrics, reasons
-from gateway.alerts import Alert
-from gateway.ids import rfc3339_nanos
+from gateway.alerts import Alert, journal_alert
 from gateway.journal import state as state_tables
 from gateway.journal.merkle import MerkleRoot, decode_state
 from gateway.journal.note import Checkpoint, NoteError, SignedNote, sign_checkpoint
 from gateway.journal.store import JournalReader
-from gateway.journal.writer import JournalWriter, now_nanos
+from gateway.journal.writer import JournalWriter
 from gateway.rpc.status import error_reason
 from gateway.sidecar.recorder import AuditRecorder
 from gateway.signing import Ed25519Signer
@@ -348,21 +347,8 @@ class Forwarder:
         )
         if self._alerts is not None:
             self._alerts.notify(
-                Alert(
-                    decision="stop",
-                    reason=reasons.JOURNAL_RECOVERY_REQUIRED,
-                    policy_layer="audit",
-                    policy_rule="",
-                    policy_version="",
-                    tenant_id="",
-                    run_id="",
-                    step_id=0,
-                    agent_id="",
-                    action="",
-                    event_id=event.event_id,
-                    approval_id="",
-                    timestamp=rfc3339_nanos(now_nanos()),
-                    origin=self._signer.name,
+                journal_alert(
+                    reason=reasons.JOURNAL_RECOVERY_REQUIRED, rule="", origin=self._signer.name, event_id=event.event_id
                 )
             )
 

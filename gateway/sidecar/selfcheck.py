@@ -30,8 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway import reasons
-from gateway.alerts import Alert, AlertDispatcher
-from gateway.ids import now_nanos, rfc3339_nanos
+from gateway.alerts import AlertDispatcher, journal_alert
 from gateway.journal.check import check_entry
 from gateway.journal.entry import ZERO_HASH, leaf_hash
 from gateway.journal.head import read_head
@@ -182,21 +181,12 @@ async def report_tamper(
     )
     if alerts is not None:
         alerts.notify(
-            Alert(
-                decision="stop" if stop else "allow",
+            journal_alert(
                 reason=reasons.JOURNAL_RECOVERY_REQUIRED,
-                policy_layer="audit",
-                policy_rule="journal_tampered",
-                policy_version="",
-                tenant_id="",
-                run_id="",
-                step_id=0,
-                agent_id="",
-                action="",
-                event_id=event.event_id,
-                approval_id="",
-                timestamp=rfc3339_nanos(now_nanos()),
+                rule="journal_tampered",
                 origin=origin,
+                event_id=event.event_id,
+                decision="stop" if stop else "allow",
             )
         )
     return gate
