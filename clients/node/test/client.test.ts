@@ -20,7 +20,7 @@ import {
 } from "../src/index";
 import { ApprovalState } from "../src/gen/agentaudit/v1/gateway";
 import type { Approval, SearchedEvent } from "../src/gen/agentaudit/v1/operator";
-import { OperatorServiceClient, SearchEventsRequest } from "../src/gen/agentaudit/v1/operator";
+import { ListApprovalsRequest, OperatorServiceClient, SearchEventsRequest } from "../src/gen/agentaudit/v1/operator";
 import { Sidecar } from "./sidecar";
 
 const AGENT = "support-agent";
@@ -68,7 +68,7 @@ function deny(approvalId: string, comment = "no"): Promise<Approval> {
 function pendingApprovals(tenantId: string): Promise<Approval[]> {
   return new Promise((resolve, reject) => {
     operator.listApprovals(
-      { state: ApprovalState.APPROVAL_STATE_PENDING, tenantId, limit: 100 },
+      ListApprovalsRequest.fromPartial({ state: ApprovalState.APPROVAL_STATE_PENDING, tenantId, limit: 100 }),
       sidecar.operatorMetadata(),
       (error, response) => (error ? reject(error) : resolve(response.approvals)),
     );

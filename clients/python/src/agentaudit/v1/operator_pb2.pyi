@@ -73,6 +73,10 @@ class Approval(_message.Message):
     REDACTED_PATHS_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     PREVIOUS_STEPS_FIELD_NUMBER: _builtins.int
+    APPROVALS_REQUIRED_FIELD_NUMBER: _builtins.int
+    VOTES_FIELD_NUMBER: _builtins.int
+    ORIGIN_FIELD_NUMBER: _builtins.int
+    POLICY_VERSION_FIELD_NUMBER: _builtins.int
     approval_id: _builtins.str
     state: _gateway_pb2.ApprovalState.ValueType
     tenant_id: _builtins.str
@@ -92,6 +96,12 @@ class Approval(_message.Message):
     reason: _builtins.str
     previous_steps: _builtins.int
     """How many steps (pre-events) the run had before this one."""
+    approvals_required: _builtins.int
+    """How many distinct approvers must grant it (four-eyes: 2); 1 when the rule does not say."""
+    origin: _builtins.str
+    """The sidecar journal (origin) the approval lives in; set by the collector's fleet API."""
+    policy_version: _builtins.str
+    """The policy version the approval was requested under; a grant is bound to it."""
     @_builtins.property
     def actor(self) -> _types_pb2.Actor: ...
     @_builtins.property
@@ -116,6 +126,10 @@ class Approval(_message.Message):
 
     @_builtins.property
     def redacted_paths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def votes(self) -> _containers.RepeatedCompositeFieldContainer[Global___ApprovalVote]:
+        """The approvals and denial recorded so far, oldest first (a grant takes effect at the approvals_required-th)."""
+
     def __init__(
         self,
         *,
@@ -141,14 +155,60 @@ class Approval(_message.Message):
         redacted_paths: _abc.Iterable[_builtins.str] | None = ...,
         reason: _builtins.str = ...,
         previous_steps: _builtins.int = ...,
+        approvals_required: _builtins.int = ...,
+        votes: _abc.Iterable[Global___ApprovalVote] | None = ...,
+        origin: _builtins.str = ...,
+        policy_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "args", b"args", "created_at", b"created_at", "expires_at", b"expires_at", "resolved_at", b"resolved_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "action_key", b"action_key", "actor", b"actor", "agent_id", b"agent_id", "approval_id", b"approval_id", "approvers", b"approvers", "args", b"args", "comment", b"comment", "created_at", b"created_at", "event_id", b"event_id", "expires_at", b"expires_at", "policy_rule", b"policy_rule", "previous_steps", b"previous_steps", "reason", b"reason", "redacted_paths", b"redacted_paths", "resolved_at", b"resolved_at", "resolved_by", b"resolved_by", "run_id", b"run_id", "state", b"state", "step_id", b"step_id", "tenant_id", b"tenant_id", "used", b"used"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "action_key", b"action_key", "actor", b"actor", "agent_id", b"agent_id", "approval_id", b"approval_id", "approvals_required", b"approvals_required", "approvers", b"approvers", "args", b"args", "comment", b"comment", "created_at", b"created_at", "event_id", b"event_id", "expires_at", b"expires_at", "origin", b"origin", "policy_rule", b"policy_rule", "policy_version", b"policy_version", "previous_steps", b"previous_steps", "reason", b"reason", "redacted_paths", b"redacted_paths", "resolved_at", b"resolved_at", "resolved_by", b"resolved_by", "run_id", b"run_id", "state", b"state", "step_id", b"step_id", "tenant_id", b"tenant_id", "used", b"used", "votes", b"votes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Approval: _TypeAlias = Approval  # noqa: Y015
+
+@_typing.final
+class ApprovalVote(_message.Message):
+    """One approver's answer to an approval."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPROVER_FIELD_NUMBER: _builtins.int
+    GRANT_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    COMMENT_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    VIA_FIELD_NUMBER: _builtins.int
+    approver: _builtins.str
+    """The approver's authenticated identity."""
+    grant: _builtins.bool
+    """True for an approval, false for a denial."""
+    channel: _builtins.str
+    """Where it was given: cli, console, slack (or the sidecar's own operator API: cli)."""
+    comment: _builtins.str
+    """The justification (required for a denial)."""
+    via: _builtins.str
+    """The collector that relayed it (its control key name); empty when given on the sidecar itself."""
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        approver: _builtins.str = ...,
+        grant: _builtins.bool = ...,
+        channel: _builtins.str = ...,
+        comment: _builtins.str = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        via: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approver", b"approver", "at", b"at", "channel", b"channel", "comment", b"comment", "grant", b"grant", "via", b"via"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApprovalVote: _TypeAlias = ApprovalVote  # noqa: Y015
 
 @_typing.final
 class ListApprovalsRequest(_message.Message):
@@ -157,22 +217,40 @@ class ListApprovalsRequest(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     TENANT_ID_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    POLICY_RULE_FIELD_NUMBER: _builtins.int
+    ORIGIN_FIELD_NUMBER: _builtins.int
+    MIN_AGE_S_FIELD_NUMBER: _builtins.int
     state: _gateway_pb2.ApprovalState.ValueType
     """Only approvals in this state; unspecified means pending."""
     tenant_id: _builtins.str
     """Only approvals of this tenant (optional)."""
     limit: _builtins.int
     """Most approvals returned (default and maximum 1000)."""
+    agent_id: _builtins.str
+    """Further filters, served by the collector's fleet API (a sidecar honours agent_id, action and policy_rule too)."""
+    action: _builtins.str
+    policy_rule: _builtins.str
+    origin: _builtins.str
+    """Only approvals of this sidecar journal (collector only)."""
+    min_age_s: _builtins.int
+    """Only approvals opened at least this many seconds ago (0: any age)."""
     def __init__(
         self,
         *,
         state: _gateway_pb2.ApprovalState.ValueType = ...,
         tenant_id: _builtins.str = ...,
         limit: _builtins.int = ...,
+        agent_id: _builtins.str = ...,
+        action: _builtins.str = ...,
+        policy_rule: _builtins.str = ...,
+        origin: _builtins.str = ...,
+        min_age_s: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "state", b"state", "tenant_id", b"tenant_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent_id", b"agent_id", "limit", b"limit", "min_age_s", b"min_age_s", "origin", b"origin", "policy_rule", b"policy_rule", "state", b"state", "tenant_id", b"tenant_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -301,12 +379,15 @@ class KillSwitch(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     ENGAGED_BY_FIELD_NUMBER: _builtins.int
     ENGAGED_AT_FIELD_NUMBER: _builtins.int
+    VIA_FIELD_NUMBER: _builtins.int
     scope: Global___KillSwitchScope.ValueType
     target: _builtins.str
     """Tenant, agent or run id; empty for global."""
     reason: _builtins.str
     engaged_by: _builtins.str
     """Operator identity, or "policy:<rule>" for a switch in the policy file."""
+    via: _builtins.str
+    """The collector whose fleet switch this is (its control key name); empty for a switch engaged on this sidecar."""
     @_builtins.property
     def engaged_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -317,10 +398,11 @@ class KillSwitch(_message.Message):
         reason: _builtins.str = ...,
         engaged_by: _builtins.str = ...,
         engaged_at: _timestamp_pb2.Timestamp | None = ...,
+        via: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["engaged_at", b"engaged_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["engaged_at", b"engaged_at", "engaged_by", b"engaged_by", "reason", b"reason", "scope", b"scope", "target", b"target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["engaged_at", b"engaged_at", "engaged_by", b"engaged_by", "reason", b"reason", "scope", b"scope", "target", b"target", "via", b"via"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -120,6 +120,31 @@ export interface Approval {
   reason: string;
   /** How many steps (pre-events) the run had before this one. */
   previousSteps: number;
+  /** How many distinct approvers must grant it (four-eyes: 2); 1 when the rule does not say. */
+  approvalsRequired: number;
+  /** The approvals and denial recorded so far, oldest first (a grant takes effect at the approvals_required-th). */
+  votes: ApprovalVote[];
+  /** The sidecar journal (origin) the approval lives in; set by the collector's fleet API. */
+  origin: string;
+  /** The policy version the approval was requested under; a grant is bound to it. */
+  policyVersion: string;
+}
+
+/** One approver's answer to an approval. */
+export interface ApprovalVote {
+  /** The approver's authenticated identity. */
+  approver: string;
+  /** True for an approval, false for a denial. */
+  grant: boolean;
+  /** Where it was given: cli, console, slack (or the sidecar's own operator API: cli). */
+  channel: string;
+  /** The justification (required for a denial). */
+  comment: string;
+  at:
+    | Date
+    | undefined;
+  /** The collector that relayed it (its control key name); empty when given on the sidecar itself. */
+  via: string;
 }
 
 export interface ListApprovalsRequest {
@@ -129,6 +154,14 @@ export interface ListApprovalsRequest {
   tenantId: string;
   /** Most approvals returned (default and maximum 1000). */
   limit: number;
+  /** Further filters, served by the collector's fleet API (a sidecar honours agent_id, action and policy_rule too). */
+  agentId: string;
+  action: string;
+  policyRule: string;
+  /** Only approvals of this sidecar journal (collector only). */
+  origin: string;
+  /** Only approvals opened at least this many seconds ago (0: any age). */
+  minAgeS: number;
 }
 
 export interface ListApprovalsResponse {
@@ -170,7 +203,11 @@ export interface KillSwitch {
   reason: string;
   /** Operator identity, or "policy:<rule>" for a switch in the policy file. */
   engagedBy: string;
-  engagedAt: Date | undefined;
+  engagedAt:
+    | Date
+    | undefined;
+  /** The collector whose fleet switch this is (its control key name); empty for a switch engaged on this sidecar. */
+  via: string;
 }
 
 export interface EngageKillSwitchRequest {
@@ -331,6 +368,10 @@ function createBaseApproval(): Approval {
     redactedPaths: [],
     reason: "",
     previousSteps: 0,
+    approvalsRequired: 0,
+    votes: [],
+    origin: "",
+    policyVersion: "",
   };
 }
 
@@ -401,6 +442,18 @@ export const Approval: MessageFns<Approval> = {
     }
     if (message.previousSteps !== 0) {
       writer.uint32(176).uint64(message.previousSteps);
+    }
+    if (message.approvalsRequired !== 0) {
+      writer.uint32(184).uint32(message.approvalsRequired);
+    }
+    for (const v of message.votes) {
+      ApprovalVote.encode(v!, writer.uint32(194).fork()).join();
+    }
+    if (message.origin !== "") {
+      writer.uint32(202).string(message.origin);
+    }
+    if (message.policyVersion !== "") {
+      writer.uint32(210).string(message.policyVersion);
     }
     return writer;
   },
@@ -594,6 +647,38 @@ export const Approval: MessageFns<Approval> = {
             message.previousSteps = longToNumber(reader.uint64());
             continue;
           }
+          case 23: {
+            if (tag !== 184) {
+              break;
+            }
+
+            message.approvalsRequired = reader.uint32();
+            continue;
+          }
+          case 24: {
+            if (tag !== 194) {
+              break;
+            }
+
+            message.votes.push(ApprovalVote.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 25: {
+            if (tag !== 202) {
+              break;
+            }
+
+            message.origin = reader.string();
+            continue;
+          }
+          case 26: {
+            if (tag !== 210) {
+              break;
+            }
+
+            message.policyVersion = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -688,6 +773,20 @@ export const Approval: MessageFns<Approval> = {
         : isSet(object.previous_steps)
         ? globalThis.Number(object.previous_steps)
         : 0,
+      approvalsRequired: isSet(object.approvalsRequired)
+        ? globalThis.Number(object.approvalsRequired)
+        : isSet(object.approvals_required)
+        ? globalThis.Number(object.approvals_required)
+        : 0,
+      votes: globalThis.Array.isArray(object?.votes)
+        ? object.votes.map((e: any) => ApprovalVote.fromJSON(e))
+        : [],
+      origin: isSet(object.origin) ? globalThis.String(object.origin) : "",
+      policyVersion: isSet(object.policyVersion)
+        ? globalThis.String(object.policyVersion)
+        : isSet(object.policy_version)
+        ? globalThis.String(object.policy_version)
+        : "",
     };
   },
 
@@ -759,6 +858,18 @@ export const Approval: MessageFns<Approval> = {
     if (message.previousSteps !== 0) {
       obj.previousSteps = Math.round(message.previousSteps);
     }
+    if (message.approvalsRequired !== 0) {
+      obj.approvalsRequired = Math.round(message.approvalsRequired);
+    }
+    if (message.votes?.length) {
+      obj.votes = message.votes.map((e) => ApprovalVote.toJSON(e));
+    }
+    if (message.origin !== "") {
+      obj.origin = message.origin;
+    }
+    if (message.policyVersion !== "") {
+      obj.policyVersion = message.policyVersion;
+    }
     return obj;
   },
 
@@ -789,12 +900,165 @@ export const Approval: MessageFns<Approval> = {
     message.redactedPaths = object.redactedPaths?.map((e) => e) || [];
     message.reason = object.reason ?? "";
     message.previousSteps = object.previousSteps ?? 0;
+    message.approvalsRequired = object.approvalsRequired ?? 0;
+    message.votes = object.votes?.map((e) => ApprovalVote.fromPartial(e)) || [];
+    message.origin = object.origin ?? "";
+    message.policyVersion = object.policyVersion ?? "";
+    return message;
+  },
+};
+
+function createBaseApprovalVote(): ApprovalVote {
+  return { approver: "", grant: false, channel: "", comment: "", at: undefined, via: "" };
+}
+
+export const ApprovalVote: MessageFns<ApprovalVote> = {
+  encode(message: ApprovalVote, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.approver !== "") {
+      writer.uint32(10).string(message.approver);
+    }
+    if (message.grant !== false) {
+      writer.uint32(16).bool(message.grant);
+    }
+    if (message.channel !== "") {
+      writer.uint32(26).string(message.channel);
+    }
+    if (message.comment !== "") {
+      writer.uint32(34).string(message.comment);
+    }
+    if (message.at !== undefined) {
+      Timestamp.encode(toTimestamp(message.at), writer.uint32(42).fork()).join();
+    }
+    if (message.via !== "") {
+      writer.uint32(50).string(message.via);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ApprovalVote {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseApprovalVote();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.approver = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.grant = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.channel = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.comment = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.at = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.via = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ApprovalVote {
+    return {
+      approver: isSet(object.approver) ? globalThis.String(object.approver) : "",
+      grant: isSet(object.grant) ? globalThis.Boolean(object.grant) : false,
+      channel: isSet(object.channel) ? globalThis.String(object.channel) : "",
+      comment: isSet(object.comment) ? globalThis.String(object.comment) : "",
+      at: isSet(object.at) ? fromJsonTimestamp(object.at) : undefined,
+      via: isSet(object.via) ? globalThis.String(object.via) : "",
+    };
+  },
+
+  toJSON(message: ApprovalVote): unknown {
+    const obj: any = {};
+    if (message.approver !== "") {
+      obj.approver = message.approver;
+    }
+    if (message.grant !== false) {
+      obj.grant = message.grant;
+    }
+    if (message.channel !== "") {
+      obj.channel = message.channel;
+    }
+    if (message.comment !== "") {
+      obj.comment = message.comment;
+    }
+    if (message.at !== undefined) {
+      obj.at = message.at.toISOString();
+    }
+    if (message.via !== "") {
+      obj.via = message.via;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ApprovalVote>): ApprovalVote {
+    return ApprovalVote.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ApprovalVote>): ApprovalVote {
+    const message = createBaseApprovalVote();
+    message.approver = object.approver ?? "";
+    message.grant = object.grant ?? false;
+    message.channel = object.channel ?? "";
+    message.comment = object.comment ?? "";
+    message.at = object.at ?? undefined;
+    message.via = object.via ?? "";
     return message;
   },
 };
 
 function createBaseListApprovalsRequest(): ListApprovalsRequest {
-  return { state: 0, tenantId: "", limit: 0 };
+  return { state: 0, tenantId: "", limit: 0, agentId: "", action: "", policyRule: "", origin: "", minAgeS: 0 };
 }
 
 export const ListApprovalsRequest: MessageFns<ListApprovalsRequest> = {
@@ -807,6 +1071,21 @@ export const ListApprovalsRequest: MessageFns<ListApprovalsRequest> = {
     }
     if (message.limit !== 0) {
       writer.uint32(24).uint32(message.limit);
+    }
+    if (message.agentId !== "") {
+      writer.uint32(34).string(message.agentId);
+    }
+    if (message.action !== "") {
+      writer.uint32(42).string(message.action);
+    }
+    if (message.policyRule !== "") {
+      writer.uint32(50).string(message.policyRule);
+    }
+    if (message.origin !== "") {
+      writer.uint32(58).string(message.origin);
+    }
+    if (message.minAgeS !== 0) {
+      writer.uint32(64).uint32(message.minAgeS);
     }
     return writer;
   },
@@ -848,6 +1127,46 @@ export const ListApprovalsRequest: MessageFns<ListApprovalsRequest> = {
             message.limit = reader.uint32();
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.agentId = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.action = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.policyRule = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.origin = reader.string();
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.minAgeS = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -869,6 +1188,23 @@ export const ListApprovalsRequest: MessageFns<ListApprovalsRequest> = {
         ? globalThis.String(object.tenant_id)
         : "",
       limit: isSet(object.limit) ? globalThis.Number(object.limit) : 0,
+      agentId: isSet(object.agentId)
+        ? globalThis.String(object.agentId)
+        : isSet(object.agent_id)
+        ? globalThis.String(object.agent_id)
+        : "",
+      action: isSet(object.action) ? globalThis.String(object.action) : "",
+      policyRule: isSet(object.policyRule)
+        ? globalThis.String(object.policyRule)
+        : isSet(object.policy_rule)
+        ? globalThis.String(object.policy_rule)
+        : "",
+      origin: isSet(object.origin) ? globalThis.String(object.origin) : "",
+      minAgeS: isSet(object.minAgeS)
+        ? globalThis.Number(object.minAgeS)
+        : isSet(object.min_age_s)
+        ? globalThis.Number(object.min_age_s)
+        : 0,
     };
   },
 
@@ -883,6 +1219,21 @@ export const ListApprovalsRequest: MessageFns<ListApprovalsRequest> = {
     if (message.limit !== 0) {
       obj.limit = Math.round(message.limit);
     }
+    if (message.agentId !== "") {
+      obj.agentId = message.agentId;
+    }
+    if (message.action !== "") {
+      obj.action = message.action;
+    }
+    if (message.policyRule !== "") {
+      obj.policyRule = message.policyRule;
+    }
+    if (message.origin !== "") {
+      obj.origin = message.origin;
+    }
+    if (message.minAgeS !== 0) {
+      obj.minAgeS = Math.round(message.minAgeS);
+    }
     return obj;
   },
 
@@ -894,6 +1245,11 @@ export const ListApprovalsRequest: MessageFns<ListApprovalsRequest> = {
     message.state = object.state ?? 0;
     message.tenantId = object.tenantId ?? "";
     message.limit = object.limit ?? 0;
+    message.agentId = object.agentId ?? "";
+    message.action = object.action ?? "";
+    message.policyRule = object.policyRule ?? "";
+    message.origin = object.origin ?? "";
+    message.minAgeS = object.minAgeS ?? 0;
     return message;
   },
 };
@@ -1330,7 +1686,7 @@ export const DenyApprovalResponse: MessageFns<DenyApprovalResponse> = {
 };
 
 function createBaseKillSwitch(): KillSwitch {
-  return { scope: 0, target: "", reason: "", engagedBy: "", engagedAt: undefined };
+  return { scope: 0, target: "", reason: "", engagedBy: "", engagedAt: undefined, via: "" };
 }
 
 export const KillSwitch: MessageFns<KillSwitch> = {
@@ -1349,6 +1705,9 @@ export const KillSwitch: MessageFns<KillSwitch> = {
     }
     if (message.engagedAt !== undefined) {
       Timestamp.encode(toTimestamp(message.engagedAt), writer.uint32(42).fork()).join();
+    }
+    if (message.via !== "") {
+      writer.uint32(50).string(message.via);
     }
     return writer;
   },
@@ -1406,6 +1765,14 @@ export const KillSwitch: MessageFns<KillSwitch> = {
             message.engagedAt = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.via = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1433,6 +1800,7 @@ export const KillSwitch: MessageFns<KillSwitch> = {
         : isSet(object.engaged_at)
         ? fromJsonTimestamp(object.engaged_at)
         : undefined,
+      via: isSet(object.via) ? globalThis.String(object.via) : "",
     };
   },
 
@@ -1453,6 +1821,9 @@ export const KillSwitch: MessageFns<KillSwitch> = {
     if (message.engagedAt !== undefined) {
       obj.engagedAt = message.engagedAt.toISOString();
     }
+    if (message.via !== "") {
+      obj.via = message.via;
+    }
     return obj;
   },
 
@@ -1466,6 +1837,7 @@ export const KillSwitch: MessageFns<KillSwitch> = {
     message.reason = object.reason ?? "";
     message.engagedBy = object.engagedBy ?? "";
     message.engagedAt = object.engagedAt ?? undefined;
+    message.via = object.via ?? "";
     return message;
   },
 };
