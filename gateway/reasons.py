@@ -51,6 +51,11 @@ TOOL_DEFINITION_CHANGED = "tool_definition_changed"
 """An MCP tool definition differs from the digest the MCP proxy pinned first (alerted with a tool_changed event)."""
 APPROVAL_ALREADY_RESOLVED = "approval_already_resolved"
 """An operator tried to grant or deny an approval another resolution already won (FAILED_PRECONDITION)."""
+APPROVAL_ALREADY_VOTED = "approval_already_voted"
+"""Four-eyes: this approver has already approved the approval; another approver must (FAILED_PRECONDITION)."""
+CONTROL_PLANE_UNREACHABLE = "control_plane_unreachable"
+"""The sidecar has no current fleet state from the collector: not yet received since start, or the control channel
+has been down for longer than ``control.max_staleness_s``. Actions stop until it is back."""
 JOURNAL_RECOVERY_REQUIRED = "journal_recovery_required"
 """The collector holds more (or other) entries than this journal: it was truncated, restored or rewritten.
 Decide refuses until an operator acknowledges (``on_rollback: stop``)."""

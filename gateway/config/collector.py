@@ -7,12 +7,13 @@ secret (libpq's ``PGPASSWORD`` and friends work too: asyncpg reads them). The re
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from gateway.config.sidecar import OperatorConfig, parse_operator_section
 from gateway.config.values import HOST_PORT_RE, SHA256_RE, field_names, integer, number, refuse_unknown, resolve_path
 from gateway.errors import ConfigError
 
@@ -35,6 +36,8 @@ class CollectorConfig:
     retention_days: int | None = None
     prune_interval_s: float = 3600.0
     metrics_listen: str = ""  # HOST:PORT for Prometheus /metrics (`agentaudit collector` only); empty: off
+    # The fleet operator API (approvals, kill switches): the sidecar's operator section, same shape and rules.
+    operator: OperatorConfig = field(default_factory=OperatorConfig)
 
 
 def load_collector_config(path: Path, env: Mapping[str, str] | None = None) -> CollectorConfig:
@@ -87,6 +90,8 @@ def parse_collector_config(section: dict[str, Any], base: Path, env: Mapping[str
         prune_interval_s=number("collector.prune_interval_s", section.get("prune_interval_s", 3600), 0.0, 7 * 86400),
         search_tokens=_search_tokens(section.get("search_tokens")),
         metrics_listen=metrics_listen,
+        # The sidecar's AGENTAUDIT_OPERATOR_LISTEN is not the collector's: no environment here.
+        operator=parse_operator_section(section.get("operator"), {}, base, None),
     )
 
 

@@ -285,8 +285,11 @@ def _section(name: str, cls: type[Any], raw: Any, env: Mapping[str, str], base: 
     return instance
 
 
-def _operator(raw: Any, env: Mapping[str, str], base: Path, listen: list[str] | None) -> OperatorConfig:
-    """Parses the ``operator`` section (tokens and TLS are structured, so not handled by ``_section``)."""
+def parse_operator_section(
+    raw: Any, env: Mapping[str, str], base: Path, listen: list[str] | None
+) -> OperatorConfig:
+    """Parses an ``operator`` section (the sidecar's, and the collector's ``collector.operator``): tokens and TLS
+    are structured, so not handled by ``_section``."""
     raw = mapping("operator", {} if raw is None else raw)
     refuse_unknown("operator", raw, field_names(OperatorConfig))
     addresses = coerce("operator.listen", raw.get("listen", []), tuple[str, ...], base)
@@ -446,7 +449,7 @@ def load(
     parts = {name: _section(name, cls, raw.get(name), env, base) for name, cls in sections.items()}
     cfg = Config(
         **parts,
-        operator=_operator(raw.get("operator"), env, base, operator_listen),
+        operator=parse_operator_section(raw.get("operator"), env, base, operator_listen),
         alerts=parse_alerts_config(raw.get("alerts") or {}),
     )
     server = cfg.server
