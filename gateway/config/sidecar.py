@@ -285,9 +285,7 @@ def _section(name: str, cls: type[Any], raw: Any, env: Mapping[str, str], base: 
     return instance
 
 
-def parse_operator_section(
-    raw: Any, env: Mapping[str, str], base: Path, listen: list[str] | None
-) -> OperatorConfig:
+def parse_operator_section(raw: Any, env: Mapping[str, str], base: Path, listen: list[str] | None) -> OperatorConfig:
     """Parses an ``operator`` section (the sidecar's, and the collector's ``collector.operator``): tokens and TLS
     are structured, so not handled by ``_section``."""
     raw = mapping("operator", {} if raw is None else raw)
