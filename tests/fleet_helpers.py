@@ -63,6 +63,7 @@ class SidecarJournal:
         approvers: tuple[str, ...] = (),
         required: int = 1,
         expires_in_s: int | str = 600,
+        nanos: int | None = None,
     ) -> Row:
         return self.append(
             EventKind.PRE_EXEC,
@@ -85,6 +86,7 @@ class SidecarJournal:
                 "approval_id": approval_id,
                 "resumed_approval_id": "",
             },
+            nanos=nanos,
         )
 
     def resolve(self, kind: EventKind, approval_id: str, by: str, comment: str = "") -> Row:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 
 import pytest
 
@@ -200,7 +201,7 @@ def test_approvers_list_and_denial_justification_are_enforced(fleet_db: Database
 def test_an_expired_pending_approval_takes_no_vote(fleet_db: Database) -> None:
     async def scenario() -> None:
         async with fleet_db.replica() as fleet:
-            await opened(fleet, expires_in_s=0)
+            await opened(fleet, expires_in_s=60, nanos=time.time_ns() - 61 * 10**9)
             with pytest.raises(FailedPreconditionError) as refused:
                 await fleet.vote("apr_1", grant=True, operator=ALICE, comment="", channel="cli")
             assert refused.value.reason == reasons.APPROVAL_EXPIRED

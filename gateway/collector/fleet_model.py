@@ -16,6 +16,7 @@ from gateway.canonical import canonical_json
 from gateway.errors import FailedPreconditionError, FieldViolation, InvalidRequestError
 from gateway.identity import Operator, normalise_identity
 from gateway.journal.entry import EventKind
+from gateway.journal.state import DEFAULT_EXPIRES_S, EXPIRES_NEVER
 from gateway.policy.approval_rules import check_approver, check_justification, grant_reached
 
 PENDING, GRANTED, DENIED, EXPIRED, ABANDONED, USED = "pending", "granted", "denied", "expired", "abandoned", "used"
@@ -27,7 +28,6 @@ MAX_TARGET_BYTES = 256
 KIND_APPROVAL_VOTE = "approval_vote"
 KIND_KILL_SWITCH = "kill_switch"
 ACT_DOMAIN = b"agentaudit control-log v1\n"
-_NEVER = "never"  # approval_expires_in_s of an approval that parks until answered (journal.state.EXPIRES_NEVER)
 APPROVAL_VOTED = "approval_voted"  # a non-final four-eyes vote journaled by the sidecar
 
 
@@ -221,10 +221,11 @@ def _pre_event_changes(origin: str, seq: int, at_ms: int, body: dict[str, Any]) 
     if resumed and body.get("decision") == "allow":
         return [Moved(seq, resumed, USED, at_ms, None, _basics(body))]
     approval_id = _text(body, "approval_id")
-    if body.get("decision") != "approval_required" or not approval_id:
+    if body.get("decision") != "approval_required" or not approval_id or approval_id == resumed:
         return []
-    expires_in = body.get("approval_expires_in_s")
-    expires_ms = None if expires_in == _NEVER else at_ms + _whole(body, "approval_expires_in_s") * 1000
+    # As the sidecar derives it from the same pre-event (journal.state.SignedStateFold): never, or seconds.
+    parks = body.get("approval_expires_in_s") == EXPIRES_NEVER
+    expires_ms = None if parks else at_ms + (_whole(body, "approval_expires_in_s") or DEFAULT_EXPIRES_S) * 1000
     args = body.get("args")
     paths, approvers = body.get("redacted_paths"), body.get("approvers")
     approval = FleetApproval(
