@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +15,7 @@ from gateway.collector.fleet import FleetControl
 from gateway.errors import FailedPreconditionError, InvalidRequestError, NotFoundError, PermissionDeniedError
 from gateway.identity import Operator
 from gateway.journal.entry import EventKind
-from tests.fleet_helpers import ORIGIN, OTHER, Database, SidecarJournal, fleet_db, journal_key, run
+from tests.fleet_helpers import ORIGIN, OTHER, Database, SidecarJournal, database, fleet_db, journal_key, run
 
 __all__ = ["fleet_db"]  # the fixture, imported so pytest finds it
 
@@ -383,5 +384,26 @@ def test_approval_opened_hooks_run_once_per_approval(fleet_db: Database) -> None
             journal = await opened(fleet)
             await fleet.record_entries(ORIGIN, journal.rows)
             assert seen == ["apr_1"]
+
+    run(scenario())
+
+
+def test_a_dropped_listen_connection_delays_a_wake_but_never_loses_it(tmp_path: Path, postgres_database: str) -> None:
+    db = database("postgres", tmp_path, postgres_database)
+
+    async def scenario() -> None:
+        async with db.replica("replica-a") as a, db.replica("replica-b") as b:
+            listener = b._db._listener  # type: ignore[attr-defined]
+            await listener.close()  # the NOTIFY for the next act is lost on B
+            head = await b.head_seq()
+            waiter = asyncio.create_task(b.wait_for_act(head, timeout_s=30))
+            await a.engage_switch("global", "", "stop", CAROL, "cli")
+            await asyncio.wait_for(waiter, 20)  # the poll found it
+            assert b._seen_head == head + 1
+            for _ in range(50):  # and the watcher opened a new LISTEN connection
+                if not b._db._listener.is_closed():  # type: ignore[attr-defined]
+                    break
+                await asyncio.sleep(0.1)
+            assert not b._db._listener.is_closed()  # type: ignore[attr-defined]
 
     run(scenario())

@@ -62,7 +62,7 @@ from gateway.collector.fleet_sql import (
     switch_of,
     vote_of,
 )
-from gateway.collector.store import CollectorStore, decode_keys
+from gateway.collector.store import CollectorStore, CollectorUnavailableError, decode_keys
 from gateway.errors import FailedPreconditionError, FieldViolation, InvalidRequestError, NotFoundError
 from gateway.identity import Operator
 from gateway.journal.check import check_entry
@@ -94,7 +94,12 @@ class FleetControl:
         self._key = control_key
         self.replica = replica
         self.on_approval_opened: list[Callable[[FleetApproval], Awaitable[None]]] = []
-        self._woken = asyncio.Event()
+        # One watcher per process reads the head of control_log when poked (an act here, a NOTIFY from another
+        # replica) or every POLL_S, and wakes every waiting stream once: N streams cost one query, not N.
+        self._seen_head = 0
+        self._advanced = asyncio.Event()
+        self._poke = asyncio.Event()
+        self._watcher: asyncio.Task[None] | None = None
         self.refused_entries = 0
         """Entries refused by :meth:`record_entries` (bad signature, unknown key, malformed) since start."""
         self.tampered_acts = 0
@@ -106,17 +111,40 @@ class FleetControl:
         return self._key.verifier
 
     async def start(self) -> None:
-        """Opens the fleet connections (after the store applied the migrations)."""
+        """Opens the fleet connections (after the store applied the migrations) and starts the head watcher."""
         await self._db.start()
         await self._db.listen(self._wake)
+        self._seen_head = await self.head_seq()
+        self._watcher = asyncio.create_task(self._watch(), name="fleet-head-watcher")
 
     async def aclose(self) -> None:
-        """Closes them."""
+        """Stops the watcher, then closes the connections."""
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
         await self._db.aclose()
 
     def _wake(self) -> None:
-        woken, self._woken = self._woken, asyncio.Event()
-        woken.set()
+        """An act was committed (here, or by another replica's NOTIFY): the watcher reads the head now."""
+        self._poke.set()
+
+    async def _watch(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._poke.wait(), POLL_S)
+            self._poke.clear()  # before the read: a poke during it makes the next round read again
+            try:
+                await self._db.listen(self._wake)  # reopens a dropped LISTEN connection
+                head = await self.head_seq()
+            except CollectorUnavailableError as exc:
+                log.warning("fleet: cannot read the head of control_log (retrying in %.0f s): %s", POLL_S, exc)
+                continue
+            if head > self._seen_head:
+                self._seen_head = head
+                advanced, self._advanced = self._advanced, asyncio.Event()
+                advanced.set()
 
     # --- the sidecars' signed entries ----------------------------------------------------------------------
 
@@ -504,21 +532,19 @@ class FleetControl:
     async def wait_for_act(self, after_seq: int, timeout_s: float) -> None:
         """Returns once an act above ``after_seq`` is committed (by any replica), or after ``timeout_s``.
 
-        Woken at once by an act of this process or a PostgreSQL notification; the head is read again at least
-        every :data:`POLL_S`, so a lost notification delays a wake by at most that.
+        Woken by this process's watcher, which reads the head at once after an act of this process or a PostgreSQL
+        notification, and at least every :data:`POLL_S` (so a lost notification delays a wake by at most that).
+        Call it after :meth:`start`.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        while True:
-            woken = self._woken  # taken before the read: a wake between the read and the wait is not missed
-            if await self.head_seq() > after_seq:
-                return
+        while self._seen_head <= after_seq:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return
-            await self._db.listen(self._wake)
+            advanced = self._advanced
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(woken.wait(), min(POLL_S, remaining))
+                await asyncio.wait_for(advanced.wait(), remaining)
 
     # --- the sidecars' streams -----------------------------------------------------------------------------
 
