@@ -29,6 +29,7 @@ from tests.test_collector_store import checkpoint
 
 TOKENS = {"alice": ("approver",), "bob": ("approver",), "carol": ("admin",), "dave": ("auditor",)}
 TOKENS.update({f"approver-{i}": ("approver",) for i in range(20)})
+TOKENS["Agent-Runner"] = ("approver",)  # the run's own actor (agent-runner), spelled another way
 WITNESS = Ed25519Signer("fleet.test/witness", bytes([5]) * 32)
 
 
@@ -286,3 +287,22 @@ def test_control_key_defaults_to_the_witness_key_and_the_ttl_to_60_s(tmp_path: P
     for bad in ({"control_key": ""}, {"control_ttl_s": 0}, {"control_ttl_s": "soon"}):
         with pytest.raises(ConfigError, match=r"collector\.control_"):
             parse_collector_config({**base, **bad}, tmp_path, {})
+
+
+def test_self_approval_and_undecodable_text_are_refused_at_the_edge(replicas: tuple[Replica, Replica]) -> None:
+    a, b = replicas
+    journal = SidecarJournal(journal_key())
+    journal.open_approval("apr_self", actor="agent-runner")
+    forward(a.ingest, journal)
+    code, detail = code_of(lambda: Operator(b.operator, "Agent-Runner")("GrantApproval", approval_id="apr_self"))
+    assert code == grpc.StatusCode.PERMISSION_DENIED and "cannot approve it" in detail
+    alice, carol = Operator(a.operator, "alice"), Operator(a.operator, "carol")
+    for call in (
+        lambda: alice("DenyApproval", approval_id="apr_self", comment="no\x00pe"),
+        lambda: alice("ListApprovals", tenant_id="t\x00"),
+        lambda: carol("EngageKillSwitch", scope=operator_pb2.KILL_SWITCH_SCOPE_GLOBAL, reason="r\x00"),
+        lambda: carol("EngageKillSwitch", scope=0, reason="why"),
+    ):
+        assert code_of(call)[0] == grpc.StatusCode.INVALID_ARGUMENT
+    assert code_of(lambda: alice("GrantApproval", approval_id="apr_\x00"))[0] == grpc.StatusCode.INVALID_ARGUMENT
+    assert code_of(lambda: alice("GrantApproval", approval_id="apr_nope"))[0] == grpc.StatusCode.NOT_FOUND

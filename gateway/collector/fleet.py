@@ -38,6 +38,7 @@ from gateway.collector.fleet_model import (
     OriginStatus,
     act_message,
     changes_of,
+    check_filters,
     check_switch,
     check_vote_request,
     draft_of_row,
@@ -62,6 +63,7 @@ from gateway.collector.fleet_sql import (
     switch_of,
     vote_of,
 )
+from gateway.collector.ingest import is_storable_text
 from gateway.collector.store import CollectorStore, CollectorUnavailableError, decode_keys
 from gateway.errors import FailedPreconditionError, FieldViolation, InvalidRequestError, NotFoundError
 from gateway.identity import Operator
@@ -161,7 +163,7 @@ class FleetControl:
         candidates = [(s, e, sig) for s, e, sig in entries if might_concern_approvals(kind_byte(e), e)]
         if not candidates:
             return 0
-        keys = await self._origin_keys(origin)
+        keys = await self._origin_keys(origin) if is_storable_text(origin) else {}
         if not keys:
             self.refused_entries += len(candidates)
             log.warning("fleet: %d approval entries from unregistered origin %r ignored", len(candidates), origin[:80])
@@ -288,6 +290,7 @@ class FleetControl:
         """Approvals newest first; every filter is exact and optional (``state=""``: every state)."""
         if state and state not in STATES:
             raise InvalidRequestError([FieldViolation("state", f"must be one of {', '.join(STATES)}")])
+        check_filters(tenant_id=tenant_id, agent_id=agent_id, action=action, policy_rule=policy_rule, origin=origin)
         where: list[str] = []
         params: list[Any] = []
         for column, value in (
@@ -339,6 +342,8 @@ class FleetControl:
             return await self._locked_approval(tx, approval_id, lock="")
 
     async def _locked_approval(self, tx: Tx, approval_id: str, *, lock: str) -> FleetApproval:
+        if not is_storable_text(approval_id):
+            raise NotFoundError(f"no approval {approval_id[:128]!r} in the fleet")
         rows = await tx.fetch(f"{SELECT_APPROVAL} WHERE approval_id = ?{lock}", approval_id)
         if not rows:
             raise NotFoundError(f"no approval {approval_id[:128]!r} in the fleet")

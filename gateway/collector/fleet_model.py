@@ -13,6 +13,7 @@ from typing import Any
 
 from gateway import reasons
 from gateway.canonical import canonical_json
+from gateway.collector.ingest import is_storable_text
 from gateway.errors import FailedPreconditionError, FieldViolation, InvalidRequestError
 from gateway.identity import Operator, normalise_identity
 from gateway.journal.entry import EventKind
@@ -294,10 +295,10 @@ def check_vote_request(approval_id: str, grant: bool, comment: str, channel: str
         InvalidRequestError: naming every bad field.
     """
     violations = []
-    if not approval_id or len(approval_id.encode()) > 128:
-        violations.append(FieldViolation("approval_id", "is required (at most 128 bytes)"))
-    if len(comment.encode()) > MAX_COMMENT_BYTES:
-        violations.append(FieldViolation("comment", f"must be at most {MAX_COMMENT_BYTES} bytes"))
+    if not approval_id or not is_storable_text(approval_id) or len(approval_id.encode()) > 128:
+        violations.append(FieldViolation("approval_id", "is required (at most 128 bytes of text)"))
+    if not is_storable_text(comment) or len(comment.encode()) > MAX_COMMENT_BYTES:
+        violations.append(FieldViolation("comment", f"must be text of at most {MAX_COMMENT_BYTES} bytes"))
     if channel not in CHANNELS:
         violations.append(FieldViolation("channel", f"must be one of {', '.join(CHANNELS)}"))
     if violations:
@@ -351,6 +352,21 @@ def plan_vote(
     return VotePlan(FleetVote(operator.identity, grant, channel, comment, now_ms), state, act, roles)
 
 
+def check_filters(**filters: str) -> None:
+    """Refuses a list filter no text column can hold (NUL, lone surrogates), naming it, rather than failing in SQL.
+
+    Raises:
+        InvalidRequestError: naming every such filter.
+    """
+    bad = [
+        FieldViolation(name, "must be text without NUL")
+        for name, value in filters.items()
+        if not is_storable_text(value)
+    ]
+    if bad:
+        raise InvalidRequestError(bad)
+
+
 def check_switch(scope: str, target: str, reason: str, channel: str, *, reason_required: bool) -> None:
     """The checks of a kill-switch request.
 
@@ -366,8 +382,8 @@ def check_switch(scope: str, target: str, reason: str, channel: str, *, reason_r
         violations.append(FieldViolation("target", f"is required for a {scope} switch (at most 256 bytes)"))
     if reason_required and not reason.strip():
         violations.append(FieldViolation("reason", "is required"))
-    if len(reason.encode()) > MAX_COMMENT_BYTES:
-        violations.append(FieldViolation("reason", f"must be at most {MAX_COMMENT_BYTES} bytes"))
+    if not is_storable_text(reason) or len(reason.encode()) > MAX_COMMENT_BYTES:
+        violations.append(FieldViolation("reason", f"must be text of at most {MAX_COMMENT_BYTES} bytes"))
     if channel not in CHANNELS:
         violations.append(FieldViolation("channel", f"must be one of {', '.join(CHANNELS)}"))
     if violations:
