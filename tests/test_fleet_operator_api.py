@@ -21,10 +21,11 @@ from grpc_status import rpc_status
 
 from agentaudit.v1 import collector_pb2, collector_pb2_grpc, gateway_pb2, operator_pb2, operator_pb2_grpc
 from gateway.collector.app import Collector
-from gateway.config import CollectorConfig, OperatorConfig, OperatorTokenConfig
+from gateway.config import CollectorConfig, OperatorConfig, OperatorTlsConfig, OperatorTokenConfig
 from gateway.signing import Ed25519Signer, write_secret_file
 from tests.conftest import run_cli
 from tests.fleet_helpers import CONTROL, ORIGIN, SidecarJournal, journal_key
+from tests.operator_helpers import make_ca
 from tests.test_collector_store import checkpoint
 
 TOKENS = {"alice": ("approver",), "bob": ("approver",), "carol": ("admin",), "dave": ("auditor",)}
@@ -46,7 +47,7 @@ class Replica:
 
 
 @contextmanager
-def replica(directory: Path, store: str, name: str) -> Iterator[Replica]:
+def replica(directory: Path, store: str, name: str, tls: OperatorTlsConfig | None = None) -> Iterator[Replica]:
     """A real :class:`Collector` with its fleet operator API, serving from its own event loop thread."""
     directory.mkdir(exist_ok=True)
     write_secret_file(directory / "witness.key", WITNESS.encode_private() + "\n")
@@ -62,7 +63,7 @@ def replica(directory: Path, store: str, name: str) -> Iterator[Replica]:
         witness_key=directory / "witness.key",
         control_key=directory / "control.key",
         origins=((ORIGIN, (directory / "sidecar.pub",)),),
-        operator=OperatorConfig(listen=("127.0.0.1:0",), tokens=tokens),
+        operator=OperatorConfig(listen=("127.0.0.1:0",), tokens=tokens, tls=tls),
     )
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True, name=f"collector-{name}")
@@ -306,3 +307,24 @@ def test_self_approval_and_undecodable_text_are_refused_at_the_edge(replicas: tu
         assert code_of(call)[0] == grpc.StatusCode.INVALID_ARGUMENT
     assert code_of(lambda: alice("GrantApproval", approval_id="apr_\x00"))[0] == grpc.StatusCode.INVALID_ARGUMENT
     assert code_of(lambda: alice("GrantApproval", approval_id="apr_nope"))[0] == grpc.StatusCode.NOT_FOUND
+
+
+def test_mutual_tls_identifies_the_fleet_operator_by_certificate(tmp_path: Path) -> None:
+    certs = make_ca(tmp_path, ["127.0.0.1", "localhost"], client_cn="erin")
+    tls = OperatorTlsConfig(
+        certs["server_cert"], certs["server_key"], certs["ca_cert"], identities=(("erin", ("approver",)),)
+    )
+    with replica(tmp_path / "c", f"sqlite:///{tmp_path / 'c.db'}", "tls", tls) as r:
+        journal = SidecarJournal(journal_key())
+        journal.open_approval("apr_tls")
+        forward(r.ingest, journal)
+        port = r.operator.rsplit(":", 1)[1]
+        tls_flags = ["--tls-ca", str(certs["ca_cert"]), "--tls-cert", str(certs["client_cert"])]
+        tls_flags += ["--tls-key", str(certs["client_key"]), "--token-file", "/dev/null"]
+        done = run_cli("approve", "apr_tls", "--collector", f"localhost:{port}", *tls_flags)
+        assert done.returncode == 0, done.stderr
+        assert "granted by erin at the collector" in done.stdout
+        no_cert = run_cli(
+            "approvals", "--collector", f"localhost:{port}", "--tls-ca", str(certs["ca_cert"]), "--timeout", "3"
+        )
+        assert no_cert.returncode != 0, "the fleet API's TLS listener requires a client certificate"

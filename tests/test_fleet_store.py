@@ -407,3 +407,17 @@ def test_a_dropped_listen_connection_delays_a_wake_but_never_loses_it(tmp_path: 
             assert not b._db._listener.is_closed()  # type: ignore[attr-defined]
 
     run(scenario())
+
+
+def test_another_origin_cannot_resolve_or_reopen_an_approval_it_does_not_own(fleet_db: Database) -> None:
+    async def scenario() -> None:
+        async with fleet_db.replica() as fleet:
+            await opened(fleet)
+            intruder = sidecar(OTHER)  # a registered sidecar, validly signing its own entries
+            intruder.open_approval("apr_1", tenant="t_other")
+            intruder.resolve(EventKind.APPROVAL_GRANTED, "apr_1", "mallory", "mine now")
+            assert await fleet.record_entries(OTHER, intruder.rows) == 0
+            a = await fleet.get_approval("apr_1")
+            assert (a.origin, a.state, a.tenant_id, a.votes) == (ORIGIN, "pending", "t_42", ())
+
+    run(scenario())
