@@ -421,3 +421,13 @@ def test_another_origin_cannot_resolve_or_reopen_an_approval_it_does_not_own(fle
             assert (a.origin, a.state, a.tenant_id, a.votes) == (ORIGIN, "pending", "t_42", ())
 
     run(scenario())
+
+
+def test_origin_keys_are_the_registered_ones(fleet_db: Database) -> None:
+    async def scenario() -> None:
+        async with fleet_db.replica() as fleet:
+            assert await fleet.origin_keys(ORIGIN) == [journal_key(ORIGIN).verifier]
+            assert await fleet.origin_keys("fleet.test/nobody") == []
+            assert await fleet.origin_keys("bad\x00origin") == []
+
+    run(scenario())

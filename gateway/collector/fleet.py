@@ -163,7 +163,7 @@ class FleetControl:
         candidates = [(s, e, sig) for s, e, sig in entries if might_concern_approvals(kind_byte(e), e)]
         if not candidates:
             return 0
-        keys = await self._origin_keys(origin) if is_storable_text(origin) else {}
+        keys = await self._origin_keys(origin)
         if not keys:
             self.refused_entries += len(candidates)
             log.warning("fleet: %d approval entries from unregistered origin %r ignored", len(candidates), origin[:80])
@@ -198,11 +198,17 @@ class FleetControl:
             changes += changes_of(origin, seq, check.entry.unix_nanos, check.body)
         return changes
 
-    async def _origin_keys(self, origin: str) -> dict[bytes, list[Verifier]]:
+    async def origin_keys(self, origin: str) -> list[Verifier]:
+        """The public keys registered for ``origin`` (empty: not registered), e.g. to verify a control hello."""
+        if not is_storable_text(origin):
+            return []
         async with self._db.read() as tx:
             rows = await tx.fetch("SELECT keys FROM origins WHERE origin = ?", origin)
+        return decode_keys(str(rows[0]["keys"])) if rows else []
+
+    async def _origin_keys(self, origin: str) -> dict[bytes, list[Verifier]]:
         keys: dict[bytes, list[Verifier]] = {}
-        for verifier in decode_keys(str(rows[0]["keys"])) if rows else []:
+        for verifier in await self.origin_keys(origin):
             keys.setdefault(verifier.key_id, []).append(verifier)
         return keys
 
