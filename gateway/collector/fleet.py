@@ -19,25 +19,21 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from typing import Any
 
 from gateway.canonical import canonical_json
 from gateway.collector.fleet_db import FleetDb, Row, Tx
+from gateway.collector.fleet_mirror import apply_change, verified_changes
 from gateway.collector.fleet_model import (
     PENDING,
     STATES,
     ActDraft,
-    Change,
     ControlAct,
     FleetApproval,
     FleetSwitch,
     FleetVote,
-    Moved,
-    Opened,
     OriginStatus,
     act_message,
-    changes_of,
     check_filters,
     check_switch,
     check_vote_request,
@@ -47,16 +43,13 @@ from gateway.collector.fleet_model import (
     voter_key,
 )
 from gateway.collector.fleet_sql import (
-    FILL_DETAILS,
     INSERT_ACT,
-    INSERT_APPROVAL,
     INSERT_VOTE,
     SELECT_ACTS,
     SELECT_APPROVAL,
     SELECT_VOTES,
     UPSERT_ORIGIN,
     approval_of,
-    approval_row,
     kind_byte,
     now_ms,
     switch_act,
@@ -67,7 +60,6 @@ from gateway.collector.ingest import is_storable_text
 from gateway.collector.store import CollectorStore, CollectorUnavailableError, decode_keys
 from gateway.errors import FailedPreconditionError, FieldViolation, InvalidRequestError, NotFoundError
 from gateway.identity import Operator
-from gateway.journal.check import check_entry
 from gateway.signing import Ed25519Signer, Verifier
 
 __all__ = ["ControlAct", "FleetApproval", "FleetControl", "FleetSwitch", "FleetVote", "OriginStatus", "open_fleet"]
@@ -169,34 +161,21 @@ class FleetControl:
             log.warning("fleet: %d approval entries from unregistered origin %r ignored", len(candidates), origin[:80])
             return 0
         if len(candidates) >= _THREAD_THRESHOLD:
-            changes = await asyncio.to_thread(self._verified_changes, origin, keys, candidates)
+            changes, refused = await asyncio.to_thread(verified_changes, origin, keys, candidates)
         else:
-            changes = self._verified_changes(origin, keys, candidates)
+            changes, refused = verified_changes(origin, keys, candidates)
+        self.refused_entries += refused
         if not changes:
             return 0
         async with self._db.write() as tx:
             applied, opened = 0, []
             for change in changes:
-                done, new = await self._apply(tx, origin, change)
+                done, new = await apply_change(tx, origin, change)
                 applied += done
                 opened += new
         for approval_id in opened:
             await self._announce(approval_id)
         return applied
-
-    def _verified_changes(
-        self, origin: str, keys: dict[bytes, list[Verifier]], entries: list[tuple[int, bytes, bytes]]
-    ) -> list[Change]:
-        changes: list[Change] = []
-        for seq, raw, signature in entries:
-            check = check_entry(seq, raw, signature, origin=origin, keys=keys, prev_leaf_hash=None)
-            if not check.ok or check.entry is None or check.body is None:
-                self.refused_entries += 1
-                faults = ", ".join(p.fault for p in check.problems)
-                log.warning("fleet: refused entry %r/%d (%s): it changes no approval", origin[:80], seq, faults)
-                continue
-            changes += changes_of(origin, seq, check.entry.unix_nanos, check.body)
-        return changes
 
     async def origin_keys(self, origin: str) -> list[Verifier]:
         """The public keys registered for ``origin`` (empty: not registered), e.g. to verify a control hello."""
@@ -211,63 +190,6 @@ class FleetControl:
         for verifier in await self.origin_keys(origin):
             keys.setdefault(verifier.key_id, []).append(verifier)
         return keys
-
-    async def _apply(self, tx: Tx, origin: str, change: Change) -> tuple[int, list[str]]:
-        """Applies one change; returns (1 if it changed something, the ids of approvals it opened)."""
-        approval_id = change.approval.approval_id if isinstance(change, Opened) else change.approval_id
-        rows = await tx.fetch(
-            "SELECT origin, state_seq, event_seq FROM fleet_approvals WHERE approval_id = ?", approval_id
-        )
-        row = rows[0] if rows else None
-        if row is not None and row["origin"] != origin:
-            # Approval ids are random; one origin naming another's is a bug or an attack, never a change.
-            log.warning(
-                "fleet: origin %r named approval %s of origin %r: ignored", origin[:80], approval_id, row["origin"]
-            )
-            return 0, []
-        if isinstance(change, Opened):
-            if row is None:
-                await tx.execute(INSERT_APPROVAL, *approval_row(change.approval, change.seq))
-                return 1, [change.approval.approval_id]
-            if int(row["event_seq"]) >= 0:
-                return 0, []
-            a = change.approval
-            await tx.execute(FILL_DETAILS, *approval_row(a, 0)[5:19], a.policy_version, change.seq, a.approval_id)
-            return 1, []
-        if isinstance(change, Moved):
-            return await self._move(tx, origin, change, row), []
-        if row is None:
-            return 0, []
-        vote = change.vote
-        key = voter_key(vote.approver)
-        params = (change.approval_id, key, vote.approver, vote.grant, vote.channel, vote.comment, vote.at_ms, 0)
-        return await tx.execute(INSERT_VOTE, *params), []
-
-    @staticmethod
-    async def _move(tx: Tx, origin: str, change: Moved, row: Row | None) -> int:
-        if row is None:
-            # Its pre-event has not arrived (yet, or was pruned): keep what this entry says; the pre-event fills in.
-            basics = change.basics
-            placeholder = FleetApproval(
-                origin, change.approval_id, change.state, basics["tenant_id"], basics["agent_id"], basics["run_id"],
-                basics["step_id"], "", basics["action"], basics["policy_rule"], "", {}, (), (), 1, (), change.at_ms,
-                None, "", None, "", "", -1,
-            )  # fmt: skip
-            if change.resolution is not None:
-                by, comment = change.resolution
-                placeholder = replace(placeholder, resolved_by=by, resolved_ms=change.at_ms, comment=comment)
-            return await tx.execute(INSERT_APPROVAL, *approval_row(placeholder, change.seq))
-        if int(row["state_seq"]) >= change.seq:
-            return 0  # an older entry, or this one again
-        if change.resolution is None:
-            sql = "UPDATE fleet_approvals SET state = ?, state_seq = ? WHERE approval_id = ?"
-            return await tx.execute(sql, change.state, change.seq, change.approval_id)
-        by, comment = change.resolution
-        sql = (
-            "UPDATE fleet_approvals SET state = ?, state_seq = ?, resolved_by = ?, resolved_ms = ?, comment = ? "
-            "WHERE approval_id = ?"
-        )
-        return await tx.execute(sql, change.state, change.seq, by, change.at_ms, comment, change.approval_id)
 
     async def _announce(self, approval_id: str) -> None:
         if not self.on_approval_opened:
