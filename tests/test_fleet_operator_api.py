@@ -328,3 +328,46 @@ def test_mutual_tls_identifies_the_fleet_operator_by_certificate(tmp_path: Path)
             "approvals", "--collector", f"localhost:{port}", "--tls-ca", str(certs["ca_cert"]), "--timeout", "3"
         )
         assert no_cert.returncode != 0, "the fleet API's TLS listener requires a client certificate"
+
+
+def test_agentaudit_collector_serves_the_fleet_api_from_its_config_file(tmp_path: Path) -> None:
+    import signal  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+
+    from tests.conftest import AGENTAUDIT, ROOT, free_port, wait_serving  # noqa: PLC0415
+
+    write_secret_file(tmp_path / "witness.key", WITNESS.encode_private() + "\n")
+    write_secret_file(tmp_path / "control.key", CONTROL.encode_private() + "\n")
+    write_secret_file(tmp_path / "carol.token", token_of("carol") + "\n")
+    ingest, operator = free_port(), free_port()
+    digest = hashlib.sha256(token_of("carol").encode()).hexdigest()
+    (tmp_path / "collector.yaml").write_text(
+        f"""collector:
+  listen: ["127.0.0.1:{ingest}"]
+  store: sqlite:///{tmp_path / "collector.db"}
+  witness_key: witness.key
+  control_key: control.key
+  control_ttl_s: 30
+  operator:
+    listen: ["127.0.0.1:{operator}"]
+    tokens: [{{identity: carol, roles: [admin], sha256: "{digest}"}}]
+"""
+    )
+    log = (tmp_path / "collector.log").open("wb")
+    proc = subprocess.Popen(
+        [*AGENTAUDIT, "collector", "--config", str(tmp_path / "collector.yaml")], cwd=ROOT, stdout=log, stderr=log
+    )
+    try:
+        wait_serving(f"127.0.0.1:{ingest}", proc=proc)
+        wait_serving(f"127.0.0.1:{operator}", proc=proc)  # health is served beside the fleet API
+        flags = ["--collector", f"127.0.0.1:{operator}", "--token-file", str(tmp_path / "carol.token")]
+        done = run_cli("kill-switch", "engage", "--scope", "global", "--reason", "drill", *flags)
+        assert done.returncode == 0, done.stderr
+        listed = run_cli("kill-switch", "list", "--json", *flags)
+        [switch] = [json.loads(line) for line in listed.stdout.splitlines()]
+        assert (switch["scope"], switch["engaged_by"], switch["via"]) == ("global", "carol", CONTROL.name)
+        assert run_cli("approvals", *flags).stdout.strip() == "no pending approvals"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        log.close()
