@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from gateway.canonical import canonical_json
-from gateway.collector.fleet_model import Moved, Opened, Voted, changes_of, might_concern_approvals
+from gateway.collector.fleet_model import Moved, Opened, Voted, changes_of, might_concern_approvals, plan_vote
+from gateway.errors import FailedPreconditionError
+from gateway.identity import Operator
 from gateway.journal.entry import EventKind
 from gateway.journal.state import DEFAULT_EXPIRES_S
 
@@ -46,7 +50,8 @@ def test_a_grant_is_a_resolution_and_a_vote_an_expiry_only_a_resolution() -> Non
     assert isinstance(expired, Moved) and expired.resolution == ("", "ok")
     [abandoned] = changes_of("o", 9, AT_NS, {**body, "kind": "approval_abandoned"})
     assert isinstance(abandoned, Moved) and abandoned.resolution is None
-    [vote] = changes_of("o", 10, AT_NS, {**body, "kind": "approval_voted", "channel": "slack"})
+    still, vote = changes_of("o", 10, AT_NS, {**body, "kind": "approval_voted", "channel": "slack"})
+    assert isinstance(still, Moved) and still.state == "pending" and still.resolution is None
     assert isinstance(vote, Voted) and vote.vote.channel == "slack"
 
 
@@ -69,3 +74,14 @@ def test_the_byte_filter_skips_ordinary_decisions_and_results() -> None:
     assert not might_concern_approvals(EventKind.PRE_EXEC, plain)
     assert not might_concern_approvals(EventKind.POST_EXEC, b"{}")
     assert might_concern_approvals(99, b"{}")  # a kind added later is parsed, not assumed irrelevant
+
+
+def test_a_pending_approval_known_only_from_a_later_entry_takes_no_answer() -> None:
+    [opened] = changes_of("o", 4, AT_NS, pre_event())
+    assert isinstance(opened, Opened)
+    unknown = replace(opened.approval, event_seq=-1, actor_id="", approvers=())
+    alice = Operator("alice", frozenset({"approver"}))
+    with pytest.raises(FailedPreconditionError, match="has not reached the collector"):
+        plan_vote(unknown, grant=True, operator=alice, comment="", channel="cli", now_ms=AT_NS // 10**6)
+    plan = plan_vote(opened.approval, grant=True, operator=alice, comment="", channel="cli", now_ms=AT_NS // 10**6)
+    assert plan.state == "granted" and plan.act.fields["approver"] == "alice" and plan.act.origin == "o"

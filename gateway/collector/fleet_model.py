@@ -203,9 +203,9 @@ def changes_of(origin: str, seq: int, unix_nanos: int, body: dict[str, Any]) -> 
         return []
     approver, comment = _actor_id(body), _text(body, "comment")
     channel = _text(body, "channel") or "cli"
-    if kind == APPROVAL_VOTED:
-        grant = body.get("grant") is not False
-        return [Voted(seq, approval_id, FleetVote(approver, grant, channel, comment, at_ms))]
+    if kind == APPROVAL_VOTED:  # a non-final answer: the sidecar still holds it pending
+        vote = FleetVote(approver, body.get("grant") is not False, channel, comment, at_ms)
+        return [Moved(seq, approval_id, PENDING, at_ms, None, _basics(body)), Voted(seq, approval_id, vote)]
     state = _STATE_OF_KIND.get(str(kind))
     if state is None:
         return []
@@ -311,7 +311,8 @@ def plan_vote(
 ) -> VotePlan:
     """Decides a vote on ``approval`` as read under the fleet's write lock.
 
-    1. Only a pending approval takes votes (``approval_already_resolved`` names who resolved it).
+    1. Only a pending approval whose request (its pre-event) has arrived takes votes
+       (``approval_already_resolved`` names who resolved it).
     2. A pending approval past its expiry is refused (``approval_expired``) even before its sidecar says so.
     3. :func:`~gateway.policy.approval_rules.check_approver`: never the run's own actor, the rule's approvers only,
        one vote per person under any spelling.
@@ -325,6 +326,11 @@ def plan_vote(
         raise FailedPreconditionError(
             f"approval {approval.approval_id} is already {approval.state}{by}",
             reason=reasons.APPROVAL_ALREADY_RESOLVED,
+        )
+    if approval.event_seq < 0:
+        # Only a later entry has arrived: who asked, and who may answer, are not known here yet.
+        raise FailedPreconditionError(
+            f"approval {approval.approval_id}: its request has not reached the collector yet; retry shortly"
         )
     if approval.expires_ms is not None and approval.expires_ms <= now_ms:
         raise FailedPreconditionError(f"approval {approval.approval_id} has expired", reason=reasons.APPROVAL_EXPIRED)
