@@ -1,5 +1,6 @@
 """Operator commands, clients of a running sidecar's OperatorService: ``approvals``, ``approve``, ``deny``,
-``kill-switch``, ``recovery acknowledge`` and ``policy reload``.
+``kill-switch``, ``recovery acknowledge`` and ``policy reload``. With ``--collector ADDR``, ``approvals``, ``approve``,
+``deny`` and ``kill-switch`` talk to the collector's fleet operator API instead (the same service, docs/fleet.md).
 
 gRPC and the generated stubs are imported by :func:`_operator_call` when a command runs, not with this module:
 every command builds the whole parser, and the offline ones (``verify``, ``events``, ...) must not load gRPC.
@@ -41,33 +42,51 @@ def _operator_flags() -> argparse.ArgumentParser:
     return flags
 
 
+def _fleet_flags() -> argparse.ArgumentParser:
+    """The parent parser of the commands the collector's fleet operator API serves too."""
+    flags = argparse.ArgumentParser(add_help=False, parents=[_operator_flags()])
+    flags.add_argument(
+        "--collector",
+        metavar="ADDRESS",
+        help="the collector's fleet operator API (collector.operator.listen: HOST:PORT or unix:...) instead of a "
+        "sidecar's: the whole fleet's approvals and kill switches",
+    )
+    return flags
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``approvals``, ``approve``, ``deny``, ``kill-switch`` and ``recovery``."""
-    operator_flags = _operator_flags()
-    p = sub.add_parser("approvals", parents=[operator_flags], help="list approvals (pending by default)")
+    operator_flags, fleet_flags = _operator_flags(), _fleet_flags()
+    p = sub.add_parser("approvals", parents=[fleet_flags], help="list approvals (pending by default)")
     p.add_argument("--state", choices=["pending", "granted", "denied", "expired", "abandoned"], default="pending")
     p.add_argument("--tenant", help="only this tenant's approvals")
+    p.add_argument("--agent", help="only this agent's approvals")
+    p.add_argument("--action", help="only approvals of this action (exact name)")
+    p.add_argument("--rule", help="only approvals asked by this policy rule")
+    p.add_argument("--origin", help="only approvals of this sidecar journal (with --collector)")
+    p.add_argument("--min-age", type=int, default=0, metavar="SECONDS", help="only approvals open this long or more")
     p.add_argument("--limit", type=int, default=100, help="most approvals listed (default 100, max 1000)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=cmd_approvals)
     for name, verb in (("approve", "grant"), ("deny", "deny")):
-        p = sub.add_parser(name, parents=[operator_flags], help=f"{verb} a pending approval")
+        p = sub.add_parser(name, parents=[fleet_flags], help=f"{verb} a pending approval")
         p.add_argument("approval_id", help="apr_... id from `agentaudit approvals`")
-        p.add_argument("--comment", help="journaled with the decision")
+        p.add_argument("--comment", help="journaled with the decision (required to deny through --collector)")
         p.set_defaults(func=cmd_resolve)
 
     switch = sub.add_parser("kill-switch", help="engage, release or list kill switches").add_subparsers(
         dest="switch_command", required=True, metavar="SUBCOMMAND"
     )
     for name in ("engage", "release"):
-        p = switch.add_parser(name, parents=[operator_flags], help=f"{name} a kill switch (role admin)")
+        p = switch.add_parser(name, parents=[fleet_flags], help=f"{name} a kill switch (role admin)")
         p.add_argument("--scope", choices=["global", "tenant", "agent", "run"], required=True)
         p.add_argument("--target", help="tenant, agent or run id (not for global)")
         p.add_argument("--reason", required=name == "engage", help="why (journaled)")
         p.set_defaults(func=cmd_kill_switch)
-    p = switch.add_parser("status", parents=[operator_flags], help="list engaged kill switches")
-    p.add_argument("--json", action="store_true", help="one JSON object per engaged switch, one a line")
-    p.set_defaults(func=cmd_kill_switch)
+    for name in ("status", "list"):
+        p = switch.add_parser(name, parents=[fleet_flags], help="list engaged kill switches")
+        p.add_argument("--json", action="store_true", help="one JSON object per engaged switch, one a line")
+        p.set_defaults(func=cmd_kill_switch)
 
     recovery = sub.add_parser("recovery", help="accept a detected journal rollback").add_subparsers(
         dest="recovery_command", required=True, metavar="SUBCOMMAND"
@@ -118,8 +137,11 @@ def _operator_call(args: argparse.Namespace, method: str, **fields: Any) -> Any:
 
     from agentaudit.v1 import operator_pb2, operator_pb2_grpc  # noqa: PLC0415
 
-    address = args.operator or os.environ.get("AGENTAUDIT_OPERATOR_ADDRESS") or f"unix:{DEFAULT_OPERATOR_SOCKET}"
-    channel_target = connect.target(address, "--operator")
+    fleet = getattr(args, "collector", None)
+    address = (
+        fleet or args.operator or os.environ.get("AGENTAUDIT_OPERATOR_ADDRESS") or f"unix:{DEFAULT_OPERATOR_SOCKET}"
+    )
+    channel_target = connect.target(address, "--collector" if fleet else "--operator")
     token = _token(args)
     metadata = [("authorization", f"Bearer {token}")] if token else []
     if args.tls_ca:
@@ -152,6 +174,11 @@ def cmd_approvals(args: argparse.Namespace) -> int:
         "ListApprovals",
         state=f"APPROVAL_STATE_{args.state.upper()}",
         tenant_id=args.tenant or "",
+        agent_id=args.agent or "",
+        action=args.action or "",
+        policy_rule=args.rule or "",
+        origin=args.origin or "",
+        min_age_s=max(args.min_age, 0),
         limit=args.limit,
     )
     lines = (
@@ -169,14 +196,13 @@ def cmd_resolve(args: argparse.Namespace) -> int:
     grant = args.command == "approve"
     method = "GrantApproval" if grant else "DenyApproval"
     reply = _operator_call(args, method, approval_id=args.approval_id, comment=args.comment or "")
-    verb = "granted" if grant else "denied"
-    print(f"{reply.approval.approval_id} {verb} by {reply.approval.resolved_by} (event {reply.event_id})")
+    print(render.resolution_line(reply.approval, reply.event_id, grant=grant))
     return EXIT_OK
 
 
 def cmd_kill_switch(args: argparse.Namespace) -> int:
     """``agentaudit kill-switch engage|release|status``."""
-    if args.switch_command == "status":
+    if args.switch_command in ("status", "list"):
         reply = _operator_call(args, "ListKillSwitches")
         if args.json:
             for s in reply.kill_switches:
@@ -195,11 +221,17 @@ def cmd_kill_switch(args: argparse.Namespace) -> int:
     where = f"{args.scope}:{args.target or '*'}"
     if args.switch_command == "engage":
         reply = _operator_call(args, "EngageKillSwitch", **fields)
-        print(f"kill switch engaged at {where} (event {reply.event_id})")
+        print(f"kill switch engaged at {where} ({_recorded(reply.event_id, args)})")
     else:
         reply = _operator_call(args, "ReleaseKillSwitch", **fields)
-        print(f"kill switch released at {where} (event {reply.event_id})")
+        print(f"kill switch released at {where} ({_recorded(reply.event_id, args)})")
     return EXIT_OK
+
+
+def _recorded(event_id: str, args: argparse.Namespace) -> str:
+    """Where the act was journaled: the sidecar's event, or the collector's control_log (every sidecar journals
+    its own event when it applies it)."""
+    return f"event {event_id}" if event_id else f"recorded for the fleet by the collector at {args.collector}"
 
 
 def cmd_recovery_acknowledge(args: argparse.Namespace) -> int:

@@ -419,7 +419,36 @@ def approval_record(approval: Approval) -> dict[str, Any]:
         "resolved_at": _rfc3339(approval.resolved_at),
         "comment": approval.comment or None,
         "used": approval.used,
+        # Fleet and four-eyes fields (set by the collector's fleet API; a sidecar leaves origin empty).
+        "origin": approval.origin or None,
+        "policy_version": approval.policy_version or None,
+        "approvals_required": approval.approvals_required or 1,
+        "votes": [
+            {
+                "approver": v.approver,
+                "grant": v.grant,
+                "channel": v.channel,
+                "comment": v.comment or None,
+                "at": _rfc3339(v.at),
+                "via": v.via or None,
+            }
+            for v in approval.votes
+        ],
     }
+
+
+def resolution_line(approval: Approval, event_id: str, *, grant: bool) -> str:
+    """``agentaudit approve`` / ``deny``: who answered and, for a four-eyes approval, how many answers it has."""
+    verb = "granted" if grant else "denied"
+    if event_id:
+        return f"{approval.approval_id} {verb} by {approval.resolved_by} (event {event_id})"
+    grants = sum(1 for v in approval.votes if v.grant)
+    by = approval.votes[-1].approver if approval.votes else approval.resolved_by
+    state = _enum_name(approval, "state", "APPROVAL_STATE_")
+    return (
+        f"{approval.approval_id} {verb} by {by} at the collector; now {state} "
+        f"({grants} of {approval.approvals_required or 1} approvals; origin {approval.origin})"
+    )
 
 
 def approval_json_line(approval: Approval) -> str:
@@ -448,6 +477,11 @@ def approvals_table(approvals: Sequence[Approval], state: str) -> list[str]:
         rows.append(f"    args {args}")
         redacted = ", ".join(printable(p) for p in a.redacted_paths) or "none"
         rows.append(f"    reason {printable(a.reason or '-')}; redacted {redacted}; {a.previous_steps} earlier step(s)")
+        if a.origin or a.votes:
+            voters = ", ".join(f"{printable(v.approver)} ({'yes' if v.grant else 'no'}, {v.channel})" for v in a.votes)
+            where = f"origin {printable(a.origin)}; " if a.origin else ""
+            grants = sum(1 for v in a.votes if v.grant)
+            rows.append(f"    {where}{grants} of {a.approvals_required or 1} approval(s): {voters or 'no answer yet'}")
         if a.resolved_by:
             comment = f": {_quote(a.comment)}" if a.comment else ""
             rows.append(f"    resolved by {printable(a.resolved_by)} at {when(a.resolved_at)}{comment}")
@@ -462,6 +496,7 @@ def kill_switch_record(switch: KillSwitch) -> dict[str, Any]:
         "reason": switch.reason,
         "engaged_by": switch.engaged_by,
         "engaged_at": _rfc3339(switch.engaged_at),
+        "via": switch.via or None,
     }
 
 

@@ -13,11 +13,16 @@ Configuration (YAML; parsed by :mod:`gateway.config.collector`)::
       max_inflight: 8
       retention_days: 90                  # optional: delete events older than this (absent: keep forever)
       prune_interval_s: 3600              # how often retention runs
+      control_key: control.key            # signs control_log rows and control messages (default: witness_key)
+      operator:                           # the fleet operator API (docs/fleet.md); the sidecar's operator shape
+        listen: ["127.0.0.1:7431"]
+        tokens: [{identity: alice, roles: [approver], sha256: ...}]
 
-Start order: witness key → store (migrations) → origins registered → gRPC server (collector, health,
-reflection) → retention task (if ``retention_days`` is set). Stop: retention task cancelled → health
-NOT_SERVING → server drained → store closed. Stateless apart from its database, so
-several replicas can serve one address.
+Start order: witness and control keys → store (migrations) → origins registered → fleet tables
+(:class:`~gateway.collector.fleet.FleetControl`) → gRPC server (collector, health, reflection) → the fleet operator
+API (if ``operator.listen`` is set) → retention task (if ``retention_days`` is set). Stop: retention task
+cancelled → health NOT_SERVING → operator API and server drained → fleet and store closed. Stateless apart
+from its database, so several replicas can serve one address.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,10 +40,13 @@ import grpc
 from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from gateway.collector.fleet import FleetControl, open_fleet
+from gateway.collector.operator_api import FleetOperatorServicer, operator_credentials, operator_handlers
 from gateway.collector.service import SERVICE_NAME, CollectorServicer, collector_handler
 from gateway.collector.store import CollectorStore, CollectorUnavailableError
 from gateway.config import CollectorConfig
 from gateway.errors import ConfigError
+from gateway.rpc.auth import Authenticator
 from gateway.rpc.health import STORE, Health
 from gateway.rpc.net import prepare_unix_socket
 from gateway.signing import Ed25519Signer, Verifier, load_signer, load_verifier
@@ -84,7 +94,11 @@ class Collector:
         self.bound: list[str] = []
         self.store: CollectorStore | None = None
         self.servicer: CollectorServicer | None = None
+        self.fleet: FleetControl | None = None
+        self.control_key: Ed25519Signer | None = None
+        self.operator_bound: list[str] = []
         self._server: grpc.aio.Server | None = None
+        self._operator_server: grpc.aio.Server | None = None
         self.health = Health([SERVICE_NAME], export_metric=not embedded)
         self._retention: asyncio.Task[None] | None = None
 
@@ -104,6 +118,9 @@ class Collector:
         for origin, key_paths in cfg.origins:
             verifiers: list[Verifier] = [load_verifier(p) for p in key_paths]
             await self.store.register_origin(origin, verifiers)
+        self.control_key = witness if cfg.control_key is None else load_signer(cfg.control_key)
+        self.fleet = open_fleet(self.store, self.control_key, replica=f"{socket.gethostname()}:{os.getpid()}")
+        await self.fleet.start()
         self.servicer = CollectorServicer(
             self.store,
             witness,
@@ -111,6 +128,7 @@ class Collector:
             max_inflight=cfg.max_inflight,
             search_tokens=cfg.search_tokens,
             on_store_health=lambda problem: self.health.report(STORE, problem),
+            fleet=self.fleet,
         )
         self._server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20)])
         self._server.add_generic_rpc_handlers([collector_handler(self.servicer)])
@@ -124,12 +142,38 @@ class Collector:
                 raise ConfigError(f"collector cannot listen on {address}")
             self.bound.append(f"{address.rsplit(':', 1)[0]}:{port}" if address.endswith(":0") else address)
         await self._server.start()
+        if cfg.operator.listen:
+            await self._serve_operator()
         await self.health.started()
         if cfg.retention_days is not None:
             self._retention = asyncio.create_task(
                 retention_loop(self.store, cfg.retention_days, cfg.prune_interval_s), name="collector-retention"
             )
         log.info("collector serving on %s (store %s)", ", ".join(self.bound), cfg.store.split("@")[-1])
+
+    async def _serve_operator(self) -> None:
+        """The fleet operator API on its own listener (tokens or mutual TLS, like the sidecar's)."""
+        assert self.fleet is not None
+        cfg = self.config.operator
+        servicer = FleetOperatorServicer(self.fleet, Authenticator(cfg))
+        self._operator_server = grpc.aio.server()
+        self._operator_server.add_generic_rpc_handlers(operator_handlers(servicer))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self._operator_server)
+        tls = operator_credentials(cfg)
+        for address in cfg.listen:
+            unix = address.startswith("unix://")
+            if unix:
+                prepare_unix_socket(Path(address[len("unix://") :]))
+            port = (
+                self._operator_server.add_secure_port(address, tls)
+                if tls and not unix
+                else (self._operator_server.add_insecure_port(address))
+            )
+            if port == 0:
+                raise ConfigError(f"collector.operator cannot listen on {address}")
+            self.operator_bound.append(f"{address.rsplit(':', 1)[0]}:{port}" if address.endswith(":0") else address)
+        await self._operator_server.start()
+        log.info("collector fleet operator API on %s", ", ".join(self.operator_bound))
 
     async def aclose(self) -> None:
         """Stops retention and serving, then closes the store."""
@@ -139,9 +183,15 @@ class Collector:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.health.stopping()
+        if self._operator_server is not None:
+            await self._operator_server.stop(5)
+            self._operator_server = None
         if self._server is not None:
             await self._server.stop(5)
             self._server = None
+        if self.fleet is not None:
+            await self.fleet.aclose()
+            self.fleet = None
         if self.store is not None:
             await self.store.aclose()
             self.store = None

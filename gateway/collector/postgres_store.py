@@ -96,6 +96,11 @@ class PostgresCollectorStore:
         self._max_connections = max_connections
         self._pool: Any = None
 
+    @property
+    def dsn(self) -> str:
+        """The connection URI (the fleet tables open their own pool on it)."""
+        return self._dsn
+
     async def start(self) -> None:
         """Opens the pool and applies pending migrations (replicas starting together take turns)."""
         try:

@@ -16,6 +16,7 @@ import grpc
 
 from agentaudit.v1 import collector_pb2, operator_pb2
 from gateway import metrics
+from gateway.collector.fleet import FleetControl
 from gateway.collector.ingest import IngestRejected
 from gateway.collector.store import CollectorEventFilter, CollectorStore, CollectorUnavailableError, SearchCursor
 from gateway.errors import (
@@ -50,8 +51,10 @@ class CollectorServicer:
         max_inflight: int,
         search_tokens: tuple[str, ...] = (),
         on_store_health: Callable[[str], None] | None = None,
+        fleet: FleetControl | None = None,
     ) -> None:
         self._store = store
+        self._fleet = fleet
         # Told the error when the store is unavailable and "" when it answers again (health readiness).
         self._on_store_health = on_store_health
         self._search_tokens = [bytes.fromhex(t) for t in search_tokens]
@@ -97,11 +100,22 @@ class CollectorServicer:
                 # The code travels as ErrorInfo for the forwarder; the message keeps it for people reading logs.
                 raise FailedPreconditionError(f"rejected:{exc.code}: {exc.detail}", reason=exc.code) from None
         self._store_health("")
+        if self._fleet is not None:
+            await self._mirror(request.origin, entries)
         metrics.COLLECTOR_BATCHES.inc()
         metrics.COLLECTOR_INGESTED_ENTRIES.inc(outcome.accepted)
         return collector_pb2.IngestResponse(
             size=outcome.size, cosigned_checkpoint=outcome.cosigned_note, accepted=outcome.accepted
         )
+
+    async def _mirror(self, origin: str, entries: list[tuple[int, bytes, bytes]]) -> None:
+        """Forwarded approval entries update the fleet's approvals too, so the fleet view is complete without a
+        control stream. The batch is already stored and witnessed: a failure here is logged, never refused."""
+        assert self._fleet is not None
+        try:
+            await self._fleet.record_entries(origin, entries)
+        except Exception:
+            log.exception("collector: could not record the approvals of a batch from %s in the fleet tables", origin)
 
     def _store_health(self, problem: str) -> None:
         if self._on_store_health is not None:

@@ -38,6 +38,9 @@ class CollectorConfig:
     metrics_listen: str = ""  # HOST:PORT for Prometheus /metrics (`agentaudit collector` only); empty: off
     # The fleet operator API (approvals, kill switches): the sidecar's operator section, same shape and rules.
     operator: OperatorConfig = field(default_factory=OperatorConfig)
+    # Signs control_log rows and control messages (sidecars pin its public key); None: the witness key.
+    control_key: Path | None = None
+    control_ttl_s: float = 60.0  # how long a control message stays valid after it was issued
 
 
 def load_collector_config(path: Path, env: Mapping[str, str] | None = None) -> CollectorConfig:
@@ -76,6 +79,9 @@ def parse_collector_config(section: dict[str, Any], base: Path, env: Mapping[str
         not isinstance(retention_days, int) or isinstance(retention_days, bool) or retention_days < 1
     ):
         raise ConfigError("collector.retention_days: expected a whole number of days, at least 1 (omit to keep)")
+    control_key = section.get("control_key")
+    if control_key is not None and (not isinstance(control_key, str) or not control_key):
+        raise ConfigError("collector.control_key: expected the path of the control signing key (omit: witness_key)")
     metrics_listen = section.get("metrics_listen", "")
     if not isinstance(metrics_listen, str) or (metrics_listen and not HOST_PORT_RE.match(metrics_listen)):
         raise ConfigError("collector.metrics_listen: expected HOST:PORT")
@@ -92,6 +98,8 @@ def parse_collector_config(section: dict[str, Any], base: Path, env: Mapping[str
         metrics_listen=metrics_listen,
         # The sidecar's AGENTAUDIT_OPERATOR_LISTEN is not the collector's: no environment here.
         operator=parse_operator_section(section.get("operator"), {}, base, None),
+        control_key=None if control_key is None else resolve_path(control_key, base),
+        control_ttl_s=number("collector.control_ttl_s", section.get("control_ttl_s", 60), 0.0, 3600.0),
     )
 
 
