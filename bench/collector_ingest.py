@@ -154,9 +154,7 @@ def stored_entry(seq: int, raw: bytes, signature: bytes) -> NewEntry:
     """What verification yields for an entry (the values the store writes), derived without verifying."""
     entry = decode_entry(raw)
     body = json.loads(entry.body.decode("utf-8"))
-    return NewEntry(
-        seq, raw, signature, leaf_hash(raw, signature), entry.unix_nanos, body, storable_indexed_values(body)
-    )
+    return NewEntry(seq, raw, signature, leaf_hash(raw, signature), entry.unix_nanos, storable_indexed_values(body))
 
 
 def event_records(batches: Sequence[Batch]) -> list[list[tuple[Any, ...]]]:

@@ -86,7 +86,6 @@ def check_entry(
     origin: str,
     keys: Mapping[bytes, Sequence[Verifier]],
     prev_leaf_hash: bytes | None,
-    signed: bool | None = None,
 ) -> EntryCheck:
     """Checks one entry's bytes and signature, following the numbered steps below; keeps going after a fault.
 
@@ -97,8 +96,6 @@ def check_entry(
         keys: trusted public keys by key id (several may share a 4-byte id).
         prev_leaf_hash: the recomputed leaf hash of the entry before (zeros at seq 0); None skips the chain
             step, when the entry before is missing (a gap, reported by the caller).
-        signed: whether the signature verifies, when the caller already checked it (the collector does so in
-            parallel); None checks it here.
     """
     problems: list[EntryProblem] = []
 
@@ -119,9 +116,8 @@ def check_entry(
         fault(EntryFault.UNKNOWN_KEY, f"key id {entry.key_id.hex()} matches none of the given public keys")
         signed = False
     else:
-        if signed is None:
-            payload = signature_payload(origin, entry.raw)
-            signed = any(verifier.verify(payload, signature) for verifier in candidates)
+        payload = signature_payload(origin, entry.raw)
+        signed = any(verifier.verify(payload, signature) for verifier in candidates)
         if not signed:
             names = ", ".join(f"{v.name}+{v.key_id.hex()}" for v in candidates)
             fault(EntryFault.BAD_SIGNATURE, f"signature does not verify under {names} for origin {origin!r}")
