@@ -196,8 +196,10 @@ def test_a_killed_worker_costs_speed_never_a_check(rows: list[Row]) -> None:
         with pytest.raises(IngestRejected) as caught:
             pool.check(ORIGIN, keys, forged, bytes(32))  # the broken pool: checked in this process instead
         assert (caught.value.code, caught.value.seq) == (RejectCode.BAD_SIGNATURE, CHUNK_ENTRIES + 1)
-        checked = pool.check(ORIGIN, keys, rows, bytes(32))  # new workers
+        checked = pool.check(ORIGIN, keys, rows, bytes(32))  # in-process for a while, then new workers
         assert [e.leaf_hash for e in checked] == [leaf_hash(raw, sig) for _, raw, sig in rows]
+        pool._inline_until = 0.0  # private: skip the wait before workers are started again
+        assert [e.leaf_hash for e in pool.check(ORIGIN, keys, rows, bytes(32))] == [e.leaf_hash for e in checked]
         assert _worker_pids(pool)
     finally:
         pool.close()

@@ -15,7 +15,8 @@ Batches of fewer than 32 new entries stay inline (sending a chunk costs more tha
 larger ones are cut into a chunk per worker, at most 250 entries each. The workers start on the first such batch
 (``spawn``: never a fork of a process that runs threads and an event loop) and stop with the store. A worker
 that dies (killed, out of memory) breaks the pool: the batch is checked again inline, so it is
-neither lost nor accepted unchecked, and the next large batch starts a new pool.
+neither lost nor accepted unchecked, and new workers start for a batch 10 s later (not for every batch, should
+they keep failing: a program whose entry point lacks the ``__main__`` guard ``spawn`` needs, for instance).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import logging
 import multiprocessing
 import os
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -47,6 +49,9 @@ CHUNK_ENTRIES = 250
 MIN_PARALLEL_ENTRIES = 32
 """New entries below which a batch is checked inline (~2 ms of checking: about what sending it away costs)."""
 
+RESPAWN_AFTER_S = 10.0
+"""After the workers failed, batches are checked inline this long before new workers are started."""
+
 _Checked = tuple[bytes, int, tuple[Any, ...]] | tuple[str, str, int]
 """Per entry, from a worker: (leaf hash, unix_nanos, indexed values), or (reject code, detail, seq)."""
 
@@ -68,16 +73,18 @@ class EntryCheckPool:
     """Worker processes that check the new entries of large batches (see the module docstring).
 
     Args:
-        workers: worker processes (default: one per core); 0 checks every batch inline.
+        workers: worker processes (default: one per core, none on a single core); 0 checks every batch inline.
         min_parallel: new entries from which a batch goes to the workers.
     """
 
     def __init__(self, workers: int | None = None, *, min_parallel: int = MIN_PARALLEL_ENTRIES) -> None:
-        self.workers = (os.cpu_count() or 1) if workers is None else workers
+        cores = os.cpu_count() or 1
+        self.workers = (cores if cores > 1 else 0) if workers is None else workers
         self._min_parallel = min_parallel
         self._executor: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
         self._closed = False
+        self._inline_until = 0.0  # after workers failed: check inline until then, rather than respawn per batch
 
     def check(self, origin: str, keys: Keys, entries: Sequence[BatchEntry], prev_leaf_hash: bytes) -> list[NewEntry]:
         """:func:`gateway.collector.ingest.check_new_entries`, on the workers when the batch is large.
@@ -90,7 +97,7 @@ class EntryCheckPool:
             return check_new_entries(origin, keys, entries, prev_leaf_hash)
         # A chunk per worker, at most CHUNK_ENTRIES: the forwarder's batches (up to 500, or a second's worth from a
         # quiet sidecar) spread over every core, and batches from several origins at once share the workers.
-        chunk = min(CHUNK_ENTRIES, max(MIN_PARALLEL_ENTRIES, -(-len(entries) // self.workers)))
+        chunk = min(CHUNK_ENTRIES, max(self._min_parallel, -(-len(entries) // self.workers)))
         starts = range(0, len(entries), chunk)
         # The leaf hash before each chunk is that of the entry before it: a hash of its bytes, trusted or not.
         before = [prev_leaf_hash, *(leaf_hash(entries[i - 1][1], entries[i - 1][2]) for i in starts[1:])]
@@ -119,7 +126,7 @@ class EntryCheckPool:
         if self.workers < 1 or size < self._min_parallel:
             return None
         with self._lock:
-            if self._closed:
+            if self._closed or time.monotonic() < self._inline_until:
                 return None
             if self._executor is None:
                 context = multiprocessing.get_context("spawn")
@@ -130,6 +137,7 @@ class EntryCheckPool:
         with self._lock:
             if self._executor is executor:
                 self._executor = None
+                self._inline_until = time.monotonic() + RESPAWN_AFTER_S
         executor.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
