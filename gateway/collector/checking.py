@@ -73,13 +73,12 @@ class EntryCheckPool:
     """Worker processes that check the new entries of large batches (see the module docstring).
 
     Args:
-        workers: worker processes (default: one per core, none on a single core); 0 checks every batch inline.
+        workers: worker processes besides the calling thread (default: one fewer than the cores); 0: all inline.
         min_parallel: new entries from which a batch goes to the workers.
     """
 
     def __init__(self, workers: int | None = None, *, min_parallel: int = MIN_PARALLEL_ENTRIES) -> None:
-        cores = os.cpu_count() or 1
-        self.workers = (cores if cores > 1 else 0) if workers is None else workers
+        self.workers = (os.cpu_count() or 1) - 1 if workers is None else workers  # the calling thread checks too
         self._min_parallel = min_parallel
         self._executor: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
@@ -95,18 +94,20 @@ class EntryCheckPool:
         executor = self._executor_for(len(entries))
         if executor is None:
             return check_new_entries(origin, keys, entries, prev_leaf_hash)
-        # A chunk per worker, at most CHUNK_ENTRIES: the forwarder's batches (up to 500, or a second's worth from a
-        # quiet sidecar) spread over every core, and batches from several origins at once share the workers.
-        chunk = min(CHUNK_ENTRIES, max(self._min_parallel, -(-len(entries) // self.workers)))
+        # A chunk for each worker and one for this thread, at most CHUNK_ENTRIES each: the forwarder's batches (up
+        # to 500, or a second's worth from a quiet sidecar) spread over every core, this one included, so a batch
+        # progresses even while the workers wait for a busy machine's CPU; several origins share the workers.
+        chunk = min(CHUNK_ENTRIES, max(self._min_parallel, -(-len(entries) // (self.workers + 1))))
         starts = range(0, len(entries), chunk)
         # The leaf hash before each chunk is that of the entry before it: a hash of its bytes, trusted or not.
         before = [prev_leaf_hash, *(leaf_hash(entries[i - 1][1], entries[i - 1][2]) for i in starts[1:])]
         try:
             futures = [
                 executor.submit(_check_chunk, origin, keys, entries[start : start + chunk], prev)
-                for start, prev in zip(starts, before, strict=True)
+                for start, prev in zip(starts[:-1], before[:-1], strict=True)
             ]
-            parts = [future.result() for future in futures]
+            mine = _check_chunk(origin, keys, entries[starts[-1] :], before[-1])
+            parts = [*(future.result() for future in futures), mine]
         except (BrokenProcessPool, RuntimeError) as exc:  # a worker died; or the pool was closed meanwhile
             log.warning("collector: entry-check workers unavailable (%s); checking this batch in-process", exc)
             self._discard(executor)

@@ -88,7 +88,7 @@ class PostgresCollectorStore:
         dsn: a libpq connection URI (``postgresql://user@host:5432/db``).
         schema: the schema holding the collector's tables (created if missing).
         max_connections: pool size; bounds concurrent ingests per replica.
-        check_workers: processes checking large batches' entries (default one per core; 0: in the thread).
+        check_workers: processes checking batches' entries beside the calling thread (default cores - 1; 0: none).
     """
 
     def __init__(

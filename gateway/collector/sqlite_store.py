@@ -77,7 +77,7 @@ class SqliteCollectorStore:
     Args:
         path: the database file.
         busy_timeout_ms: how long a write waits for another process's lock.
-        check_workers: processes checking large batches' entries (default one per core; 0: in the thread).
+        check_workers: processes checking batches' entries beside the calling thread (default cores - 1; 0: none).
     """
 
     def __init__(self, path: Path | str, *, busy_timeout_ms: int = 10_000, check_workers: int | None = None) -> None:
