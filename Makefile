@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 NODE_DIR := clients/node
 NODE_STAMP := $(NODE_DIR)/dist/.built
 
-.PHONY: install dev test lint gen gen-check bench bench-scale clean system-deps
+.PHONY: install dev test lint gen gen-check bench bench-scale bench-peers clean system-deps
 
 install: $(STAMP) $(NODE_STAMP)
 
@@ -65,6 +65,10 @@ bench: install
 
 bench-scale: install
 	$(BIN)/python -m bench.scale
+
+# agentaudit beside Tracekit (tracekit-ai, installed by the bench into .bench-venvs/tracekit, never a dependency).
+bench-peers: install
+	$(BIN)/python -m bench.peers
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

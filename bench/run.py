@@ -546,6 +546,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary["shared_limits"] = measure_shared_limits(args.duration, args.warmup)
         progress("measuring the MCP proxy per tools/call against direct calls (stdio and HTTP)")
         summary["mcp_proxy"] = mcp_proxy.run(min(args.duration, mcp_proxy.DEFAULT_DURATION_S), progress=progress)
+        from bench import client_step  # noqa: PLC0415 -- it imports this module (the sidecar spec)
+
+        progress("measuring the Python client per step (Decide + ReportResult) against the raw stubs")
+        summary["client"] = client_step.run()
     if "echo" in results and "decide" in results:
         summary["ratios"] = compute_ratios(results["echo"], results["decide"], concurrency)
     if "decide" in results and "observed" in results:
@@ -595,6 +599,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "mcp_proxy" in summary:
         print()
         print(mcp_proxy.format_result(summary["mcp_proxy"]))
+    if "client" in summary:
+        from bench import client_step  # noqa: PLC0415
+
+        print()
+        print(client_step.format_result(summary["client"]))
     notes = format_notes(results, targets)
     if notes:
         print()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,6 +70,48 @@ def parse_json(text: str) -> Any:
         ValueError: not JSON (``json.JSONDecodeError``), or an integer literal beyond the range of a double.
     """
     return json.loads(text, parse_int=_parse_int)
+
+
+class _NotFastPath(Exception):
+    """A literal :func:`parse_canonical` leaves to the general path (a float, a large integer, NaN)."""
+
+
+def _refuse_literal(_: str) -> Any:
+    raise _NotFastPath
+
+
+def _safe_int(literal: str) -> int:
+    value = int(literal)
+    if abs(value) > _MAX_SAFE_INT:
+        raise _NotFastPath
+    return value
+
+
+# A UTF-8 lead byte of a code point at or above U+E000: where code-point and UTF-16 key orders may differ.
+_HIGH_CODE_POINT = re.compile(rb"[\xee-\xff]")
+
+
+def parse_canonical(data: bytes) -> dict[str, Any] | None:
+    """The JSON object ``data`` holds when ``data`` is certainly its RFC 8785 form; None when it takes a closer look.
+
+    The fast half of checking stored bytes (``verify`` and the collector run it on every entry): one C parse and
+    one C encode, no walk. It answers only "yes": an object of strings, integers within ±(2**53-1), booleans and
+    nulls, with no code point at or above U+E000 anywhere, that ``json.dumps`` with sorted keys writes back byte
+    for byte, is canonical (the module docstring says why those bytes are the JCS ones). Anything else (a float,
+    a large integer, NaN, a high code point, different bytes, invalid UTF-8, a lone surrogate, not an object)
+    returns None, and the caller runs :func:`parse_json` and :func:`canonical_json`, which decide precisely.
+    """
+    if not data.isascii() and _HIGH_CODE_POINT.search(data):
+        return None
+    try:
+        value = json.loads(
+            data.decode("utf-8"), parse_int=_safe_int, parse_float=_refuse_literal, parse_constant=_refuse_literal
+        )
+        if not isinstance(value, dict) or encode_normalised(value) != data:
+            return None
+    except (_NotFastPath, ValueError, RecursionError):  # UnicodeDecodeError and UnicodeEncodeError are ValueErrors
+        return None
+    return value
 
 
 def key_sorts_alike(key: str) -> bool:

@@ -11,16 +11,15 @@ The collector cosigns every state it stores, in the same transaction: the held s
 from __future__ import annotations
 
 import enum
-import os
 import re
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
-from gateway.errors import FailedPreconditionError, MalformedEntryError
+from gateway.canonical import parse_json
+from gateway.errors import FailedPreconditionError
 from gateway.journal.check import EntryFault, check_entry
-from gateway.journal.entry import ZERO_HASH, decode_entry, leaf_hash, signature_payload
+from gateway.journal.entry import HEADER_SIZE, ZERO_HASH, leaf_hash
 from gateway.journal.merkle import MerkleRoot, decode_state, encode_state
 from gateway.journal.note import Checkpoint, NoteError, NoteSignature, SignedNote, cosign
 from gateway.journal.schema import indexed_values
@@ -30,6 +29,9 @@ _CONTROL_CHARACTERS = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")
 
 BatchEntry = tuple[int, bytes, bytes]
 """One entry of a batch as sent: (seq, exact entry bytes, signature)."""
+
+Keys = dict[bytes, list[Verifier]]
+"""The origin's registered public keys by key id (several may share a 4-byte id)."""
 
 
 class RejectCode(enum.StrEnum):
@@ -137,9 +139,19 @@ class NewEntry:
     signature: bytes
     leaf_hash: bytes
     unix_nanos: int
-    body: dict[str, Any]
     indexed: tuple[Any, ...]
     """The indexed column values, in ``gateway.journal.schema.INDEXED_FIELDS`` order."""
+
+    @property
+    def body(self) -> dict[str, Any]:
+        """The body, parsed again from the checked bytes (not kept: a worker process would have to send it back)."""
+        body: dict[str, Any] = parse_json(self.entry[HEADER_SIZE:].decode("utf-8"))
+        return body
+
+
+EntriesCheck = Callable[[str, Keys, Sequence[BatchEntry], bytes], list[NewEntry]]
+"""Step 9 of :func:`verify_batch`: (origin, keys, new entries, leaf hash before the first) to the entries to store,
+raising :class:`IngestRejected` for the first faulty one in seq order."""
 
 
 @dataclass(frozen=True)
@@ -182,6 +194,8 @@ def verify_batch(
     entries: Sequence[BatchEntry],
     checkpoint_note: str,
     stored_leaf: Callable[[int], bytes | None],
+    *,
+    check_entries: EntriesCheck | None = None,
 ) -> BatchResult:
     """Decides whether a batch extends exactly what is held for ``state.origin``, following the steps below.
 
@@ -191,6 +205,8 @@ def verify_batch(
         entries: (seq, entry bytes, signature), consecutive; the first may overlap what is held.
         checkpoint_note: C2SP signed note of the checkpoint after the last entry, signed by the origin's key.
         stored_leaf: leaf hash held at a seq below ``state.size`` (None if absent: corrupt state).
+        check_entries: runs step 9 (default :func:`check_new_entries`, in this thread); the stores pass
+            :meth:`gateway.collector.checking.EntryCheckPool.check`, the same check spread over processes.
 
     Raises:
         IngestRejected: the batch is refused; ``code`` says why and the message names the seq.
@@ -297,18 +313,15 @@ def verify_batch(
     # 9. Each new entry passes the check verify runs on every row: decodes, is signed as the seq it was sent as,
     #    names a registered key, carries a valid signature bound to this origin, links to the leaf hash before
     #    it, has a canonical JSON object body whose kind names the header's.
-    keys: dict[bytes, list[Verifier]] = {}
+    keys: Keys = {}
     for verifier in verifiers:
         keys.setdefault(verifier.key_id, []).append(verifier)
-    tree = state.merkle()
-    prev = state.last_leaf_hash
     new = entries[state.size - first :]
-    signatures_ok = _check_signatures(origin, keys, new)
-    new_entries = []
-    for (seq, raw, signature), signed in zip(new, signatures_ok, strict=True):
-        new_entries.append(_verify_new_entry(origin, keys, seq, raw, signature, prev, signed))
-        prev = new_entries[-1].leaf_hash
-        tree.append(prev)
+    tree = state.merkle()
+    new_entries = (check_entries or check_new_entries)(origin, keys, new, state.last_leaf_hash)
+    for new_entry in new_entries:
+        tree.append(new_entry.leaf_hash)
+    prev = new_entries[-1].leaf_hash
 
     # 10. The RFC 6962 root over every held leaf plus the new ones must be the checkpoint's: it is what gets
     #     cosigned, and what lets anyone prove later that an entry is in the witnessed journal.
@@ -325,34 +338,17 @@ def verify_batch(
     return BatchResult(checkpoint, note, tuple(new_entries), new_state, resend=False)
 
 
-_SIGNATURE_CHUNK = 128
-_signature_pool = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="sig-verify")
-
-
-def _check_signatures(origin: str, keys: dict[bytes, list[Verifier]], entries: Sequence[BatchEntry]) -> list[bool]:
-    """Whether each entry's signature verifies under a key registered for its key id, checked in parallel.
-
-    Ed25519 verification is ~40 µs and PyNaCl releases the GIL while it runs, so spreading it over the cores
-    roughly halves ingest time on two. Entries that do not decode count as unsigned here; the sequential checks
-    report them precisely.
-    """
-
-    def check(chunk: Sequence[BatchEntry]) -> list[bool]:
-        results = []
-        for _, raw, signature in chunk:
-            try:
-                key_id = decode_entry(raw).key_id
-            except MalformedEntryError:
-                results.append(False)
-                continue
-            payload = signature_payload(origin, raw)
-            results.append(any(v.verify(payload, signature) for v in keys.get(key_id, ())))
-        return results
-
-    chunks = [entries[i : i + _SIGNATURE_CHUNK] for i in range(0, len(entries), _SIGNATURE_CHUNK)]
-    if len(chunks) <= 1:
-        return check(entries)
-    return [ok for part in _signature_pool.map(check, chunks) for ok in part]
+def check_new_entries(origin: str, keys: Keys, entries: Sequence[BatchEntry], prev_leaf_hash: bytes) -> list[NewEntry]:
+    """Every new entry through :func:`check_new_entry`, in seq order, in this thread; refuses on the first fault."""
+    new_entries = []
+    prev = prev_leaf_hash
+    for seq, raw, signature in entries:
+        checked = check_new_entry(origin, keys, seq, raw, signature, prev)
+        if isinstance(checked, IngestRejected):
+            raise checked
+        new_entries.append(checked)
+        prev = checked.leaf_hash
+    return new_entries
 
 
 # An entry fault as the collector's refusal (its vocabulary predates the shared check and stays stable).
@@ -377,21 +373,16 @@ _FAULT_PRECEDENCE = (
 )
 
 
-def _verify_new_entry(
-    origin: str,
-    keys: dict[bytes, list[Verifier]],
-    seq: int,
-    raw: bytes,
-    signature: bytes,
-    prev: bytes,
-    signed: bool,
-) -> NewEntry:
-    """Runs the check ``verify`` runs on a stored row (:func:`gateway.journal.check.check_entry`) on a new entry,
-    so the collector witnesses nothing ``verify`` would later report; refuses on the first fault."""
-    checked = check_entry(seq, raw, signature, origin=origin, keys=keys, prev_leaf_hash=prev, signed=signed)
+def check_new_entry(
+    origin: str, keys: Keys, seq: int, raw: bytes, signature: bytes, prev: bytes
+) -> NewEntry | IngestRejected:
+    """Runs the check ``verify`` runs on a stored row (:func:`gateway.journal.check.check_entry`, the signature
+    included) on a new entry, so the collector witnesses nothing ``verify`` would later report; returns the
+    refusal for its first fault rather than raising it (a worker process sends it back as values)."""
+    checked = check_entry(seq, raw, signature, origin=origin, keys=keys, prev_leaf_hash=prev)
     if checked.problems:
         problem = min(checked.problems, key=lambda p: _FAULT_PRECEDENCE.index(p.fault))
-        raise IngestRejected(_REJECTION_FOR_FAULT[problem.fault], f"seq {seq}: {problem.message}", seq=seq)
+        return IngestRejected(_REJECTION_FOR_FAULT[problem.fault], f"seq {seq}: {problem.message}", seq=seq)
     assert checked.entry is not None and checked.body is not None  # no problems: it decoded to a JSON object
     return NewEntry(
         seq=seq,
@@ -399,7 +390,6 @@ def _verify_new_entry(
         signature=signature,
         leaf_hash=leaf_hash(raw, signature),
         unix_nanos=checked.entry.unix_nanos,
-        body=checked.body,
         indexed=storable_indexed_values(checked.body),
     )
 

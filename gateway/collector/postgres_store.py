@@ -3,8 +3,9 @@
 All tables live in one schema (``agentaudit`` by default), selected with ``search_path`` on every pooled
 connection, so the versioned migrations in ``migrations/postgres`` name no schema. Each ingest is one
 transaction that first locks the origin's state row (``SELECT ... FOR UPDATE``): requests for one origin
-serialize, across connections and across replicas, while different origins proceed in parallel. Signature
-verification runs in a worker thread, so the event loop keeps serving other requests meanwhile.
+serialize, across connections and across replicas, while different origins proceed in parallel. Verification
+runs off the event loop, in a worker thread that spreads a large batch's entry checks over worker processes
+(:class:`~gateway.collector.checking.EntryCheckPool`), so the loop keeps serving other requests meanwhile.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 
+from gateway.collector.checking import EntryCheckPool
 from gateway.collector.ingest import (
     BatchEntry,
     IngestRejected,
@@ -86,15 +88,19 @@ class PostgresCollectorStore:
         dsn: a libpq connection URI (``postgresql://user@host:5432/db``).
         schema: the schema holding the collector's tables (created if missing).
         max_connections: pool size; bounds concurrent ingests per replica.
+        check_workers: processes checking batches' entries beside the calling thread (default cores - 1; 0: none).
     """
 
-    def __init__(self, dsn: str, schema: str = "agentaudit", *, max_connections: int = 10) -> None:
+    def __init__(
+        self, dsn: str, schema: str = "agentaudit", *, max_connections: int = 10, check_workers: int | None = None
+    ) -> None:
         if not _SCHEMA_NAME.match(schema):
             raise ConfigError(f"PostgreSQL schema name {schema!r} must match {_SCHEMA_NAME.pattern}")
         self._dsn = dsn
         self.schema = schema
         self._max_connections = max_connections
         self._pool: Any = None
+        self._checks = EntryCheckPool(check_workers)
 
     @property
     def dsn(self) -> str:
@@ -139,7 +145,8 @@ class PostgresCollectorStore:
                     )
 
     async def aclose(self) -> None:
-        """Closes the pool (waiting for connections in use to be released)."""
+        """Closes the pool (waiting for connections in use to be released) and stops the check workers."""
+        await asyncio.to_thread(self._checks.close)
         pool, self._pool = self._pool, None
         if pool is not None:
             try:
@@ -205,7 +212,10 @@ class PostgresCollectorStore:
                     )
                     held = {int(r["seq"]): bytes(r["leaf_hash"]) for r in rows}
                 try:
-                    result = await asyncio.to_thread(verify_batch, state, verifiers, batch, checkpoint_note, held.get)
+                    check = self._checks.check
+                    result = await asyncio.to_thread(
+                        verify_batch, state, verifiers, batch, checkpoint_note, held.get, check_entries=check
+                    )
                 except IngestRejected as exc:
                     if not exc.is_evidence:
                         raise

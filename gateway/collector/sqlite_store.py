@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from gateway.collector.checking import EntryCheckPool
 from gateway.collector.ingest import BatchEntry, IngestRejected, OriginState, held_range, verify_batch
 from gateway.collector.store import (
     EVENT_COLUMNS,
@@ -71,10 +72,17 @@ _MIGRATIONS_DDL = (
 
 
 class SqliteCollectorStore:
-    """:class:`~gateway.collector.store.CollectorStore` on one SQLite file."""
+    """:class:`~gateway.collector.store.CollectorStore` on one SQLite file.
 
-    def __init__(self, path: Path | str, *, busy_timeout_ms: int = 10_000) -> None:
+    Args:
+        path: the database file.
+        busy_timeout_ms: how long a write waits for another process's lock.
+        check_workers: processes checking batches' entries beside the calling thread (default cores - 1; 0: none).
+    """
+
+    def __init__(self, path: Path | str, *, busy_timeout_ms: int = 10_000, check_workers: int | None = None) -> None:
         self.path = Path(path)
+        self._checks = EntryCheckPool(check_workers)
         self._busy_timeout_ms = busy_timeout_ms
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="collector-sqlite")
         self._conn: sqlite3.Connection | None = None
@@ -93,6 +101,7 @@ class SqliteCollectorStore:
         with contextlib.suppress(CollectorUnavailableError):
             await self._run(self._close)
         self._executor.shutdown(wait=True)
+        await asyncio.to_thread(self._checks.close)
 
     async def register_origin(self, origin: str, verifiers: Sequence[Verifier]) -> None:
         """Sets the keys accepted for ``origin``, creating the origin if new (its witness state is kept)."""
@@ -153,7 +162,9 @@ class SqliteCollectorStore:
                 )
                 held = {int(seq): bytes(leaf) for seq, leaf in rows}
             try:
-                result = verify_batch(state, verifiers, batch, checkpoint_note, held.get)
+                result = verify_batch(
+                    state, verifiers, batch, checkpoint_note, held.get, check_entries=self._checks.check
+                )
             except IngestRejected as exc:
                 # 4. Evidence of rollback or fork is committed on its own: nothing else was written.
                 if exc.is_evidence:

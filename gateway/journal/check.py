@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.canonical import CanonicalizationError, canonical_json, parse_json
+from gateway.canonical import CanonicalizationError, canonical_json, parse_canonical, parse_json
 from gateway.errors import MalformedEntryError
 from gateway.journal.entry import Entry, EventKind, decode_entry, signature_payload
 from gateway.signing import Verifier
@@ -86,7 +86,6 @@ def check_entry(
     origin: str,
     keys: Mapping[bytes, Sequence[Verifier]],
     prev_leaf_hash: bytes | None,
-    signed: bool | None = None,
 ) -> EntryCheck:
     """Checks one entry's bytes and signature, following the numbered steps below; keeps going after a fault.
 
@@ -97,8 +96,6 @@ def check_entry(
         keys: trusted public keys by key id (several may share a 4-byte id).
         prev_leaf_hash: the recomputed leaf hash of the entry before (zeros at seq 0); None skips the chain
             step, when the entry before is missing (a gap, reported by the caller).
-        signed: whether the signature verifies, when the caller already checked it (the collector does so in
-            parallel); None checks it here.
     """
     problems: list[EntryProblem] = []
 
@@ -119,9 +116,8 @@ def check_entry(
         fault(EntryFault.UNKNOWN_KEY, f"key id {entry.key_id.hex()} matches none of the given public keys")
         signed = False
     else:
-        if signed is None:
-            payload = signature_payload(origin, entry.raw)
-            signed = any(verifier.verify(payload, signature) for verifier in candidates)
+        payload = signature_payload(origin, entry.raw)
+        signed = any(verifier.verify(payload, signature) for verifier in candidates)
         if not signed:
             names = ", ".join(f"{v.name}+{v.key_id.hex()}" for v in candidates)
             fault(EntryFault.BAD_SIGNATURE, f"signature does not verify under {names} for origin {origin!r}")
@@ -153,6 +149,9 @@ def check_entry(
 def _check_body(body_bytes: bytes) -> tuple[dict[str, Any] | None, bool, str | None]:
     """The parsed body when it is a JSON object (canonical or not), whether the bytes are its RFC 8785 form, and
     what is wrong (None: nothing)."""
+    fast = parse_canonical(body_bytes)
+    if fast is not None:  # certainly canonical: the general steps below would find the same body and no fault
+        return fast, True, None
     try:
         # Decode explicitly: json.loads(bytes) would also accept UTF-16 and UTF-32. Numbers are read as doubles,
         # as RFC 8785 defines them (10000000000000000 is the double 1e16, not an out-of-range int).

@@ -1,0 +1,205 @@
+"""Large batches checked on worker processes (collector/checking.py), against forged entries, on both stores.
+
+A batch of more than ``MIN_PARALLEL_ENTRIES`` new entries is split into chunks checked by worker processes. The
+outcome must be the sequential one: one forged entry anywhere (mid-chunk, first of a chunk, last of the batch)
+refuses the whole batch, naming the first faulty seq, and nothing is stored or cosigned. A killed worker must
+cost nothing but speed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.collector.checking import CHUNK_ENTRIES, MIN_PARALLEL_ENTRIES, EntryCheckPool
+from gateway.collector.ingest import IngestRejected, RejectCode
+from gateway.collector.sqlite_store import SqliteCollectorStore
+from gateway.collector.store import CollectorStore
+from gateway.journal.entry import decode_entry, encode_entry, leaf_hash, signature_payload
+from tests.test_collector_store import (
+    NOW,
+    ORIGIN,
+    POSTGRES_DSN,
+    REQUIRE_POSTGRES,
+    WITNESS,
+    Row,
+    checkpoint,
+    drop_schema,
+    journal,
+    postgres_unreachable,
+    signer,
+)
+
+SIZE = 3 * CHUNK_ENTRIES + 100  # four chunks, the last one short
+KEY = signer()
+
+
+@pytest.fixture(scope="module")
+def rows(tmp_path_factory: pytest.TempPathFactory) -> list[Row]:
+    """An honest journal of SIZE entries, written by the real writer (shared: each test copies what it forges)."""
+    return journal(tmp_path_factory.mktemp("journal"), "big", SIZE, KEY)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def new_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], CollectorStore]]:
+    """Makes stores with two check workers, so large batches go to processes even on one core."""
+    if request.param == "sqlite":
+        yield lambda: SqliteCollectorStore(tmp_path / "collector.db", check_workers=2)
+        return
+    reason = postgres_unreachable()
+    if reason is not None:
+        if REQUIRE_POSTGRES:
+            pytest.fail(f"AGENTAUDIT_REQUIRE_POSTGRES=1 but {reason}")
+        pytest.skip(reason)
+    from gateway.collector.postgres_store import PostgresCollectorStore  # noqa: PLC0415
+
+    schema = f"aa_test_{os.urandom(8).hex()}"
+    try:
+        yield lambda: PostgresCollectorStore(POSTGRES_DSN, schema=schema, check_workers=2)
+    finally:
+        drop_schema(schema)
+
+
+def resign(row: Row, *, prev: bytes | None = None, body: bytes | None = None) -> Row:
+    """``row`` rewritten (its prev_leaf_hash or body) and validly signed again by the origin's key."""
+    seq, raw, _ = row
+    e = decode_entry(raw)
+    rewritten = encode_entry(
+        e.kind, e.seq, e.unix_nanos, e.prev_leaf_hash if prev is None else prev, e.key_id, body or e.body
+    )
+    return seq, rewritten, KEY.sign(signature_payload(ORIGIN, rewritten))
+
+
+def bad_signature(rows: list[Row], seq: int) -> list[Row]:
+    forged = list(rows)
+    s, raw, sig = forged[seq]
+    forged[seq] = (s, raw, sig[:-1] + bytes([sig[-1] ^ 1]))
+    return forged
+
+
+def chain_break(rows: list[Row], seq: int) -> list[Row]:
+    forged = list(rows)
+    forged[seq] = resign(forged[seq], prev=bytes(32))
+    return forged
+
+
+def noncanonical(rows: list[Row], seq: int) -> list[Row]:
+    forged = list(rows)
+    forged[seq] = resign(forged[seq], body=decode_entry(forged[seq][1]).body.replace(b",", b", ", 1))
+    return forged
+
+
+FORGERIES = [
+    pytest.param(bad_signature, 2 * CHUNK_ENTRIES + 17, RejectCode.BAD_SIGNATURE, id="bad_signature-mid_chunk"),
+    pytest.param(bad_signature, SIZE - 1, RejectCode.BAD_SIGNATURE, id="bad_signature-last_entry"),
+    pytest.param(chain_break, CHUNK_ENTRIES, RejectCode.CHAIN_BREAK, id="chain_break-first_of_a_chunk"),
+    pytest.param(noncanonical, CHUNK_ENTRIES - 1, RejectCode.MALFORMED_ENTRY, id="noncanonical-last_of_a_chunk"),
+]
+
+
+async def opened(new_store: Callable[[], CollectorStore]) -> CollectorStore:
+    store = new_store()
+    await store.start()
+    await store.register_origin(ORIGIN, [KEY.verifier])
+    return store
+
+
+@pytest.mark.parametrize(("forge", "seq", "code"), FORGERIES)
+def test_one_forged_entry_refuses_the_whole_large_batch(
+    new_store: Callable[[], CollectorStore],
+    rows: list[Row],
+    forge: Callable[[list[Row], int], list[Row]],
+    seq: int,
+    code: RejectCode,
+) -> None:
+    assert SIZE >= MIN_PARALLEL_ENTRIES  # the batch goes to the workers
+    forged = forge(rows, seq)
+
+    async def scenario() -> None:
+        store = await opened(new_store)
+        try:
+            with pytest.raises(IngestRejected) as caught:
+                # The checkpoint is honestly signed over the forged entries: only the entry check can refuse.
+                await store.ingest(ORIGIN, forged, checkpoint(forged, KEY), WITNESS, NOW)
+            assert caught.value.code == code
+            assert caught.value.seq == seq
+            assert await store.latest(ORIGIN) == (0, "")
+            assert await store.entries(ORIGIN) == []
+            outcome = await store.ingest(ORIGIN, rows, checkpoint(rows, KEY), WITNESS, NOW)
+            assert (outcome.size, outcome.accepted) == (SIZE, SIZE)
+            assert await store.entries(ORIGIN) == rows
+        finally:
+            await store.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_the_first_faulty_entry_is_named_when_several_chunks_hold_one(
+    new_store: Callable[[], CollectorStore], rows: list[Row]
+) -> None:
+    # The later chunk's fault must not win because its worker answered first.
+    forged = noncanonical(bad_signature(rows, 3 * CHUNK_ENTRIES + 5), CHUNK_ENTRIES + 3)
+
+    async def scenario() -> None:
+        store = await opened(new_store)
+        try:
+            with pytest.raises(IngestRejected) as caught:
+                await store.ingest(ORIGIN, forged, checkpoint(forged, KEY), WITNESS, NOW)
+            assert (caught.value.code, caught.value.seq) == (RejectCode.MALFORMED_ENTRY, CHUNK_ENTRIES + 3)
+        finally:
+            await store.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_a_large_batch_extending_held_entries_is_checked_against_the_held_tail(
+    new_store: Callable[[], CollectorStore], rows: list[Row]
+) -> None:
+    # The first new entry links to the collector's last held leaf, the others to their own predecessor.
+    held = 7
+
+    async def scenario() -> None:
+        store = await opened(new_store)
+        try:
+            await store.ingest(ORIGIN, rows[:held], checkpoint(rows[:held], KEY), WITNESS, NOW)
+            broken = chain_break(rows, held)
+            with pytest.raises(IngestRejected) as caught:
+                await store.ingest(ORIGIN, broken[held:], checkpoint(broken, KEY), WITNESS, NOW)
+            assert (caught.value.code, caught.value.seq) == (RejectCode.CHAIN_BREAK, held)
+            outcome = await store.ingest(ORIGIN, rows[held:], checkpoint(rows, KEY), WITNESS, NOW)
+            assert (outcome.size, outcome.accepted) == (SIZE, SIZE - held)
+        finally:
+            await store.aclose()
+
+    asyncio.run(scenario())
+
+
+def _worker_pids(pool: EntryCheckPool) -> list[int]:
+    executor = pool._executor  # private: the test kills the processes the pool owns
+    assert executor is not None
+    return list(executor._processes)
+
+
+def test_a_killed_worker_costs_speed_never_a_check(rows: list[Row]) -> None:
+    pool = EntryCheckPool(2)
+    keys = {KEY.verifier.key_id: [KEY.verifier]}
+    try:
+        assert len(pool.check(ORIGIN, keys, rows, bytes(32))) == SIZE  # starts the workers
+        for pid in _worker_pids(pool):
+            os.kill(pid, signal.SIGKILL)
+        forged = bad_signature(rows, CHUNK_ENTRIES + 1)
+        with pytest.raises(IngestRejected) as caught:
+            pool.check(ORIGIN, keys, forged, bytes(32))  # the broken pool: checked in this process instead
+        assert (caught.value.code, caught.value.seq) == (RejectCode.BAD_SIGNATURE, CHUNK_ENTRIES + 1)
+        checked = pool.check(ORIGIN, keys, rows, bytes(32))  # in-process for a while, then new workers
+        assert [e.leaf_hash for e in checked] == [leaf_hash(raw, sig) for _, raw, sig in rows]
+        pool._inline_until = 0.0  # private: skip the wait before workers are started again
+        assert [e.leaf_hash for e in pool.check(ORIGIN, keys, rows, bytes(32))] == [e.leaf_hash for e in checked]
+        assert _worker_pids(pool)
+    finally:
+        pool.close()
