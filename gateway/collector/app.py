@@ -54,15 +54,20 @@ from gateway.signing import Ed25519Signer, Verifier, load_signer, load_verifier
 log = logging.getLogger(__name__)
 
 
-def open_store(url: str) -> CollectorStore:
-    """The store for a URL: sqlite:///path or postgresql://..."""
+def open_store(url: str, check_workers: int | None = None) -> CollectorStore:
+    """The store for a URL: sqlite:///path or postgresql://...
+
+    ``check_workers`` (``collector.check_workers``): processes checking large batches' entries. Unset, the SQLite
+    store (the embedded collector of ``agentaudit dev``, one sidecar) checks in its own thread, and PostgreSQL (a
+    fleet's collector) uses one worker per core but one (ADR 0018).
+    """
     if url.startswith("sqlite:///"):
         from gateway.collector.sqlite_store import SqliteCollectorStore  # noqa: PLC0415
 
-        return SqliteCollectorStore(Path(url[len("sqlite://") :]))
+        return SqliteCollectorStore(Path(url[len("sqlite://") :]), check_workers=check_workers or 0)
     from gateway.collector.postgres_store import PostgresCollectorStore  # noqa: PLC0415
 
-    return PostgresCollectorStore(url)
+    return PostgresCollectorStore(url, check_workers=check_workers)
 
 
 NANOS_PER_DAY = 86_400 * 10**9
@@ -113,7 +118,7 @@ class Collector:
     async def _start(self) -> None:
         cfg = self.config
         witness: Ed25519Signer = load_signer(cfg.witness_key)
-        self.store = open_store(cfg.store)
+        self.store = open_store(cfg.store, cfg.check_workers)
         await self.store.start()
         for origin, key_paths in cfg.origins:
             verifiers: list[Verifier] = [load_verifier(p) for p in key_paths]

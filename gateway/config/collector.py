@@ -36,6 +36,8 @@ class CollectorConfig:
     retention_days: int | None = None
     prune_interval_s: float = 3600.0
     metrics_listen: str = ""  # HOST:PORT for Prometheus /metrics (`agentaudit collector` only); empty: off
+    # Processes checking large batches' entries (ADR 0018); None: 0 on SQLite, one per core but one on PostgreSQL.
+    check_workers: int | None = None
     # The fleet operator API (approvals, kill switches): the sidecar's operator section, same shape and rules.
     operator: OperatorConfig = field(default_factory=OperatorConfig)
     # Signs control_log rows and control messages (sidecars pin its public key); None: the witness key.
@@ -92,6 +94,9 @@ def parse_collector_config(section: dict[str, Any], base: Path, env: Mapping[str
         origins=_origins(section.get("origins"), base),
         max_batch_entries=integer("collector.max_batch_entries", section.get("max_batch_entries", 10_000), 1, 10**6),
         max_inflight=integer("collector.max_inflight", section.get("max_inflight", 8), 1, 10_000),
+        check_workers=None
+        if section.get("check_workers") is None
+        else integer("collector.check_workers", section["check_workers"], 0, 256),
         retention_days=retention_days,
         prune_interval_s=number("collector.prune_interval_s", section.get("prune_interval_s", 3600), 0.0, 7 * 86400),
         search_tokens=_search_tokens(section.get("search_tokens")),
