@@ -343,7 +343,7 @@ class Sidecar:
             self.reader,
             recorder,
             signer,
-            GrpcUpstream(target),
+            GrpcUpstream(target, cfg.forward.tls),
             batch_max_entries=cfg.forward.batch_max_entries,
             batch_max_age_s=cfg.forward.batch_max_age_s,
             idle_checkpoint_s=cfg.forward.idle_checkpoint_s,

@@ -59,6 +59,9 @@ has been down for longer than ``control.max_staleness_s``. Actions stop until it
 JOURNAL_RECOVERY_REQUIRED = "journal_recovery_required"
 """The collector holds more (or other) entries than this journal: it was truncated, restored or rewritten.
 Decide refuses until an operator acknowledges (``on_rollback: stop``)."""
+SIDECAR_SILENT = "sidecar_silent"
+"""Collector alerts only, never a decision: no batch from this origin was witnessed for longer than
+``collector.alerts.silent_after_s``."""
 AUDIT_UNAVAILABLE = "audit_unavailable"
 """The decision could not be recorded durably, so the sidecar fails closed."""
 POLICY_ERROR = "policy_error"

@@ -94,3 +94,19 @@ def make_ca(directory: Path, server_names: list[str], client_cn: str) -> dict[st
         )
         paths[f"{label}_key"].chmod(0o600)
     return paths
+
+
+def install_collector_tls(scratch: Path, keys: Path, ca_dir: Path, uid: int, gid: int) -> None:
+    """The collector pod's TLS files as install-keys leaves them (``keys``/tls.crt and tls.key, 0600, owned by
+    ``uid``) and the sidecar's CA as its ConfigMap mounts it (``ca_dir``/collector-ca.crt). The certificate names
+    the collector Service and 127.0.0.1, where a test dials it."""
+    import os  # noqa: PLC0415
+    import shutil  # noqa: PLC0415
+
+    pki = make_ca(scratch, ["agentaudit-collector", "127.0.0.1"], "unused-client")
+    for source, name in ((pki["server_cert"], "tls.crt"), (pki["server_key"], "tls.key")):
+        shutil.copy(source, keys / name)
+        os.chown(keys / name, uid, gid)
+        (keys / name).chmod(0o600)
+    ca_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(pki["ca_cert"], ca_dir / "collector-ca.crt")

@@ -378,8 +378,9 @@ def test_collector_service_networkpolicy_and_postgres_secret(example: list[dict[
     assert listen == ["0.0.0.0:7430"]
     port = 7430
     assert {"name": "grpc", "containerPort": port} in collector["ports"]
+    probe_port = int(cfg["collector"]["health_listen"][0].rsplit(":", 1)[1]) if "tls" in cfg["collector"] else port
     for probe_name in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert collector[probe_name]["grpc"]["port"] == port
+        assert collector[probe_name]["grpc"]["port"] == probe_port  # with TLS: the plaintext health listener
     assert collector["readinessProbe"]["grpc"]["service"] == COLLECTOR_SERVICE
 
     service = one(example, "Service", "agentaudit-collector")

@@ -45,6 +45,7 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agentaudit_client import GatewayClient, GatewayError
+from tests.operator_helpers import install_collector_tls
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
@@ -539,7 +540,7 @@ def test_image_runs_the_collector_and_the_sidecar_forwards_to_it(
     env = {e["name"] for e in container["env"]}
     assert env == {"PGPASSWORD"}, "the database password comes from the Secret, nothing else from the environment"
 
-    collector_port, collector_metrics, health_port, metrics_port = (free_port() for _ in range(4))
+    collector_port, collector_health, collector_metrics, health_port, metrics_port = (free_port() for _ in range(5))
     # The agent pod first: its public key goes into the collector's origin keys (ConfigMap agentaudit-origin-keys).
     sidecar_mounts, _ = sidecar_pod(
         image, base, {HEALTH_PORT: health_port, METRICS_PORT: metrics_port}, forward_to=f"127.0.0.1:{collector_port}"
@@ -551,12 +552,15 @@ def test_image_runs_the_collector_and_the_sidecar_forwards_to_it(
     keygen(image, keys, "agentaudit-collector/example")
     (keys / "signing.key").rename(keys / "witness.key")  # the Secret's key name (docs/deployment.md)
     (keys / "hmac.key").unlink()
+    # Secret agentaudit-collector-tls as install-keys copies it; the sidecar CA (ConfigMap agentaudit-collector-ca).
+    install_collector_tls(base, keys, sidecar_mounts["/etc/agentaudit"] / "tls", image.run_as.uid, image.run_as.gid)
     keys.chmod(0o550)
     cfg = map_config(
         yaml.safe_load((K8S / "collector" / "collector.yaml").read_text()),
         mounts,
-        {7430: collector_port, 9464: collector_metrics},
+        {7430: collector_port, 7431: collector_health, 9464: collector_metrics},
     )
+    assert cfg["collector"]["tls"]["key"] == str(keys / "tls.key"), "the manifests serve TLS"
     assert cfg["collector"]["store"].startswith("postgresql://") and "@postgres:" in cfg["collector"]["store"]
     cfg["collector"]["store"] = postgres_database  # the cluster's database, here the test server
     (origin,) = cfg["collector"]["origins"]
@@ -571,7 +575,7 @@ def test_image_runs_the_collector_and_the_sidecar_forwards_to_it(
     collector = launch(image, base, args, conf, "collector", env={"PGPASSWORD": "from-the-secret"})
     sidecar = None
     try:
-        collector.wait_serving(f"127.0.0.1:{collector_port}", "agentaudit.v1.CollectorService")
+        collector.wait_serving(f"127.0.0.1:{collector_health}", "agentaudit.v1.CollectorService")  # the probes'
         sidecar = launch(
             image,
             base,

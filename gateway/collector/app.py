@@ -15,14 +15,18 @@ Configuration (YAML; parsed by :mod:`gateway.config.collector`)::
       prune_interval_s: 3600              # how often retention runs
       control_key: control.key            # signs control_log rows and control messages (default: witness_key)
       operator:                           # the fleet operator API (docs/fleet.md); the sidecar's operator shape
-        listen: ["127.0.0.1:7431"]
+        listen: ["127.0.0.1:7432"]
         tokens: [{identity: alice, roles: [approver], sha256: ...}]
+      tls: {cert: tls.crt, key: tls.key, client_ca: sidecars-ca.crt}   # optional; client_ca optional too
+      health_listen: ["0.0.0.0:7431"]     # optional: plaintext grpc.health.v1 only (kubelet probes)
 
 Start order: witness and control keys → store (migrations) → origins registered → fleet tables
-(:class:`~gateway.collector.fleet.FleetControl`) → gRPC server (collector, health, reflection) → the fleet operator
-API (if ``operator.listen`` is set) → retention task (if ``retention_days`` is set). Stop: retention task
-cancelled → health NOT_SERVING → operator API and server drained → fleet and store closed. Stateless apart
-from its database, so several replicas can serve one address.
+(:class:`~gateway.collector.fleet.FleetControl`) → fleet alerts (webhooks, silent check; told of opened approvals
+and of control-channel contact) → gRPC server (collector, health, reflection; TLS on TCP when ``tls`` is set) →
+health-only listener → the fleet operator API (if ``operator.listen`` is set) → retention task (if
+``retention_days`` is set). Stop: retention task cancelled → health NOT_SERVING → operator API and server drained
+→ health listener → fleet alerts (queued ones delivered, 5 s) → fleet and store closed. Stateless apart from its
+database, so several replicas can serve one address.
 """
 
 from __future__ import annotations
@@ -41,14 +45,17 @@ from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from gateway.collector.fleet import FleetControl, open_fleet
+from gateway.collector.fleet_alerts import FleetAlerts, contacts_from
 from gateway.collector.operator_api import FleetOperatorServicer, operator_credentials, operator_handlers
 from gateway.collector.service import SERVICE_NAME, CollectorServicer, collector_handler
 from gateway.collector.store import CollectorStore, CollectorUnavailableError
 from gateway.config import CollectorConfig
+from gateway.config.collector import CollectorTlsConfig
+from gateway.config.sidecar import non_loopback_tcp
 from gateway.errors import ConfigError
 from gateway.rpc.auth import Authenticator
 from gateway.rpc.health import STORE, Health
-from gateway.rpc.net import prepare_unix_socket
+from gateway.rpc.net import collector_server_credentials, prepare_unix_socket
 from gateway.signing import Ed25519Signer, Verifier, load_signer, load_verifier
 
 log = logging.getLogger(__name__)
@@ -91,12 +98,31 @@ async def retention_loop(
         await asyncio.sleep(interval_s)
 
 
+def _listen(server: grpc.aio.Server, addresses: tuple[str, ...], tls: CollectorTlsConfig | None) -> list[str]:
+    """Binds ``addresses``; TCP ones over TLS when ``tls`` is set (a unix socket is local: never TLS)."""
+    credentials = collector_server_credentials(tls) if tls is not None else None
+    bound = []
+    for address in addresses:
+        unix = address.startswith("unix://")
+        if unix:
+            prepare_unix_socket(Path(address[len("unix://") :]))
+        if credentials is not None and not unix:
+            port = server.add_secure_port(address, credentials)
+        else:
+            port = server.add_insecure_port(address)
+        if port == 0:
+            raise ConfigError(f"collector cannot listen on {address}")
+        bound.append(f"{address.rsplit(':', 1)[0]}:{port}" if address.endswith(":0") else address)
+    return bound
+
+
 class Collector:
     """A running collector (own gRPC server)."""
 
     def __init__(self, config: CollectorConfig, *, embedded: bool = False) -> None:
         self.config = config
         self.bound: list[str] = []
+        self.health_bound: list[str] = []
         self.store: CollectorStore | None = None
         self.servicer: CollectorServicer | None = None
         self.fleet: FleetControl | None = None
@@ -104,6 +130,8 @@ class Collector:
         self.operator_bound: list[str] = []
         self._server: grpc.aio.Server | None = None
         self._operator_server: grpc.aio.Server | None = None
+        self.alerts: FleetAlerts | None = None  # fleet alerts; FleetControl.on_approval_opened takes approval_opened
+        self._health_server: grpc.aio.Server | None = None
         self.health = Health([SERVICE_NAME], export_metric=not embedded)
         self._retention: asyncio.Task[None] | None = None
 
@@ -126,6 +154,10 @@ class Collector:
         self.control_key = witness if cfg.control_key is None else load_signer(cfg.control_key)
         self.fleet = open_fleet(self.store, self.control_key, replica=f"{socket.gethostname()}:{os.getpid()}")
         await self.fleet.start()
+        self.alerts = FleetAlerts(cfg.alerts, self.store, witness.verifier, [origin for origin, _ in cfg.origins])
+        self.fleet.on_approval_opened.append(self.alerts.approval_opened)
+        self.alerts.add_contacts(contacts_from(self.fleet.origins))
+        await self.alerts.start()
         self.servicer = CollectorServicer(
             self.store,
             witness,
@@ -134,27 +166,34 @@ class Collector:
             search_tokens=cfg.search_tokens,
             on_store_health=lambda problem: self.health.report(STORE, problem),
             fleet=self.fleet,
+            on_evidence=self.alerts.evidence,
         )
         self._server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20)])
         self._server.add_generic_rpc_handlers([collector_handler(self.servicer)])
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self._server)
         reflection.enable_server_reflection([SERVICE_NAME, reflection.SERVICE_NAME], self._server)
-        for address in cfg.listen:
-            if address.startswith("unix://"):
-                prepare_unix_socket(Path(address[len("unix://") :]))
-            port = self._server.add_insecure_port(address)
-            if port == 0:
-                raise ConfigError(f"collector cannot listen on {address}")
-            self.bound.append(f"{address.rsplit(':', 1)[0]}:{port}" if address.endswith(":0") else address)
+        self.bound = _listen(self._server, cfg.listen, cfg.tls)
+        if cfg.tls is None and (exposed := non_loopback_tcp(cfg.listen)):
+            log.warning("collector: %s serves without TLS (collector.tls is not set)", ", ".join(exposed))
         await self._server.start()
         if cfg.operator.listen:
             await self._serve_operator()
+        if cfg.health_listen:
+            self._health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])  # a taken port fails
+            health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self._health_server)
+            self.health_bound = _listen(self._health_server, cfg.health_listen, None)
+            await self._health_server.start()
         await self.health.started()
         if cfg.retention_days is not None:
             self._retention = asyncio.create_task(
                 retention_loop(self.store, cfg.retention_days, cfg.prune_interval_s), name="collector-retention"
             )
-        log.info("collector serving on %s (store %s)", ", ".join(self.bound), cfg.store.split("@")[-1])
+        log.info(
+            "collector serving on %s%s (store %s)",
+            ", ".join(self.bound),
+            "" if cfg.tls is None else " over TLS" + (" with client certificates" if cfg.tls.client_ca else ""),
+            cfg.store.split("@")[-1],
+        )
 
     async def _serve_operator(self) -> None:
         """The fleet operator API on its own listener (tokens or mutual TLS, like the sidecar's)."""
@@ -197,6 +236,12 @@ class Collector:
         if self.fleet is not None:
             await self.fleet.aclose()
             self.fleet = None
+        if self._health_server is not None:
+            await self._health_server.stop(None)
+            self._health_server = None
+        if self.alerts is not None:
+            await self.alerts.aclose()  # after the server: no more evidence; before the store: the silent check
+            self.alerts = None
         if self.store is not None:
             await self.store.aclose()
             self.store = None

@@ -52,9 +52,12 @@ class CollectorServicer:
         search_tokens: tuple[str, ...] = (),
         on_store_health: Callable[[str], None] | None = None,
         fleet: FleetControl | None = None,
+        on_evidence: Callable[[str, str, str], None] | None = None,
     ) -> None:
         self._store = store
         self._fleet = fleet
+        # Told (origin, code, checkpoint note) of a refusal kept as rollback/fork evidence (the collector's alerts).
+        self._on_evidence = on_evidence
         # Told the error when the store is unavailable and "" when it answers again (health readiness).
         self._on_store_health = on_store_health
         self._search_tokens = [bytes.fromhex(t) for t in search_tokens]
@@ -97,6 +100,8 @@ class CollectorServicer:
                 metrics.COLLECTOR_REJECTIONS.labels(str(exc.code)).inc()
                 if not exc.is_evidence:  # the store already logged rollback/fork evidence at ERROR
                     log.warning("refused a batch from %s: %s", request.origin, exc)
+                elif self._on_evidence is not None:
+                    self._on_evidence(request.origin, str(exc.code), request.checkpoint)
                 # The code travels as ErrorInfo for the forwarder; the message keeps it for people reading logs.
                 raise FailedPreconditionError(f"rejected:{exc.code}: {exc.detail}", reason=exc.code) from None
         self._store_health("")

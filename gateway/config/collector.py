@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from gateway.config.alerts import AlertsConfig, parse_alerts_config
 from gateway.config.sidecar import OperatorConfig, parse_operator_section
 from gateway.config.values import HOST_PORT_RE, SHA256_RE, field_names, integer, number, refuse_unknown, resolve_path
 from gateway.errors import ConfigError
@@ -20,6 +21,48 @@ from gateway.errors import ConfigError
 DEFAULT_COLLECTOR_LISTEN = ("127.0.0.1:7430",)
 STORE_SCHEMES = ("sqlite:///", "postgresql://", "postgres://")
 STORE_ENV = "AGENTAUDIT_COLLECTOR_STORE"
+
+
+@dataclass(frozen=True)
+class CollectorTlsConfig:
+    """TLS for the collector's TCP listeners; with ``client_ca``, every client must present a certificate it signed."""
+
+    cert: Path  # PEM certificate chain, the server's first
+    key: Path  # its private key (mode 0600)
+    client_ca: Path | None = None  # PEM CA bundle; set: a client without a certificate signed by it is refused
+
+
+@dataclass(frozen=True)
+class FleetAlertsConfig:
+    """``collector.alerts``: the sidecar's ``alerts:`` webhooks and delivery, plus the fleet's own checks."""
+
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    silent_after_s: float = 0.0  # alert when an origin's last witnessed contact is older than this; 0: off
+    silent_check_s: float = 30.0  # how often the silent check runs
+
+
+_FLEET_ALERT_KEYS = ("silent_after_s", "silent_check_s")
+
+
+def parse_fleet_alerts(raw: Any) -> FleetAlertsConfig:
+    """``collector.alerts``: every key of the sidecar's ``alerts:`` (docs/alerts.md) plus ``silent_after_s`` and
+    ``silent_check_s``."""
+    if raw is None:
+        return FleetAlertsConfig()
+    if not isinstance(raw, dict):
+        raise ConfigError("collector.alerts: expected a mapping (webhooks, silent_after_s, ...)")
+    rest = {k: v for k, v in raw.items() if k not in _FLEET_ALERT_KEYS}
+    try:
+        alerts = parse_alerts_config(rest, "collector.alerts")
+    except ConfigError as exc:
+        if "unknown key(s)" in str(exc):  # name the two fleet keys among the known ones
+            raise ConfigError(f"{exc}; also silent_after_s, silent_check_s") from None
+        raise
+    silent_after = raw.get("silent_after_s", 0)
+    if silent_after != 0:
+        silent_after = number("collector.alerts.silent_after_s", silent_after, 0.0, 30 * 86400)
+    check = number("collector.alerts.silent_check_s", raw.get("silent_check_s", 30), 0.0, 3600)
+    return FleetAlertsConfig(alerts, float(silent_after), check)
 
 
 @dataclass(frozen=True)
@@ -43,6 +86,10 @@ class CollectorConfig:
     # Signs control_log rows and control messages (sidecars pin its public key); None: the witness key.
     control_key: Path | None = None
     control_ttl_s: float = 60.0  # how long a control message stays valid after it was issued
+    tls: CollectorTlsConfig | None = None  # serve collector.listen's TCP addresses over TLS (unix sockets: never)
+    # Plaintext listeners serving only grpc.health.v1 (kubelet gRPC probes cannot speak TLS); empty: none.
+    health_listen: tuple[str, ...] = ()
+    alerts: FleetAlertsConfig = field(default_factory=FleetAlertsConfig)  # webhooks for fleet events
 
 
 def load_collector_config(path: Path, env: Mapping[str, str] | None = None) -> CollectorConfig:
@@ -105,7 +152,38 @@ def parse_collector_config(section: dict[str, Any], base: Path, env: Mapping[str
         operator=parse_operator_section(section.get("operator"), {}, base, None),
         control_key=None if control_key is None else resolve_path(control_key, base),
         control_ttl_s=number("collector.control_ttl_s", section.get("control_ttl_s", 60), 0.0, 3600.0),
+        tls=_tls(section.get("tls"), base),
+        health_listen=_health_listen(section.get("health_listen"), tuple(listen)),
+        alerts=parse_fleet_alerts(section.get("alerts")),
     )
+
+
+def _tls(raw: Any, base: Path) -> CollectorTlsConfig | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ConfigError("collector.tls: expected a mapping with cert, key and optionally client_ca")
+    refuse_unknown("collector.tls", raw, field_names(CollectorTlsConfig))
+    paths: dict[str, Path] = {}
+    for key in ("cert", "key", "client_ca"):
+        value = raw.get(key)
+        if value is None and key == "client_ca":
+            continue
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"collector.tls.{key}: expected a path")
+        paths[key] = resolve_path(value, base)
+    return CollectorTlsConfig(**paths)
+
+
+def _health_listen(raw: Any, listen: tuple[str, ...]) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not all(isinstance(a, str) and HOST_PORT_RE.match(a) for a in raw):
+        raise ConfigError("collector.health_listen: expected a list of HOST:PORT")
+    overlap = sorted(set(raw) & set(listen))
+    if overlap:
+        raise ConfigError(f"collector.health_listen: {', '.join(overlap)} is also in collector.listen")
+    return tuple(raw)
 
 
 def _origins(raw: Any, base: Path) -> tuple[tuple[str, tuple[Path, ...]], ...]:

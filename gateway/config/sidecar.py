@@ -102,6 +102,19 @@ class PolicyConfig:
 
 
 @dataclass(frozen=True)
+class CollectorTlsClientConfig:
+    """How the sidecar verifies the collector's TLS listener (``forward.tls``), and proves itself to it.
+
+    The forwarder and the control channel both connect with it (``gateway.rpc.net.collector_channel``).
+    """
+
+    ca: Path | None = None  # PEM CA bundle that signed the collector's certificate; None: gRPC's public roots
+    cert: Path | None = None  # a client certificate, for a collector with collector.tls.client_ca
+    key: Path | None = None  # its private key (mode 0600)
+    server_name: str = ""  # the name the certificate must carry, when it is not the target's host
+
+
+@dataclass(frozen=True)
 class ForwardConfig:
     """Forwarding the journal to the collector (docs/collector.md). An empty target disables it."""
 
@@ -114,6 +127,8 @@ class ForwardConfig:
     on_rollback: str = "stop"  # stop (fail closed until an operator acknowledges) | allow (alert only)
     collector_db: Path = Path("collector.db")  # the embedded collector's SQLite store
     witness_key: Path = Path("witness.key")  # the embedded collector's signing key
+    tls: CollectorTlsClientConfig | None = None  # verify the collector's certificate (required off loopback)
+    allow_insecure: bool = False  # forward to a non-loopback collector in plaintext anyway
 
 
 @dataclass(frozen=True)
@@ -241,10 +256,58 @@ _STRUCTURED_SECTIONS = ("operator", "alerts")
 
 
 def _field_value(key: str, value: Any, annotation: Any, base: Path) -> Any:
-    """One field's value: the shared reader's types, plus the nested detectors mapping of ``audit``."""
+    """One field's value: the shared reader's types, plus the nested mappings (``audit.detectors``,
+    ``forward.tls``)."""
     if annotation is DetectorsConfig:
         return _detectors(key, value)
+    if annotation == CollectorTlsClientConfig | None:
+        return parse_collector_tls_client(key, value, base)
     return coerce(key, value, annotation, base)
+
+
+_SERVER_NAME_RE = re.compile(r"^[A-Za-z0-9.:\-]{1,253}$")  # a DNS name or an IPv4/IPv6 address
+
+
+def parse_collector_tls_client(key: str, value: Any, base: Path) -> CollectorTlsClientConfig | None:
+    """``{ca, cert, key, server_name}`` (all optional; ``{}`` is TLS verified against gRPC's public roots)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):  # also an environment variable: these paths belong in the file
+        raise ConfigError(f"{key}: expected a mapping of ca, cert, key and server_name, in the configuration file")
+    spec = value
+    refuse_unknown(key, spec, field_names(CollectorTlsClientConfig))
+    paths = {k: coerce(f"{key}.{k}", spec[k], Path, base) for k in ("ca", "cert", "key") if spec.get(k) is not None}
+    if ("cert" in paths) != ("key" in paths):
+        raise ConfigError(f"{key}: cert and key go together (the client certificate and its private key)")
+    server_name = coerce(f"{key}.server_name", spec.get("server_name", ""), str, base)
+    if server_name and not _SERVER_NAME_RE.match(server_name):
+        raise ConfigError(f"{key}.server_name: expected a DNS name or an IP address, got {server_name!r}")
+    return CollectorTlsClientConfig(**paths, server_name=server_name)
+
+
+def check_collector_transport(
+    key: str, target: str, tls: CollectorTlsClientConfig | None, allow_insecure: bool
+) -> None:
+    """Refuses plaintext to a collector off loopback (unless allowed) and TLS where it cannot apply.
+
+    Shared by ``forward.target`` and any other address of a collector the sidecar dials (the control channel).
+    """
+    if target in ("", "embedded") or target.startswith("unix:"):
+        if tls is not None:
+            raise ConfigError(
+                f"{key}: {target or 'an empty target'} is not HOST:PORT, so forward.tls does not apply "
+                "(unix sockets and the embedded collector are local and never use TLS); remove forward.tls"
+            )
+        return
+    if tls is None and not allow_insecure and non_loopback_tcp([target]):
+        # Forwarded entries are signed, so plaintext cannot forge them, but it shows every recorded action to the
+        # network, lets anyone in the path drop batches unseen, and would carry the control channel's traffic.
+        raise ConfigError(
+            f"{key}: {target} is not a loopback address and forward.tls is not set, so the journal would cross "
+            "the network in plaintext to an unauthenticated collector; configure forward.tls (the collector's "
+            "CA), use a loopback address or a unix socket, or set forward.allow_insecure: true to accept that "
+            "explicitly"
+        )
 
 
 def _detectors(key: str, value: Any) -> DetectorsConfig:
@@ -403,6 +466,7 @@ def _validate_forward(fwd: ForwardConfig) -> None:
         raise ConfigError("forward.batch_max_age_s / idle_checkpoint_s: out of range")
     if not 0 < fwd.backoff_initial_s <= fwd.backoff_max_s <= 3600:
         raise ConfigError("forward.backoff_initial_s must be positive and at most forward.backoff_max_s")
+    check_collector_transport("forward.target", fwd.target, fwd.tls, fwd.allow_insecure)
 
 
 def load(

@@ -34,11 +34,13 @@ import grpc
 from agentaudit.v1 import collector_pb2, collector_pb2_grpc
 from gateway import metrics, reasons
 from gateway.alerts import Alert, journal_alert
+from gateway.config.sidecar import CollectorTlsClientConfig
 from gateway.journal import state as state_tables
 from gateway.journal.merkle import MerkleRoot, decode_state
 from gateway.journal.note import Checkpoint, NoteError, SignedNote, sign_checkpoint
 from gateway.journal.store import JournalReader
 from gateway.journal.writer import JournalWriter
+from gateway.rpc.net import collector_channel
 from gateway.rpc.status import error_reason
 from gateway.sidecar.recorder import AuditRecorder
 from gateway.signing import Ed25519Signer
@@ -87,8 +89,8 @@ class Upstream(Protocol):
 class GrpcUpstream:
     """The CollectorService over gRPC."""
 
-    def __init__(self, target: str, timeout_s: float = 30.0) -> None:
-        self._channel = grpc.aio.insecure_channel(target, options=[("grpc.max_send_message_length", 64 << 20)])
+    def __init__(self, target: str, tls: CollectorTlsClientConfig | None = None, timeout_s: float = 30.0) -> None:
+        self._channel = collector_channel(target, tls, options=[("grpc.max_send_message_length", 64 << 20)])
         self._stub = collector_pb2_grpc.CollectorServiceStub(self._channel)
         self._timeout_s = timeout_s
 

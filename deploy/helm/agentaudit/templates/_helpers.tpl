@@ -85,5 +85,11 @@ refuses) into a memory-backed emptyDir as 0600 files owned by the pod's uid. Arg
   "metrics" (dict "listen" (printf "0.0.0.0:%v" .Values.sidecar.metricsPort))
   "forward" (dict "target" $forward)
 -}}
+{{- $tls := .Values.sidecar.collectorTLS -}}
+{{- if and $forward $tls.enabled -}}
+{{- $verify := dict "ca" "/etc/agentaudit/tls/collector-ca.crt" -}}
+{{- if $tls.serverName -}}{{- $_ := set $verify "server_name" $tls.serverName -}}{{- end -}}
+{{- $_ := set $owned.forward "tls" $verify -}}
+{{- end -}}
 {{- toYaml (mustMergeOverwrite (deepCopy .Values.sidecar.config) $owned) -}}
 {{- end -}}
