@@ -270,6 +270,9 @@ def test_twenty_concurrent_votes_yield_exactly_one_grant(sidecar: RunningGateway
         gateway_pb2.APPROVAL_STATE_GRANTED,
     ]
     assert {error_reason(e) for e in lost} == {"APPROVAL_ALREADY_RESOLVED"} and len(lost) == len(CROWD) - 2
+    # Answers queue one at a time: each loser found the approval granted, none lost to a vote still in flight.
+    granted_by = next(o.approval.resolved_by for o in won if o.approval.state == gateway_pb2.APPROVAL_STATE_GRANTED)
+    assert all(f"is already granted by {granted_by}" in (e.details() or "") for e in lost)
     assert kinds_of(sidecar, approval_id) == ["approval_voted", "approval_granted"]
     assert ask(sidecar, "run_4e_crowd", approval_id=approval_id).decision == types_pb2.DECISION_ALLOW
 

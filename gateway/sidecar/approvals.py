@@ -228,16 +228,18 @@ class ApprovalBook:
 
     # --- operators -------------------------------------------------------------------------------------------
 
-    def _open_pending(self, approval_id: str) -> Approval:
+    def _open_pending(self, approval_id: str, *, in_flight: bool = True) -> Approval:
+        """The pending approval, or why it cannot be answered; ``in_flight`` False ignores an answer being journaled
+        (the caller is about to queue behind it)."""
         approval = self._open.get(approval_id)
         if approval is None:
             closed = self._closed.get(approval_id)
             if closed is None:
                 raise NotFoundError(f"no open approval {approval_id!r}")
             approval = closed
-        in_flight = self._resolving.get(approval_id)
-        if in_flight is not None:
-            by, state = in_flight
+        journaling = self._resolving.get(approval_id) if in_flight else None
+        if journaling is not None:
+            by, state = journaling
             raise FailedPreconditionError(
                 f"approval {approval_id} is already being {state} by {by}", reason=reasons.APPROVAL_ALREADY_RESOLVED
             )
@@ -280,7 +282,7 @@ class ApprovalBook:
         """
         comment = self._recorder.scrub_text(comment)  # free text: detected PII never reaches the state table
         check_justification(grant, comment)
-        self._open_pending(approval_id)  # fail fast, before queueing behind other answers
+        self._open_pending(approval_id, in_flight=False)  # fail fast, before queueing behind other answers
         lock = self._answering.setdefault(approval_id, asyncio.Lock())
         async with lock:
             approval = self._open_pending(approval_id)
