@@ -291,7 +291,21 @@ def test_the_cli_prints_progress_and_trace_shows_the_votes(sidecar: RunningGatew
         assert done.returncode == 0, done.stderr
         return done.stdout
 
+    bob_token = tmp_path / "bob.token"
+    bob_token.write_text(TOKENS["bob"][0])
+    bob_token.chmod(0o600)
+    listing = ["approvals", "--operator", sidecar.operator_target, "--token-file", str(bob_token)]
+
+    def mine() -> dict[str, Any]:
+        shown = run_cli(*listing, "--json")
+        assert shown.returncode == 0, shown.stderr
+        return next(r for r in map(json.loads, shown.stdout.splitlines()) if r["approval_id"] == approval_id)
+
+    assert (mine()["approvals_required"], mine()["votes"]) == (2, [])
     assert "approved by alice: 1 of 2 approvals, still pending" in approve("alice")
+    assert [(v["approver"], v["grant"], v["channel"]) for v in mine()["votes"]] == [("alice", True, "cli")]
+    table = run_cli(*listing).stdout
+    assert "1 of 2 approval(s): alice (yes, cli)" in table, table
     assert f"{approval_id} granted by carol (2 of 2 approvals)" in approve("carol")
     trace = run_cli("trace", "run_4e_cli", "--journal", str(sidecar.journal_path))
     assert f"approval {approval_id} approved by alice, 1 of 2 approvals, still pending" in trace.stdout, trace.stdout

@@ -491,7 +491,7 @@ def approvals_table(approvals: Sequence[Approval], state: str) -> list[str]:
         rows.append(f"    args {args}")
         redacted = ", ".join(printable(p) for p in a.redacted_paths) or "none"
         rows.append(f"    reason {printable(a.reason or '-')}; redacted {redacted}; {a.previous_steps} earlier step(s)")
-        if a.origin or a.votes:
+        if a.origin or a.votes or a.approvals_required > 1:
             voters = ", ".join(f"{printable(v.approver)} ({'yes' if v.grant else 'no'}, {v.channel})" for v in a.votes)
             where = f"origin {printable(a.origin)}; " if a.origin else ""
             grants = sum(1 for v in a.votes if v.grant)
