@@ -454,3 +454,66 @@ def test_the_collector_mirror_shows_the_sidecars_votes(tmp_path: Path) -> None:
         assert granted.resolved_by == "carol"
     finally:
         gw.stop()
+
+
+# --- the signed derivation, pure ----------------------------------------------------------------------------------
+
+
+def _asked(approval_id: str, required: int | None = 2) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "kind": "pre_exec",
+        "event_id": f"evt_ask_{approval_id}",
+        "decision": "approval_required",
+        "approval_id": approval_id,
+        "resumed_approval_id": "",
+        "tenant_id": "t_42",
+        "run_id": "run_1",
+        "actor": {"type": "user", "id": "u_1"},
+        "approval_expires_in_s": 3600,
+        "policy_version": "sha256:v1",
+    }
+    if required is not None:
+        body["approvals_required"] = required
+    return body
+
+
+def _answer(kind: str, approval_id: str, who: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "kind": kind,
+        "event_id": f"evt_{kind}_{who}",
+        "approval_id": approval_id,
+        "actor": {"type": "operator", "id": who},
+        "comment": "",
+        **fields,
+    }
+
+
+def test_the_fold_counts_one_signed_vote_per_person_and_reads_the_ask() -> None:
+    from gateway.journal.state import SignedStateFold, reconcile_votes  # noqa: PLC0415
+
+    fold = SignedStateFold()
+    fold.add("pre_exec", 1, _asked("apr_a"))
+    fold.add("approval_voted", 2, _answer("approval_voted", "apr_a", "alice", grant=True, via="c1", control_seq=7))
+    fold.add("approval_voted", 3, _answer("approval_voted", "apr_a", "ALICE", grant=True))  # never counted twice
+    (signed,) = fold.open_approvals()
+    assert (signed.approvals_required, signed.policy_version, signed.state) == (2, "sha256:v1", "pending")
+    assert [(v.identity, v.grant, v.via, v.voted_ns) for v in signed.votes] == [("alice", True, "c1", 2)]
+    fold.add("approval_granted", 4, _answer("approval_granted", "apr_a", "carol"))
+    fold.add("approval_voted", 5, _answer("approval_voted", "apr_a", "dave", grant=True))  # after the grant: nothing
+    assert [v.identity for v in fold.approvals["apr_a"].votes] == ["alice", "carol"]
+    assert fold.approvals["apr_a"].state == "granted"
+
+    # A journal from before four-eyes: no approvals_required (one approver) and no vote rows for its grants.
+    fold.add("pre_exec", 6, _asked("apr_old", required=None))
+    fold.add("approval_granted", 7, _answer("approval_granted", "apr_old", "alice"))
+    assert fold.approvals["apr_old"].approvals_required == 1
+    assert reconcile_votes([], fold) == [], "votes of resolved approvals need no rows"
+
+    fold.add("pre_exec", 8, _asked("apr_b"))
+    fold.add("approval_voted", 9, _answer("approval_voted", "apr_b", "alice", grant=True))
+    (missing,) = reconcile_votes([], fold)
+    assert (missing.table, missing.key, missing.detail) == (
+        "approval_votes",
+        "apr_b:alice",
+        "row missing for a signed vote",
+    )
