@@ -57,8 +57,8 @@ class FindingCode(enum.StrEnum):
     BELOW_MIN_SIZE = "below_min_size"
     """Journal-level, only with ``--min-size N``: the journal holds fewer than N entries."""
     STATE_MISMATCH = "state_mismatch"
-    """A state table row (approvals, kill_switches, forwarder_state) contradicts the signed events; the sidecar
-    ignores it for enforcement (docs/adr/0012). The message names the table and key."""
+    """A state table row (approvals, approval_votes, kill_switches, forwarder_state) contradicts the signed events;
+    the sidecar ignores it for enforcement (docs/adr/0012). The message names the table and key."""
 
 
 @dataclass(frozen=True)
