@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import stat
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -129,6 +131,40 @@ def test_with_the_sidecar_down_the_hook_fails_closed(agent: str, project: Path) 
     down = f"unix://{project}/.agentaudit/missing.sock"
     decision, reason = verdict(agent, hook(agent, payload(f"{agent}-pre", project), down))
     assert decision == "deny" and "audit_unavailable" in reason and "cannot be reached" in reason
+
+
+def test_a_stale_socket_file_fails_closed_too(project: Path) -> None:
+    stale = project / ".agentaudit" / "stale.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.bind(str(stale))  # bound, never listening, then closed: the file stays and refuses connects
+    decision, reason = verdict(
+        "claude-code", hook("claude-code", payload("claude-code-pre", project), f"unix://{stale}")
+    )
+    assert decision == "deny" and "audit_unavailable" in reason and "(UnavailableError)" in reason
+
+
+# Runs one hook call in-process and prints whether gRPC was imported to answer it.
+_IMPORTS_GRPC = """
+import io, json, sys
+from agentaudit_client.hooks.runtime import HookConfig, main
+out = io.StringIO()
+main("claude-code", HookConfig(sidecar=sys.argv[1]), io.StringIO(sys.argv[2]), out)
+loaded = {"grpc": "grpc" in sys.modules, "protobuf": "google.protobuf" in sys.modules}
+print(json.dumps({**loaded, "answer": out.getvalue()}))
+"""
+
+
+@pytest.mark.parametrize("event", ["claude-code-pre", "other"])
+def test_the_unreachable_answer_and_foreign_events_import_no_grpc(project: Path, event: str) -> None:
+    data = payload("claude-code-pre", project) if event != "other" else {"hook_event_name": "Notification"}
+    down = f"unix://{project}/.agentaudit/missing.sock"
+    done = subprocess.run(
+        [sys.executable, "-c", _IMPORTS_GRPC, down, json.dumps(data)],
+        capture_output=True, text=True, cwd=ROOT, timeout=60, check=True,
+    )  # fmt: skip
+    report = json.loads(done.stdout)
+    assert report["grpc"] is False and report["protobuf"] is False
+    assert ("audit_unavailable" in report["answer"]) is (event != "other")
 
 
 def test_a_tool_class_can_be_set_to_fail_open(project: Path) -> None:

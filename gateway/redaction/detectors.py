@@ -18,7 +18,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import AnyStr
 
 EMAIL = "email"
 PHONE = "phone"
@@ -140,8 +139,9 @@ class Detector:
         return found
 
 
-# The gates: one C-level operation each per string, deciding which detectors run at all.
-_DELETE_DIGITS = str.maketrans("", "", "0123456789")
+# The gates: one C-level operation each per string, deciding which detectors run at all. Digits are counted
+# on bytes (latin-1, the rest dropped: only ASCII digits count), keeping only the digits: one C-level pass.
+_NOT_DIGIT = bytes(b for b in range(256) if b not in b"0123456789")
 _IBAN_GATE = re.compile(r"[A-Z]{2}\d\d")
 # Every alternative starts with a literal, so the regex engine skips straight to the positions they start at.
 _CREDENTIAL_GATE = re.compile(r"Bearer|sk[-_]|rk[-_]|gh[pousr]_|github_pat_|xox|AKIA|ASIA|-----BEGIN|eyJ")
@@ -153,15 +153,14 @@ _BENIGN = re.compile(
 )
 
 # The same gates for many strings at once, joined by a separator no gate can match across (none of these
-# patterns matches it): whole benign segments are emptied first, then the "@" / credential gate and the digit
-# gate each take one pass. Alternatives that start with a literal let the regex engine skip to candidates.
+# patterns matches it). The digit gate: one encode and one translate keep the digits and the separators, and a
+# split gives each string's digit count. The "@" / credential gate: one substring test, one search of a looser
+# credential gate (each alternative is a part of one of ``_CREDENTIAL_GATE``'s, chosen to start with a rarer
+# character, so the engine stops at fewer positions), and only when either opens, which strings hold it.
 _SEPARATOR = "\x00"
-_BENIGN_SEGMENT = re.compile(r"\x00(?:" + _BENIGN.pattern + r")(?=\x00)")
-_AT_OR_CREDENTIAL = re.compile(r"@|" + _CREDENTIAL_GATE.pattern)
-# The digit gate counts ASCII digits only, so it runs on bytes: latin-1 with the rest dropped, then every byte
-# but the digits and the separator deleted (C-level, several times faster than a regex substitution).
 _NOT_DIGIT_OR_SEPARATOR = bytes(b for b in range(256) if b not in b"0123456789\x00")
-_EIGHT_DIGITS = re.compile(rb"[0-9]{8}")
+_LOOSE_CREDENTIAL_GATE = re.compile(r"B(?:earer|EGIN)|k[-_]|h[pousr]_|_pat_|xox|A(?:KIA|SIA)|yJ")
+_AT_OR_CREDENTIAL = re.compile(r"@|" + _CREDENTIAL_GATE.pattern)
 
 # Order matters: earlier detectors claim their spans first (a card number is not also reported as a phone).
 DETECTORS: tuple[Detector, ...] = (
@@ -202,7 +201,7 @@ DETECTORS: tuple[Detector, ...] = (
 )
 
 
-def _segments(joined: AnyStr, gate: re.Pattern[AnyStr], separator: AnyStr) -> list[int]:
+def _segments(joined: str, gate: re.Pattern[str], separator: str) -> list[int]:
     """Which ``separator``-delimited segments of ``joined`` (which starts with one) ``gate`` matches in."""
     found: list[int] = []
     separators, counted_to, position = 0, 0, 0
@@ -239,28 +238,42 @@ class ValueScanner:
 
     def find(self, text: str) -> list[Finding]:
         """Non-overlapping findings in ``text``, in order."""
+        return [Finding(name, start, end) for start, end, name in self._found(text)]
+
+    def _found(self, text: str) -> list[tuple[int, int, str]]:
+        """``find``'s findings as ``(start, end, name)`` tuples, in order."""
         if len(text) < MIN_LENGTH:
             return []
-        digits = len(text) - len(text.translate(_DELETE_DIGITS))
+        digits = len(text.encode("latin-1", "ignore").translate(None, _NOT_DIGIT))
         at = "@" in text
         credential = _CREDENTIAL_GATE.search(text) is not None
         if not (at or credential) and (digits < 8 or _BENIGN.fullmatch(text)):
             return []  # the common case, decided in four C-level operations
-        gates = {
-            "at": at,
-            "credential": credential,
-            "8 digits": digits >= 8,
-            "13 digits": digits >= 13,
-            "iban": digits >= 8 and _IBAN_GATE.search(text) is not None,
-        }
-        found: list[Finding] = []
+        found: list[tuple[int, int, str]] = []
         for detector in self.detectors:
-            if not gates[detector.gate]:
+            gate = detector.gate
+            if gate == "8 digits":
+                opened = digits >= 8
+            elif gate == "13 digits":
+                opened = digits >= 13
+            elif gate == "at":
+                opened = at
+            elif gate == "credential":
+                opened = credential
+            else:  # "iban"
+                opened = digits >= 8 and _IBAN_GATE.search(text) is not None
+            if not opened:
                 continue
+            name = detector.name
             for start, end in detector.spans(text):
-                if not any(start < f.end and f.start < end for f in found):
-                    found.append(Finding(detector.name, start, end))
-        return sorted(found, key=lambda f: f.start)
+                for claimed_start, claimed_end, _ in found:
+                    if start < claimed_end and claimed_start < end:
+                        break  # an earlier detector claimed (part of) it
+                else:
+                    found.append((start, end, name))
+        if len(found) > 1:
+            found.sort()  # spans do not overlap, so by start
+        return found
 
     def candidates(self, texts: Sequence[str]) -> list[int]:
         """Indices of the ``texts`` that ``find`` may find something in, in order; the others hold nothing.
@@ -272,20 +285,22 @@ class ValueScanner:
         joined = _SEPARATOR + _SEPARATOR.join(texts) + _SEPARATOR
         if joined.count(_SEPARATOR) != len(texts) + 1:
             return list(range(len(texts)))  # a text holds the separator itself: the segments would not line up
-        joined = _BENIGN_SEGMENT.sub(_SEPARATOR, joined)  # keeps one separator per text
-        digits = joined.encode("latin-1", "ignore").translate(None, _NOT_DIGIT_OR_SEPARATOR)
-        flagged = {*_segments(joined, _AT_OR_CREDENTIAL, _SEPARATOR), *_segments(digits, _EIGHT_DIGITS, b"\x00")}
-        return sorted(flagged)
+        counts = joined.encode("latin-1", "ignore").translate(None, _NOT_DIGIT_OR_SEPARATOR).split(b"\x00")
+        benign = _BENIGN.fullmatch
+        flagged = [i for i, digits in enumerate(counts[1:-1]) if len(digits) >= 8 and benign(texts[i]) is None]
+        if "@" in joined or _LOOSE_CREDENTIAL_GATE.search(joined) is not None:
+            flagged = sorted({*flagged, *_segments(joined, _AT_OR_CREDENTIAL, _SEPARATOR)})
+        return flagged
 
     def scrub(self, text: str) -> tuple[str, list[str]]:
         """``text`` with each detected value replaced by its marker, and the names of the detectors that fired."""
-        found = self.find(text)
+        found = self._found(text)
         if not found:
             return text, []
         parts, position = [], 0
-        for finding in found:
-            parts.append(text[position : finding.start])
-            parts.append(marker(finding.name))
-            position = finding.end
+        for start, end, name in found:
+            parts.append(text[position:start])
+            parts.append(marker(name))
+            position = end
         parts.append(text[position:])
-        return "".join(parts), sorted({f.name for f in found})
+        return "".join(parts), sorted({name for _, _, name in found})

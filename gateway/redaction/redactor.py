@@ -19,9 +19,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -63,18 +62,32 @@ _KEY_CACHE = 8192  # distinct keys whose decisions are remembered (bounded: keys
 _KeyDecision = tuple[str, tuple[str, ...], str | None]
 
 
-def key_decisions(matcher: FieldMatcher, scanner: ValueScanner) -> Callable[[str], _KeyDecision]:
+class KeyDecisions:
     """Per key, all the walk needs: how it is shown (detected values in it scrubbed), which detectors fired on
     it, and the name rule that removes it, if any. Remembered per key (keys repeat in every line item, and
-    one cache lookup is cheaper than two), bounded to ``_KEY_CACHE`` keys."""
-    rule_for = matcher.rule_for if matcher else None
-    scrub = scanner.scrub if scanner else None
+    one cache lookup is cheaper than two) in a plain dict the walk reads with one C-level ``get``, bounded to
+    ``_KEY_CACHE`` keys (emptied when full: keys come from agents). Thread-safe: each dict operation is atomic
+    and a decision depends only on its key."""
 
-    def decide(key: str) -> _KeyDecision:
-        shown, names = scrub(key) if scrub is not None else (key, [])
-        return shown, tuple(names), rule_for(key) if rule_for is not None else None
+    def __init__(self, matcher: FieldMatcher, scanner: ValueScanner) -> None:
+        self._rule_for = matcher.rule_for if matcher else None
+        self._scrub = scanner.scrub if scanner else None
+        self.remembered: dict[str, _KeyDecision] = {}
 
-    return lru_cache(maxsize=_KEY_CACHE)(decide)
+    def __call__(self, key: str) -> _KeyDecision:
+        decision = self.remembered.get(key)
+        if decision is None:
+            shown, names = self._scrub(key) if self._scrub is not None else (key, [])
+            decision = shown, tuple(names), self._rule_for(key) if self._rule_for is not None else None
+            if len(self.remembered) >= _KEY_CACHE:
+                self.remembered.clear()
+            self.remembered[key] = decision
+        return decision
+
+
+def key_decisions(matcher: FieldMatcher, scanner: ValueScanner) -> KeyDecisions:
+    """The remembered key decisions of a matcher and a scanner (see :class:`KeyDecisions`)."""
+    return KeyDecisions(matcher, scanner)
 
 
 def _walk(
@@ -82,97 +95,86 @@ def _walk(
     scanner: ValueScanner,
     value: Any,
     prefix: str,
-    keys: Callable[[str], _KeyDecision] | None = None,
+    keys: KeyDecisions | None = None,
 ) -> Redacted:
     """The redacted copy and its redactions. Paths are built only for containers and for what is redacted:
     formatting one per leaf would cost more than the scan itself.
 
-    String values are not scanned one by one as the copy is built: each is noted with its place in the copy,
-    and after the walk ``ValueScanner.candidates`` picks, in one pass over all of them, the few a detector may
-    fire on; only those are scrubbed and written back. Keys are decided as they are met (``keys``: the
-    caller's remembered decisions, else fresh ones)."""
-    walk = _Walk(scanner, keys if keys is not None else key_decisions(matcher, scanner))
-    copy = walk.node(value, prefix)
-    walk.scrub_noted()
-    return Redacted(copy, walk.found)
-
-
-class _Walk:
-    """One redaction walk: the redactions found, and the strings noted for the joined detector pass."""
-
-    def __init__(self, scanner: ValueScanner, decide_key: Callable[[str], _KeyDecision]) -> None:
-        self.scanner = scanner
-        self.scanning = bool(scanner)
-        self.decide_key = decide_key
-        self.found: list[Redaction] = []
-        # Strings to scan: their text, and where they sit (the container in the copy, the slot, the parent's
-        # path), in parallel lists: a tuple per string would be one more object for the garbage collector.
-        self.texts: list[str] = []
-        self.containers: list[dict[str, Any] | list[Any]] = []
-        self.slots: list[str | int] = []
-        self.paths: list[str] = []
-
-    def detected(self, names: Iterable[str], path: str) -> None:
-        self.found.extend(Redaction(f"{path}#{name}", f"detector:{name}") for name in names)
-
-    def note(self, text: str, container: dict[str, Any] | list[Any], slot: str | int, path: str) -> None:
-        if self.scanning and len(text) >= MIN_LENGTH:
-            self.texts.append(text)
-            self.containers.append(container)
-            self.slots.append(slot)
-            self.paths.append(path)
-
-    def node(self, node: Any, path: str) -> Any:
-        if isinstance(node, dict):
-            return self.mapping(node, path)
-        if isinstance(node, list):
-            items: list[Any] = []
+    One loop over an explicit stack of ``(source, copy, path)`` containers, no recursion: each container's copy
+    is put in its parent's place when met (so keys keep their order) and filled when its turn comes. String
+    values are not scanned one by one as the copy is built: each is noted with its place in the copy, and after
+    the walk ``ValueScanner.candidates`` picks, in one pass over all of them, the few a detector may fire on;
+    only those are scrubbed and written back. Keys are decided as they are met (``keys``: the caller's
+    remembered decisions, else fresh ones). The order of the redactions is not significant (``paths`` sorts)."""
+    if isinstance(value, dict):
+        copy: Any = {}
+    elif isinstance(value, list):
+        copy = []
+    elif isinstance(value, str) and scanner:
+        text, names = scanner.scrub(value)
+        return Redacted(text, [Redaction(f"{prefix}#{name}", f"detector:{name}") for name in names])
+    else:
+        return Redacted(value, [])
+    decide_key = keys if keys is not None else key_decisions(matcher, scanner)
+    remembered = decide_key.remembered.get
+    scanning = bool(scanner)
+    found: list[Redaction] = []
+    texts: list[str] = []  # strings to scan, and where each sits: its container in the copy, slot, parent path
+    places: list[tuple[dict[str, Any] | list[Any], str | int, str]] = []
+    stack: list[tuple[Any, Any, str]] = [(value, copy, prefix)]
+    sub: Any
+    pop, push, note, place = stack.pop, stack.append, texts.append, places.append
+    while stack:
+        node, out, path = pop()
+        if isinstance(out, dict):
+            for key, child in node.items():
+                # A key can itself be an e-mail address; its path would leak it, so keys are scrubbed too.
+                shown, key_names, rule = remembered(key) or decide_key(key)
+                if key_names:
+                    while shown in out or shown in node:
+                        shown += "~"
+                    found.extend(Redaction(f"{path}.{shown}#{name}", f"detector:{name}") for name in key_names)
+                if rule is not None:
+                    found.append(Redaction(f"{path}.{shown}", f"rule:{rule}"))
+                elif isinstance(child, str):
+                    out[shown] = child
+                    if scanning and len(child) >= MIN_LENGTH:
+                        note(child)
+                        place((out, shown, path))
+                elif isinstance(child, dict):
+                    out[shown] = sub = {}
+                    push((child, sub, f"{path}.{shown}"))
+                elif isinstance(child, list):
+                    out[shown] = sub = []
+                    push((child, sub, f"{path}.{shown}"))
+                else:
+                    out[shown] = child
+        else:
+            append = out.append
             for i, child in enumerate(node):
                 if isinstance(child, str):
-                    self.note(child, items, i, path)
-                    items.append(child)
-                elif isinstance(child, (dict, list)):
-                    items.append(self.node(child, f"{path}[{i}]"))
+                    if scanning and len(child) >= MIN_LENGTH:
+                        note(child)
+                        place((out, i, path))
+                    append(child)
+                elif isinstance(child, dict):
+                    append(sub := {})
+                    push((child, sub, f"{path}[{i}]"))
+                elif isinstance(child, list):
+                    append(sub := [])
+                    push((child, sub, f"{path}[{i}]"))
                 else:
-                    items.append(child)
-            return items
-        if isinstance(node, str) and self.scanning:
-            text, names = self.scanner.scrub(node)
-            self.detected(names, path)
-            return text
-        return node
-
-    def mapping(self, node: dict[str, Any], path: str) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, child in node.items():
-            # A key can itself be an e-mail address; its path would leak it, so keys are scrubbed too.
-            shown, key_names, rule = self.decide_key(key)
-            if key_names:
-                while shown in out or shown in node:
-                    shown += "~"
-                self.detected(key_names, f"{path}.{shown}")
-            if rule is not None:
-                self.found.append(Redaction(f"{path}.{shown}", f"rule:{rule}"))
-                continue
-            if isinstance(child, str):
-                self.note(child, out, shown, path)
-                out[shown] = child
-            elif isinstance(child, (dict, list)):
-                out[shown] = self.node(child, f"{path}.{shown}")
-            else:
-                out[shown] = child
-        return out
-
-    def scrub_noted(self) -> None:
-        """The joined pass: scrubs the noted strings a detector may fire on, in place in the copy."""
-        if not self.texts:
-            return
-        for index in self.scanner.candidates(self.texts):
-            text, names = self.scanner.scrub(self.texts[index])
+                    append(child)
+    if texts:
+        scrub = scanner.scrub
+        for index in scanner.candidates(texts):
+            text, names = scrub(texts[index])
             if names:
-                slot, path = self.slots[index], self.paths[index]
-                self.containers[index][slot] = text  # type: ignore[index] # the redacted value replaces the raw one
-                self.detected(names, f"{path}[{slot}]" if isinstance(slot, int) else f"{path}.{slot}")
+                container, slot, path = places[index]
+                container[slot] = text  # type: ignore[index] # the redacted value replaces the raw one
+                where = f"{path}[{slot}]" if isinstance(slot, int) else f"{path}.{slot}"
+                found.extend(Redaction(f"{where}#{name}", f"detector:{name}") for name in names)
+    return Redacted(copy, found)
 
 
 def redact(value: Any, fields: Iterable[str], prefix: str) -> tuple[Any, list[str]]:
@@ -189,7 +191,7 @@ class Redactor:
     fields: FieldMatcher
     hash_args: bool
     scanner: ValueScanner = field(default_factory=ValueScanner)
-    keys: Callable[[str], _KeyDecision] = field(init=False, repr=False, compare=False)
+    keys: KeyDecisions = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "keys", key_decisions(self.fields, self.scanner))  # frozen: set once, here

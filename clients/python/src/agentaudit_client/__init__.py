@@ -28,32 +28,47 @@ change to their code (``agentaudit_client.integrations``; docs/integrations.md).
 
 from typing import TYPE_CHECKING, Any
 
-from ._guard import Step
-from .address import AddressError, grpc_target
-from .client import GatewayClient, Run
-from .errors import (
-    ActionStopped,
-    AgentAuditError,
-    ApprovalRequired,
-    DeadlineExceededError,
-    DecisionError,
-    FailedPreconditionError,
-    GatewayError,
-    InvalidRequestError,
-    NotFoundError,
-    ResourceExhaustedError,
-    UnavailableError,
-    from_rpc_error,
-)
 from .models import Actor, ApprovalOutcome, DecideResult, ReportResult
 
 if TYPE_CHECKING:
+    from ._guard import Step
+    from .address import AddressError, grpc_target
     from .aio import AsyncGatewayClient, AsyncRun
+    from .client import GatewayClient, Run
+    from .errors import (
+        ActionStopped,
+        AgentAuditError,
+        ApprovalRequired,
+        DeadlineExceededError,
+        DecisionError,
+        FailedPreconditionError,
+        GatewayError,
+        InvalidRequestError,
+        NotFoundError,
+        ResourceExhaustedError,
+        UnavailableError,
+        from_rpc_error,
+    )
     from .integrations import instrument
 
-# Loaded on first use: the asyncio client (grpc.aio) and the framework adapters cost ~30 ms of imports that a
-# short-lived process such as a coding-agent hook (`agentaudit hook`) never needs.
-_LAZY = {"AsyncGatewayClient": ".aio", "AsyncRun": ".aio", "instrument": ".integrations"}
+# Everything that imports gRPC or protobuf is loaded on first use: a short-lived process such as a coding-agent
+# hook (`agentaudit hook`) imports this package for its models and its hook runtime, and must not pay ~60 ms of
+# gRPC imports before it knows it has a call to make (or that the sidecar is not there at all).
+_ERRORS = (
+    "ActionStopped AgentAuditError ApprovalRequired DeadlineExceededError DecisionError FailedPreconditionError "
+    "GatewayError InvalidRequestError NotFoundError ResourceExhaustedError UnavailableError from_rpc_error"
+)
+_LAZY = {
+    "AsyncGatewayClient": ".aio",
+    "AsyncRun": ".aio",
+    "GatewayClient": ".client",
+    "Run": ".client",
+    "Step": "._guard",
+    "AddressError": ".address",
+    "grpc_target": ".address",
+    "instrument": ".integrations",
+    **dict.fromkeys(_ERRORS.split(), ".errors"),
+}
 
 
 def __getattr__(name: str) -> Any:

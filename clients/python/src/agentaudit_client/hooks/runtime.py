@@ -9,8 +9,10 @@ after a human approved it (``agentaudit approve ID``) resumes with that approval
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -78,9 +80,36 @@ def _client(event: ToolEvent, config: HookConfig) -> Any:
     return GatewayClient(grpc_target(target, base=event.cwd or None), timeout=config.timeout_s)
 
 
-def _decide(dialect: Dialect, event: ToolEvent, config: HookConfig) -> tuple[Verdict, str]:
-    from agentaudit_client.errors import GatewayError  # noqa: PLC0415
+# What a plain connect to a unix socket answers when no sidecar listens there: no socket file, or a stale one.
+_NOBODY_LISTENS = frozenset({errno.ENOENT, errno.ECONNREFUSED})
 
+
+def _nobody_listens(event: ToolEvent, config: HookConfig) -> OSError | None:
+    """The connect error when the sidecar's unix socket has no listener, else None (also for TCP targets).
+
+    gRPC would answer UNAVAILABLE at once in exactly these two cases (it connects the same way), so the
+    fail-closed answer is known without importing gRPC and protobuf, most of a hook's start-up time. Any other
+    outcome (a listener, a timeout, a path too long) goes to gRPC, which decides as before."""
+    from agentaudit_client.address import AddressError, unix_path  # noqa: PLC0415
+
+    try:
+        path = unix_path(config.sidecar or DEFAULT_SIDECAR, base=event.cwd or None)
+    except AddressError:
+        return None  # the client raises the same error, with its message
+    if path is None:
+        return None
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(config.timeout_s)
+    try:
+        probe.connect(str(path))
+    except OSError as exc:
+        return exc if exc.errno in _NOBODY_LISTENS else None
+    finally:
+        probe.close()
+    return None
+
+
+def _decide(dialect: Dialect, event: ToolEvent, config: HookConfig) -> tuple[Verdict, str]:
     directory = pairing.state_dir(event.cwd)
     call_key = f"{dialect.name}|{event.run_id}|{event.tool}|{json.dumps(event.args, sort_keys=True, default=str)}"
     waiting = pairing.take(directory, "approval", call_key)
@@ -95,6 +124,11 @@ def _decide(dialect: Dialect, event: ToolEvent, config: HookConfig) -> tuple[Ver
         "agent_id": config.agent_id or dialect.name,
         "labels": {"hook": dialect.name, "tool_class": tool_class(event.tool)},
     }
+    refused = _nobody_listens(event, config)
+    if refused is not None:
+        return _unreachable(event, config, "UnavailableError", str(refused))
+    from agentaudit_client.errors import GatewayError  # noqa: PLC0415
+
     try:
         with _client(event, config) as client:
             decision = client.decide(**request, approval_id=(waiting or {}).get("approval_id", ""))
@@ -104,7 +138,7 @@ def _decide(dialect: Dialect, event: ToolEvent, config: HookConfig) -> tuple[Ver
                     request["step_id"] = time.time_ns() // 1000
                     decision = client.decide(**request, approval_id=decision.approval_id)
     except GatewayError as exc:
-        return _unreachable(event, config, exc)
+        return _unreachable(event, config, type(exc).__name__, str(exc))
     if decision.allowed:
         pairing.put(directory, "pre", event.pair_key, {"event_id": decision.event_id, "started": time.time()})
         pairing.prune(directory)
@@ -125,14 +159,14 @@ def _decide(dialect: Dialect, event: ToolEvent, config: HookConfig) -> tuple[Ver
     return "deny", f"agentaudit: stopped ({decision.reason}) by policy rule {rule}.{retry}"
 
 
-def _unreachable(event: ToolEvent, config: HookConfig, exc: Exception) -> tuple[Verdict, str]:
+def _unreachable(event: ToolEvent, config: HookConfig, kind: str, detail: str) -> tuple[Verdict, str]:
     klass = tool_class(event.tool)
     where = config.sidecar or DEFAULT_SIDECAR
     if klass in config.fail_open:
-        print(f"agentaudit: sidecar at {where} unavailable; {klass} tools fail open: {exc}", file=sys.stderr)
+        print(f"agentaudit: sidecar at {where} unavailable; {klass} tools fail open: {detail}", file=sys.stderr)
         return "allow", ""
     return "deny", (
-        f"agentaudit: audit_unavailable: the sidecar at {where} cannot be reached ({type(exc).__name__}), "
+        f"agentaudit: audit_unavailable: the sidecar at {where} cannot be reached ({kind}), "
         f"so this {klass} call is denied (fail closed; start it with `agentaudit dev`, or set "
         "AGENTAUDIT_HOOK_FAIL_OPEN for tool classes that may run unaudited)."
     )

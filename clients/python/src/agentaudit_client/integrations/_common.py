@@ -281,6 +281,9 @@ class ToolCallGovernor:
 
     def __init__(self, settings: AdapterSettings) -> None:
         self.settings = settings
+        # Fixed for the governor's life (the settings are frozen): computed once, not on every call.
+        self._actor = settings.actor
+        self._labels = dict(settings.labels)
         self._steps = _StepCounter()
         self._client: GatewayClient | None = None
         self._aclient: AsyncGatewayClient | None = None
@@ -290,7 +293,10 @@ class ToolCallGovernor:
 
     @property
     def client(self) -> GatewayClient:
-        """The blocking client (created on first use)."""
+        """The blocking client (created on first use; after that, read without taking the lock)."""
+        client = self._client
+        if client is not None:
+            return client
         with self._lock:
             if self._client is None:
                 self._client = GatewayClient(self.settings.sidecar, timeout=self.settings.timeout_s)
@@ -298,7 +304,10 @@ class ToolCallGovernor:
 
     @property
     def aclient(self) -> AsyncGatewayClient:
-        """The asyncio client (created on first use, inside the running loop)."""
+        """The asyncio client (created on first use, inside the running loop; then read without the lock)."""
+        aclient = self._aclient
+        if aclient is not None:
+            return aclient
         with self._lock:
             if self._aclient is None:
                 self._aclient = AsyncGatewayClient(self.settings.sidecar, timeout=self.settings.timeout_s)
@@ -329,11 +338,11 @@ class ToolCallGovernor:
             "step_id": self._steps.next(run_id),
             "tenant_id": self.settings.tenant_id,
             "agent_id": self.settings.agent_id,
-            "actor": self.settings.actor,
+            "actor": self._actor,
             "action": action,
             "args": args,
             "approval_id": approval_id,
-            "labels": {**self.settings.labels, **(labels or {})} or None,
+            "labels": {**self._labels, **labels} if labels else self._labels or None,
         }
 
     def decide(

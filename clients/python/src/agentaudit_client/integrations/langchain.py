@@ -150,7 +150,7 @@ class AgentAuditMiddleware(AgentMiddleware[AgentAuditState, Any, Any]):
             return None
         return {
             "agentaudit_decisions": {
-                call.id: {"action": call.action, "args": call.args, "decision": dataclasses.asdict(decision)}
+                call.id: {"action": call.action, "args": call.args, "decision": _fields(decision)}
                 for call, decision in decided
             }
         }
@@ -230,6 +230,14 @@ class AgentAuditMiddleware(AgentMiddleware[AgentAuditState, Any, Any]):
         return result
 
 
+_DECISION_FIELDS = tuple(f.name for f in dataclasses.fields(DecideResult))
+
+
+def _fields(decision: DecideResult) -> dict[str, Any]:
+    """``dataclasses.asdict`` of a decision, without its deep copy (every field is a str, a float or None)."""
+    return {name: getattr(decision, name) for name in _DECISION_FIELDS}
+
+
 def _blocked_message(request: ToolCallRequest, call: _Call, decision: DecideResult) -> ToolMessage:
     """LangChain's native failed tool answer: the model reads the reason; the tool did not run."""
     return ToolMessage(
@@ -237,7 +245,7 @@ def _blocked_message(request: ToolCallRequest, call: _Call, decision: DecideResu
         tool_call_id=call.id,
         name=request.tool_call["name"],
         status="error",
-        artifact={"agentaudit": dataclasses.asdict(decision)},
+        artifact={"agentaudit": _fields(decision)},
     )
 
 
