@@ -21,7 +21,7 @@ from agentaudit.v1 import control_pb2, control_pb2_grpc, gateway_pb2, gateway_pb
 from gateway import devenv
 from gateway.app import Sidecar
 from gateway.config import Config, ControlConfig
-from gateway.control.message import Hello, sign_control, verify_hello
+from gateway.control.message import KILL_SWITCH_SET, Hello, sign_control, verify_hello
 from gateway.signing import Ed25519Signer, load_signer
 from tests.gateway_helpers import decide_request
 from tests.helpers import eventually_async
@@ -41,7 +41,10 @@ class ScriptedCollector(control_pb2_grpc.ControlServiceServicer):
         self.reports: list[control_pb2.JournalEntry] = []
         self.streams = 0
         self.open_streams = 0
-        self.initial: list[tuple[bytes, bytes]] = []  # sent first on every stream (e.g. the complete set)
+        # Sent first on every stream: a complete set with these switches, as of the hello's applied seq.
+        self.initial_set: list[tuple[str, str, str]] | None = None
+        self.head = 0
+        self.nonces: list[bytes] = []
         self._outboxes: list[asyncio.Queue[tuple[bytes, bytes] | None]] = []
         self.accepting = True
 
@@ -57,13 +60,16 @@ class ScriptedCollector(control_pb2_grpc.ControlServiceServicer):
             first.hello.body, first.hello.signature, collector=self.key.name, nonce=nonce, verifiers=self.origin_keys
         )
         self.hellos.append(hello)
+        self.nonces.append(nonce)
         outbox: asyncio.Queue[tuple[bytes, bytes] | None] = asyncio.Queue()
         self._outboxes.append(outbox)
         self.streams += 1
         self.open_streams += 1
         reader = asyncio.create_task(self._read(context))
         try:
-            for body, signature in self.initial:
+            if self.initial_set is not None:
+                fields = {**switch_set(*self.initial_set), "head": self.head, "nonce": nonce.hex()}
+                body, signature = self.message(hello.origin, hello.applied_seq, KILL_SWITCH_SET, fields)
                 await context.write(
                     control_pb2.ConnectResponse(control=control_pb2.SignedControl(body=body, signature=signature))
                 )
@@ -101,6 +107,13 @@ class ScriptedCollector(control_pb2_grpc.ControlServiceServicer):
         now_ns: int = 0,
     ) -> tuple[bytes, bytes]:
         return sign_control(signer or self.key, origin, seq, kind, fields, ttl_s=ttl_s, now_ns=now_ns)
+
+    def set_message(
+        self, origin: str, seq: int, *switches: tuple[str, str, str], head: int = 0, nonce: bytes | None = None
+    ) -> tuple[bytes, bytes]:
+        """A complete set for the newest stream (or the stream of ``nonce``)."""
+        fields = {**switch_set(*switches), "head": head or seq, "nonce": (nonce or self.nonces[-1]).hex()}
+        return self.message(origin, seq, KILL_SWITCH_SET, fields)
 
     def send(self, item: tuple[bytes, bytes]) -> None:
         """Sends one signed message on every open stream."""

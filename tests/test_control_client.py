@@ -18,7 +18,7 @@ import pytest
 from agentaudit.v1 import gateway_pb2, gateway_pb2_grpc, types_pb2
 from gateway import reasons
 from gateway.app import Sidecar
-from gateway.control.message import APPROVAL_VOTE, KILL_SWITCH, KILL_SWITCH_SET
+from gateway.control.message import APPROVAL_VOTE, KILL_SWITCH
 from gateway.journal.entry import decode_entry
 from tests.control_helpers import (
     FORGER,
@@ -28,7 +28,6 @@ from tests.control_helpers import (
     running_sidecar,
     scripted_server,
     sidecar_config,
-    switch_set,
 )
 from tests.helpers import eventually_async
 
@@ -61,7 +60,7 @@ def with_sidecar(tmp_path: Path, scenario: Scenario, *, initial_set: bool = True
             origin = origin_signer(tmp_path / "sc")
             collector.origin_keys = [origin.verifier]
             if initial_set:
-                collector.initial = [collector.message(origin.name, 1, KILL_SWITCH_SET, switch_set())]
+                collector.initial_set = []
             async with running_sidecar(cfg) as sidecar:
                 await eventually_async(lambda: collector.open_streams == 1, message="the control stream")
                 await scenario(sidecar, collector, origin.name)
@@ -134,24 +133,43 @@ def test_the_complete_set_engages_what_is_new_and_releases_only_that_collectors_
     async def scenario(sidecar: Sidecar, collector: ScriptedCollector, origin: str) -> None:
         board = sidecar.switches
         assert board is not None
+        await collector.ack_of(0)  # the stream's own (empty) set
         await board.engage("agent", "local-bot", "engaged here", "alice")  # a local switch: never the fleet's
-        collector.send(
-            collector.message(origin, 3, KILL_SWITCH_SET, switch_set(("tenant", "t_1", "a"), ("run", "r", "b")))
-        )
-        await collector.ack_of(3)
+        collector.send(collector.set_message(origin, 0, ("tenant", "t_1", "a"), ("run", "r", "b"), head=3))
+        assert (await collector.ack_of(0, 2)).refused == ""
         assert {(s.scope, s.target, s.via) for s in board.engaged()} == {
             ("agent", "local-bot", ""),
             ("tenant", "t_1", "control.test/collector"),
             ("run", "r", "control.test/collector"),
         }
-        collector.send(collector.message(origin, 4, KILL_SWITCH_SET, switch_set(("run", "r", "b"))))
-        await collector.ack_of(4)
+        collector.send(collector.set_message(origin, 0, ("run", "r", "b"), head=4))
+        await collector.ack_of(0, 3)
         assert {(s.scope, s.target) for s in board.engaged()} == {("agent", "local-bot"), ("run", "r")}
-        # The same set again (a reconnect) journals nothing.
+        # The same set again journals nothing.
         before = journal_size(sidecar.config.journal.path)
-        collector.send(collector.message(origin, 4, KILL_SWITCH_SET, switch_set(("run", "r", "b"))))
-        assert (await collector.ack_of(4, 2)).refused == ""
+        collector.send(collector.set_message(origin, 0, ("run", "r", "b"), head=4))
+        assert (await collector.ack_of(0, 4)).refused == ""
         assert journal_size(sidecar.config.journal.path) == before
+        # A single change the set already covered (seq <= its head) is refused as replayed.
+        release = {"action": "release", "scope": "run", "target": "r", "reason": "", "operator": "o"}
+        collector.send(collector.message(origin, 4, KILL_SWITCH, release))
+        assert (await collector.ack_of(4)).refused == "replayed"
+        assert board.find_exact("run", "r") is not None
+
+    with_sidecar(tmp_path, scenario)
+
+
+def test_a_set_made_for_another_stream_is_refused(tmp_path: Path) -> None:
+    async def scenario(sidecar: Sidecar, collector: ScriptedCollector, origin: str) -> None:
+        await collector.ack_of(0)
+        other = collector.set_message(origin, 0, head=9, nonce=b"\x01" * 32)  # an empty set: would release all
+        engage = {"action": "engage", "scope": "global", "target": "", "reason": "stop all", "operator": "o"}
+        collector.send(collector.message(origin, 10, KILL_SWITCH, engage))
+        await collector.ack_of(10)
+        collector.send(other)
+        ack = await collector.ack_of(0, 2)
+        assert ack.refused == "replayed" and "another stream" in ack.message
+        assert sidecar.switches is not None and sidecar.switches.find("t", "a", "r") is not None
 
     with_sidecar(tmp_path, scenario)
 
@@ -164,8 +182,8 @@ def test_before_the_first_set_decide_waits_and_then_stops_with_control_plane_unr
         assert time.monotonic() - started >= 0.5  # it waited for the set first
         assert sidecar.health.problems.get("control")
         # The set arrives (with a switch for t_42): t_42 stays stopped, others are allowed again.
-        collector.send(collector.message(origin, 2, KILL_SWITCH_SET, switch_set(("tenant", "t_42", "fraud"))))
-        await collector.ack_of(2)
+        collector.send(collector.set_message(origin, 0, ("tenant", "t_42", "fraud"), head=2))
+        await collector.ack_of(0)
         stopped = await decide(sidecar, tenant_id="t_42", step_id=2)
         assert (stopped.decision, stopped.reason) == (STOP, reasons.KILL_SWITCH_ENGAGED)
         assert (await decide(sidecar, tenant_id="t_1", step_id=3)).decision == ALLOW
@@ -180,7 +198,7 @@ def test_a_decide_waiting_for_the_first_set_gets_the_switch_it_carries(tmp_path:
         waiting = asyncio.ensure_future(decide(sidecar, tenant_id="t_42"))
         await asyncio.sleep(0.3)
         assert not waiting.done()
-        collector.send(collector.message(origin, 2, KILL_SWITCH_SET, switch_set(("tenant", "t_42", "fraud"))))
+        collector.send(collector.set_message(origin, 0, ("tenant", "t_42", "fraud"), head=2))
         reply = await waiting
         assert (reply.decision, reply.reason) == (STOP, reasons.KILL_SWITCH_ENGAGED)
 
@@ -213,13 +231,15 @@ def test_applied_seq_is_derived_from_the_journal_on_restart(tmp_path: Path) -> N
             cfg = sidecar_config(tmp_path / "sc", address)
             origin = origin_signer(tmp_path / "sc")
             collector.origin_keys = [origin.verifier]
-            collector.initial = [collector.message(origin.name, 1, KILL_SWITCH_SET, switch_set())]
+            collector.initial_set = []
             engage = {"action": "engage", "scope": "tenant", "target": "t_42", "reason": "fraud", "operator": "o"}
             async with running_sidecar(cfg):
                 await eventually_async(lambda: collector.streams == 1)
                 collector.send(collector.message(origin.name, 12, KILL_SWITCH, engage))
                 await collector.ack_of(12)
             assert [h.applied_seq for h in collector.hellos] == [0]
+            collector.initial_set, collector.head = [("tenant", "t_42", "fraud")], 12  # the fleet's state now
+            before = len(kill_switch_events(cfg.journal.path))
             async with running_sidecar(cfg) as sidecar:
                 await eventually_async(lambda: collector.streams == 2)
                 assert collector.hellos[-1].applied_seq == 12
@@ -227,9 +247,11 @@ def test_applied_seq_is_derived_from_the_journal_on_restart(tmp_path: Path) -> N
                 assert sidecar.switches is not None
                 found = sidecar.switches.find("t_42", "", "")
                 assert found is not None and found.via == "control.test/collector"
+                await collector.ack_of(12, 2)  # the new stream's set, as of the hello's applied seq
                 # Sent again (a replay across the restart): refused.
                 collector.send(collector.message(origin.name, 12, KILL_SWITCH, engage))
-                assert (await collector.ack_of(12, 2)).refused == "replayed"
+                assert (await collector.ack_of(12, 3)).refused == "replayed"
+                assert len(kill_switch_events(cfg.journal.path)) == before  # the set found it engaged already
 
     run(main())
 

@@ -17,10 +17,12 @@ to ``control.backoff_max_s``). On each stream:
    (full: the entry is left to forwarding, which delivers it anyway, and counted).
 
 Replay, by kind. Sequence numbers are the fleet's, so a sidecar sees gaps but never a repeat. ``applied_seq``
-counts votes and single switch changes; ``switch_seq`` the newest switch state applied (a change or a complete
-set). A ``kill_switch_set`` is a snapshot: it is believed when it is not older than ``switch_seq`` and it does
-not move ``applied_seq`` (votes issued before it are still due). A ``kill_switch`` change must be newer than both;
-a vote newer than ``applied_seq``.
+counts votes and single switch changes; ``switch_seq`` how far the switch state applied reaches (a change, or a
+complete set's ``head``). A ``kill_switch_set`` is a snapshot the collector makes for one stream: it carries the
+hello's ``applied_seq`` as its seq (the acts sent after it are all above it) and the stream's challenge as its
+``nonce``, so it is believed at that seq, only on that stream, and does not move ``applied_seq`` (votes issued
+before its head may still be due). A ``kill_switch`` change must be newer than both; a vote newer than
+``applied_seq``.
 
 What Decide sees (:meth:`ControlClient.blocked`, one monotonic comparison): until the first complete set after
 start has been applied, Decide waits up to ``control.connect_wait_s`` (:meth:`ControlClient.wait_ready`) and then
@@ -147,7 +149,8 @@ class ControlClient:
         self._verifier = ControlVerifier(pinned, signer.name, applied_seq=-1)
         self.applied_seq = applied_seq
         self.switch_seq = switch_seq
-        self._stream_set_seq = -1  # the set applied on the current stream (-1: none yet)
+        self._stream_set_seq = -1  # the head of the set applied on the current stream (-1: none yet)
+        self._stream_nonce = b""  # the current stream's challenge (a set must carry it)
         self._max_staleness_s = max_staleness_s
         self._connect_wait_s = connect_wait_s
         self._backoff = (backoff_initial_s, backoff_max_s)
@@ -308,7 +311,7 @@ class ControlClient:
             body, signature = sign_hello(self._signer, challenge.collector, challenge.nonce, self.applied_seq)
             hello = control_pb2.ControlHello(body=body, signature=signature)
             await self._write(call, control_pb2.ConnectRequest(hello=hello))
-            self._stream_set_seq = -1
+            self._stream_set_seq, self._stream_nonce = -1, challenge.nonce
             drain = asyncio.create_task(self._drain_reports(call), name="control-reports")
             while True:
                 response: Any = await call.read()
@@ -342,7 +345,9 @@ class ControlClient:
         message = self._verifier.verify(body, signature)
         seq = message.seq
         if message.kind == KILL_SWITCH_SET:
-            floor, newer = self.switch_seq, seq >= self.switch_seq
+            if not self._stream_nonce or message.body.get("nonce") != self._stream_nonce.hex():
+                raise ControlRefusedError(REPLAYED, "control message: a kill-switch set issued for another stream")
+            floor, newer = self.applied_seq, seq >= self.applied_seq
         elif message.kind == KILL_SWITCH:
             floor = max(self.applied_seq, self.switch_seq)
             newer = seq > floor
@@ -389,8 +394,10 @@ class ControlClient:
 
     def _moved(self, message: ControlMessage) -> None:
         if message.kind == KILL_SWITCH_SET:
-            self.switch_seq = max(self.switch_seq, message.seq)
-            self._stream_set_seq = message.seq
+            head = message.body.get("head")
+            head = head if isinstance(head, int) and not isinstance(head, bool) else message.seq
+            self.switch_seq = max(self.switch_seq, message.seq, head)
+            self._stream_set_seq = max(message.seq, head)
             if not self.ready:
                 self.ready = True
                 self._ready.set()
