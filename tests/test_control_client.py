@@ -38,10 +38,14 @@ def run(coro: Awaitable[None], timeout_s: float = 120) -> None:
     asyncio.run(asyncio.wait_for(coro, timeout_s))  # type: ignore[arg-type]
 
 
-def kill_switch_events(journal: Path) -> list[dict[str, Any]]:
+def journal_bodies(journal: Path, kind: str) -> list[dict[str, Any]]:
     with sqlite3.connect(f"file:{journal}?mode=ro", uri=True) as conn:
-        rows = conn.execute("SELECT entry FROM journal WHERE kind = 'kill_switch' ORDER BY seq").fetchall()
+        rows = conn.execute("SELECT entry FROM journal WHERE kind = ? ORDER BY seq", (kind,)).fetchall()
     return [json.loads(decode_entry(bytes(r[0])).body) for r in rows]
+
+
+def kill_switch_events(journal: Path) -> list[dict[str, Any]]:
+    return journal_bodies(journal, "kill_switch")
 
 
 def journal_size(journal: Path) -> int:
@@ -282,6 +286,10 @@ def test_a_vote_resolves_the_approval_and_the_blocked_agent_resumes(tmp_path: Pa
             collector.send(collector.message(origin, 20, APPROVAL_VOTE, vote))
             assert (await collector.ack_of(20)).refused == ""
             assert (await waiting).state == gateway_pb2.APPROVAL_STATE_GRANTED
+        granted = journal_bodies(sidecar.config.journal.path, "approval_granted")
+        assert [(g["actor"]["id"], g["via"], g["control_seq"], g["channel"]) for g in granted] == [
+            ("alice@example.com", "control.test/collector", 20, "cli")
+        ]
         resumed = await decide(sidecar, action="refund.create", args=args, run_id="run_v", approval_id=approval_id)
         assert resumed.decision == ALLOW
         # A second vote for it is refused with the sidecar's word.
@@ -295,3 +303,23 @@ def test_a_vote_resolves_the_approval_and_the_blocked_agent_resumes(tmp_path: Pa
 def asked_seq(entry: Any) -> int:
     body = json.loads(decode_entry(entry.entry).body)
     return int(entry.seq) if body.get("decision") == "approval_required" else -1
+
+
+def test_a_relayed_vote_counts_as_applied_after_a_restart(tmp_path: Path) -> None:
+    async def main() -> None:
+        collector = ScriptedCollector()
+        async with scripted_server(tmp_path, collector) as address:
+            cfg = sidecar_config(tmp_path / "sc", address)
+            origin = origin_signer(tmp_path / "sc")
+            collector.origin_keys, collector.initial_set = [origin.verifier], []
+            async with running_sidecar(cfg) as sidecar:
+                await eventually_async(lambda: collector.open_streams == 1)
+                asked = await decide(sidecar, action="refund.create", args={"amount": 250}, run_id="run_r")
+                vote = {"approval_id": asked.approval_id, "grant": False, "approver": "bob", "roles": ["approver"]}
+                collector.send(collector.message(origin.name, 31, APPROVAL_VOTE, {**vote, "comment": "no"}))
+                assert (await collector.ack_of(31)).refused == ""
+            async with running_sidecar(cfg):
+                await eventually_async(lambda: collector.streams == 2)
+                assert [h.applied_seq for h in collector.hellos] == [0, 31]
+
+    run(main())

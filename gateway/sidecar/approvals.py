@@ -230,8 +230,21 @@ class ApprovalBook:
                 f"{operator.identity} is not among the approvers of {approval.approval_id} ({', '.join(allowed)})"
             )
 
-    async def resolve(self, approval_id: str, grant: bool, operator: Operator, comment: str) -> tuple[Approval, str]:
+    async def resolve(
+        self,
+        approval_id: str,
+        grant: bool,
+        operator: Operator,
+        comment: str,
+        *,
+        channel: str = "cli",
+        via: str = "",
+        control_seq: int = 0,
+    ) -> tuple[Approval, str]:
         """Grants or denies a pending approval; returns it and the journaled event id.
+
+        The event body records the ``channel`` the operator answered on (cli, console, slack) and, for an answer
+        relayed by the collector's control channel, ``via`` (the collector) and its ``control_seq``.
 
         Exactly one resolution wins: the approval is reserved for this operator before the journal await (as a
         resume reserves before its pre-event), so a concurrent grant or deny is refused with FAILED_PRECONDITION
@@ -258,6 +271,7 @@ class ApprovalBook:
                 comment,
                 nanos,
                 [change],
+                _answer_fields(channel, via, control_seq),
             )
             approval.state, approval.resolved_by, approval.resolved_ns, approval.comment, approval.expires_ns = (
                 state,
@@ -365,3 +379,13 @@ class ApprovalBook:
         stored = await self._reader.list_approvals(state, tenant_id, min(limit or MAX_LIST, MAX_LIST))
         # Open approvals are authoritative in memory (a grant may be newer than the reader's snapshot).
         return [self._open.get(a.approval_id) or a for a in stored]
+
+
+def _answer_fields(channel: str, via: str, control_seq: int) -> dict[str, object]:
+    """How an answer reached the sidecar, as the approval event's body records it."""
+    fields: dict[str, object] = {"channel": channel}
+    if via:
+        fields["via"] = via
+    if control_seq:
+        fields["control_seq"] = control_seq
+    return fields

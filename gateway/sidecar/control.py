@@ -516,8 +516,13 @@ class ControlClient:
             or not all(isinstance(r, str) for r in roles)
         ):
             raise FailedPreconditionError("approval_vote: malformed fields", reason="invalid")
+        channel = body.get("channel") or "cli"
+        if not isinstance(channel, str):
+            raise FailedPreconditionError("approval_vote: channel must be a string", reason="invalid")
         operator = Operator(identity=approver, roles=frozenset(roles))
-        await self._approvals.resolve(approval_id, grant, operator, comment)
+        await self._approvals.resolve(
+            approval_id, grant, operator, comment, channel=channel, via=self.collector, control_seq=message.seq
+        )
         log.info(
             "control: approval %s %s by %s via %s (%d)",
             approval_id,

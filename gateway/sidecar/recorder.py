@@ -168,8 +168,13 @@ class AuditRecorder:
         comment: str,
         nanos: int,
         state: Sequence[StateChange],
+        extra: Mapping[str, Any] | None = None,
     ) -> RecordedEvent:
-        """Journals an approval being granted, denied or expiring, with its state change."""
+        """Journals an approval being granted, denied or expiring, with its state change.
+
+        ``extra`` adds fields to the body (an operator's ``channel``, and ``via``/``control_seq`` when the answer
+        came over the collector's control channel).
+        """
         fields = {
             "approval_id": approval["approval_id"],
             "pre_event_id": approval["event_id"],
@@ -183,6 +188,8 @@ class AuditRecorder:
             "actor": dict(actor),
             "comment": self.scrub_text(comment),
         }
+        if extra:
+            fields.update(extra)
         event = await self._record(kind, nanos, fields, state)
         self._approval_entry(event.receipt.seq)
         return event
