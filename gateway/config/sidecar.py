@@ -487,7 +487,8 @@ def _validate_forward(fwd: ForwardConfig) -> None:
         raise ConfigError("forward.batch_max_age_s / idle_checkpoint_s: out of range")
     if not 0 < fwd.backoff_initial_s <= fwd.backoff_max_s <= 3600:
         raise ConfigError("forward.backoff_initial_s must be positive and at most forward.backoff_max_s")
-    check_collector_transport("forward.target", fwd.target, fwd.tls, fwd.allow_insecure)
+    if fwd.target or fwd.tls is None:  # no target with tls: only the control channel may use it (checked there)
+        check_collector_transport("forward.target", fwd.target, fwd.tls, fwd.allow_insecure)
 
 
 def _validate_control(control: ControlConfig, fwd: ForwardConfig) -> None:
@@ -497,6 +498,9 @@ def _validate_control(control: ControlConfig, fwd: ForwardConfig) -> None:
         raise ConfigError("control.connect_wait_s: must be between 0 and 600 seconds")
     if not 0 < control.backoff_initial_s <= control.backoff_max_s <= 3600:
         raise ConfigError("control.backoff_initial_s must be positive and at most control.backoff_max_s")
+    tcp = control.enabled and control.collector not in ("", "embedded") and not control.collector.startswith("unix:")
+    if not fwd.target and fwd.tls is not None and not tcp:
+        check_collector_transport("forward.target", fwd.target, fwd.tls, fwd.allow_insecure)  # refuses, naming it
     if not control.enabled:
         return
     target = control.collector
