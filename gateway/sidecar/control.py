@@ -76,6 +76,7 @@ log = logging.getLogger(__name__)
 REPORT_QUEUE_MAX = 10_000
 """Approval entries waiting to be pushed; beyond this, forwarding delivers them (counted as dropped)."""
 REPORT_BATCH_MAX = 256
+MAX_ACK_MESSAGE_BYTES = 1000
 SCOPES = ("global", "tenant", "agent", "run")
 HEALTH_COMPONENT = "control"
 _EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]  # the stubs do not declare it
@@ -91,7 +92,7 @@ def _seq_of(body: bytes) -> int:
         seq = json.loads(body).get("seq", 0)
     except (ValueError, UnicodeDecodeError, AttributeError):
         return 0
-    return seq if isinstance(seq, int) and not isinstance(seq, bool) and 0 <= seq < 2**64 else 0
+    return seq if isinstance(seq, int) and not isinstance(seq, bool) and 0 <= seq < 2**63 else 0
 
 
 def _refusal_word(exc: AgentAuditError) -> str:
@@ -292,7 +293,7 @@ class ControlClient:
             failures += 1
             base, cap = self._backoff
             # Full jitter (not security-relevant randomness): spreads a fleet's reconnects apart.
-            await asyncio.sleep(random.uniform(base / 2, min(cap, base * 2 ** (failures - 1))))  # noqa: S311
+            await asyncio.sleep(random.uniform(base / 2, min(cap, base * 2 ** min(failures - 1, 30))))  # noqa: S311
 
     async def _session(self) -> None:
         channel = collector_channel(self._target, self._tls)
@@ -334,6 +335,8 @@ class ControlClient:
             await call.write(request)
 
     async def _ack(self, call: Any, seq: int, refused: str = "", message: str = "") -> None:
+        # The collector takes at most 1024 bytes of text without NUL (ControlService refuses the stream otherwise).
+        message = message.replace("\x00", "").encode()[:MAX_ACK_MESSAGE_BYTES].decode(errors="ignore")
         await self._write(
             call, control_pb2.ConnectRequest(ack=control_pb2.ControlAck(seq=seq, refused=refused, message=message))
         )
