@@ -323,3 +323,30 @@ def test_a_relayed_vote_counts_as_applied_after_a_restart(tmp_path: Path) -> Non
                 assert [h.applied_seq for h in collector.hellos] == [0, 31]
 
     run(main())
+
+
+def test_a_full_report_queue_drops_to_forwarding_without_blocking(tmp_path: Path) -> None:
+    from gateway import metrics  # noqa: PLC0415
+    from gateway.sidecar.control import ControlClient  # noqa: PLC0415
+    from gateway.signing import Ed25519Signer  # noqa: PLC0415
+    from tests.control_helpers import CONTROL_KEY  # noqa: PLC0415
+
+    async def main() -> None:
+        signer = Ed25519Signer("control.test/origin", bytes([5]) * 32)
+        client = ControlClient(
+            "unix:///nowhere",
+            None,
+            CONTROL_KEY.verifier,
+            signer,
+            None,
+            None,
+            None,
+            report_queue_max=2,  # type: ignore[arg-type]
+        )
+        before = metrics.CONTROL_REPORTS_DROPPED._value.get()
+        for seq in range(5):
+            client.report(seq)
+        assert client.reports_dropped == 3
+        assert metrics.CONTROL_REPORTS_DROPPED._value.get() - before == 3
+
+    run(main())
