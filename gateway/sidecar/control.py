@@ -527,9 +527,9 @@ class ControlClient:
             approval_id, grant, operator, comment, channel=channel, via=self.collector, control_seq=message.seq
         )
         log.info(
-            "control: approval %s %s by %s via %s (%d)",
+            "control: approval %s: %s by %s via %s (%d)",
             approval_id,
-            "granted" if grant else "denied",
+            "grant" if grant else "denial",
             approver,
             self.collector,
             message.seq,

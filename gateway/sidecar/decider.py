@@ -191,7 +191,7 @@ class Decider:
     def _resume(self, step: _Step) -> tuple[Decision, Approval | None]:
         """Decides a request that resumes with an approval: evaluated as approved only if the approval holds."""
         action = step.action
-        reason, approval = self._approvals.check_resume(action, step.prepared.approval_binding)
+        reason, approval = self._approvals.check_resume(action, step.prepared.approval_binding, step.engine.version)
         if reason:
             verdict = Verdict.APPROVAL_REQUIRED if reason == reasons.APPROVAL_PENDING else Verdict.STOP
             rule = approval.policy_rule if approval is not None else ""

@@ -119,9 +119,14 @@ class AuditRecorder:
         return await self._writer.append(kind, encoded, indexed_values(body), nanos, state)
 
     async def _record(
-        self, kind: EventKind, nanos: int, fields: dict[str, Any], state: Sequence[StateChange] = ()
+        self,
+        kind: EventKind,
+        nanos: int,
+        fields: dict[str, Any],
+        state: Sequence[StateChange] = (),
+        event_id: str = "",
     ) -> RecordedEvent:
-        event_id = new_event_id()
+        event_id = event_id or new_event_id()
         body = {"event_id": event_id, "kind": kind.label, "timestamp": rfc3339_nanos(nanos), **fields}
         receipt = await self._append(kind, body, nanos, state=state)
         return RecordedEvent(event_id, receipt)
@@ -169,11 +174,12 @@ class AuditRecorder:
         nanos: int,
         state: Sequence[StateChange],
         extra: Mapping[str, Any] | None = None,
+        event_id: str = "",
     ) -> RecordedEvent:
-        """Journals an approval being granted, denied or expiring, with its state change.
+        """Journals an approval being voted on, granted, denied or expiring, with its state change.
 
         ``extra`` adds fields to the body (an operator's ``channel``, and ``via``/``control_seq`` when the answer
-        came over the collector's control channel).
+        came over the collector's control channel); ``event_id`` is the event's id when the state change names it.
         """
         fields = {
             "approval_id": approval["approval_id"],
@@ -190,7 +196,7 @@ class AuditRecorder:
         }
         if extra:
             fields.update(extra)
-        event = await self._record(kind, nanos, fields, state)
+        event = await self._record(kind, nanos, fields, state, event_id)
         self._approval_entry(event.receipt.seq)
         return event
 
@@ -552,6 +558,7 @@ def _decided_fields(decision: Decision, prepared: PreparedAction) -> dict[str, A
         "approvers": list(decision.approvers),
         "approval_expires_in_s": EXPIRES_NEVER if decision.approval_parks else decision.approval_expires_s,
         "approval_use_within_s": decision.approval_use_within_s,
+        "approvals_required": decision.approvals_required,  # four-eyes: distinct approvers the grant needs
         # The binding of the approval this pre-event asks for (never returned to the agent; docs/adr/0013).
         "approval_binding": prepared.approval_binding if decision.verdict is Verdict.APPROVAL_REQUIRED else "",
     }
