@@ -350,3 +350,43 @@ def test_a_full_report_queue_drops_to_forwarding_without_blocking(tmp_path: Path
         assert metrics.CONTROL_REPORTS_DROPPED._value.get() - before == 3
 
     run(main())
+
+
+def test_four_eyes_votes_from_the_collector_grant_at_the_second_distinct_approver(tmp_path: Path) -> None:
+    async def main() -> None:
+        collector = ScriptedCollector()
+        async with scripted_server(tmp_path, collector) as address:
+            cfg = sidecar_config(tmp_path / "sc", address)
+            policy = cfg.policy.path
+            policy.write_text(
+                policy.read_text().replace(
+                    'approvers: ["role:approver"]\n', 'approvers: ["role:approver"]\n    approvals_required: 2\n', 1
+                )
+            )
+            origin = origin_signer(tmp_path / "sc")
+            collector.origin_keys, collector.initial_set = [origin.verifier], []
+            async with running_sidecar(cfg) as sidecar:
+                await eventually_async(lambda: collector.open_streams == 1)
+                asked = await decide(sidecar, action="refund.create", args={"amount": 250}, run_id="run_4")
+                vote = {"approval_id": asked.approval_id, "grant": True, "roles": ["approver"], "comment": "ok"}
+                collector.send(collector.message(origin.name, 40, APPROVAL_VOTE, {**vote, "approver": "alice"}))
+                assert (await collector.ack_of(40)).refused == ""
+                assert sidecar.approvals is not None
+                assert (await sidecar.approvals.get(asked.approval_id)).state == "pending"
+                collector.send(collector.message(origin.name, 41, APPROVAL_VOTE, {**vote, "approver": "ALICE"}))
+                assert (await collector.ack_of(41)).refused == reasons.APPROVAL_ALREADY_VOTED
+                collector.send(collector.message(origin.name, 42, APPROVAL_VOTE, {**vote, "approver": "bob"}))
+                assert (await collector.ack_of(42)).refused == ""
+                assert (await sidecar.approvals.get(asked.approval_id)).state == "granted"
+                [voted] = journal_bodies(cfg.journal.path, "approval_voted")
+                [granted] = journal_bodies(cfg.journal.path, "approval_granted")
+                assert (voted["actor"]["id"], voted["via"], voted["control_seq"]) == ("alice", CONTROL_NAME, 40)
+                assert (granted["actor"]["id"], granted["via"], granted["control_seq"]) == ("bob", CONTROL_NAME, 42)
+            async with running_sidecar(cfg):
+                await eventually_async(lambda: collector.streams == 2)
+                assert collector.hellos[-1].applied_seq == 42
+
+    run(main())
+
+
+CONTROL_NAME = "control.test/collector"
