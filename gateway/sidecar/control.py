@@ -404,6 +404,13 @@ class ControlClient:
             if not self.ready:
                 self.ready = True
                 self._ready.set()
+            if not self.streaming:
+                log.info(
+                    "control: stream to collector %s current (applied seq %d, %d fleet switches)",
+                    self.collector,
+                    self.applied_seq,
+                    len(self._fleet_switches()),
+                )
             self._set_streaming(True)
             metrics.CONTROL_CONNECTED.set(1)
             return
