@@ -115,6 +115,7 @@ def _switch_message(s: EngagedSwitch) -> operator_pb2.KillSwitch:
         reason=s.reason,
         engaged_by=s.engaged_by,
         engaged_at=_timestamp(s.engaged_ns),
+        via=s.via,
     )
 
 

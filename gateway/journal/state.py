@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import astuple, dataclass, fields, replace
+from dataclasses import astuple, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
 from gateway.errors import MalformedEntryError
@@ -264,13 +264,18 @@ def abandon_approval(approval_id: str) -> StateChange:
 
 @dataclass(frozen=True)
 class EngagedSwitch:
-    """One engaged operator kill switch."""
+    """One engaged operator kill switch.
+
+    ``via`` names the collector (its control key) whose fleet switch this is, "" for one engaged on this sidecar.
+    The table has no column for it: it comes from the signed ``kill_switch`` event (so rows compare without it).
+    """
 
     scope: str
     target: str
     reason: str
     engaged_by: str
     engaged_ns: int
+    via: str = field(default="", compare=False)
 
 
 def engaged_switches(conn: sqlite3.Connection) -> list[EngagedSwitch]:
@@ -283,7 +288,7 @@ def engage_switch(switch: EngagedSwitch) -> StateChange:
     """Engages a switch, replacing one at the same scope and target (committed with its ``kill_switch`` event)."""
     return (
         "INSERT OR REPLACE INTO kill_switches (scope, target, reason, engaged_by, engaged_ns) VALUES (?, ?, ?, ?, ?)",
-        astuple(switch),
+        (switch.scope, switch.target, switch.reason, switch.engaged_by, switch.engaged_ns),
     )
 
 
@@ -420,9 +425,13 @@ class SignedStateFold:
         self.switches: dict[tuple[str, str], EngagedSwitch] = {}
         self.cosigned_size = 0
         self.reported: set[tuple[str, str]] = set()  # (table, key) already journaled as state_mismatch
+        # Per collector (``via``): the highest control seq of an applied message, and of a kill-switch change.
+        self.control_seqs: dict[str, int] = {}
+        self.switch_seqs: dict[str, int] = {}
 
     def add(self, kind: str, unix_nanos: int, body: dict[str, Any]) -> None:
         """Applies one signed event."""
+        self._control_seq(kind, body)
         if kind == "pre_exec":
             self._pre_event(unix_nanos, body)
         elif kind == APPROVAL_VOTED_KIND:
@@ -450,7 +459,7 @@ class SignedStateFold:
             if body.get("operation") == "engage":
                 actor = body.get("actor") or {}
                 self.switches[key] = EngagedSwitch(
-                    *key, str(body.get("comment", "")), str(actor.get("id", "")), unix_nanos
+                    *key, str(body.get("comment", "")), str(actor.get("id", "")), unix_nanos, str(body.get("via", ""))
                 )
             else:
                 self.switches.pop(key, None)
@@ -458,6 +467,20 @@ class SignedStateFold:
             self.cosigned_size = max(self.cosigned_size, int(body["tree_size"]))
         elif kind == "state_mismatch":
             self.reported.add((str(body.get("table", "")), str(body.get("key", ""))))
+
+    def _control_seq(self, kind: str, body: dict[str, Any]) -> None:
+        """A change the sidecar applied from a collector's control message carries ``via`` and ``control_seq``.
+
+        A kill-switch change made to follow a ``kill_switch_set`` (``control_kind``) carries the set's seq: it
+        moves the switches' seq only, since votes older than the set may still be due (docs/fleet.md).
+        """
+        via, seq = body.get("via"), body.get("control_seq")
+        if not via or not isinstance(via, str) or not isinstance(seq, int) or isinstance(seq, bool):
+            return
+        if kind == "kill_switch":
+            self.switch_seqs[via] = max(self.switch_seqs.get(via, 0), seq)
+        if body.get("control_kind") != "kill_switch_set":
+            self.control_seqs[via] = max(self.control_seqs.get(via, 0), seq)
 
     @staticmethod
     def _vote(approval: Approval, unix_nanos: int, body: dict[str, Any]) -> None:
@@ -649,6 +672,8 @@ class TrustedState:
     acked_size: int
     mismatches: list[StateMismatch]
     reported: frozenset[tuple[str, str]]  # mismatches journaled by an earlier start (not journaled again)
+    control_seqs: dict[str, int] = field(default_factory=dict)  # per collector: highest control seq applied
+    switch_seqs: dict[str, int] = field(default_factory=dict)  # per collector: highest seq of a switch change
 
 
 def trusted_state(conn: sqlite3.Connection, origin: str, signature_ok: Callable[[bytes, bytes], bool]) -> TrustedState:
@@ -679,7 +704,13 @@ def trusted_state(conn: sqlite3.Connection, origin: str, signature_ok: Callable[
     switches, switch_mismatches = reconcile_switches(engaged_switches(conn), fold, pruned_until_ns)
     acked, cursor_mismatches = reconcile_cursor(forwarder_acked_size(conn, origin), fold, origin)
     return TrustedState(
-        approvals, switches, acked, [*mismatches, *switch_mismatches, *cursor_mismatches], frozenset(fold.reported)
+        approvals,
+        switches,
+        acked,
+        [*mismatches, *switch_mismatches, *cursor_mismatches],
+        frozenset(fold.reported),
+        dict(fold.control_seqs),
+        dict(fold.switch_seqs),
     )
 
 

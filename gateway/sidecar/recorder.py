@@ -10,7 +10,7 @@ import asyncio
 import dataclasses
 import logging
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,6 +77,9 @@ class AuditRecorder:
         self._results: OrderedDict[str, asyncio.Future[ResultOutcome]] = OrderedDict()
         # Per recent run: pre-events journaled (or being journaled) per step, so a repeat gets the next attempt.
         self._attempts: OrderedDict[str, dict[int, int]] = OrderedDict()
+        # Told the seq of every committed approval entry (the control channel pushes them to the collector at
+        # once); must not block.
+        self.on_approval_entry: Callable[[int], None] | None = None
 
     def prepare(
         self, action: str, args: Mapping[str, Any], *, tenant_id: str = "", normalised: bool = False
@@ -137,9 +140,18 @@ class AuditRecorder:
         operator: str,
         nanos: int,
         state: Sequence[StateChange],
+        *,
+        via: str = "",
+        control_seq: int = 0,
+        control_kind: str = "",
     ) -> RecordedEvent:
-        """Journals an operator engaging or releasing a kill switch, with its state change."""
-        fields = {
+        """Journals an operator engaging or releasing a kill switch, with its state change.
+
+        A fleet switch applied from a collector's control message also carries ``via`` (the collector's control
+        key name), ``control_seq`` (the message's sequence number) and ``control_kind`` (the message's kind), from
+        which a restart derives what it has applied (``state.SignedStateFold``).
+        """
+        fields: dict[str, Any] = {
             "operation": operation,
             "scope": scope,
             "target": target,
@@ -149,6 +161,8 @@ class AuditRecorder:
             "comment": self.scrub_text(reason),
             "actor": {"type": "operator", "id": operator},
         }
+        if via:
+            fields.update(via=via, control_seq=control_seq, control_kind=control_kind)
         return await self._record(EventKind.KILL_SWITCH, nanos, fields, state)
 
     async def record_approval(
@@ -182,7 +196,13 @@ class AuditRecorder:
         }
         if extra:
             fields.update(extra)
-        return await self._record(kind, nanos, fields, state, event_id)
+        event = await self._record(kind, nanos, fields, state, event_id)
+        self._approval_entry(event.receipt.seq)
+        return event
+
+    def _approval_entry(self, seq: int) -> None:
+        if self.on_approval_entry is not None:
+            self.on_approval_entry(seq)
 
     async def record_cosignature(
         self, tree_size: int, root_hex: str, cosigned_note: str, state: Sequence[StateChange]
@@ -399,6 +419,8 @@ class AuditRecorder:
             "labels": labels.value,
         }
         receipt = await self._append(EventKind.PRE_EXEC, body, nanos, normalised=prepared.normalised, state=state)
+        if approval_id or request.approval_id:  # opens, or resumes with, an approval: the fleet wants it now
+            self._approval_entry(receipt.seq)
         pre = (request.run_id, request.step_id, request.tenant_id, request.agent_id or None, request.action)
         self._remember(
             StoredEvent(
