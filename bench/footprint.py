@@ -10,7 +10,8 @@
 * **Disk.** At concurrency 1, 16 and 64 a separate load-generator process (``bench/step_load.py``, the
   ``AsyncGatewayClient`` side) runs whole tool steps (decide + report: two journal entries); the bytes the sidecar
   caused to be written (``write_bytes`` of ``/proc/PID/io``, which counts the file system's 4 KiB pages as they are
-  dirtied) over the steps completed are the bytes per step (warm-up steps' writes included: an upper bound).
+  dirtied) over the steps the point journaled (its entries, warm-up included, halved) are the bytes per step. The
+  WAL is checkpointed every 4 MiB, so a short point may or may not include a checkpoint: use 10 s or more.
   Baseline: a raw SQLite table in WAL mode with ``synchronous=FULL`` (SQLite's default page size) receiving, per
   step, two rows holding a blob the size of the sidecar's average entry plus signature, each its own fsync'd
   commit (the sidecar's commits at concurrency 1), in a child process measured the same way.
@@ -50,6 +51,7 @@ from bench.run import (
 
 STEP_LOAD = ROOT / "bench" / "step_load.py"
 LEVELS = (1, 16, 64)
+DEFAULT_DURATION_S = 10.0  # long enough that a point's share of WAL checkpoints is near the average
 SETTLE_S = 2.0
 LOAD_SLACK_S = 60.0
 RAW_STEPS = 300
@@ -94,6 +96,12 @@ def proc_status(pid: int) -> dict[str, int]:
             if line.startswith("write_bytes:"):
                 figures["write_bytes"] = int(line.split()[1])
     return figures
+
+
+def journal_entries(path: Path) -> int:
+    """How many entries the journal holds (read-only, beside the running sidecar)."""
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+        return int(conn.execute("SELECT coalesce(max(seq) + 1, 0) FROM journal").fetchone()[0])
 
 
 def _mib(kib: int | None) -> float | None:
@@ -155,10 +163,11 @@ def measure_sidecar(source: Path | None, levels: Sequence[int], duration_s: floa
             out["idle_smaps_mib"] = {k: _mib(idle.get(k)) for k in ("Pss_Anon", "Pss_File", "Private_Dirty")}
             for level in levels:
                 progress(f"footprint: sidecar at concurrency {level} ({warmup_s:g} s warm-up, {duration_s:g} s)")
-                before = proc_status(pid)
+                before, entries_before = proc_status(pid), journal_entries(workdir / "journal.db")
                 point = step_load(spec.address, level, duration_s, warmup_s)
-                after = proc_status(pid)
-                steps = point.get("steps", 0)
+                after, entries_after = proc_status(pid), journal_entries(workdir / "journal.db")
+                # Every step of the point, warm-up included, is two entries: the writes of all of them, over them.
+                steps = (entries_after - entries_before) / 2
                 key = f"c{level}"
                 if steps and "write_bytes" in before and "write_bytes" in after:
                     out["disk_bytes_per_step"][key] = round((after["write_bytes"] - before["write_bytes"]) / steps)
@@ -214,7 +223,10 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def run(
-    duration_s: float = 5.0, warmup_s: float = 1.0, source: Path | None = None, levels: Sequence[int] = LEVELS
+    duration_s: float = DEFAULT_DURATION_S,
+    warmup_s: float = 1.0,
+    source: Path | None = None,
+    levels: Sequence[int] = LEVELS,
 ) -> dict[str, Any]:
     """The ``footprint`` section: the sidecar, then the echo server, then raw SQLite, one after the other."""
     load_before = round(os.getloadavg()[0], 2)
@@ -273,7 +285,12 @@ def _met(met: bool | None) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Measures, prints the table and the JSON line."""
     parser = argparse.ArgumentParser(prog="python -m bench.footprint", description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--duration", type=float, default=5.0, help="measured seconds per point (default 5)")
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=DEFAULT_DURATION_S,
+        help=f"measured seconds per point (default {DEFAULT_DURATION_S:g})",
+    )
     parser.add_argument("--warmup", type=float, default=1.0, help="discarded seconds before each point (default 1)")
     parser.add_argument("--source", type=Path, help="run the sidecar from this checkout instead")
     parser.add_argument("--output", type=Path, default=RESULTS_PATH, help=f"results file (default {RESULTS_PATH})")
