@@ -113,6 +113,21 @@ def test_an_existing_journal_keeps_its_page_size(tmp_path: Path, monkeypatch: py
     assert verify_journal(path, [fixed_signer().verifier]).ok
 
 
+def test_the_checkpoint_window_is_4_mib_whatever_the_page_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    new, old = tmp_path / "new.db", tmp_path / "old.db"
+    write_journal(new, 1)
+    monkeypatch.setattr(writer_module, "NEW_JOURNAL_PAGE_SIZE", 4096)
+    write_journal(old, 1)
+    for path, frames in ((new, 4096), (old, 1024)):
+        conn = writer_module.open_connection(path, busy_timeout_ms=1000)
+        try:
+            assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == frames
+            assert conn.execute("PRAGMA cache_size").fetchone()[0] == -writer_module.WRITER_CACHE_KIB
+            assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL, unchanged
+        finally:
+            conn.close()
+
+
 def test_a_journal_refuses_another_origins_key(tmp_path: Path) -> None:
     path = tmp_path / "j.db"
     write_journal(path, 1)

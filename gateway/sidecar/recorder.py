@@ -31,8 +31,9 @@ log = logging.getLogger(__name__)
 
 # The recorder's memory is bounded by bytes, not by entries (docs/adr/footprint-journal-pages-and-caches.md): at 65,536
 # entries each, the two caches below grew to ~60 MiB under sustained load. A miss costs one indexed journal read.
-# Recent pre-events, so ReportResult rarely reads the journal: ~540 bytes each, ~15,000 of them.
-PRE_EVENT_CACHE_BYTES = 8 * 1024 * 1024
+# Recent pre-events, so ReportResult rarely reads the journal: ~550 bytes each, ~7,500 of them (15 s at 500 steps/s;
+# a miss is one indexed read, beside the find_result read every report makes anyway).
+PRE_EVENT_CACHE_BYTES = 4 * 1024 * 1024
 # Results already journaled, so a repeated ReportResult rarely reads the journal (in-flight ones are kept apart).
 RESULT_CACHE_BYTES = 1024 * 1024
 # Estimated bytes of one cached StoredEvent beyond its strings' characters (object, dict, string headers, bytes, the
