@@ -15,6 +15,7 @@ import importlib.machinery
 import importlib.util
 import re
 import sys
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,9 @@ class Condition:
         return result
 
 
+_LOADING = threading.Lock()  # a policy may first be compiled on a reload thread while the loop evaluates
+
+
 @functools.cache
 def _cel() -> Any:
     """The CEL binding (its Rust extension module ``cel.cel``), loaded on the first condition compiled or evaluated.
@@ -71,9 +75,11 @@ def _cel() -> Any:
     nothing), so the extension is loaded from the package's directory by itself. A later ``import cel`` finds it in
     ``sys.modules`` and shares it. Falls back to ``import cel`` if the layout is not the expected one.
     """
-    loaded = sys.modules.get("cel.cel")
-    if loaded is not None:
-        return loaded
+    with _LOADING:
+        return sys.modules.get("cel.cel") or _load_extension()
+
+
+def _load_extension() -> Any:
     spec = importlib.util.find_spec("cel")  # locates the package without running its __init__
     for directory in (spec.submodule_search_locations or []) if spec is not None else []:
         for suffix in importlib.machinery.EXTENSION_SUFFIXES:
