@@ -550,6 +550,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         progress("measuring the Python client per step (Decide + ReportResult) against the raw stubs")
         summary["client"] = client_step.run()
+        from bench import footprint  # noqa: PLC0415 -- it imports this module (the sidecar spec)
+
+        progress("measuring the sidecar's memory and disk bytes per step against the echo server and raw SQLite")
+        summary["footprint"] = footprint.run(max(args.duration, footprint.DEFAULT_DURATION_S), args.warmup)
     if "echo" in results and "decide" in results:
         summary["ratios"] = compute_ratios(results["echo"], results["decide"], concurrency)
     if "decide" in results and "observed" in results:
@@ -604,6 +608,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print()
         print(client_step.format_result(summary["client"]))
+    if "footprint" in summary:
+        from bench import footprint  # noqa: PLC0415
+
+        print()
+        print(footprint.format_result(summary["footprint"]))
     notes = format_notes(results, targets)
     if notes:
         print()

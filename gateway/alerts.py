@@ -23,15 +23,16 @@ import random
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
-
-import httpx
 
 from gateway import __version__, metrics
 from gateway.config.alerts import FORMAT_CLOUDEVENTS, AlertsConfig, WebhookConfig
 from gateway.ids import now_nanos, rfc3339_nanos
 from gateway.policy.model import ActionRequest, Decision
+
+if TYPE_CHECKING:
+    import httpx  # imported by start(), only when a webhook is configured: ~3 MiB a sidecar without one never pays
 
 log = logging.getLogger(__name__)
 
@@ -270,6 +271,8 @@ class AlertDispatcher:
         """Creates the HTTP client and one worker task per webhook (nothing at all when none is configured)."""
         if not self._routes or self._client is not None or self._closed:
             return
+        import httpx  # noqa: PLC0415 - see the TYPE_CHECKING import above
+
         # httpx logs every request URL at INFO; a Slack URL's path is its secret. Quieten unless the operator chose.
         for name in ("httpx", "httpcore"):
             logger = logging.getLogger(name)
@@ -402,6 +405,8 @@ class AlertDispatcher:
     async def _attempt(self, route: _Route, body: bytes) -> None:
         """One POST. Returns on 2xx; raises _TransientError (transient) or _PermanentError (permanent)."""
         assert self._client is not None
+        import httpx  # noqa: PLC0415 - loaded by start() already: a dictionary lookup
+
         try:
             response = await self._client.post(
                 route.webhook.url, content=body, headers=route.body_headers, timeout=route.webhook.timeout_s

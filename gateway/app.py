@@ -26,7 +26,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -38,7 +38,6 @@ from gateway.alerts import AlertDispatcher, journal_alert
 from gateway.api.gateway_service import SERVICE_NAME, GatewayServicer, generic_handler
 from gateway.api.operator_service import SERVICE_NAME as OPERATOR_SERVICE_NAME
 from gateway.api.operator_service import OperatorServicer, operator_handler
-from gateway.collector.app import Collector
 from gateway.config import CollectorConfig, Config, OperatorConfig
 from gateway.config.sidecar import is_key_text, non_loopback_tcp
 from gateway.errors import AgentAuditError, ConfigError, SigningKeyError
@@ -61,6 +60,11 @@ from gateway.sidecar.retention import RetentionJob
 from gateway.sidecar.selfcheck import TamperGate, check_tail, report_tamper
 from gateway.sidecar.shared_limits import RedisLimits
 from gateway.signing import Ed25519Signer, Verifier, load_signer, load_verifier, parse_verifier
+
+if TYPE_CHECKING:
+    # Imported where `forward.target: embedded` starts one (dev): a sidecar forwarding to a remote collector, the
+    # production case, never loads the collector's store, ingest and fleet code (~3 MiB; tests/test_footprint.py).
+    from gateway.collector.app import Collector
 
 log = logging.getLogger(__name__)
 
@@ -331,6 +335,8 @@ class Sidecar:
         assert self.writer is not None and self.reader is not None
         target = cfg.forward.target
         if target == "embedded":
+            from gateway.collector.app import Collector  # noqa: PLC0415 - see the TYPE_CHECKING import
+
             socket_path = cfg.journal.path.parent / "collector.sock"
             self._collector = Collector(
                 CollectorConfig(

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway.errors import ConfigError
+from gateway.journal import writer as writer_module
 from gateway.journal.entry import ZERO_HASH, decode_entry, leaf_hash, signature_payload
 from gateway.journal.verify import verify_journal
 from gateway.journal.writer import JournalWriter
@@ -85,6 +86,46 @@ def test_journal_file_is_private_and_durable_settings_apply(tmp_path: Path) -> N
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def page_size(path: Path) -> int:
+    with sqlite3.connect(path) as conn:
+        return int(conn.execute("PRAGMA page_size").fetchone()[0])
+
+
+def test_a_new_journal_gets_the_small_page_size(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    write_journal(path, 3)
+    assert page_size(path) == writer_module.NEW_JOURNAL_PAGE_SIZE == 1024
+    assert verify_journal(path, [fixed_signer().verifier]).ok
+
+
+def test_an_existing_journal_keeps_its_page_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "j.db"
+    monkeypatch.setattr(writer_module, "NEW_JOURNAL_PAGE_SIZE", 4096)
+    first = write_journal(path, 3)
+    monkeypatch.undo()
+    assert page_size(path) == 4096
+    second = write_journal(path, 40, first=3)  # reopened with today's default: appends, chain and pages unchanged
+    assert [r.seq for r in second] == list(range(3, 43))
+    assert decode_entry(rows(path)[3][1]).prev_leaf_hash == first[-1].leaf_hash
+    assert page_size(path) == 4096
+    assert verify_journal(path, [fixed_signer().verifier]).ok
+
+
+def test_the_checkpoint_window_is_4_mib_whatever_the_page_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    new, old = tmp_path / "new.db", tmp_path / "old.db"
+    write_journal(new, 1)
+    monkeypatch.setattr(writer_module, "NEW_JOURNAL_PAGE_SIZE", 4096)
+    write_journal(old, 1)
+    for path, frames in ((new, 4096), (old, 1024)):
+        conn = writer_module.open_connection(path, busy_timeout_ms=1000)
+        try:
+            assert conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == frames
+            assert conn.execute("PRAGMA cache_size").fetchone()[0] == -writer_module.WRITER_CACHE_KIB
+            assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL, unchanged
+        finally:
+            conn.close()
 
 
 def test_a_journal_refuses_another_origins_key(tmp_path: Path) -> None:

@@ -85,11 +85,34 @@ class _Append:
     state: Sequence[StateChange] = ()
 
 
+# Page size of a journal created from now on (docs/adr/footprint-journal-pages-and-caches.md). A commit writes one WAL
+# frame (page + 24 bytes) per page it changes: the table's last leaf and one leaf per index, about 12 pages for one
+# entry whatever the page size, so at 4,096 bytes a step (two commits at concurrency 1) wrote ~115 KB; at 1,024 it
+# writes ~50 KB. An entry (~1.2 KB) spills into one overflow page, which only costs a read one more page.
+NEW_JOURNAL_PAGE_SIZE = 1024
+# The WAL is copied into the database once it holds this many bytes of frames, whatever the page size: SQLite's
+# default, 1,000 pages, was 4 MiB at the old page size, so the -wal stays the size it was, and the wider window
+# copies each hot last page (rewritten by every commit) back less often.
+WAL_CHECKPOINT_BYTES = 4 * 1024 * 1024
+# The writer's page cache (SQLite's default is 2 MiB a connection). A commit reads and changes only the last path of
+# each B-tree (~12 trees, 3-4 levels: ~50 pages), so 512 KiB keeps all of them; measured: ~3 MiB less RSS under load.
+WRITER_CACHE_KIB = 512
+
+
 def open_connection(path: Path, *, busy_timeout_ms: int) -> sqlite3.Connection:
-    """Opens the journal database for writing with the durability settings the invariants require."""
+    """Opens the journal database for writing with the durability settings the invariants require.
+
+    A new (empty) file gets ``NEW_JOURNAL_PAGE_SIZE``; SQLite fixes the page size at the first write, so an existing
+    journal keeps the one it was created with (set before WAL mode: a WAL database cannot change it).
+    """
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000)
+    if path.stat().st_size == 0:
+        conn.execute(f"PRAGMA page_size={NEW_JOURNAL_PAGE_SIZE}")
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
+    page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+    conn.execute(f"PRAGMA wal_autocheckpoint={max(1000, WAL_CHECKPOINT_BYTES // page_size)}")
+    conn.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
     conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
     return conn
 

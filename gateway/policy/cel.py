@@ -9,12 +9,17 @@ non-boolean result raises :class:`ConditionError`, which the engine turns into `
 
 from __future__ import annotations
 
+import functools
+import importlib
+import importlib.machinery
+import importlib.util
 import re
+import sys
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
-
-import cel
 
 from gateway.errors import AgentAuditError
 
@@ -58,6 +63,39 @@ class Condition:
         return result
 
 
+_LOADING = threading.Lock()  # a policy may first be compiled on a reload thread while the loop evaluates
+
+
+@functools.cache
+def _cel() -> Any:
+    """The CEL binding (its Rust extension module ``cel.cel``), loaded on the first condition compiled or evaluated.
+
+    Not at import: a policy without ``when`` never needs it. And not through ``import cel``: the package's
+    ``__init__`` also imports its command line (typer, rich, prompt_toolkit: ~11 MiB of a sidecar's memory for
+    nothing), so the extension is loaded from the package's directory by itself. A later ``import cel`` finds it in
+    ``sys.modules`` and shares it. Falls back to ``import cel`` if the layout is not the expected one.
+    """
+    with _LOADING:
+        return sys.modules.get("cel.cel") or _load_extension()
+
+
+def _load_extension() -> Any:
+    spec = importlib.util.find_spec("cel")  # locates the package without running its __init__
+    for directory in (spec.submodule_search_locations or []) if spec is not None else []:
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+            path = Path(directory) / f"cel{suffix}"
+            if path.is_file():
+                loader = importlib.machinery.ExtensionFileLoader("cel.cel", str(path))
+                module_spec = importlib.util.spec_from_file_location("cel.cel", path, loader=loader)
+                if module_spec is None:
+                    continue
+                module = importlib.util.module_from_spec(module_spec)
+                loader.exec_module(module)
+                sys.modules["cel.cel"] = module
+                return module
+    return importlib.import_module("cel")
+
+
 def _macro_bound(name: str, source: str) -> bool:
     pattern = rf"\.\s*(?:{'|'.join(_MACROS)})\s*\(\s*{re.escape(name)}\s*,"
     return re.search(pattern, source) is not None
@@ -72,7 +110,7 @@ def compile_condition(source: Any) -> Condition:
     if not isinstance(source, str) or not source.strip():
         raise ConditionError("'when' must be a non-empty CEL expression string")
     try:
-        program = cel.compile(source)
+        program = _cel().compile(source)
     except ValueError as exc:
         raise ConditionError(f"CEL syntax error: {exc}") from None
     unknown = [v for v in program.variables() if v not in VARIABLES and not _macro_bound(v, source)]
@@ -97,4 +135,4 @@ def context(variables: Mapping[str, Any]) -> Any:
 
     Conversion into CEL values costs about 2.5 µs per variable here, so callers pass only what is read.
     """
-    return cel.Context(dict(variables))
+    return _cel().Context(dict(variables))
