@@ -92,6 +92,31 @@ FORWARD_UPLOAD_FAILURES = Counter(
     ["reason"],
 )
 
+# The fleet control channel (gateway.sidecar.control).
+CONTROL_CONNECTED = Gauge(
+    "agentaudit_control_connected",
+    "1 while the control stream to the collector is open and its complete kill-switch set applied, else 0.",
+)
+CONTROL_APPLIED = Counter(
+    "agentaudit_control_messages_applied_total", "Control messages applied (and journaled), by kind.", ["kind"]
+)
+CONTROL_REFUSED = Counter(
+    "agentaudit_control_messages_refused_total",
+    "Control messages refused, by word (forged, wrong_origin, stale, replayed, or the change's refusal).",
+    ["refused"],
+)
+CONTROL_SECONDS_SINCE_CONTACT = Gauge(
+    "agentaudit_control_seconds_since_contact",
+    "0 while the control stream is open and current; otherwise seconds since the collector was last heard.",
+)
+CONTROL_REPORTED_ENTRIES = Counter(
+    "agentaudit_control_reported_entries_total", "Approval journal entries pushed to the collector on the stream."
+)
+CONTROL_REPORTS_DROPPED = Counter(
+    "agentaudit_control_reports_dropped_total",
+    "Approval entries not pushed because the report queue was full (forwarding delivers them).",
+)
+
 # The collector.
 COLLECTOR_INGESTED_ENTRIES = Counter(
     "agentaudit_collector_ingested_entries_total", "Entries verified and stored (resent duplicates excluded)."
