@@ -109,11 +109,12 @@ class SidecarProcess:
     def log_path(self) -> Path:
         return self.directory / "sidecar.log"
 
-    def start(self, collector: str, *, wait: bool = True, **env: str) -> None:
-        """Serves with forwarding and the control channel to ``collector``; ``wait``: until health SERVING."""
+    def start(self, collector: str, *, wait: bool = True, forward_age_s: float = 0.2, **env: str) -> None:
+        """Serves with forwarding (batches at most ``forward_age_s`` old) and the control channel to
+        ``collector``; ``wait``: until health SERVING."""
         config_path = self.directory / devenv.CONFIG_FILE
         config: dict[str, Any] = yaml.safe_load(config_path.read_text())
-        config["forward"] = {"target": collector, "batch_max_age_s": 0.2, "backoff_initial_s": 0.05,
+        config["forward"] = {"target": collector, "batch_max_age_s": forward_age_s, "backoff_initial_s": 0.05,
                              "backoff_max_s": 1.0}  # fmt: skip
         config["control"] = {"collector": collector, "control_key": CONTROL.verifier.encode(),
                              "connect_wait_s": 10, "backoff_initial_s": 0.05, "backoff_max_s": 1.0}  # fmt: skip
