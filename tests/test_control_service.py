@@ -350,6 +350,11 @@ def test_a_reconnect_gets_only_what_it_has_not_applied(tmp_path: Path, store_url
                     (2, m.APPROVAL_VOTE), (4, m.APPROVAL_VOTE),
                 ]  # fmt: skip
                 await fresh.nothing_within(1.0)
+
+                async def applied_recorded() -> bool:  # acks are written at most every ACK_RECORD_S
+                    return any(o.applied_seq == 4 and o.connected for o in await fleet.origins())
+
+                await until(applied_recorded, "the acks are not recorded in fleet_origins")
             await connected(fleet, ORIGIN, False)
             status = next(o for o in await fleet.origins() if o.origin == ORIGIN)
             assert status.applied_seq == 4  # from its acks

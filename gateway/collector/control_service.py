@@ -35,6 +35,7 @@ from another replica, or the 1 s poll) and fans them out to every stream, so N s
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import json
 import logging
@@ -82,6 +83,8 @@ MAX_ACK_MESSAGE_BYTES = 1024
 FEED_KEEP = 4096
 """Acts the feed keeps for streams that lag; a stream further behind reads ``control_log`` itself."""
 WAIT_S = 30.0
+ACK_RECORD_S = 1.0
+"""How often a stream's acks are written to ``fleet_origins`` at most (its end is written at once)."""
 
 # Server options for the collector's listener: ping a quiet connection every 10 s and drop it when the ping is
 # not answered within 10 s, so a sidecar that vanished without closing its stream (a killed pod, a cut network)
@@ -118,6 +121,8 @@ class _Stream:
     applied_seq: int
     replaced: asyncio.Event = field(default_factory=asyncio.Event)
     refused_entries: int = 0
+    recorded_seq: int = -1  # the applied_seq last written to fleet_origins
+    flush: asyncio.Task[None] | None = None  # a pending write of applied_seq (acks are coalesced)
 
 
 class ActFeed:
@@ -155,6 +160,9 @@ class ActFeed:
             except CollectorUnavailableError as exc:
                 log.warning("control streams: cannot read control_log (retrying in 1 s): %s", exc)
                 await asyncio.sleep(1.0)
+            except Exception:  # the feed must outlive any one failure: every stream depends on it
+                log.exception("control streams: reading control_log failed (retrying in 1 s)")
+                await asyncio.sleep(1.0)
 
     async def _read(self) -> None:
         head = await self._fleet.head_seq()  # first: every act up to it is visible to the read below
@@ -183,7 +191,8 @@ class ActFeed:
         """The kept acts above ``cursor`` for ``origin`` (or everyone) and the new cursor; None: ask the database."""
         if cursor < self._low:
             return None
-        return [a for a in self._acts if a.seq > cursor and a.origin in ("", origin)], max(cursor, self.head)
+        start = bisect.bisect_right(self._acts, cursor, key=lambda a: a.seq)  # kept in seq order
+        return [a for a in self._acts[start:] if a.origin in ("", origin)], max(cursor, self.head)
 
     async def wait(self, cursor: int) -> None:
         """Returns once the feed has read past ``cursor`` (or after :data:`WAIT_S`)."""
@@ -273,6 +282,8 @@ class ControlServicer:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
+            if stream.flush is not None:
+                stream.flush.cancel()  # the end records the last applied_seq itself
             if self._streams.get(stream.origin) is stream:
                 del self._streams[stream.origin]
                 metrics.COLLECTOR_CONTROL_STREAMS.dec()
@@ -464,7 +475,22 @@ class ControlServicer:
                 _printable(stream.origin), ack.seq, ack.refused, ack.message[:300],
             )  # fmt: skip
         stream.applied_seq = max(stream.applied_seq, ack.seq)
-        await self._fleet.set_connected(stream.origin, True, stream.applied_seq)
+        if stream.flush is None and stream.applied_seq != stream.recorded_seq:
+            stream.flush = asyncio.create_task(self._record_applied(stream))
+
+    async def _record_applied(self, stream: _Stream) -> None:
+        """Writes the stream's applied_seq (and last contact) to ``fleet_origins`` at most every
+        :data:`ACK_RECORD_S`: every fleet write takes the fleet-wide lock, and a thousand sidecars acking one act
+        must not queue a thousand writes in front of the next operator act."""
+        try:
+            await asyncio.sleep(ACK_RECORD_S)
+            seq = stream.applied_seq
+            await self._fleet.set_connected(stream.origin, True, seq)
+            stream.recorded_seq = seq
+        except CollectorUnavailableError as exc:
+            log.warning("control stream from %s: cannot record its acks: %s", _printable(stream.origin), exc)
+        finally:
+            stream.flush = None
 
 
 def _claimed_origin(body: bytes) -> str:
