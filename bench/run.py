@@ -33,7 +33,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench import adapters, collector_ingest, mcp_proxy, policy_eval, redaction, shared_limits
+from bench import adapters, collector_ingest, fleet, mcp_proxy, policy_eval, redaction, shared_limits
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench" / "results"
@@ -544,6 +544,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary["collector_ingest"] = collector_ingest.run(args.collector_events, progress=progress)
         progress("measuring Decide with limits in-process vs shared in Redis")
         summary["shared_limits"] = measure_shared_limits(args.duration, args.warmup)
+        progress(f"measuring the fleet control plane ({fleet.DEFAULT_SIDECARS} sidecars: kill switch, approvals)")
+        summary["fleet"] = fleet.run(progress=progress)
         progress("measuring the MCP proxy per tools/call against direct calls (stdio and HTTP)")
         summary["mcp_proxy"] = mcp_proxy.run(min(args.duration, mcp_proxy.DEFAULT_DURATION_S), progress=progress)
         from bench import client_step  # noqa: PLC0415 -- it imports this module (the sidecar spec)
@@ -600,6 +602,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "shared_limits" in summary:
         print()
         print(shared_limits.format_result(summary["shared_limits"]))
+    if "fleet" in summary:
+        print()
+        print(fleet.format_result(summary["fleet"]))
     if "mcp_proxy" in summary:
         print()
         print(mcp_proxy.format_result(summary["mcp_proxy"]))

@@ -128,6 +128,32 @@ COLLECTOR_REJECTIONS = Counter(
     ["reason"],
 )
 
+COLLECTOR_CONTROL_STREAMS = Gauge(
+    "agentaudit_collector_control_streams", "Sidecar control streams connected to this collector process."
+)
+COLLECTOR_CONTROL_MESSAGES_SENT = Counter(
+    "agentaudit_collector_control_messages_sent_total",
+    "Signed control messages sent to sidecars, by kind (kill_switch_set, kill_switch, approval_vote).",
+    ["kind"],
+)
+COLLECTOR_CONTROL_ACKS_REFUSED = Counter(
+    "agentaudit_collector_control_acks_refused_total",
+    "Control messages a sidecar acknowledged as refused, by its word (forged, replayed, stale, wrong_origin, a "
+    "reason such as approval_already_resolved, or other).",
+    ["refused"],
+)
+COLLECTOR_CONTROL_HELLOS_REFUSED = Counter(
+    "agentaudit_collector_control_hellos_refused_total",
+    "Control streams refused at the hello, by why (forged, stale, unknown_origin, invalid, timeout).",
+    ["why"],
+)
+COLLECTOR_CONTROL_REPORT_ENTRIES = Counter(
+    "agentaudit_collector_control_report_entries_total",
+    "Approval entries reported on control streams, by outcome (applied: changed the fleet tables; refused: did "
+    "not verify against the origin's keys).",
+    ["outcome"],
+)
+
 # Alerts.
 ALERT_DELIVERIES = Counter("agentaudit_alert_deliveries_total", "Alerts a webhook accepted (2xx).", ["webhook_format"])
 ALERT_FAILURES = Counter(
