@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import faulthandler
 import fcntl
 import gc
@@ -25,7 +26,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -58,6 +59,9 @@ from gateway.sidecar.retention import RetentionJob
 from gateway.sidecar.selfcheck import TamperGate, check_tail, report_tamper
 from gateway.sidecar.shared_limits import RedisLimits
 from gateway.signing import Ed25519Signer, load_signer
+
+if TYPE_CHECKING:
+    from gateway.console.server import ConsoleServer
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +101,12 @@ def _remove_unix_sockets(addresses: list[str]) -> None:
 class Sidecar:
     """The running sidecar: owns every component and their start/stop order."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, console_listen: tuple[str, ...] | None = ()) -> None:
         self.config = config
+        # The embedded collector's web console (``agentaudit dev``): its listeners; empty: none; None: the default
+        # 127.0.0.1:7421 (a taken port only warns).
+        self.console_listen = console_listen
+        self.console: ConsoleServer | None = None
         self.bound: list[str] = []
         self.health = health.Health([SERVICE_NAME])
         self.health_bound: list[str] = []
@@ -326,13 +334,23 @@ class Sidecar:
         target = cfg.forward.target
         if target == "embedded":
             socket_path = cfg.journal.path.parent / "collector.sock"
+            surfaces: list[ConsoleServer] = []
+            if self.console_listen != ():
+                from gateway.console.server import ConsoleServer  # noqa: PLC0415 - the console extra is optional
+
+                self.console = ConsoleServer()
+                surfaces.append(self.console)
             self._collector = Collector(
                 CollectorConfig(
                     listen=(f"unix://{socket_path}",),
                     store=f"sqlite://{cfg.forward.collector_db.resolve()}",
                     witness_key=cfg.forward.witness_key,
+                    # The console signs in the sidecar's operators (their tokens); no fleet operator API here.
+                    operator=dataclasses.replace(cfg.operator, listen=()),
+                    console_listen=self.console_listen,
                 ),
                 embedded=True,
+                surfaces=surfaces,
             )
             await self._collector.start()
             assert self._collector.store is not None
