@@ -25,7 +25,7 @@ from tests.helpers import eventually
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "tests" / "artifacts" / "console"
-AUDITOR_TOKEN = "auditor-token-for-the-browser-test"  # noqa: S105 - a test credential
+AUDITOR_TOKEN = "auditor-token-for-the-browser-test"
 LINK_RE = re.compile(r"sign in once \(works one time, 10 minutes\): (\S+)")
 URL_RE = re.compile(r"^console:\s+(\S+)", re.MULTILINE)
 
