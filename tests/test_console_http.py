@@ -7,6 +7,7 @@ import asyncio
 import csv
 import io
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -427,5 +428,25 @@ def test_the_console_on_a_postgresql_store(tmp_path: Path, postgres_database: st
             assert (await client.get("/runs/run-pg")).text.count('class="step d-allow"') == 3
             assert (await client.get("/runs", params={"run_id": "run-pg"})).text.count('href="/runs/run-pg?') == 6
             assert ORIGIN in (await client.get("/fleet")).text
+
+    run(scenario())
+
+
+def test_an_event_edited_in_the_database_after_a_view_shows_as_tampered(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with console_collector(tmp_path) as env:
+            write_run(env.journal, "run-e", 2)
+            await env.feed()
+            client = await sign_in(env, "audrey")
+            assert "4 ✓" in (await client.get("/runs/run-e")).text  # verified, and remembered
+            conn = sqlite3.connect(tmp_path / "collector.db")  # an attacker with write access to the database
+            conn.execute("DROP TRIGGER events_no_update")
+            conn.execute("UPDATE events SET signature = zeroblob(64) WHERE run_id = 'run-e' AND kind = 'post_exec'")
+            conn.commit()
+            conn.close()
+            page = (await client.get("/runs/run-e")).text
+            assert "2 ✓" in page and "2 ✗" in page
+            assert page.count("✗ bad_signature") == 4  # each in its row and in the anomalies
+            assert page.count("verification_failed") == 4
 
     run(scenario())

@@ -19,6 +19,8 @@ Configuration (YAML; parsed by :mod:`gateway.config.collector`)::
         tokens: [{identity: alice, roles: [approver], sha256: ...}]
       tls: {cert: tls.crt, key: tls.key, client_ca: sidecars-ca.crt}   # optional; client_ca optional too
       health_listen: ["0.0.0.0:7431"]     # optional: plaintext grpc.health.v1 only (kubelet probes)
+      console_listen: ["127.0.0.1:7421"]  # the web console (gateway.console, a surface the CLI passes); []: off
+      console: {trusted_header_listen: [], header_roles: {}, session_ttl_s: 28800}
 
 Start order: witness and control keys → store (migrations) → origins registered → fleet tables
 (:class:`~gateway.collector.fleet.FleetControl`) → fleet alerts (webhooks, silent check; told of opened approvals
