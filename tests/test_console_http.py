@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import hashlib
 import io
 import json
 import sqlite3
@@ -450,3 +451,41 @@ def test_an_event_edited_in_the_database_after_a_view_shows_as_tampered(tmp_path
             assert page.count("verification_failed") == 4
 
     run(scenario())
+
+
+def test_agentaudit_collector_serves_the_console_from_its_config_file(tmp_path: Path) -> None:
+    import signal  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+
+    from gateway.signing import write_secret_file  # noqa: PLC0415
+    from tests.conftest import AGENTAUDIT, ROOT, free_port, wait_serving  # noqa: PLC0415
+
+    write_secret_file(tmp_path / "witness.key", WITNESS.encode_private() + "\n")
+    ingest, console = free_port(), free_port()
+    digest = hashlib.sha256(TOKENS["root"].encode()).hexdigest()
+    (tmp_path / "collector.yaml").write_text(
+        f"""collector:
+  listen: ["127.0.0.1:{ingest}"]
+  store: sqlite:///{tmp_path / "collector.db"}
+  witness_key: witness.key
+  operator:
+    tokens: [{{identity: root, roles: [admin], sha256: "{digest}"}}]
+  console_listen: ["127.0.0.1:{console}"]
+  console: {{session_ttl_s: 600}}
+"""
+    )
+    with (tmp_path / "collector.log").open("wb") as log:
+        proc = subprocess.Popen([*AGENTAUDIT, "collector", "--config", str(tmp_path / "collector.yaml")], cwd=ROOT,
+                                stdout=log, stderr=log)  # fmt: skip
+    try:
+        wait_serving(f"127.0.0.1:{ingest}", proc=proc)
+        url = f"http://127.0.0.1:{console}"
+        with httpx.Client(base_url=url, timeout=30) as client:
+            login = client.get("/login")  # serving: health turns SERVING after the console has started
+            nonce = login.text.split('name="login_csrf" value="')[1].split('"')[0]
+            signed = client.post("/login", data={"token": TOKENS["root"], "login_csrf": nonce})
+            assert signed.status_code == 303 and "Max-Age=600" in signed.headers["set-cookie"]
+            assert "No fleet kill switch is engaged" in client.get("/switches").text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
