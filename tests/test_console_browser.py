@@ -251,3 +251,33 @@ def test_an_admin_engages_a_kill_switch_naming_its_scope(dev: Dev, browser: Any)
     assert "t_42" in row and "drill <b>bold</b>" in row  # shown as text, not markup
     shot(page, "switches")
     page.close()
+
+
+def test_markup_in_args_and_names_renders_inert_in_the_browser(dev: Dev, browser: Any) -> None:
+    from agentaudit_client import GatewayClient  # noqa: PLC0415
+
+    script = "<script>alert(1)</script>"
+    with GatewayClient(dev.target, timeout=30) as client:
+        args = {"order_id": script, "amount": 250, "note": '<img src=x onerror="alert(2)">'}
+        result = client.decide(
+            run_id=f"run_markup{script}", tenant_id="t_42", action="refund.create", agent_id="support-agent",
+            actor=("user", "u_1"), args=args,
+        )  # fmt: skip
+    assert result.decision == "approval_required", result
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    page.goto(dev.link)
+    card = pending_card(page, dev)
+    assert script in card.inner_text()  # shown as text
+    card.get_by_role("link", name="Review").click()
+    page.wait_for_selector("table.args")
+    assert script in page.inner_text("table.args")
+    page.goto(f"{dev.url}/runs?tenant_id=t_42")
+    assert f"run_markup{script}" in page.inner_text("table.list")
+    page.get_by_role("link", name=f"run_markup{script}").first.click()
+    page.wait_for_selector("ol.timeline")
+    assert f"run_markup{script}" in page.inner_text("h1")
+    assert page.locator("main script, main img").count() == 0
+    assert dialogs == []
+    page.close()
