@@ -281,3 +281,81 @@ def test_markup_in_args_and_names_renders_inert_in_the_browser(dev: Dev, browser
     assert page.locator("main script, main img").count() == 0
     assert dialogs == []
     page.close()
+
+
+def test_a_postgresql_collector_with_two_sidecars_in_the_browser(
+    tmp_path: Path, postgres_database: str, browser: Any
+) -> None:
+    # postgres_database first: it runs asyncio before Playwright's loop starts in this thread.
+    from gateway.signing import Ed25519Signer, parse_verifier, write_secret_file  # noqa: PLC0415
+
+    witness = Ed25519Signer("console.browser/witness", bytes([6]) * 32)
+    write_secret_file(tmp_path / "witness.key", witness.encode_private() + "\n")
+    ingest, console = free_port(), free_port()
+    sidecars = []
+    for name in ("one", "two"):
+        directory = tmp_path / name
+        devenv.prepare(directory, None, {})
+        config = directory / devenv.CONFIG_FILE
+        config.write_text(config.read_text().replace("  target: embedded", f"  target: 127.0.0.1:{ingest}"))
+        origin = parse_verifier((directory / "signing.pub").read_text().strip()).name
+        sidecars.append((directory, origin, f"127.0.0.1:{free_port()}"))
+    origins = "".join(f"    - {{origin: {o}, keys: [{d / 'signing.pub'}]}}\n" for d, o, _ in sidecars)
+    digest = hashlib.sha256(AUDITOR_TOKEN.encode()).hexdigest()
+    (tmp_path / "collector.yaml").write_text(
+        f"""collector:
+  listen: ["127.0.0.1:{ingest}"]
+  store: {postgres_database}
+  witness_key: witness.key
+  origins:
+{origins}  operator:
+    tokens: [{{identity: lead, roles: [approver], sha256: "{digest}"}}]
+  console_listen: ["127.0.0.1:{console}"]
+"""
+    )
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        with (tmp_path / "collector.log").open("wb") as log:
+            procs.append(subprocess.Popen([*AGENTAUDIT, "collector", "--config", str(tmp_path / "collector.yaml")],
+                                          cwd=ROOT, stdout=log, stderr=log))  # fmt: skip
+        wait_serving(f"127.0.0.1:{ingest}", proc=procs[0])
+        agents = []
+        for directory, _, target in sidecars:
+            with (directory / "sidecar.log").open("wb") as log:
+                procs.append(subprocess.Popen(
+                    [*AGENTAUDIT, "serve", "--config", str(directory / devenv.CONFIG_FILE), "--listen", target],
+                    cwd=directory, stdout=log, stderr=log,
+                ))  # fmt: skip
+            wait_serving(target, proc=procs[-1])
+            with (directory / "agent.log").open("wb") as log:
+                agents.append(subprocess.Popen(
+                    [sys.executable, str(ROOT / "examples" / "approval_agent.py"), "--target", target, "--wait", "120"],
+                    cwd=directory, stdout=log, stderr=subprocess.STDOUT,
+                ))  # fmt: skip
+        procs += agents
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        url = f"http://127.0.0.1:{console}"
+        page.goto(f"{url}/login")
+        page.fill("#token", AUDITOR_TOKEN)
+        page.get_by_role("button", name="Sign in").click()
+
+        def both() -> bool:
+            page.goto(f"{url}/approvals")
+            return page.locator("article.approval").count() == 2
+
+        eventually(both, timeout=90, interval=1.0, message="a refund from each sidecar in the inbox")
+        text = page.inner_text("main")
+        assert all(origin in text for _, origin, _ in sidecars) and "ann@example.com" not in page.content()
+        shot(page, "inbox-postgres-two-sidecars")
+        page.locator("article.approval").first.get_by_role("link", name="Review").click()
+        page.fill("#comment", "checked")
+        page.get_by_role("button", name="Approve").click()
+        page.wait_for_selector(".pill.granted, .pill.used")
+        page.goto(f"{url}/fleet")
+        fleet = page.inner_text("table.list")
+        assert all(origin in fleet for _, origin, _ in sidecars)
+        shot(page, "fleet-postgres-two-sidecars")
+        page.close()
+    finally:
+        for proc in reversed(procs):
+            stop(proc)

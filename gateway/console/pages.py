@@ -95,7 +95,12 @@ def arg_rows(args: Mapping[str, Any], redacted_paths: tuple[str, ...]) -> tuple[
     rows: list[ArgRow] = []
     _leaves(dict(args), "args", rows)
     detected = {p.rsplit("#", 1)[0]: redaction_source(p) for p in redacted_paths if "#" in p}
-    rows = [ArgRow(r.path, r.value, detected.get(r.path, "")) for r in rows]
+    removed = [p for p in redacted_paths if "#" not in p]
+    rows = [
+        ArgRow(r.path, r.value, detected.get(r.path, ""))
+        for r in rows
+        if not (r.value in ("{}", "[]") and any(p.startswith((r.path + ".", r.path + "[")) for p in removed))
+    ]  # an object emptied by the name rules is shown by its removed paths only
     for path in redacted_paths:
         if "#" not in path:
             rows.append(ArgRow(path, "(removed)", redaction_source(path)))
