@@ -149,6 +149,10 @@ def test_an_approver_reviews_and_answers_the_seed_refund_in_the_browser(dev: Dev
         assert "args.customer.email" in text  # which path was redacted, and by what
         assert "ann@example.com" not in page.content()
         shot(page, "inbox")
+        page.set_viewport_size({"width": 390, "height": 844})  # a phone: one column, nothing cut off
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        shot(page, "inbox-phone")
+        page.set_viewport_size({"width": 1280, "height": 900})
 
         card.get_by_role("link", name="Review").click()
         page.wait_for_selector("form#vote-form")
