@@ -17,7 +17,7 @@ import httpx
 
 from gateway.collector.app import Collector
 from gateway.config import CollectorConfig, OperatorConfig
-from gateway.config.collector import ConsoleConfig
+from gateway.config.collector import CollectorTlsConfig, ConsoleConfig
 from gateway.config.sidecar import OperatorTokenConfig
 from gateway.console.server import ConsoleServer
 from gateway.journal.entry import EventKind
@@ -71,9 +71,9 @@ def operator_config() -> OperatorConfig:
 
 @asynccontextmanager
 async def console_collector(
-    tmp_path: Path, *, store: str = "", console: ConsoleConfig | None = None, trusted: bool = False
+    tmp_path: Path, *, store: str = "", console: ConsoleConfig | None = None, tls: CollectorTlsConfig | None = None
 ) -> AsyncIterator[Env]:
-    """A collector with the console on 127.0.0.1 (a second, header-trusting listener when ``trusted``)."""
+    """A collector with the console on 127.0.0.1 (over HTTPS with ``tls``)."""
     key = tmp_path / "witness.key"
     if not key.exists():
         write_secret_file(key, WITNESS.encode_private() + "\n")
@@ -85,6 +85,7 @@ async def console_collector(
         operator=operator_config(),
         console_listen=listen,
         console=console or ConsoleConfig(),
+        tls=tls,
     )
     server = ConsoleServer()
     collector = Collector(cfg, surfaces=[server])

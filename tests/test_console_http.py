@@ -242,6 +242,30 @@ def test_the_session_cookie_is_httponly_and_samesite_strict(tmp_path: Path) -> N
     run(scenario())
 
 
+def test_under_tls_the_console_is_https_and_its_cookie_secure(tmp_path: Path) -> None:
+    import ssl  # noqa: PLC0415
+
+    from gateway.config.collector import CollectorTlsConfig  # noqa: PLC0415
+    from tests.operator_helpers import make_ca  # noqa: PLC0415
+
+    (tmp_path / "pki").mkdir()
+    pki = make_ca(tmp_path / "pki", ["127.0.0.1"], "client")
+    tls = CollectorTlsConfig(cert=pki["server_cert"], key=pki["server_key"])
+
+    async def scenario() -> None:
+        async with console_collector(tmp_path, tls=tls) as env:
+            assert env.url.startswith("https://")
+            trust = ssl.create_default_context(cafile=str(pki["ca_cert"]))
+            async with httpx.AsyncClient(base_url=env.url, verify=trust) as client:
+                page = await client.get("/login")
+                nonce = page.text.split('name="login_csrf" value="')[1].split('"')[0]
+                answer = await client.post("/login", data={"token": TOKENS["audrey"], "login_csrf": nonce})
+            cookie = next(v for k, v in answer.headers.multi_items() if k == "set-cookie" and v.startswith(COOKIE))
+            assert "Secure" in cookie and "HttpOnly" in cookie
+
+    run(scenario())
+
+
 def test_a_one_time_link_signs_in_once(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with console_collector(tmp_path) as env:

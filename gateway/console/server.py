@@ -60,6 +60,10 @@ class ConsoleServer:
         if not addresses:
             return
         sessions = Sessions(cfg.operator, cfg.console.session_ttl_s, dict(cfg.console.header_roles))
+        if not cfg.operator.tokens and not cfg.console.header_roles:
+            log.warning(
+                "console: no collector.operator.tokens and no collector.console.header_roles: nobody can sign in"
+            )
         self.secure = cfg.tls is not None
         self.console = Console(collector.fleet, collector.store, sessions, secure=self.secure)
         trusted = set(cfg.console.trusted_header_listen)
