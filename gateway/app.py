@@ -3,13 +3,14 @@
 Probes first (``start_probes``): the health-only listener, reporting "starting", and the /metrics server, so a
 slow or failing start is visible. Then ``start``: keys → policy check → journal lock and writer (opens, checks
 origin, resumes seq/chain) → reader → policy manager, its limit state replayed from the journal → journal_started
-event → policy watch and SIGHUP → shared limit store (``limits.store``, if set) → gRPC server (GatewayService,
+event → policy watch and SIGHUP → shared limit store (``limits.store``, if set) → approvals → forwarding (and
+the embedded collector) → the fleet control channel (``control:``, if enabled) → gRPC server (GatewayService,
 health, reflection) → health SERVING. :func:`run` retries a start that failed on the policy or the journal when
 ``health.retry_start_s`` is set, reporting NOT_SERVING meanwhile (docs/operations.md).
 
 Stop (the reverse, so no acknowledged decision is lost): health NOT_SERVING → stop accepting RPCs and drain
-in-flight ones (grace period) → close the shared limit store → stop policy reloads → flush and close the journal
-writer → close the reader → release the lock → probes.
+in-flight ones (grace period) → the control channel → forwarding → close the shared limit store → stop policy
+reloads → flush and close the journal writer → close the reader → release the lock → probes.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ from gateway.api.operator_service import SERVICE_NAME as OPERATOR_SERVICE_NAME
 from gateway.api.operator_service import OperatorServicer, operator_handler
 from gateway.collector.app import Collector
 from gateway.config import CollectorConfig, Config, OperatorConfig
-from gateway.config.sidecar import non_loopback_tcp
-from gateway.errors import AgentAuditError, ConfigError
+from gateway.config.sidecar import is_key_text, non_loopback_tcp
+from gateway.errors import AgentAuditError, ConfigError, SigningKeyError
 from gateway.journal.state import TrustedState
 from gateway.journal.store import JournalReader
 from gateway.journal.writer import JournalWriter
@@ -50,6 +51,8 @@ from gateway.rpc import health, telemetry
 from gateway.rpc.auth import Authenticator
 from gateway.rpc.net import prepare_unix_socket
 from gateway.sidecar.approvals import ApprovalBook
+from gateway.sidecar.control import HEALTH_COMPONENT as CONTROL_HEALTH
+from gateway.sidecar.control import ControlClient
 from gateway.sidecar.forwarder import Forwarder, GrpcUpstream
 from gateway.sidecar.killswitch import KillSwitchBoard
 from gateway.sidecar.policy_manager import PolicyManager, load_document
@@ -58,7 +61,7 @@ from gateway.sidecar.recorder import AuditRecorder
 from gateway.sidecar.retention import RetentionJob
 from gateway.sidecar.selfcheck import TamperGate, check_tail, report_tamper
 from gateway.sidecar.shared_limits import RedisLimits
-from gateway.signing import Ed25519Signer, load_signer
+from gateway.signing import Ed25519Signer, Verifier, load_signer, load_verifier, parse_verifier
 
 if TYPE_CHECKING:
     from gateway.console.server import ConsoleServer
@@ -128,6 +131,7 @@ class Sidecar:
         self._operator_server: grpc.aio.Server | None = None
         self._alerts: AlertDispatcher | None = None
         self.forwarder: Forwarder | None = None
+        self.control: ControlClient | None = None
         self.tamper_gate: TamperGate | None = None
         self.retention: RetentionJob | None = None
         self.shared_limits: RedisLimits | None = None
@@ -258,6 +262,8 @@ class Sidecar:
         metrics.observe_state(metrics.APPROVALS_PENDING, self.approvals.pending_count)
         if cfg.forward.target:
             await self._start_forwarding(cfg, signer, recorder)
+        if cfg.control.enabled:
+            await self._start_control(cfg, signer, recorder)
         self.retention = RetentionJob(
             self.reader,
             recorder,
@@ -278,7 +284,7 @@ class Sidecar:
             return (forwarder.blocked if forwarder is not None else "") or (tamper.blocked if tamper else "")
 
         servicer = GatewayServicer(
-            self.policy, self.recorder, cfg.server, self.approvals, self._alerts, gate, self.shared_limits
+            self.policy, self.recorder, cfg.server, self.approvals, self._alerts, gate, self.shared_limits, self.control
         )
         options = [
             ("grpc.max_receive_message_length", cfg.server.max_message_bytes),
@@ -374,6 +380,49 @@ class Sidecar:
         metrics.observe_state(metrics.FORWARD_BACKLOG_ENTRIES, self.forwarder.backlog_entries)
         metrics.observe_state(metrics.FORWARD_BACKLOG_AGE_SECONDS, self.forwarder.backlog_age_s)
 
+    def _pinned_control_key(self, cfg: Config) -> tuple[str, Verifier]:
+        """The control stream's target and the collector control key it pins (the embedded collector's in dev)."""
+        control = cfg.control
+        if control.collector == "embedded":
+            if self._collector is None or self._collector.control_key is None:
+                raise ConfigError("control.collector: embedded needs forward.target: embedded")
+            return f"unix://{cfg.journal.path.parent / 'collector.sock'}", self._collector.control_key.verifier
+        try:
+            if is_key_text(control.control_key):
+                return control.collector, parse_verifier(control.control_key)
+            return control.collector, load_verifier(Path(control.control_key))
+        except SigningKeyError as exc:
+            raise ConfigError(f"control.control_key: {exc}") from exc
+
+    async def _start_control(self, cfg: Config, signer: Ed25519Signer, recorder: AuditRecorder) -> None:
+        """The fleet control channel: what the journal says was applied last, then the stream task."""
+        assert self.reader is not None and self.switches is not None and self.approvals is not None
+        target, pinned = self._pinned_control_key(cfg)
+        trusted = self._trusted
+        control = cfg.control
+        self.control = ControlClient(
+            target,
+            cfg.forward.tls if not target.startswith("unix:") else None,
+            pinned,
+            signer,
+            self.reader,
+            self.switches,
+            self.approvals,
+            applied_seq=trusted.control_seqs.get(pinned.name, 0) if trusted else 0,
+            switch_seq=trusted.switch_seqs.get(pinned.name, 0) if trusted else 0,
+            max_staleness_s=control.max_staleness_s,
+            connect_wait_s=control.connect_wait_s,
+            backoff_initial_s=control.backoff_initial_s,
+            backoff_max_s=control.backoff_max_s,
+            on_health=lambda problem: self.health.report(CONTROL_HEALTH, problem),
+        )
+        recorder.on_approval_entry = self.control.report
+        await self.control.start()
+        metrics.observe_state(metrics.CONTROL_SECONDS_SINCE_CONTACT, self.control.seconds_since_contact)
+        log.info(
+            "control channel to collector %s at %s (applied seq %d)", pinned.name, target, self.control.applied_seq
+        )
+
     def _listen(
         self, server: grpc.aio.Server, addresses: tuple[str, ...], tls: grpc.ServerCredentials | None
     ) -> list[str]:
@@ -421,6 +470,11 @@ class Sidecar:
         if self.retention is not None:
             await self.retention.aclose()
             self.retention = None
+        if self.control is not None:
+            if self.recorder is not None:
+                self.recorder.on_approval_entry = None
+            await self.control.aclose()
+            self.control = None
         if self.forwarder is not None:
             await self.forwarder.aclose()  # final flush: appends receipts, so before the writer closes
             self.forwarder = None

@@ -92,6 +92,31 @@ FORWARD_UPLOAD_FAILURES = Counter(
     ["reason"],
 )
 
+# The fleet control channel (gateway.sidecar.control).
+CONTROL_CONNECTED = Gauge(
+    "agentaudit_control_connected",
+    "1 while the control stream to the collector is open and its complete kill-switch set applied, else 0.",
+)
+CONTROL_APPLIED = Counter(
+    "agentaudit_control_messages_applied_total", "Control messages applied (and journaled), by kind.", ["kind"]
+)
+CONTROL_REFUSED = Counter(
+    "agentaudit_control_messages_refused_total",
+    "Control messages refused, by word (forged, wrong_origin, stale, replayed, or the change's refusal).",
+    ["refused"],
+)
+CONTROL_SECONDS_SINCE_CONTACT = Gauge(
+    "agentaudit_control_seconds_since_contact",
+    "0 while the control stream is open and current; otherwise seconds since the collector was last heard.",
+)
+CONTROL_REPORTED_ENTRIES = Counter(
+    "agentaudit_control_reported_entries_total", "Approval journal entries pushed to the collector on the stream."
+)
+CONTROL_REPORTS_DROPPED = Counter(
+    "agentaudit_control_reports_dropped_total",
+    "Approval entries not pushed because the report queue was full (forwarding delivers them).",
+)
+
 # The collector.
 COLLECTOR_INGESTED_ENTRIES = Counter(
     "agentaudit_collector_ingested_entries_total", "Entries verified and stored (resent duplicates excluded)."
@@ -101,6 +126,32 @@ COLLECTOR_REJECTIONS = Counter(
     "agentaudit_collector_rejections_total",
     "Batches refused by Ingest, by reason (a reject code, invalid or overloaded).",
     ["reason"],
+)
+
+COLLECTOR_CONTROL_STREAMS = Gauge(
+    "agentaudit_collector_control_streams", "Sidecar control streams connected to this collector process."
+)
+COLLECTOR_CONTROL_MESSAGES_SENT = Counter(
+    "agentaudit_collector_control_messages_sent_total",
+    "Signed control messages sent to sidecars, by kind (kill_switch_set, kill_switch, approval_vote).",
+    ["kind"],
+)
+COLLECTOR_CONTROL_ACKS_REFUSED = Counter(
+    "agentaudit_collector_control_acks_refused_total",
+    "Control messages a sidecar acknowledged as refused, by its word (forged, replayed, stale, wrong_origin, a "
+    "reason such as approval_already_resolved, or other).",
+    ["refused"],
+)
+COLLECTOR_CONTROL_HELLOS_REFUSED = Counter(
+    "agentaudit_collector_control_hellos_refused_total",
+    "Control streams refused at the hello, by why (forged, stale, unknown_origin, invalid, timeout).",
+    ["why"],
+)
+COLLECTOR_CONTROL_REPORT_ENTRIES = Counter(
+    "agentaudit_collector_control_report_entries_total",
+    "Approval entries reported on control streams, by outcome (applied: changed the fleet tables; refused: did "
+    "not verify against the origin's keys).",
+    ["outcome"],
 )
 
 # Alerts.

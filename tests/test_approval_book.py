@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -15,7 +16,7 @@ from gateway.canonical import canonical_json
 from gateway.identity import Operator
 from gateway.ids import new_event_id
 from gateway.journal import state as state_tables
-from gateway.journal.entry import EventKind
+from gateway.journal.entry import HEADER_SIZE, EventKind
 from gateway.journal.schema import indexed_values
 from gateway.journal.store import JournalReader
 from gateway.journal.writer import JournalWriter, StateChange, now_nanos
@@ -181,3 +182,28 @@ def test_open_approvals_survive_a_restart_and_closed_ones_do_not_reopen(tmp_path
 
     run(tmp_path, before)
     run(tmp_path, after)
+
+
+def test_the_answer_event_records_its_channel_and_the_collector_that_relayed_it(tmp_path: Path) -> None:
+    async def scenario(sidecar: Sidecar) -> None:
+        await sidecar.ask("apr_1")
+        await sidecar.ask("apr_2")
+        _, own = await sidecar.book.resolve("apr_1", True, APPROVER, "ok")
+        _, relayed = await sidecar.book.resolve(
+            "apr_2", False, APPROVER, "no", channel="slack", via="collector-1", control_seq=42
+        )
+        bodies = {b["event_id"]: b for b in await journal_bodies(sidecar)}
+        assert bodies[own]["channel"] == "cli"
+        assert "via" not in bodies[own] and "control_seq" not in bodies[own]
+        assert (bodies[relayed]["channel"], bodies[relayed]["via"], bodies[relayed]["control_seq"]) == (
+            "slack",
+            "collector-1",
+            42,
+        )
+
+    run(tmp_path, scenario)
+
+
+async def journal_bodies(sidecar: Sidecar) -> list[dict[str, object]]:
+    entries = await sidecar.reader.signed_entries(0, 1000)
+    return [json.loads(e.entry[HEADER_SIZE:]) for e in entries]

@@ -109,3 +109,27 @@ def test_the_body_is_canonical_json_naming_its_kind() -> None:
     parsed = json.loads(body)
     assert canonical_json(parsed) == body
     assert parsed["kind"] == m.APPROVAL_VOTE and parsed["collector"] == COLLECTOR.name
+
+
+def test_a_kill_switch_set_is_believed_at_the_applied_seq_on_its_own_stream_only() -> None:
+    nonce = b"\x05" * 32
+    verifier = _verifier(applied=7)
+
+    def switch_set(seq: int, for_nonce: bytes) -> tuple[bytes, bytes]:
+        return m.sign_control(
+            COLLECTOR, ORIGIN.name, seq, m.KILL_SWITCH_SET, {"switches": [], "nonce": for_nonce.hex()}
+        )
+
+    # it answers the hello that said 7: the acts after it are above 7, so it does not move applied_seq
+    assert verifier.verify(*switch_set(7, nonce), stream_nonce=nonce).kind == m.KILL_SWITCH_SET
+    assert verifier.verify(*switch_set(9, nonce), stream_nonce=nonce).seq == 9
+    assert _refused_set(verifier, switch_set(6, nonce), nonce) == m.REPLAYED  # as of before what was applied
+    assert _refused_set(verifier, switch_set(7, b"\x06" * 32), nonce) == m.REPLAYED  # another stream's set
+    assert verifier.verify(*switch_set(7, b"\x06" * 32)).seq == 7  # no stream nonce given: the caller checks it
+    assert _refused(verifier, *_vote(7)) == m.REPLAYED  # every other kind must be above
+
+
+def _refused_set(verifier: m.ControlVerifier, signed: tuple[bytes, bytes], nonce: bytes) -> str:
+    with pytest.raises(m.ControlRefusedError) as info:
+        verifier.verify(*signed, stream_nonce=nonce)
+    return info.value.refused

@@ -450,3 +450,24 @@ def test_a_refused_attempt_is_a_signed_act_never_sent_to_a_sidecar(fleet_db: Dat
             assert await fleet.head_seq() == act
 
     run(scenario())
+
+
+def test_a_write_cancelled_during_its_begin_leaves_no_transaction_open(tmp_path: Path) -> None:
+    """SQLite: a BEGIN already running on the fleet thread completes even if its caller is cancelled meanwhile; it
+    must then be rolled back, or every later fleet write fails."""
+
+    async def scenario() -> None:
+        async with database("sqlite", tmp_path, "").replica() as fleet:
+            other = sqlite3.connect(tmp_path / "collector.db", isolation_level=None)
+            other.execute("BEGIN IMMEDIATE")  # holds the write lock: the fleet's BEGIN IMMEDIATE waits on the thread
+            write = asyncio.create_task(fleet.set_connected(ORIGIN, True, 1))
+            await asyncio.sleep(0.3)
+            write.cancel()
+            other.execute("ROLLBACK")  # the waiting BEGIN now succeeds, for a caller that is gone
+            other.close()
+            with pytest.raises(asyncio.CancelledError):
+                await write
+            await fleet.set_connected(ORIGIN, True, 2)  # before the fix: "cannot start a transaction within ..."
+            assert [o.applied_seq for o in await fleet.origins()] == [2]
+
+    run(scenario())

@@ -146,7 +146,7 @@ def test_resuming_before_resolution_is_still_pending_and_denied_stops(sidecar: R
     channel, op = operator_stub(sidecar.operator_target)
     with channel:
         op.DenyApproval(
-            operator_pb2.DenyApprovalRequest(approval_id=pending.approval_id),
+            operator_pb2.DenyApprovalRequest(approval_id=pending.approval_id, comment="not this customer"),
             metadata=auth(TOKENS["alice"][0]),
             timeout=10,
         )

@@ -73,3 +73,10 @@ def add_approval_details(message: operator_pb2.Approval, pre_event: Mapping[str,
         message.redacted_paths.extend(str(p) for p in paths)
     message.reason = str(pre_event.get("reason") or "")
     message.previous_steps = previous_steps
+    # What the grant is bound to and needs, as asked (a row read back from the table does not hold them).
+    message.policy_version = str(pre_event.get("policy_version") or "")
+    required = pre_event.get("approvals_required")
+    if isinstance(required, int) and not isinstance(required, bool) and required >= 1:
+        message.approvals_required = required
+    else:
+        message.approvals_required = 1

@@ -14,7 +14,7 @@ from gateway.config import ServerConfig
 from gateway.errors import FieldViolation, InvalidRequestError, ViolationError
 from gateway.rpc.handlers import Context, service_handler
 from gateway.sidecar.approvals import ApprovalBook
-from gateway.sidecar.decider import AlertSink, Decider, PolicySource
+from gateway.sidecar.decider import AlertSink, ControlGate, Decider, PolicySource
 from gateway.sidecar.recorder import AuditRecorder
 from gateway.sidecar.shared_limits import RedisLimits
 from gateway.tracecontext import traceparent_header
@@ -37,8 +37,9 @@ class GatewayServicer:
         alerts: AlertSink | None = None,
         gate: Callable[[], str] | None = None,
         shared_limits: RedisLimits | None = None,
+        control: ControlGate | None = None,
     ) -> None:
-        self._decider = Decider(policy, recorder, approvals, alerts, gate, shared_limits)
+        self._decider = Decider(policy, recorder, approvals, alerts, gate, shared_limits, control)
         self._recorder = recorder
         self._limits = limits
         self._approvals = approvals

@@ -92,6 +92,19 @@ def approval_message(a: Approval) -> operator_pb2.Approval:
         comment=a.comment,
         event_id=a.event_id,
         used=a.used,
+        approvals_required=a.approvals_required,
+        votes=[
+            operator_pb2.ApprovalVote(
+                approver=v.identity,
+                grant=v.grant,
+                channel=v.channel,
+                comment=v.comment,
+                at=_timestamp(v.voted_ns),
+                via=v.via,
+            )
+            for v in a.votes
+        ],
+        policy_version=a.policy_version,
     )
 
 
@@ -102,6 +115,7 @@ def _switch_message(s: EngagedSwitch) -> operator_pb2.KillSwitch:
         reason=s.reason,
         engaged_by=s.engaged_by,
         engaged_at=_timestamp(s.engaged_ns),
+        via=s.via,
     )
 
 

@@ -281,6 +281,7 @@ def _event_text(event: TraceEvent, step: TraceStep, last_pre: int | None, versio
         return (f"resumed: {text}" if own == step.step_id else f"resumed as step {own}: {text}"), decided
     if event.role is Role.APPROVAL:
         verb = {
+            "approval_voted": "approved",  # a four-eyes vote: still pending until the last approver grants
             "approval_granted": "granted",
             "approval_denied": "denied",
             "approval_expired": "expired",  # nobody answered in time
@@ -290,6 +291,12 @@ def _event_text(event: TraceEvent, step: TraceStep, last_pre: int | None, versio
         text = f"approval {printable(body.get('approval_id') or '?')} {verb}"
         if not (isinstance(actor, Mapping) and actor.get("type") == "system"):  # expiry: nobody decided
             text += f" by {actor_label(actor)}"
+        required, count = int_or_none(body.get("approvals_required")), int_or_none(body.get("approvals"))
+        if required and count and event.kind in ("approval_voted", "approval_granted"):
+            text += f", {count} of {required} approvals" + (", still pending" if event.kind == "approval_voted" else "")
+        via = str(body.get("via") or "")
+        if via:
+            text += f" via {printable(via)}"
         comment = str(body.get("comment") or "")
         return text + (f" ({_quote(comment)})" if comment else ""), ""
     if event.role is Role.RESULT:
@@ -440,11 +447,18 @@ def approval_record(approval: Approval) -> dict[str, Any]:
 def resolution_line(approval: Approval, event_id: str, *, grant: bool) -> str:
     """``agentaudit approve`` / ``deny``: who answered and, for a four-eyes approval, how many answers it has."""
     verb = "granted" if grant else "denied"
-    if event_id:
-        return f"{approval.approval_id} {verb} by {approval.resolved_by} (event {event_id})"
     grants = sum(1 for v in approval.votes if v.grant)
     by = approval.votes[-1].approver if approval.votes else approval.resolved_by
     state = _enum_name(approval, "state", "APPROVAL_STATE_")
+    required = approval.approvals_required or 1
+    if event_id:  # answered on the sidecar itself
+        if grant and state == "pending":
+            return (
+                f"{approval.approval_id} approved by {printable(by)}: {grants} of {required} approvals, still pending "
+                f"(event {event_id})"
+            )
+        progress = f" ({grants} of {required} approvals)" if grant and required > 1 else ""
+        return f"{approval.approval_id} {verb} by {printable(approval.resolved_by)}{progress} (event {event_id})"
     return (
         f"{approval.approval_id} {verb} by {by} at the collector; now {state} "
         f"({grants} of {approval.approvals_required or 1} approvals; origin {approval.origin})"

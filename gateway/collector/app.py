@@ -24,10 +24,12 @@ Configuration (YAML; parsed by :mod:`gateway.config.collector`)::
 
 Start order: witness and control keys → store (migrations) → origins registered → fleet tables
 (:class:`~gateway.collector.fleet.FleetControl`) → fleet alerts (webhooks, silent check; told of opened approvals
-and of control-channel contact) → gRPC server (collector, health, reflection; TLS on TCP when ``tls`` is set) →
+and of control-channel contact) → the control streams' act feed → gRPC server (collector, control, health,
+reflection; TLS on TCP when ``tls`` is set; keepalive pings every 10 s) →
 health-only listener → the fleet operator API (if ``operator.listen`` is set) → surfaces (the web console,
 ``gateway.console``, given by the caller) → retention task (if ``retention_days`` is set). Stop: retention task
-cancelled → health NOT_SERVING → surfaces → operator API and server drained
+cancelled → health NOT_SERVING → surfaces → operator API drained → control streams ended (UNAVAILABLE) → server
+drained
 → health listener → fleet alerts (queued ones delivered, 5 s) → fleet and store closed. Stateless apart from its
 database, so several replicas can serve one address.
 """
@@ -48,6 +50,8 @@ import grpc
 from grpc_health.v1 import health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from gateway.collector.control_service import KEEPALIVE_OPTIONS, ControlServicer, control_handler
+from gateway.collector.control_service import SERVICE_NAME as CONTROL_SERVICE_NAME
 from gateway.collector.fleet import FleetControl, open_fleet
 from gateway.collector.fleet_alerts import FleetAlerts, contacts_from
 from gateway.collector.operator_api import FleetOperatorServicer, operator_credentials, operator_handlers
@@ -142,6 +146,7 @@ class Collector:
         self.health_bound: list[str] = []
         self.store: CollectorStore | None = None
         self.servicer: CollectorServicer | None = None
+        self.control: ControlServicer | None = None  # the sidecars' control streams
         self.fleet: FleetControl | None = None
         self.control_key: Ed25519Signer | None = None
         self.operator_bound: list[str] = []
@@ -149,7 +154,7 @@ class Collector:
         self._operator_server: grpc.aio.Server | None = None
         self.alerts: FleetAlerts | None = None  # fleet alerts; FleetControl.on_approval_opened takes approval_opened
         self._health_server: grpc.aio.Server | None = None
-        self.health = Health([SERVICE_NAME], export_metric=not embedded)
+        self.health = Health([SERVICE_NAME, CONTROL_SERVICE_NAME], export_metric=not embedded)
         self._retention: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -185,10 +190,12 @@ class Collector:
             fleet=self.fleet,
             on_evidence=self.alerts.evidence,
         )
-        self._server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20)])
-        self._server.add_generic_rpc_handlers([collector_handler(self.servicer)])
+        self.control = ControlServicer(self.fleet, self.control_key, ttl_s=cfg.control_ttl_s)
+        await self.control.start()
+        self._server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20), *KEEPALIVE_OPTIONS])
+        self._server.add_generic_rpc_handlers([collector_handler(self.servicer), control_handler(self.control)])
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self._server)
-        reflection.enable_server_reflection([SERVICE_NAME, reflection.SERVICE_NAME], self._server)
+        reflection.enable_server_reflection([SERVICE_NAME, CONTROL_SERVICE_NAME, reflection.SERVICE_NAME], self._server)
         self.bound = _listen(self._server, cfg.listen, cfg.tls)
         if cfg.tls is None and (exposed := non_loopback_tcp(cfg.listen)):
             log.warning("collector: %s serves without TLS (collector.tls is not set)", ", ".join(exposed))
@@ -253,6 +260,9 @@ class Collector:
         if self._operator_server is not None:
             await self._operator_server.stop(5)
             self._operator_server = None
+        if self.control is not None:
+            await self.control.aclose()  # ends the control streams at once: their sidecars reconnect elsewhere
+            self.control = None
         if self._server is not None:
             await self._server.stop(5)
             self._server = None

@@ -524,6 +524,15 @@ class FleetControl:
         async with self._db.write() as tx:
             await tx.execute(UPSERT_ORIGIN, origin, connected, self.replica, now_ms(), applied_seq)
 
+    async def set_disconnected(self, origin: str, applied_seq: int) -> None:
+        """Records that ``origin``'s stream on this replica ended, unless another replica holds it by now."""
+        async with self._db.write() as tx:
+            await tx.execute(
+                "UPDATE fleet_origins SET connected = ?, last_contact_ms = ?, applied_seq = ? "
+                "WHERE origin = ? AND replica = ?",
+                False, now_ms(), applied_seq, origin, self.replica,
+            )  # fmt: skip
+
     async def origins(self) -> list[OriginStatus]:
         """Every sidecar that ever held a control stream."""
         async with self._db.read() as tx:

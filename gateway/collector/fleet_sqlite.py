@@ -92,8 +92,10 @@ class SqliteFleetDb:
     @contextlib.asynccontextmanager
     async def _transaction(self, begin: str) -> AsyncIterator[_SqliteTx]:
         async with self._lock:
-            await self.run(lambda conn: conn.execute(begin))
             try:
+                # Inside the try: a caller cancelled while BEGIN is on the thread still gets it rolled back (the
+                # one-thread executor runs the rollback after it), so the connection is never left in a transaction.
+                await self.run(lambda conn: conn.execute(begin))
                 yield _SqliteTx(self)
             except BaseException:
                 await asyncio.shield(self.run(_rollback))

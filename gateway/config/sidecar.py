@@ -31,6 +31,7 @@ from gateway.config.values import (
     listen_addresses,
     mapping,
     refuse_unknown,
+    resolve_path,
 )
 from gateway.errors import ConfigError
 
@@ -129,6 +130,24 @@ class ForwardConfig:
     witness_key: Path = Path("witness.key")  # the embedded collector's signing key
     tls: CollectorTlsClientConfig | None = None  # verify the collector's certificate (required off loopback)
     allow_insecure: bool = False  # forward to a non-loopback collector in plaintext anyway
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    """The fleet control channel to the collector (docs/fleet.md, "The sidecar's side"; ADR 0016).
+
+    ``enabled`` defaults to on when ``control_key`` is set, off otherwise; ``collector`` defaults to
+    ``forward.target``. "embedded" (also the default with ``forward.target: embedded``) is the dev sidecar's
+    in-process collector, whose control key is pinned without configuration.
+    """
+
+    enabled: bool = False
+    collector: str = ""  # unix:///path or HOST:PORT of the collector's ControlService; "": forward.target
+    control_key: str = ""  # the pinned collector control key: a .pub file's path, or its text (name+id+base64)
+    max_staleness_s: float = 0.0  # stop actions after this long without the collector; 0: off
+    connect_wait_s: float = 5.0  # after start, Decide waits this long for the first complete kill-switch set
+    backoff_initial_s: float = 0.2  # reconnect delays: doubling from this, with jitter,
+    backoff_max_s: float = 10.0  # up to this
 
 
 @dataclass(frozen=True)
@@ -247,6 +266,7 @@ class Config:
     operator: OperatorConfig = field(default_factory=OperatorConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
 
 
 _LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -453,6 +473,7 @@ def _validate(cfg: Config) -> None:
     if not _KEY_PREFIX_RE.match(limits.key_prefix):
         raise ConfigError(f"limits.key_prefix: expected 1-64 of A-Z a-z 0-9 _ . : -, got {limits.key_prefix!r}")
     in_range("limits.timeout_ms", limits.timeout_ms, 1, 10_000)
+    _validate_control(cfg.control, cfg.forward)
 
 
 def _validate_forward(fwd: ForwardConfig) -> None:
@@ -466,7 +487,68 @@ def _validate_forward(fwd: ForwardConfig) -> None:
         raise ConfigError("forward.batch_max_age_s / idle_checkpoint_s: out of range")
     if not 0 < fwd.backoff_initial_s <= fwd.backoff_max_s <= 3600:
         raise ConfigError("forward.backoff_initial_s must be positive and at most forward.backoff_max_s")
-    check_collector_transport("forward.target", fwd.target, fwd.tls, fwd.allow_insecure)
+    if fwd.target or fwd.tls is None:  # no target with tls: only the control channel may use it (checked there)
+        check_collector_transport("forward.target", fwd.target, fwd.tls, fwd.allow_insecure)
+
+
+def _validate_control(control: ControlConfig, fwd: ForwardConfig) -> None:
+    if not 0 <= control.max_staleness_s <= 86400:
+        raise ConfigError("control.max_staleness_s: must be 0 (off) or up to 86400 seconds")
+    if not 0 <= control.connect_wait_s <= 600:
+        raise ConfigError("control.connect_wait_s: must be between 0 and 600 seconds")
+    if not 0 < control.backoff_initial_s <= control.backoff_max_s <= 3600:
+        raise ConfigError("control.backoff_initial_s must be positive and at most control.backoff_max_s")
+    tcp = control.enabled and control.collector not in ("", "embedded") and not control.collector.startswith("unix:")
+    if not fwd.target and fwd.tls is not None and not tcp:
+        check_collector_transport("forward.target", fwd.target, fwd.tls, fwd.allow_insecure)  # refuses, naming it
+    if not control.enabled:
+        return
+    target = control.collector
+    if not target:
+        raise ConfigError(
+            "control.collector: required when control.enabled is true and forward.target is not a collector "
+            "(set control.collector to unix:///path or HOST:PORT)"
+        )
+    if target != "embedded" and not LISTEN_RE.match(target):
+        raise ConfigError(f"control.collector: {target!r} is not unix:///path, HOST:PORT or embedded")
+    if target == "embedded":
+        if fwd.target != "embedded":
+            raise ConfigError("control.collector: embedded needs forward.target: embedded (the in-process collector)")
+        if control.control_key:
+            raise ConfigError(
+                "control.control_key: the embedded collector's key is pinned automatically; remove control_key"
+            )
+        return
+    if not control.control_key:
+        raise ConfigError(
+            "control.control_key: required when control is enabled: the collector control key to pin "
+            "(the path of its .pub file, or its text NAME+KEYID+BASE64)"
+        )
+    if not target.startswith("unix:"):
+        check_collector_transport("control.collector", target, fwd.tls, fwd.allow_insecure)
+
+
+def _resolve_control(control: ControlConfig, raw: Any, env: Mapping[str, str], fwd: ForwardConfig, base: Path) -> Any:
+    """The defaults that depend on other keys: ``enabled`` (on with a control key), ``collector``
+    (``forward.target``), and a ``control_key`` path resolved against the file's directory."""
+    section = raw if isinstance(raw, dict) else {}
+    if "enabled" not in section and f"{ENV_PREFIX}CONTROL_ENABLED" not in env:
+        control = dataclasses.replace(control, enabled=bool(control.control_key))
+    if not control.collector and fwd.target:
+        control = dataclasses.replace(control, collector=fwd.target)
+    key = control.control_key
+    if key and not is_key_text(key):
+        from_env = f"{ENV_PREFIX}CONTROL_CONTROL_KEY" in env
+        control = dataclasses.replace(control, control_key=str(resolve_path(key, Path.cwd() if from_env else base)))
+    return control
+
+
+_KEY_TEXT_RE = re.compile(r"^[^+\s]+\+[0-9a-f]{8}\+[A-Za-z0-9+/]{44}$")  # a C2SP verifier key (gateway.signing)
+
+
+def is_key_text(value: str) -> bool:
+    """Whether ``control.control_key`` holds a verifier key's text (``NAME+KEYID+BASE64``) rather than a path."""
+    return bool(_KEY_TEXT_RE.match(value.strip()))
 
 
 def load(
@@ -509,6 +591,7 @@ def load(
         known = ", ".join([*sections, *sorted(_STRUCTURED_SECTIONS)])
         raise ConfigError(f"unknown section(s) {', '.join(unknown)} (known: {known})")
     parts = {name: _section(name, cls, raw.get(name), env, base) for name, cls in sections.items()}
+    parts["control"] = _resolve_control(parts["control"], raw.get("control"), env, parts["forward"], base)
     cfg = Config(
         **parts,
         operator=parse_operator_section(raw.get("operator"), env, base, operator_listen),

@@ -9,7 +9,11 @@ A collector → sidecar message is believed only if all of these hold, checked i
 1. ``forged``: the signature verifies against the pinned control key and the body parses as a control message;
 2. ``wrong_origin``: it is addressed to this sidecar's origin, by the pinned collector name;
 3. ``stale``: it has not expired (``expires_ms``), and was not issued more than the allowed skew in the future;
-4. ``replayed``: its sequence number is above the highest one already applied.
+4. ``replayed``: its sequence number is above the highest one already applied. A ``kill_switch_set`` is the
+   exception: it carries the sequence number of the hello it answers (the highest the sidecar applied; the acts
+   sent after it are all above it), so it is believed at that number too, but only on the stream it was issued
+   for: its ``nonce`` must be that stream's challenge (pass ``stream_nonce``, or check it yourself, as
+   :mod:`gateway.sidecar.control` does).
 
 Times are unix milliseconds (RFC 8785 numbers are exact only up to 2**53, nanoseconds are not); a kind's field
 that must carry nanoseconds carries them as a decimal string.
@@ -188,8 +192,12 @@ class ControlVerifier:
         self.origin = origin
         self.applied_seq = applied_seq
 
-    def verify(self, body: bytes, signature: bytes, *, now_ns: int = 0) -> ControlMessage:
-        """Checks a message in the documented order; raises :class:`ControlRefusedError` naming the first failure."""
+    def verify(self, body: bytes, signature: bytes, *, now_ns: int = 0, stream_nonce: bytes = b"") -> ControlMessage:
+        """Checks a message in the documented order; raises :class:`ControlRefusedError` naming the first failure.
+
+        ``stream_nonce``: the challenge of the stream the message came on; a ``kill_switch_set`` must carry it
+        (empty: the caller checks a set's ``nonce`` itself).
+        """
         if not self.pinned.verify(_CONTROL_DOMAIN + body, signature):
             raise ControlRefusedError(FORGED, "control message: signature does not verify against the pinned key")
         fields = _parse(body, "control message")
@@ -207,7 +215,12 @@ class ControlVerifier:
         if expires <= now or issued > now + FUTURE_SKEW_NS:
             raise ControlRefusedError(STALE, f"{what}: valid from {issued} to {expires}, now is {now}")
         seq = _int(fields, "seq", what)
-        if seq <= self.applied_seq:
+        if fields["kind"] == KILL_SWITCH_SET:
+            if stream_nonce and fields.get("nonce") != stream_nonce.hex():
+                raise ControlRefusedError(REPLAYED, f"{what}: a kill-switch set issued for another stream")
+            if seq < self.applied_seq:
+                raise ControlRefusedError(REPLAYED, f"{what}: a kill-switch set as of {seq}, below {self.applied_seq}")
+        elif seq <= self.applied_seq:
             raise ControlRefusedError(REPLAYED, f"{what}: sequence {seq} is not above {self.applied_seq}")
         return ControlMessage(seq=seq, kind=fields["kind"], collector=self.pinned.name, issued_ns=issued, body=fields)
 

@@ -48,6 +48,7 @@ class EventKind(enum.IntEnum):
     TOOL_CHANGED = 16
     STATE_MISMATCH = 17
     APPROVAL_ABANDONED = 18
+    APPROVAL_VOTED = 19
 
     @property
     def label(self) -> str:

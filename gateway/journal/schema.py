@@ -119,6 +119,21 @@ CREATE TABLE IF NOT EXISTS approvals (
 ) STRICT;
 CREATE INDEX IF NOT EXISTS approvals_open ON approvals (state, used);
 
+-- Four-eyes: every operator answer to an approval (approval_voted, and the approval_granted or approval_denied that
+-- resolved it), one per person: ``approver`` is the normalised identity. Created here for existing journals too.
+CREATE TABLE IF NOT EXISTS approval_votes (
+    approval_id TEXT NOT NULL,
+    approver    TEXT NOT NULL,            -- normalise_identity(identity): one vote per person, under any spelling
+    identity    TEXT NOT NULL,            -- as authenticated
+    granted     INTEGER NOT NULL,         -- 1 approve, 0 deny
+    channel     TEXT NOT NULL,
+    via         TEXT NOT NULL DEFAULT '',
+    comment     TEXT NOT NULL DEFAULT '',
+    voted_ns    INTEGER NOT NULL,
+    event_id    TEXT NOT NULL,            -- the signed event that records the vote
+    PRIMARY KEY (approval_id, approver)
+) STRICT;
+
 CREATE TABLE IF NOT EXISTS forwarder_state (
     origin        TEXT PRIMARY KEY,
     acked_size    INTEGER NOT NULL,       -- entries the collector has acknowledged (the forwarding cursor)

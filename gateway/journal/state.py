@@ -1,7 +1,8 @@
 """The journal database's state tables, and the only code that reads or writes them.
 
-Four tables live beside the journal (``schema.STATE_DDL`` and ``prune_state`` in ``schema.DDL``): ``approvals``,
-``kill_switches``, ``forwarder_state`` (the forwarding cursor) and ``prune_state`` (where retention pruned). They
+Five tables live beside the journal (``schema.STATE_DDL`` and ``prune_state`` in ``schema.DDL``): ``approvals``,
+``approval_votes`` (four-eyes answers), ``kill_switches``, ``forwarder_state`` (the forwarding cursor) and
+``prune_state`` (where retention pruned). They
 change over time, so they cannot be journal entries; instead every change to them commits in the same SQLite
 transaction as the signed event that records it (docs/adr/0006).
 
@@ -20,10 +21,11 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import astuple, dataclass, fields, replace
+from dataclasses import astuple, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
 from gateway.errors import MalformedEntryError
+from gateway.identity import normalise_identity
 from gateway.journal.entry import decode_entry, signature_payload
 
 if TYPE_CHECKING:  # only a type here: the offline verifier imports this module and never the writer
@@ -42,6 +44,27 @@ EXPIRES_NEVER = "never"
 
 
 # --- approvals -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ApprovalVote:
+    """One operator's answer to an approval (an ``approval_voted``, ``approval_granted`` or ``approval_denied``).
+
+    ``identity`` is as authenticated; one vote per person is keyed by its normalised form (``approver``).
+    """
+
+    identity: str
+    grant: bool
+    channel: str
+    comment: str
+    voted_ns: int
+    event_id: str
+    via: str = ""
+
+    @property
+    def approver(self) -> str:
+        """The normalised identity: the same person under any spelling."""
+        return normalise_identity(self.identity)
 
 
 @dataclass
@@ -71,9 +94,18 @@ class Approval:
     resolved_ns: int | None
     comment: str
     event_id: str
-    # Not a column: how long a grant stays usable, taken from the signed pre-event (None: as long as the ask
-    # could wait). Only the signed derivation (``trusted_state``) and a new approval know it.
+    # Not columns: how long a grant stays usable (None: as long as the ask could wait), how many distinct
+    # approvers must grant it and the policy version it was asked under, all taken from the signed pre-event. Only
+    # the signed derivation (``trusted_state``) and a new approval know them; a row read back has the defaults.
     use_within_s: int | None = None
+    approvals_required: int = 1
+    policy_version: str = ""
+    # The answers so far, oldest first (the ``approval_votes`` rows, or the signed events that record them).
+    votes: tuple[ApprovalVote, ...] = ()
+
+    def grants(self) -> int:
+        """How many distinct approvers have granted it so far."""
+        return sum(1 for v in self.votes if v.grant)
 
 
 def use_by_ns(approval: Approval, granted_ns: int) -> int:
@@ -109,16 +141,29 @@ def _approval(row: tuple[Any, ...]) -> Approval:
     return Approval(*values)
 
 
+def _with_votes(conn: sqlite3.Connection, approvals: list[Approval]) -> list[Approval]:
+    """The approvals with their ``approval_votes`` rows attached."""
+    if not approvals:
+        return approvals
+    by_id: dict[str, list[ApprovalVote]] = {}
+    ids = [a.approval_id for a in approvals]
+    for start in range(0, len(ids), 500):  # well inside SQLite's bound on host parameters
+        chunk = ids[start : start + 500]
+        for approval_id, vote in _vote_rows(conn, f"approval_id IN ({', '.join('?' * len(chunk))})", chunk):
+            by_id.setdefault(approval_id, []).append(vote)
+    return [replace(a, votes=tuple(by_id.get(a.approval_id, ()))) for a in approvals]
+
+
 def open_approvals(conn: sqlite3.Connection) -> list[Approval]:
     """Approvals still open: pending, or granted and not yet used (what the sidecar keeps in memory)."""
     sql = f"{_SELECT_APPROVALS} WHERE state = ? OR (state = ? AND used = 0)"
-    return [_approval(row) for row in conn.execute(sql, (PENDING, GRANTED))]
+    return _with_votes(conn, [_approval(row) for row in conn.execute(sql, (PENDING, GRANTED))])
 
 
 def approval(conn: sqlite3.Connection, approval_id: str) -> Approval | None:
     """The approval with this id, in any state, if any."""
     row = conn.execute(f"{_SELECT_APPROVALS} WHERE approval_id = ?", (approval_id,)).fetchone()
-    return None if row is None else _approval(row)
+    return None if row is None else _with_votes(conn, [_approval(row)])[0]
 
 
 def list_approvals(conn: sqlite3.Connection, state: str, tenant_id: str, limit: int) -> list[Approval]:
@@ -128,7 +173,55 @@ def list_approvals(conn: sqlite3.Connection, state: str, tenant_id: str, limit: 
         rows = conn.execute(sql, (state, tenant_id, limit))
     else:
         rows = conn.execute(f"{_SELECT_APPROVALS} WHERE state = ? ORDER BY created_ns DESC LIMIT ?", (state, limit))
-    return [_approval(row) for row in rows]
+    return _with_votes(conn, [_approval(row) for row in rows])
+
+
+_VOTE_COLUMNS = "approval_id, identity, granted, channel, comment, voted_ns, event_id, via"
+
+
+def _vote_rows(conn: sqlite3.Connection, where: str, params: Sequence[Any]) -> list[tuple[str, ApprovalVote]]:
+    """(approval id, vote) rows, oldest first. A journal file no sidecar of this version has opened yet has no
+    ``approval_votes`` table (the writer creates it on open): it has no votes."""
+    sql = f"SELECT {_VOTE_COLUMNS} FROM approval_votes WHERE {where} ORDER BY voted_ns, approver"
+    try:
+        rows = conn.execute(sql, tuple(params)).fetchall()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return []
+        raise
+    return [
+        (str(aid), ApprovalVote(str(who), bool(granted), str(channel), str(comment), int(at), str(eid), str(via)))
+        for aid, who, granted, channel, comment, at, eid, via in rows
+    ]
+
+
+def all_votes(conn: sqlite3.Connection) -> list[tuple[str, ApprovalVote]]:
+    """Every vote row as (approval id, vote) (what reconciliation checks)."""
+    return _vote_rows(conn, "1 = 1", ())
+
+
+def insert_vote(approval_id: str, vote: ApprovalVote) -> StateChange:
+    """Persists one operator's answer (committed with the ``approval_voted``, ``approval_granted`` or
+    ``approval_denied`` event that records it).
+
+    One vote per person is enforced on the signed votes before this is written; REPLACE lets a signed vote take
+    the place of a row someone inserted by hand (which reconciliation reports), rather than fail on it.
+    """
+    return (
+        "INSERT OR REPLACE INTO approval_votes (approval_id, approver, identity, granted, channel, via, comment, "
+        "voted_ns, event_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            approval_id,
+            vote.approver,
+            vote.identity,
+            int(vote.grant),
+            vote.channel,
+            vote.via,
+            vote.comment,
+            vote.voted_ns,
+            vote.event_id,
+        ),
+    )
 
 
 def insert_approval(approval: Approval) -> StateChange:
@@ -171,13 +264,18 @@ def abandon_approval(approval_id: str) -> StateChange:
 
 @dataclass(frozen=True)
 class EngagedSwitch:
-    """One engaged operator kill switch."""
+    """One engaged operator kill switch.
+
+    ``via`` names the collector (its control key) whose fleet switch this is, "" for one engaged on this sidecar.
+    The table has no column for it: it comes from the signed ``kill_switch`` event (so rows compare without it).
+    """
 
     scope: str
     target: str
     reason: str
     engaged_by: str
     engaged_ns: int
+    via: str = field(default="", compare=False)
 
 
 def engaged_switches(conn: sqlite3.Connection) -> list[EngagedSwitch]:
@@ -190,7 +288,7 @@ def engage_switch(switch: EngagedSwitch) -> StateChange:
     """Engages a switch, replacing one at the same scope and target (committed with its ``kill_switch`` event)."""
     return (
         "INSERT OR REPLACE INTO kill_switches (scope, target, reason, engaged_by, engaged_ns) VALUES (?, ?, ?, ?, ?)",
-        astuple(switch),
+        (switch.scope, switch.target, switch.reason, switch.engaged_by, switch.engaged_ns),
     )
 
 
@@ -292,7 +390,16 @@ APPROVAL_KINDS = {"approval_granted": GRANTED, "approval_denied": DENIED, "appro
 """The events that resolve a pending approval, and the state each leaves it in."""
 APPROVAL_ABANDONED_KIND = "approval_abandoned"
 """The event that closes a granted approval nobody used within its use-by time."""
-_FOLDED_KINDS = (*APPROVAL_KINDS, APPROVAL_ABANDONED_KIND, "kill_switch", "cosignature", "state_mismatch")
+APPROVAL_VOTED_KIND = "approval_voted"
+"""Four-eyes: an approver's grant that is not yet the ``approvals_required``-th (the approval stays pending)."""
+_FOLDED_KINDS = (
+    *APPROVAL_KINDS,
+    APPROVAL_ABANDONED_KIND,
+    APPROVAL_VOTED_KIND,
+    "kill_switch",
+    "cosignature",
+    "state_mismatch",
+)
 # The pre-event is stamped a moment after the approval row (both inside one Decide): times this close agree.
 _CLOCK_SLACK_NS = 5_000_000_000
 
@@ -318,14 +425,24 @@ class SignedStateFold:
         self.switches: dict[tuple[str, str], EngagedSwitch] = {}
         self.cosigned_size = 0
         self.reported: set[tuple[str, str]] = set()  # (table, key) already journaled as state_mismatch
+        # Per collector (``via``): the highest control seq of an applied message, and of a kill-switch change.
+        self.control_seqs: dict[str, int] = {}
+        self.switch_seqs: dict[str, int] = {}
 
     def add(self, kind: str, unix_nanos: int, body: dict[str, Any]) -> None:
         """Applies one signed event."""
+        self._control_seq(kind, body)
         if kind == "pre_exec":
             self._pre_event(unix_nanos, body)
+        elif kind == APPROVAL_VOTED_KIND:
+            approval = self.approvals.get(str(body.get("approval_id", "")))
+            if approval is not None and approval.state == PENDING:
+                self._vote(approval, unix_nanos, body)
         elif kind in APPROVAL_KINDS:
             approval = self.approvals.get(str(body.get("approval_id", "")))
             if approval is not None and approval.state == PENDING:
+                if kind != "approval_expired":
+                    self._vote(approval, unix_nanos, body)
                 approval.state = APPROVAL_KINDS[kind]
                 actor = body.get("actor") or {}
                 approval.resolved_by = "" if kind == "approval_expired" else str(actor.get("id", ""))
@@ -342,7 +459,7 @@ class SignedStateFold:
             if body.get("operation") == "engage":
                 actor = body.get("actor") or {}
                 self.switches[key] = EngagedSwitch(
-                    *key, str(body.get("comment", "")), str(actor.get("id", "")), unix_nanos
+                    *key, str(body.get("comment", "")), str(actor.get("id", "")), unix_nanos, str(body.get("via", ""))
                 )
             else:
                 self.switches.pop(key, None)
@@ -350,6 +467,39 @@ class SignedStateFold:
             self.cosigned_size = max(self.cosigned_size, int(body["tree_size"]))
         elif kind == "state_mismatch":
             self.reported.add((str(body.get("table", "")), str(body.get("key", ""))))
+
+    def _control_seq(self, kind: str, body: dict[str, Any]) -> None:
+        """A change the sidecar applied from a collector's control message carries ``via`` and ``control_seq``.
+
+        A kill-switch change made to follow a ``kill_switch_set`` (``control_kind``) carries the set's seq: it
+        moves the switches' seq only, since votes older than the set may still be due (docs/fleet.md).
+        """
+        via, seq = body.get("via"), body.get("control_seq")
+        if not via or not isinstance(via, str) or not isinstance(seq, int) or isinstance(seq, bool):
+            return
+        if kind == "kill_switch":
+            self.switch_seqs[via] = max(self.switch_seqs.get(via, 0), seq)
+        if body.get("control_kind") != "kill_switch_set":
+            self.control_seqs[via] = max(self.control_seqs.get(via, 0), seq)
+
+    @staticmethod
+    def _vote(approval: Approval, unix_nanos: int, body: dict[str, Any]) -> None:
+        """Adds an operator's answer; a second answer of one person (under any spelling) is not counted."""
+        actor = body.get("actor") or {}
+        identity = str(actor.get("id", ""))
+        if actor.get("type") != "operator" or not identity:
+            return
+        vote = ApprovalVote(
+            identity=identity,
+            grant=body.get("kind") != "approval_denied" and body.get("grant") is not False,
+            channel=str(body.get("channel") or "cli"),
+            comment=str(body.get("comment", "")),
+            voted_ns=unix_nanos,
+            event_id=str(body.get("event_id", "")),
+            via=str(body.get("via") or ""),
+        )
+        if all(v.approver != vote.approver for v in approval.votes):
+            approval.votes = (*approval.votes, vote)
 
     def _pre_event(self, unix_nanos: int, body: dict[str, Any]) -> None:
         approval_id = str(body.get("approval_id") or "")
@@ -386,6 +536,8 @@ class SignedStateFold:
             comment="",
             event_id=str(body.get("event_id", "")),
             use_within_s=use_within_s,
+            approvals_required=_approvals_required(body.get("approvals_required")),
+            policy_version=str(body.get("policy_version") or ""),
         )
 
     def open_approvals(self) -> list[Approval]:
@@ -393,8 +545,17 @@ class SignedStateFold:
         return [a for a in self.approvals.values() if a.state == PENDING or (a.state == GRANTED and not a.used)]
 
 
+def _approvals_required(value: object) -> int:
+    """The pre-event's ``approvals_required``; journals before four-eyes leave it out (one approver)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else 1
+
+
+# The row never holds these (the signed pre-event does; votes are their own table, reconciled on their own).
+_NOT_COLUMNS = ("use_within_s", "approvals_required", "policy_version", "votes")
+
+
 def _same_approval(row: Approval, signed: Approval) -> bool:
-    timeless = ("created_ns", "expires_ns", "resolved_ns", "use_within_s")  # the row never holds use_within_s
+    timeless = ("created_ns", "expires_ns", "resolved_ns", *_NOT_COLUMNS)
     if any(getattr(row, f.name) != getattr(signed, f.name) for f in fields(Approval) if f.name not in timeless):
         return False
     return abs(row.created_ns - signed.created_ns) <= _CLOCK_SLACK_NS and row.expires_ns <= signed.expires_ns
@@ -426,9 +587,46 @@ def reconcile_approvals(
         if stored is None:
             mismatches.append(StateMismatch("approvals", signed.approval_id, "row missing for a signed open approval"))
         agreed = stored is not None and _same_approval(stored, signed)
-        # The row may keep its (no later) times; how long a grant stays usable comes from the signed pre-event.
-        enforced.append(replace(stored, use_within_s=signed.use_within_s) if stored and agreed else signed)
+        # The row may keep its (no later) times; what the pre-event asked for and the votes are the signed ones.
+        signed_only = {name: getattr(signed, name) for name in _NOT_COLUMNS}
+        enforced.append(replace(stored, **signed_only) if stored and agreed else signed)
     return enforced, mismatches
+
+
+def reconcile_votes(
+    rows: list[tuple[str, ApprovalVote]], fold: SignedStateFold, pruned_until_ns: int | None = None
+) -> list[StateMismatch]:
+    """Every ``approval_votes`` row that contradicts the signed events (which alone count, ``fold`` holds them).
+
+    A row with no signed vote behind it (or one that differs) is a mismatch, as is a signed vote of a still pending
+    approval whose row is missing (votes of resolved approvals are history the events keep; journals before
+    four-eyes have no rows for them).
+    """
+    mismatches = []
+    seen = set()
+    for approval_id, row in rows:
+        key = f"{approval_id}:{row.approver}"
+        seen.add(key)
+        signed_approval = fold.approvals.get(approval_id)
+        if signed_approval is None:
+            if pruned_until_ns is None or row.voted_ns >= pruned_until_ns:
+                mismatches.append(StateMismatch("approval_votes", key, "no signed approval_required pre-event"))
+            continue
+        signed = next((v for v in signed_approval.votes if v.approver == row.approver), None)
+        if signed is None:
+            mismatches.append(StateMismatch("approval_votes", key, f"no signed vote of {row.identity}"))
+        elif signed != row:
+            detail = f"row says {'grant' if row.grant else 'deny'} at {row.voted_ns} ({row.event_id})"
+            detail += f", signed event says {'grant' if signed.grant else 'deny'} at {signed.voted_ns}"
+            mismatches.append(StateMismatch("approval_votes", key, detail + f" ({signed.event_id})"))
+    for approval in fold.approvals.values():
+        if approval.state != PENDING:
+            continue
+        for vote in approval.votes:
+            key = f"{approval.approval_id}:{vote.approver}"
+            if key not in seen:
+                mismatches.append(StateMismatch("approval_votes", key, "row missing for a signed vote"))
+    return mismatches
 
 
 def reconcile_switches(
@@ -474,14 +672,17 @@ class TrustedState:
     acked_size: int
     mismatches: list[StateMismatch]
     reported: frozenset[tuple[str, str]]  # mismatches journaled by an earlier start (not journaled again)
+    control_seqs: dict[str, int] = field(default_factory=dict)  # per collector: highest control seq applied
+    switch_seqs: dict[str, int] = field(default_factory=dict)  # per collector: highest seq of a switch change
 
 
 def trusted_state(conn: sqlite3.Connection, origin: str, signature_ok: Callable[[bytes, bytes], bool]) -> TrustedState:
     """Derives state from the signed events and checks the tables against it (the sidecar's start).
 
     1. Locate the events that define state through the kind and decision indexes: approval_required pre-events,
-       approval resolutions and abandonments, kill_switch, cosignature and earlier state_mismatch events; then the
-       allowed pre-events of the runs that hold a granted approval (which may have used it), through the run index.
+       approval votes, resolutions and abandonments, kill_switch, cosignature and earlier state_mismatch events;
+       then the allowed pre-events of the runs that hold a granted approval (which may have used it), through the
+       run index.
     2. Re-verify each located entry's signature over its stored bytes with ``signature_ok`` and read its kind,
        time and body from those bytes, never from the columns; an entry that fails is skipped (and is what
        ``agentaudit verify`` reports).
@@ -499,10 +700,17 @@ def trusted_state(conn: sqlite3.Connection, origin: str, signature_ok: Callable[
         _fold(fold, sorted({*rows, *resumes}), origin, signature_ok)
     pruned_until_ns = _pruned_until_ns(conn)
     approvals, mismatches = reconcile_approvals(all_approvals(conn), fold, pruned_until_ns)
+    mismatches += reconcile_votes(all_votes(conn), fold, pruned_until_ns)
     switches, switch_mismatches = reconcile_switches(engaged_switches(conn), fold, pruned_until_ns)
     acked, cursor_mismatches = reconcile_cursor(forwarder_acked_size(conn, origin), fold, origin)
     return TrustedState(
-        approvals, switches, acked, [*mismatches, *switch_mismatches, *cursor_mismatches], frozenset(fold.reported)
+        approvals,
+        switches,
+        acked,
+        [*mismatches, *switch_mismatches, *cursor_mismatches],
+        frozenset(fold.reported),
+        dict(fold.control_seqs),
+        dict(fold.switch_seqs),
     )
 
 

@@ -37,7 +37,9 @@ CONTEXT_KINDS = OPERATOR_CONTEXT_KINDS  # the events a trace shows beside the ru
 _PRE = "pre_exec"
 _RESULT_KINDS = ("post_exec", "violation")
 # The approval chain of a step: how its approval was resolved, and (after a grant nobody used in time) abandoned.
-_APPROVAL_KINDS = ("approval_granted", "approval_denied", "approval_expired", "approval_abandoned")
+# The approval chain of a step also holds the four-eyes votes before the grant (approval_voted), which resolve nothing.
+_VOTED = "approval_voted"
+_APPROVAL_KINDS = (_VOTED, "approval_granted", "approval_denied", "approval_expired", "approval_abandoned")
 _ALLOW = "allow"
 _APPROVAL_REQUIRED = "approval_required"
 # Ranges of seqs and steps use an en dash, as in print (the text trace too).
@@ -355,7 +357,7 @@ class _Run:
                 self.asking.setdefault(approval_id, e)
         self.resolutions: dict[str, list[Mapping[str, Any]]] = {}
         for e in events:
-            if _kind(e) in _APPROVAL_KINDS:
+            if _kind(e) in _APPROVAL_KINDS and _kind(e) != _VOTED:
                 self.resolutions.setdefault(str(e.get("approval_id")), []).append(e)
         self.step_ids = sorted({s for e in events if (s := int_or_none(e.get("step_id"))) is not None})
         self._group_of: dict[int, int] = {}  # seq → the step id of the group it is shown in

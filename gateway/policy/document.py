@@ -17,7 +17,9 @@ import yaml
 
 from gateway import reasons
 from gateway.canonical import CanonicalizationError, canonical_json
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, InvalidRequestError
+from gateway.identity import normalise_identity
+from gateway.policy.approval_rules import MAX_APPROVALS_REQUIRED, check_required
 from gateway.policy.cel import Condition, ConditionError, compile_condition
 from gateway.policy.model import Verdict
 
@@ -131,6 +133,7 @@ class Rule:
     expires_s: int | None = None  # approval rules: how long the ask waits for an answer (None with ``parks``)
     parks: bool = False  # approval rules with ``expires_in: never``: the ask waits until someone answers it
     use_within_s: int | None = None  # approval rules: how long a grant stays usable (None: ``expires_in``)
+    approvals_required: int = 1  # approval rules: how many distinct approvers must grant it (four-eyes: 2)
 
 
 @dataclass(frozen=True)
@@ -440,7 +443,7 @@ def _rate(p: _Parser, value: Any, path: tuple[Any, ...], what: str) -> float:
 def _rules(
     p: _Parser, doc: dict[str, Any], section: str, seen: set[str], verdicts: tuple[Verdict, ...]
 ) -> tuple[Rule, ...]:
-    allowed = {"name", "actions", "tenants", "agents", "when", "reason", "shadow", "approvers", *_APPROVAL_TIMES}
+    allowed = {"name", "actions", "tenants", "agents", "when", "reason", "shadow", *_APPROVAL_KEYS}
     if len(verdicts) > 1:
         allowed.add("decision")
     out = []
@@ -458,15 +461,18 @@ def _rules(
             if verdict not in verdicts:
                 raise p.error((*path, "decision"), what, f"'decision' must be one of {', '.join(verdicts)}")
         approvers: tuple[str, ...] = ()
-        expires_s, parks, use_within_s = None, False, None
+        expires_s, parks, use_within_s, required = None, False, None, 1
         if verdict is Verdict.APPROVAL_REQUIRED:
             raw_approvers = raw.get("approvers", [])
             if not isinstance(raw_approvers, list) or not all(isinstance(a, str) and a for a in raw_approvers):
                 raise p.error((*path, "approvers"), what, "'approvers' must be a list of identities or role:NAME")
             approvers = tuple(raw_approvers)
             expires_s, parks, use_within_s = _approval_times(p, raw, path, what)
-        elif "approvers" in raw or any(key in raw for key in _APPROVAL_TIMES):
-            message = "'approvers', 'expires_in' and 'use_within' apply only to approval_required rules"
+            required = _approvals_required(p, raw, path, what)
+        elif any(key in raw for key in _APPROVAL_KEYS):
+            message = (
+                "'approvers', 'approvals_required', 'expires_in' and 'use_within' apply only to approval_required rules"
+            )
             raise p.error(path, what, message)
         default_reason = reasons.APPROVAL_REQUIRED if verdict is Verdict.APPROVAL_REQUIRED else reasons.STOPPED_BY_RULE
         out.append(
@@ -482,12 +488,35 @@ def _rules(
                 expires_s=expires_s,
                 parks=parks,
                 use_within_s=use_within_s,
+                approvals_required=required,
             )
         )
     return tuple(out)
 
 
 _APPROVAL_TIMES = ("expires_in", "use_within")
+_APPROVAL_KEYS = ("approvers", "approvals_required", *_APPROVAL_TIMES)
+
+
+def _approvals_required(p: _Parser, raw: dict[str, Any], path: tuple[Any, ...], what: str) -> int:
+    """An approval rule's ``approvals_required`` (four-eyes), checked by the one approval-rules module."""
+    if "approvals_required" not in raw:
+        return 1
+    value = raw["approvals_required"]
+    try:
+        required = check_required(value, "approvals_required")
+    except InvalidRequestError:
+        message = f"'approvals_required' must be a whole number from 1 to {MAX_APPROVALS_REQUIRED}, got {value!r}"
+        raise p.error((*path, "approvals_required"), what, message) from None
+    # A list of identities only (no role:NAME) must name enough distinct people to ever reach the grant.
+    approvers = raw.get("approvers") or []
+    people = {normalise_identity(a) for a in approvers}
+    if approvers and not any(a.startswith("role:") for a in approvers) and len(people) < required:
+        message = f"'approvals_required' is {required} but 'approvers' names only {len(people)} distinct identities"
+        raise p.error((*path, "approvals_required"), what, message)
+    return required
+
+
 NEVER = "never"
 """``expires_in: never``: the approval parks until someone answers it (a grant still has its use-by time)."""
 

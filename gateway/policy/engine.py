@@ -349,5 +349,6 @@ class LayeredPolicy:
                     approval_expires_s=rule.expires_s,
                     approval_parks=rule.parks,
                     approval_use_within_s=rule.use_within_s,
+                    approvals_required=rule.approvals_required,
                 )
         return None

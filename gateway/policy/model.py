@@ -45,6 +45,7 @@ class Decision:
     approval_expires_s: int | None = None  # how long the ask waits for an answer (None: the default hour)
     approval_parks: bool = False  # the rule says ``expires_in: never``: the ask waits until someone answers it
     approval_use_within_s: int | None = None  # how long a grant stays usable (None: as long as the ask waited)
+    approvals_required: int = 1  # four-eyes: how many distinct approvers must grant the approval
 
 
 @dataclass(frozen=True)

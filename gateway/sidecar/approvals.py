@@ -1,7 +1,7 @@
 """Human approvals: created by ``approval_required`` decisions, resolved by operators, used once by the agent.
 
-An approval is bound to the action key (name plus canonical args), run, tenant and policy rule of the decision
-that asked for it. It has two clocks, and each ends in its own outcome:
+An approval is bound to the approval binding (name plus exact canonical args), run, tenant, policy rule and policy
+version of the decision that asked for it. It has two clocks, and each ends in its own outcome:
 
 - **expired**: nobody granted or denied it within the rule's ``expires_in`` (``never``: it waits until answered);
 - **abandoned**: it was granted, but the agent did not use it within the grant's use-by time (the rule's
@@ -9,6 +9,13 @@ that asked for it. It has two clocks, and each ends in its own outcome:
 
 Denied is the third outcome. The agent resumes by calling Decide again with the ``approval_id``; it is allowed only
 if the approval is granted, within its use-by time, unused and every binding matches.
+
+Four-eyes: a rule with ``approvals_required: N`` needs N distinct approvers. Each grant before the Nth is journaled
+``approval_voted`` (the approval stays pending); the Nth is ``approval_granted``; a denial resolves it at once.
+Every answer is an ``approval_votes`` row committed with its event, and on start the votes are derived from those
+signed events like the rest of the state (``state.trusted_state``). The rules (who may answer, one vote per person
+under any spelling, a denial needs a justification) are ``gateway.policy.approval_rules``, which the collector's
+fleet API calls too; this book is the enforcer.
 
 Approvals live in the ``approvals`` state table (so pending ones survive a restart) and in memory while open.
 Every change (created with its pre-event, granted, denied, expired, used with the resuming pre-event) commits in
@@ -21,23 +28,36 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import asdict
 
 from gateway import reasons
-from gateway.errors import FailedPreconditionError, NotFoundError, PermissionDeniedError
-from gateway.identity import Operator, normalise_identity
+from gateway.errors import FailedPreconditionError, NotFoundError
+from gateway.identity import Operator
+from gateway.ids import new_event_id
 from gateway.journal import state as state_tables
 from gateway.journal.entry import EventKind
-from gateway.journal.state import ABANDONED, DENIED, EXPIRED, GRANTED, NEVER_NS, PENDING, Approval
+from gateway.journal.state import ABANDONED, DENIED, EXPIRED, GRANTED, NEVER_NS, PENDING, Approval, ApprovalVote
 from gateway.journal.store import JournalReader
 from gateway.journal.writer import StateChange, now_nanos
+from gateway.policy.approval_rules import check_approver, check_justification, grant_reached
 from gateway.policy.model import ActionRequest, Decision
 from gateway.sidecar.recorder import AuditRecorder, RecordedEvent
 
 # The approval record and its states belong to the state table (journal/state); servicers take them from here too.
-__all__ = ["ABANDONED", "DENIED", "EXPIRED", "GRANTED", "MAX_LIST", "PENDING", "Approval", "ApprovalBook"]
+__all__ = [
+    "ABANDONED",
+    "DENIED",
+    "EXPIRED",
+    "GRANTED",
+    "MAX_LIST",
+    "PENDING",
+    "Approval",
+    "ApprovalBook",
+    "ApprovalVote",
+]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +78,7 @@ _RESUME_REFUSALS = frozenset(
         reasons.APPROVAL_ABANDONED,
         reasons.APPROVAL_USED,
         reasons.APPROVAL_MISMATCH,
+        reasons.APPROVAL_POLICY_CHANGED,
     }
 )
 
@@ -73,9 +94,12 @@ class ApprovalBook:
         # Recently closed approvals (used, denied, expired), so a late resume gets a precise reason.
         self._closed: OrderedDict[str, Approval] = OrderedDict()
         self._changed: dict[str, asyncio.Event] = {}
-        # Resolutions in flight: approval id -> (operator, "granted"/"denied"), reserved before the journal await so
-        # exactly one of many concurrent grant/deny calls can win.
+        # Answers in flight: approval id -> (operator, "granted"/"denied"/...), set while the event is journaled so
+        # the expiry task leaves the approval alone (and an answer during an expiry is refused).
         self._resolving: dict[str, tuple[str, str]] = {}
+        # One answer at a time per approval: each sees the votes before it, so of many concurrent answers exactly
+        # one can be the approvals_required-th grant (or the denial) and the rest find it resolved.
+        self._answering: dict[str, asyncio.Lock] = {}
         self._task: asyncio.Task[None] | None = None
 
     async def start(self, trusted: Sequence[Approval] | None = None) -> None:
@@ -128,8 +152,10 @@ class ApprovalBook:
             resolved_ns=None,
             comment="",
             event_id=event_id,
-            # As the signed derivation reads it back from the pre-event (state.SignedStateFold).
+            # As the signed derivation reads them back from the pre-event (state.SignedStateFold).
             use_within_s=decision.approval_use_within_s or expires_s,
+            approvals_required=decision.approvals_required,
+            policy_version=decision.policy_version,
         )
         return approval, [state_tables.insert_approval(approval)]
 
@@ -137,8 +163,13 @@ class ApprovalBook:
         """Registers a created approval once its pre-event is committed."""
         self._open[approval.approval_id] = approval
 
-    def check_resume(self, request: ActionRequest, action_key: str) -> tuple[str, Approval | None]:
+    def check_resume(
+        self, request: ActionRequest, action_key: str, policy_version: str = ""
+    ) -> tuple[str, Approval | None]:
         """Why a resuming request may not proceed ('' if it may), and the approval it names.
+
+        ``policy_version`` is the version the resume is decided under: an approval asked for under another one is
+        refused (``approval_policy_changed``), granted or not, as a grant is bound to the policy it was asked under.
 
         On success the approval is reserved (marked used) so a concurrent resume cannot use it too; call
         :meth:`used` once the resuming pre-event is committed, or :meth:`unreserve` if it was not.
@@ -160,6 +191,8 @@ class ApprovalBook:
             action_key,
         ):
             return reasons.APPROVAL_MISMATCH, approval
+        if policy_version and approval.policy_version and approval.policy_version != policy_version:
+            return reasons.APPROVAL_POLICY_CHANGED, approval
         if approval.state == PENDING:
             return reasons.APPROVAL_PENDING, approval
         if approval.state != GRANTED:
@@ -179,6 +212,7 @@ class ApprovalBook:
 
     def _close(self, approval: Approval) -> None:
         self._open.pop(approval.approval_id, None)
+        self._answering.pop(approval.approval_id, None)  # a caller still queued on it finds the approval closed
         self._closed[approval.approval_id] = approval
         while len(self._closed) > _CLOSED_KEPT:
             self._closed.popitem(last=False)
@@ -194,16 +228,18 @@ class ApprovalBook:
 
     # --- operators -------------------------------------------------------------------------------------------
 
-    def _open_pending(self, approval_id: str) -> Approval:
+    def _open_pending(self, approval_id: str, *, in_flight: bool = True) -> Approval:
+        """The pending approval, or why it cannot be answered; ``in_flight`` False ignores an answer being journaled
+        (the caller is about to queue behind it)."""
         approval = self._open.get(approval_id)
         if approval is None:
             closed = self._closed.get(approval_id)
             if closed is None:
                 raise NotFoundError(f"no open approval {approval_id!r}")
             approval = closed
-        in_flight = self._resolving.get(approval_id)
-        if in_flight is not None:
-            by, state = in_flight
+        journaling = self._resolving.get(approval_id) if in_flight else None
+        if journaling is not None:
+            by, state = journaling
             raise FailedPreconditionError(
                 f"approval {approval_id} is already being {state} by {by}", reason=reasons.APPROVAL_ALREADY_RESOLVED
             )
@@ -216,62 +252,118 @@ class ApprovalBook:
             raise FailedPreconditionError(f"approval {approval_id} has expired", reason=reasons.APPROVAL_EXPIRED)
         return approval
 
-    @staticmethod
-    def _check_approver(approval: Approval, operator: Operator) -> None:
-        who = normalise_identity(operator.identity)
-        # 1. Nobody approves their own run: the run's initiating actor cannot be its approver, under any spelling.
-        if approval.actor_id and normalise_identity(approval.actor_id) == who:
-            raise PermissionDeniedError(f"{operator.identity} initiated run {approval.run_id} and cannot approve it")
-        # 2. The rule's approver list, when given, names identities or role:NAME entries (compared normalised too).
-        allowed = approval.approvers
-        names = {normalise_identity(a) for a in allowed}
-        if allowed and who not in names and not any(normalise_identity(f"role:{r}") in names for r in operator.roles):
-            raise PermissionDeniedError(
-                f"{operator.identity} is not among the approvers of {approval.approval_id} ({', '.join(allowed)})"
-            )
+    async def resolve(
+        self,
+        approval_id: str,
+        grant: bool,
+        operator: Operator,
+        comment: str,
+        *,
+        channel: str = "cli",
+        via: str = "",
+        control_seq: int = 0,
+    ) -> tuple[Approval, str]:
+        """Answers a pending approval: a vote, a grant or a denial; returns it and the journaled event id.
 
-    async def resolve(self, approval_id: str, grant: bool, operator: Operator, comment: str) -> tuple[Approval, str]:
-        """Grants or denies a pending approval; returns it and the journaled event id.
+        A denial resolves it at once (it needs a comment). A grant is journaled ``approval_voted`` while fewer than
+        the rule's ``approvals_required`` distinct approvers have granted it (the approval stays pending and is
+        returned with its votes), and ``approval_granted`` at the last one. The answer's event body records the
+        ``channel`` the operator answered on (cli, console, slack) and, for an answer relayed by the collector's
+        control channel, ``via`` (the collector) and its ``control_seq``.
 
-        Exactly one resolution wins: the approval is reserved for this operator before the journal await (as a
-        resume reserves before its pre-event), so a concurrent grant or deny is refused with FAILED_PRECONDITION
-        naming the winner; the reservation is dropped again if the event could not be journaled.
+        Answers to one approval are taken one at a time, each seeing the votes before it, so exactly one of many
+        concurrent answers resolves it; the rest are refused with FAILED_PRECONDITION naming who resolved it.
+
+        Raises:
+            InvalidRequestError: a denial without a justification.
+            NotFoundError, FailedPreconditionError: no such approval, already resolved (``approval_already_resolved``),
+                expired, or this approver already voted (``approval_already_voted``).
+            PermissionDeniedError: the run's own actor, or not among the rule's approvers.
         """
         comment = self._recorder.scrub_text(comment)  # free text: detected PII never reaches the state table
-        approval = self._open_pending(approval_id)
-        self._check_approver(approval, operator)
-        state = GRANTED if grant else DENIED
-        self._resolving[approval_id] = (operator.identity, state)
-        try:
-            nanos = now_nanos()
-            # A grant has its own use-by time, counted from now; the state row keeps it as the new expires_ns.
-            lapses_ns = state_tables.use_by_ns(approval, nanos) if grant else approval.expires_ns
-            change = (
-                state_tables.grant_approval(approval_id, operator.identity, nanos, comment, lapses_ns)
-                if grant
-                else state_tables.resolve_approval(approval_id, DENIED, operator.identity, nanos, comment)
+        check_justification(grant, comment)
+        self._open_pending(approval_id, in_flight=False)  # fail fast, before queueing behind other answers
+        lock = self._answering.setdefault(approval_id, asyncio.Lock())
+        async with lock:
+            approval = self._open_pending(approval_id)
+            check_approver(
+                approval_id=approval.approval_id,
+                run_id=approval.run_id,
+                actor_id=approval.actor_id,
+                approvers=approval.approvers,
+                identity=operator.identity,
+                roles=operator.roles,
+                prior_approvers=[v.identity for v in approval.votes],
             )
-            event = await self._recorder.record_approval(
-                EventKind.APPROVAL_GRANTED if grant else EventKind.APPROVAL_DENIED,
-                asdict(approval),
-                {"type": "operator", "id": operator.identity},
-                comment,
-                nanos,
-                [change],
+            final = not grant or grant_reached(approval.grants() + 1, approval.approvals_required)
+            state = (GRANTED if grant else DENIED) if final else PENDING
+            self._resolving[approval_id] = (operator.identity, state if final else "voted on")
+            try:
+                event_id = await self._journal_answer(
+                    approval, grant, final, operator, comment, channel, via, control_seq
+                )
+            finally:
+                del self._resolving[approval_id]
+        if not grant:
+            self._close(approval)
+        if approval.state != PENDING:  # a vote before the last changes nothing a waiter waits for
+            self._notify(approval_id)
+        return approval, event_id
+
+    async def _journal_answer(
+        self,
+        approval: Approval,
+        grant: bool,
+        final: bool,
+        operator: Operator,
+        comment: str,
+        channel: str,
+        via: str,
+        control_seq: int,
+    ) -> str:
+        """Journals one answer with its vote row (and, when it resolves the approval, the approval row's change),
+        then applies it in memory."""
+        nanos, event_id = now_nanos(), new_event_id()
+        vote = ApprovalVote(operator.identity, grant, channel, comment, nanos, event_id, via)
+        changes = [state_tables.insert_vote(approval.approval_id, vote)]
+        # A grant has its own use-by time, counted from now; the state row keeps it as the new expires_ns.
+        lapses_ns = state_tables.use_by_ns(approval, nanos) if grant else approval.expires_ns
+        if final and grant:
+            changes.append(
+                state_tables.grant_approval(approval.approval_id, operator.identity, nanos, comment, lapses_ns)
             )
+        elif final:
+            changes.append(
+                state_tables.resolve_approval(approval.approval_id, DENIED, operator.identity, nanos, comment)
+            )
+        extra = _answer_fields(channel, via, control_seq)
+        if approval.approvals_required > 1:
+            extra |= {"approvals_required": approval.approvals_required, "approvals": approval.grants() + int(grant)}
+        if not final:
+            extra["grant"] = True
+        kind = EventKind.APPROVAL_VOTED
+        if final:
+            kind = EventKind.APPROVAL_GRANTED if grant else EventKind.APPROVAL_DENIED
+        event = await self._recorder.record_approval(
+            kind,
+            asdict(approval),
+            {"type": "operator", "id": operator.identity},
+            comment,
+            nanos,
+            changes,
+            extra,
+            event_id,
+        )
+        approval.votes = (*approval.votes, vote)
+        if final:
             approval.state, approval.resolved_by, approval.resolved_ns, approval.comment, approval.expires_ns = (
-                state,
+                GRANTED if grant else DENIED,
                 operator.identity,
                 nanos,
                 comment,
                 lapses_ns,
             )
-        finally:
-            del self._resolving[approval_id]
-        if not grant:
-            self._close(approval)
-        self._notify(approval_id)
-        return approval, event.event_id
+        return event.event_id
 
     async def expire_due(self) -> int:
         """Closes every open approval past its time; returns how many.
@@ -339,24 +431,28 @@ class ApprovalBook:
         return stored
 
     async def wait(self, approval_id: str, timeout_s: float | None) -> Approval:
-        """Waits until the approval is resolved or expires, or ``timeout_s`` passes; returns its state then."""
+        """Waits until the approval is resolved or expires, or ``timeout_s`` passes; returns its state then.
+
+        A four-eyes approval stays pending through its votes: the wait goes on until the last grant (or a denial).
+        """
         approval = await self.get(approval_id)
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while approval.state == PENDING:
             # An approval that parks (expires_in: never) waits for its answer or the caller's deadline only.
             remaining = math.inf if approval.expires_ns >= NEVER_NS else (approval.expires_ns - now_nanos()) / 1e9
-            wait_s = remaining if timeout_s is None else min(timeout_s, remaining)
+            left = math.inf if deadline is None else deadline - time.monotonic()
+            wait_s = min(remaining, left)
             if wait_s <= 0:
                 if remaining <= 0:
                     await self.expire_due()
                     approval = await self.get(approval_id)
+                    if approval.state == PENDING:  # an answer is being journaled: it decides, shortly
+                        await asyncio.sleep(0.05)
                     continue
                 return approval
             changed = self._changed.setdefault(approval_id, asyncio.Event())
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), None if math.isinf(wait_s) else wait_s)
-            except TimeoutError:
-                if timeout_s is not None and wait_s == timeout_s:
-                    return approval
             approval = await self.get(approval_id)
         return approval
 
@@ -365,3 +461,13 @@ class ApprovalBook:
         stored = await self._reader.list_approvals(state, tenant_id, min(limit or MAX_LIST, MAX_LIST))
         # Open approvals are authoritative in memory (a grant may be newer than the reader's snapshot).
         return [self._open.get(a.approval_id) or a for a in stored]
+
+
+def _answer_fields(channel: str, via: str, control_seq: int) -> dict[str, object]:
+    """How an answer reached the sidecar, as the approval event's body records it."""
+    fields: dict[str, object] = {"channel": channel}
+    if via:
+        fields["via"] = via
+    if control_seq:
+        fields["control_seq"] = control_seq
+    return fields

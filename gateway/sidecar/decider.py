@@ -5,7 +5,10 @@ The steps, in order (docs/architecture.md, "The Decide path"):
 1. **Prepare**: redact and digest the args; compute the action key. With shared limits (``limits.store``),
    reserve in the store: one round trip that checks and consumes every limit the request is subject to, before
    the pure evaluation that uses its answer (ADR 0015).
-2. **Gate**: while the journal's integrity is in doubt (a detected rollback not yet acknowledged), stop.
+2. **Gate**: while the journal's integrity is in doubt (a detected rollback not yet acknowledged), stop. With a
+   fleet control channel (``control:``), stop with ``control_plane_unreachable`` until the first complete
+   kill-switch set since start has been applied (waiting up to ``control.connect_wait_s`` for it first), and
+   while the channel has been down for longer than ``control.max_staleness_s`` (ADR 0016).
 3. **Resume or evaluate**: a request naming an approval is checked against it (and, if it holds, reserved so a
    concurrent resume cannot use it too) and then evaluated as approved; any other request is evaluated by the
    policy. A policy fault is a ``stop`` (fail closed), never an exception.
@@ -39,6 +42,7 @@ from gateway.sidecar.shared_limits import RedisLimits, Reservation
 log = logging.getLogger(__name__)
 
 LAYER_AUDIT = "audit"
+LAYER_CONTROL = "control"
 LAYER_POLICY = "policy"
 # Set by the MCP proxy (gateway.mcp.proxy) on the first call after it sees a tool definition change.
 TOOL_CHANGE_NEW_LABEL = "mcp.tool_change_new"
@@ -50,6 +54,21 @@ class PolicySource(Protocol):
     @property
     def engine(self) -> PolicyEngine:
         """The policy evaluating requests now."""
+        ...
+
+
+class ControlGate(Protocol):
+    """The fleet control channel as Decide sees it (gateway.sidecar.control.ControlClient)."""
+
+    ready: bool
+    """The first complete kill-switch set since start has been applied."""
+
+    async def wait_ready(self) -> None:
+        """Waits for the first complete set, up to the configured connect wait after start."""
+        ...
+
+    def blocked(self) -> bool:
+        """Whether Decide must stop with ``control_plane_unreachable`` now."""
         ...
 
 
@@ -98,6 +117,7 @@ class Decider:
         alerts: AlertSink | None = None,
         gate: Callable[[], str] | None = None,
         shared_limits: RedisLimits | None = None,
+        control: ControlGate | None = None,
     ) -> None:
         self._policy = policy
         self._recorder = recorder
@@ -105,12 +125,15 @@ class Decider:
         self._alerts = alerts
         self._gate = gate  # non-empty answer: journal integrity is in doubt, refuse until acknowledged
         self._shared_limits = shared_limits
+        self._control = control
 
     async def decide(self, action: ActionRequest) -> Answer:
         """Decides and records one proposed action; returns only after its pre-event is durable."""
         prepared = self._recorder.prepare(
             action.action, action.args, tenant_id=action.tenant_id, normalised=action.args_normalised
         )
+        if self._control is not None and not self._control.ready:
+            await self._control.wait_ready()  # only until the first complete set after start (bounded)
         step = _Step(action, prepared, new_event_id(), self._policy.engine)
         if self._shared_limits is not None:
             step.reservation = await self._shared_limits.reserve(step.engine, action)
@@ -150,6 +173,8 @@ class Decider:
         blocked = self._gate() if self._gate is not None else ""
         if blocked:
             return Decision(Verdict.STOP, reasons.JOURNAL_RECOVERY_REQUIRED, LAYER_AUDIT, "", self._version())
+        if self._control is not None and self._control.blocked():
+            return Decision(Verdict.STOP, reasons.CONTROL_PLANE_UNREACHABLE, LAYER_CONTROL, "", self._version())
         if not step.action.approval_id:
             return self._evaluate(step, step.action)
         decision, step.resumed = self._resume(step)
@@ -166,7 +191,7 @@ class Decider:
     def _resume(self, step: _Step) -> tuple[Decision, Approval | None]:
         """Decides a request that resumes with an approval: evaluated as approved only if the approval holds."""
         action = step.action
-        reason, approval = self._approvals.check_resume(action, step.prepared.approval_binding)
+        reason, approval = self._approvals.check_resume(action, step.prepared.approval_binding, step.engine.version)
         if reason:
             verdict = Verdict.APPROVAL_REQUIRED if reason == reasons.APPROVAL_PENDING else Verdict.STOP
             rule = approval.policy_rule if approval is not None else ""

@@ -4,6 +4,11 @@ A switch stops every Decide in its scope (global, or one tenant, agent or run) f
 policy engine consults the board before anything else. Switches live in the ``kill_switches`` state table and
 survive restarts (``gateway.journal.state`` owns its SQL); each engage or release is a signed ``kill_switch``
 event committed in the same transaction.
+
+A fleet switch (engaged on the collector, applied by the control channel, ``gateway.sidecar.control``) carries
+``via``, the collector's control key name, and the control message's seq in its event. There is one switch per
+scope and target: a fleet engage at a key a local operator engaged takes it over (the collector then owns its
+release), and a local operator cannot release a fleet switch (it would come back with the next complete set).
 """
 
 from __future__ import annotations
@@ -39,16 +44,38 @@ class KillSwitchBoard:
                 return switch
         return None
 
+    def find_exact(self, scope: str, target: str) -> EngagedSwitch | None:
+        """The switch engaged at exactly this scope and target, if any."""
+        return self._switches.get((scope, target))
+
+    def scrubbed(self, reason: str) -> str:
+        """A reason as :meth:`engage` stores it (detected values replaced)."""
+        return self._recorder.scrub_text(reason)
+
     def engaged(self) -> list[EngagedSwitch]:
         """Every engaged switch, oldest first."""
         return sorted(self._switches.values(), key=lambda s: s.engaged_ns)
 
-    async def engage(self, scope: str, target: str, reason: str, operator: str) -> tuple[EngagedSwitch, RecordedEvent]:
-        """Engages (or re-engages with a new reason) a switch; journaled with the operator as actor."""
+    async def engage(
+        self,
+        scope: str,
+        target: str,
+        reason: str,
+        operator: str,
+        *,
+        via: str = "",
+        control_seq: int = 0,
+        control_kind: str = "",
+    ) -> tuple[EngagedSwitch, RecordedEvent]:
+        """Engages (or re-engages with a new reason) a switch; journaled with the operator as actor.
+
+        ``via``/``control_seq``/``control_kind``: a fleet switch applied from that collector's control message.
+        """
         reason = self._recorder.scrub_text(reason)  # free text: detected PII never reaches the state table
-        if (scope, target) in self._switches and self._switches[(scope, target)].reason == reason:
+        current = self._switches.get((scope, target))
+        if current is not None and current.reason == reason and current.via == via:
             raise FailedPreconditionError(f"kill switch {scope}:{target or '*'} is already engaged")
-        switch = EngagedSwitch(scope, target, reason, operator, now_nanos())
+        switch = EngagedSwitch(scope, target, reason, operator, now_nanos(), via)
         event = await self._recorder.record_kill_switch(
             "engage",
             scope,
@@ -57,14 +84,37 @@ class KillSwitchBoard:
             operator,
             switch.engaged_ns,
             state=[state_tables.engage_switch(switch)],
+            via=via,
+            control_seq=control_seq,
+            control_kind=control_kind,
         )
         self._switches[(scope, target)] = switch
         return switch, event
 
-    async def release(self, scope: str, target: str, reason: str, operator: str) -> RecordedEvent:
-        """Releases an engaged switch; journaled with the operator as actor."""
-        if (scope, target) not in self._switches:
+    async def release(
+        self,
+        scope: str,
+        target: str,
+        reason: str,
+        operator: str,
+        *,
+        via: str = "",
+        control_seq: int = 0,
+        control_kind: str = "",
+    ) -> RecordedEvent:
+        """Releases an engaged switch; journaled with the operator as actor.
+
+        Raises:
+            NotFoundError: none is engaged there.
+            FailedPreconditionError: it was engaged elsewhere than ``via`` says (a local operator releasing a
+                fleet switch, or a collector releasing a local one): release it where it was engaged.
+        """
+        current = self._switches.get((scope, target))
+        if current is None:
             raise NotFoundError(f"no kill switch engaged at {scope}:{target or '*'}")
+        if current.via != via:
+            where = f"a fleet switch engaged via {current.via}" if current.via else "engaged on this sidecar"
+            raise FailedPreconditionError(f"kill switch {scope}:{target or '*'} is {where}; release it there")
         event = await self._recorder.record_kill_switch(
             "release",
             scope,
@@ -73,6 +123,9 @@ class KillSwitchBoard:
             operator,
             now_nanos(),
             state=[state_tables.release_switch(scope, target)],
+            via=via,
+            control_seq=control_seq,
+            control_kind=control_kind,
         )
         del self._switches[(scope, target)]
         return event

@@ -10,7 +10,7 @@ import asyncio
 import dataclasses
 import logging
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,6 +77,9 @@ class AuditRecorder:
         self._results: OrderedDict[str, asyncio.Future[ResultOutcome]] = OrderedDict()
         # Per recent run: pre-events journaled (or being journaled) per step, so a repeat gets the next attempt.
         self._attempts: OrderedDict[str, dict[int, int]] = OrderedDict()
+        # Told the seq of every committed approval entry (the control channel pushes them to the collector at
+        # once); must not block.
+        self.on_approval_entry: Callable[[int], None] | None = None
 
     def prepare(
         self, action: str, args: Mapping[str, Any], *, tenant_id: str = "", normalised: bool = False
@@ -116,9 +119,14 @@ class AuditRecorder:
         return await self._writer.append(kind, encoded, indexed_values(body), nanos, state)
 
     async def _record(
-        self, kind: EventKind, nanos: int, fields: dict[str, Any], state: Sequence[StateChange] = ()
+        self,
+        kind: EventKind,
+        nanos: int,
+        fields: dict[str, Any],
+        state: Sequence[StateChange] = (),
+        event_id: str = "",
     ) -> RecordedEvent:
-        event_id = new_event_id()
+        event_id = event_id or new_event_id()
         body = {"event_id": event_id, "kind": kind.label, "timestamp": rfc3339_nanos(nanos), **fields}
         receipt = await self._append(kind, body, nanos, state=state)
         return RecordedEvent(event_id, receipt)
@@ -132,9 +140,18 @@ class AuditRecorder:
         operator: str,
         nanos: int,
         state: Sequence[StateChange],
+        *,
+        via: str = "",
+        control_seq: int = 0,
+        control_kind: str = "",
     ) -> RecordedEvent:
-        """Journals an operator engaging or releasing a kill switch, with its state change."""
-        fields = {
+        """Journals an operator engaging or releasing a kill switch, with its state change.
+
+        A fleet switch applied from a collector's control message also carries ``via`` (the collector's control
+        key name), ``control_seq`` (the message's sequence number) and ``control_kind`` (the message's kind), from
+        which a restart derives what it has applied (``state.SignedStateFold``).
+        """
+        fields: dict[str, Any] = {
             "operation": operation,
             "scope": scope,
             "target": target,
@@ -144,6 +161,8 @@ class AuditRecorder:
             "comment": self.scrub_text(reason),
             "actor": {"type": "operator", "id": operator},
         }
+        if via:
+            fields.update(via=via, control_seq=control_seq, control_kind=control_kind)
         return await self._record(EventKind.KILL_SWITCH, nanos, fields, state)
 
     async def record_approval(
@@ -154,8 +173,14 @@ class AuditRecorder:
         comment: str,
         nanos: int,
         state: Sequence[StateChange],
+        extra: Mapping[str, Any] | None = None,
+        event_id: str = "",
     ) -> RecordedEvent:
-        """Journals an approval being granted, denied or expiring, with its state change."""
+        """Journals an approval being voted on, granted, denied or expiring, with its state change.
+
+        ``extra`` adds fields to the body (an operator's ``channel``, and ``via``/``control_seq`` when the answer
+        came over the collector's control channel); ``event_id`` is the event's id when the state change names it.
+        """
         fields = {
             "approval_id": approval["approval_id"],
             "pre_event_id": approval["event_id"],
@@ -169,7 +194,15 @@ class AuditRecorder:
             "actor": dict(actor),
             "comment": self.scrub_text(comment),
         }
-        return await self._record(kind, nanos, fields, state)
+        if extra:
+            fields.update(extra)
+        event = await self._record(kind, nanos, fields, state, event_id)
+        self._approval_entry(event.receipt.seq)
+        return event
+
+    def _approval_entry(self, seq: int) -> None:
+        if self.on_approval_entry is not None:
+            self.on_approval_entry(seq)
 
     async def record_cosignature(
         self, tree_size: int, root_hex: str, cosigned_note: str, state: Sequence[StateChange]
@@ -386,6 +419,8 @@ class AuditRecorder:
             "labels": labels.value,
         }
         receipt = await self._append(EventKind.PRE_EXEC, body, nanos, normalised=prepared.normalised, state=state)
+        if approval_id or request.approval_id:  # opens, or resumes with, an approval: the fleet wants it now
+            self._approval_entry(receipt.seq)
         pre = (request.run_id, request.step_id, request.tenant_id, request.agent_id or None, request.action)
         self._remember(
             StoredEvent(
@@ -523,6 +558,7 @@ def _decided_fields(decision: Decision, prepared: PreparedAction) -> dict[str, A
         "approvers": list(decision.approvers),
         "approval_expires_in_s": EXPIRES_NEVER if decision.approval_parks else decision.approval_expires_s,
         "approval_use_within_s": decision.approval_use_within_s,
+        "approvals_required": decision.approvals_required,  # four-eyes: distinct approvers the grant needs
         # The binding of the approval this pre-event asks for (never returned to the agent; docs/adr/0013).
         "approval_binding": prepared.approval_binding if decision.verdict is Verdict.APPROVAL_REQUIRED else "",
     }
