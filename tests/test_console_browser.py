@@ -73,7 +73,8 @@ def dev(tmp_path: Path) -> Iterator[Dev]:
     text = config.read_text().replace(
         "  tokens:\n", f'  tokens:\n    - identity: audrey\n      roles: [auditor]\n      sha256: "{digest}"\n', 1
     )
-    config.write_text(text)
+    # The fleet control channel to the embedded collector: the console's answers and switches reach the sidecar.
+    config.write_text(text + "control:\n  enabled: true\n")
     target = f"127.0.0.1:{free_port()}"
     console = f"127.0.0.1:{free_port()}"
     log_path = tmp_path / "dev.log"
@@ -128,6 +129,19 @@ def pending_card(page: Any, dev: Dev) -> Any:
     return eventually(listed, timeout=60, interval=0.5, message="the refund in the inbox")
 
 
+def _resumed_chain(page: Any) -> str:
+    """The run's first step once its result has arrived (the forwarder brings it within a batch)."""
+    page.reload()
+    chain = str(page.inner_text("ol.timeline li.step"))
+    return chain if "result" in chain else ""
+
+
+def agent_log(dev: Dev, agent: subprocess.Popen[bytes]) -> str:
+    """What the agent printed (its log file is named by its start order)."""
+    logs = sorted(dev.directory.glob("agent-*.log"))
+    return "\n".join(p.read_text() for p in logs)
+
+
 def stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.terminate()
@@ -163,6 +177,9 @@ def test_an_approver_reviews_and_answers_the_seed_refund_in_the_browser(dev: Dev
         page.wait_for_selector(".pill.granted, .pill.used")
         votes = page.inner_text("ol.votes")
         assert "dev-operator granted via console" in votes and "refund checked against order o_1" in votes
+        # The agent blocked in WaitApproval resumes: the grant reached the sidecar over the control channel.
+        assert agent.wait(90) == 0
+        assert "refund made" in agent_log(dev, agent)
 
         page.goto(f"{dev.url}/approvals/resolved")
         assert "dev-operator" in page.inner_text("table.list")
@@ -170,8 +187,10 @@ def test_an_approver_reviews_and_answers_the_seed_refund_in_the_browser(dev: Dev
         page.locator("table.list a").first.click()  # the action link: back to the approval
         page.get_by_role("link", name=re.compile(r"^run_")).first.click()
         page.wait_for_selector("ol.timeline")
-        chain = page.inner_text("ol.timeline li.step")
-        assert "approval_required" in chain
+        chain = eventually(lambda: _resumed_chain(page), timeout=60, interval=0.5, message="the resumed chain")
+        assert re.search(r"approval_required.*→.*approval_granted by.*→.*allow.*→.*result succeeded", chain, re.S), (
+            chain
+        )
         shot(page, "run")
         with page.expect_download() as download:
             page.get_by_role("link", name="Download evidence bundle").click()
@@ -210,6 +229,8 @@ def test_a_denial_needs_a_justification_in_the_browser(dev: Dev, browser: Any) -
         page.get_by_role("button", name="Deny").click()
         page.wait_for_selector(".pill.denied")
         assert "not for this customer" in page.inner_text("ol.votes")
+        assert agent.wait(90) == 0  # the denial reached the sidecar: the refund is never made
+        assert "refund not made" in agent_log(dev, agent)
     finally:
         stop(agent)
         page.close()
@@ -241,6 +262,12 @@ def test_an_auditor_sees_no_approve_button_and_a_forged_post_is_refused(dev: Dev
 
 
 def test_an_admin_engages_a_kill_switch_naming_its_scope(dev: Dev, browser: Any) -> None:
+    from agentaudit_client import GatewayClient  # noqa: PLC0415
+
+    with GatewayClient(dev.target, timeout=30) as client:
+        before = client.decide(run_id="run_before_switch", tenant_id="t_42", action="kb.search",
+                               agent_id="support-agent", actor=("user", "u_1"), args={"q": "x"})  # fmt: skip
+    assert before.decision == "allow", before
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     page.goto(dev.link)
     page.goto(f"{dev.url}/switches")
@@ -255,6 +282,15 @@ def test_an_admin_engages_a_kill_switch_naming_its_scope(dev: Dev, browser: Any)
     assert "t_42" in row and "drill <b>bold</b>" in row  # shown as text, not markup
     shot(page, "switches")
     page.close()
+    with GatewayClient(dev.target, timeout=30) as client:
+
+        def stopped() -> Any:
+            result = client.decide(run_id="run_after_switch", tenant_id="t_42", action="kb.search",
+                                   agent_id="support-agent", actor=("user", "u_1"), args={"q": "x"})  # fmt: skip
+            return result if result.decision == "stop" else None
+
+        result = eventually(stopped, timeout=30, interval=0.2, message="the next Decide stopped by the switch")
+        assert (result.reason, result.policy_rule) == ("kill_switch_engaged", "operator:tenant"), result
 
 
 def test_markup_in_args_and_names_renders_inert_in_the_browser(dev: Dev, browser: Any) -> None:
