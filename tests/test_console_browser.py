@@ -90,6 +90,7 @@ def dev(tmp_path: Path) -> Iterator[Dev]:
         link = eventually(lambda: LINK_RE.search(log_path.read_text()), timeout=60, message="the one-time link")
         url = URL_RE.search(log_path.read_text())
         assert url is not None
+        assert "reach this sidecar with `control" not in log_path.read_text()  # control is on here
         yield Dev(proc, directory, target, url.group(1), link.group(1), log_path)
     finally:
         proc.send_signal(signal.SIGTERM)

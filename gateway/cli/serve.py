@@ -203,7 +203,13 @@ def _print_console(sidecar: Any) -> None:
         return
     link = console.one_time_link(Operator(DEV_OPERATOR, frozenset({"admin", "approver", "auditor"})))
     print(f"console:   {console.url}")
-    print(f"  sign in once (works one time, 10 minutes): {link}", flush=True)
+    print(f"  sign in once (works one time, 10 minutes): {link}")
+    if not sidecar.config.control.enabled:
+        print(
+            "  answers and kill switches given there reach this sidecar with `control: {enabled: true}` in its "
+            "config (docs/console.md)"
+        )
+    sys.stdout.flush()
 
 
 async def _print_decisions(journal: Path, stop: asyncio.Event) -> None:
