@@ -210,6 +210,20 @@ def test_no_session_is_401_and_journaled(tmp_path: Path) -> None:
     run(scenario())
 
 
+def test_odd_paths_are_answered_without_a_fault(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with console_collector(tmp_path) as env:
+            async with httpx.AsyncClient(base_url=env.url) as anonymous:
+                assert (await anonymous.get("/approvals/%00%ff")).status_code == 401
+            client = await sign_in(env, "audrey")
+            assert (await client.get("/approvals/%00")).status_code == 404
+            assert (await client.get("/runs/%00")).status_code == 404
+            assert (await client.get("/runs", params={"tenant_id": "\x00"})).status_code in (200, 400)
+            assert [a["reason"] for a in await denied(env)] == ["no_session"]  # journaled, NUL and all
+
+    run(scenario())
+
+
 def test_a_session_expires(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with console_collector(tmp_path) as env:

@@ -471,3 +471,16 @@ def test_a_write_cancelled_during_its_begin_leaves_no_transaction_open(tmp_path:
             assert [o.applied_seq for o in await fleet.origins()] == [2]
 
     run(scenario())
+
+
+def test_a_refused_attempt_with_text_no_column_holds_is_still_journaled(fleet_db: Database) -> None:
+    async def scenario() -> None:
+        async with fleet_db.replica() as fleet:
+            await fleet.record_denied(identity="eve\x00\ud800", what="GET /approvals/\x00" + "x" * 400,
+                                      reason="no_session", channel="console")  # fmt: skip
+            [denied] = await fleet.denied_acts()
+            assert "\x00" not in denied.fields["what"] and len(denied.fields["what"].encode()) <= 256
+            assert denied.fields["identity"].startswith("eve")
+            assert await fleet.verify_log() == []
+
+    run(scenario())
