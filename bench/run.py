@@ -33,7 +33,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench import adapters, collector_ingest, fleet, mcp_proxy, policy_eval, redaction, shared_limits
+from bench import adapters, collector_ingest, console, fleet, mcp_proxy, policy_eval, redaction, shared_limits
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench" / "results"
@@ -542,6 +542,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary["adapters"] = _adapters_section(args.adapter_calls, args.adapter_runs)
         progress(f"measuring collector ingest into PostgreSQL ({args.collector_events} events) vs raw COPY")
         summary["collector_ingest"] = collector_ingest.run(args.collector_events, progress=progress)
+        progress(f"measuring the web console's pages with {console.DEFAULT_EVENTS:,} events in the store vs empty")
+        summary["console"] = console.run(progress=progress)
         progress("measuring Decide with limits in-process vs shared in Redis")
         summary["shared_limits"] = measure_shared_limits(args.duration, args.warmup)
         progress(f"measuring the fleet control plane ({fleet.DEFAULT_SIDECARS} sidecars: kill switch, approvals)")
@@ -599,6 +601,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "collector_ingest" in summary:
         print()
         print(collector_ingest.format_result(summary["collector_ingest"]))
+    if "console" in summary:
+        print()
+        print(console.format_result(summary["console"]))
     if "shared_limits" in summary:
         print()
         print(shared_limits.format_result(summary["shared_limits"]))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import faulthandler
 import fcntl
 import gc
@@ -65,6 +66,7 @@ if TYPE_CHECKING:
     # Imported where `forward.target: embedded` starts one (dev): a sidecar forwarding to a remote collector, the
     # production case, never loads the collector's store, ingest and fleet code (~3 MiB; tests/test_footprint.py).
     from gateway.collector.app import Collector
+    from gateway.console.server import ConsoleServer
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +106,12 @@ def _remove_unix_sockets(addresses: list[str]) -> None:
 class Sidecar:
     """The running sidecar: owns every component and their start/stop order."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, console_listen: tuple[str, ...] | None = ()) -> None:
         self.config = config
+        # The embedded collector's web console (``agentaudit dev``): its listeners; empty: none; None: the default
+        # 127.0.0.1:7421 (a taken port only warns).
+        self.console_listen = console_listen
+        self.console: ConsoleServer | None = None
         self.bound: list[str] = []
         self.health = health.Health([SERVICE_NAME])
         self.health_bound: list[str] = []
@@ -338,13 +344,23 @@ class Sidecar:
             from gateway.collector.app import Collector  # noqa: PLC0415 - see the TYPE_CHECKING import
 
             socket_path = cfg.journal.path.parent / "collector.sock"
+            surfaces: list[ConsoleServer] = []
+            if self.console_listen != ():
+                from gateway.console.server import ConsoleServer  # noqa: PLC0415 - the console extra is optional
+
+                self.console = ConsoleServer()
+                surfaces.append(self.console)
             self._collector = Collector(
                 CollectorConfig(
                     listen=(f"unix://{socket_path}",),
                     store=f"sqlite://{cfg.forward.collector_db.resolve()}",
                     witness_key=cfg.forward.witness_key,
+                    # The console signs in the sidecar's operators (their tokens); no fleet operator API here.
+                    operator=dataclasses.replace(cfg.operator, listen=()),
+                    console_listen=self.console_listen,
                 ),
                 embedded=True,
+                surfaces=surfaces,
             )
             await self._collector.start()
             assert self._collector.store is not None

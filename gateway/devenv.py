@@ -16,6 +16,7 @@ from pathlib import Path
 
 from gateway import config as config_mod
 from gateway.config import DEFAULT_TCP_PORT, Config
+from gateway.errors import ConfigError
 from gateway.policy import EXAMPLE_POLICY, EXAMPLE_POLICY_TESTS
 from gateway.redaction import create_hmac_key
 from gateway.signing import Ed25519Signer, read_secret_file, write_secret_file
@@ -65,6 +66,28 @@ forward:
 #     - url: https://hooks.slack.com/services/...
 #       format: slack
 """
+
+
+def console_listen(given: list[str] | None) -> tuple[str, ...] | None:
+    """``--console-listen``: the addresses given, ``off`` (or no console extra) ``()``, else None: the default
+    127.0.0.1:7421, where a taken port is only a warning.
+
+    Raises:
+        ConfigError: an address that is not HOST:PORT, or the console extra is missing for a given address.
+    """
+    from gateway.config.collector import console_available  # noqa: PLC0415
+    from gateway.config.values import HOST_PORT_RE  # noqa: PLC0415
+
+    if given and given != ["off"]:
+        bad = [a for a in given if not HOST_PORT_RE.match(a)]
+        if bad:
+            raise ConfigError(f"--console-listen: expected HOST:PORT, got {bad[0]!r}")
+        if not console_available():
+            raise ConfigError("--console-listen needs the console extra: pip install 'agentaudit[console]'")
+        return tuple(given)
+    if given == ["off"] or not console_available():
+        return ()
+    return None
 
 
 def default_origin() -> str:

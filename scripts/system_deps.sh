@@ -3,6 +3,7 @@
 #   promtool (package prometheus): checks the /metrics exposition (tests/test_observability.py)
 #   tini: PID 1 of the container image, run by the image smoke test (tests/test_image_smoke.py)
 #   redis-server (package redis-server): Redis 7 for shared limits (tests/test_shared_limits.py; .ci/run starts it)
+#   chromium: the headless browser Playwright drives in tests/test_console_browser.py (never a downloaded one)
 # and checks for kubectl (>= 1.27, for `kubectl kustomize` in tests/test_deploy_manifests.py), which Debian
 # does not package in a usable version: install it from your distribution of Kubernetes tools.
 # Needs root for apt-get; otherwise it names what is missing and fails.
@@ -17,6 +18,7 @@ missing=()
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v tini >/dev/null || missing+=(tini)
 command -v redis-server >/dev/null || missing+=(redis-server)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ]; then

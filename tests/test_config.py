@@ -165,6 +165,17 @@ def write_collector(tmp_path: Path, extra: str) -> Path:
         pytest.param("  search_tokens: [abc]\n", "collector.search_tokens", id="search-token"),
         pytest.param("  metrics_listen: 'unix:///m'\n", "collector.metrics_listen: expected HOST:PORT", id="metrics"),
         pytest.param("  colour: red\n", "collector: unknown key(s) colour", id="unknown-key"),
+        pytest.param("  console_listen: 7421\n", "collector.console_listen: expected a list", id="console-listen"),
+        pytest.param(
+            "  console_listen: ['127.0.0.1:7421']\n  console: {trusted_header_listen: ['127.0.0.1:9']}\n",
+            "collector.console.trusted_header_listen: 127.0.0.1:9 is not in collector.console_listen",
+            id="trusted-not-served",
+        ),
+        pytest.param(
+            "  console: {header_roles: {alice: [root]}}\n", "collector.console.header_roles.alice", id="header-role"
+        ),
+        pytest.param("  console: {session_ttl_s: 0}\n", "collector.console.session_ttl_s", id="session-ttl"),
+        pytest.param("  console: {colour: red}\n", "collector.console: unknown key(s) colour", id="console-key"),
     ],
 )
 def test_bad_collector_value_is_rejected_naming_the_key_and_what_was_expected(
@@ -173,6 +184,23 @@ def test_bad_collector_value_is_rejected_naming_the_key_and_what_was_expected(
     with pytest.raises(ConfigError) as info:
         config.load_collector_config(write_collector(tmp_path, extra))
     assert message in str(info.value)
+
+
+def test_the_console_is_on_by_default_and_off_with_an_empty_list(tmp_path: Path) -> None:
+    default = config.load_collector_config(write_collector(tmp_path, ""))
+    assert default.console_listen is None  # 127.0.0.1:7421 when the console extra is installed
+    off = config.load_collector_config(write_collector(tmp_path, "  console_listen: []\n"))
+    assert off.console_listen == ()
+    text = (
+        "  console_listen: ['127.0.0.1:7421', '127.0.0.1:7422']\n"
+        "  console: {trusted_header_listen: ['127.0.0.1:7422'], header_roles: {lead@example.com: [approver]},"
+        " session_ttl_s: 600}\n"
+    )
+    cfg = config.load_collector_config(write_collector(tmp_path, text))
+    assert cfg.console_listen == ("127.0.0.1:7421", "127.0.0.1:7422")
+    assert cfg.console.trusted_header_listen == ("127.0.0.1:7422",)
+    assert cfg.console.header_roles == (("lead@example.com", ("approver",)),)
+    assert cfg.console.session_ttl_s == 600
 
 
 def test_collector_store_comes_from_the_environment_when_set(tmp_path: Path) -> None:

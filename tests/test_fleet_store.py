@@ -433,6 +433,25 @@ def test_origin_keys_are_the_registered_ones(fleet_db: Database) -> None:
     run(scenario())
 
 
+def test_a_refused_attempt_is_a_signed_act_never_sent_to_a_sidecar(fleet_db: Database) -> None:
+    async def scenario() -> None:
+        async with fleet_db.replica() as fleet:
+            await fleet.engage_switch("global", "", "drill", CAROL, "console")
+            act = await fleet.record_denied(
+                identity="mallory", what="POST /approvals/apr_1/approve", reason="wrong_role", channel="console"
+            )
+            [denied] = await fleet.denied_acts()
+            assert (denied.seq, denied.kind, denied.fields["identity"], denied.fields["reason"]) == (
+                act, "operator_denied", "mallory", "wrong_role",
+            )  # fmt: skip
+            assert [a.kind for a in await fleet.acts_since(0, ORIGIN)] == ["kill_switch"]
+            assert [a.kind for a in await fleet.acts_since(0, "")] == ["kill_switch"]
+            assert await fleet.verify_log() == []  # signed like every act
+            assert await fleet.head_seq() == act
+
+    run(scenario())
+
+
 def test_a_write_cancelled_during_its_begin_leaves_no_transaction_open(tmp_path: Path) -> None:
     """SQLite: a BEGIN already running on the fleet thread completes even if its caller is cancelled meanwhile; it
     must then be rolled back, or every later fleet write fails."""
@@ -450,5 +469,18 @@ def test_a_write_cancelled_during_its_begin_leaves_no_transaction_open(tmp_path:
                 await write
             await fleet.set_connected(ORIGIN, True, 2)  # before the fix: "cannot start a transaction within ..."
             assert [o.applied_seq for o in await fleet.origins()] == [2]
+
+    run(scenario())
+
+
+def test_a_refused_attempt_with_text_no_column_holds_is_still_journaled(fleet_db: Database) -> None:
+    async def scenario() -> None:
+        async with fleet_db.replica() as fleet:
+            await fleet.record_denied(identity="eve\x00\ud800", what="GET /approvals/\x00" + "x" * 400,
+                                      reason="no_session", channel="console")  # fmt: skip
+            [denied] = await fleet.denied_acts()
+            assert "\x00" not in denied.fields["what"] and len(denied.fields["what"].encode()) <= 256
+            assert denied.fields["identity"].startswith("eve")
+            assert await fleet.verify_log() == []
 
     run(scenario())

@@ -17,7 +17,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway import __version__, logs
 from gateway.cli.exits import EXIT_OK
@@ -44,6 +44,12 @@ def register_sidecar(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p.add_argument("--dir", default=".agentaudit", help="working directory (default: ./.agentaudit)")
     p.add_argument("--listen", action="append", metavar="ADDRESS", help=_LISTEN_HELP)
     p.add_argument("--operator-listen", action="append", metavar="ADDRESS", help=_OPERATOR_LISTEN_HELP)
+    p.add_argument(
+        "--console-listen",
+        action="append",
+        metavar="HOST:PORT",
+        help="the web console's address (repeatable; default 127.0.0.1:7421; 'off' for none)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="do not print a line per decision")
     p.set_defaults(func=cmd_dev)
 
@@ -96,6 +102,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         banner=True,
         directory=directory,
         decisions=not args.quiet,
+        console_listen=devenv.console_listen(args.console_listen),
     )
 
 
@@ -117,6 +124,7 @@ def _serve(
     banner: bool,
     directory: Path | None = None,
     decisions: bool = False,
+    console_listen: tuple[str, ...] | None = (),
 ) -> int:
     """Runs the sidecar until SIGINT/SIGTERM."""
     from gateway import app  # noqa: PLC0415 - see the module docstring
@@ -127,7 +135,7 @@ def _serve(
 
     async def main() -> None:
         stop = _stop_on_signals()
-        sidecar = app.Sidecar(cfg)
+        sidecar = app.Sidecar(cfg, console_listen=console_listen)
         try:
             await sidecar.start_probes()
             if not await app.start_with_retries(sidecar, stop):
@@ -136,6 +144,7 @@ def _serve(
             if banner:
                 assert directory is not None
                 _print_dev_banner(cfg, sidecar.bound, sidecar.operator_bound, created, directory)
+                _print_console(sidecar)
             printer = asyncio.create_task(_print_decisions(cfg.journal.path, stop)) if decisions else None
             await stop.wait()
             log.info("shutting down")
@@ -181,6 +190,25 @@ def _print_dev_banner(
     if cfg.forward.target:
         print(f"  agentaudit forwarder status {cfg.journal.path}")
     print(f"  agentaudit events {cfg.journal.path}")
+    sys.stdout.flush()
+
+
+def _print_console(sidecar: Any) -> None:
+    """The console's URL and a one-time sign-in link for the dev operator (admin)."""
+    from gateway.devenv import DEV_OPERATOR  # noqa: PLC0415
+    from gateway.identity import Operator  # noqa: PLC0415
+
+    console = sidecar.console
+    if console is None or not console.url:
+        return
+    link = console.one_time_link(Operator(DEV_OPERATOR, frozenset({"admin", "approver", "auditor"})))
+    print(f"console:   {console.url}")
+    print(f"  sign in once (works one time, 10 minutes): {link}")
+    if not sidecar.config.control.enabled:
+        print(
+            "  answers and kill switches given there reach this sidecar with `control: {enabled: true}` in its "
+            "config (docs/console.md)"
+        )
     sys.stdout.flush()
 
 
@@ -240,7 +268,7 @@ def cmd_collector(args: argparse.Namespace) -> int:
         stop = _stop_on_signals()
         metrics.BUILD_INFO.info({"version": __version__})
         exposition = metrics.serve(cfg.metrics_listen)[0] if cfg.metrics_listen else None
-        collector = Collector(cfg)
+        collector = Collector(cfg, surfaces=_console_surfaces(cfg))
         try:
             await collector.start()
             await stop.wait()
@@ -251,6 +279,21 @@ def cmd_collector(args: argparse.Namespace) -> int:
 
     asyncio.run(main())
     return EXIT_OK
+
+
+def _console_surfaces(cfg: Any) -> list[Any]:
+    """The collector's web console, when configured (by default when the console extra is installed)."""
+    from gateway.config.collector import console_available  # noqa: PLC0415
+
+    if cfg.console_listen == ():
+        return []
+    if not console_available():
+        if cfg.console_listen is None:
+            return []
+        raise ConfigError("collector.console_listen needs the console extra: pip install 'agentaudit[console]'")
+    from gateway.console.server import ConsoleServer  # noqa: PLC0415
+
+    return [ConsoleServer()]
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:

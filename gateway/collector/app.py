@@ -19,14 +19,17 @@ Configuration (YAML; parsed by :mod:`gateway.config.collector`)::
         tokens: [{identity: alice, roles: [approver], sha256: ...}]
       tls: {cert: tls.crt, key: tls.key, client_ca: sidecars-ca.crt}   # optional; client_ca optional too
       health_listen: ["0.0.0.0:7431"]     # optional: plaintext grpc.health.v1 only (kubelet probes)
+      console_listen: ["127.0.0.1:7421"]  # the web console (gateway.console, a surface the CLI passes); []: off
+      console: {trusted_header_listen: [], header_roles: {}, session_ttl_s: 28800}
 
 Start order: witness and control keys → store (migrations) → origins registered → fleet tables
 (:class:`~gateway.collector.fleet.FleetControl`) → fleet alerts (webhooks, silent check; told of opened approvals
 and of control-channel contact) → the control streams' act feed → gRPC server (collector, control, health,
 reflection; TLS on TCP when ``tls`` is set; keepalive pings every 10 s) →
-health-only listener → the fleet operator API (if ``operator.listen`` is set) → retention task (if
-``retention_days`` is set). Stop: retention task cancelled → health NOT_SERVING → operator API drained → control
-streams ended (UNAVAILABLE) → server drained
+health-only listener → the fleet operator API (if ``operator.listen`` is set) → surfaces (the web console,
+``gateway.console``, given by the caller) → retention task (if ``retention_days`` is set). Stop: retention task
+cancelled → health NOT_SERVING → surfaces → operator API drained → control streams ended (UNAVAILABLE) → server
+drained
 → health listener → fleet alerts (queued ones delivered, 5 s) → fleet and store closed. Stateless apart from its
 database, so several replicas can serve one address.
 """
@@ -39,8 +42,9 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import grpc
 from grpc_health.v1 import health_pb2_grpc
@@ -120,11 +124,24 @@ def _listen(server: grpc.aio.Server, addresses: tuple[str, ...], tls: CollectorT
     return bound
 
 
+class Surface(Protocol):
+    """Something more the collector serves over its fleet and store (the web console): started after the fleet
+    and the gRPC servers, stopped before them."""
+
+    async def start(self, collector: Collector) -> None:
+        """Starts serving; ``collector.fleet`` and ``collector.store`` are open."""
+
+    async def aclose(self) -> None:
+        """Stops serving."""
+
+
 class Collector:
     """A running collector (own gRPC server)."""
 
-    def __init__(self, config: CollectorConfig, *, embedded: bool = False) -> None:
+    def __init__(self, config: CollectorConfig, *, embedded: bool = False, surfaces: Sequence[Surface] = ()) -> None:
         self.config = config
+        self.surfaces = tuple(surfaces)
+        self._started_surfaces: list[Surface] = []
         self.bound: list[str] = []
         self.health_bound: list[str] = []
         self.store: CollectorStore | None = None
@@ -190,6 +207,9 @@ class Collector:
             health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self._health_server)
             self.health_bound = _listen(self._health_server, cfg.health_listen, None)
             await self._health_server.start()
+        for surface in self.surfaces:
+            await surface.start(self)
+            self._started_surfaces.append(surface)
         await self.health.started()
         if cfg.retention_days is not None:
             self._retention = asyncio.create_task(
@@ -234,6 +254,9 @@ class Collector:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.health.stopping()
+        surfaces, self._started_surfaces = self._started_surfaces, []
+        for surface in reversed(surfaces):
+            await surface.aclose()
         if self._operator_server is not None:
             await self._operator_server.stop(5)
             self._operator_server = None

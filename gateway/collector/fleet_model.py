@@ -28,6 +28,7 @@ MAX_COMMENT_BYTES = 1024
 MAX_TARGET_BYTES = 256
 KIND_APPROVAL_VOTE = "approval_vote"
 KIND_KILL_SWITCH = "kill_switch"
+KIND_OPERATOR_DENIED = "operator_denied"  # a refused console or Slack attempt: journaled, never sent to a sidecar
 ACT_DOMAIN = b"agentaudit control-log v1\n"
 APPROVAL_VOTED = "approval_voted"  # a non-final four-eyes vote journaled by the sidecar
 

@@ -168,6 +168,14 @@ class PostgresCollectorStore:
         except _DATABASE_ERRORS as exc:
             raise CollectorUnavailableError(f"PostgreSQL collector store: {exc}") from exc
 
+    async def origin_names(self) -> list[str]:
+        """Every registered origin, in order."""
+        try:
+            rows = await self._require_pool().fetch('SELECT origin FROM origins ORDER BY origin COLLATE "C"')
+        except _DATABASE_ERRORS as exc:
+            raise CollectorUnavailableError(f"PostgreSQL collector store: {exc}") from exc
+        return [str(r["origin"]) for r in rows]
+
     async def latest(self, origin: str) -> tuple[int, str]:
         """The size held and last cosigned note for ``origin``; ``(0, "")`` if nothing is held."""
         if not is_storable_text(origin):

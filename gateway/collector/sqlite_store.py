@@ -110,6 +110,10 @@ class SqliteCollectorStore:
         params = (origin, keys, 0, empty.last_leaf_hash, empty.tree, "", b"")
         await self._run(lambda conn: conn.execute(_REGISTER, params))
 
+    async def origin_names(self) -> list[str]:
+        """Every registered origin, in order."""
+        return await self._run(lambda conn: [str(r[0]) for r in conn.execute("SELECT origin FROM origins ORDER BY 1")])
+
     async def latest(self, origin: str) -> tuple[int, str]:
         """The size held and last cosigned note for ``origin``; ``(0, "")`` if nothing is held."""
 

@@ -106,6 +106,9 @@ class CollectorStore(Protocol):
             ConfigError: no keys, or a key is named for another origin.
         """
 
+    async def origin_names(self) -> list[str]:
+        """Every registered origin's name, in order."""
+
     async def latest(self, origin: str) -> tuple[int, str]:
         """The size held and the last cosigned note for ``origin``; ``(0, "")`` if nothing is held."""
 

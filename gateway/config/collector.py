@@ -43,6 +43,70 @@ class FleetAlertsConfig:
 
 _FLEET_ALERT_KEYS = ("silent_after_s", "silent_check_s")
 
+DEFAULT_CONSOLE_LISTEN = ("127.0.0.1:7421",)
+ROLES = ("admin", "approver", "auditor")
+
+
+@dataclass(frozen=True)
+class ConsoleConfig:
+    """``collector.console``: the web console's sign-in (docs/console.md)."""
+
+    # Listeners (also in console_listen) where X-Forwarded-Email / X-Forwarded-User name the operator: only behind
+    # an authenticating proxy that sets them and strips any the client sent.
+    trusted_header_listen: tuple[str, ...] = ()
+    header_roles: tuple[tuple[str, tuple[str, ...]], ...] = ()  # identity from the header -> roles; others refused
+    session_ttl_s: float = 8 * 3600.0  # a session expires this long after sign-in
+
+
+def parse_console(raw: Any, console_listen: tuple[str, ...]) -> ConsoleConfig:
+    """``collector.console``: trusted_header_listen, header_roles, session_ttl_s."""
+    if raw is None:
+        return ConsoleConfig()
+    if not isinstance(raw, dict):
+        raise ConfigError("collector.console: expected a mapping (trusted_header_listen, header_roles, session_ttl_s)")
+    refuse_unknown("collector.console", raw, field_names(ConsoleConfig))
+    trusted = raw.get("trusted_header_listen") or []
+    if not isinstance(trusted, list) or not all(isinstance(a, str) and HOST_PORT_RE.match(a) for a in trusted):
+        raise ConfigError("collector.console.trusted_header_listen: expected a list of HOST:PORT")
+    stray = sorted(set(trusted) - set(console_listen))
+    if stray:
+        raise ConfigError(
+            f"collector.console.trusted_header_listen: {', '.join(stray)} is not in collector.console_listen"
+        )
+    roles_raw = raw.get("header_roles") or {}
+    if not isinstance(roles_raw, dict):
+        raise ConfigError("collector.console.header_roles: expected a mapping of identity to a list of roles")
+    header_roles = []
+    for identity, roles in roles_raw.items():
+        if (
+            not isinstance(identity, str)
+            or not identity.strip()
+            or not isinstance(roles, list)
+            or not roles
+            or not all(r in ROLES for r in roles)
+        ):
+            raise ConfigError(
+                f"collector.console.header_roles.{identity}: expected a non-empty list of {', '.join(ROLES)}"
+            )
+        header_roles.append((identity, tuple(roles)))
+    ttl = number("collector.console.session_ttl_s", raw.get("session_ttl_s", 8 * 3600), 1.0, 30 * 86400.0)
+    return ConsoleConfig(tuple(trusted), tuple(header_roles), ttl)
+
+
+def console_available() -> bool:
+    """Whether the ``console`` extra (starlette, jinja2, uvicorn) is installed."""
+    import importlib.util  # noqa: PLC0415
+
+    return all(importlib.util.find_spec(m) is not None for m in ("starlette", "jinja2", "uvicorn", "multipart"))
+
+
+def _console_listen(raw: Any) -> tuple[str, ...] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not all(isinstance(a, str) and HOST_PORT_RE.match(a) for a in raw):
+        raise ConfigError("collector.console_listen: expected a list of HOST:PORT (an empty list: no console)")
+    return tuple(raw)
+
 
 def parse_fleet_alerts(raw: Any) -> FleetAlertsConfig:
     """``collector.alerts``: every key of the sidecar's ``alerts:`` (docs/alerts.md) plus ``silent_after_s`` and
@@ -90,6 +154,10 @@ class CollectorConfig:
     # Plaintext listeners serving only grpc.health.v1 (kubelet gRPC probes cannot speak TLS); empty: none.
     health_listen: tuple[str, ...] = ()
     alerts: FleetAlertsConfig = field(default_factory=FleetAlertsConfig)  # webhooks for fleet events
+    # The web console's listeners (HTTP); None: 127.0.0.1:7421 when the console extra is installed (a taken port
+    # is then only a warning); empty: no console.
+    console_listen: tuple[str, ...] | None = ()
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
 
 
 def load_collector_config(path: Path, env: Mapping[str, str] | None = None) -> CollectorConfig:
@@ -155,6 +223,8 @@ def parse_collector_config(section: dict[str, Any], base: Path, env: Mapping[str
         tls=_tls(section.get("tls"), base),
         health_listen=_health_listen(section.get("health_listen"), tuple(listen)),
         alerts=parse_fleet_alerts(section.get("alerts")),
+        console_listen=(console_listen := _console_listen(section.get("console_listen"))),
+        console=parse_console(section.get("console"), console_listen or DEFAULT_CONSOLE_LISTEN),
     )
 
 
