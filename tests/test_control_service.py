@@ -483,3 +483,63 @@ def test_the_control_service_is_in_health_and_reflection(tmp_path: Path) -> None
                 break
 
     run(scenario())
+
+
+class Partition:
+    """A TCP relay to the collector that can go silent without closing anything: a network partition (a hand-
+    written stand-in for the network, the one thing outside the project here)."""
+
+    def __init__(self, upstream: str) -> None:
+        host, port = upstream.rsplit(":", 1)
+        self.upstream = (host, int(port))
+        self.silent = False
+        self.server: asyncio.Server | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        return f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        for src, dst in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.create_task(self._pump(src, dst))
+            self.tasks.add(task)
+
+    async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await src.read(65536):
+                if not self.silent:  # silent: bytes are swallowed, no side learns anything
+                    dst.write(data)
+                    await dst.drain()
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        if self.server is not None:
+            self.server.close()
+
+
+def test_a_sidecar_behind_a_silent_partition_is_noticed_by_keepalive(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with collector(tmp_path / "c", f"sqlite:///{tmp_path / 'c.db'}") as c:
+            fleet = fleet_of(c)
+            partition = Partition(c.bound[0])
+            try:
+                async with sidecar(await partition.start()) as s:
+                    await s.connect()
+                    await connected(fleet, ORIGIN)
+                    partition.silent = True
+                    cut = time.perf_counter()
+                    await until(
+                        lambda: _true(c.control is not None and c.control.connected() == []),
+                        "the collector still holds the partitioned stream",
+                        timeout_s=45,  # keepalive 10 s + 10 s; gRPC's defaults (2 h, or a 60 s ping timeout) fail
+                    )
+                    noticed = time.perf_counter() - cut
+                    await connected(fleet, ORIGIN, False)
+                    print(f"\nsilent partition noticed by the collector's keepalive after {noticed:.1f} s")
+            finally:
+                await partition.close()
+
+    run(scenario())

@@ -92,9 +92,11 @@ ACK_RECORD_S = 1.0
 KEEPALIVE_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 10_000),
+    # Any unanswered ping closes the connection after this, BDP probes included (default 60 s: a keepalive ping
+    # queued behind an unanswered BDP ping would otherwise wait for that one's minute).
+    ("grpc.http2.ping_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
-    ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
 ]
 
