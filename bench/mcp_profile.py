@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import statistics
@@ -47,19 +48,20 @@ from bench.mcp_proxy import (
 )
 
 WARMUP_CALLS = 100
-_YAPPI = [sys.executable, "-m", "bench.mcp_yappi"]
+_WRAPPERS = {"yappi": [sys.executable, "-m", "bench.mcp_yappi"], "spans": [sys.executable, "-m", "bench.mcp_spans"]}
 # A function's own CPU goes to the first component whose pattern its file path contains.
 COMPONENTS = (
     ("sidecar client: grpc.aio, protobuf, agentaudit_client", ("grpc/", "grpc\\", "agentaudit_client", "protobuf")),
     ("proxy logic (gateway/mcp, gateway/canonical)", ("gateway/",)),
-    ("MCP types: pydantic parse, validate, dump", ("mcp_types", "pydantic")),
+    ("MCP types: pydantic parse, validate, dump", ("mcp_types", "pydantic")),  # pydantic_core builtins too
     ("SDK client session and transports (upstream side)", ("mcp/client/",)),
     ("SDK server runner, session, dispatcher", ("mcp/server/", "mcp/shared/")),
     ("HTTP server: uvicorn, h11, starlette, SSE", ("uvicorn/", "h11/", "starlette/", "sse_starlette/")),
     ("HTTP client: httpx2, httpcore2", ("httpx2/", "httpcore2/")),
-    ("anyio: memory streams, task groups, cancel scopes", ("anyio/",)),
+    ("anyio: memory streams, task groups, cancel scopes", ("anyio/", "sniffio/")),
     ("asyncio: event loop, transports, syscalls", ("asyncio/", "selectors.py", "socket.py", "~")),
     ("OpenTelemetry (no-op spans)", ("opentelemetry/",)),
+    ("Python builtins and stdlib, called from all of the above", ("builtins", "python3.", "<frozen", "_asyncio")),
 )
 
 
@@ -87,15 +89,15 @@ def components(stats_file: Path) -> list[tuple[str, float]]:
     """yappi's per-function own CPU → seconds per component."""
     totals: Counter[str] = Counter()
     for line in stats_file.read_text().splitlines():
-        module, _name, _calls, own, _total = line.split("\t")
-        path = module.replace("\\", "/")
+        module, name, _calls, own, _total = line.split("\t")
+        path = module.replace("\\", "/") + " " + name  # a builtin's name says whose it is (pydantic_core...)
         group = next((name for name, needles in COMPONENTS if any(n in path for n in needles)), "other")
         totals[group] += float(own)
     return [(name, totals[name]) for name in [*(n for n, _ in COMPONENTS), "other"]]
 
 
 @contextmanager
-def _http(sidecar: str, workdir: Path, stats: Path) -> Iterator[tuple[str, str, str]]:
+def _http(sidecar: str, workdir: Path, stats: Path, wrapper: list[str]) -> Iterator[tuple[str, str, str]]:
     upstream, listen = _free_port(), _free_port()
     state = workdir / "http-profile-state"
     with open(workdir / "http.log", "ab") as log:
@@ -103,7 +105,7 @@ def _http(sidecar: str, workdir: Path, stats: Path) -> Iterator[tuple[str, str, 
         direct = f"http://127.0.0.1:{upstream}/mcp"
         flags = [*_proxy_flags(sidecar, state), "--listen", f"127.0.0.1:{listen}"]
         proxy = subprocess.Popen(
-            [*_YAPPI, str(stats), "-m", "gateway.cli", "mcp", "http", *flags, "--upstream", direct],
+            [*wrapper, str(stats), "-m", "gateway.cli", "mcp", "http", *flags, "--upstream", direct],
             cwd=ROOT,
             stderr=log,
         )
@@ -118,22 +120,23 @@ def _http(sidecar: str, workdir: Path, stats: Path) -> Iterator[tuple[str, str, 
         server.wait(15)
 
 
-async def _profile(transport: str, sidecar: str, workdir: Path, calls: int, out: Path) -> dict[str, Any]:
-    stats = out / f"mcp-proxy-{transport}.yappi.tsv"
+async def _profile(transport: str, sidecar: str, workdir: Path, calls: int, out: Path, mode: str) -> dict[str, Any]:
+    wrapper = _WRAPPERS[mode]
+    stats = out / f"mcp-proxy-{transport}.{mode}.{'json' if mode == 'spans' else 'tsv'}"
     stats.unlink(missing_ok=True)
     if transport == "stdio":
         state = workdir / "stdio-profile-state"
         direct: Any = StdioServerParameters(command=_SERVER[0], args=[*_SERVER[1:], "stdio"], cwd=str(ROOT))
         flags = _proxy_flags(sidecar, state)
         proxied: Any = StdioServerParameters(
-            command=_YAPPI[0],
-            args=[*_YAPPI[1:], str(stats), "-m", "gateway.cli", "mcp", "stdio", *flags, "--", *_SERVER, "stdio"],
+            command=wrapper[0],
+            args=[*wrapper[1:], str(stats), "-m", "gateway.cli", "mcp", "stdio", *flags, "--", *_SERVER, "stdio"],
             cwd=str(ROOT),
         )
         d, _ = await _calls(direct, calls)
         p, cpu = await _calls(proxied, calls, str(state))
     else:
-        with _http(sidecar, workdir, stats) as (direct_url, proxied_url, marker):
+        with _http(sidecar, workdir, stats, wrapper) as (direct_url, proxied_url, marker):
             d, _ = await _calls(direct_url, calls)
             p, cpu = await _calls(proxied_url, calls, marker)
     deadline = time.monotonic() + 30
@@ -143,16 +146,42 @@ async def _profile(transport: str, sidecar: str, workdir: Path, calls: int, out:
         "direct_p50_ms": statistics.median(d) * 1000,
         "proxied_p50_ms": statistics.median(p) * 1000,
         "proxy_cpu_ms_per_call": cpu * 1000 if cpu is not None else None,
-        "components": components(stats) if stats.exists() else [],
+        "components": components(stats) if stats.exists() and mode == "yappi" else [],
+        "spans": _spans(stats, statistics.median(d), statistics.median(p))
+        if stats.exists() and mode == "spans"
+        else [],
     }
 
 
-async def _main(calls: int, transports: list[str], out: Path, unprofiled: dict[str, float]) -> None:
+def _spans(stats: Path, direct_s: float, proxied_s: float) -> list[tuple[str, float]]:
+    """The proxy's stage medians and what the client saw → where the added p50 goes, in ms."""
+    spans = {k: statistics.median(v) if v else 0.0 for k, v in json.loads(stats.read_text()).items()}
+    handler, decide, upstream, report = (spans[k] for k in ("handler", "decide", "upstream", "report"))
+    rows = [
+        ("client -> proxy -> client: hop, transport, SDK server (outside the handler)", proxied_s - handler),
+        ("  handler: Decide (sidecar round trip)", decide),
+        ("  handler: upstream tools/call (second MCP hop and the server)", upstream),
+        ("  handler: ReportResult (sidecar round trip)", report),
+        ("  handler: the proxy's own work (identity, labels, digest, mapping)", handler - decide - upstream - report),
+        ("proxied p50 as the client saw it", proxied_s),
+        ("direct p50 (client -> server -> client)", direct_s),
+        ("added p50 = proxied - direct", proxied_s - direct_s),
+        ("  of which the sidecar (Decide + ReportResult)", decide + report),
+        ("  of which the second hop (upstream call - direct call)", upstream - direct_s),
+        (
+            "  of which the proxy (outside the handler + its own work)",
+            proxied_s - handler + handler - decide - upstream - report,
+        ),
+    ]
+    return [(name, seconds * 1000) for name, seconds in rows]
+
+
+async def _main(calls: int, transports: list[str], out: Path, unprofiled: dict[str, float], mode: str) -> None:
     print(f"load average at start: {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory(prefix="agentaudit-prof-mcp-") as tmp, _sidecar(Path(tmp) / "sidecar") as sc:
         await _until_deciding(sc)
         for transport in transports:
-            r = await _profile(transport, sc, Path(tmp), calls, out)
+            r = await _profile(transport, sc, Path(tmp), calls, out, mode)
             cpu = r["proxy_cpu_ms_per_call"]
             print(
                 f"{transport}: direct p50 {r['direct_p50_ms']:.2f} ms, proxied p50 {r['proxied_p50_ms']:.2f} ms "
@@ -160,6 +189,8 @@ async def _main(calls: int, transports: list[str], out: Path, unprofiled: dict[s
                 if cpu is not None
                 else f"{transport}: proxy CPU n/a"
             )
+            for name, ms in r["spans"]:
+                print(f"  {name:72}{ms:8.2f} ms")
             total = sum(seconds for _, seconds in r["components"]) or 1.0
             scale = unprofiled.get(transport)
             for name, seconds in r["components"]:
@@ -175,6 +206,9 @@ def main() -> int:
     parser.add_argument("--transport", choices=["stdio", "http", "both"], default="both")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     parser.add_argument(
+        "--mode", choices=["yappi", "spans"], default="yappi", help="CPU by component, or wall time by stage"
+    )
+    parser.add_argument(
         "--unprofiled-cpu-ms",
         default="",
         metavar="stdio=MS,http=MS",
@@ -184,7 +218,7 @@ def main() -> int:
     transports = ["stdio", "http"] if args.transport == "both" else [args.transport]
     unprofiled = {k: float(v) for k, v in (item.split("=") for item in args.unprofiled_cpu_ms.split(",") if item)}
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    asyncio.run(_main(args.calls, transports, Path(args.out), unprofiled))
+    asyncio.run(_main(args.calls, transports, Path(args.out), unprofiled, args.mode))
     return 0
 
 

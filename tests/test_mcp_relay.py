@@ -1,7 +1,9 @@
-"""The server's requests to the client, through ``agentaudit mcp``: a real SDK server that asks for sampling, roots
-and a form elicitation during a tool call, a real SDK client with those callbacks, the real proxy (a subprocess)
-in stdio and HTTP mode, a real sidecar. The requests pass through unchanged and ungoverned; the call they happen
-in is decided and recorded as any other. The client's ``notifications/roots/list_changed`` reaches the server.
+"""What ``agentaudit mcp`` passes through without governing. The server's requests to the client: a real SDK
+server that asks for sampling, roots and a form elicitation during a tool call, a real SDK client with those
+callbacks, the real proxy (a subprocess) in stdio and HTTP mode, a real sidecar. The requests pass through
+unchanged and ungoverned; the call they happen in is decided and recorded as any other. The client's
+``notifications/roots/list_changed`` reaches the server. Resources (paginated) and prompts go through as they are,
+with nothing journaled.
 """
 
 from __future__ import annotations
@@ -184,3 +186,23 @@ MODERN_REFUSED = [
     ("roots", "roots/list"),
     ("elicitation", "elicitation/create"),
 ]
+
+
+@both
+async def test_resources_and_prompts_pass_through_unchanged_and_journal_nothing(
+    sidecar: RunningGateway, setup: Setup, transport: str
+) -> None:
+    async with connect(sidecar, setup, transport, "2025-11-25", server=ASKING_SERVER) as client:
+        first = await client.list_resources()
+        second = await client.list_resources(cursor=first.next_cursor)
+        read = await client.read_resource("test://records/r1")
+        prompts = await client.list_prompts()
+        prompt = await client.get_prompt("greet", {"who": "auditor"})
+    assert [str(r.uri) for r in first.resources] == ["test://records/r1"] and first.next_cursor == "page-2"
+    assert [str(r.uri) for r in second.resources] == ["test://records/r2"] and second.next_cursor is None
+    assert [c.text for c in read.contents if isinstance(c, types.TextResourceContents)] == [
+        "contents of test://records/r1"
+    ]
+    assert [p.name for p in prompts.prompts] == ["greet"]
+    assert prompt.messages[0].content == types.TextContent(type="text", text="hello auditor")
+    assert events(sidecar, setup.run_id) == []

@@ -63,15 +63,17 @@ class _DrainOnClose(httpx2.AsyncByteStream):
 
     async def aclose(self) -> None:
         drained = 0
-        with anyio.move_on_after(DRAIN_TIMEOUT_S):
-            try:
+        try:
+            with anyio.move_on_after(DRAIN_TIMEOUT_S):
                 async for chunk in self._chunks:
                     drained += len(chunk)
                     if drained > DRAIN_MAX_BYTES:
                         break
-            except (httpx2.HTTPError, anyio.EndOfStream, OSError):
-                pass  # the connection is not reusable: closing it below is all there is to do
-        await self._inner.aclose()
+        except Exception as exc:  # the connection is not reusable: closing it below is all there is to do
+            log.debug("upstream response not drained: %s", exc)
+        finally:
+            with anyio.CancelScope(shield=True):  # closed even when the caller is being cancelled
+                await self._inner.aclose()
 
 
 class _ReusingTransport(httpx2.AsyncBaseTransport):

@@ -3,7 +3,8 @@
 Tool ``ask``: while it runs, it sends the client ``sampling/createMessage``, ``roots/list`` and a form-mode
 ``elicitation/create`` (each on the call's own stream), then answers with what the client answered (or the error
 it got, as ``<method> error: <message>``). A ``notifications/roots/list_changed`` from the client is written to
-``$MCP_TEST_CALLS_FILE`` as ``roots_list_changed``.
+``$MCP_TEST_CALLS_FILE`` as ``roots_list_changed``. It also serves one resource (paginated listing) and one prompt,
+for what the proxy passes through without governing.
 
 Run: ``python -m tests.mcp_servers.asking_server stdio`` or ``... http PORT``.
 """
@@ -72,6 +73,28 @@ async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.Call
     return types.CallToolResult(content=[types.TextContent(type="text", text="asked")], structured_content=answers)
 
 
+async def list_resources(ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListResourcesResult:
+    if params is not None and params.cursor == "page-2":
+        return types.ListResourcesResult(resources=[types.Resource(uri="test://records/r2", name="r2")])
+    resources = [types.Resource(uri="test://records/r1", name="r1")]
+    return types.ListResourcesResult(resources=resources, next_cursor="page-2")
+
+
+async def read_resource(ctx: Any, params: types.ReadResourceRequestParams) -> types.ReadResourceResult:
+    text = types.TextResourceContents(uri=str(params.uri), text=f"contents of {params.uri}")
+    return types.ReadResourceResult(contents=[text])
+
+
+async def list_prompts(ctx: Any, params: Any) -> types.ListPromptsResult:
+    return types.ListPromptsResult(prompts=[types.Prompt(name="greet")])
+
+
+async def get_prompt(ctx: Any, params: types.GetPromptRequestParams) -> types.GetPromptResult:
+    text = f"hello {(params.arguments or {}).get('who', '')}"
+    message = types.PromptMessage(role="user", content=types.TextContent(type="text", text=text))
+    return types.GetPromptResult(messages=[message])
+
+
 async def roots_list_changed(ctx: Any, params: Any) -> None:
     _record("roots_list_changed")
 
@@ -79,7 +102,14 @@ async def roots_list_changed(ctx: Any, params: Any) -> None:
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # roots is deprecated as of 2026-07-28; this server speaks 2025-11-25
     server = Server(
-        "test-asking", on_list_tools=list_tools, on_call_tool=call_tool, on_roots_list_changed=roots_list_changed
+        "test-asking",
+        on_list_tools=list_tools,
+        on_call_tool=call_tool,
+        on_roots_list_changed=roots_list_changed,
+        on_list_resources=list_resources,
+        on_read_resource=read_resource,
+        on_list_prompts=list_prompts,
+        on_get_prompt=get_prompt,
     )
 
 
