@@ -1,20 +1,25 @@
 """The MCP proxy's cost per ``tools/call``: through ``agentaudit mcp`` against the same call made directly.
 
-Run as ``python -m bench.mcp_proxy [--duration S] [--concurrency 1,16]`` (``make bench`` runs it too). In one run,
-on this machine:
+Run as ``python -m bench.mcp_proxy [--duration S] [--concurrency 1,16] [--rounds N] [--compare REF]``
+(``make bench`` runs it too). In one run, on this machine:
 
 1. A real sidecar (``agentaudit dev``, forwarding off) with a policy that allows ``mcp.bench.*`` and limits
    nothing, so every call takes the allow path: Decide, forward, ReportResult.
-2. **sidecar**: Decide + ReportResult for the same action and arguments, straight through ``agentaudit_client``;
-   what the proxy cannot avoid paying, and the base of the target.
+2. **sidecar D+R**: Decide + ReportResult for the same action and arguments, straight through
+   ``agentaudit_client``: what the proxy cannot avoid paying, and the base of the target.
 3. For stdio and for Streamable HTTP: **direct** (an SDK client calling ``bench.mcp_echo_server``) and
-   **proxied** (the same client calling ``agentaudit mcp`` in front of the same server), at each concurrency:
-   N workers on one client session, each sending its next ``tools/call`` when the last is answered.
+   **proxied** (the same kind of client calling ``agentaudit mcp`` in front of the same server), and with
+   ``--compare REF`` also **proxied@REF**: the proxy as it was at that git commit (exported with ``git archive``
+   and run from there), so a change is measured against what it replaces, in the same run.
 
-Added latency is proxied minus direct (p50 and p99); the target is a p50 added at concurrency 1 no more than the
-sidecar's own Decide + ReportResult p50 plus 1 ms (the proxy's own work: MCP parsing twice, the mapping, the
-second hop). The load runs in this process, the same client for both, so the figures include the client's cost
-on both sides. Each point is a warm-up then a measured window; the whole section takes about 45 s by default.
+Every variant keeps its session open for the whole run, and the variants take turns: the measured time is split
+into ``--rounds`` windows per variant, in a rotating order, each after a short warm-up, so a change in the
+machine's load touches every variant alike. At each concurrency N, N workers share one client session, each
+sending its next ``tools/call`` when the last is answered. Added latency is proxied minus direct at p50 and p99;
+the proxy's CPU time per call (``/proc``: user + system of the proxy process over its windows, divided by its
+calls) is printed too, being much steadier than latency on a shared machine. The target is a p50 added at
+concurrency 1 no more than the sidecar's own Decide + ReportResult p50 plus 1 ms. The load average is printed at
+the start and the end.
 """
 
 from __future__ import annotations
@@ -27,10 +32,12 @@ import socket
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import AsyncExitStack, ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +49,7 @@ from agentaudit_client import AsyncGatewayClient
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DURATION_S = 3.0
 DEFAULT_WARMUP_S = 0.5
+DEFAULT_ROUNDS = 3
 DEFAULT_CONCURRENCY = (1, 16)
 TARGET_SLACK_MS = 1.0  # proxy p50 added at c1 <= sidecar Decide+ReportResult p50 + this
 READY_TIMEOUT_S = 30.0
@@ -78,6 +86,27 @@ def _listening(port: int) -> Callable[[], bool]:
     return check
 
 
+def _cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a process, or None if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _pid_with(marker: str) -> int | None:
+    """The process whose command line contains ``marker`` (a variant's unique state directory)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in (entry / "cmdline").read_bytes():
+                    return int(entry.name)
+            except OSError:
+                continue
+    return None
+
+
 def _stats(latencies: list[float], window_s: float) -> dict[str, Any]:
     if not latencies:
         return {"calls": 0, "calls_per_s": 0.0, "p50_ms": None, "p99_ms": None}
@@ -90,7 +119,7 @@ def _stats(latencies: list[float], window_s: float) -> dict[str, Any]:
     }
 
 
-async def _closed_loop(call: Callable[[], Any], concurrency: int, duration_s: float, warmup_s: float) -> dict[str, Any]:
+async def _closed_loop(call: Callable[[], Awaitable[Any]], concurrency: int, duration_s: float, warmup_s: float) -> Any:
     """N workers, each calling as soon as its last call returned; only calls inside the window count."""
     latencies: list[float] = []
     errors = 0
@@ -114,7 +143,53 @@ async def _closed_loop(call: Callable[[], Any], concurrency: int, duration_s: fl
     async with anyio.create_task_group() as group:
         for _ in range(concurrency):
             group.start_soon(worker)
-    return {**_stats(latencies, duration_s), "errors": errors}
+    return latencies, errors
+
+
+@dataclass
+class _Variant:
+    """One thing measured: a way of making one call, and the proxy process whose CPU it costs (if any)."""
+
+    name: str
+    call: Callable[[], Awaitable[Any]]
+    proxy_marker: str = ""
+    latencies: list[float] = field(default_factory=list)
+    window_s: float = 0.0
+    errors: int = 0
+    cpu_s: float = 0.0
+    cpu_calls: int = 0
+
+    def result(self) -> dict[str, Any]:
+        out = {**_stats(self.latencies, self.window_s), "errors": self.errors}
+        if self.proxy_marker:
+            out["proxy_cpu_ms_per_call"] = round(self.cpu_s * 1000 / self.cpu_calls, 3) if self.cpu_calls else None
+        return out
+
+
+async def _interleaved(
+    variants: list[_Variant], concurrency: int, duration_s: float, warmup_s: float, rounds: int
+) -> None:
+    """Each variant gets ``rounds`` windows of ``duration_s / rounds``, taking turns in a rotating order."""
+    window = duration_s / rounds
+    for r in range(rounds):
+        for variant in variants[r % len(variants) :] + variants[: r % len(variants)]:
+            pid = _pid_with(variant.proxy_marker) if variant.proxy_marker else None
+            before = _cpu_s(pid) if pid is not None else None
+            # The CPU window includes the warm-up, so it counts the warm-up's calls too (all of them).
+            counted = [0]
+
+            async def counting_call(call: Callable[[], Awaitable[Any]] = variant.call, n: list[int] = counted) -> Any:
+                n[0] += 1
+                return await call()
+
+            latencies, errors = await _closed_loop(counting_call, concurrency, window, warmup_s / rounds)
+            after = _cpu_s(pid) if pid is not None else None
+            variant.latencies += latencies
+            variant.window_s += window
+            variant.errors += errors
+            if before is not None and after is not None:
+                variant.cpu_s += after - before
+                variant.cpu_calls += counted[0]
 
 
 @contextmanager
@@ -152,8 +227,7 @@ async def _until_deciding(address: str) -> None:
         await client.aclose()
 
 
-async def _measure_sidecar(address: str, concurrency: int, duration_s: float, warmup_s: float) -> dict[str, Any]:
-    client = AsyncGatewayClient(address, timeout=10)
+def _sidecar_call(client: AsyncGatewayClient) -> Callable[[], Awaitable[None]]:
     steps = iter(range(1, 1 << 62))
 
     async def call() -> None:
@@ -169,10 +243,7 @@ async def _measure_sidecar(address: str, concurrency: int, duration_s: float, wa
         )
         await client.report_result(decision.event_id, status="succeeded", output={"content": []}, duration=0.0)
 
-    try:
-        return await _closed_loop(call, concurrency, duration_s, warmup_s)
-    finally:
-        await client.aclose()
+    return call
 
 
 def _proxy_flags(sidecar: str, state_dir: Path) -> list[str]:
@@ -190,75 +261,151 @@ def _proxy_flags(sidecar: str, state_dir: Path) -> list[str]:
     ]
 
 
-async def _measure_client(target: Any, concurrency: int, duration_s: float, warmup_s: float) -> dict[str, Any]:
-    async with Client(target, mode="legacy", cache=None) as client:
-        await client.list_tools()
-        return await _closed_loop(lambda: client.call_tool("echo", ARGS), concurrency, duration_s, warmup_s)
+@dataclass(frozen=True)
+class _Code:
+    """Where a proxy's code comes from: this checkout, or a ``git archive`` of an earlier commit."""
+
+    label: str
+    root: Path
+
+    def env(self) -> dict[str, str]:
+        if self.root == ROOT:
+            return dict(os.environ)
+        path = os.pathsep.join([str(self.root), str(self.root / "clients" / "python" / "src")])
+        return {**os.environ, "PYTHONPATH": path}
+
+
+def _export(ref: str, into: Path) -> _Code:
+    """The tree of ``ref`` in ``into`` (``git archive``), to run the proxy as it was there."""
+    into.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "archive", ref], cwd=ROOT, check=True, capture_output=True).stdout
+    with tempfile.TemporaryFile() as tar_file:
+        tar_file.write(archive)
+        tar_file.seek(0)
+        with tarfile.open(fileobj=tar_file) as tar:
+            tar.extractall(into, filter="data")
+    return _Code(f"proxied@{ref}", into)
 
 
 @contextmanager
-def _http_pair(sidecar: str, workdir: Path) -> Iterator[tuple[str, str]]:
-    """The echo server over HTTP and ``agentaudit mcp http`` in front of it: (direct URL, proxied URL)."""
-    upstream, listen = _free_port(), _free_port()
+def _http_servers(sidecar: str, workdir: Path, codes: Sequence[_Code]) -> Iterator[tuple[str, list[str]]]:
+    """The echo server over HTTP and one ``agentaudit mcp http`` per code in front of it: (direct, proxied URLs)."""
+    upstream = _free_port()
     procs: list[subprocess.Popen[bytes]] = []
-    with open(workdir / "http.log", "ab") as log:
+    with ExitStack() as stack:
+        log = stack.enter_context(open(workdir / "http.log", "ab"))
         procs.append(subprocess.Popen([*_SERVER, "http", str(upstream)], cwd=ROOT, stderr=log))
         direct = f"http://127.0.0.1:{upstream}/mcp"
-        flags = [*_proxy_flags(sidecar, workdir / "http-state"), "--listen", f"127.0.0.1:{listen}"]
-        procs.append(subprocess.Popen([*_CLI, "mcp", "http", *flags, "--upstream", direct], cwd=ROOT, stderr=log))
-    try:
-        _wait(_listening(upstream), procs[0], "the echo server")
-        _wait(_listening(listen), procs[1], "agentaudit mcp http")
-        yield direct, f"http://127.0.0.1:{listen}/mcp"
-    finally:
-        for proc in procs:
-            proc.terminate()
-            proc.wait(15)
+        urls = []
+        try:
+            _wait(_listening(upstream), procs[0], "the echo server")
+            for i, code in enumerate(codes):
+                listen = _free_port()
+                flags = [*_proxy_flags(sidecar, workdir / f"http-state-{i}"), "--listen", f"127.0.0.1:{listen}"]
+                procs.append(
+                    subprocess.Popen(
+                        [*_CLI, "mcp", "http", *flags, "--upstream", direct],
+                        cwd=code.root,
+                        env=code.env(),
+                        stderr=log,
+                    )
+                )
+                _wait(_listening(listen), procs[-1], f"agentaudit mcp http ({code.label})")
+                urls.append(f"http://127.0.0.1:{listen}/mcp")
+            yield direct, urls
+        finally:
+            for proc in procs:
+                proc.terminate()
+                proc.wait(15)
 
 
-@contextmanager
-def _targets(transport: str, sidecar: str, workdir: Path) -> Iterator[tuple[Any, Any]]:
-    """(direct, proxied) client targets for ``transport``."""
-    if transport == "http":
-        with _http_pair(sidecar, workdir) as pair:
-            yield pair
-        return
+def _stdio_targets(sidecar: str, workdir: Path, codes: Sequence[_Code]) -> tuple[Any, list[Any]]:
     direct = StdioServerParameters(command=_SERVER[0], args=[*_SERVER[1:], "stdio"], cwd=str(ROOT))
-    flags = _proxy_flags(sidecar, workdir / "stdio-state")
-    proxied = StdioServerParameters(
-        command=_CLI[0], args=[*_CLI[1:], "mcp", "stdio", *flags, "--", *_SERVER, "stdio"], cwd=str(ROOT)
-    )
-    yield direct, proxied
+    proxied = []
+    for i, code in enumerate(codes):
+        flags = _proxy_flags(sidecar, workdir / f"stdio-state-{i}")
+        proxied.append(
+            StdioServerParameters(
+                command=_CLI[0],
+                args=[*_CLI[1:], "mcp", "stdio", *flags, "--", *_SERVER, "stdio"],
+                cwd=str(code.root),
+                env=code.env(),
+            )
+        )
+    return direct, proxied
 
 
-async def _run(duration_s: float, warmup_s: float, concurrency: Sequence[int], progress: Callable[[str], None]) -> Any:
-    result: dict[str, Any] = {"duration_s": duration_s, "concurrency": list(concurrency)}
-    with tempfile.TemporaryDirectory(prefix="agentaudit-bench-mcp-") as tmp, _sidecar(Path(tmp) / "sidecar") as sidecar:
-        await _until_deciding(sidecar)
-        progress("mcp: the sidecar's own Decide + ReportResult")
-        result["sidecar"] = {f"c{n}": await _measure_sidecar(sidecar, n, duration_s, warmup_s) for n in concurrency}
-        for transport in ("stdio", "http"):
-            with _targets(transport, sidecar, Path(tmp)) as (direct, proxied):
-                for n in concurrency:
-                    progress(f"mcp: {transport} c{n}, direct then proxied")
-                    row: dict[str, Any] = {
-                        "direct": await _measure_client(direct, n, duration_s, warmup_s),
-                        "proxied": await _measure_client(proxied, n, duration_s, warmup_s),
-                    }
-                    row["added_p50_ms"] = _delta(row, "p50_ms")
-                    row["added_p99_ms"] = _delta(row, "p99_ms")
-                    result.setdefault(transport, {})[f"c{n}"] = row
-    base = result["sidecar"].get("c1", {}).get("p50_ms")
-    result["target_p50_ms"] = round(base + TARGET_SLACK_MS, 3) if base is not None else None
-    result["target_met"] = {
-        transport: _met(result[transport].get("c1", {}).get("added_p50_ms"), result["target_p50_ms"])
-        for transport in ("stdio", "http")
+async def _client_call(stack: AsyncExitStack, target: Any) -> Callable[[], Awaitable[Any]]:
+    client = await stack.enter_async_context(Client(target, mode="legacy", cache=None))
+    await client.list_tools()
+    return lambda: client.call_tool("echo", ARGS)
+
+
+async def _run(
+    duration_s: float,
+    warmup_s: float,
+    concurrency: Sequence[int],
+    progress: Callable[[str], None],
+    rounds: int = DEFAULT_ROUNDS,
+    compare: str | None = None,
+) -> Any:
+    result: dict[str, Any] = {
+        "duration_s": duration_s,
+        "concurrency": list(concurrency),
+        "rounds": rounds,
+        "load_average_start": round(os.getloadavg()[0], 2),
     }
+    with tempfile.TemporaryDirectory(prefix="agentaudit-bench-mcp-") as tmp_name:
+        tmp = Path(tmp_name)
+        codes = [_Code("proxied", ROOT)]
+        if compare:
+            codes.append(_export(compare, tmp / "compare"))
+            result["compare"] = compare
+        result["variants"] = [c.label for c in codes]
+        with _sidecar(tmp / "sidecar") as sidecar:
+            await _until_deciding(sidecar)
+            gateway = AsyncGatewayClient(sidecar, timeout=10)
+            try:
+                for transport in ("stdio", "http"):
+                    with ExitStack() as processes:
+                        if transport == "http":
+                            direct, proxied = processes.enter_context(_http_servers(sidecar, tmp, codes))
+                            markers = [str(tmp / f"http-state-{i}") for i in range(len(codes))]
+                        else:
+                            direct, proxied = _stdio_targets(sidecar, tmp, codes)
+                            markers = [str(tmp / f"stdio-state-{i}") for i in range(len(codes))]
+                        async with AsyncExitStack() as sessions:
+                            calls = [await _client_call(sessions, t) for t in (direct, *proxied)]
+                            for n in concurrency:
+                                progress(f"mcp: {transport} c{n}: sidecar D+R, direct, {', '.join(result['variants'])}")
+                                variants = [_Variant("sidecar", _sidecar_call(gateway)), _Variant("direct", calls[0])]
+                                variants += [
+                                    _Variant(c.label, call, marker)
+                                    for c, call, marker in zip(codes, calls[1:], markers, strict=True)
+                                ]
+                                await _interleaved(variants, n, duration_s, warmup_s, rounds)
+                                row = {v.name: v.result() for v in variants}
+                                for c in codes:
+                                    row[c.label]["added_p50_ms"] = _delta(row[c.label], row["direct"], "p50_ms")
+                                    row[c.label]["added_p99_ms"] = _delta(row[c.label], row["direct"], "p99_ms")
+                                result.setdefault(transport, {})[f"c{n}"] = row
+            finally:
+                await gateway.aclose()
+    result["load_average_end"] = round(os.getloadavg()[0], 2)
+    result["target_met"] = {}
+    for transport in ("stdio", "http"):
+        c1 = result[transport].get("c1")
+        if c1 is None:
+            continue
+        base = c1["sidecar"]["p50_ms"]
+        target = round(base + TARGET_SLACK_MS, 3) if base is not None else None
+        c1["target_p50_ms"] = target
+        result["target_met"][transport] = _met(c1["proxied"]["added_p50_ms"], target)
     return result
 
 
-def _delta(row: dict[str, Any], key: str) -> float | None:
-    a, b = row["proxied"][key], row["direct"][key]
+def _delta(row: dict[str, Any], base: dict[str, Any], key: str) -> float | None:
+    a, b = row[key], base[key]
     return round(a - b, 3) if a is not None and b is not None else None
 
 
@@ -271,10 +418,12 @@ def run(
     warmup_s: float = DEFAULT_WARMUP_S,
     concurrency: Sequence[int] = DEFAULT_CONCURRENCY,
     progress: Callable[[str], None] = lambda message: None,
+    rounds: int = DEFAULT_ROUNDS,
+    compare: str | None = None,
 ) -> dict[str, Any]:
     """Measures everything above; never raises for a failed measurement (the result says ``error``)."""
     try:
-        return asyncio.run(_run(duration_s, warmup_s, concurrency, progress))
+        return asyncio.run(_run(duration_s, warmup_s, concurrency, progress, rounds, compare))
     except Exception as exc:
         return {"error": f"{type(exc).__name__}: {exc}"}
 
@@ -283,28 +432,39 @@ def format_result(result: dict[str, Any]) -> str:
     """The table ``make bench`` prints."""
     if "error" in result:
         return f"MCP proxy per tools/call: skipped ({result['error']})"
-    lines = ["MCP proxy per tools/call (proxied vs direct, same server, same run)"]
-    lines.append(f"  {'':14}{'conc':>5}{'calls/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'+p50 ms':>9}{'+p99 ms':>9}")
-    for level in result["concurrency"]:
-        key = f"c{level}"
-        s = result["sidecar"][key]
-        lines.append(f"  {'sidecar D+R':14}{level:>5}{s['calls_per_s']:>10.1f}{_f(s['p50_ms'])}{_f(s['p99_ms'])}")
+    lines = [
+        "MCP proxy per tools/call (proxied vs direct, same server, same run, interleaved "
+        f"{result['rounds']} rounds; load average {result['load_average_start']:.1f} -> "
+        f"{result['load_average_end']:.1f})"
+    ]
+    head = f"  {'':22}{'conc':>5}{'calls/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'+p50 ms':>9}{'+p99 ms':>9}{'CPU ms':>8}"
+    lines.append(head)
     for transport in ("stdio", "http"):
         for level in result["concurrency"]:
             row = result[transport][f"c{level}"]
-            for side in ("direct", "proxied"):
+            for side in ("sidecar", "direct", *result["variants"]):
                 r = row[side]
-                added = (_f(row["added_p50_ms"], "+") + _f(row["added_p99_ms"], "+")) if side == "proxied" else ""
-                name = f"{transport} {side}"
-                lines.append(f"  {name:14}{level:>5}{r['calls_per_s']:>10.1f}{_f(r['p50_ms'])}{_f(r['p99_ms'])}{added}")
-    target = result["target_p50_ms"]
+                added = (_f(r["added_p50_ms"], "+") + _f(r["added_p99_ms"], "+")) if "added_p50_ms" in r else " " * 18
+                cpu = r.get("proxy_cpu_ms_per_call")
+                cpu_text = f"{cpu:>8.2f}" if cpu is not None else ""
+                name = "sidecar D+R" if side == "sidecar" else f"{transport} {side}"
+                lines.append(
+                    f"  {name:22}{level:>5}{r['calls_per_s']:>10.1f}{_f(r['p50_ms'])}{_f(r['p99_ms'])}{added}{cpu_text}"
+                )
     for transport in ("stdio", "http"):
-        added = result[transport].get("c1", {}).get("added_p50_ms")
+        c1 = result[transport].get("c1")
+        if c1 is None:
+            continue
         met = result["target_met"][transport]
         verdict = "met" if met else ("NOT met" if met is False else "n/a")
+        for side in result["variants"]:
+            lines.append(
+                f"  {transport} {side}: added at c1 p50 {_f(c1[side]['added_p50_ms'], '+').strip()} ms, "
+                f"p99 {_f(c1[side]['added_p99_ms'], '+').strip()} ms"
+            )
         lines.append(
-            f"  {transport}: p50 added at c1 {_f(added, '+').strip()} ms "
-            f"(target <= sidecar Decide+ReportResult p50 + {TARGET_SLACK_MS:g} ms = {_f(target).strip()} ms): {verdict}"
+            f"  {transport}: target p50 added <= sidecar D+R p50 + {TARGET_SLACK_MS:g} ms = "
+            f"{_f(c1['target_p50_ms']).strip()} ms: {verdict}"
         )
     return "\n".join(lines)
 
@@ -316,11 +476,20 @@ def _f(value: float | None, sign: str = "") -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.mcp_proxy", description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=DEFAULT_DURATION_S, help="measured seconds per point")
-    parser.add_argument("--warmup", type=float, default=DEFAULT_WARMUP_S, help="discarded seconds before each point")
+    parser.add_argument("--warmup", type=float, default=DEFAULT_WARMUP_S, help="discarded seconds per point")
+    parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help="windows per variant, interleaved")
     parser.add_argument("--concurrency", default=",".join(map(str, DEFAULT_CONCURRENCY)), help="e.g. 1,16")
+    parser.add_argument("--compare", metavar="REF", help="also measure the proxy as it was at this git commit")
     args = parser.parse_args(argv)
     levels = [int(x) for x in args.concurrency.split(",")]
-    result = run(args.duration, args.warmup, levels, progress=lambda m: print(m, file=sys.stderr, flush=True))
+    result = run(
+        args.duration,
+        args.warmup,
+        levels,
+        progress=lambda m: print(m, file=sys.stderr, flush=True),
+        rounds=args.rounds,
+        compare=args.compare,
+    )
     print(format_result(result))
     print(json.dumps(result), flush=True)
     return 1 if "error" in result else 0

@@ -135,11 +135,13 @@ def _proxy_flags(gw: RunningGateway, setup: Setup, sidecar: str | None, extra: l
     ]
 
 
-def start_http(setup: Setup, flags: list[str], env: dict[str, str], procs: list[subprocess.Popen[bytes]]) -> str:
+def start_http(
+    setup: Setup, flags: list[str], env: dict[str, str], procs: list[subprocess.Popen[bytes]], server: list[str]
+) -> str:
     """Starts the test server over HTTP and ``agentaudit mcp http`` in front of it; returns the proxy's URL."""
     upstream_port, proxy_port = free_port(), free_port()
     with open(setup.tmp / "http.log", "ab") as log:
-        procs.append(subprocess.Popen([*SERVER, "http", str(upstream_port)], env=env, cwd=ROOT, stderr=log))
+        procs.append(subprocess.Popen([*server, "http", str(upstream_port)], env=env, cwd=ROOT, stderr=log))
         wait_port(upstream_port, procs[0])
         upstream = f"http://127.0.0.1:{upstream_port}/mcp"
         listen = f"127.0.0.1:{proxy_port}"
@@ -160,8 +162,11 @@ async def connect(
     elicitation: Any = None,
     extra: list[str] | None = None,
     message_handler: Any = None,
+    server: list[str] = SERVER,
+    **callbacks: Any,
 ) -> AsyncIterator[Client]:
-    """A client of the proxy (which runs the test server), speaking ``revision`` over ``transport``."""
+    """A client of the proxy (which runs ``server``), speaking ``revision`` over ``transport``; ``callbacks`` go to
+    the SDK ``Client`` (sampling, roots)."""
     env = {
         **os.environ,
         "MCP_TEST_CALLS_FILE": str(setup.calls_file),
@@ -174,12 +179,12 @@ async def connect(
         if transport == "stdio":
             target: Any = StdioServerParameters(
                 command=AGENTAUDIT[0],
-                args=[*AGENTAUDIT[1:], "mcp", "stdio", *flags, "--", *SERVER, "stdio"],
+                args=[*AGENTAUDIT[1:], "mcp", "stdio", *flags, "--", *server, "stdio"],
                 env=env,
                 cwd=str(ROOT),
             )
         else:
-            target = start_http(setup, flags, env, procs)
+            target = start_http(setup, flags, env, procs, server)
         async with Client(
             target,
             mode=mode,
@@ -187,6 +192,7 @@ async def connect(
             message_handler=message_handler,
             log_level="debug",  # 2026-07-28 clients receive log messages only for requests that opt in
             cache=None,
+            **callbacks,
         ) as client:
             assert client.protocol_version == revision
             yield client

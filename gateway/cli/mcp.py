@@ -72,6 +72,21 @@ def _config(args: argparse.Namespace) -> Any:
     )
 
 
+def _run(main: Any) -> None:
+    """Runs the proxy on uvloop when it is installed (the sidecar does the same, ``gateway.app``).
+
+    uvloop does the event loop's work (callbacks, pipe and socket I/O) in C: it cuts the proxy's CPU per
+    ``tools/call`` measurably (docs/mcp.md, Performance). Objects allocated at start-up are frozen out of the
+    garbage collector's view once the proxy is built, as the sidecar does.
+    """
+    try:
+        import uvloop  # noqa: PLC0415 - optional speed-up
+    except ImportError:
+        asyncio.run(main)
+        return
+    uvloop.run(main)
+
+
 def cmd_stdio(args: argparse.Namespace) -> int:
     from gateway import logs  # noqa: PLC0415
     from gateway.mcp import stdio  # noqa: PLC0415
@@ -82,7 +97,7 @@ def cmd_stdio(args: argparse.Namespace) -> int:
 
         raise ConfigError("agentaudit mcp stdio needs the server command after --")
     logs.setup(args.log_level, "text")  # stderr only: stdout is the MCP wire
-    asyncio.run(stdio.serve(_config(args), command))
+    _run(stdio.serve(_config(args), command))
     return 0
 
 
@@ -102,7 +117,7 @@ def cmd_http(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         await http.serve(config, args.upstream, host or "127.0.0.1", int(port), stop, bearer)
 
-    asyncio.run(main())
+    _run(main())
     return 0
 
 

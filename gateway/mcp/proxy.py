@@ -12,8 +12,9 @@ A client of the sidecar (``agentaudit_client``), never a journal writer. Per cal
 3. Fail closed: if the sidecar cannot be reached, nothing is forwarded.
 
 Not governed, passed through: resources (with subscriptions), prompts, logging levels, the server's
-notifications (``relay.py``), each call's progress, and cancellation: a call the client cancels is cancelled
-upstream and reported ``cancelled``.
+notifications and its requests to the client (sampling, roots, elicitation: ``relay.py``), the client's
+``notifications/roots/list_changed``, each call's progress, and cancellation: a call the client cancels is
+cancelled upstream and reported ``cancelled``.
 
 ``tools/list`` hides tools the policy's access layer can never allow for this identity (no journaling), and
 pins each definition's digest; a changed definition is journaled when a listing shows it, through a Decide for
@@ -23,6 +24,7 @@ tool (``tool.changed`` in CEL).
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import time
@@ -31,7 +33,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import mcp_types as types
@@ -67,6 +69,8 @@ LABEL_ANNOTATION_PREFIX = "mcp.annotation."
 LABEL_TOOL = "mcp.tool"
 LABEL_TOOL_ACTION = "mcp.tool_action"
 LIST_TOOLS_ACTION = "tools/list"  # decided as mcp.<server>.tools/list
+# A tools/call answer: the proxy's own (a tool error, an approval request) or the server's result as it came.
+ToolAnswer = types.CallToolResult | types.InputRequiredResult | dict[str, Any]
 _ANNOTATION_HINTS = ("destructiveHint", "readOnlyHint", "idempotentHint", "openWorldHint")
 
 
@@ -112,10 +116,11 @@ def stop_text(decision: DecideResult) -> str:
     return text + "."
 
 
-def _result_output(result: types.CallToolResult) -> dict[str, Any]:
-    output: dict[str, Any] = {"content": [c.model_dump(mode="json", by_alias=True) for c in result.content]}
-    if result.structured_content is not None:
-        output["structuredContent"] = result.structured_content
+def _result_output(result: Mapping[str, Any]) -> dict[str, Any]:
+    """What ReportResult records of a tool result (wire form): its content and structured content."""
+    output: dict[str, Any] = {"content": result.get("content") or []}
+    if result.get("structuredContent") is not None:
+        output["structuredContent"] = result["structuredContent"]
     return output
 
 
@@ -135,11 +140,18 @@ class GoverningProxy:
         self._session_runs: dict[int, str] = {}
         self.relay = NotificationRelay()
         upstream.on_message = self.relay.relay
+        upstream.on_sampling = self.relay.sampling
+        upstream.on_elicitation = self.relay.elicitation
+        upstream.on_list_roots = self.relay.list_roots
         self.server = self._build_server()
 
     async def start(self) -> None:
-        """Connects to the upstream server."""
+        """Connects to the upstream server; freezes what start-up allocated out of the collector's view."""
         await self.upstream.start()
+        # The long-lived objects (modules, the SDK's pydantic schemas) would otherwise be scanned again by every
+        # full collection on the call path, as in the sidecar (gateway.app.freeze_startup_objects).
+        gc.collect()
+        gc.freeze()
 
     async def aclose(self) -> None:
         """Stops in order: the upstream connection, the sidecar channel, the state file."""
@@ -154,7 +166,7 @@ class GoverningProxy:
             server: Server[Any] = Server(
                 f"agentaudit-{self.config.server_name}",
                 on_list_tools=self.list_tools,
-                on_call_tool=self.call_tool,
+                on_call_tool=cast(Any, self.call_tool),  # it may answer the server's result dict, as it came
                 on_list_resources=self._passthrough("list_resources"),
                 on_list_resource_templates=self._passthrough("list_resource_templates"),
                 on_read_resource=self._read_resource,
@@ -163,6 +175,7 @@ class GoverningProxy:
                 on_list_prompts=self._passthrough("list_prompts"),
                 on_get_prompt=self._get_prompt,
                 on_set_logging_level=self._set_logging_level,
+                on_roots_list_changed=self._roots_list_changed,
             )
         server.middleware.append(self._see_connection)
         return server
@@ -177,12 +190,12 @@ class GoverningProxy:
 
     def _passthrough(self, method: str) -> Any:
         async def handler(ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None) -> Any:
-            return await self.upstream.call(method, cursor=params.cursor if params else None)
+            return await self.upstream.call(method, params=_page(params))
 
         return handler
 
     async def _read_resource(self, ctx: ServerRequestContext[Any], params: types.ReadResourceRequestParams) -> Any:
-        return await self.upstream.call("read_resource", params.uri)
+        return await self.upstream.call("read_resource", str(params.uri))
 
     async def _subscribe(self, ctx: ServerRequestContext[Any], params: types.SubscribeRequestParams) -> Any:
         with warnings.catch_warnings():
@@ -196,6 +209,17 @@ class GoverningProxy:
 
     async def _set_logging_level(self, ctx: ServerRequestContext[Any], params: types.SetLevelRequestParams) -> Any:
         return await self.upstream.call("set_logging_level", params.level)
+
+    async def _roots_list_changed(
+        self, ctx: ServerRequestContext[Any], params: types.NotificationParams | None
+    ) -> None:
+        # The client's roots changed: tell the server, which lists them again (through relay.list_roots).
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # roots is deprecated as of 2026-07-28
+                await self.upstream.call("send_roots_list_changed")
+        except Exception as exc:  # a notification has no answer to carry an error
+            log.warning("could not relay notifications/roots/list_changed upstream: %s", exc)
 
     async def _get_prompt(self, ctx: ServerRequestContext[Any], params: types.GetPromptRequestParams) -> Any:
         return await self.upstream.call("get_prompt", params.name, params.arguments)
@@ -241,7 +265,7 @@ class GoverningProxy:
         ``mcp.<server>.tools/list`` (see :meth:`_journal_change`); a changed tool that Decide does not allow is
         withheld from this listing, so what the client saw matches what the journal says.
         """
-        listed: types.ListToolsResult = await self.upstream.call("list_tools", cursor=params.cursor if params else None)
+        listed: types.ListToolsResult = await self.upstream.call("list_tools", params=_page(params))
         self._remember(listed.tools)
         identity = self.identity(ctx)
         withheld: set[str] = set()
@@ -356,9 +380,7 @@ class GoverningProxy:
 
     # --- tools/call ----------------------------------------------------------------------------------------------
 
-    async def call_tool(
-        self, ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
-    ) -> types.CallToolResult | types.InputRequiredResult:
+    async def call_tool(self, ctx: ServerRequestContext[Any], params: types.CallToolRequestParams) -> ToolAnswer:
         """Decide → forward on allow → report; stop and pending approvals become tool errors."""
         name, arguments = params.name, dict(params.arguments or {})
         meta: Mapping[str, Any] = params.meta or {}
@@ -403,6 +425,11 @@ class GoverningProxy:
         return "data:text/plain;charset=utf-8," + urllib.parse.quote(text)
 
 
+def _page(params: types.PaginatedRequestParams | None) -> types.PaginatedRequestParams | None:
+    """The client's cursor, for the upstream request (its ``_meta`` is the client's own, not forwarded)."""
+    return types.PaginatedRequestParams(cursor=params.cursor) if params is not None and params.cursor else None
+
+
 def _snake(hint: str) -> str:
     return "".join(f"_{c.lower()}" if c.isupper() else c for c in hint)
 
@@ -441,7 +468,7 @@ class _Call:
             log.error("sidecar Decide failed for %s: %s", self.tool, exc)
             return None
 
-    async def answer(self, decision: DecideResult) -> types.CallToolResult | types.InputRequiredResult:
+    async def answer(self, decision: DecideResult) -> ToolAnswer:
         if decision.decision == "allow":
             return await self.forward(decision)
         if decision.decision == "approval_required":
@@ -459,7 +486,7 @@ class _Call:
             "Retry the same call once a human has approved it."
         )
 
-    async def ask_approval(self, decision: DecideResult) -> types.CallToolResult | types.InputRequiredResult:
+    async def ask_approval(self, decision: DecideResult) -> ToolAnswer:
         approval_id = decision.approval_id
         url = self.proxy.approval_url(approval_id, self.proxy.action(self.tool))
         message = f"agentaudit: {self.proxy.action(self.tool)} needs a human approval ({approval_id})."
@@ -498,18 +525,22 @@ class _Call:
             + ". Retrying the same call after approval will go through."
         )
 
-    async def forward(self, decision: DecideResult) -> types.CallToolResult:
+    async def forward(self, decision: DecideResult) -> dict[str, Any] | types.CallToolResult:
+        """Sends the call upstream as the client made it; the server's result goes back as it came (a dict).
+
+        The result is validated once, by the SDK's server side for the client's revision, not parsed into a model
+        here; the report reads ``isError``, ``content`` and ``structuredContent`` from the dict.
+        """
         started = time.monotonic()
         session = self.ctx.session
 
         async def relay_progress(progress: float, total: float | None, message: str | None) -> None:
             await session.report_progress(progress, total, message)  # a no-op unless the client gave a token
 
+        params = {"name": self.tool, "arguments": self.arguments}
         try:
             with self.proxy.relay.in_call(session, self.ctx.request_id):
-                result: types.CallToolResult = await self.proxy.upstream.call(
-                    "call_tool", self.tool, self.arguments, progress_callback=relay_progress
-                )
+                result = await self.proxy.upstream.call_tool(params, relay_progress)
         except anyio.get_cancelled_exc_class():
             # The client cancelled (notifications/cancelled; the SDK cancels this handler, and the upstream
             # request with it) or the proxy is stopping: either way the call did not finish, so say so.
@@ -521,9 +552,17 @@ class _Call:
         except (UpstreamUnavailableError, Exception) as exc:
             await self.report(decision, "failed", time.monotonic() - started, error=f"upstream failed: {exc}")
             return tool_error(f"the MCP server failed while running {self.tool}: {exc}")
-        status = "failed" if result.is_error else "succeeded"
-        error = _first_text(result) if result.is_error else ""
-        await self.report(decision, status, time.monotonic() - started, error=error, output=_result_output(result))
+        failed = result.get("isError") is True
+        error = _first_text(result) if failed else ""
+        await self.report(
+            decision,
+            "failed" if failed else "succeeded",
+            time.monotonic() - started,
+            error=error,
+            output=_result_output(result),
+        )
+        if self.ctx.protocol_version in MODERN_PROTOCOL_VERSIONS and "resultType" not in result:
+            result["resultType"] = "complete"  # required from 2026-07-28; a handshake-era server leaves it out
         return result
 
     async def report(
@@ -541,8 +580,8 @@ class _Call:
             log.error("ReportResult for %s failed: %s", decision.event_id, exc)
 
 
-def _first_text(result: types.CallToolResult) -> str:
-    for item in result.content:
-        if isinstance(item, types.TextContent):
-            return item.text
+def _first_text(result: Mapping[str, Any]) -> str:
+    for item in result.get("content") or []:
+        if isinstance(item, Mapping) and item.get("type") == "text" and isinstance(item.get("text"), str):
+            return str(item["text"])
     return json.dumps(_result_output(result))[:4096]

@@ -1,4 +1,4 @@
-"""What the proxy passes through without governing: the upstream server's notifications, to the proxy's clients.
+"""What the proxy passes through without governing: the upstream server's notifications and requests, to its clients.
 
 The SDK's server and client each answer their own peer, so a notification the real server sends (a tool-list
 change, a log message, a resource update) reaches only the proxy's upstream client unless it is carried over.
@@ -10,19 +10,32 @@ Where a notification goes: one upstream connection serves every client of the pr
 over HTTP there may be several), and a notification carries no request id, so it goes to every client
 connection the proxy has seen. A connection with a ``tools/call`` in flight gets it on that call's stream
 (which also reaches 2026-07-28 clients that have no standalone stream); any other, on its standalone stream.
+
+The server's requests to the client (``sampling/createMessage``, ``roots/list``, ``elicitation/create``) are
+answered by the client whose ``tools/call`` the server is running: the SDK's client session of the upstream
+connection takes each request (its callbacks), the SDK's server session of that call sends it on to the client on
+the call's own stream, and the client's answer (or its JSON-RPC error) goes back unchanged. They are not governed
+(no Decide, nothing journaled): the call they happen in is. A request names no call, so it goes to the one client
+connection with a call in flight; when none has one, or several connections do (an HTTP proxy shared by clients
+running calls at the same time), it is refused with a JSON-RPC error rather than sent to a client that may not be
+the one the server works for.
 """
 
 from __future__ import annotations
 
 import logging
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import mcp_types as types
-from mcp.client.session import IncomingMessage
+from mcp.client.session import ClientRequestContext, IncomingMessage
 from mcp.server.session import ServerSession
+from mcp.shared.exceptions import MCPError, NoBackChannelError
+from mcp.shared.message import ServerMessageMetadata
 
 log = logging.getLogger("agentaudit.mcp")
 
@@ -30,6 +43,7 @@ log = logging.getLogger("agentaudit.mcp")
 MAX_CONNECTIONS = 1024
 # Handled elsewhere: progress per call against the caller's token; an upstream cancel concerns its own requests.
 _NOT_RELAYED = (types.ProgressNotification, types.CancelledNotification)
+_ResultT = TypeVar("_ResultT", bound=types.Result)
 
 
 @dataclass
@@ -79,6 +93,67 @@ class NotificationRelay:
             entry.calls.pop(request_id, None)
             if entry.standalone is None and not entry.calls:
                 self._connections.pop(_connection_key(session), None)
+
+    def call_in_flight(self) -> tuple[ServerSession, types.RequestId] | None:
+        """The latest call of the one client connection with calls in flight; None if none or several have."""
+        busy = [entry for entry in self._connections.values() if entry.calls]
+        if len(busy) != 1:
+            return None
+        request_id, session = next(reversed(busy[0].calls.items()))
+        return session, request_id
+
+    async def sampling(
+        self, context: ClientRequestContext, params: types.CreateMessageRequestParams
+    ) -> types.CreateMessageResult | types.CreateMessageResultWithTools | types.ErrorData:
+        """The upstream session's sampling callback: asks the calling client, answers what it answered."""
+        capability = types.ClientCapabilities(sampling=types.SamplingCapability())
+        request = types.CreateMessageRequest(params=params)
+        if params.tools is not None or params.tool_choice is not None:
+            return await self._ask(request, types.CreateMessageResultWithTools, capability)
+        return await self._ask(request, types.CreateMessageResult, capability)
+
+    async def elicitation(
+        self, context: ClientRequestContext, params: types.ElicitRequestParams
+    ) -> types.ElicitResult | types.ErrorData:
+        """The upstream session's elicitation callback (form or URL, as the server sent it)."""
+        capability = types.ClientCapabilities(elicitation=types.ElicitationCapability())
+        return await self._ask(types.ElicitRequest(params=params), types.ElicitResult, capability)
+
+    async def list_roots(self, context: ClientRequestContext) -> types.ListRootsResult | types.ErrorData:
+        """The upstream session's roots callback."""
+        capability = types.ClientCapabilities(roots=types.RootsCapability())
+        return await self._ask(types.ListRootsRequest(), types.ListRootsResult, capability)
+
+    async def _ask(
+        self, request: Any, result_type: type[_ResultT], capability: types.ClientCapabilities
+    ) -> _ResultT | types.ErrorData:
+        method = request.method
+        target = self.call_in_flight()
+        if target is None:
+            log.warning("not relaying the server's %s: no single client call it could belong to", method)
+            return types.ErrorData(
+                code=types.INVALID_REQUEST,
+                message=f"agentaudit: {method} is relayed only during a tool call of a single client",
+            )
+        session, request_id = target
+        if not session.check_client_capability(capability):
+            return types.ErrorData(
+                code=types.METHOD_NOT_FOUND, message=f"agentaudit: the client did not declare support for {method}"
+            )
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # roots is deprecated as of 2026-07-28; still relayed for older
+                return await session.send_request(
+                    request, result_type, metadata=ServerMessageMetadata(related_request_id=request_id)
+                )
+        except MCPError as exc:  # the client's own JSON-RPC error, passed back as it came
+            return exc.error
+        except NoBackChannelError:
+            # 2026-07-28 clients take no server requests during a call (they answer input_required results).
+            return types.ErrorData(
+                code=types.INVALID_REQUEST,
+                message=f"agentaudit: the client cannot be sent {method} during a call at its protocol revision",
+            )
 
     async def relay(self, message: IncomingMessage) -> None:
         """The upstream client's message handler: relays a notification, logs a transport error."""
