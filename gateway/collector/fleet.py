@@ -26,6 +26,7 @@ from gateway.collector.fleet_db import FleetDb, Row, Tx
 from gateway.collector.fleet_mirror import apply_change, verified_changes
 from gateway.collector.fleet_model import (
     PENDING,
+    SIDECAR_KINDS,
     STATES,
     ActDraft,
     ControlAct,
@@ -37,6 +38,7 @@ from gateway.collector.fleet_model import (
     check_filters,
     check_switch,
     check_vote_request,
+    denied_act,
     draft_of_row,
     might_concern_approvals,
     plan_vote,
@@ -403,6 +405,25 @@ class FleetControl:
             )
         return head, [switch_of(r) for r in rows]
 
+    # --- refused attempts ---------------------------------------------------------------------------------
+
+    async def record_denied(self, *, method: str, identity: str, reason: str, detail: str, channel: str) -> int:
+        """Journals a refused operator attempt as a signed ``operator_denied`` act; returns its id.
+
+        ``reason`` is ``unauthenticated`` or ``permission_denied`` (as in the sidecar's ``operator_denied``
+        event), ``identity`` who was refused ("" when unauthenticated), ``detail`` why, never a credential.
+        Such acts are the collector's own record: :meth:`acts_since` never sends them to a sidecar.
+        """
+        async with self._db.write() as tx:
+            act = await tx.next_act_id()
+            await self._append(tx, act, denied_act(method, identity, reason, detail, channel, now_ms()))
+        self._wake()
+        log.warning(
+            "fleet: refused %s via %s for %s: %s (%s; act %d)",
+            method[:80], channel, identity[:80] or "an unauthenticated caller", reason, detail[:200], act,
+        )  # fmt: skip
+        return act
+
     # --- the central journal of acts -----------------------------------------------------------------------
 
     async def _append(self, tx: Tx, act_id: int, draft: ActDraft) -> None:
@@ -429,11 +450,15 @@ class FleetControl:
     async def acts_since(self, seq: int, origin: str) -> list[ControlAct]:
         """Verified acts with id above ``seq`` for ``origin`` (and for all), or every act (``origin=""``), in order.
 
-        At most :data:`MAX_ACTS`; a row whose signature does not verify is left out and logged at ERROR.
+        Only the kinds a sidecar applies (:data:`~gateway.collector.fleet_model.SIDECAR_KINDS`): a refused
+        attempt's ``operator_denied`` act stays in ``control_log``. At most :data:`MAX_ACTS`; a row whose signature
+        does not verify is left out and logged at ERROR.
         """
+        kinds = ", ".join(f"'{k}'" for k in SIDECAR_KINDS)
         async with self._db.read() as tx:
             rows = await tx.fetch(
-                f"{SELECT_ACTS} WHERE id > ? AND (? = '' OR origin = ? OR origin = '') ORDER BY id LIMIT ?",
+                f"{SELECT_ACTS} WHERE id > ? AND (? = '' OR origin = ? OR origin = '') AND kind IN ({kinds}) "
+                "ORDER BY id LIMIT ?",
                 seq, origin, origin, MAX_ACTS,
             )  # fmt: skip
         return [act for act in map(self._verified_act, rows) if act is not None]
