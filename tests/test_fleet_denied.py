@@ -54,3 +54,23 @@ def test_text_no_column_can_hold_is_replaced_not_refused(fleet_db: Database) -> 
             assert (row["operator"], row["channel"]) == ("U1?", "cli")
 
     run(scenario())
+
+
+def test_every_accepted_vote_is_told_to_the_voted_hooks_and_a_failing_hook_changes_nothing(fleet_db: Database) -> None:
+    async def scenario() -> None:
+        async with fleet_db.replica() as fleet:
+            journal = SidecarJournal(journal_key(ORIGIN))
+            journal.open_approval("apr_1", required=2)
+            await fleet.record_entries(ORIGIN, journal.rows)
+            seen: list[tuple[str, int]] = []
+
+            def broken(_: object) -> None:
+                raise RuntimeError("hook bug")
+
+            fleet.on_approval_voted += [broken, lambda a: seen.append((a.state, len(a.votes)))]
+            for who in ("alice", "bob"):
+                await fleet.vote("apr_1", grant=True, operator=Operator(who, frozenset({"approver"})), comment="",
+                                 channel="slack")  # fmt: skip
+            assert seen == [("pending", 1), ("granted", 2)]
+
+    run(scenario())

@@ -90,6 +90,8 @@ class FleetControl:
         self._key = control_key
         self.replica = replica
         self.on_approval_opened: list[Callable[[FleetApproval], Awaitable[None]]] = []
+        self.on_approval_voted: list[Callable[[FleetApproval], None]] = []
+        """Called after each accepted vote with the approval as it now is; must not block (e.g. enqueue)."""
         # One watcher per process reads the head of control_log when poked (an act here, a NOTIFY from another
         # replica) or every POLL_S, and wakes every waiting stream once: N streams cost one query, not N.
         self._seen_head = 0
@@ -330,6 +332,11 @@ class FleetControl:
             operator.identity, "granted" if grant else "denied", approval_id, approval.origin, channel, act,
             result.state,
         )  # fmt: skip
+        for hook in self.on_approval_voted:
+            try:
+                hook(result)
+            except Exception:
+                log.exception("fleet: approval-voted hook %r failed for %s", hook, approval_id)
         return result
 
     # --- kill switches -------------------------------------------------------------------------------------
