@@ -64,7 +64,16 @@ from gateway.errors import FailedPreconditionError, FieldViolation, InvalidReque
 from gateway.identity import Operator
 from gateway.signing import Ed25519Signer, Verifier
 
-__all__ = ["ControlAct", "FleetApproval", "FleetControl", "FleetSwitch", "FleetVote", "OriginStatus", "open_fleet"]
+__all__ = [
+    "ControlAct",
+    "FleetApproval",
+    "FleetControl",
+    "FleetSwitch",
+    "FleetVote",
+    "OriginStatus",
+    "open_fleet",
+    "open_fleet_db",
+]
 
 log = logging.getLogger(__name__)
 
@@ -538,15 +547,23 @@ class FleetControl:
 
 def open_fleet(store: CollectorStore, control_key: Ed25519Signer, *, replica: str) -> FleetControl:
     """The fleet API on the database ``store`` uses (call :meth:`FleetControl.start` after ``store.start``)."""
+    return FleetControl(open_fleet_db(store), control_key, replica=replica)
+
+
+def open_fleet_db(store: CollectorStore, *, max_connections: int = 4) -> FleetDb:
+    """Transactions of their own on the database ``store`` uses (``start`` it after ``store.start``).
+
+    Also for the collector's other tables kept beside the fleet's (the Slack bridge's, ``gateway.slack.store``).
+    """
     from gateway.collector.sqlite_store import SqliteCollectorStore  # noqa: PLC0415
 
     if isinstance(store, SqliteCollectorStore):
         from gateway.collector.fleet_sqlite import SqliteFleetDb  # noqa: PLC0415
 
-        return FleetControl(SqliteFleetDb(store.path), control_key, replica=replica)
+        return SqliteFleetDb(store.path)
     from gateway.collector.fleet_postgres import PostgresFleetDb  # noqa: PLC0415
     from gateway.collector.postgres_store import PostgresCollectorStore  # noqa: PLC0415
 
     if not isinstance(store, PostgresCollectorStore):
         raise TypeError(f"no fleet tables for {type(store).__name__}")
-    return FleetControl(PostgresFleetDb(store.dsn, store.schema), control_key, replica=replica)
+    return PostgresFleetDb(store.dsn, store.schema, max_connections=max_connections)

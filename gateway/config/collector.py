@@ -15,6 +15,7 @@ import yaml
 
 from gateway.config.alerts import AlertsConfig, parse_alerts_config
 from gateway.config.sidecar import OperatorConfig, parse_operator_section
+from gateway.config.slack import SlackConfig, parse_slack_config
 from gateway.config.values import HOST_PORT_RE, SHA256_RE, field_names, integer, number, refuse_unknown, resolve_path
 from gateway.errors import ConfigError
 
@@ -90,6 +91,7 @@ class CollectorConfig:
     # Plaintext listeners serving only grpc.health.v1 (kubelet gRPC probes cannot speak TLS); empty: none.
     health_listen: tuple[str, ...] = ()
     alerts: FleetAlertsConfig = field(default_factory=FleetAlertsConfig)  # webhooks for fleet events
+    slack: SlackConfig | None = None  # approvals answered from Slack (docs/slack.md); None: off
 
 
 def load_collector_config(path: Path, env: Mapping[str, str] | None = None) -> CollectorConfig:
@@ -155,6 +157,7 @@ def parse_collector_config(section: dict[str, Any], base: Path, env: Mapping[str
         tls=_tls(section.get("tls"), base),
         health_listen=_health_listen(section.get("health_listen"), tuple(listen)),
         alerts=parse_fleet_alerts(section.get("alerts")),
+        slack=parse_slack_config(section.get("slack"), base),
     )
 
 
