@@ -34,7 +34,7 @@ JUSTIFICATION_ACTION = "text"
 MAX_JUSTIFICATION = 1024  # the fleet's comment limit (fleet_model.MAX_COMMENT_BYTES)
 
 MAX_ARG_FIELDS = 20
-MAX_VALUE_CHARS = 300
+MAX_VALUE_CHARS = 290  # escaped, at most 5 times longer: a field stays under 2000
 MAX_FIELD_CHARS = 2000
 MAX_TEXT_CHARS = 3000
 _SETTLED = frozenset({"denied", "expired", "abandoned", "used"})
@@ -101,7 +101,14 @@ class ApprovalView(Protocol):
 
 
 def _cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    """At most ``limit`` characters, never ending inside an entity (``&lt;``) of escaped text."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    amp = cut.rfind("&", max(0, len(cut) - 5))
+    if amp != -1 and ";" not in cut[amp:]:
+        cut = cut[:amp]
+    return cut + "…"
 
 
 def _e(text: str, limit: int = MAX_VALUE_CHARS) -> str:
@@ -206,7 +213,7 @@ def arg_fields(args: dict[str, Any]) -> tuple[list[tuple[str, str]], int]:
 
 
 def _field(label: str, value: str) -> dict[str, str]:
-    return {"type": "mrkdwn", "text": _cut(f"*{_e(label, 200)}*\n{_e(value)}", MAX_FIELD_CHARS)}
+    return {"type": "mrkdwn", "text": _cut(f"*{_e(label, 100)}*\n{_e(value)}", MAX_FIELD_CHARS)}
 
 
 def _sections(fields: list[dict[str, str]]) -> list[dict[str, Any]]:
@@ -247,7 +254,7 @@ def approval_message(approval: ApprovalView, *, console_url: str, now_ms: int) -
     """
     state = shown_state(approval, now_ms)
     pending = state == "pending"
-    subject = f"*{_e(approval.action, 200)}* for tenant *{_e(approval.tenant_id, 200)}*"
+    subject = f"*{_e(approval.action, 150)}* for tenant *{_e(approval.tenant_id, 150)}*"
     if pending:
         text = f"Approval requested: {_e(approval.action, 200)} for tenant {_e(approval.tenant_id, 200)}"
     else:
