@@ -154,3 +154,24 @@ def test_the_queue_is_bounded_and_the_hook_never_waits(tmp_path: Path) -> None:
         assert (roomy.dropped, roomy._queue.qsize()) == (0, 1)
 
     run(scenario(), 30)
+
+
+def test_a_secret_readable_by_others_stops_the_bridge_from_starting(tmp_path: Path) -> None:
+    from gateway.errors import ConfigError  # noqa: PLC0415
+    from gateway.slack import SlackBridge  # noqa: PLC0415
+    from tests.slack_helpers import replica, slack_config  # noqa: PLC0415
+
+    db = database("sqlite", tmp_path, "")
+
+    async def scenario() -> None:
+        config = slack_config(tmp_path, FakeSlack(port=9))
+        assert config.bot_token_file is not None
+        config.bot_token_file.chmod(0o640)
+        async with replica(db, "a") as (store, fleet):
+            bridge = SlackBridge(fleet, store, config)
+            with pytest.raises(ConfigError, match=r"bot_token_file: .* is accessible by group or others"):
+                await bridge.start()
+            assert fleet.on_approval_opened == [] and fleet.on_approval_voted == []
+            await bridge.aclose()  # idempotent after a failed start
+
+    run(scenario(), 60)

@@ -39,11 +39,18 @@ class SlackBridge:
         self._started = False
 
     async def start(self) -> None:
-        """Starts in the documented order.
+        """Starts in the documented order; on failure stops what started.
 
         Raises:
             ConfigError: a secret file is missing, unreadable, or readable by group or others.
         """
+        try:
+            await self._start()
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def _start(self) -> None:
         cfg = self.config
         signing_secret = read_secret("collector.slack.signing_secret_file", cfg.signing_secret_file)
         token = webhook = None
