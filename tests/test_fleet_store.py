@@ -431,3 +431,22 @@ def test_origin_keys_are_the_registered_ones(fleet_db: Database) -> None:
             assert await fleet.origin_keys("bad\x00origin") == []
 
     run(scenario())
+
+
+def test_a_refused_attempt_is_a_signed_act_never_sent_to_a_sidecar(fleet_db: Database) -> None:
+    async def scenario() -> None:
+        async with fleet_db.replica() as fleet:
+            await fleet.engage_switch("global", "", "drill", CAROL, "console")
+            act = await fleet.record_denied(
+                identity="mallory", what="POST /approvals/apr_1/approve", reason="wrong_role", channel="console"
+            )
+            [denied] = await fleet.denied_acts()
+            assert (denied.seq, denied.kind, denied.fields["identity"], denied.fields["reason"]) == (
+                act, "operator_denied", "mallory", "wrong_role",
+            )  # fmt: skip
+            assert [a.kind for a in await fleet.acts_since(0, ORIGIN)] == ["kill_switch"]
+            assert [a.kind for a in await fleet.acts_since(0, "")] == ["kill_switch"]
+            assert await fleet.verify_log() == []  # signed like every act
+            assert await fleet.head_seq() == act
+
+    run(scenario())

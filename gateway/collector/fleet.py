@@ -25,8 +25,9 @@ from gateway.canonical import canonical_json
 from gateway.collector.fleet_db import FleetDb, Row, Tx
 from gateway.collector.fleet_mirror import apply_change, verified_changes
 from gateway.collector.fleet_model import (
+    KIND_OPERATOR_DENIED,
+    MAX_COMMENT_BYTES,
     PENDING,
-    SIDECAR_KINDS,
     STATES,
     ActDraft,
     ControlAct,
@@ -38,7 +39,6 @@ from gateway.collector.fleet_model import (
     check_filters,
     check_switch,
     check_vote_request,
-    denied_act,
     draft_of_row,
     might_concern_approvals,
     plan_vote,
@@ -421,24 +421,39 @@ class FleetControl:
             )
         return head, [switch_of(r) for r in rows]
 
-    # --- refused attempts ---------------------------------------------------------------------------------
+    # --- refused attempts ----------------------------------------------------------------------------------
 
-    async def record_denied(self, *, method: str, identity: str, reason: str, detail: str, channel: str) -> int:
-        """Journals a refused operator attempt as a signed ``operator_denied`` act; returns its id.
+    async def record_denied(self, *, identity: str, what: str, reason: str, channel: str, detail: str = "") -> int:
+        """Journals a refused attempt (no session, wrong role, bad CSRF token, unsigned Slack request) as a signed
+        ``operator_denied`` act in ``control_log``; returns its id.
 
-        ``reason`` is ``unauthenticated`` or ``permission_denied`` (as in the sidecar's ``operator_denied``
-        event), ``identity`` who was refused ("" when unauthenticated), ``detail`` why, never a credential.
-        Such acts are the collector's own record: :meth:`acts_since` never sends them to a sidecar.
+        The act is evidence for people (who tried what, and why it was refused); :meth:`acts_since` never sends
+        one to a sidecar. Text is truncated to what a column holds; ``identity`` "" is an unknown caller.
         """
+
+        def clip(text: str, limit: int) -> str:
+            text = text if is_storable_text(text) else text.encode("utf-8", "replace").decode().replace("\0", "")
+            return text.encode()[:limit].decode("utf-8", "ignore")
+
+        fields = {
+            "identity": clip(identity, 256),
+            "what": clip(what, 256),
+            "reason": clip(reason, 64),
+            "detail": clip(detail, MAX_COMMENT_BYTES),
+        }
+        draft = ActDraft(KIND_OPERATOR_DENIED, "", fields, fields["identity"], clip(channel, 32), now_ms())
         async with self._db.write() as tx:
             act = await tx.next_act_id()
-            await self._append(tx, act, denied_act(method, identity, reason, detail, channel, now_ms()))
-        self._wake()
-        log.warning(
-            "fleet: refused %s via %s for %s: %s (%s; act %d)",
-            method[:80], channel, identity[:80] or "an unauthenticated caller", reason, detail[:200], act,
-        )  # fmt: skip
+            await self._append(tx, act, draft)
+        log.warning("fleet: %s refused (%s) for %s via %s (act %d)", fields["what"], fields["reason"],
+                    fields["identity"] or "-", channel, act)  # fmt: skip
         return act
+
+    async def denied_acts(self, limit: int = 100) -> list[ControlAct]:
+        """The newest verified ``operator_denied`` acts, newest first (for the console)."""
+        async with self._db.read() as tx:
+            rows = await tx.fetch(f"{SELECT_ACTS} WHERE kind = ? ORDER BY id DESC LIMIT ?", KIND_OPERATOR_DENIED, limit)
+        return [act for act in map(self._verified_act, rows) if act is not None]
 
     # --- the central journal of acts -----------------------------------------------------------------------
 
@@ -466,16 +481,14 @@ class FleetControl:
     async def acts_since(self, seq: int, origin: str) -> list[ControlAct]:
         """Verified acts with id above ``seq`` for ``origin`` (and for all), or every act (``origin=""``), in order.
 
-        Only the kinds a sidecar applies (:data:`~gateway.collector.fleet_model.SIDECAR_KINDS`): a refused
-        attempt's ``operator_denied`` act stays in ``control_log``. At most :data:`MAX_ACTS`; a row whose signature
-        does not verify is left out and logged at ERROR.
+        At most :data:`MAX_ACTS`; a row whose signature does not verify is left out and logged at ERROR. Refused
+        attempts (``operator_denied``) are never among them: they are for people, not for sidecars.
         """
-        kinds = ", ".join(f"'{k}'" for k in SIDECAR_KINDS)
         async with self._db.read() as tx:
             rows = await tx.fetch(
-                f"{SELECT_ACTS} WHERE id > ? AND (? = '' OR origin = ? OR origin = '') AND kind IN ({kinds}) "
-                "ORDER BY id LIMIT ?",
-                seq, origin, origin, MAX_ACTS,
+                f"{SELECT_ACTS} WHERE id > ? AND (? = '' OR origin = ? OR origin = '') AND kind <> ? ORDER BY id "
+                "LIMIT ?",
+                seq, origin, origin, KIND_OPERATOR_DENIED, MAX_ACTS,
             )  # fmt: skip
         return [act for act in map(self._verified_act, rows) if act is not None]
 

@@ -28,10 +28,7 @@ MAX_COMMENT_BYTES = 1024
 MAX_TARGET_BYTES = 256
 KIND_APPROVAL_VOTE = "approval_vote"
 KIND_KILL_SWITCH = "kill_switch"
-KIND_OPERATOR_DENIED = "operator_denied"  # a refused operator attempt: journaled centrally, never sent to a sidecar
-SIDECAR_KINDS = (KIND_APPROVAL_VOTE, KIND_KILL_SWITCH)
-"""The act kinds a control stream carries to sidecars (the others are the collector's own record)."""
-MAX_DETAIL_BYTES = 1024
+KIND_OPERATOR_DENIED = "operator_denied"  # a refused console or Slack attempt: journaled, never sent to a sidecar
 ACT_DOMAIN = b"agentaudit control-log v1\n"
 APPROVAL_VOTED = "approval_voted"  # a non-final four-eyes vote journaled by the sidecar
 
@@ -398,28 +395,6 @@ def check_switch(scope: str, target: str, reason: str, channel: str, *, reason_r
         violations.append(FieldViolation("channel", f"must be one of {', '.join(CHANNELS)}"))
     if violations:
         raise InvalidRequestError(violations)
-
-
-def denied_act(method: str, identity: str, reason: str, detail: str, channel: str, now_ms: int) -> ActDraft:
-    """The ``operator_denied`` act of a refused attempt, shaped like the sidecar's ``operator_denied`` event.
-
-    ``identity`` is who was refused if known ("" for an unauthenticated request: ``actor.type`` anonymous).
-    Text that no column can hold is replaced, and every field is bounded, so a refusal is always journaled.
-    """
-
-    def bounded(text: str, limit: int) -> str:
-        clean = text if is_storable_text(text) else text.encode("utf-8", "replace").decode("utf-8", "replace")
-        clean = clean.replace("\0", "\ufffd")
-        return clean.encode()[:limit].decode("utf-8", "ignore")
-
-    who = bounded(identity, 256)
-    fields = {
-        "method": bounded(method, 256),
-        "actor": {"type": "operator" if who else "anonymous", "id": who},
-        "reason": bounded(reason, 64),
-        "detail": bounded(detail, MAX_DETAIL_BYTES),
-    }
-    return ActDraft(KIND_OPERATOR_DENIED, "", fields, who, channel if channel in CHANNELS else "cli", now_ms)
 
 
 # --- control_log rows ---------------------------------------------------------------------------------------
