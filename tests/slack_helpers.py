@@ -41,6 +41,7 @@ class Call:
     method: str  # chat.postMessage, chat.update, views.open, webhook, respond
     body: dict[str, Any]
     authorization: str
+    path: str = ""
 
 
 @dataclass
@@ -87,7 +88,7 @@ class FakeSlack:
 
     async def _hook(self, request: Request) -> Response:
         name = "webhook" if request.url.path.startswith("/hook/") else "respond"
-        self.calls.append(Call(name, json.loads(await request.body()), ""))
+        self.calls.append(Call(name, json.loads(await request.body()), "", request.url.path))
         if self.fail.get(name):
             status, _, _ = self.fail[name].pop(0)
             return PlainTextResponse("no", status)
@@ -268,8 +269,8 @@ async def rig(
             fake.port = await stack.enter_async_context(serve(fake.app()))
         cfg = slack_config(tmp_path, fake, **config)
         store, fleet = await stack.enter_async_context(replica(db, name))
-        bridge = SlackBridge(fleet, store, cfg)
-        await bridge.start()
+        bridge = SlackBridge(cfg)
+        await bridge.start_on(fleet, store)
         stack.push_async_callback(bridge.aclose)
         port = await stack.enter_async_context(serve(Starlette(routes=bridge.routes())))
         client = await stack.enter_async_context(httpx.AsyncClient(timeout=30))

@@ -15,8 +15,10 @@ from tests.slack_helpers import (
     ALICE,
     AUDITOR,
     BOB,
+    CAROL,
     SELF,
     SIGNING_SECRET,
+    FakeSlack,
     button,
     form,
     rig,
@@ -39,9 +41,13 @@ def any_db(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
     return database(request.param, tmp_path, dsn)
 
 
-def replies(fake: object, user: str) -> list[str]:
-    """The ephemeral texts sent to ``user``'s response_url."""
-    return [c.body.get("text", "") for c in fake.of("respond") if c.body.get("response_type") == "ephemeral"]  # type: ignore[attr-defined]
+def replies(fake: FakeSlack, user: str) -> list[str]:
+    """The ephemeral texts sent to ``user``'s response_url (``Rig.press`` names it after the user)."""
+    return [
+        c.body.get("text", "")
+        for c in fake.of("respond")
+        if c.body.get("response_type") == "ephemeral" and c.path == f"/respond/{user}"
+    ]
 
 
 def test_a_signed_approve_grants_once_as_the_mapped_identity_and_updates_the_message(
@@ -73,8 +79,8 @@ def test_a_signed_approve_grants_once_as_the_mapped_identity_and_updates_the_mes
             assert "replayed" in replayed.text
             assert len((await r.fleet.get_approval("apr_1")).votes) == 1
             [denied] = await r.acts("operator_denied")
-            assert denied["reason"] == "unauthenticated" and denied["detail"].startswith("replayed request")
-            assert denied["actor"] == {"type": "anonymous", "id": ""} and denied["_channel"] == "slack"
+            assert denied["reason"] == "replayed" and denied["detail"].startswith("replayed request")
+            assert (denied["identity"], denied["what"], denied["_channel"]) == ("", "POST /slack/interactions", "slack")
             assert await r.fleet.verify_log() == []
 
     run(scenario(), 120)
@@ -86,22 +92,22 @@ async def _state(r: object, approval_id: str, state: str) -> object:
 
 
 @pytest.mark.parametrize(
-    ("headers", "detail"),
+    ("headers", "reason"),
     [
         pytest.param(lambda body: {"Content-Type": "application/x-www-form-urlencoded"}, "unsigned", id="unsigned"),
-        pytest.param(lambda body: sign(body, int(time.time()) - 301), "stale request", id="stale"),
-        pytest.param(lambda body: sign(body, int(time.time()) + 400), "stale request", id="from-the-future"),
-        pytest.param(lambda body: sign(body, secret="not-the-signing-secret"), "bad signature", id="bad-signature"),
+        pytest.param(lambda body: sign(body, int(time.time()) - 301), "stale", id="stale"),
+        pytest.param(lambda body: sign(body, int(time.time()) + 400), "stale", id="from-the-future"),
+        pytest.param(lambda body: sign(body, secret="not-the-signing-secret"), "bad_signature", id="bad-signature"),
         pytest.param(
             lambda body: {**sign(body), "X-Slack-Request-Timestamp": str(int(time.time()) - 1)},
-            "bad signature",
+            "bad_signature",
             id="timestamp-changed-after-signing",
         ),
-        pytest.param(lambda body: {**sign(body), "X-Slack-Request-Timestamp": "12ab"}, "malformed", id="bad-timestamp"),
+        pytest.param(lambda body: {**sign(body), "X-Slack-Request-Timestamp": "12ab"}, "bad_timestamp", id="bad-ts"),
     ],
 )
 def test_an_unauthenticated_request_is_refused_401_and_journaled(
-    sqlite_db: Database, tmp_path: Path, headers: object, detail: str
+    sqlite_db: Database, tmp_path: Path, headers: object, reason: str
 ) -> None:
     async def scenario() -> None:
         async with rig(sqlite_db, tmp_path) as r:
@@ -112,8 +118,8 @@ def test_an_unauthenticated_request_is_refused_401_and_journaled(
             assert answer.status_code == 401
             assert (await r.fleet.get_approval("apr_1")).votes == ()
             [denied] = await r.acts("operator_denied")
-            assert denied["reason"] == "unauthenticated" and detail in denied["detail"]
-            assert denied["method"] == "slack.interactions"
+            assert (denied["reason"], denied["identity"], denied["what"]) == (reason, "", "POST /slack/interactions")
+            assert denied["detail"].endswith(", from 127.0.0.1")
 
     run(scenario(), 120)
 
@@ -132,14 +138,16 @@ def test_a_body_altered_after_signing_is_refused(sqlite_db: Database, tmp_path: 
 
 
 @pytest.mark.parametrize(
-    ("user", "detail", "identity"),
+    ("user", "reason", "detail", "identity"),
     [
-        pytest.param("U0NOBODY", "is not in collector.slack.users", "slack:U0NOBODY", id="unknown-user"),
-        pytest.param(AUDITOR, "needs one of the roles approver", "audrey", id="auditor"),
+        pytest.param(
+            "U0NOBODY", "unknown_slack_user", "is not in collector.slack.users", "slack:U0NOBODY", id="unknown-user"
+        ),
+        pytest.param(AUDITOR, "wrong_role", "needs one of the roles approver", "audrey", id="auditor"),
     ],
 )
 def test_a_slack_user_who_may_not_answer_is_refused_403_and_journaled(
-    sqlite_db: Database, tmp_path: Path, user: str, detail: str, identity: str
+    sqlite_db: Database, tmp_path: Path, user: str, reason: str, detail: str, identity: str
 ) -> None:
     async def scenario() -> None:
         async with rig(sqlite_db, tmp_path) as r:
@@ -150,10 +158,10 @@ def test_a_slack_user_who_may_not_answer_is_refused_403_and_journaled(
             assert (await r.fleet.get_approval("apr_1")).votes == ()
             assert r.fake.of("views.open") == []
             denied = await r.acts("operator_denied")
-            assert [d["method"] for d in denied] == ["slack.approve", "slack.deny"]
+            assert [d["what"] for d in denied] == ["slack approve apr_1", "slack deny apr_1"]
             for d in denied:
-                assert d["reason"] == "permission_denied" and detail in d["detail"]
-                assert d["actor"] == {"type": "operator", "id": identity}
+                assert (d["reason"], d["identity"], d["_operator"]) == (reason, identity, identity)
+                assert detail in d["detail"]
             await until(lambda: len(replies(r.fake, user)) == 2, "the ephemeral refusals")
 
     run(scenario(), 120)
@@ -167,8 +175,9 @@ def test_self_approval_is_refused_with_an_ephemeral_reply_and_journaled(sqlite_d
             [text] = await until(lambda: replies(r.fake, SELF), "the ephemeral refusal")
             assert text.startswith("Refused:") and "cannot approve it" in text
             [denied] = await until(lambda: r.acts("operator_denied"), "the journaled refusal")
-            assert denied["reason"] == "permission_denied" and denied["actor"]["id"] == "agent-runner"
-            assert denied["method"] == "slack.approve"
+            assert (denied["reason"], denied["identity"], denied["what"]) == (
+                "self_approval", "agent-runner", "slack approve apr_1",
+            )  # fmt: skip
             assert (await r.fleet.get_approval("apr_1")).votes == ()
 
     run(scenario(), 120)
@@ -328,3 +337,20 @@ def test_the_signing_secret_is_never_logged(
     caplog.set_level("DEBUG")
     run(scenario(), 120)
     assert SIGNING_SECRET not in caplog.text and "xoxb-test-1234567890-secret" not in caplog.text
+
+
+def test_an_approver_not_among_the_rules_approvers_is_refused_and_journaled(
+    sqlite_db: Database, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        async with rig(sqlite_db, tmp_path) as r:
+            await r.open("apr_1", approvers=("carol", "role:admin"))
+            assert (await r.press(ALICE, APPROVE, "apr_1")).status_code == 200
+            [denied] = await until(lambda: r.acts("operator_denied"), "the journaled refusal")
+            assert (denied["reason"], denied["identity"]) == ("not_an_approver", "alice")
+            [text] = await until(lambda: replies(r.fake, ALICE), "the ephemeral refusal")
+            assert "is not among the approvers of apr_1" in text
+            assert (await r.press(CAROL, APPROVE, "apr_1")).status_code == 200  # admin: on the rule's list
+            await until(lambda: _state(r, "apr_1", "granted"), "carol's grant")
+
+    run(scenario(), 120)

@@ -7,8 +7,11 @@ import asyncio
 import json
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 
+import httpx
 import pytest
+from starlette.applications import Starlette
 
 from gateway.journal.entry import EventKind
 from gateway.slack.api import SlackApi
@@ -159,7 +162,7 @@ def test_the_queue_is_bounded_and_the_hook_never_waits(tmp_path: Path) -> None:
 def test_a_secret_readable_by_others_stops_the_bridge_from_starting(tmp_path: Path) -> None:
     from gateway.errors import ConfigError  # noqa: PLC0415
     from gateway.slack import SlackBridge  # noqa: PLC0415
-    from tests.slack_helpers import replica, slack_config  # noqa: PLC0415
+    from tests.slack_helpers import replica, serve, slack_config  # noqa: PLC0415
 
     db = database("sqlite", tmp_path, "")
 
@@ -168,10 +171,13 @@ def test_a_secret_readable_by_others_stops_the_bridge_from_starting(tmp_path: Pa
         assert config.bot_token_file is not None
         config.bot_token_file.chmod(0o640)
         async with replica(db, "a") as (store, fleet):
-            bridge = SlackBridge(fleet, store, config)
+            bridge = SlackBridge(config)
             with pytest.raises(ConfigError, match=r"bot_token_file: .* is accessible by group or others"):
-                await bridge.start()
+                await bridge.start(SimpleNamespace(fleet=fleet, store=store))
             assert fleet.on_approval_opened == [] and fleet.on_approval_voted == []
             await bridge.aclose()  # idempotent after a failed start
+            async with serve(Starlette(routes=bridge.routes())) as port, httpx.AsyncClient() as client:
+                answer = await client.post(f"http://127.0.0.1:{port}/slack/interactions", content=b"payload=%7B%7D")
+            assert (answer.status_code, answer.text) == (503, "Slack approvals are not started")
 
     run(scenario(), 60)

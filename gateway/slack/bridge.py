@@ -1,17 +1,24 @@
 """The Slack bridge: one object that reads ``collector.slack``'s secrets, owns the Slack clients, the poster and the
 interaction endpoint, and hooks them to the fleet.
 
+It is a collector surface (``start(collector)`` / ``aclose()``, as the console's server): built from the config
+alone, so its :meth:`SlackBridge.routes` can be handed to the console's listener before anything starts (they
+answer 503 until the bridge has started). Give it to the collector before the console, so it starts first and
+stops last.
+
 Start order (after ``FleetControl.start``): secrets read (mode 0600, else a ConfigError naming the key) → the
-bridge's database connections → Slack's HTTP session → poster (worker, sweep) → hooks registered on the fleet
-(``on_approval_opened``, ``on_approval_voted``). Stop: hooks removed → interaction work in flight finished (5 s)
-→ poster drained (5 s) → HTTP session → connections; all before ``FleetControl.aclose``. Serve
-:meth:`SlackBridge.routes` on an HTTP listener Slack can reach (the console's, ``collector.console_listen``).
+bridge's database connections → Slack's HTTP session → poster (worker, sweep) → interaction handler → hooks
+registered on the fleet (``on_approval_opened``, ``on_approval_voted``). Stop: hooks removed → interaction work in
+flight finished (5 s) → poster drained (5 s) → HTTP session → connections; all before ``FleetControl.aclose``.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Protocol
 
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from gateway.collector.fleet import FleetControl, open_fleet_db
@@ -19,38 +26,62 @@ from gateway.collector.store import CollectorStore
 from gateway.config.slack import SlackConfig, read_secret
 from gateway.errors import ConfigError
 from gateway.slack.api import SlackApi
-from gateway.slack.interactions import SlackInteractions
+from gateway.slack.interactions import PATH, SlackInteractions
 from gateway.slack.poster import SlackPoster
 from gateway.slack.store import SlackStore
 
 log = logging.getLogger(__name__)
 
 
+class OpenCollector(Protocol):
+    """What the bridge reads of a started ``gateway.collector.app.Collector`` (duck-typed)."""
+
+    @property
+    def fleet(self) -> FleetControl | None: ...
+    @property
+    def store(self) -> CollectorStore | None: ...
+
+
 class SlackBridge:
     """Approvals posted to Slack and answered there (``start`` / ``aclose``; :meth:`routes` to serve)."""
 
-    def __init__(self, fleet: FleetControl, store: CollectorStore, config: SlackConfig) -> None:
+    def __init__(self, config: SlackConfig) -> None:
         self.config = config
-        self._fleet = fleet
-        self.store = SlackStore(open_fleet_db(store, max_connections=2))
+        self._fleet: FleetControl | None = None
+        self.store: SlackStore | None = None
         self._api: SlackApi | None = None
         self.poster: SlackPoster | None = None
         self.interactions: SlackInteractions | None = None
-        self._started = False
 
-    async def start(self) -> None:
-        """Starts in the documented order; on failure stops what started.
+    def routes(self) -> list[Route]:
+        """``POST /slack/interactions``, for the console's listener (503 until :meth:`start`)."""
+        return [Route(PATH, self._handle, methods=["POST"], name="slack_interactions")]
+
+    async def _handle(self, request: Request) -> Response:
+        interactions = self.interactions
+        if interactions is None:
+            return PlainTextResponse("Slack approvals are not started", 503)
+        return await interactions.handle(request)
+
+    async def start(self, collector: OpenCollector) -> None:
+        """Starts on a started collector's fleet and store (the collector surface protocol)."""
+        if collector.fleet is None or collector.store is None:
+            raise RuntimeError("SlackBridge.start: the collector's fleet and store are not open")
+        await self.start_on(collector.fleet, collector.store)
+
+    async def start_on(self, fleet: FleetControl, store: CollectorStore) -> None:
+        """Starts in the documented order on ``fleet`` and ``store``; on failure stops what started.
 
         Raises:
             ConfigError: a secret file is missing, unreadable, or readable by group or others.
         """
         try:
-            await self._start()
+            await self._start(fleet, store)
         except BaseException:
             await self.aclose()
             raise
 
-    async def _start(self) -> None:
+    async def _start(self, fleet: FleetControl, store: CollectorStore) -> None:
         cfg = self.config
         signing_secret = read_secret("collector.slack.signing_secret_file", cfg.signing_secret_file)
         token = webhook = None
@@ -60,44 +91,41 @@ class SlackBridge:
             webhook = read_secret("collector.slack.webhook_url_file", cfg.webhook_url_file)
         if webhook is not None and not webhook.startswith(("https://", "http://127.0.0.1", "http://localhost")):
             raise ConfigError(f"collector.slack.webhook_url_file: {cfg.webhook_url_file} does not hold an https URL")
+        self._fleet = fleet
+        self.store = SlackStore(open_fleet_db(store, max_connections=2))
         await self.store.start()
-        self._started = True
         self._api = SlackApi(cfg, bot_token=token, webhook_url=webhook)
         await self._api.start()
-        self.poster = SlackPoster(self._fleet, self.store, self._api, cfg)
+        self.poster = SlackPoster(fleet, self.store, self._api, cfg)
         await self.poster.start()
-        self.interactions = SlackInteractions(self._fleet, self.store, self._api, cfg, signing_secret)
-        self._fleet.on_approval_opened.append(self.poster.approval_opened)
-        self._fleet.on_approval_voted.append(self.poster.approval_voted)
+        self.interactions = SlackInteractions(fleet, self.store, self._api, cfg, signing_secret)
+        fleet.on_approval_opened.append(self.poster.approval_opened)
+        fleet.on_approval_voted.append(self.poster.approval_voted)
         log.info(
-            "slack: approvals posted %s; %d Slack user(s) may answer at /slack/interactions",
+            "slack: approvals posted %s; %d Slack user(s) may answer at %s",
             f"to {cfg.channel} with the bot token" if token else "through the incoming webhook",
             len(cfg.users),
+            PATH,
         )
 
-    def routes(self) -> list[Route]:
-        """``POST /slack/interactions`` (after :meth:`start`)."""
-        if self.interactions is None:
-            raise RuntimeError("SlackBridge.routes() before start()")
-        return self.interactions.routes()
-
     async def aclose(self) -> None:
-        """Stops in the documented order."""
-        if self.poster is not None:
-            for hooks, hook in (
-                (self._fleet.on_approval_opened, self.poster.approval_opened),
-                (self._fleet.on_approval_voted, self.poster.approval_voted),
-            ):
-                if hook in hooks:
-                    hooks.remove(hook)  # type: ignore[arg-type]
-        if self.interactions is not None:
-            await self.interactions.aclose()
-        if self.poster is not None:
-            await self.poster.aclose()
-            self.poster = None
-        if self._api is not None:
-            await self._api.aclose()
-            self._api = None
-        if self._started:
-            await self.store.aclose()
-            self._started = False
+        """Stops in the documented order (safe to call again, or after a failed start)."""
+        fleet, poster = self._fleet, self.poster
+        if fleet is not None and poster is not None:
+            if poster.approval_opened in fleet.on_approval_opened:
+                fleet.on_approval_opened.remove(poster.approval_opened)
+            if poster.approval_voted in fleet.on_approval_voted:
+                fleet.on_approval_voted.remove(poster.approval_voted)
+        interactions, self.interactions = self.interactions, None
+        if interactions is not None:
+            await interactions.aclose()
+        self.poster = None
+        if poster is not None:
+            await poster.aclose()
+        api, self._api = self._api, None
+        if api is not None:
+            await api.aclose()
+        store, self.store = self.store, None
+        if store is not None:
+            await store.aclose()
+        self._fleet = None

@@ -75,7 +75,8 @@ MAX_BODY_BYTES = 1 << 20  # a block_actions payload carries the whole message: t
 VIEW_WAIT_S = 2.0  # how long a view_submission waits for its vote before answering (Slack allows 3 s)
 ANONYMOUS_JOURNAL_PER_MIN = 30
 DRAIN_S = 5.0
-UNAUTHENTICATED, PERMISSION_DENIED = "unauthenticated", "permission_denied"
+WHAT = f"POST {PATH}"
+BAD_PAYLOAD = "bad_payload"  # 400: answered, not journaled (it passed the signature: Slack sent it)
 
 
 @dataclass
@@ -83,10 +84,10 @@ class Refusal(Exception):
     """A refused request: its HTTP status, the journal's reason and detail, and who (if known)."""
 
     status: int
-    reason: str
+    reason: str  # a stable code (the table in docs/slack.md)
     detail: str
     identity: str = ""
-    method: str = "slack.interactions"
+    what: str = WHAT
 
 
 class _Budget:
@@ -172,21 +173,21 @@ class SlackInteractions:
             Refusal: 401.
         """
         if not timestamp or not signature:
-            raise Refusal(401, UNAUTHENTICATED, "unsigned request (no X-Slack-Signature / X-Slack-Request-Timestamp)")
+            raise Refusal(401, "unsigned", "unsigned request (no X-Slack-Signature / X-Slack-Request-Timestamp)")
         if not timestamp.isascii() or not timestamp.isdigit() or len(timestamp) > 12:
-            raise Refusal(401, UNAUTHENTICATED, "malformed X-Slack-Request-Timestamp")
+            raise Refusal(401, "bad_timestamp", "malformed X-Slack-Request-Timestamp")
         at = int(timestamp)
         if abs(self._clock() - at) > WINDOW_S:
-            raise Refusal(401, UNAUTHENTICATED, f"stale request: timestamp {at} is outside the {WINDOW_S} s window")
+            raise Refusal(401, "stale", f"stale request: timestamp {at} is outside the {WINDOW_S} s window")
         try:
             body.decode("utf-8")
         except UnicodeDecodeError:
-            raise Refusal(401, UNAUTHENTICATED, "bad signature (the body is not UTF-8)") from None
+            raise Refusal(401, "bad_signature", "bad signature (the body is not UTF-8)") from None
         if not self._verifier.is_valid(body=body, timestamp=timestamp, signature=signature):
-            raise Refusal(401, UNAUTHENTICATED, "bad signature")
+            raise Refusal(401, "bad_signature", "bad signature")
         return at
 
-    def _operator(self, payload: dict[str, Any], method: str) -> Operator:
+    def _operator(self, payload: dict[str, Any], what: str) -> Operator:
         """The allow-listed approver behind the payload's (signed) Slack user id.
 
         Raises:
@@ -195,33 +196,33 @@ class SlackInteractions:
         user = payload.get("user")
         user_id = user.get("id") if isinstance(user, dict) else None
         if not isinstance(user_id, str) or not user_id:
-            raise Refusal(400, UNAUTHENTICATED, "payload without a user id", method=method)
+            raise Refusal(400, BAD_PAYLOAD, "payload without a user id", what=what)
         known = self._config.user(user_id)
         if known is None:
             raise Refusal(
-                403, PERMISSION_DENIED, f"Slack user {user_id[:32]} is not in collector.slack.users",
-                identity=f"slack:{user_id[:32]}", method=method,
+                403, "unknown_slack_user", f"Slack user {user_id[:32]} is not in collector.slack.users",
+                identity=f"slack:{user_id[:32]}", what=what,
             )  # fmt: skip
         operator = Operator(known.identity, frozenset(known.roles))
         try:
             require(operator, ROLE_APPROVER)
         except PermissionDeniedError as exc:
-            raise Refusal(403, PERMISSION_DENIED, f"{exc} (Slack user {user_id})", known.identity, method) from None
+            raise Refusal(403, "wrong_role", f"{exc} (Slack user {user_id})", known.identity, what) from None
         return operator
 
     async def _journal(self, refusal: Refusal) -> None:
         if not refusal.identity and not self._anonymous.take():
             self.unjournaled += 1
-            log.warning("slack: refused %s (%s); not journaled: over %d a minute", refusal.method, refusal.detail,
+            log.warning("slack: refused %s (%s); not journaled: over %d a minute", refusal.what, refusal.detail,
                         ANONYMOUS_JOURNAL_PER_MIN)  # fmt: skip
             return
         try:
             await self._fleet.record_denied(
-                method=refusal.method, identity=refusal.identity, reason=refusal.reason, detail=refusal.detail,
-                channel="slack",
+                identity=refusal.identity, what=refusal.what, reason=refusal.reason, channel="slack",
+                detail=refusal.detail,
             )  # fmt: skip
         except CollectorUnavailableError as exc:
-            log.error("slack: refused %s (%s) but could not journal it: %s", refusal.method, refusal.detail, exc)
+            log.error("slack: refused %s (%s) but could not journal it: %s", refusal.what, refusal.detail, exc)
 
     # --- 2. the request -----------------------------------------------------------------------------------
 
@@ -237,7 +238,7 @@ class SlackInteractions:
             )
             # 4. Never seen before, by any replica (after step 3, so only Slack's own requests are remembered).
             if not await self._store.first_use(request.headers["x-slack-signature"], at, WINDOW_S):
-                raise Refusal(401, UNAUTHENTICATED, "replayed request (this signature was already used)")
+                raise Refusal(401, "replayed", "replayed request (this signature was already used)")
         except Refusal as refusal:
             refusal.detail = f"{refusal.detail}, from {peer}"
             await self._journal(refusal)
@@ -267,10 +268,9 @@ class SlackInteractions:
         action_id, approval_id = action.get("action_id"), action.get("value")
         if action_id == ACTION_OPEN or action_id not in (ACTION_APPROVE, ACTION_DENY):
             return Response(status_code=200)  # the console link: Slack opens it, nothing to do here
-        method = "slack.approve" if action_id == ACTION_APPROVE else "slack.deny"
-        operator = self._operator(payload, method)
         if not isinstance(approval_id, str) or not approval_id:
-            raise Refusal(400, UNAUTHENTICATED, "button without an approval id", method=method)
+            raise Refusal(400, BAD_PAYLOAD, "button without an approval id")
+        operator = self._operator(payload, _what(action_id == ACTION_APPROVE, approval_id))
         response_url = payload.get("response_url")
         if action_id == ACTION_APPROVE:
             self._spawn(self._approve(operator, approval_id, response_url))
@@ -282,16 +282,18 @@ class SlackInteractions:
         view = payload.get("view")
         if not isinstance(view, dict) or view.get("callback_id") != DENY_CALLBACK:
             return Response(status_code=200)
-        operator = self._operator(payload, "slack.deny")
         try:
             metadata = json.loads(view.get("private_metadata") or "{}")
             approval_id = metadata["approval_id"]
             response_url = metadata.get("response_url")
             value = view["state"]["values"][JUSTIFICATION_BLOCK][JUSTIFICATION_ACTION].get("value")
         except (ValueError, KeyError, TypeError, AttributeError):
-            raise Refusal(400, UNAUTHENTICATED, "view_submission without the approval or the justification") from None
+            raise Refusal(400, BAD_PAYLOAD, "view_submission without the approval or the justification") from None
+        if not isinstance(approval_id, str) or not approval_id:
+            raise Refusal(400, BAD_PAYLOAD, "view_submission without the approval")
+        operator = self._operator(payload, _what(False, approval_id))
         justification = value if isinstance(value, str) else ""
-        if not isinstance(approval_id, str) or not justification.strip():
+        if not justification.strip():
             return _view_errors("A denial needs a justification: the agent and the investigators read it.")
         vote = self._spawn(self._vote(operator, approval_id, grant=False, comment=justification.strip()))
         done, _ = await asyncio.wait({vote}, timeout=VIEW_WAIT_S)
@@ -307,18 +309,19 @@ class SlackInteractions:
         self, operator: Operator, approval_id: str, *, grant: bool, comment: str
     ) -> tuple[str, FleetApproval | None]:
         """The vote; returns ("", the approval now) or (why it was refused, None). Journals rule refusals."""
-        method = "slack.approve" if grant else "slack.deny"
+        what = _what(grant, approval_id)
         try:
             result = await self._fleet.vote(approval_id, grant=grant, operator=operator, comment=comment,
                                             channel="slack")  # fmt: skip
         except PermissionDeniedError as exc:
-            await self._journal(Refusal(403, PERMISSION_DENIED, f"{exc} ({approval_id})", operator.identity, method))
+            reason = "self_approval" if "cannot approve it" in str(exc) else "not_an_approver"
+            await self._journal(Refusal(403, reason, str(exc), operator.identity, what))
             return f"Refused: {exc}", None
         except (FailedPreconditionError, NotFoundError, InvalidRequestError) as exc:
-            log.info("slack: %s by %s on %s not recorded: %s", method, operator.identity, approval_id, exc)
+            log.info("slack: %s by %s not recorded: %s", what, operator.identity, exc)
             return f"Not recorded: {exc}", None
         except (CollectorUnavailableError, AgentAuditError) as exc:
-            log.warning("slack: %s by %s on %s failed: %s", method, operator.identity, approval_id, exc)
+            log.warning("slack: %s by %s failed: %s", what, operator.identity, exc)
             return "Not recorded: the collector cannot record answers right now; try again shortly.", None
         return "", result
 
@@ -390,6 +393,11 @@ class SlackInteractions:
 def slack_routes(interactions: SlackInteractions) -> list[Route]:
     """The routes to mount on the console's Starlette app: ``POST /slack/interactions``."""
     return interactions.routes()
+
+
+def _what(grant: bool, approval_id: str) -> str:
+    """The journal's ``what`` of a button or the dialog: ``slack approve apr_…``."""
+    return f"slack {'approve' if grant else 'deny'} {approval_id[:128]}"
 
 
 def _view_errors(text: str) -> Response:
