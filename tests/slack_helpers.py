@@ -25,7 +25,7 @@ from starlette.routing import Route
 from gateway.collector.fleet import FleetControl, open_fleet
 from gateway.collector.store import CollectorStore
 from gateway.config.slack import SlackConfig, parse_slack_config
-from gateway.slack import SlackBridge
+from gateway.slack import SlackBridge, slack_routes
 from tests.conftest import free_port
 from tests.fleet_helpers import CONTROL, ORIGIN, Database, SidecarJournal, journal_key
 
@@ -272,7 +272,7 @@ async def rig(
         bridge = SlackBridge(cfg)
         await bridge.start_on(fleet, store)
         stack.push_async_callback(bridge.aclose)
-        port = await stack.enter_async_context(serve(Starlette(routes=bridge.routes())))
+        port = await stack.enter_async_context(serve(Starlette(routes=slack_routes(bridge))))
         client = await stack.enter_async_context(httpx.AsyncClient(timeout=30))
         yield Rig(fleet, bridge, fake, f"http://127.0.0.1:{port}/slack/interactions", client,
                   SidecarJournal(journal_key(ORIGIN)))  # fmt: skip

@@ -10,6 +10,6 @@ updating, off the ingest path), :mod:`~gateway.slack.interactions` (the signed e
 
 from __future__ import annotations
 
-from gateway.slack.bridge import SlackBridge
+from gateway.slack.bridge import SlackBridge, slack_routes
 
-__all__ = ["SlackBridge"]
+__all__ = ["SlackBridge", "slack_routes"]

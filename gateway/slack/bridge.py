@@ -129,3 +129,8 @@ class SlackBridge:
         if store is not None:
             await store.aclose()
         self._fleet = None
+
+
+def slack_routes(bridge: SlackBridge) -> list[Route]:
+    """``POST /slack/interactions``, to mount on the console's listener (``ConsoleServer(extra_routes=...)``)."""
+    return bridge.routes()

@@ -390,11 +390,6 @@ class SlackInteractions:
             await retrying(lambda: self._api.respond(response_url, ephemeral(text)), "ephemeral reply", attempts=3)
 
 
-def slack_routes(interactions: SlackInteractions) -> list[Route]:
-    """The routes to mount on the console's Starlette app: ``POST /slack/interactions``."""
-    return interactions.routes()
-
-
 def _what(grant: bool, approval_id: str) -> str:
     """The journal's ``what`` of a button or the dialog: ``slack approve apr_…``."""
     return f"slack {'approve' if grant else 'deny'} {approval_id[:128]}"
