@@ -183,9 +183,9 @@ def test_self_approval_is_refused_with_an_ephemeral_reply_and_journaled(sqlite_d
     run(scenario(), 120)
 
 
-def test_deny_opens_a_modal_and_needs_a_justification(sqlite_db: Database, tmp_path: Path) -> None:
+def test_deny_opens_a_modal_and_needs_a_justification(any_db: Database, tmp_path: Path) -> None:
     async def scenario() -> None:
-        async with rig(sqlite_db, tmp_path) as r:
+        async with rig(any_db, tmp_path) as r:
             await r.open("apr_1")
             await r.posted("apr_1")
             assert (await r.press(BOB, DENY, "apr_1", trigger="trig-42")).status_code == 200
@@ -232,9 +232,9 @@ def test_a_refused_denial_is_shown_in_the_modal(sqlite_db: Database, tmp_path: P
     run(scenario(), 120)
 
 
-def test_four_eyes_needs_two_slack_users(sqlite_db: Database, tmp_path: Path) -> None:
+def test_four_eyes_needs_two_slack_users(any_db: Database, tmp_path: Path) -> None:
     async def scenario() -> None:
-        async with rig(sqlite_db, tmp_path) as r:
+        async with rig(any_db, tmp_path) as r:
             await r.open("apr_2", required=2)
             posted = await r.posted("apr_2")
             assert "0 of 2" in json.dumps(posted.body["blocks"])
