@@ -66,8 +66,11 @@ def test_a_permanent_failure_is_not_retried_and_logs_no_secret(
     assert BOT_TOKEN not in caplog.text
 
 
-def test_without_a_bot_token_the_webhook_posts_and_an_answer_replaces_the_message(tmp_path: Path) -> None:
+def test_without_a_bot_token_the_webhook_posts_and_an_answer_replaces_the_message(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     db = database("sqlite", tmp_path, "")
+    caplog.set_level(logging.DEBUG)
 
     async def scenario() -> None:
         async with rig(db, tmp_path, bot=False, webhook=True) as r:
@@ -90,6 +93,7 @@ def test_without_a_bot_token_the_webhook_posts_and_an_answer_replaces_the_messag
             assert "https://console.example.test/approvals/apr_2" in text[0]
 
     run(scenario(), 120)
+    assert "secretpath" not in caplog.text and "/respond/" not in caplog.text  # the webhook's and replies' URLs
 
 
 def test_the_sweep_updates_a_message_the_sidecar_resolved_itself(tmp_path: Path) -> None:
