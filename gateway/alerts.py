@@ -122,7 +122,8 @@ def webhook_matches(webhook: WebhookConfig, alert: Alert) -> bool:
     )
 
 
-def _slack_escape(text: str) -> str:
+def slack_escape(text: str) -> str:
+    """``text`` safe inside Slack mrkdwn: ``&``, ``<`` and ``>`` escaped, so no value becomes a link or a mention."""
     # Agent-supplied ids must not become Slack links or mentions (`<!channel>`); Slack wants exactly these three.
     return text.translate(_SLACK_ESCAPES)
 
@@ -142,7 +143,7 @@ def slack_payload(alert: Alert, approve_command: str) -> dict[str, Any]:
         alert: the decision to report.
         approve_command: template with ``{approval_id}``, shown when the alert has an approval.
     """
-    e = _slack_escape
+    e = slack_escape
     text = (
         f"{e(alert.agent_id or 'agent')} decision={e(alert.decision)}, reason={e(alert.reason)}, "
         f"tenant={e(alert.tenant_id)}, run_id={e(alert.run_id)}, action={e(alert.action)}, event={e(alert.event_id)}"

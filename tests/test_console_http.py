@@ -527,3 +527,49 @@ def test_agentaudit_collector_serves_the_console_from_its_config_file(tmp_path: 
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
+
+
+def test_agentaudit_collector_serves_slack_interactions_on_the_console_listener(tmp_path: Path) -> None:
+    """`collector.slack` in the YAML: the real process mounts /slack/interactions on the console's listener, refuses
+    an unsigned request 401 and a signed one from a user outside the allow-list 403, and journals both."""
+    import signal  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+
+    from gateway.signing import write_secret_file  # noqa: PLC0415
+    from tests.conftest import AGENTAUDIT, ROOT, free_port, wait_serving  # noqa: PLC0415
+    from tests.slack_helpers import SIGNING_SECRET, button, form, sign  # noqa: PLC0415
+
+    write_secret_file(tmp_path / "witness.key", WITNESS.encode_private() + "\n")
+    write_secret_file(tmp_path / "slack-signing.secret", SIGNING_SECRET)
+    write_secret_file(tmp_path / "slack-webhook.url", "http://127.0.0.1:9/hook")  # never called: nothing opens
+    ingest, console = free_port(), free_port()
+    (tmp_path / "collector.yaml").write_text(
+        f"""collector:
+  listen: ["127.0.0.1:{ingest}"]
+  store: sqlite:///{tmp_path / "collector.db"}
+  witness_key: witness.key
+  console_listen: ["127.0.0.1:{console}"]
+  slack:
+    signing_secret_file: slack-signing.secret
+    webhook_url_file: slack-webhook.url
+    users: {{U0ALICE: {{identity: alice, roles: [approver]}}}}
+"""
+    )
+    with (tmp_path / "collector.log").open("wb") as log:
+        proc = subprocess.Popen([*AGENTAUDIT, "collector", "--config", str(tmp_path / "collector.yaml")], cwd=ROOT,
+                                stdout=log, stderr=log)  # fmt: skip
+    try:
+        wait_serving(f"127.0.0.1:{ingest}", proc=proc)
+        body = form(button("U0MALLORY", "agentaudit_approve", "apr_0000000000000000000000000", "http://127.0.0.1:9/r"))
+        with httpx.Client(base_url=f"http://127.0.0.1:{console}", timeout=30) as client:
+            unsigned = client.post("/slack/interactions", content=body,
+                                   headers={"Content-Type": "application/x-www-form-urlencoded"})  # fmt: skip
+            assert unsigned.status_code == 401
+            stranger = client.post("/slack/interactions", content=body, headers=sign(body))
+            assert stranger.status_code == 403
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    with sqlite3.connect(tmp_path / "collector.db") as db:
+        kinds = [row[0] for row in db.execute("SELECT kind FROM control_log ORDER BY id")]
+    assert kinds.count("operator_denied") == 2

@@ -282,18 +282,34 @@ def cmd_collector(args: argparse.Namespace) -> int:
 
 
 def _console_surfaces(cfg: Any) -> list[Any]:
-    """The collector's web console, when configured (by default when the console extra is installed)."""
+    """The collector's web console, when configured (by default when the console extra is installed), and the
+    Slack bridge, whose ``/slack/interactions`` route the console's listener serves (so it needs the console).
+
+    The bridge comes first: the collector starts surfaces in order and stops them in reverse, and the console's
+    routes answer 503 until the bridge has started.
+    """
     from gateway.config.collector import console_available  # noqa: PLC0415
 
-    if cfg.console_listen == ():
+    console_off = cfg.console_listen == () or (cfg.console_listen is None and not console_available())
+    if console_off:
+        if cfg.slack is not None:
+            raise ConfigError(
+                "collector.slack needs the web console: Slack posts its interactions to the console's listener "
+                "(set collector.console_listen and install the console extra)"
+            )
         return []
     if not console_available():
-        if cfg.console_listen is None:
-            return []
         raise ConfigError("collector.console_listen needs the console extra: pip install 'agentaudit[console]'")
     from gateway.console.server import ConsoleServer  # noqa: PLC0415
 
-    return [ConsoleServer()]
+    if cfg.slack is None:
+        return [ConsoleServer()]
+    try:
+        from gateway.slack import SlackBridge, slack_routes  # noqa: PLC0415 - the slack extra is optional
+    except ImportError as exc:
+        raise ConfigError(f"collector.slack needs the slack extra: pip install 'agentaudit[slack]' ({exc})") from None
+    bridge = SlackBridge(cfg.slack)
+    return [bridge, ConsoleServer(extra_routes=slack_routes(bridge))]
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:

@@ -64,7 +64,16 @@ from gateway.errors import FailedPreconditionError, FieldViolation, InvalidReque
 from gateway.identity import Operator
 from gateway.signing import Ed25519Signer, Verifier
 
-__all__ = ["ControlAct", "FleetApproval", "FleetControl", "FleetSwitch", "FleetVote", "OriginStatus", "open_fleet"]
+__all__ = [
+    "ControlAct",
+    "FleetApproval",
+    "FleetControl",
+    "FleetSwitch",
+    "FleetVote",
+    "OriginStatus",
+    "open_fleet",
+    "open_fleet_db",
+]
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +99,8 @@ class FleetControl:
         self._key = control_key
         self.replica = replica
         self.on_approval_opened: list[Callable[[FleetApproval], Awaitable[None]]] = []
+        self.on_approval_voted: list[Callable[[FleetApproval], None]] = []
+        """Called after each accepted vote with the approval as it now is; must not block (e.g. enqueue)."""
         # One watcher per process reads the head of control_log when poked (an act here, a NOTIFY from another
         # replica) or every POLL_S, and wakes every waiting stream once: N streams cost one query, not N.
         self._seen_head = 0
@@ -330,6 +341,11 @@ class FleetControl:
             operator.identity, "granted" if grant else "denied", approval_id, approval.origin, channel, act,
             result.state,
         )  # fmt: skip
+        for hook in self.on_approval_voted:
+            try:
+                hook(result)
+            except Exception:
+                log.exception("fleet: approval-voted hook %r failed for %s", hook, approval_id)
         return result
 
     # --- kill switches -------------------------------------------------------------------------------------
@@ -553,15 +569,23 @@ class FleetControl:
 
 def open_fleet(store: CollectorStore, control_key: Ed25519Signer, *, replica: str) -> FleetControl:
     """The fleet API on the database ``store`` uses (call :meth:`FleetControl.start` after ``store.start``)."""
+    return FleetControl(open_fleet_db(store), control_key, replica=replica)
+
+
+def open_fleet_db(store: CollectorStore, *, max_connections: int = 4) -> FleetDb:
+    """Transactions of their own on the database ``store`` uses (``start`` it after ``store.start``).
+
+    Also for the collector's other tables kept beside the fleet's (the Slack bridge's, ``gateway.slack.store``).
+    """
     from gateway.collector.sqlite_store import SqliteCollectorStore  # noqa: PLC0415
 
     if isinstance(store, SqliteCollectorStore):
         from gateway.collector.fleet_sqlite import SqliteFleetDb  # noqa: PLC0415
 
-        return FleetControl(SqliteFleetDb(store.path), control_key, replica=replica)
+        return SqliteFleetDb(store.path)
     from gateway.collector.fleet_postgres import PostgresFleetDb  # noqa: PLC0415
     from gateway.collector.postgres_store import PostgresCollectorStore  # noqa: PLC0415
 
     if not isinstance(store, PostgresCollectorStore):
         raise TypeError(f"no fleet tables for {type(store).__name__}")
-    return FleetControl(PostgresFleetDb(store.dsn, store.schema), control_key, replica=replica)
+    return PostgresFleetDb(store.dsn, store.schema, max_connections=max_connections)

@@ -15,6 +15,7 @@ import yaml
 
 from gateway.config.alerts import AlertsConfig, parse_alerts_config
 from gateway.config.sidecar import OperatorConfig, parse_operator_section
+from gateway.config.slack import SlackConfig, parse_slack_config
 from gateway.config.values import HOST_PORT_RE, SHA256_RE, field_names, integer, number, refuse_unknown, resolve_path
 from gateway.errors import ConfigError
 
@@ -158,6 +159,7 @@ class CollectorConfig:
     # is then only a warning); empty: no console.
     console_listen: tuple[str, ...] | None = ()
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
+    slack: SlackConfig | None = None  # approvals answered from Slack (docs/slack.md); None: off
 
 
 def load_collector_config(path: Path, env: Mapping[str, str] | None = None) -> CollectorConfig:
@@ -225,6 +227,7 @@ def parse_collector_config(section: dict[str, Any], base: Path, env: Mapping[str
         alerts=parse_fleet_alerts(section.get("alerts")),
         console_listen=(console_listen := _console_listen(section.get("console_listen"))),
         console=parse_console(section.get("console"), console_listen or DEFAULT_CONSOLE_LISTEN),
+        slack=parse_slack_config(section.get("slack"), base),
     )
 
 
