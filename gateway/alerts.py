@@ -136,12 +136,28 @@ def approve_hint(alert: Alert, approve_command: str) -> str:
     return approve_command.replace("{approval_id}", alert.approval_id)
 
 
-def slack_payload(alert: Alert, approve_command: str) -> dict[str, Any]:
+def console_link(alert: Alert, console_url: str) -> str:
+    """The web console page an alert is about: its approval, else its run, else the fleet page; "" without a URL.
+
+    Identifiers are percent-encoded into the path (they are the console's own path parameters), so a run id cannot
+    add a query, a fragment or another path to the link.
+    """
+    if not console_url:
+        return ""
+    if alert.approval_id:
+        return f"{console_url}/approvals/{quote(alert.approval_id, safe='')}"
+    if alert.run_id:
+        return f"{console_url}/runs/{quote(alert.run_id, safe='')}"
+    return f"{console_url}/fleet"
+
+
+def slack_payload(alert: Alert, approve_command: str, console_url: str = "") -> dict[str, Any]:
     """A Slack incoming-webhook message: ``text`` (also the notification fallback) plus ``blocks``.
 
     Args:
         alert: the decision to report.
         approve_command: template with ``{approval_id}``, shown when the alert has an approval.
+        console_url: the web console's base URL; set, the message links to the page the alert is about.
     """
     e = slack_escape
     text = (
@@ -155,6 +171,9 @@ def slack_payload(alert: Alert, approve_command: str) -> dict[str, Any]:
         f"step {alert.step_id} · layer {e(alert.policy_layer)} · rule {e(alert.policy_rule) or '-'} · "
         f"policy {e(alert.policy_version[:12])} · {e(alert.origin)} · {e(alert.timestamp)}"
     )
+    link = console_link(alert, console_url)
+    if link:
+        text += f"\n<{e(link)}|Open in the console>"
     blocks: list[dict[str, Any]] = [
         {"type": "section", "text": {"type": "mrkdwn", "text": text}},
         {"type": "context", "elements": [{"type": "mrkdwn", "text": context}]},
@@ -162,7 +181,7 @@ def slack_payload(alert: Alert, approve_command: str) -> dict[str, Any]:
     return {"text": text, "blocks": blocks}
 
 
-def cloudevents_payload(alert: Alert) -> dict[str, Any]:
+def cloudevents_payload(alert: Alert, console_url: str = "") -> dict[str, Any]:
     """A CloudEvents 1.0 structured-mode event (POSTed as ``application/cloudevents+json``).
 
     ``id`` is the journal event id, so a receiver can de-duplicate retries. A fail-closed ``audit_unavailable``
@@ -176,7 +195,8 @@ def cloudevents_payload(alert: Alert) -> dict[str, Any]:
         "subject": alert.run_id,
         "time": alert.timestamp,
         "datacontenttype": "application/json",
-        "data": dataclasses.asdict(alert),
+        "data": dataclasses.asdict(alert)
+        | ({"console_link": link} if (link := console_link(alert, console_url)) else {}),
     }
 
 
@@ -369,9 +389,9 @@ class AlertDispatcher:
     async def _deliver(self, route: _Route, alert: Alert) -> None:
         webhook = route.webhook
         payload = (
-            cloudevents_payload(alert)
+            cloudevents_payload(alert, self._config.console_url)
             if webhook.format == FORMAT_CLOUDEVENTS
-            else slack_payload(alert, self._config.approve_command)
+            else slack_payload(alert, self._config.approve_command, self._config.console_url)
         )
         body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
         why = ""

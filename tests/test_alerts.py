@@ -652,3 +652,34 @@ def test_sidecar_alerts_on_stops_and_new_approvals_and_a_failing_receiver_never_
         assert cloudevent.body["data"]["approval_id"] == approval.approval_id
     finally:
         gw.stop()
+
+
+def test_alerts_link_to_the_console_page_they_are_about() -> None:
+    console = "https://console.example"
+    approval = slack_payload(ALERT, "x", console)["text"]
+    assert approval.endswith("\n<https://console.example/approvals/apr_123|Open in the console>")
+    stop = slack_payload(replace(STOP, run_id="run/../x?y#z|<b>"), "x", console)["text"]
+    # The run id is one path segment: no query, fragment, Slack link separator or markup can ride along.
+    assert stop.endswith("\n<https://console.example/runs/run%2F..%2Fx%3Fy%23z%7C%3Cb%3E|Open in the console>")
+    fleet = slack_payload(replace(STOP, run_id="", approval_id=""), "x", console)["text"]
+    assert fleet.endswith("<https://console.example/fleet|Open in the console>")
+    assert "Open in the console" not in slack_payload(ALERT, "x")["text"]
+    assert cloudevents_payload(ALERT, console)["data"]["console_link"] == "https://console.example/approvals/apr_123"
+    assert "console_link" not in cloudevents_payload(ALERT)["data"]
+
+
+def test_console_url_is_checked_and_delivered(receiver: Receiver) -> None:
+    with pytest.raises(ConfigError, match=r"alerts.console_url: must be an http\(s\) URL"):
+        parse_alerts_config({"console_url": "javascript:alert(1)"}, "alerts")
+    cfg = parse_alerts_config(
+        {"console_url": "http://127.0.0.1:7421/", "webhooks": [{"url": receiver.url + "/s/T/B/x", "format": "slack"}]},
+        "alerts",
+    )
+    assert cfg.console_url == "http://127.0.0.1:7421"
+
+    async def scenario(d: AlertDispatcher) -> None:
+        d.notify(ALERT)
+        await eventually_async(lambda: len(receiver.delivered()) == 1, message="the message")
+
+    run(cfg, scenario)
+    assert "<http://127.0.0.1:7421/approvals/apr_123|Open in the console>" in receiver.delivered()[0].body["text"]

@@ -312,6 +312,7 @@ def test_an_opened_approval_is_alerted_once_without_its_args(tmp_path: Path, rec
         backoff_initial_s=0.01,
         backoff_max_s=0.05,
         approve_command="agentaudit approve {approval_id} --collector collector.internal:7430",
+        console_url="https://console.example",
     )
 
     async def scenario() -> None:
@@ -333,6 +334,7 @@ def test_an_opened_approval_is_alerted_once_without_its_args(tmp_path: Path, rec
     event = events[0]
     assert event["type"] == "dev.agentaudit.decision.approval_required"
     assert event["time"] == "2027-01-15T08:00:00.123000000Z"
+    assert event["data"]["console_link"] == "https://console.example/approvals/ap_0123456789abcdef"
     assert {
         k: event["data"][k] for k in ("approval_id", "tenant_id", "run_id", "step_id", "action", "policy_rule")
     } == {

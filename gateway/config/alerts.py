@@ -61,6 +61,8 @@ class AlertsConfig:
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
     approve_command: str = "agentaudit approve {approval_id}"
+    # The web console's base URL (docs/console.md): alerts link to its approval, run or fleet page; "": no link.
+    console_url: str = ""
 
 
 def _url(key: str, value: Any) -> str:
@@ -157,6 +159,8 @@ def parse_alerts_config(raw: Any, where: str = "alerts") -> AlertsConfig:
         if not isinstance(command, str) or not command.strip():
             raise ConfigError(f"{where}.approve_command: expected a non-empty string, got {command!r}")
         values["approve_command"] = command
+    if "console_url" in raw:
+        values["console_url"] = _url(f"{where}.console_url", raw["console_url"]).rstrip("/")
     cfg = AlertsConfig(**values)
     if cfg.backoff_initial_s > cfg.backoff_max_s:
         raise ConfigError(
