@@ -85,7 +85,7 @@ class _Append:
     state: Sequence[StateChange] = ()
 
 
-# Page size of a journal created from now on (docs/adr/0021-footprint-journal-pages-and-caches.md). A commit writes one WAL
+# Page size of a journal created from now on (ADR 0021, footprint: journal pages and caches). A commit writes one WAL
 # frame (page + 24 bytes) per page it changes: the table's last leaf and one leaf per index, about 12 pages for one
 # entry whatever the page size, so at 4,096 bytes a step (two commits at concurrency 1) wrote ~115 KB; at 1,024 it
 # writes ~50 KB. An entry (~1.2 KB) spills into one overflow page, which only costs a read one more page.

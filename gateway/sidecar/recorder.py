@@ -29,7 +29,7 @@ from gateway.tracecontext import trace_ids
 
 log = logging.getLogger(__name__)
 
-# The recorder's memory is bounded by bytes, not by entries (docs/adr/0021-footprint-journal-pages-and-caches.md): at 65,536
+# The recorder's memory is bounded by bytes, not by entries (ADR 0021, footprint): at 65,536
 # entries each, the two caches below grew to ~60 MiB under sustained load. A miss costs one indexed journal read.
 # Recent pre-events, so ReportResult rarely reads the journal: ~550 bytes each, ~7,500 of them (15 s at 500 steps/s;
 # a miss is one indexed read, beside the find_result read every report makes anyway).
