@@ -61,6 +61,9 @@ operator:
 # witness key (witness.key). In production point it at the central collector: target: collector.internal:7430
 forward:
   target: embedded
+# The fleet control channel (docs/fleet.md): with the embedded collector it is on and pins that collector's key,
+# so kill switches and approvals answered on the collector reach this sidecar. For a central collector:
+# control: {{collector: collector.internal:7430, control_key: /etc/agentaudit/collector-control.pub}}
 # alerts:                         # docs/alerts.md
 #   webhooks:
 #     - url: https://hooks.slack.com/services/...

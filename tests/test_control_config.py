@@ -74,3 +74,9 @@ def test_tls_or_allow_insecure_lets_a_remote_collector_through(tmp_path: Path) -
     assert load(tmp_path, text).control.collector == "10.1.2.3:7430"
     text = f"control: {{collector: '10.1.2.3:7430', control_key: '{KEY}'}}\nforward: {{tls: {{}}}}\n"
     assert load(tmp_path, text).control.enabled
+
+
+def test_with_the_embedded_collector_control_is_on_and_needs_no_key(tmp_path: Path) -> None:
+    cfg = load(tmp_path, "forward: {target: embedded}\n")
+    assert cfg.control.enabled and cfg.control.collector == "embedded" and not cfg.control.control_key
+    assert not load(tmp_path, "forward: {target: embedded}\ncontrol: {enabled: false}\n").control.enabled

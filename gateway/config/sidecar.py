@@ -136,9 +136,9 @@ class ForwardConfig:
 class ControlConfig:
     """The fleet control channel to the collector (docs/fleet.md, "The sidecar's side"; ADR 0016).
 
-    ``enabled`` defaults to on when ``control_key`` is set, off otherwise; ``collector`` defaults to
-    ``forward.target``. "embedded" (also the default with ``forward.target: embedded``) is the dev sidecar's
-    in-process collector, whose control key is pinned without configuration.
+    ``enabled`` defaults to on when ``control_key`` is set or ``forward.target`` is "embedded", off otherwise;
+    ``collector`` defaults to ``forward.target``. "embedded" (also the default with ``forward.target: embedded``) is
+    the dev sidecar's in-process collector, whose control key is pinned without configuration.
     """
 
     enabled: bool = False
@@ -533,7 +533,8 @@ def _resolve_control(control: ControlConfig, raw: Any, env: Mapping[str, str], f
     (``forward.target``), and a ``control_key`` path resolved against the file's directory."""
     section = raw if isinstance(raw, dict) else {}
     if "enabled" not in section and f"{ENV_PREFIX}CONTROL_ENABLED" not in env:
-        control = dataclasses.replace(control, enabled=bool(control.control_key))
+        # On with a pinned key, and in dev: the embedded collector serves ControlService and its key is known.
+        control = dataclasses.replace(control, enabled=bool(control.control_key) or fwd.target == "embedded")
     if not control.collector and fwd.target:
         control = dataclasses.replace(control, collector=fwd.target)
     key = control.control_key

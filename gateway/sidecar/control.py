@@ -282,6 +282,8 @@ class ControlClient:
             except grpc.aio.AioRpcError as exc:
                 level = logging.INFO if failures else logging.WARNING
                 log.log(level, "control: stream to %s failed: %s %s", self.collector, exc.code().name, exc.details())
+            except (asyncio.InvalidStateError, grpc.aio.UsageError) as exc:  # a write after the stream ended
+                log.warning("control: stream to %s ended: %s", self.collector, exc)
             except (_StreamError, JournalUnavailableError) as exc:
                 log.error("control: stream to %s closed: %s", self.collector, exc)
             except Exception:
