@@ -314,8 +314,14 @@ def test_markup_in_args_and_names_renders_inert_in_the_browser(dev: Dev, browser
     card.get_by_role("link", name="Review").click()
     page.wait_for_selector("table.args")
     assert script in page.inner_text("table.args")
-    page.goto(f"{dev.url}/runs?tenant_id=t_42")
-    assert f"run_markup{script}" in page.inner_text("table.list")
+
+    def searched() -> bool:
+        # The approval reaches the console over the control channel at once; the run's events with the
+        # forwarder's next batch.
+        page.goto(f"{dev.url}/runs?tenant_id=t_42")
+        return f"run_markup{script}" in page.inner_text("table.list")
+
+    eventually(searched, timeout=60, interval=0.5, message="the run in the search page")
     page.get_by_role("link", name=f"run_markup{script}").first.click()
     page.wait_for_selector("ol.timeline")
     assert f"run_markup{script}" in page.inner_text("h1")
