@@ -7,6 +7,8 @@ loopback and the one function the sidecar dials a collector with (`gateway.rpc.n
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
 import re
 import signal
 import subprocess
@@ -32,6 +34,8 @@ from tests.conftest import AGENTAUDIT, ROOT, RunningGateway, free_port, start_ga
 from tests.helpers import eventually
 from tests.operator_helpers import make_ca
 from tests.test_forwarding import DEADLINE_S, collector_rows, journal_rows, load, sidecar_dir
+
+SEARCH_TOKEN = "tls-search-token"
 
 
 def load_forward(tmp_path: Path, forward_yaml: str) -> config.Config:
@@ -303,6 +307,7 @@ class TlsCollector:
                 "witness_key": "witness.key",
                 "origins": [{"origin": origin[0], "keys": [str(origin[1])]}],
                 "tls": tls,
+                "search_tokens": [hashlib.sha256(SEARCH_TOKEN.encode()).hexdigest()],
             }
         }
         (directory / "collector.yaml").write_text(yaml.safe_dump(self.config))
@@ -395,6 +400,27 @@ def test_forwarding_over_mutual_tls_delivers_the_journal_byte_for_byte(tmp_path:
     local = journal_rows(gw.journal_path)
     remote = collector_rows(collector.directory / "collector.db", origin)
     assert len(remote) >= 25 and remote == local[: len(remote)]
+
+
+def test_cli_search_reaches_a_mutual_tls_collector_with_the_tls_flags(tmp_path: Path, certs: dict[str, Path]) -> None:
+    def search(*flags: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*AGENTAUDIT, "search", "--collector", collector.target, "--run-id", "run_cli_tls", "--json", *flags],
+            check=False, capture_output=True, text=True, timeout=60, cwd=ROOT,
+            env={**os.environ, "AGENTAUDIT_COLLECTOR_TOKEN": SEARCH_TOKEN},
+        )  # fmt: skip
+
+    with fleet(tmp_path, certs, forward_tls=client_tls(certs), client_ca=True) as (collector, gw, origin):
+        load(gw, 6, "run_cli_tls")
+        eventually(lambda: collector.size(origin, certs) >= 6, timeout=DEADLINE_S, message="6 entries forwarded")
+        tls = ["--tls-ca", str(certs["ca_cert"]), "--tls-cert", str(certs["client_cert"])]
+        found = search(*tls, "--tls-key", str(certs["client_key"]))
+        assert found.returncode == 0, found.stderr
+        assert len(found.stdout.splitlines()) >= 6 and all("run_cli_tls" in line for line in found.stdout.splitlines())
+        plaintext = search()  # the collector serves TLS only: a plaintext search cannot reach it
+        assert plaintext.returncode == 1 and collector.target in plaintext.stderr
+        half = search(*tls)  # a certificate without its key is a usage error, before any connection
+        assert half.returncode == 2 and "--tls-cert and --tls-key go together" in half.stderr
 
 
 def test_a_sidecar_trusting_another_ca_forwards_nothing(

@@ -12,6 +12,7 @@ gRPC is imported by the functions that need it, never with this module: the offl
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from gateway.errors import ConfigError
@@ -32,6 +33,29 @@ def target(address: str, flag: str) -> str:
         return grpc_target(address)
     except AddressError as exc:
         raise ConfigError(f"{flag}: {exc}") from None
+
+
+def channel(channel_target: str, tls_ca: str | None, tls_cert: str | None, tls_key: str | None) -> Any:
+    """A blocking gRPC channel to ``channel_target``: TLS verified against ``tls_ca`` when given (``tls_cert`` and
+    ``tls_key`` present a client certificate for mutual TLS), plaintext otherwise.
+
+    Raises:
+        ConfigError: a certificate or key file cannot be read, or a client certificate without its key (or the
+            reverse), or either without ``tls_ca``.
+    """
+    import grpc  # noqa: PLC0415 - see the module docstring
+
+    if (tls_cert is None) != (tls_key is None):
+        raise ConfigError("--tls-cert and --tls-key go together (a client certificate and its private key)")
+    if tls_ca is None:
+        if tls_cert is not None:
+            raise ConfigError("--tls-cert needs --tls-ca (the CA that signed the server's certificate)")
+        return grpc.insecure_channel(channel_target)
+    try:
+        ca, key, cert = (Path(p).read_bytes() if p else None for p in (tls_ca, tls_key, tls_cert))
+    except OSError as exc:
+        raise ConfigError(f"cannot read {exc.filename}: {exc.strerror}") from exc
+    return grpc.secure_channel(channel_target, grpc.ssl_channel_credentials(ca, key, cert))
 
 
 def failure(exc: Any, address: str) -> str:

@@ -164,6 +164,9 @@ def _register_search(
     p.add_argument(
         "--token-file", help="collector search token file (default: the token in $AGENTAUDIT_COLLECTOR_TOKEN)"
     )
+    p.add_argument("--tls-ca", metavar="FILE", help="CA certificate of the collector (enables TLS; with --collector)")
+    p.add_argument("--tls-cert", metavar="FILE", help="client certificate for mutual TLS (with --tls-key)")
+    p.add_argument("--tls-key", metavar="FILE", help="client private key for mutual TLS (with --tls-cert)")
     p.add_argument("--newest-first", action="store_true", help="newest event first (default: oldest first)")
     p.add_argument("--limit", type=positive, default=100, metavar="N", help="at most N events (default 100)")
     p.add_argument("--after", type=int, metavar="SEQ", help="continue after this seq (the next page)")
@@ -309,7 +312,8 @@ def _search_collector(args: argparse.Namespace, flt: query.EventFilter) -> int:
     if not args.json:
         print(render.search_header(with_origin=True))
     found, token = 0, args.page_token or ""
-    with grpc.insecure_channel(connect.target(args.collector, "--collector")) as channel:
+    collector = connect.channel(connect.target(args.collector, "--collector"), args.tls_ca, args.tls_cert, args.tls_key)
+    with collector as channel:
         stub = collector_pb2_grpc.CollectorServiceStub(channel)
         while True:
             request = operator_pb2.SearchEventsRequest(

@@ -144,14 +144,7 @@ def _operator_call(args: argparse.Namespace, method: str, **fields: Any) -> Any:
     channel_target = connect.target(address, "--collector" if fleet else "--operator")
     token = _token(args)
     metadata = [("authorization", f"Bearer {token}")] if token else []
-    if args.tls_ca:
-        try:
-            ca, key, cert = (Path(p).read_bytes() if p else None for p in (args.tls_ca, args.tls_key, args.tls_cert))
-        except OSError as exc:
-            raise ConfigError(f"cannot read {exc.filename}: {exc.strerror}") from exc
-        channel = grpc.secure_channel(channel_target, grpc.ssl_channel_credentials(ca, key, cert))
-    else:
-        channel = grpc.insecure_channel(channel_target)
+    channel = connect.channel(channel_target, args.tls_ca or None, args.tls_cert or None, args.tls_key or None)
     request = getattr(operator_pb2, f"{method}Request")(**fields)
     with channel:
         stub = operator_pb2_grpc.OperatorServiceStub(channel)
