@@ -200,8 +200,9 @@ class ActFeed:
         """Returns once the feed has read past ``cursor`` (or after :data:`WAIT_S`)."""
         if self.head > cursor:
             return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._advanced.wait(), WAIT_S)
+        with contextlib.suppress(TimeoutError):  # not wait_for: it may lose a cancel that meets the wake
+            async with asyncio.timeout(WAIT_S):
+                await self._advanced.wait()
 
 
 class ControlServicer:
