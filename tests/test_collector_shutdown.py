@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import grpc
 import pytest
 
+from agentaudit.v1 import control_pb2_grpc
 from gateway.collector.control_service import ActFeed
 from gateway.collector.fleet import FleetControl, open_fleet
 from gateway.collector.sqlite_store import SqliteCollectorStore
@@ -69,5 +71,23 @@ def test_the_act_feed_and_the_watcher_stop_when_an_act_meets_the_shutdown(tmp_pa
             await asyncio.sleep(0)
         await asyncio.wait_for(asyncio.gather(feed.aclose(), fleet.aclose()), 10)
         await store.aclose()
+
+    asyncio.run(main())
+
+
+def test_a_control_stream_opened_during_the_shutdown_is_refused_at_once(tmp_path: Path) -> None:
+    """Not held until the gRPC server's grace ends: the sidecar is told UNAVAILABLE and reconnects elsewhere."""
+    from tests.test_control_service import collector  # noqa: PLC0415 - its real-collector helper
+
+    async def main() -> None:
+        async with collector(tmp_path / "c", f"sqlite:///{tmp_path / 'collector.db'}") as c:
+            assert c.control is not None
+            await c.control.aclose()  # the collector's first step of the shutdown
+            async with grpc.aio.insecure_channel(c.bound[0]) as channel:
+                call = control_pb2_grpc.ControlServiceStub(channel).Connect()
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await asyncio.wait_for(call.read(), 10)
+                assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+                assert "shutting down" in str(refused.value.details())
 
     asyncio.run(main())

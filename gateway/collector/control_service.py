@@ -260,6 +260,8 @@ class ControlServicer:
             await context.abort(status.code, status.details, status.trailing_metadata)
 
     async def _connect(self, requests: AsyncIterator[Any], context: Context) -> None:
+        if self._closing:  # a reconnect during the shutdown would hold the server for its whole grace
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the collector is shutting down; reconnect")
         nonce = os.urandom(32)
         await context.write(
             control_pb2.ConnectResponse(challenge=control_pb2.ControlChallenge(nonce=nonce, collector=self._key.name))
