@@ -200,8 +200,9 @@ class ActFeed:
         """Returns once the feed has read past ``cursor`` (or after :data:`WAIT_S`)."""
         if self.head > cursor:
             return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._advanced.wait(), WAIT_S)
+        with contextlib.suppress(TimeoutError):  # not wait_for: it may lose a cancel that meets the wake
+            async with asyncio.timeout(WAIT_S):
+                await self._advanced.wait()
 
 
 class ControlServicer:
@@ -259,6 +260,8 @@ class ControlServicer:
             await context.abort(status.code, status.details, status.trailing_metadata)
 
     async def _connect(self, requests: AsyncIterator[Any], context: Context) -> None:
+        if self._closing:  # a reconnect during the shutdown would hold the server for its whole grace
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the collector is shutting down; reconnect")
         nonce = os.urandom(32)
         await context.write(
             control_pb2.ConnectResponse(challenge=control_pb2.ControlChallenge(nonce=nonce, collector=self._key.name))

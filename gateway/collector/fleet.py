@@ -139,8 +139,10 @@ class FleetControl:
 
     async def _watch(self) -> None:
         while True:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for loses a cancel that meets the poke, and aclose hangs.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._poke.wait(), POLL_S)
+                async with asyncio.timeout(POLL_S):
+                    await self._poke.wait()
             self._poke.clear()  # before the read: a poke during it makes the next round read again
             try:
                 await self._db.listen(self._wake)  # reopens a dropped LISTEN connection
@@ -530,8 +532,9 @@ class FleetControl:
             if remaining <= 0:
                 return
             advanced = self._advanced
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(advanced.wait(), remaining)
+            with contextlib.suppress(TimeoutError):  # not wait_for: it may lose a cancel that meets the wake
+                async with asyncio.timeout(remaining):
+                    await advanced.wait()
 
     # --- the sidecars' streams -----------------------------------------------------------------------------
 
