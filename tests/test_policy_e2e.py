@@ -39,7 +39,9 @@ def test_a_burst_of_crm_calls_is_rate_limited_per_tenant(gateway_server: Running
     assert 0 < stopped.retry_after.ToTimedelta().total_seconds() <= 0.1
     assert other_tenant.decision == types_pb2.DECISION_ALLOW, "limits are per tenant"
     body = next(e for e in events(gateway_server.journal_path) if e["event_id"] == stopped.event_id)
-    assert body["retry_after_ms"] == round(stopped.retry_after.ToTimedelta().total_seconds() * 1000)
+    # From the nanoseconds: a timedelta keeps microseconds, and 62.500095 ms would round to 62 there, 63 here.
+    wait_ms = stopped.retry_after.seconds * 1000 + stopped.retry_after.nanos / 1e6
+    assert body["retry_after_ms"] == round(wait_ms)
 
 
 def test_shadow_rule_is_journaled_but_the_agent_is_allowed(gateway_server: RunningGateway) -> None:
