@@ -10,6 +10,8 @@ keeps the cancellation.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 from pathlib import Path
 
 import grpc
@@ -91,3 +93,74 @@ def test_a_control_stream_opened_during_the_shutdown_is_refused_at_once(tmp_path
                 assert "shutting down" in str(refused.value.details())
 
     asyncio.run(main())
+
+
+def test_a_sigterm_under_load_exits_and_the_restart_catches_up(tmp_path: Path) -> None:
+    """Real processes: a collector (SQLite), a sidecar with the control channel forwarding under Decide load while
+    kill switches are engaged; SIGTERM'd, the collector exits 0 in bounded time, and restarted, it ends up holding
+    every entry of the sidecar's journal once. The end-to-end guard: the race itself is timing-bound and this run
+    rarely meets it (it passed 3 of 3 runs without the fix); the in-process tests above are the ones that fail."""
+    import sqlite3  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    from agentaudit.v1 import operator_pb2  # noqa: PLC0415
+    from tests.fleet_processes import CollectorProcess, FleetOperator, SidecarProcess  # noqa: PLC0415
+    from tests.gateway_helpers import decide_request, stub  # noqa: PLC0415
+    from tests.helpers import eventually  # noqa: PLC0415
+
+    side = SidecarProcess.prepare(tmp_path / "s", "shutdown.a")
+    db = tmp_path / "c" / "collector.db"
+    col = CollectorProcess(tmp_path / "c", f"sqlite:///{db}", [(side.origin, side.public_key)])
+    col.start()
+    side.start(col.target)
+    stop, acknowledged = threading.Event(), [0]
+
+    def load() -> None:
+        channel, gateway = stub(side.target)
+        with channel:
+            step = 0
+            while not stop.is_set():
+                step += 1
+                with contextlib.suppress(grpc.RpcError):
+                    gateway.Decide(decide_request(run_id="run_load", tenant_id="t_load", step_id=step), timeout=60)
+                    acknowledged[0] += 1
+
+    def acts() -> None:
+        operator, i = FleetOperator(col, "ops"), 0
+        while not stop.is_set():
+            i += 1
+            with contextlib.suppress(grpc.RpcError):
+                operator("EngageKillSwitch", scope=operator_pb2.KILL_SWITCH_SCOPE_TENANT, target=f"t_{i}", reason="x")
+        operator.close()
+
+    threads = [threading.Thread(target=load), threading.Thread(target=acts)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(4)
+        assert col.proc is not None
+        col.proc.send_signal(signal.SIGTERM)
+        assert col.proc.wait(30) == 0  # raises TimeoutExpired when it hangs
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    try:
+        assert acknowledged[0] > 0
+        (tmp_path / "c" / "witness.key").unlink()  # CollectorProcess.start writes its keys afresh
+        (tmp_path / "c" / "control.key").unlink()
+        col.start()
+
+        def caught_up() -> bool:
+            with contextlib.closing(sqlite3.connect(db)) as conn:
+                count, distinct, top = conn.execute(
+                    "SELECT COUNT(*), COUNT(DISTINCT seq), MAX(seq) FROM events WHERE origin = ?", (side.origin,)
+                ).fetchone()
+            held = int(count)
+            return held == int(distinct) and held >= acknowledged[0] and int(top or -1) + 1 == held
+
+        eventually(caught_up, timeout=120, message="the restarted collector holds every entry once")
+    finally:
+        side.stop()
+        col.stop()
