@@ -37,6 +37,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench import peers
 from bench.run import (
     RESULTS_DIR,
     ROOT,
@@ -49,11 +50,9 @@ from bench.run import (
     wait_until_serving,
 )
 
-STEP_LOAD = ROOT / "bench" / "step_load.py"
 LEVELS = (1, 16, 64)
 DEFAULT_DURATION_S = 10.0  # long enough that a point's share of WAL checkpoints is near the average
 SETTLE_S = 2.0
-LOAD_SLACK_S = 60.0
 RAW_STEPS = 300
 TARGET_RSS_IDLE_MIB = 48.0
 TARGET_RSS_PEAK_MIB = 80.0
@@ -135,19 +134,7 @@ def running(spec: ServerSpec, cwd: Path) -> Iterator[int]:
 
 def step_load(target: str, concurrency: int, duration_s: float, warmup_s: float) -> dict[str, Any]:
     """One ``bench/step_load.py`` process (the asyncio client side); its JSON result or an error."""
-    argv = [sys.executable, str(STEP_LOAD), "--side", "agentaudit-async", "--target", target]
-    argv += ["--concurrency", str(concurrency), "--duration", str(duration_s), "--warmup", str(warmup_s)]
-    try:
-        done = subprocess.run(
-            argv, cwd=ROOT, capture_output=True, text=True, timeout=warmup_s + duration_s + LOAD_SLACK_S, check=False
-        )
-    except subprocess.TimeoutExpired:
-        return {"error": "the load generator timed out"}
-    lines = done.stdout.strip().splitlines()
-    if done.returncode != 0 or not lines:
-        return {"error": f"the load generator exited {done.returncode}: {' | '.join(done.stderr.splitlines()[-3:])}"}
-    result: dict[str, Any] = json.loads(lines[-1])
-    return result
+    return peers.load(Path(sys.executable), "agentaudit-async", target, concurrency, duration_s, warmup_s)
 
 
 def measure_sidecar(source: Path | None, levels: Sequence[int], duration_s: float, warmup_s: float) -> dict[str, Any]:
