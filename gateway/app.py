@@ -418,6 +418,7 @@ class Sidecar:
             connect_wait_s=control.connect_wait_s,
             backoff_initial_s=control.backoff_initial_s,
             backoff_max_s=control.backoff_max_s,
+            keepalive_s=control.keepalive_s,
             on_health=lambda problem: self.health.report(CONTROL_HEALTH, problem),
         )
         recorder.on_approval_entry = self.control.report

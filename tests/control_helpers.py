@@ -8,6 +8,7 @@ expired messages that no real collector would. It records every hello, acknowled
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 from collections.abc import AsyncIterator
@@ -20,6 +21,7 @@ import grpc
 from agentaudit.v1 import control_pb2, control_pb2_grpc, gateway_pb2, gateway_pb2_grpc
 from gateway import devenv
 from gateway.app import Sidecar
+from gateway.collector.control_service import KEEPALIVE_OPTIONS
 from gateway.config import Config, ControlConfig
 from gateway.control.message import KILL_SWITCH_SET, Hello, sign_control, verify_hello
 from gateway.signing import Ed25519Signer, load_signer
@@ -134,12 +136,16 @@ class ScriptedCollector(control_pb2_grpc.ControlServiceServicer):
 
 
 @asynccontextmanager
-async def scripted_server(directory: Path, collector: ScriptedCollector) -> AsyncIterator[str]:
-    """Serves ``collector`` on a unix socket in ``directory``; yields its address."""
-    server = grpc.aio.server()
+async def scripted_server(directory: Path, collector: ScriptedCollector, *, tcp: bool = False) -> AsyncIterator[str]:
+    """Serves ``collector`` on a unix socket in ``directory`` (or loopback TCP); yields its address. The server
+    takes pings as the collector's listener does (``KEEPALIVE_OPTIONS``)."""
+    server = grpc.aio.server(options=KEEPALIVE_OPTIONS)
     control_pb2_grpc.add_ControlServiceServicer_to_server(collector, server)
     address = f"unix://{directory / 'control.sock'}"
-    server.add_insecure_port(address)
+    if tcp:
+        address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+    else:
+        server.add_insecure_port(address)
     await server.start()
     try:
         yield address
@@ -198,3 +204,38 @@ async def decide(sidecar: Sidecar, **fields: Any) -> gateway_pb2.DecideResponse:
             decide_request(**fields), timeout=30
         )
         return reply
+
+
+class Partition:
+    """A TCP relay to the collector that can go silent without closing anything: a network partition (a hand-
+    written stand-in for the network, the one thing outside the project here)."""
+
+    def __init__(self, upstream: str) -> None:
+        host, port = upstream.rsplit(":", 1)
+        self.upstream = (host, int(port))
+        self.silent = False
+        self.server: asyncio.Server | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        return f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        for src, dst in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.create_task(self._pump(src, dst))
+            self.tasks.add(task)
+
+    async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await src.read(65536):
+                if not self.silent:  # silent: bytes are swallowed, no side learns anything
+                    dst.write(data)
+                    await dst.drain()
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        if self.server is not None:
+            self.server.close()

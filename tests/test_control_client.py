@@ -22,6 +22,7 @@ from gateway.control.message import APPROVAL_VOTE, KILL_SWITCH
 from gateway.journal.entry import decode_entry
 from tests.control_helpers import (
     FORGER,
+    Partition,
     ScriptedCollector,
     decide,
     origin_signer,
@@ -390,3 +391,38 @@ def test_four_eyes_votes_from_the_collector_grant_at_the_second_distinct_approve
 
 
 CONTROL_NAME = "control.test/collector"
+
+
+def test_a_silent_partition_is_noticed_by_the_sidecars_own_keepalive(tmp_path: Path) -> None:
+    """A cut network that closes nothing: the collector's own keepalive drops its end, but that close never reaches
+    the sidecar. Without pings of its own the sidecar would go on reporting ``connected`` and allowing actions with
+    no kill switch able to reach it; with them it notices, reconnects and, past ``max_staleness_s``, stops."""
+
+    async def main() -> None:
+        collector = ScriptedCollector()
+        async with scripted_server(tmp_path, collector, tcp=True) as address:
+            partition = Partition(address)
+            try:
+                relay = await partition.start()
+                cfg = sidecar_config(tmp_path / "sc", relay, keepalive_s=5.0, max_staleness_s=1.0)
+                collector.origin_keys, collector.initial_set = [origin_signer(tmp_path / "sc").verifier], []
+                async with running_sidecar(cfg) as sidecar:
+                    control = sidecar.control
+                    assert control is not None
+                    await eventually_async(lambda: control.state() == "connected", message="the control stream")
+                    assert (await decide(sidecar, run_id="run_p1")).decision == ALLOW
+                    partition.silent = True
+                    cut = time.monotonic()
+                    # keepalive 5 s + 5 s unanswered; without the sidecar's pings this never happens
+                    await eventually_async(
+                        lambda: control.state() != "connected", timeout=40, message="the sidecar noticing the cut"
+                    )
+                    noticed = time.monotonic() - cut
+                    await eventually_async(control.blocked, timeout=10, message="max_staleness_s")
+                    stopped = await decide(sidecar, run_id="run_p2")
+                    assert (stopped.decision, stopped.reason) == (STOP, reasons.CONTROL_PLANE_UNREACHABLE)
+                    print(f"\nsilent partition noticed by the sidecar's keepalive after {noticed:.1f} s")
+            finally:
+                await partition.close()
+
+    run(main())

@@ -27,6 +27,7 @@ from gateway.config import CollectorConfig
 from gateway.control import message as m
 from gateway.identity import Operator
 from gateway.signing import Ed25519Signer, write_secret_file
+from tests.control_helpers import Partition
 from tests.fleet_helpers import CONTROL, ORIGIN, OTHER, SidecarJournal, journal_key
 from tests.gateway_helpers import bad_request_fields
 
@@ -483,41 +484,6 @@ def test_the_control_service_is_in_health_and_reflection(tmp_path: Path) -> None
                 break
 
     run(scenario())
-
-
-class Partition:
-    """A TCP relay to the collector that can go silent without closing anything: a network partition (a hand-
-    written stand-in for the network, the one thing outside the project here)."""
-
-    def __init__(self, upstream: str) -> None:
-        host, port = upstream.rsplit(":", 1)
-        self.upstream = (host, int(port))
-        self.silent = False
-        self.server: asyncio.Server | None = None
-        self.tasks: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> str:
-        self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
-        return f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
-
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self.upstream)
-        for src, dst in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pump(src, dst))
-            self.tasks.add(task)
-
-    async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError):
-            while data := await src.read(65536):
-                if not self.silent:  # silent: bytes are swallowed, no side learns anything
-                    dst.write(data)
-                    await dst.drain()
-
-    async def close(self) -> None:
-        for task in self.tasks:
-            task.cancel()
-        if self.server is not None:
-            self.server.close()
 
 
 def test_a_sidecar_behind_a_silent_partition_is_noticed_by_keepalive(tmp_path: Path) -> None:

@@ -148,6 +148,7 @@ class ControlConfig:
     connect_wait_s: float = 5.0  # after start, Decide waits this long for the first complete kill-switch set
     backoff_initial_s: float = 0.2  # reconnect delays: doubling from this, with jitter,
     backoff_max_s: float = 10.0  # up to this
+    keepalive_s: float = 10.0  # ping the collector this often on the stream; no answer in as long: reconnect
 
 
 @dataclass(frozen=True)
@@ -498,6 +499,9 @@ def _validate_control(control: ControlConfig, fwd: ForwardConfig) -> None:
         raise ConfigError("control.connect_wait_s: must be between 0 and 600 seconds")
     if not 0 < control.backoff_initial_s <= control.backoff_max_s <= 3600:
         raise ConfigError("control.backoff_initial_s must be positive and at most control.backoff_max_s")
+    if not 5 <= control.keepalive_s <= 3600:
+        # The collector refuses pings more often than every 5 s (too_many_pings closes the connection).
+        raise ConfigError("control.keepalive_s: must be between 5 and 3600 seconds")
     tcp = control.enabled and control.collector not in ("", "embedded") and not control.collector.startswith("unix:")
     if not fwd.target and fwd.tls is not None and not tcp:
         check_collector_transport("forward.target", fwd.target, fwd.tls, fwd.allow_insecure)  # refuses, naming it

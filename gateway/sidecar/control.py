@@ -109,6 +109,25 @@ def _refusal_word(exc: AgentAuditError) -> str:
     return "failed_precondition"
 
 
+def keepalive_options(keepalive_s: float) -> list[tuple[str, int]]:
+    """Channel options for the sidecar's own keepalive pings on the control stream.
+
+    Without them a silent partition (nothing closed, nothing delivered) leaves the stream looking open forever:
+    the collector's keepalive drops its end, but that close never reaches the sidecar, which goes on reporting
+    ``connected`` and never applies ``max_staleness_s``. A ping unanswered within ``keepalive_s`` closes the
+    connection (``http2.ping_timeout_ms`` too: a keepalive ping queued behind an unanswered BDP ping would otherwise
+    wait for that one's default minute). The collector accepts a ping at most every 5 s on a quiet connection.
+    """
+    ms = int(keepalive_s * 1000)
+    return [
+        ("grpc.keepalive_time_ms", ms),
+        ("grpc.keepalive_timeout_ms", ms),
+        ("grpc.http2.ping_timeout_ms", ms),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
 class ControlClient:
     """The control stream's owner: connects, applies what the collector relays, reports approval entries.
 
@@ -136,6 +155,7 @@ class ControlClient:
         connect_wait_s: float = 5.0,
         backoff_initial_s: float = 0.2,
         backoff_max_s: float = 10.0,
+        keepalive_s: float = 10.0,
         on_health: Callable[[str], None] | None = None,
         report_queue_max: int = REPORT_QUEUE_MAX,
     ) -> None:
@@ -155,6 +175,7 @@ class ControlClient:
         self._max_staleness_s = max_staleness_s
         self._connect_wait_s = connect_wait_s
         self._backoff = (backoff_initial_s, backoff_max_s)
+        self._channel_options = keepalive_options(keepalive_s)
         self._on_health = on_health
         self._reports: asyncio.Queue[int] = asyncio.Queue(report_queue_max)
         self._ready = asyncio.Event()
@@ -298,7 +319,7 @@ class ControlClient:
             await asyncio.sleep(random.uniform(base / 2, min(cap, base * 2 ** min(failures - 1, 30))))  # noqa: S311
 
     async def _session(self) -> None:
-        channel = collector_channel(self._target, self._tls)
+        channel = collector_channel(self._target, self._tls, options=self._channel_options)
         drain: asyncio.Task[None] | None = None
         try:
             stub: Any = control_pb2_grpc.ControlServiceStub(channel)
