@@ -259,7 +259,8 @@ class Sidecar:
         if cfg.limits.store:  # every replica draws from one limit (ADR 0015); the replayed state is the fallback
             self.shared_limits = RedisLimits(cfg.limits.store, cfg.limits.key_prefix, cfg.limits.timeout_ms)
             await self.shared_limits.start()
-        self.approvals = ApprovalBook(recorder, self.reader)
+        policy = self.policy
+        self.approvals = ApprovalBook(recorder, self.reader, policy_version=lambda: policy.engine.version)
         await self.approvals.start(self._trusted.approvals if self._trusted else None)
         metrics.observe_state(metrics.APPROVALS_PENDING, self.approvals.pending_count)
         if cfg.forward.target:

@@ -313,6 +313,34 @@ def test_the_cli_prints_progress_and_trace_shows_the_votes(sidecar: RunningGatew
     assert "unresolved_approval" not in trace.stdout
 
 
+def test_a_grant_after_a_policy_change_is_refused_and_a_denial_still_closes_it(sidecar: RunningGateway) -> None:
+    """An approval asked under another policy version can never be used: a vote towards a grant is refused with
+    ``approval_policy_changed`` (nothing journaled), so approvers are not asked for a grant that does nothing; a
+    denial still closes the approval and the waiting agent learns it."""
+    approval_id = ask(sidecar, "run_4e_policy_vote").approval_id
+    before = kinds_of(sidecar, approval_id)
+    changed = FOUR_EYES_POLICY.replace("expires_in: 30m", "expires_in: 25m")
+    assert changed != FOUR_EYES_POLICY
+    channel, op = operator_stub(sidecar.operator_target)
+    with channel:
+        reload = op.ReloadPolicy(
+            operator_pb2.ReloadPolicyRequest(document=changed), metadata=auth(TOKENS["root"][0]), timeout=30
+        )
+    try:
+        assert reload.changed
+        err = refused(sidecar, approval_id, "alice")
+        assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert error_reason(err) == "APPROVAL_POLICY_CHANGED", err.details()
+        assert kinds_of(sidecar, approval_id) == before  # the refused vote left no event
+        answer(sidecar, approval_id, "carol", grant=False, comment="asked under the old policy")
+        assert wait_state(sidecar, approval_id, 10) == gateway_pb2.APPROVAL_STATE_DENIED
+    finally:  # the module's other tests use the four-eyes policy
+        channel, op = operator_stub(sidecar.operator_target)
+        with channel:
+            request = operator_pb2.ReloadPolicyRequest(document=FOUR_EYES_POLICY)
+            op.ReloadPolicy(request, metadata=auth(TOKENS["root"][0]), timeout=30)
+
+
 def test_a_grant_is_bound_to_the_policy_version_it_was_asked_under(sidecar: RunningGateway) -> None:
     approval_id = ask(sidecar, "run_4e_policy").approval_id
     answer(sidecar, approval_id, "alice")

@@ -30,7 +30,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 
 from gateway import reasons
@@ -86,8 +86,17 @@ _RESUME_REFUSALS = frozenset(
 class ApprovalBook:
     """Open approvals in memory, the state table, waiters, and the expiry task."""
 
-    def __init__(self, recorder: AuditRecorder, reader: JournalReader, *, expiry_check_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        recorder: AuditRecorder,
+        reader: JournalReader,
+        *,
+        expiry_check_s: float = 1.0,
+        policy_version: Callable[[], str] | None = None,
+    ) -> None:
         self._recorder = recorder
+        # The policy in force now: a grant for an approval asked under another version could never be used.
+        self._policy_version = policy_version
         self._reader = reader
         self._expiry_check_s = expiry_check_s
         self._open: dict[str, Approval] = {}
@@ -277,7 +286,8 @@ class ApprovalBook:
         Raises:
             InvalidRequestError: a denial without a justification.
             NotFoundError, FailedPreconditionError: no such approval, already resolved (``approval_already_resolved``),
-                expired, or this approver already voted (``approval_already_voted``).
+                expired, this approver already voted (``approval_already_voted``), or a grant for an approval asked
+                under another policy version (``approval_policy_changed``).
             PermissionDeniedError: the run's own actor, or not among the rule's approvers.
         """
         comment = self._recorder.scrub_text(comment)  # free text: detected PII never reaches the state table
@@ -286,6 +296,8 @@ class ApprovalBook:
         lock = self._answering.setdefault(approval_id, asyncio.Lock())
         async with lock:
             approval = self._open_pending(approval_id)
+            if grant:
+                self._check_policy_unchanged(approval)
             check_approver(
                 approval_id=approval.approval_id,
                 run_id=approval.run_id,
@@ -309,6 +321,18 @@ class ApprovalBook:
         if approval.state != PENDING:  # a vote before the last changes nothing a waiter waits for
             self._notify(approval_id)
         return approval, event_id
+
+    def _check_policy_unchanged(self, approval: Approval) -> None:
+        """Refuses a grant (or a vote towards one) for an approval asked under another policy version: the resume
+        would be refused ``approval_policy_changed`` whatever the approvers say. A denial is still taken: it closes
+        the approval and tells the agent."""
+        current = self._policy_version() if self._policy_version is not None else ""
+        if current and approval.policy_version and approval.policy_version != current:
+            raise FailedPreconditionError(
+                f"approval {approval.approval_id} was asked under policy {approval.policy_version}; the policy is now "
+                f"{current}, so a grant could never be used: deny it, and let the agent ask again",
+                reason=reasons.APPROVAL_POLICY_CHANGED,
+            )
 
     async def _journal_answer(
         self,
