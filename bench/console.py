@@ -230,9 +230,9 @@ async def _measure(path: Path, requests: int) -> dict[str, Any]:
         ops = OperatorConfig(
             tokens=(OperatorTokenConfig("bench", ("auditor",), hashlib.sha256(token.encode()).hexdigest()),)
         )
-        sessions = Sessions(ops, 3600, {})
+        sessions = Sessions(fleet.db, ops, 3600, {})
         console = Console(fleet, store, sessions, secure=False)
-        sid, _ = sessions.open(Operator("bench", frozenset({"auditor"})), "token")
+        sid, _ = await sessions.open(Operator("bench", frozenset({"auditor"})), "token")
         app = console_app(console)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://console", cookies={COOKIE: sid}) as c:

@@ -283,7 +283,7 @@ def test_under_tls_the_console_is_https_and_its_cookie_secure(tmp_path: Path) ->
 def test_a_one_time_link_signs_in_once(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with console_collector(tmp_path) as env:
-            link = env.console.one_time_link(Operator("dev-operator", frozenset({"admin"})))
+            link = await env.console.one_time_link(Operator("dev-operator", frozenset({"admin"})))
             assert link.startswith(env.url + "/login/once/")
             async with httpx.AsyncClient() as first:
                 answer = await first.get(link)
@@ -573,3 +573,71 @@ def test_agentaudit_collector_serves_slack_interactions_on_the_console_listener(
     with sqlite3.connect(tmp_path / "collector.db") as db:
         kinds = [row[0] for row in db.execute("SELECT kind FROM control_log ORDER BY id")]
     assert kinds.count("operator_denied") == 2
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def shared_store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "postgres":
+        return str(request.getfixturevalue("postgres_database"))
+    return f"sqlite:///{tmp_path / 'shared.db'}"
+
+
+def test_a_session_is_shared_by_replicas_and_signing_out_on_one_ends_it_on_all(
+    tmp_path: Path, shared_store: str
+) -> None:
+    """Two collector replicas on one database, as behind a load balancer without sticky sessions: a sign-in on A
+    is honoured by B, a one-time link made on A is redeemed once across both, and a sign-out on B ends the session
+    on A; a restart signs nobody out."""
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+
+    async def scenario() -> None:
+        async with (
+            console_collector(tmp_path / "a", store=shared_store) as a,
+            console_collector(tmp_path / "b", store=shared_store) as b,
+        ):
+            client = await sign_in(a, "audrey")
+            cookie = client.cookies.get(COOKIE)
+            assert cookie
+            async with httpx.AsyncClient(base_url=b.url, cookies={COOKIE: cookie}, timeout=30) as other:
+                assert (await other.get("/approvals")).status_code == 200
+                link = await a.console.one_time_link(Operator("dev-operator", frozenset({"admin"})))
+                secret = link.rsplit("/", 1)[1]
+                async with httpx.AsyncClient(base_url=b.url, timeout=30) as fresh:
+                    assert (await fresh.get(f"/login/once/{secret}")).status_code == 303
+                async with httpx.AsyncClient(base_url=a.url, timeout=30) as late:
+                    assert (await late.get(f"/login/once/{secret}")).status_code == 401  # used on B
+                csrf = await csrf_of(other)
+                assert (await other.post("/logout", data={"csrf": csrf})).status_code in (200, 303)
+            assert (await client.get("/approvals")).status_code == 401  # signed out on B: gone on A too
+            await client.aclose()
+            survivor = await sign_in(a, "audrey")
+            kept = survivor.cookies.get(COOKIE)
+            await survivor.aclose()
+        async with (
+            console_collector(tmp_path / "a", store=shared_store) as again,  # restarted
+            httpx.AsyncClient(base_url=again.url, cookies={COOKIE: kept or ""}, timeout=30) as back,
+        ):
+            assert (await back.get("/approvals")).status_code == 200
+
+    run(scenario())
+
+
+def test_a_session_row_edited_or_a_forged_cookie_gets_nothing(tmp_path: Path) -> None:
+    """Only the SHA-256 of a session id is stored: the stored value itself is no cookie, and a random or oversized
+    cookie is simply no session (401), never an error."""
+
+    async def scenario() -> None:
+        async with console_collector(tmp_path) as env:
+            client = await sign_in(env, "audrey")
+            cookie = client.cookies.get(COOKIE) or ""
+            await client.aclose()
+            with sqlite3.connect(tmp_path / "collector.db") as conn:
+                [(stored,)] = conn.execute("SELECT sid_sha256 FROM console_sessions").fetchall()
+            assert stored == hashlib.sha256(cookie.encode()).hexdigest() and cookie not in stored
+            for forged in (stored, "x" * 10_000, cookie[:-1] + ("A" if cookie[-1] != "A" else "B")):
+                async with httpx.AsyncClient(base_url=env.url, cookies={COOKIE: forged}, timeout=30) as c:
+                    assert (await c.get("/approvals")).status_code == 401
+
+    run(scenario())

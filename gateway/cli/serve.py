@@ -144,7 +144,7 @@ def _serve(
             if banner:
                 assert directory is not None
                 _print_dev_banner(cfg, sidecar.bound, sidecar.operator_bound, created, directory)
-                _print_console(sidecar)
+                await _print_console(sidecar)
             printer = asyncio.create_task(_print_decisions(cfg.journal.path, stop)) if decisions else None
             await stop.wait()
             log.info("shutting down")
@@ -193,7 +193,7 @@ def _print_dev_banner(
     sys.stdout.flush()
 
 
-def _print_console(sidecar: Any) -> None:
+async def _print_console(sidecar: Any) -> None:
     """The console's URL and a one-time sign-in link for the dev operator (admin)."""
     from gateway.devenv import DEV_OPERATOR  # noqa: PLC0415
     from gateway.identity import Operator  # noqa: PLC0415
@@ -201,7 +201,7 @@ def _print_console(sidecar: Any) -> None:
     console = sidecar.console
     if console is None or not console.url:
         return
-    link = console.one_time_link(Operator(DEV_OPERATOR, frozenset({"admin", "approver", "auditor"})))
+    link = await console.one_time_link(Operator(DEV_OPERATOR, frozenset({"admin", "approver", "auditor"})))
     print(f"console:   {console.url}")
     print(f"  sign in once (works one time, 10 minutes): {link}")
     if not sidecar.config.control.enabled:

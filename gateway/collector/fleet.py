@@ -113,6 +113,11 @@ class FleetControl:
         """``control_log`` rows whose signature did not verify, seen by :meth:`acts_since` since start."""
 
     @property
+    def db(self) -> FleetDb:
+        """The fleet tables' transactions (the console keeps its sessions there too)."""
+        return self._db
+
+    @property
     def control_verifier(self) -> Verifier:
         """The public half of the control key (what sidecars pin)."""
         return self._key.verifier

@@ -1,9 +1,10 @@
 """Who is signed in to the console: sessions, CSRF tokens, one-time sign-in links and trusted identity headers.
 
-Sessions live in the console process's memory (one collector process serves its console; a restart signs
-everyone out). The cookie holds a random 32-byte session id; only its SHA-256 is kept, like operator tokens, so
-a memory dump of the table cannot be replayed as cookies. Every session has its own CSRF token, compared in
-constant time on every POST.
+Sessions and one-time links live in the collector's database (``console_sessions``, ``console_links``; migration
+0006), so every replica behind a load balancer answers for every session, a restart signs nobody out, and signing
+out on one replica signs out on all. The cookie holds a random 32-byte session id; only its SHA-256 is stored,
+like operator tokens, so a copy of the table cannot be replayed as cookies. Every session has its own CSRF token,
+compared in constant time on every POST. Expiry is wall-clock time, which the replicas share.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from gateway.collector.fleet_db import FleetDb, Row
 from gateway.config import OperatorConfig
 from gateway.errors import UnauthenticatedError
 from gateway.identity import Operator
@@ -29,7 +31,7 @@ MAX_SESSIONS = 10_000
 
 @dataclass(frozen=True)
 class Session:
-    """One signed-in operator: who, the CSRF token of their forms, and when the session ends (monotonic s)."""
+    """One signed-in operator: who, the CSRF token of their forms, and when the session ends (unix seconds)."""
 
     operator: Operator
     csrf: str
@@ -37,33 +39,46 @@ class Session:
     via: str  # token | header | link
 
 
-def _digest(secret: str) -> bytes:
-    return hashlib.sha256(secret.encode()).digest()
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _roles(text: str) -> frozenset[str]:
+    return frozenset(r for r in text.split(",") if r)
+
+
+def _session_of(row: Row) -> Session:
+    operator = Operator(str(row["operator"]), _roles(str(row["roles"])))
+    return Session(operator, str(row["csrf"]), int(row["expires_ms"]) / 1000, str(row["via"]))
 
 
 class Sessions:
-    """The console's sessions and one-time links.
+    """The console's sessions and one-time links, in the collector's database (shared by its replicas).
 
     Args:
+        db: the collector's fleet tables' transactions (``FleetControl.db``).
         operators: the collector's operator tokens (``collector.operator.tokens``): what ``/login`` accepts.
         ttl_s: a session's lifetime from sign-in (``collector.console.session_ttl_s``).
         header_roles: identities accepted from a trusted header, with their roles.
-        clock: monotonic seconds (tests move it).
+        clock: wall-clock seconds (tests move it).
     """
 
     def __init__(
         self,
+        db: FleetDb,
         operators: OperatorConfig,
         ttl_s: float,
         header_roles: dict[str, tuple[str, ...]],
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        self._db = db
         self._auth = Authenticator(operators)
         self.ttl_s = ttl_s
         self._header_roles = {k.strip().casefold(): (k, frozenset(v)) for k, v in header_roles.items()}
         self.clock = clock
-        self._sessions: dict[bytes, Session] = {}
-        self._links: dict[bytes, tuple[Operator, float]] = {}
+
+    def _now_ms(self) -> int:
+        return int(self.clock() * 1000)
 
     def sign_in_with_token(self, token: str) -> Operator | None:
         """The operator a token belongs to (hashed and compared in constant time), or None."""
@@ -77,50 +92,71 @@ class Sessions:
         found = self._header_roles.get(value.strip().casefold())
         return None if found is None else Operator(found[0], found[1])
 
-    def open(self, operator: Operator, via: str) -> tuple[str, Session]:
-        """A new session: returns the cookie value and the session."""
-        self._expire()
-        while len(self._sessions) >= MAX_SESSIONS:  # the oldest go first
-            self._sessions.pop(next(iter(self._sessions)))
-        sid = secrets.token_urlsafe(32)
-        session = Session(operator, secrets.token_urlsafe(32), self.clock() + self.ttl_s, via)
-        self._sessions[_digest(sid)] = session
-        return sid, session
+    async def open(self, operator: Operator, via: str) -> tuple[str, Session]:
+        """A new session: returns the cookie value and the session. Expired sessions are removed first and, past
+        :data:`MAX_SESSIONS` live ones, the oldest."""
+        sid, csrf, now = secrets.token_urlsafe(32), secrets.token_urlsafe(32), self._now_ms()
+        expires = now + int(self.ttl_s * 1000)
+        async with self._db.write() as tx:
+            await tx.execute("DELETE FROM console_sessions WHERE expires_ms <= ?", now)
+            rows = await tx.fetch("SELECT count(*) AS n FROM console_sessions")
+            excess = int(rows[0]["n"]) - MAX_SESSIONS + 1
+            if excess > 0:
+                await tx.execute(
+                    "DELETE FROM console_sessions WHERE sid_sha256 IN "
+                    "(SELECT sid_sha256 FROM console_sessions ORDER BY opened_ms, sid_sha256 LIMIT ?)",
+                    excess,
+                )
+            await tx.execute(
+                "INSERT INTO console_sessions (sid_sha256, operator, roles, csrf, via, opened_ms, expires_ms) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                _digest(sid), operator.identity, ",".join(sorted(operator.roles)), csrf, via, now, expires,
+            )  # fmt: skip
+        return sid, Session(operator, csrf, expires / 1000, via)
 
-    def get(self, sid: str) -> Session | None:
-        """The live session of a cookie value (None: unknown or expired; an expired one is dropped)."""
-        if not sid:
+    async def get(self, sid: str) -> Session | None:
+        """The live session of a cookie value (None: unknown, signed out or expired)."""
+        if not sid or len(sid) > 256:
             return None
-        key = _digest(sid)
-        session = self._sessions.get(key)
-        if session is None:
+        async with self._db.read() as tx:
+            rows = await tx.fetch(
+                "SELECT operator, roles, csrf, via, expires_ms FROM console_sessions WHERE sid_sha256 = ?",
+                _digest(sid),
+            )
+        if not rows or int(rows[0]["expires_ms"]) <= self._now_ms():
             return None
-        if session.expires_at <= self.clock():
-            del self._sessions[key]
-            return None
-        return session
+        return _session_of(rows[0])
 
-    def close(self, sid: str) -> None:
-        """Signs a session out."""
-        self._sessions.pop(_digest(sid), None)
+    async def close(self, sid: str) -> None:
+        """Signs a session out, on every replica."""
+        if sid:
+            async with self._db.write() as tx:
+                await tx.execute("DELETE FROM console_sessions WHERE sid_sha256 = ?", _digest(sid))
 
-    def one_time_link(self, operator: Operator) -> str:
+    async def one_time_link(self, operator: Operator) -> str:
         """A secret for ``/login/once/<secret>`` that signs ``operator`` in once, within :data:`ONE_TIME_TTL_S`."""
-        secret = secrets.token_urlsafe(32)
-        self._links[_digest(secret)] = (operator, self.clock() + ONE_TIME_TTL_S)
+        secret, now = secrets.token_urlsafe(32), self._now_ms()
+        async with self._db.write() as tx:
+            await tx.execute("DELETE FROM console_links WHERE expires_ms <= ?", now)
+            await tx.execute(
+                "INSERT INTO console_links (link_sha256, operator, roles, expires_ms) VALUES (?, ?, ?, ?)",
+                _digest(secret), operator.identity, ",".join(sorted(operator.roles)), now + int(ONE_TIME_TTL_S * 1000),
+            )  # fmt: skip
         return secret
 
-    def redeem(self, secret: str) -> Operator | None:
-        """The operator of a one-time link, removing it (a second use finds nothing)."""
-        found = self._links.pop(_digest(secret), None)
-        if found is None or found[1] <= self.clock():
+    async def redeem(self, secret: str) -> Operator | None:
+        """The operator of a one-time link, removing it: of two replicas redeeming it at once, one gets it."""
+        if not secret or len(secret) > 256:
             return None
-        return found[0]
-
-    def _expire(self) -> None:
-        now = self.clock()
-        for key in [k for k, s in self._sessions.items() if s.expires_at <= now]:
-            del self._sessions[key]
+        async with self._db.write() as tx:
+            rows = await tx.fetch(
+                "SELECT operator, roles, expires_ms FROM console_links WHERE link_sha256 = ?", _digest(secret)
+            )
+            if not rows or not await tx.execute("DELETE FROM console_links WHERE link_sha256 = ?", _digest(secret)):
+                return None
+        if int(rows[0]["expires_ms"]) <= self._now_ms():
+            return None
+        return Operator(str(rows[0]["operator"]), _roles(str(rows[0]["roles"])))
 
 
 def csrf_ok(session: Session, presented: str) -> bool:

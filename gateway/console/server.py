@@ -59,7 +59,7 @@ class ConsoleServer:
         addresses = DEFAULT_CONSOLE_LISTEN if configured is None else configured
         if not addresses:
             return
-        sessions = Sessions(cfg.operator, cfg.console.session_ttl_s, dict(cfg.console.header_roles))
+        sessions = Sessions(collector.fleet.db, cfg.operator, cfg.console.session_ttl_s, dict(cfg.console.header_roles))
         if not cfg.operator.tokens and not cfg.console.header_roles:
             log.warning(
                 "console: no collector.operator.tokens and no collector.console.header_roles: nobody can sign in"
@@ -113,11 +113,11 @@ class ConsoleServer:
         """The first listener's URL ("" when no console serves)."""
         return f"{self.scheme}://{self.bound[0]}" if self.bound else ""
 
-    def one_time_link(self, operator: Operator) -> str:
-        """A sign-in URL for ``operator`` that works once (``agentaudit dev`` prints it)."""
+    async def one_time_link(self, operator: Operator) -> str:
+        """A sign-in URL for ``operator`` that works once, on any replica (``agentaudit dev`` prints it)."""
         if self.console is None or not self.bound:
             return ""
-        return f"{self.url}/login/once/{self.console.sessions.one_time_link(operator)}"
+        return f"{self.url}/login/once/{await self.console.sessions.one_time_link(operator)}"
 
     async def aclose(self) -> None:
         """Stops every listener (in-flight requests finish first)."""

@@ -140,7 +140,7 @@ class Console:
         4. A POST must carry the session's CSRF token in its form (``csrf``) or ``X-CSRF-Token`` (403).
         """
         sid = request.cookies.get(COOKIE, "")
-        session = self.sessions.get(sid)
+        session = await self.sessions.get(sid)
         new_cookie = ""
         header = request.headers.get(HEADER_EMAIL) or request.headers.get(HEADER_USER) or ""
         theirs = session is not None and session.operator.identity.casefold() == header.strip().casefold()
@@ -148,7 +148,7 @@ class Console:
             operator = self.sessions.operator_from_header(header)
             if operator is None:
                 raise Refused(403, "unknown_identity", "this identity has no console roles", header.strip())
-            new_cookie, session = self.sessions.open(operator, "header")
+            new_cookie, session = await self.sessions.open(operator, "header")
         if session is None:  # 2.
             expired = bool(sid)
             raise Refused(401, "session_expired" if expired else "no_session", "sign in first")
@@ -239,17 +239,17 @@ class Console:
         if operator is None:
             await self.fleet.record_denied(identity="", what="POST /login", reason="invalid_token", channel=CHANNEL)
             return self._login_page(request, 401, error="that token is not an operator token of this collector")
-        return self._signed_in(operator, "token")
+        return await self._signed_in(operator, "token")
 
     async def login_once(self, request: Request) -> Response:
         """The one-time sign-in link (``agentaudit dev``): works once, within ten minutes."""
-        operator = self.sessions.redeem(request.path_params["secret"])
+        operator = await self.sessions.redeem(request.path_params["secret"])
         if operator is None:
             return await self.refuse(request, Refused(401, "link_used", "this sign-in link was used or has expired"))
-        return self._signed_in(operator, "link")
+        return await self._signed_in(operator, "link")
 
-    def _signed_in(self, operator: Operator, via: str) -> Response:
-        sid, _ = self.sessions.open(operator, via)
+    async def _signed_in(self, operator: Operator, via: str) -> Response:
+        sid, _ = await self.sessions.open(operator, via)
         response = RedirectResponse("/approvals", status_code=303)
         self.set_cookie(response, sid)
         response.delete_cookie(LOGIN_COOKIE, path="/login")
@@ -257,7 +257,7 @@ class Console:
         return response
 
     async def logout(self, request: Request, caller: Caller, form: FormData) -> Response:
-        self.sessions.close(request.cookies.get(COOKIE, ""))
+        await self.sessions.close(request.cookies.get(COOKIE, ""))
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(COOKIE, path="/")
         return response
