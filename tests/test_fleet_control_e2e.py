@@ -12,7 +12,9 @@ Delays are printed; the bounds asserted are generous (the machine is shared), ne
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import socket
 import threading
 import time
 import uuid
@@ -204,26 +206,71 @@ def test_a_fleet_kill_switch_stops_the_next_decide_on_both_sidecars(fleet: Fleet
         ops_a.close()
 
 
+class LateRelay:
+    """A TCP relay from a fixed loopback port to a collector that listens only from :meth:`open` on: before it, a
+    sidecar dialling the port is refused, as when its collector is not up yet (a hand-written stand-in for the
+    network between them, the one thing outside the project here)."""
+
+    def __init__(self, upstream: str) -> None:
+        host, port = upstream.rsplit(":", 1)
+        self.upstream = (host, int(port))
+        with socket.socket() as probe:  # a port nobody listens on, until open()
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.target = f"127.0.0.1:{self.port}"
+        self._server: socket.socket | None = None
+        self._sockets: list[socket.socket] = []
+
+    def open(self) -> None:
+        self._server = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        assert self._server is not None
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = self._server.accept()
+                upstream = socket.create_connection(self.upstream)
+                self._sockets += [client, upstream]
+                for src, dst in ((client, upstream), (upstream, client)):
+                    threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        for sock in [*([self._server] if self._server else []), *self._sockets]:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
 def test_a_sidecar_started_after_a_switch_never_answers_allow_inside_it(fleet: Fleet) -> None:
+    """Started while its collector cannot be reached, the sidecar has no kill-switch set: every Decide, in the
+    switch's scope or not, stops with ``control_plane_unreachable`` (after ``connect_wait_s``), never allow. Once
+    the collector is reachable the set arrives: the switched tenant stops with ``kill_switch_engaged``, others are
+    allowed. (Started with the collector reachable, the set arrives before the first Decide and the gate is never
+    seen: this order is what exercises it.)"""
     ops_b = FleetOperator(fleet.b, "ops")
+    relay = LateRelay(fleet.a.target)
     try:
         ops_b("EngageKillSwitch", scope=operator_pb2.KILL_SWITCH_SCOPE_TENANT, target="t_late", reason="before start")
-        fleet.late.start(fleet.a.target, wait=False)
+        fleet.late.start(relay.target, wait=False)
+        first = until(lambda: _answer(fleet.late.target, "t_late"), "the late sidecar listening", 60, 0.05)
+        unreachable = [(first.decision, first.reason), _pair(decide(fleet.late.target, "t_other"))]
+        assert unreachable == [(types_pb2.DECISION_STOP, "control_plane_unreachable")] * 2, unreachable
+        relay.open()
         answers: list[tuple[int, str]] = []
         deadline = time.monotonic() + 90
-        # From the first moment it answers, until it has applied the set (then a few more): never allow.
+        # From the collector being reachable until the set is applied (then a few more): never allow.
         while time.monotonic() < deadline:
-            try:
-                reply = decide(fleet.late.target, "t_late")
-            except grpc.RpcError as exc:
-                if exc.code() != grpc.StatusCode.UNAVAILABLE:  # not listening yet
-                    raise
-                time.sleep(0.02)
-                continue
-            answers.append((reply.decision, reply.reason))
+            answers.append(_pair(decide(fleet.late.target, "t_late")))
             if sum(1 for _, reason in answers if reason == "kill_switch_engaged") >= 5:
                 break
-        assert answers, f"the late sidecar never answered:\n{fleet.late.log()[-3000:]}"
         assert all(decision != types_pb2.DECISION_ALLOW for decision, _ in answers), answers
         assert {reason for _, reason in answers} <= {"control_plane_unreachable", "kill_switch_engaged"}, answers
         assert answers[-1][1] == "kill_switch_engaged"
@@ -231,3 +278,18 @@ def test_a_sidecar_started_after_a_switch_never_answers_allow_inside_it(fleet: F
         assert decide(fleet.late.target, "t_other").decision == types_pb2.DECISION_ALLOW
     finally:
         ops_b.close()
+        relay.close()
+
+
+def _answer(target: str, tenant: str) -> gateway_pb2.DecideResponse | None:
+    """A Decide's answer, or None while the sidecar is not listening yet."""
+    try:
+        return decide(target, tenant)
+    except grpc.RpcError as exc:
+        if exc.code() != grpc.StatusCode.UNAVAILABLE:
+            raise
+        return None
+
+
+def _pair(reply: gateway_pb2.DecideResponse) -> tuple[int, str]:
+    return reply.decision, reply.reason
