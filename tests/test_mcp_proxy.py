@@ -7,8 +7,10 @@ against what the journal holds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -523,3 +525,72 @@ async def test_changed_definition_the_policy_allows_stays_listed_and_the_listing
     assert call["action"] == "mcp.tools.mutable" and call["labels"]["mcp.tool_changed"] == "true"
     assert "mcp.tool_change_new" not in call["labels"]  # journaled once, at the listing
     assert setup.calls() == ["mutable m9"]
+
+
+# --- the ReportResult beside the answer (gateway/mcp/reports.py) ---------------------------------------------------
+
+
+def _proxy_pid(setup: Setup) -> int:
+    """The ``agentaudit mcp`` process of this test (its command line names the test's state directory)."""
+    marker = str(setup.tmp / "proxy-state").encode()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if marker in cmdline and b"mcp\x00stdio" in cmdline:
+                return int(entry.name)
+    raise AssertionError("no agentaudit mcp stdio process found")
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@both
+@revisions
+async def test_sequential_calls_are_journaled_in_causal_order(
+    sidecar: RunningGateway, setup: Setup, transport: str, revision: str
+) -> None:
+    async with connect(sidecar, setup, transport, revision) as client:
+        results = [await client.call_tool("write_record", {"id": f"w{i}", "amount": 5}) for i in range(4)]
+    assert not any(r.is_error for r in results)
+    journal = events(sidecar, setup.run_id)
+    # Each call's Decide waited for the run's reports still in flight: a result the client had seen is journaled
+    # before the next call it made.
+    assert [e["kind"] for e in journal] == ["pre_exec", "post_exec"] * 4
+    for pre, post in zip(journal[::2], journal[1::2], strict=True):
+        assert post["pre_event_id"] == pre["event_id"] and post["status"] == "succeeded"
+
+
+@revisions
+async def test_sigterm_right_after_an_answer_still_journals_its_result(
+    sidecar: RunningGateway, setup: Setup, revision: str
+) -> None:
+    result: types.CallToolResult | None = None
+    with contextlib.suppress(Exception):  # the client's server goes away under it: whatever it raises is not the point
+        async with connect(sidecar, setup, "stdio", revision) as client:
+            await client.list_tools()
+            pid = _proxy_pid(setup)
+            result = await client.call_tool("write_record", {"id": "t1", "amount": 5})
+            os.kill(pid, signal.SIGTERM)
+            await eventually_async(lambda: not _running(pid), message="the proxy to exit on SIGTERM")
+    assert result is not None and not result.is_error
+    posts = [e for e in events(sidecar, setup.run_id) if e["kind"] == "post_exec"]
+    assert [p["status"] for p in posts] == ["succeeded"]
+
+
+@both
+async def test_report_before_answer_holds_the_result_until_it_is_journaled(
+    sidecar: RunningGateway, setup: Setup, transport: str
+) -> None:
+    async with connect(sidecar, setup, transport, "2025-11-25", extra=["--report-before-answer"]) as client:
+        result = await client.call_tool("write_record", {"id": "b1", "amount": 5})
+        journal = events(sidecar, setup.run_id)  # read while the session is open: nothing waits for a drain
+    assert not result.is_error
+    assert [e["kind"] for e in journal] == ["pre_exec", "post_exec"]
