@@ -157,21 +157,20 @@ def _spans(stats: Path, direct_s: float, proxied_s: float) -> list[tuple[str, fl
     """The proxy's stage medians and what the client saw → where the added p50 goes, in ms."""
     spans = {k: statistics.median(v) if v else 0.0 for k, v in json.loads(stats.read_text()).items()}
     handler, decide, upstream, report = (spans[k] for k in ("handler", "decide", "upstream", "report"))
+    # The ReportResult goes beside the answer (gateway/mcp/reports.py): it is timed, but it is not in the handler.
+    own = handler - decide - upstream
     rows = [
         ("client -> proxy -> client: hop, transport, SDK server (outside the handler)", proxied_s - handler),
-        ("  handler: Decide (sidecar round trip)", decide),
+        ("  handler: Decide (sidecar round trip; after waiting for the run's reports)", decide),
         ("  handler: upstream tools/call (second MCP hop and the server)", upstream),
-        ("  handler: ReportResult (sidecar round trip)", report),
-        ("  handler: the proxy's own work (identity, labels, digest, mapping)", handler - decide - upstream - report),
+        ("  handler: the proxy's own work (identity, labels, digest, mapping, waits)", own),
+        ("ReportResult (sidecar round trip, beside the answer: not in the handler)", report),
         ("proxied p50 as the client saw it", proxied_s),
         ("direct p50 (client -> server -> client)", direct_s),
         ("added p50 = proxied - direct", proxied_s - direct_s),
-        ("  of which the sidecar (Decide + ReportResult)", decide + report),
+        ("  of which the Decide", decide),
         ("  of which the second hop (upstream call - direct call)", upstream - direct_s),
-        (
-            "  of which the proxy (outside the handler + its own work)",
-            proxied_s - handler + handler - decide - upstream - report,
-        ),
+        ("  of which the proxy (outside the handler + its own work)", proxied_s - handler + own),
     ]
     return [(name, seconds * 1000) for name, seconds in rows]
 

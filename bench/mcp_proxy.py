@@ -11,6 +11,9 @@ Run as ``python -m bench.mcp_proxy [--duration S] [--concurrency 1,16] [--rounds
    **proxied** (the same kind of client calling ``agentaudit mcp`` in front of the same server), and with
    ``--compare REF`` also **proxied@REF**: the proxy as it was at that git commit (exported with ``git archive``
    and run from there), so a change is measured against what it replaces, in the same run.
+4. **passthrough**: ``bench.mcp_passthrough``, the proxy with its governing taken out (the same SDK server,
+   transports and upstream connection, no Decide or ReportResult): passthrough minus direct is what a second MCP
+   hop through the SDK costs, proxied minus passthrough what governing (ours and the sidecar's) costs.
 
 Every variant keeps its session open for the whole run, and the variants take turns: the measured time is split
 into ``--rounds`` windows per variant, in a rotating order, each after a short warm-up, so a change in the
@@ -60,6 +63,8 @@ access: {default: allow}
 
 _CLI = [sys.executable, "-m", "gateway.cli"]
 _SERVER = [sys.executable, "-m", "bench.mcp_echo_server"]
+_PASSTHROUGH = [sys.executable, "-m", "bench.mcp_passthrough"]
+PASSTHROUGH_MARKER = "bench.mcp_passthrough"
 
 
 def _free_port() -> int:
@@ -289,7 +294,8 @@ def _export(ref: str, into: Path) -> _Code:
 
 @contextmanager
 def _http_servers(sidecar: str, workdir: Path, codes: Sequence[_Code]) -> Iterator[tuple[str, list[str]]]:
-    """The echo server over HTTP and one ``agentaudit mcp http`` per code in front of it: (direct, proxied URLs)."""
+    """The echo server over HTTP, the pass-through and one ``agentaudit mcp http`` per code in front of it:
+    (direct URL, [pass-through URL, proxied URLs...])."""
     upstream = _free_port()
     procs: list[subprocess.Popen[bytes]] = []
     with ExitStack() as stack:
@@ -299,6 +305,10 @@ def _http_servers(sidecar: str, workdir: Path, codes: Sequence[_Code]) -> Iterat
         urls = []
         try:
             _wait(_listening(upstream), procs[0], "the echo server")
+            passthrough = _free_port()
+            procs.append(subprocess.Popen([*_PASSTHROUGH, "http", str(passthrough), direct], cwd=ROOT, stderr=log))
+            _wait(_listening(passthrough), procs[-1], "the pass-through")
+            urls.append(f"http://127.0.0.1:{passthrough}/mcp")
             for i, code in enumerate(codes):
                 listen = _free_port()
                 flags = [*_proxy_flags(sidecar, workdir / f"http-state-{i}"), "--listen", f"127.0.0.1:{listen}"]
@@ -321,7 +331,8 @@ def _http_servers(sidecar: str, workdir: Path, codes: Sequence[_Code]) -> Iterat
 
 def _stdio_targets(sidecar: str, workdir: Path, codes: Sequence[_Code]) -> tuple[Any, list[Any]]:
     direct = StdioServerParameters(command=_SERVER[0], args=[*_SERVER[1:], "stdio"], cwd=str(ROOT))
-    proxied = []
+    passthrough = [*_PASSTHROUGH[1:], "stdio", "--", *_SERVER, "stdio"]
+    proxied = [StdioServerParameters(command=_PASSTHROUGH[0], args=passthrough, cwd=str(ROOT))]
     for i, code in enumerate(codes):
         flags = _proxy_flags(sidecar, workdir / f"stdio-state-{i}")
         proxied.append(
@@ -379,15 +390,20 @@ async def _run(
                             for n in concurrency:
                                 progress(f"mcp: {transport} c{n}: sidecar D+R, direct, {', '.join(result['variants'])}")
                                 variants = [_Variant("sidecar", _sidecar_call(gateway)), _Variant("direct", calls[0])]
+                                variants.append(_Variant("passthrough", calls[1], PASSTHROUGH_MARKER))
                                 variants += [
                                     _Variant(c.label, call, marker)
-                                    for c, call, marker in zip(codes, calls[1:], markers, strict=True)
+                                    for c, call, marker in zip(codes, calls[2:], markers, strict=True)
                                 ]
                                 await _interleaved(variants, n, duration_s, warmup_s, rounds)
                                 row = {v.name: v.result() for v in variants}
+                                for label in ("passthrough", *(c.label for c in codes)):
+                                    row[label]["added_p50_ms"] = _delta(row[label], row["direct"], "p50_ms")
+                                    row[label]["added_p99_ms"] = _delta(row[label], row["direct"], "p99_ms")
                                 for c in codes:
-                                    row[c.label]["added_p50_ms"] = _delta(row[c.label], row["direct"], "p50_ms")
-                                    row[c.label]["added_p99_ms"] = _delta(row[c.label], row["direct"], "p99_ms")
+                                    row[c.label]["over_passthrough_p50_ms"] = _delta(
+                                        row[c.label], row["passthrough"], "p50_ms"
+                                    )
                                 result.setdefault(transport, {})[f"c{n}"] = row
             finally:
                 await gateway.aclose()
@@ -442,7 +458,7 @@ def format_result(result: dict[str, Any]) -> str:
     for transport in ("stdio", "http"):
         for level in result["concurrency"]:
             row = result[transport][f"c{level}"]
-            for side in ("sidecar", "direct", *result["variants"]):
+            for side in ("sidecar", "direct", "passthrough", *result["variants"]):
                 r = row[side]
                 added = (_f(r["added_p50_ms"], "+") + _f(r["added_p99_ms"], "+")) if "added_p50_ms" in r else " " * 18
                 cpu = r.get("proxy_cpu_ms_per_call")
@@ -457,10 +473,16 @@ def format_result(result: dict[str, Any]) -> str:
             continue
         met = result["target_met"][transport]
         verdict = "met" if met else ("NOT met" if met is False else "n/a")
+        through = c1["passthrough"]
+        lines.append(
+            f"  {transport} passthrough (an SDK hop, no governing): added at c1 p50 "
+            f"{_f(through['added_p50_ms'], '+').strip()} ms, p99 {_f(through['added_p99_ms'], '+').strip()} ms"
+        )
         for side in result["variants"]:
             lines.append(
                 f"  {transport} {side}: added at c1 p50 {_f(c1[side]['added_p50_ms'], '+').strip()} ms, "
-                f"p99 {_f(c1[side]['added_p99_ms'], '+').strip()} ms"
+                f"p99 {_f(c1[side]['added_p99_ms'], '+').strip()} ms; over the pass-through p50 "
+                f"{_f(c1[side]['over_passthrough_p50_ms'], '+').strip()} ms"
             )
         lines.append(
             f"  {transport}: target p50 added <= sidecar D+R p50 + {TARGET_SLACK_MS:g} ms = "

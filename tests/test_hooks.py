@@ -3,8 +3,10 @@ command, against a real sidecar (and with none)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import shutil
 import socket
 import stat
 import subprocess
@@ -270,3 +272,32 @@ def test_install_refuses_a_settings_file_that_is_not_json(tmp_path: Path) -> Non
     )
     assert done.returncode == 2 and "not valid JSON" in done.stderr
     assert (tmp_path / ".claude" / "settings.json").read_text() == "{not json"
+
+
+def test_install_writes_the_bytecode_every_hook_process_needs(tmp_path: Path) -> None:
+    # A copy of the sources with no bytecode, run with PYTHONDONTWRITEBYTECODE as an editable install in a
+    # container would be: only install itself can leave the bytecode behind for later hook processes.
+    skip = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(ROOT / "gateway", tmp_path / "code" / "gateway", ignore=skip)
+    shutil.copytree(ROOT / "clients" / "python" / "src", tmp_path / "code" / "src", ignore=skip)
+    code = tmp_path / "code"
+    env = {**os.environ, "PYTHONPATH": f"{code}{os.pathsep}{code / 'src'}", "PYTHONDONTWRITEBYTECODE": "1"}
+    hook_modules = [
+        code / "gateway" / "cli" / "hook.py",
+        code / "src" / "agentaudit_client" / "hooks" / "runtime.py",
+        code / "src" / "agentaudit_client" / "client.py",
+        code / "src" / "agentaudit" / "v1" / "gateway_pb2.py",
+    ]
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "hook", "install", "claude-code", "--dir", str(tmp_path / "p")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "p" / ".claude" / "settings.json").exists()
+    for module in hook_modules:
+        assert Path(importlib.util.cache_from_source(str(module))).exists(), module

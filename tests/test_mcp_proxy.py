@@ -7,14 +7,17 @@ against what the journal holds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -523,3 +526,148 @@ async def test_changed_definition_the_policy_allows_stays_listed_and_the_listing
     assert call["action"] == "mcp.tools.mutable" and call["labels"]["mcp.tool_changed"] == "true"
     assert "mcp.tool_change_new" not in call["labels"]  # journaled once, at the listing
     assert setup.calls() == ["mutable m9"]
+
+
+# --- the ReportResult beside the answer (gateway/mcp/reports.py) ---------------------------------------------------
+
+
+def _proxy_pid(setup: Setup) -> int:
+    """The ``agentaudit mcp`` process of this test (its command line names the test's state directory)."""
+    marker = str(setup.tmp / "proxy-state").encode()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if marker in cmdline and b"mcp\x00stdio" in cmdline:
+                return int(entry.name)
+    raise AssertionError("no agentaudit mcp stdio process found")
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@both
+@revisions
+async def test_sequential_calls_are_journaled_in_causal_order(
+    sidecar: RunningGateway, setup: Setup, transport: str, revision: str
+) -> None:
+    async with connect(sidecar, setup, transport, revision) as client:
+        results = [await client.call_tool("write_record", {"id": f"w{i}", "amount": 5}) for i in range(4)]
+    assert not any(r.is_error for r in results)
+    journal = events(sidecar, setup.run_id)
+    # Each call's Decide waited for the run's reports still in flight: a result the client had seen is journaled
+    # before the next call it made.
+    assert [e["kind"] for e in journal] == ["pre_exec", "post_exec"] * 4
+    for pre, post in zip(journal[::2], journal[1::2], strict=True):
+        assert post["pre_event_id"] == pre["event_id"] and post["status"] == "succeeded"
+
+
+@revisions
+async def test_sigterm_right_after_an_answer_still_journals_its_result(
+    sidecar: RunningGateway, setup: Setup, revision: str
+) -> None:
+    result: types.CallToolResult | None = None
+    # Through the slow socket the report is still in flight when the SIGTERM arrives: only the drain saves it.
+    with slow_sidecar(sidecar, setup.tmp, 0.5) as slow, contextlib.suppress(Exception):  # the client's server
+        async with connect(sidecar, setup, "stdio", revision, sidecar=slow) as client:  # goes away under it
+            await client.list_tools()
+            pid = _proxy_pid(setup)
+            result = await client.call_tool("write_record", {"id": "t1", "amount": 5})
+            os.kill(pid, signal.SIGTERM)
+            await eventually_async(lambda: not _running(pid), message="the proxy to exit on SIGTERM")
+    assert result is not None and not result.is_error
+    posts = [e for e in events(sidecar, setup.run_id) if e["kind"] == "post_exec"]
+    assert [p["status"] for p in posts] == ["succeeded"]
+
+
+@contextmanager
+def slow_sidecar(gw: RunningGateway, directory: Path, delay_s: float) -> Iterator[str]:
+    """A unix socket in front of the sidecar that holds every chunk sent to it for ``delay_s``; yields its target.
+
+    Each sidecar call of the proxy then takes at least ``delay_s``, so a report still in flight can be told from
+    one already journaled. It runs on its own thread and loop: it must keep relaying while the test blocks
+    (``connect`` waits for the HTTP proxy's exit synchronously)."""
+    upstream_path = gw.unix_target.removeprefix("unix://")
+    path = directory / "slow.sock"
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float) -> None:
+        try:
+            while chunk := await reader.read(65536):
+                if delay:
+                    await asyncio.sleep(delay)
+                writer.write(chunk)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    async def relay(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        sidecar_reader, sidecar_writer = await asyncio.open_unix_connection(upstream_path)
+        await asyncio.gather(pipe(client_reader, sidecar_writer, delay_s), pipe(sidecar_reader, client_writer, 0.0))
+
+    servers: list[asyncio.Server] = []
+
+    async def serve() -> None:
+        servers.append(await asyncio.start_unix_server(relay, path=str(path)))
+        started.set()
+
+    async def shutdown() -> None:
+        for server in servers:
+            server.close()
+        pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(serve(), loop)
+    assert started.wait(10)
+    try:
+        yield f"unix://{path}"
+    finally:
+        asyncio.run_coroutine_threadsafe(shutdown(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+def _kinds(gw: RunningGateway, run_id: str) -> list[str]:
+    return [e["kind"] for e in events(gw, run_id)]
+
+
+@both
+async def test_the_answer_does_not_wait_for_the_report_but_the_session_end_does(
+    sidecar: RunningGateway, setup: Setup, transport: str
+) -> None:
+    with slow_sidecar(sidecar, setup.tmp, 0.5) as slow:
+        async with connect(sidecar, setup, transport, "2025-11-25", sidecar=slow) as client:
+            result = await client.call_tool("write_record", {"id": "b1", "amount": 5})
+            at_answer = _kinds(sidecar, setup.run_id)  # the report is still held by the slow socket
+        after_session = _kinds(sidecar, setup.run_id)  # stdin closed / SIGTERM: the proxy sent it before exiting
+    assert not result.is_error
+    assert at_answer == ["pre_exec"]
+    assert after_session == ["pre_exec", "post_exec"]
+
+
+@both
+async def test_report_before_answer_holds_the_result_until_it_is_journaled(
+    sidecar: RunningGateway, setup: Setup, transport: str
+) -> None:
+    with slow_sidecar(sidecar, setup.tmp, 0.5) as slow:
+        flags = ["--report-before-answer"]
+        async with connect(sidecar, setup, transport, "2025-11-25", sidecar=slow, extra=flags) as client:
+            result = await client.call_tool("write_record", {"id": "b1", "amount": 5})
+            at_answer = _kinds(sidecar, setup.run_id)
+    assert not result.is_error
+    assert at_answer == ["pre_exec", "post_exec"]

@@ -69,6 +69,7 @@ def _config(args: argparse.Namespace) -> Any:
         approval_url_template=args.approval_url_template,
         approval_wait_s=args.approval_wait,
         labels=labels,
+        report_before_answer=args.report_before_answer,
     )
 
 
@@ -140,6 +141,11 @@ def register(subparsers: Any) -> None:
     common.add_argument("--approval-wait", type=float, default=300.0, help="seconds to wait for a human (2025-11-25)")
     common.add_argument("--state-dir", default=".agentaudit/mcp", help="the proxy's key and state file")
     common.add_argument("--label", action="append", metavar="KEY=VALUE", help="label on every Decide (repeatable)")
+    common.add_argument(
+        "--report-before-answer",
+        action="store_true",
+        help="hold each tools/call result until the sidecar has journaled it (default: the report goes beside it)",
+    )
     common.add_argument("--log-level", default="warning")
     mcp = subparsers.add_parser("mcp", help="govern an MCP server: stdio or Streamable HTTP proxy (docs/mcp.md)")
     modes = mcp.add_subparsers(dest="mcp_mode", required=True, metavar="MODE")

@@ -6,7 +6,8 @@ A client of the sidecar (``agentaudit_client``), never a journal writer. Per cal
    configuration (flags, environment, or verified JWT claims in HTTP mode); the run from ``_meta``
    (``agentaudit/run_id``), the ``Agentaudit-Run-Id`` header, the flag, or the client session; steps numbered
    per run; W3C ``traceparent`` from ``_meta``.
-2. Decide. ``allow`` forwards and reports the result (``isError`` → failed) with its duration. ``stop`` answers a
+2. Decide. ``allow`` forwards and reports the result (``isError`` → failed) with its duration, the report sent
+   beside the answer in causal order (``reports.py``; ``--report-before-answer`` waits for it). ``stop`` answers a
    tool error the model can read. ``approval_required`` asks a human through URL-mode elicitation (never a form:
    a client can forge an "accept") and resumes only when the sidecar, deciding again with the approval id, allows.
 3. Fail closed: if the sidecar cannot be reached, nothing is forwarded.
@@ -45,6 +46,7 @@ from agentaudit_client import AsyncGatewayClient, DecideResult, GatewayError
 from gateway import reasons
 from gateway.mcp.listing import Identity, ListingPolicy, may_ever_allow, tool_digest
 from gateway.mcp.relay import NotificationRelay
+from gateway.mcp.reports import PendingReports
 from gateway.mcp.seal import SealError, StateSealer, args_digest
 from gateway.mcp.state import ProxyState, load_or_create_key
 from gateway.mcp.upstream import Upstream, UpstreamUnavailableError
@@ -88,6 +90,9 @@ class ProxyConfig:
     approval_wait_s: float = 300.0
     sidecar_timeout_s: float = 10.0
     labels: Mapping[str, str] = field(default_factory=dict)
+    # True: a tools/call result waits for its ReportResult's ack before it goes back (reports.py says what the
+    # default, False, keeps and gives up).
+    report_before_answer: bool = False
 
 
 @dataclass
@@ -138,6 +143,7 @@ class GoverningProxy:
         self._steps: dict[str, int] = {}
         self._pending: dict[tuple[str, str, str], str] = {}  # (principal, tool, args digest) → approval id
         self._session_runs: dict[int, str] = {}
+        self.reports = PendingReports()
         self.relay = NotificationRelay()
         upstream.on_message = self.relay.relay
         upstream.on_sampling = self.relay.sampling
@@ -154,8 +160,9 @@ class GoverningProxy:
         gc.freeze()
 
     async def aclose(self) -> None:
-        """Stops in order: the upstream connection, the sidecar channel, the state file."""
+        """Stops in order: the upstream connection, the reports in flight, the sidecar channel, the state file."""
         await self.upstream.aclose()
+        await self.reports.aclose()
         await self.gateway.aclose()
         self._state.close()
 
@@ -307,6 +314,7 @@ class GoverningProxy:
             LABEL_TOOL_ACTION: self.action(name),
             LABEL_TOOL_CHANGE_NEW: "true",
         }
+        await self.reports.settle(run_id)
         try:
             decision = await self.gateway.decide(
                 run_id=run_id,
@@ -451,6 +459,8 @@ class _Call:
 
     async def decide(self, approval_id: str) -> DecideResult | None:
         identity = self.identity
+        # The journal keeps causal order: this run's results the client has seen are journaled before this call.
+        await self.proxy.reports.settle(self.run_id)
         try:
             return await self.proxy.gateway.decide(
                 run_id=self.run_id,
@@ -546,7 +556,7 @@ class _Call:
             # request with it) or the proxy is stopping: either way the call did not finish, so say so.
             with anyio.CancelScope(shield=True):
                 await self.report(
-                    decision, "cancelled", time.monotonic() - started, error="cancelled before it finished"
+                    decision, "cancelled", time.monotonic() - started, error="cancelled before it finished", wait=True
                 )
             raise
         except (UpstreamUnavailableError, Exception) as exc:
@@ -566,18 +576,34 @@ class _Call:
         return result
 
     async def report(
-        self, decision: DecideResult, status: str, duration: float, *, error: str = "", output: Any = None
+        self,
+        decision: DecideResult,
+        status: str,
+        duration: float,
+        *,
+        error: str = "",
+        output: Any = None,
+        wait: bool = False,
     ) -> None:
-        try:
-            await self.proxy.gateway.report_result(
-                decision.event_id,
-                status=status,  # type: ignore[arg-type]
-                error=error[:4096],
-                output=output,
-                duration=duration,
-            )
-        except GatewayError as exc:  # the call already ran: say so in the log, the model still gets its result
-            log.error("ReportResult for %s failed: %s", decision.event_id, exc)
+        """Sends the ReportResult beside the answer (reports.py), or waits for its ack with ``wait`` or the flag."""
+        gateway = self.proxy.gateway
+
+        async def send() -> None:
+            try:
+                await gateway.report_result(
+                    decision.event_id,
+                    status=status,  # type: ignore[arg-type]
+                    error=error[:4096],
+                    output=output,
+                    duration=duration,
+                )
+            except GatewayError as exc:  # the call already ran: say so in the log, the model still gets its result
+                log.error("ReportResult for %s failed: %s", decision.event_id, exc)
+
+        if wait or self.proxy.config.report_before_answer:
+            await send()
+        else:
+            await self.proxy.reports.send(self.run_id, send)
 
 
 def _first_text(result: Mapping[str, Any]) -> str:

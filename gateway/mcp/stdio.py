@@ -16,9 +16,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import stat
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import anyio
@@ -129,7 +130,26 @@ async def serve(config: ProxyConfig, command: Sequence[str]) -> None:
     )
     await proxy.start()
     try:
-        async with client_streams() as (read, write):
-            await proxy.server.run(read, write, proxy.server.create_initialization_options())
+        with anyio.CancelScope() as serving, _stopping_on_signals(serving):
+            async with client_streams() as (read, write):
+                await proxy.server.run(read, write, proxy.server.create_initialization_options())
     finally:
-        await proxy.aclose()
+        await proxy.aclose()  # after a SIGTERM too: the reports still in flight are sent first (reports.py)
+
+
+@contextmanager
+def _stopping_on_signals(scope: anyio.CancelScope) -> Iterator[None]:
+    """SIGTERM and SIGINT end the session as the client closing stdin would, so ``aclose`` runs."""
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, scope.cancel)
+        except (ValueError, RuntimeError, NotImplementedError):  # not the main thread: the host handles signals
+            continue
+        installed.append(sig)
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)

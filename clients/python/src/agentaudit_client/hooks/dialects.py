@@ -18,8 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 Phase = Literal["pre", "post"]
 Verdict = Literal["allow", "deny", "ask"]
@@ -45,8 +44,9 @@ def tool_class(tool: str) -> str:
     return "other"
 
 
-@dataclass(frozen=True)
-class ToolEvent:
+# NamedTuples, not dataclasses: as immutable, and building a dataclass at import (its generated methods) costs
+# about a millisecond each, paid by every hook process.
+class ToolEvent(NamedTuple):
     """One hook call, whatever the agent: a tool about to run (pre) or that ran (post)."""
 
     phase: Phase
@@ -59,8 +59,7 @@ class ToolEvent:
     error: str = ""
 
 
-@dataclass(frozen=True)
-class Dialect:
+class Dialect(NamedTuple):
     """One agent's protocol: parse its payload, render an answer, and where its settings live."""
 
     name: str
@@ -69,7 +68,7 @@ class Dialect:
     render: Callable[[Phase, Verdict, str], dict[str, Any]]
     project_settings: str
     user_settings: str
-    events: dict[Phase, list[str]] = field(default_factory=dict)
+    events: dict[Phase, list[str]]
 
 
 def _digest(*parts: Any) -> str:

@@ -14,7 +14,6 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,12 @@ STALE_AFTER_S = 24 * 3600.0
 def state_dir(cwd: str) -> Path:
     """Where this project's pairing files live (created 0700 on first use)."""
     project = Path(cwd or ".") / ".agentaudit"
-    base = project / "hooks" if project.is_dir() else Path(tempfile.gettempdir()) / f"agentaudit-hooks-{os.getuid()}"
+    if project.is_dir():
+        base = project / "hooks"
+    else:
+        import tempfile  # noqa: PLC0415 - only here: it imports shutil, random and more, at every hook start
+
+        base = Path(tempfile.gettempdir()) / f"agentaudit-hooks-{os.getuid()}"
     base.mkdir(mode=0o700, parents=True, exist_ok=True)
     return base
 
@@ -37,7 +41,10 @@ def _path(directory: Path, kind: str, key: str) -> Path:
 def put(directory: Path, kind: str, key: str, value: dict[str, Any]) -> None:
     """Stores ``value`` under (kind, key), atomically, readable by the user only."""
     target = _path(directory, kind, key)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")  # mkstemp creates it 0600
+    # What tempfile.mkstemp does (a fresh name, created exclusively, 0600, not followed if a link), without
+    # importing tempfile.
+    tmp = directory / f".tmp-{os.urandom(8).hex()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump(value, f)
     os.replace(tmp, target)

@@ -15,8 +15,7 @@ import os
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any, NamedTuple, TextIO
 
 from . import pairing
 from .dialects import DIALECTS, Dialect, ToolEvent, Verdict, tool_class
@@ -25,8 +24,7 @@ DEFAULT_SIDECAR = "unix://./.agentaudit/gateway.sock"
 MAX_OUTPUT_BYTES = 64 * 1024  # a tool's response can be a whole file: past this only its size is reported
 
 
-@dataclass(frozen=True)
-class HookConfig:
+class HookConfig(NamedTuple):  # not a dataclass: see dialects.ToolEvent
     """Who the hook decides for and how it fails; every field has an ``AGENTAUDIT_*`` environment variable."""
 
     sidecar: str = ""
@@ -36,7 +34,7 @@ class HookConfig:
     timeout_s: float = 3.0
     approval_wait_s: float = 0.0
     on_approval: str = "deny"
-    fail_open: frozenset[str] = field(default_factory=frozenset)
+    fail_open: frozenset[str] = frozenset()
 
     @classmethod
     def from_env(cls, env: os._Environ[str] | dict[str, str], **flags: Any) -> HookConfig:
