@@ -17,6 +17,7 @@ same module object, the first time anything else is asked of it: :func:`serve` d
 
 from __future__ import annotations
 
+import importlib
 import importlib.machinery
 import importlib.util
 import logging
@@ -37,17 +38,19 @@ class _DeferredPackage(types.ModuleType):
     not have and that is not one of its submodules.
 
     Its ``__path__`` and ``__spec__`` are set (``importlib.util.module_from_spec``), so its submodules import
-    without it (``from . import x`` asks the package for ``x`` first: a submodule's name is answered "absent", so
-    the import system imports it). ``from package import name`` or ``package.name`` run the ``__init__`` first,
-    once. While it runs the module is an ordinary one; if it fails, the next access runs it again and raises again,
-    as a failed import would.
+    without it; a submodule asked for as an attribute (``package.sub``, or ``from . import sub`` inside the
+    package) is imported and returned, as after a normal import whose ``__init__`` imported it. ``from package
+    import name`` or ``package.name`` run the ``__init__`` first, once. While it runs the module is an ordinary one;
+    if it fails, the next access runs it again and raises again, as a failed import would.
     """
 
     _init_lock = threading.Lock()
 
     def __getattr__(self, name: str) -> Any:
-        if (name.startswith("__") and name != "__all__") or self._is_submodule(name):
+        if name.startswith("__") and name != "__all__":
             raise AttributeError(name)
+        if self._is_submodule(name):
+            return importlib.import_module(f"{self.__name__}.{name}")
         with _DeferredPackage._init_lock:
             if type(self) is _DeferredPackage:  # not run by another thread meanwhile
                 spec = self.__spec__

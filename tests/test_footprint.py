@@ -270,6 +270,22 @@ def test_a_deferred_package_imports_its_submodules_without_its_init_and_runs_it_
     assert out.splitlines() == ["0 sibling False 0", "42 True True 1", "42 1 module"]
 
 
+def test_a_submodule_asked_for_as_an_attribute_is_imported_without_the_init(tmp_path: Path) -> None:
+    _package(tmp_path)
+    out = _run(
+        tmp_path,
+        """
+        import builtins
+        from gateway.metrics import _defer_init
+        _defer_init("deferpkg")
+        import deferpkg
+        print(deferpkg.sibling.NAME, deferpkg.sub.helper(), getattr(builtins, "INIT_RUNS", 0))
+        print(deferpkg.VALUE, builtins.INIT_RUNS)
+        """,
+    )
+    assert out.splitlines() == ["sibling sibling 0", "42 1"]
+
+
 def test_a_deferred_init_that_fails_raises_and_raises_again(tmp_path: Path) -> None:
     _package(tmp_path)
     (tmp_path / "deferpkg" / "FAIL").touch()
