@@ -28,7 +28,6 @@ import sys
 import time
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
-from wsgiref.simple_server import WSGIServer
 
 import grpc
 from grpc_health.v1 import health_pb2_grpc
@@ -63,6 +62,8 @@ from gateway.sidecar.shared_limits import RedisLimits
 from gateway.signing import Ed25519Signer, Verifier, load_signer, load_verifier, parse_verifier
 
 if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer  # the /metrics server's type: http.server is imported by serve()
+
     # Imported where `forward.target: embedded` starts one (dev): a sidecar forwarding to a remote collector, the
     # production case, never loads the collector's store, ingest and fleet code (~3 MiB; tests/test_footprint.py).
     from gateway.collector.app import Collector

@@ -6,18 +6,92 @@ tenant, actor or action name, which are unbounded and belong in the journal. doc
 
 Values that are state rather than events (backlog, pending approvals) are read when Prometheus scrapes, through
 :func:`observe_state`, so the request path pays nothing for them.
+
+The metric types come from ``prometheus_client.metrics`` without running the package's ``__init__``, which
+imports the HTTP exposition and what it needs (``http.server``, ``wsgiref``, ``urllib.request``, ``email``,
+``html``, ``gzip``; the process, platform and GC collectors): ~3 MB of a sidecar's memory, paid whether or not
+``metrics.listen`` is set (issue 20 part 1; tests/test_footprint.py). The package's ``__init__`` runs, into the
+same module object, the first time anything else is asked of it: :func:`serve` does, before it listens, so
+/metrics exposes what it always did.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.machinery
+import importlib.util
 import logging
+import sys
 import threading
+import types
 from collections.abc import Callable
-from wsgiref.simple_server import WSGIServer
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client import Counter, Enum, Gauge, Histogram, Info, disable_created_metrics, start_http_server
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
 
 log = logging.getLogger(__name__)
+
+
+class _DeferredPackage(types.ModuleType):
+    """A package whose ``__init__`` has not run yet: it runs on the first attribute asked for that the module does
+    not have and that is not one of its submodules.
+
+    Its ``__path__`` and ``__spec__`` are set (``importlib.util.module_from_spec``), so its submodules import
+    without it; a submodule asked for as an attribute (``package.sub``, or ``from . import sub`` inside the
+    package) is imported and returned, as after a normal import whose ``__init__`` imported it. ``from package
+    import name`` or ``package.name`` run the ``__init__`` first, once. While it runs the module is an ordinary one;
+    if it fails, the next access runs it again and raises again, as a failed import would.
+    """
+
+    _init_lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") and name != "__all__":
+            raise AttributeError(name)
+        if self._is_submodule(name):
+            return importlib.import_module(f"{self.__name__}.{name}")
+        with _DeferredPackage._init_lock:
+            if type(self) is _DeferredPackage:  # not run by another thread meanwhile
+                spec = self.__spec__
+                assert spec is not None and spec.loader is not None
+                self.__class__ = types.ModuleType  # type: ignore[assignment] # an ordinary module from now on
+                try:
+                    spec.loader.exec_module(self)
+                except BaseException:
+                    self.__class__ = _DeferredPackage
+                    raise
+        return types.ModuleType.__getattribute__(self, name)
+
+    def _is_submodule(self, name: str) -> bool:
+        return importlib.machinery.PathFinder.find_spec(f"{self.__name__}.{name}", self.__path__) is not None
+
+
+def _defer_init(package: str) -> None:
+    """Puts ``package`` into ``sys.modules`` with its ``__init__`` deferred (:class:`_DeferredPackage`).
+
+    Nothing changes if it is imported already, or is not a regular package on disk (then importing a submodule
+    runs the ``__init__`` as usual).
+    """
+    if package in sys.modules:
+        return
+    spec = importlib.util.find_spec(package)  # locates it without running anything
+    if spec is None or spec.loader is None or not spec.submodule_search_locations:
+        return
+    module = importlib.util.module_from_spec(spec)
+    module.__class__ = _DeferredPackage
+    sys.modules[package] = module
+
+
+_defer_init("prometheus_client")
+from prometheus_client.metrics import (  # noqa: E402 - after _defer_init, so the package's __init__ does not run
+    Counter,
+    Enum,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+)
 
 # The ``*_created`` timestamp series double the exposition and nothing here reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -193,6 +267,8 @@ def observe_state(gauge: Gauge, read: Callable[[], float]) -> None:
 
 def serve(listen: str) -> tuple[WSGIServer, threading.Thread]:
     """Starts the /metrics HTTP server on ``HOST:PORT`` (port 0 picks one); returns it for ``shutdown``."""
+    from prometheus_client import start_http_server  # noqa: PLC0415 - runs the package's __init__ (module docstring)
+
     host, _, port = listen.rpartition(":")
     server, thread = start_http_server(int(port), addr=host.strip("[]"))
     log.info("serving Prometheus metrics on http://%s:%d/metrics", host, server.server_port)

@@ -8,11 +8,14 @@ import os
 import sqlite3
 import subprocess
 import sys
+import textwrap
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from gateway.canonical import JsonPayload
+from gateway.cli.parser import build_parser
 from gateway.errors import ViolationError
 from gateway.journal.store import JournalReader
 from gateway.journal.writer import JournalWriter
@@ -20,12 +23,14 @@ from gateway.policy.model import ActionRequest, Decision, Verdict
 from gateway.redaction import Redactor
 from gateway.sidecar import recorder as recorder_module
 from gateway.sidecar.recorder import AuditRecorder, ByteBoundedCache
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port, start_gateway
 from tests.journal_helpers import fixed_signer
 
 # Packages a sidecar must not load at start when nothing configured needs them: the collector (forwarding to a
 # remote one, or off), the MCP proxy and the console, OpenTelemetry (tracing off), CEL (no rule has `when`), httpx
-# (no alert webhook), and the CEL package's command line (typer, rich, prompt_toolkit), which `import cel` drags in.
+# (no alert webhook), and the CEL package's command line (typer, rich, prompt_toolkit), which `import cel` drags in;
+# prometheus_client's HTTP exposition and the standard library's HTTP and mail stack it imports (metrics.listen off),
+# uuid and email (alerts without a webhook); the other commands of the CLI (offline readers, verify, bundles).
 NOT_AT_START = (
     "gateway.collector",
     "gateway.mcp",
@@ -37,6 +42,19 @@ NOT_AT_START = (
     "typer",
     "rich",
     "prompt_toolkit",
+    "prometheus_client.exposition",
+    "prometheus_client.process_collector",
+    "http.server",
+    "http.client",
+    "wsgiref",
+    "urllib.request",
+    "email",
+    "uuid",
+    "gateway.cli.journal",
+    "gateway.cli.evidence",
+    "gateway.cli.operator",
+    "gateway.journal.verify",
+    "gateway.journal.bundle",
 )
 
 # Runs `agentaudit dev` in this process; once it answers SERVING, writes sys.modules to a file and stops it.
@@ -165,6 +183,164 @@ def test_the_cel_binding_is_shared_with_a_later_import_cel() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "True"
+
+
+# --- prometheus_client's __init__ deferred (gateway.metrics) -------------------------------------------------
+
+
+def test_metrics_listen_exposes_everything_the_whole_package_registers(tmp_path: Path) -> None:
+    # The sidecar loads the metric types without the package's __init__; serving /metrics must run it first, so the
+    # process, platform and GC collectors it registers are there, as an ordinary `import prometheus_client` has them.
+    done = subprocess.run(
+        [sys.executable, "-c", "import prometheus_client as p; print(p.generate_latest().decode())"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    defaults = {line.split()[2] for line in done.stdout.splitlines() if line.startswith("# TYPE ")}
+    assert {"process_resident_memory_bytes", "python_info"} <= defaults  # what this test is about
+    port = free_port()
+    gw = start_gateway(tmp_path, extra_env={"AGENTAUDIT_METRICS_LISTEN": f"127.0.0.1:{port}"})
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+            text = reply.read().decode()
+    finally:
+        gw.stop()
+    exposed = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
+    assert defaults <= exposed, sorted(defaults - exposed)
+    assert {"agentaudit_build_info", "agentaudit_health_state", "agentaudit_decisions_total"} <= exposed
+
+
+def _package(root: Path) -> None:
+    """deferpkg: an __init__ that counts its runs (and fails while FAIL exists), a submodule importing a sibling."""
+    pkg = root / "deferpkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(
+        textwrap.dedent(
+            """
+            import builtins, os
+            builtins.INIT_RUNS = getattr(builtins, "INIT_RUNS", 0) + 1
+            if os.path.exists(os.path.join(os.path.dirname(__file__), "FAIL")):
+                raise RuntimeError("init failed")
+            from . import sub
+            from .sub import helper
+            VALUE = 42
+            """
+        )
+    )
+    (pkg / "sub.py").write_text("from . import sibling\n\ndef helper():\n    return sibling.NAME\n")
+    (pkg / "sibling.py").write_text("NAME = 'sibling'\n")
+
+
+def _run(root: Path, code: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{ROOT}"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_a_deferred_package_imports_its_submodules_without_its_init_and_runs_it_once_when_asked(
+    tmp_path: Path,
+) -> None:
+    _package(tmp_path)
+    out = _run(
+        tmp_path,
+        """
+        import builtins, sys
+        from gateway.metrics import _defer_init
+        _defer_init("deferpkg")
+        from deferpkg.sub import helper
+        import deferpkg.sibling
+        before = getattr(builtins, "INIT_RUNS", 0)
+        print(before, helper(), hasattr(sys.modules["deferpkg"], "__wrapped__"), getattr(builtins, "INIT_RUNS", 0))
+        from deferpkg import VALUE
+        import deferpkg
+        print(VALUE, deferpkg.helper is helper, deferpkg.sub.helper is helper, builtins.INIT_RUNS)
+        print(deferpkg.VALUE, builtins.INIT_RUNS, type(deferpkg).__name__)
+        """,
+    )
+    assert out.splitlines() == ["0 sibling False 0", "42 True True 1", "42 1 module"]
+
+
+def test_a_submodule_asked_for_as_an_attribute_is_imported_without_the_init(tmp_path: Path) -> None:
+    _package(tmp_path)
+    out = _run(
+        tmp_path,
+        """
+        import builtins
+        from gateway.metrics import _defer_init
+        _defer_init("deferpkg")
+        import deferpkg
+        print(deferpkg.sibling.NAME, deferpkg.sub.helper(), getattr(builtins, "INIT_RUNS", 0))
+        print(deferpkg.VALUE, builtins.INIT_RUNS)
+        """,
+    )
+    assert out.splitlines() == ["sibling sibling 0", "42 1"]
+
+
+def test_a_deferred_init_that_fails_raises_and_raises_again(tmp_path: Path) -> None:
+    _package(tmp_path)
+    (tmp_path / "deferpkg" / "FAIL").touch()
+    out = _run(
+        tmp_path,
+        """
+        import builtins
+        from gateway.metrics import _defer_init
+        _defer_init("deferpkg")
+        import deferpkg
+        for _ in range(2):
+            try:
+                deferpkg.VALUE
+            except RuntimeError as exc:
+                print(exc, builtins.INIT_RUNS)
+        """,
+    )
+    assert out.splitlines() == ["init failed 1", "init failed 2"]
+
+
+def test_an_imported_package_is_left_alone(tmp_path: Path) -> None:
+    _package(tmp_path)
+    out = _run(
+        tmp_path,
+        """
+        import builtins, deferpkg
+        from gateway.metrics import _defer_init
+        _defer_init("deferpkg")
+        import sys
+        print(sys.modules["deferpkg"] is deferpkg, builtins.INIT_RUNS, type(deferpkg).__name__)
+        """,
+    )
+    assert out == "True 1 module"
+
+
+# --- the sidecar commands' parser ----------------------------------------------------------------------------
+
+
+def _subparsers(parser: object) -> dict[str, object]:
+    actions = getattr(parser, "_subparsers")._group_actions
+    return dict(actions[0].choices)
+
+
+@pytest.mark.parametrize("command", ["dev", "serve"])
+def test_a_sidecar_command_parses_and_helps_as_it_does_with_every_command_known(command: str) -> None:
+    alone, full = _subparsers(build_parser([command])), _subparsers(build_parser())
+    assert set(alone) == {"dev", "serve"} and len(full) > 10
+    assert alone[command].format_help() == full[command].format_help()  # type: ignore[attr-defined]
+    argv = [command, "--listen", "unix:///tmp/x.sock", *(["--config", "c.yaml"] if command == "serve" else [])]
+    assert vars(build_parser(argv).parse_args(argv)) == vars(build_parser().parse_args(argv))
+
+
+def test_a_sidecar_command_named_later_still_gets_every_command() -> None:
+    # Only the first argument selects the short parser: `agentaudit verify dev` is verify's, with every command.
+    assert len(_subparsers(build_parser(["verify", "dev"]))) == len(_subparsers(build_parser()))
 
 
 # --- the recorder's caches are bounded by bytes --------------------------------------------------------------

@@ -23,12 +23,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Imported here, not at the top, so that the hook path above loads none of them.
     from gateway.cli.connect import quiet_grpc_logging  # noqa: PLC0415
     from gateway.cli.exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, OperatorCallError  # noqa: PLC0415
-    from gateway.cli.journal import READERS  # noqa: PLC0415
     from gateway.cli.parser import build_parser  # noqa: PLC0415
     from gateway.errors import AgentAuditError, ConfigError, JournalError  # noqa: PLC0415
 
     quiet_grpc_logging()  # before any command imports gRPC: its core reads the variable once
-    args = build_parser().parse_args(arguments)
+    args = build_parser(arguments).parse_args(arguments)
     try:
         code: int = args.func(args)
         # Flushed here, inside the handler below: a reader that hung up (`| head`) ends the command quietly.
@@ -40,6 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"agentaudit: {exc}", file=sys.stderr)
         return exc.code
     except JournalError as exc:
+        from gateway.cli.journal import READERS  # noqa: PLC0415 - a sidecar's start does not import the readers
+
         print(f"agentaudit: {exc}", file=sys.stderr)
         return EXIT_USAGE if args.command in READERS else EXIT_FAILURE
     except AgentAuditError as exc:

@@ -24,6 +24,8 @@ from gateway.cli.exits import EXIT_OK
 from gateway.errors import ConfigError
 
 if TYPE_CHECKING:
+    import sqlite3
+
     from gateway.config import Config
 
 log = logging.getLogger("agentaudit")
@@ -36,6 +38,9 @@ _LISTEN_HELP = (
 _OPERATOR_LISTEN_HELP = "operator API address, in the same forms (repeatable; replaces operator.listen)"
 # How often `agentaudit dev` looks for new decisions to print: fast enough to read as live.
 _DECISION_POLL_S = 0.2
+# The printer's SQLite page cache (KiB): it reads each new page once, so SQLite's default 2 MiB a connection would
+# only fill up under load (issue 20 part 1: the sidecar's peak memory).
+_PRINTER_CACHE_KIB = 64
 
 
 def register_sidecar(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -223,7 +228,12 @@ async def _print_decisions(journal: Path, stop: asyncio.Event) -> None:
     from gateway.journal.fileguard import abandon, why_unwritable  # noqa: PLC0415
     from gateway.journal.store import connect_readonly  # noqa: PLC0415
 
-    conn = await asyncio.to_thread(connect_readonly, journal)
+    def connect() -> sqlite3.Connection:
+        opened = connect_readonly(journal)
+        opened.execute(f"PRAGMA cache_size=-{_PRINTER_CACHE_KIB}")
+        return opened
+
+    conn = await asyncio.to_thread(connect)
     decisions = query.EventFilter(kind="pre_exec")
     shm = journal.with_name(journal.name + "-shm")
 
