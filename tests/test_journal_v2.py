@@ -65,18 +65,23 @@ def event(i: int, **overrides: Any) -> dict[str, Any]:
     return body
 
 
-async def _commit(writer: JournalWriter, first: int, n: int) -> list[Receipt]:
+async def _commit(writer: JournalWriter, first: int, n: int, run_id: str = "run-1") -> list[Receipt]:
     """n appends queued together, so they share one group commit (and one seal)."""
     return await asyncio.gather(
         *(
             writer.append(EventKind.PRE_EXEC, canonical_json(b), schema.indexed_values(b), BASE_NANOS + i)
-            for i, b in ((i, event(i)) for i in range(first, first + n))
+            for i, b in ((i, event(i, run_id=run_id)) for i in range(first, first + n))
         )
     )
 
 
 def write_commits(
-    path: Path, shape: Sequence[int], *, signing: str = "per_commit", signer: Ed25519Signer = SIGNER
+    path: Path,
+    shape: Sequence[int],
+    *,
+    signing: str = "per_commit",
+    signer: Ed25519Signer = SIGNER,
+    run_id: str = "run-1",
 ) -> None:
     """Writes one group commit per element of ``shape`` (its entry count)."""
 
@@ -86,7 +91,7 @@ def write_commits(
         try:
             first = writer.size
             for n in shape:
-                await _commit(writer, first, n)
+                await _commit(writer, first, n, run_id)
                 first += n
         finally:
             await writer.aclose()
