@@ -1,5 +1,9 @@
 """The journal's single writer: group commit of signed, hash-chained entries to SQLite.
 
+Format v1 (``signing="per_entry"``) signs every entry; format v2 (``"per_commit"``, what ``audit.signing`` defaults
+to) signs one seal per commit, stored in the commit's own transaction (:mod:`gateway.journal.seal`). A journal
+keeps the format it was created with.
+
 Handlers call :meth:`JournalWriter.append` and await a :class:`Receipt`. One asyncio task owns the write path:
 it takes every append that is waiting (up to ``max_batch``), hands the whole batch to one dedicated thread,
 which assigns seq numbers, builds and signs each envelope, chains the leaf hashes and commits the batch in one
