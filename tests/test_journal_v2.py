@@ -565,3 +565,30 @@ def test_seal_parse_refuses_a_checkpoint_without_the_seal_line() -> None:
         parse_seal(bad_prev)
     assert base64.b64decode(good.split("\n")[2]) == bytes(32)
     assert FORMAT_V2 == 2
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    target=st.sampled_from(["entry", "seal"]),
+    index=st.integers(0, 5),
+    position=st.integers(0, 10_000),
+    mask=st.integers(1, 255),
+)
+def test_any_single_byte_change_of_an_entry_or_a_seal_is_found(
+    two_commits: Path, tmp_path_factory: pytest.TempPathFactory, target: str, index: int, position: int, mask: int
+) -> None:
+    path = tmp_path_factory.mktemp("flip") / "j.db"
+    shutil.copy(two_commits, path)
+    with tampering(path) as conn:
+        if target == "entry":
+            data = _blob(conn, index, "entry")
+            at = position % len(data)
+            _set(conn, index, "entry", data[:at] + bytes([data[at] ^ mask]) + data[at + 1 :])
+        else:
+            size = 3 if index < 3 else 6
+            note = conn.execute("SELECT note FROM journal_seals WHERE size = ?", (size,)).fetchone()[0].encode()
+            at = position % len(note)
+            flipped = (note[:at] + bytes([note[at] ^ mask]) + note[at + 1 :]).decode("utf-8", errors="replace")
+            conn.execute("UPDATE journal_seals SET note = ? WHERE size = ?", (flipped, size))
+    report = verify_journal(path, [SIGNER.verifier])
+    assert not report.ok
