@@ -209,6 +209,7 @@ class Sidecar:
             on_health=lambda problem: self.health.report(health.JOURNAL, problem),
             probe_interval_s=cfg.journal.probe_interval_s,
             on_lost=lambda _why: self._alert_journal_lost(signer.name),
+            signing=cfg.audit.signing,
         )
         await self.writer.start()
         self.reader = JournalReader(cfg.journal.path)

@@ -18,6 +18,7 @@ import yaml
 
 from agentaudit.v1 import collector_pb2, collector_pb2_grpc, types_pb2
 from gateway import devenv
+from gateway.journal.entry import decode_entry
 from gateway.journal.store import iter_bodies
 from gateway.signing import Ed25519Signer, write_secret_file
 from tests.conftest import AGENTAUDIT, ROOT, RunningGateway, free_port, run_cli, start_gateway, wait_serving
@@ -294,3 +295,51 @@ def test_collector_killed_repeatedly_under_load_loses_nothing(collector: Any) ->
     remote = collector_rows(proc.directory / "collector.db", origin)
     assert [r[0] for r in remote] == list(range(len(remote)))
     assert remote == journal_rows(gw.journal_path)[: len(remote)]
+
+
+def test_a_v1_sidecar_and_a_v2_sidecar_forward_to_one_collector(collector: Any) -> None:
+    """Mixed fleet: one sidecar signs per entry (format v1), the other per commit (v2, forwarding its stored seals);
+    one real collector witnesses both, and both journals verify with their receipts."""
+    proc, sidecars = collector
+    modes = ["per_entry", "per_commit"]
+    gws = [
+        start_gateway(d, forward=True, extra_env={"AGENTAUDIT_AUDIT_SIGNING": mode})
+        for (d, _), mode in zip(sidecars, modes, strict=True)
+    ]
+    try:
+        threads = [threading.Thread(target=load, args=(gw, 60, f"run_{i}")) for i, gw in enumerate(gws)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        for gw in gws:
+            gw.stop()
+    for (d, origin), gw, mode in zip(sidecars, gws, modes, strict=True):
+        local = journal_rows(gw.journal_path)
+        remote = collector_rows(proc.directory / "collector.db", origin)
+        assert remote == local[: len(remote)] and len(remote) >= len(local) - 1
+        versions = {decode_entry(raw).version for _, raw, _ in local}
+        signed = {len(sig) for _, _, sig in local}
+        if mode == "per_entry":
+            assert (versions, signed) == ({1}, {64})
+        else:
+            assert versions == {2} and 0 in signed  # pre-events carry no signature of their own
+            with sqlite3.connect(f"file:{gw.journal_path}?mode=ro", uri=True) as conn:
+                sizes = {int(s) for (s,) in conn.execute("SELECT size FROM journal_seals")}
+            # Every batch the collector cosigned ended at a commit seal (the forwarder sends stored seals).
+            receipts = [b for _, b in iter_bodies(gw.journal_path, kind="cosignature")]
+            assert receipts and {b["tree_size"] for b in receipts} <= sizes
+            # What was cosigned is the stored seal itself, not a checkpoint the forwarder signed afresh.
+            assert all("\nagentaudit-seal " in b["checkpoint"] for b in receipts)
+        verified = run_cli(
+            "verify",
+            str(gw.journal_path),
+            "--public-key",
+            str(d / "signing.pub"),
+            "--witness-key",
+            str(proc.directory / "witness.pub"),
+            "--require-witnessed",
+            "2",
+        )
+        assert verified.returncode == 0, verified.stdout + verified.stderr

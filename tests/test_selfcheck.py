@@ -97,10 +97,13 @@ def test_tampering_is_logged_journaled_once_and_served_through_by_default(tmp_pa
         gw.stop()
     log = gw.log()
     assert "JOURNAL TAMPERING DETECTED at start" in log
-    assert f"seq {seq}: bad_signature" in log
+    # The dev sidecar writes format v2: the edited entry has no signature of its own; the seal of its commit no
+    # longer names its leaf hash (v1 would add bad_signature at the same seq).
+    assert f"seq {seq}: leaf_hash_mismatch" in log
+    assert f"seq {seq}: seal_mismatch" in log
     events = tamper_events(gw.journal_path)
     assert len(events) == 1
-    assert {"seq": seq, "finding": "bad_signature"}.items() <= events[0]["findings"][0].items()
+    assert {"seq": seq, "finding": "leaf_hash_mismatch"}.items() <= events[0]["findings"][0].items()
     assert events[0]["fail_closed"] is False
 
     # A second start finds the same and says so again, but journals nothing new.
@@ -144,7 +147,8 @@ def test_an_entry_edited_into_non_json_is_reported_before_the_start_fails(tmp_pa
     with pytest.raises(RuntimeError, match="sidecar failed to start") as failed:
         start_gateway(tmp_path)
     assert "JOURNAL TAMPERING DETECTED at start" in str(failed.value)
-    assert f"seq {seq}: bad_signature" in str(failed.value)
+    assert f"seq {seq}: leaf_hash_mismatch" in str(failed.value)
+    assert f"seq {seq}: seal_mismatch" in str(failed.value)
     assert f"seq {seq}: noncanonical_body" in str(failed.value)
 
 
@@ -170,7 +174,7 @@ def test_the_self_check_reads_only_the_tail(tmp_path: Path, entries: int) -> Non
             await reader.aclose()
 
     assert {(f.seq, f.code) for f in asyncio.run(check(entries)).findings} == {
-        (1, "bad_signature"),
+        (1, "seal_mismatch"),  # format v2 (v1: bad_signature)
         (1, "leaf_hash_mismatch"),
     }
     # With a window of two, seq 1 is outside it, unless the mark points before it (it points at the tail).

@@ -248,7 +248,8 @@ def test_a_tampered_event_is_marked_and_fails_the_trace(journal: Journal, tmp_pa
         conn.close()
     done = run_cli("trace", "run_lookup", "--journal", str(copy), "--public-key", str(journal.public_key))
     assert done.returncode == 1, done.stderr
-    [line] = [line for line in done.stdout.splitlines() if line.endswith(f"seq {seq} ✗ bad_signature,edited_entry")]
+    # Format v2 (the sidecar's default) adds the seal's findings after these (seal_mismatch, unsealed).
+    [line] = [line for line in done.stdout.splitlines() if f"seq {seq} ✗ bad_signature,edited_entry" in line]
     assert "result: succeeded in 35 ms" in line
     assert f"verification_failed (step 1, seq {seq}): post_exec: ✗ bad_signature,edited_entry" in done.stdout
     assert "TAMPER EVIDENCE" in done.stdout

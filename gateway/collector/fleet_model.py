@@ -16,7 +16,7 @@ from gateway.canonical import canonical_json
 from gateway.collector.ingest import is_storable_text
 from gateway.errors import FailedPreconditionError, FieldViolation, InvalidRequestError
 from gateway.identity import Operator, normalise_identity
-from gateway.journal.entry import EventKind
+from gateway.journal.entry import EventKind, travels_alone
 from gateway.journal.state import DEFAULT_EXPIRES_S, EXPIRES_NEVER
 from gateway.policy.approval_rules import check_approver, check_justification, grant_reached
 
@@ -108,24 +108,6 @@ class OriginStatus:
 
 # --- the sidecar's signed entries ---------------------------------------------------------------------------
 
-# Kinds that never concern an approval; any other kind (a kind added later, such as approval_voted) is parsed.
-_OTHER_KINDS = frozenset(
-    {
-        EventKind.POST_EXEC,
-        EventKind.VIOLATION,
-        EventKind.JOURNAL_STARTED,
-        EventKind.KILL_SWITCH,
-        EventKind.POLICY_CHANGED,
-        EventKind.CHECKPOINT,
-        EventKind.COSIGNATURE,
-        EventKind.HEARTBEAT,
-        EventKind.PRUNE,
-        EventKind.OPERATOR_DENIED,
-        EventKind.GAP_RECOVERY,
-        EventKind.TOOL_CHANGED,
-        EventKind.STATE_MISMATCH,
-    }
-)
 _STATE_OF_KIND = {
     EventKind.APPROVAL_GRANTED.label: GRANTED,
     EventKind.APPROVAL_DENIED.label: DENIED,
@@ -256,12 +238,10 @@ def _pre_event_changes(origin: str, seq: int, at_ms: int, body: dict[str, Any]) 
 def might_concern_approvals(kind: int, raw: bytes) -> bool:
     """A cheap test on an entry's bytes before it is verified and parsed: most entries are ordinary pre-events.
 
-    Bodies are RFC 8785, so a pre-event that neither asks for an approval nor resumes one contains the exact
-    bytes tested here. A false positive only costs a parse; there are no false negatives.
+    The same test by which a v2 journal's writer signs an entry on its own (:func:`~gateway.journal.entry.
+    travels_alone`): a false positive only costs a parse; there are no false negatives.
     """
-    if kind == EventKind.PRE_EXEC:
-        return b'"approval_required"' in raw or b'"resumed_approval_id":""' not in raw
-    return kind not in _OTHER_KINDS
+    return travels_alone(kind, raw)
 
 
 # --- votes --------------------------------------------------------------------------------------------------

@@ -424,6 +424,8 @@ def is_storable_text(text: str) -> bool:
     """Whether both stores can hold ``text`` in a text column (no NUL, valid UTF-8)."""
     if "\x00" in text:
         return False
+    if text.isascii():  # the usual case, and no lone surrogate is ASCII: skips encoding a copy (per indexed value)
+        return True
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

@@ -89,6 +89,9 @@ class AuditConfig:
     redact_fields: tuple[str, ...] = ("email", "phone", "card_number")
     hash_args: bool = True
     sign_events: bool = True
+    # per_commit: a new journal is format v2, one signed seal per group commit; per_entry: format v1, one signature
+    # per entry. An existing journal keeps its format (docs/adr/0024-seal-per-commit-signing.md, docs/configuration.md).
+    signing: str = "per_commit"
     hmac_key: Path = Path("hmac.key")
     prune_interval_s: float = 3600.0  # how often retention runs (only entries the collector cosigned are pruned)
     detectors: DetectorsConfig = field(default_factory=DetectorsConfig)
@@ -426,6 +429,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"audit.sink: only 'append_only' is supported, got {cfg.audit.sink!r}")
     if not cfg.audit.sign_events:
         raise ConfigError("audit.sign_events: false is not supported: every journal entry is signed")
+    if cfg.audit.signing not in ("per_commit", "per_entry"):
+        raise ConfigError(f"audit.signing: expected per_commit or per_entry, got {cfg.audit.signing!r}")
     if cfg.audit.retention_days < 1:
         raise ConfigError("audit.retention_days: must be at least 1")
     if not 1 <= cfg.audit.prune_interval_s <= 7 * 86400:

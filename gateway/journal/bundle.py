@@ -25,9 +25,10 @@ from typing import Any
 
 from gateway.canonical import CanonicalizationError, canonical_json, parse_json
 from gateway.errors import MalformedEntryError
-from gateway.journal.entry import EventKind, decode_entry, leaf_hash, signature_payload
+from gateway.journal.entry import FORMAT_V1, EventKind, decode_entry, leaf_hash, signature_payload
 from gateway.journal.merkle import HASH_SIZE, SubtreeHashes, decode_state, root_from_inclusion_proof
 from gateway.journal.note import Checkpoint, NoteError, SignedNote, verify_cosignature, verify_note, witness_key_id
+from gateway.journal.seal import has_seals_table, parse_seal, seal_signed
 from gateway.signing import Verifier
 
 FORMAT = "agentaudit-bundle/v1"
@@ -73,10 +74,22 @@ def _build(conn: sqlite3.Connection, run_id: str) -> dict[str, Any]:
     context = _policy_entries(conn, versions, before=rows[-1][0])
     note, size = _latest_cosigned(conn)
     proofs = _Proofs(conn, size)
-    entries = [_entry(seq, raw, sig, ROLE_RUN, proofs) for seq, raw, sig in rows]
-    entries += [_entry(seq, raw, sig, ROLE_POLICY, proofs) for seq, raw, sig in context]
+    # Format v2: entries carry no signature of their own, so each also gets an inclusion proof against the
+    # journal's latest seal (signed by the origin key at the last commit), which vouches for the entries the
+    # witnessed checkpoint does not cover yet. A v1 journal's bundle stays as it was.
+    seal_row = (
+        conn.execute("SELECT size, note FROM journal_seals ORDER BY size DESC LIMIT 1").fetchone()
+        if has_seals_table(conn)
+        else None
+    )
+    sealed = None if seal_row is None else _Proofs(conn, int(seal_row[0]))
+    entries = [_entry(seq, raw, sig, ROLE_RUN, proofs, sealed) for seq, raw, sig in rows]
+    entries += [_entry(seq, raw, sig, ROLE_POLICY, proofs, sealed) for seq, raw, sig in context]
     entries.sort(key=lambda e: int(e["seq"]))
-    return {"format": FORMAT, "origin": origin_row[0], "run_id": run_id, "checkpoint": note, "entries": entries}
+    bundle = {"format": FORMAT, "origin": origin_row[0], "run_id": run_id, "checkpoint": note, "entries": entries}
+    if seal_row is not None:
+        bundle["seal"] = str(seal_row[1])
+    return bundle
 
 
 def _body(raw: bytes) -> dict[str, Any]:
@@ -143,14 +156,19 @@ class _Proofs:
             raise BundleError(f"cannot prove entry {seq}: {exc}") from exc
 
 
-def _entry(seq: int, raw: bytes, signature: bytes, role: str, proofs: _Proofs) -> dict[str, Any]:
-    return {
+def _entry(
+    seq: int, raw: bytes, signature: bytes, role: str, proofs: _Proofs, sealed: _Proofs | None
+) -> dict[str, Any]:
+    item = {
         "seq": seq,
         "role": role,
         "entry": base64.b64encode(bytes(raw)).decode("ascii"),
         "signature": base64.b64encode(bytes(signature)).decode("ascii"),
         "inclusion_proof": proofs.proof(seq),
     }
+    if sealed is not None:
+        item["seal_proof"] = sealed.proof(seq)
+    return item
 
 
 def write_bundle(bundle: dict[str, Any], out: Path) -> None:
@@ -215,7 +233,10 @@ def verify_bundle(
     2. The checkpoint note parses, is for that origin, carries a valid signature by the origin's key, and, when
        witness keys are given, a valid cosignature by at least one of them (forged lines are findings).
     3. Each entry decodes, its seq is the one listed, its key id is the origin key's, its signature verifies over
-       the domain-separated payload, its body is canonical RFC 8785 JSON of the header's kind.
+       the domain-separated payload, its body is canonical RFC 8785 JSON of the header's kind. A format v2
+       entry without a signature of its own must instead have an inclusion proof (step 5) that leads to the
+       signed checkpoint's root or, through ``seal_proof``, to the root of the bundle's ``seal`` (the journal's
+       last commit seal, signed by the origin key).
     4. A run entry names the bundle's run; a policy entry is a ``policy_changed`` or ``journal_started``.
     5. An entry below the checkpoint's size has an inclusion proof that leads to the checkpoint's root; above it,
        the entry is counted as not witnessed.
@@ -228,11 +249,12 @@ def verify_bundle(
         report.findings.append(f"no public key given for origin {report.origin!r}")
         return report
     root = _check_checkpoint(data.get("checkpoint", ""), report, keys, witnesses)
+    seal = _check_seal(data.get("seal"), report, keys)
     previous: tuple[int, bytes] | None = None
     decided: set[str] = set()
     named: set[str] = set()
     for item in data.get("entries") or []:
-        checked = _check_entry(item, report, keys, root)
+        checked = _check_entry(item, report, keys, root, seal)
         if checked is None:
             previous = None
             continue
@@ -286,8 +308,23 @@ def _check_checkpoint(
     return checkpoint.root
 
 
+def _check_seal(text: Any, report: BundleReport, keys: Sequence[Verifier]) -> tuple[int, bytes] | None:
+    """Format v2: the bundle's seal, if any, parsed and signed by the origin's key: its (size, root)."""
+    if text is None:
+        return None
+    try:
+        seal = parse_seal(str(text))
+    except NoteError as exc:
+        report.findings.append(f"the seal is malformed: {exc}")
+        return None
+    if not seal_signed(seal, report.origin, lambda m, s: any(k.verify(m, s) for k in keys)):
+        report.findings.append("the seal has no valid signature by the origin's key")
+        return None
+    return seal.size, seal.checkpoint.root
+
+
 def _check_entry(
-    item: Any, report: BundleReport, keys: Sequence[Verifier], root: bytes | None
+    item: Any, report: BundleReport, keys: Sequence[Verifier], root: bytes | None, seal: tuple[int, bytes] | None
 ) -> tuple[int, bytes, bytes, dict[str, Any], str] | None:
     """Steps 3 to 5 for one listed entry; None when it could not be decoded at all."""
     try:
@@ -303,7 +340,10 @@ def _check_entry(
     if seq != listed:
         report.findings.append(f"seq {listed}: the entry inside says seq {seq}")
     key = next((k for k in keys if k.key_id == entry.key_id), None)
-    if key is None or not key.verify(signature_payload(report.origin, raw), signature):
+    own_signature = entry.version == FORMAT_V1 or bool(signature)  # else a v2 entry vouched for by a proof
+    if key is None:
+        report.findings.append(f"seq {seq}: the entry's key id is not the origin key's")
+    elif own_signature and not key.verify(signature_payload(report.origin, raw), signature):
         report.findings.append(f"seq {seq}: the signature does not verify under the origin's key")
     body = _canonical_body(seq, entry.body, entry.kind, report)
     if role == ROLE_RUN and body.get("run_id") != report.run_id:
@@ -313,8 +353,26 @@ def _check_entry(
     elif role not in (ROLE_RUN, ROLE_POLICY):
         report.findings.append(f"seq {seq}: unknown role {role!r}")
     leaf = leaf_hash(raw, signature)
-    _check_inclusion(seq, leaf, item.get("inclusion_proof"), report, root)
+    witnessed = _check_inclusion(seq, leaf, item.get("inclusion_proof"), report, root)
+    if not own_signature and not witnessed and not _in_seal(seq, leaf, item.get("seal_proof"), report, seal):
+        report.findings.append(
+            f"seq {seq}: the entry has no signature of its own (format v2) and no inclusion proof that leads to "
+            "the signed checkpoint or seal"
+        )
     return seq, leaf, entry.prev_leaf_hash, body, role
+
+
+def _in_seal(seq: int, leaf: bytes, proof: Any, report: BundleReport, seal: tuple[int, bytes] | None) -> bool:
+    if seal is None or not isinstance(proof, list) or seq >= seal[0]:
+        return False
+    try:
+        hashes = [bytes.fromhex(h) for h in proof]
+        if any(len(h) != HASH_SIZE for h in hashes):
+            raise ValueError("a proof hash is not 32 bytes")
+        return root_from_inclusion_proof(seq, seal[0], leaf, hashes) == seal[1]
+    except (TypeError, ValueError) as exc:
+        report.findings.append(f"seq {seq}: the seal inclusion proof is malformed: {exc}")
+        return False
 
 
 def _canonical_body(seq: int, body_bytes: bytes, kind: int, report: BundleReport) -> dict[str, Any]:
@@ -335,9 +393,10 @@ def _canonical_body(seq: int, body_bytes: bytes, kind: int, report: BundleReport
     return body
 
 
-def _check_inclusion(seq: int, leaf: bytes, proof: Any, report: BundleReport, root: bytes | None) -> None:
+def _check_inclusion(seq: int, leaf: bytes, proof: Any, report: BundleReport, root: bytes | None) -> bool:
+    """Step 5: whether the entry's inclusion proof leads to the witnessed checkpoint's root."""
     if root is None or seq >= report.tree_size:
-        return  # not witnessed: counted by what is missing from ``witnessed``
+        return False  # not witnessed: counted by what is missing from ``witnessed``
     try:
         hashes = [bytes.fromhex(h) for h in proof]
         if any(len(h) != HASH_SIZE for h in hashes):
@@ -345,11 +404,12 @@ def _check_inclusion(seq: int, leaf: bytes, proof: Any, report: BundleReport, ro
         derived = root_from_inclusion_proof(seq, report.tree_size, leaf, hashes)
     except (TypeError, ValueError) as exc:
         report.findings.append(f"seq {seq}: the inclusion proof is malformed: {exc}")
-        return
+        return False
     if derived != root:
         report.findings.append(f"seq {seq}: the inclusion proof does not lead to the witnessed root")
-        return
+        return False
     report.witnessed += 1
+    return True
 
 
 def format_bundle_report(report: BundleReport) -> str:

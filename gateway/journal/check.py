@@ -15,7 +15,7 @@ from typing import Any
 
 from gateway.canonical import CanonicalizationError, canonical_json, parse_canonical, parse_json
 from gateway.errors import MalformedEntryError
-from gateway.journal.entry import Entry, EventKind, decode_entry, signature_payload
+from gateway.journal.entry import FORMAT_V2, Entry, EventKind, decode_entry, signature_payload
 from gateway.signing import Verifier
 
 _MAX_QUOTED = 80
@@ -59,7 +59,10 @@ class EntryCheck:
     Attributes:
         entry: the decoded envelope; None when the bytes do not decode (then nothing else was checked).
         body: the body when it is a JSON object, canonical or not; else None.
-        signed: the signature verifies under a trusted key for the origin.
+        signed: the entry's own signature verifies under a trusted key for the origin.
+        needs_seal: a format v2 entry without a signature of its own: it is vouched for only by the seal of its
+            commit (``gateway.journal.seal``), which the caller checks: verify's scan, the collector's batch
+            checkpoint, a bundle's inclusion proof.
         canonical: the body bytes are the RFC 8785 form of a JSON object.
         kind_ok: the body's ``kind`` names the header's kind byte.
         problems: every fault found, in the order of the steps.
@@ -71,6 +74,7 @@ class EntryCheck:
     canonical: bool
     kind_ok: bool
     problems: tuple[EntryProblem, ...]
+    needs_seal: bool = False
 
     @property
     def ok(self) -> bool:
@@ -111,9 +115,14 @@ def check_entry(
 
     # 2. Verify the signature over the domain-separated payload, bound to the trusted origin, under the key the
     #    entry names. Key ids are 4 bytes, so two trusted keys may share one; any of them verifying is enough.
+    #    A format v2 entry with an empty signature has none to verify: its commit's seal vouches for it (the
+    #    caller's check); the key id must still name a trusted key, the one that signs the seal.
     candidates = keys.get(entry.key_id)
+    needs_seal = entry.version == FORMAT_V2 and not signature
     if not candidates:
         fault(EntryFault.UNKNOWN_KEY, f"key id {entry.key_id.hex()} matches none of the given public keys")
+        signed = False
+    elif needs_seal:
         signed = False
     else:
         payload = signature_payload(origin, entry.raw)
@@ -143,7 +152,7 @@ def check_entry(
         fault(EntryFault.KIND_MISMATCH, kind_problem)
     kind_ok = body is not None and kind_problem is None
 
-    return EntryCheck(entry, body, signed, canonical, kind_ok, tuple(problems))
+    return EntryCheck(entry, body, signed, canonical, kind_ok, tuple(problems), needs_seal)
 
 
 def _check_body(body_bytes: bytes) -> tuple[dict[str, Any] | None, bool, str | None]:

@@ -56,6 +56,17 @@ class FindingCode(enum.StrEnum):
     checkpoint's grace (docs/verify.md, "Assurance levels"); the key holder could cut or rewrite them unseen."""
     BELOW_MIN_SIZE = "below_min_size"
     """Journal-level, only with ``--min-size N``: the journal holds fewer than N entries."""
+    BAD_SEAL = "bad_seal"
+    """Format v2: a stored commit seal is malformed, stored at another size than it signs, or has no valid
+    signature by the origin's key (forged, or swapped from another journal)."""
+    SEAL_MISMATCH = "seal_mismatch"
+    """Format v2: a validly signed seal's root (or last leaf hash) differs from the journal's at its size: entries
+    before it changed after they were committed."""
+    MISSING_SEAL = "missing_seal"
+    """Format v2: a seal names a previous seal size at which the journal holds no seal: a seal was removed."""
+    UNSEALED = "unsealed"
+    """Format v2: entries after the last valid seal, which nothing signed vouches for (their seal was removed or
+    does not verify)."""
     STATE_MISMATCH = "state_mismatch"
     """A state table row (approvals, approval_votes, kill_switches, forwarder_state) contradicts the signed events;
     the sidecar ignores it for enforcement (docs/adr/0012). The message names the table and key."""

@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from gateway.journal.check import SIGNATURE_FAULTS, EntryProblem, check_entry
 from gateway.journal.entry import (
+    FORMAT_V1,
     ZERO_HASH,
     Entry,
     EventKind,
     leaf_hash,
 )
 from gateway.journal.merkle import EMPTY_ROOT, MerkleRoot, decode_state
+from gateway.journal.note import NoteError
 from gateway.journal.report import (
     Finding,
     FindingCode,
@@ -29,6 +31,7 @@ from gateway.journal.report import (
     witness_grace_end,
 )
 from gateway.journal.schema import INDEXED_FIELDS, indexed_values
+from gateway.journal.seal import Seal, parse_seal, seal_signed
 from gateway.journal.witness import Anchor, BadCheckpoint, Cosigned, NoteChecker, receipt_claim
 from gateway.signing import Verifier
 
@@ -74,6 +77,13 @@ class Scan:
         self._receipt_seq_at: dict[int, int] = {}
         self._require_witnessed: int | None = None
         self._min_size: int | None = None
+        # Format v2 (gateway/journal/seal.py): the stored seals by size, the size of the last seal passed, and the
+        # entries read since the last seal that verified, with what may be done only once a seal vouches for them.
+        self._format = FORMAT_V1
+        self._seals: dict[int, Seal | str] = {}  # size -> parsed seal, or why it does not parse
+        self._last_seal = 0
+        self._pending: list[tuple[int, Callable[[], None] | None]] = []
+        self._verifiers = [v for candidates in keys.values() for v in candidates]
 
     def start_after_prune(self, marker_seq: int, claim: dict[str, Any]) -> None:
         """Continues from a prune marker's state: the chain after its last leaf, the tree from its frontier.
@@ -102,6 +112,85 @@ class Scan:
                 FindingCode.BAD_PRUNE_MARKER,
                 f"entries before seq {self._pruned_before} are gone, but the prune marker saying so does not verify",
             )
+
+    def set_seals(self, journal_format: int, seals: Iterable[tuple[int, str]]) -> None:
+        """The journal's format and its stored seals as (size, note text); call before the first row."""
+        self._format = journal_format
+        for size, text in seals:
+            try:
+                self._seals[size] = parse_seal(text)
+            except (NoteError, TypeError, ValueError) as exc:
+                self._seals[size] = str(exc)
+        # Seals at or below where the scan starts (a pruned prefix) cover nothing left to check.
+        self._last_seal = max((size for size in self._seals if size <= self._tree.size), default=0)
+
+    def _signature_ok(self, message: bytes, signature: bytes) -> bool:
+        return any(v.verify(message, signature) for v in self._verifiers)
+
+    def _check_seal(self, size: int, last_leaf: bytes) -> None:
+        """Checks the seal stored at ``size`` now that the scan's tree has that size; a good one vouches for
+        every entry read since the last good one."""
+        stored = self._seals[size]
+        at = size - 1
+        previous, self._last_seal = self._last_seal, size
+        if isinstance(stored, str):
+            self._add(at, FindingCode.BAD_SEAL, f"the seal at tree size {size} is malformed: {stored}")
+            return
+        checkpoint = stored.checkpoint
+        if checkpoint.size != size:
+            self._add(
+                at,
+                FindingCode.BAD_SEAL,
+                f"the seal stored at tree size {size} is signed for size {checkpoint.size}: seals were moved",
+            )
+            return
+        if not seal_signed(stored, self._origin, self._signature_ok):
+            self._add(
+                at,
+                FindingCode.BAD_SEAL,
+                f"the seal at tree size {size} has no valid signature by the key of origin {self._origin!r}",
+            )
+            return
+        root = self._tree.root()
+        if checkpoint.root != root or stored.last_leaf != last_leaf:
+            self._add(
+                at,
+                FindingCode.SEAL_MISMATCH,
+                f"the sealed root at tree size {size} is {short_hash(checkpoint.root)}..., the journal's is "
+                f"{short_hash(root)}...: entries before seq {size} changed after they were committed",
+            )
+            return
+        if stored.prev_size != previous:
+            self._add(
+                at,
+                FindingCode.MISSING_SEAL,
+                f"the seal at tree size {size} follows a seal at size {stored.prev_size}, but the seal before it "
+                f"in the journal is at size {previous}: a seal was removed",
+            )
+        pending, self._pending = self._pending, []
+        for _, action in pending:
+            if action is not None:
+                action()
+
+    def finish_seals(self) -> None:
+        """After the last row: seals beyond the journal, and entries that no valid seal vouches for."""
+        beyond = [size for size in self._seals if size > self._tree.size]
+        if beyond:
+            self._add(
+                None,
+                FindingCode.TRUNCATED,
+                f"a seal covers {max(beyond)} entries but the journal has {self._tree.size}: entries were removed",
+            )
+        if self._pending:
+            first, last = self._pending[0][0], self._pending[-1][0]
+            span = f"seq {first}" if first == last else f"seq {first}..{last}"
+            self._add(
+                first,
+                FindingCode.UNSEALED,
+                f"{span}: no valid seal covers {'it' if first == last else 'them'} (their commit's seal was removed "
+                "or does not verify), so nothing signed vouches for them",
+            )
+            self._pending = []
 
     def want_roots(self, sizes: Iterable[int]) -> None:
         """Asks the scan to keep the Merkle root at each of these tree sizes (call before the first row)."""
@@ -133,6 +222,14 @@ class Scan:
             )
 
     def check_row(self, row: tuple[Any, ...]) -> None:
+        """Checks one row against its signed bytes (:meth:`_check_row`), then the seal stored at the tree size it
+        reaches, if any (format v2)."""
+        self._check_row(row)
+        size = self._tree.size
+        if size in self._seals and self._last_leaf is not None:
+            self._check_seal(size, self._last_leaf)
+
+    def _check_row(self, row: tuple[Any, ...]) -> None:
         """Checks one row against its signed bytes, following the numbered steps below."""
         seq: int = row[0]
         stored_entry, stored_signature, stored_leaf, stored_nanos = row[1:5]
@@ -199,17 +296,38 @@ class Scan:
         # 5-8. What the signed entry says, reported after the stored leaf hash: the signed seq is the row's, the
         #    chain links to the previous row, the body is canonical JSON, its kind names the header's.
         self._add_problems(seq, (p for p in problems if p.fault not in SIGNATURE_FAULTS))
+        if entry.version != self._format:
+            self._add(
+                seq,
+                FindingCode.MALFORMED_ENTRY,
+                f"a format v{entry.version} entry in a format v{self._format} journal (a journal never changes format)",
+            )
 
         # 9. Indexed columns are what search and the forwarder read: each must equal the signed value.
         self._check_columns(seq, entry, body, stored_nanos, stored_indexed)
 
-        # 10. A cosignature receipt is trusted only from an entry that verified: signed by a trusted key, with
-        #     a canonical body of the header's kind. (Seq and chain findings on its row are reported above.)
-        if entry.kind == EventKind.COSIGNATURE and signed and body is not None and canonical and kind_ok:
-            self._check_receipt(seq, entry.seq, body)
-        # 11. The prune marker the scan started from must be a verified entry making exactly that claim.
-        if seq == self._marker_seq and signed and body is not None and canonical and kind_ok:
-            self._marker_ok = all(body.get(k) == self._marker_claim.get(k) for k in PRUNE_FIELDS)
+        # 10. A cosignature receipt is trusted only from an entry that verified: signed by a trusted key (its own
+        #     signature, or in format v2 the seal of its commit: then only once that seal verified), with a
+        #     canonical body of the header's kind. (Seq and chain findings on its row are reported above.)
+        action: Callable[[], None] | None = None
+        if body is not None and canonical and kind_ok:
+            marker_body = body
+            if entry.kind == EventKind.COSIGNATURE:
+                signed_seq = entry.seq
+
+                def action() -> None:
+                    self._check_receipt(seq, signed_seq, marker_body)
+
+            # 11. The prune marker the scan started from must be a verified entry making exactly that claim.
+            elif seq == self._marker_seq:
+
+                def action() -> None:
+                    self._marker_ok = all(marker_body.get(k) == self._marker_claim.get(k) for k in PRUNE_FIELDS)
+
+        if checked.needs_seal:
+            self._pending.append((seq, action))
+        elif signed and action is not None:
+            action()
 
     def _check_receipt(self, seq: int, signed_seq: int, body: dict[str, Any]) -> None:
         """Checks a cosignature receipt: its note, the origin's signature, the witness cosignatures, and the

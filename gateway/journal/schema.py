@@ -39,7 +39,7 @@ CREATE TABLE IF NOT EXISTS journal_meta (
 CREATE TABLE IF NOT EXISTS journal (
     seq           INTEGER PRIMARY KEY,   -- equals the seq inside entry; contiguous from 0
     entry         BLOB NOT NULL,         -- exact signed envelope bytes (docs/journal.md)
-    signature     BLOB NOT NULL,         -- Ed25519 over the domain-separated entry
+    signature     BLOB NOT NULL,         -- Ed25519 over the domain-separated entry (v2: empty unless it travels alone)
     leaf_hash     BLOB NOT NULL,         -- SHA-256(0x00 | entry | signature)
     unix_nanos    INTEGER NOT NULL,
     kind          TEXT NOT NULL,
@@ -78,6 +78,19 @@ CREATE TABLE IF NOT EXISTS prune_state (
     tree_state     BLOB NOT NULL,
     last_leaf_hash BLOB NOT NULL
 ) STRICT;
+
+-- Format v2 (docs/adr/0024-seal-per-commit-signing.md): the seal of each group commit, written in the commit's transaction.
+-- ``note`` is what is trusted (a signed checkpoint, gateway/journal/seal.py); ``tree_state`` only lets the writer
+-- restart without rehashing the journal (verify recomputes the tree). Empty in a v1 journal.
+CREATE TABLE IF NOT EXISTS journal_seals (
+    size       INTEGER PRIMARY KEY,   -- entries the seal covers: seq 0 .. size - 1 (the commit's end)
+    note       TEXT NOT NULL,         -- the signed seal note
+    tree_state BLOB NOT NULL          -- merkle.encode_state of the tree at size (untrusted)
+) STRICT;
+CREATE TRIGGER IF NOT EXISTS journal_seals_no_update BEFORE UPDATE ON journal_seals
+BEGIN SELECT RAISE(ABORT, 'journal_seals is append-only: UPDATE refused'); END;
+CREATE TRIGGER IF NOT EXISTS journal_seals_no_delete BEFORE DELETE ON journal_seals
+BEGIN SELECT RAISE(ABORT, 'journal_seals is append-only: DELETE refused'); END;
 
 -- Append-only: the only way in is INSERT, and the only DELETE is of the prefix a prune marker authorises.
 CREATE TRIGGER IF NOT EXISTS journal_no_update BEFORE UPDATE ON journal

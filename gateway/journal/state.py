@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.errors import MalformedEntryError
 from gateway.identity import normalise_identity
-from gateway.journal.entry import decode_entry, signature_payload
+from gateway.journal.entry import decode_entry
+from gateway.journal.seal import SealedLookup
 
 if TYPE_CHECKING:  # only a type here: the offline verifier imports this module and never the writer
     from gateway.journal.writer import StateChange
@@ -691,13 +692,14 @@ def trusted_state(conn: sqlite3.Connection, origin: str, signature_ok: Callable[
     fold = SignedStateFold()
     kinds = ", ".join("?" * len(_FOLDED_KINDS))
     rows = _located(conn, f"kind IN ({kinds}) OR decision = 'approval_required'", _FOLDED_KINDS)
-    _fold(fold, rows, origin, signature_ok)
+    lookup = SealedLookup(conn, origin, signature_ok)
+    _fold(fold, rows, lookup)
     granted_runs = sorted({a.run_id for a in fold.approvals.values() if a.state == GRANTED})
     if granted_runs:
         fold = SignedStateFold()  # refold with the resumes in order (a use follows its grant)
         marks = ", ".join("?" * len(granted_runs))
         resumes = _located(conn, f"kind = 'pre_exec' AND decision = 'allow' AND run_id IN ({marks})", granted_runs)
-        _fold(fold, sorted({*rows, *resumes}), origin, signature_ok)
+        _fold(fold, sorted({*rows, *resumes}), lookup)
     pruned_until_ns = _pruned_until_ns(conn)
     approvals, mismatches = reconcile_approvals(all_approvals(conn), fold, pruned_until_ns)
     mismatches += reconcile_votes(all_votes(conn), fold, pruned_until_ns)
@@ -728,12 +730,7 @@ def _located(conn: sqlite3.Connection, where: str, params: Sequence[Any]) -> lis
     return [(int(seq), bytes(entry), bytes(signature)) for seq, entry, signature in conn.execute(sql, tuple(params))]
 
 
-def _fold(
-    fold: SignedStateFold,
-    rows: Iterable[tuple[int, bytes, bytes]],
-    origin: str,
-    signature_ok: Callable[[bytes, bytes], bool],
-) -> None:
+def _fold(fold: SignedStateFold, rows: Iterable[tuple[int, bytes, bytes]], lookup: SealedLookup) -> None:
     for seq, raw, signature in rows:
         try:
             entry = decode_entry(raw)
@@ -742,6 +739,6 @@ def _fold(
             continue
         if entry.seq != seq or not isinstance(body, dict):
             continue
-        if not signature_ok(signature_payload(origin, raw), signature):
+        if not lookup.authentic(seq, raw, signature):  # its signature, or (format v2) its commit's seal
             continue
         fold.add(str(body.get("kind", "")), entry.unix_nanos, body)

@@ -21,6 +21,7 @@ from gateway.journal import query, replay, state
 from gateway.journal.entry import HEADER_SIZE
 from gateway.journal.fileguard import abandon, why_unwritable
 from gateway.journal.schema import OPERATOR_CONTEXT_WHERE
+from gateway.journal.seal import has_seals_table
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -197,6 +198,10 @@ class JournalReader:
         """The stored entries of seq ``start`` up to ``end`` (exclusive), as signed; fewer if some are missing."""
         return await self._call(signed_entries, start, end)
 
+    async def seals(self, above: int, upto: int) -> list[tuple[int, str]]:
+        """Format v2: the stored commit seals (size, note) with ``above < size <= upto``, by size (none in v1)."""
+        return await self._call(_seals, above, upto)
+
     async def search(self, flt: query.EventFilter, *, after_seq: int | None, limit: int) -> list[SignedEvent]:
         """One page of events matching ``flt`` after the keyset cursor ``after_seq`` (``query.select_signed``)."""
         return await self._call(_search_page, flt, after_seq, limit)
@@ -304,3 +309,10 @@ def _scan_pre_events(
 ) -> tuple[int, T]:
     start = replay.first_seq_since(conn, since_nanos)
     return start, consume(replay.iter_pre_events(conn, start, since_nanos))
+
+
+def _seals(conn: sqlite3.Connection, above: int, upto: int) -> list[tuple[int, str]]:
+    if not has_seals_table(conn):
+        return []
+    query = "SELECT size, note FROM journal_seals WHERE size > ? AND size <= ? ORDER BY size"
+    return [(int(size), str(note)) for size, note in conn.execute(query, (above, upto))]

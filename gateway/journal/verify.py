@@ -34,6 +34,7 @@ from gateway.journal.entry import (
 from gateway.journal.report import Finding, FindingCode, VerifyReport, quote, stored_bytes, witness_grace_end
 from gateway.journal.scan import Scan
 from gateway.journal.schema import COLUMNS, SCHEMA_VERSION
+from gateway.journal.seal import FORMAT_META_KEY, has_seals_table
 from gateway.journal.witness import NoteChecker, read_anchor
 from gateway.signing import Verifier
 
@@ -110,13 +111,18 @@ def verify_journal(
         conn.execute("BEGIN")
         _check_shape(conn, path)
         # Step 3: cross-check the recorded origin against the trusted one.
-        scan.check_meta(_read_meta(conn, path))
+        meta = _read_meta(conn, path)
+        scan.check_meta(meta)
         # Step 4: learn the tree sizes that checkpoints claim (anchors, and receipt bodies read in a cheap
         # pre-pass without verifying anything), so the streaming pass can keep the Merkle root at each of them.
         # Sizes from forged rows only cost a remembered root: the main pass credits verified receipts only.
         marker = _latest_prune_marker(conn)
         if marker is not None:
             scan.start_after_prune(*marker)
+        # Format v2: the commit seals, checked when the scan reaches each one's size (gateway/journal/seal.py).
+        journal_format = 2 if meta is not None and str(meta.get(FORMAT_META_KEY)) == "2" else 1
+        seals = conn.execute("SELECT size, note FROM journal_seals").fetchall() if has_seals_table(conn) else []
+        scan.set_seals(journal_format, ((int(size), str(note)) for size, note in seals))
         scan.want_roots(a.note.checkpoint.size for a in anchor_points)
         scan.want_roots(_claimed_sizes(conn))
         # Step 5: stream the rows in seq order (constant memory: the cursor is iterated, never fetched
@@ -134,6 +140,7 @@ def verify_journal(
 
     # Step 6: receipts whose root could not be compared in stream, then the anchors: a journal shorter than an
     # anchor lost entries; another root at an anchor's size means history was rewritten (or the file replaced).
+    scan.finish_seals()
     scan.finish_receipts()
     scan.finish_prune()
     for anchor in anchor_points:

@@ -1,5 +1,9 @@
 """The journal's single writer: group commit of signed, hash-chained entries to SQLite.
 
+Format v1 (``signing="per_entry"``) signs every entry; format v2 (``"per_commit"``, what ``audit.signing`` defaults
+to) signs one seal per commit, stored in the commit's own transaction (:mod:`gateway.journal.seal`). A journal
+keeps the format it was created with.
+
 Handlers call :meth:`JournalWriter.append` and await a :class:`Receipt`. One asyncio task owns the write path:
 it takes every append that is waiting (up to ``max_batch``), hands the whole batch to one dedicated thread,
 which assigns seq numbers, builds and signs each envelope, chains the leaf hashes and commits the batch in one
@@ -47,10 +51,20 @@ from typing import Any
 from gateway import metrics
 from gateway.errors import ConfigError, JournalUnavailableError
 from gateway.ids import now_nanos as now_nanos  # noqa: PLC0414 - re-exported until every caller imports gateway.ids
-from gateway.journal.entry import ZERO_HASH, encode_entry, leaf_hash, signature_payload
+from gateway.journal.entry import (
+    FORMAT_V1,
+    FORMAT_V2,
+    ZERO_HASH,
+    encode_entry,
+    leaf_hash,
+    signature_payload,
+    travels_alone,
+)
 from gateway.journal.fileguard import abandon, why_unwritable
 from gateway.journal.head import HeadMark, read_head, rollback_error, write_head
+from gateway.journal.merkle import MerkleRoot, decode_state, encode_state
 from gateway.journal.schema import DDL, SCHEMA_VERSION, STATE_DDL, insert_sql
+from gateway.journal.seal import FORMAT_META_KEY, make_seal
 from gateway.signing import Ed25519Signer
 
 log = logging.getLogger(__name__)
@@ -62,6 +76,12 @@ class Receipt:
 
     seq: int
     leaf_hash: bytes
+
+
+SIGNING_MODES = ("per_commit", "per_entry")
+"""``audit.signing``: a new journal is format v2 (one seal per commit) or v1 (one signature per entry)."""
+
+SealRow = tuple[int, str, bytes]  # (size, seal note, tree state) for journal_seals
 
 
 class _JournalLostError(JournalUnavailableError):
@@ -131,8 +151,16 @@ class JournalWriter:
         probe_interval_s: float = 0.0,
         on_lost: Callable[[str], None] | None = None,
         head_interval_s: float = 1.0,
+        signing: str = "per_entry",
     ) -> None:
+        if signing not in SIGNING_MODES:
+            raise ConfigError(f"audit.signing: expected one of {', '.join(SIGNING_MODES)}, got {signing!r}")
         self.path = path
+        # The format of a journal created now; an existing journal keeps the one it was created with.
+        self._new_format = FORMAT_V2 if signing == "per_commit" else FORMAT_V1
+        self.format = self._new_format
+        self._tree = MerkleRoot()  # v2: the tree over every committed leaf (its root is what each seal signs)
+        self._seal_size = 0  # v2: the size of the last seal
         # Told once, on the loop, why the journal files were lost (the writer stays failed closed): alerts.
         self._on_lost = on_lost
         self._lost = ""
@@ -196,11 +224,12 @@ class JournalWriter:
             conn.execute("BEGIN IMMEDIATE")
             meta = dict(conn.execute("SELECT key, value FROM journal_meta").fetchall())
             if not meta:
-                conn.executemany(
-                    "INSERT INTO journal_meta (key, value) VALUES (?, ?)",
-                    [("schema_version", SCHEMA_VERSION), ("origin", self.origin)],
-                )
-                meta = {"schema_version": SCHEMA_VERSION, "origin": self.origin}
+                meta = {
+                    "schema_version": SCHEMA_VERSION,
+                    "origin": self.origin,
+                    FORMAT_META_KEY: str(self._new_format),
+                }
+                conn.executemany("INSERT INTO journal_meta (key, value) VALUES (?, ?)", list(meta.items()))
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             raise JournalUnavailableError(f"cannot open journal {self.path}: {exc}") from exc
@@ -214,9 +243,14 @@ class JournalWriter:
             conn.close()
             raise ConfigError(f"journal {self.path} has schema version {meta.get('schema_version')!r}")
         self._conn = conn
+        # Absent: a journal created before format v2 existed, so v1. A journal never changes format.
+        self.format = FORMAT_V2 if meta.get(FORMAT_META_KEY) == str(FORMAT_V2) else FORMAT_V1
+        if self.format != self._new_format:
+            log.info("journal %s is format v%d and stays so (audit.signing: new journals)", self.path, self.format)
         if mark is not None:
             self._check_mark(mark)
         self._next_seq, self._prev_hash = self._read_tail()
+        self._tree, self._seal_size = self._read_tree()
         self._head_seq = self._next_seq - 1 if mark is None else mark.seq
         for file in self._files:
             with contextlib.suppress(FileNotFoundError):
@@ -277,6 +311,27 @@ class JournalWriter:
         row = self._conn.execute("SELECT seq, leaf_hash FROM journal ORDER BY seq DESC LIMIT 1").fetchone()
         return (0, ZERO_HASH) if row is None else (row[0] + 1, bytes(row[1]))
 
+    def _read_tree(self) -> tuple[MerkleRoot, int]:
+        """v2: the tree at the tail and the last seal's size, from the last seal's stored state when it matches
+        the tail (always, as entries and seal commit together), else rebuilt from the stored leaf hashes."""
+        if self.format != FORMAT_V2 or self._conn is None:
+            return MerkleRoot(), 0
+        row = self._conn.execute("SELECT size, tree_state FROM journal_seals ORDER BY size DESC LIMIT 1").fetchone()
+        seal_size = 0 if row is None else int(row[0])
+        if row is None and self._next_seq == 0:
+            return MerkleRoot(), 0
+        if row is not None and seal_size == self._next_seq:
+            with contextlib.suppress(ValueError):
+                tree = decode_state(bytes(row[1]))
+                if tree.size == seal_size:
+                    return tree, seal_size
+        log.warning("journal %s: the last seal does not end at the tail; rebuilding the tree", self.path)
+        pruned = self._conn.execute("SELECT tree_state FROM prune_state WHERE id = 1").fetchone()
+        tree = MerkleRoot() if pruned is None else decode_state(bytes(pruned[0]))
+        for (leaf,) in self._conn.execute("SELECT leaf_hash FROM journal WHERE seq >= ? ORDER BY seq", (tree.size,)):
+            tree.append(bytes(leaf))
+        return tree, seal_size
+
     async def append(
         self, kind: int, body: bytes, columns: tuple[Any, ...], unix_nanos: int, state: Sequence[StateChange] = ()
     ) -> Receipt:
@@ -307,10 +362,10 @@ class JournalWriter:
             while self._pending:
                 batch = self._pending[: self._max_batch]
                 del self._pending[: self._max_batch]
-                rows, receipts = self._seal(batch)
+                rows, receipts, seal, tree = self._seal(batch)
                 state = [change for item in batch for change in item.state]
                 try:
-                    await loop.run_in_executor(self._executor, self._insert, rows, state)
+                    await loop.run_in_executor(self._executor, self._insert, rows, state, seal)
                 except _JournalLostError as exc:
                     await self._lose(loop, str(exc), [*batch, *self._pending])
                     self._pending.clear()
@@ -332,6 +387,8 @@ class JournalWriter:
                     self._set_problem("")
                 self._last_commit = time.monotonic()
                 self._next_seq, self._prev_hash = receipts[-1].seq + 1, receipts[-1].leaf_hash
+                if seal is not None:
+                    self._tree, self._seal_size = tree, seal[0]
                 self.batches_committed += 1
                 self.entries_committed += len(rows)
                 self.last_batch_size = len(rows)
@@ -403,8 +460,14 @@ class JournalWriter:
             if self._on_health is not None:
                 self._on_health(problem)
 
-    def _seal(self, batch: Sequence[_Append]) -> tuple[list[tuple[Any, ...]], list[Receipt]]:
+    def _seal(
+        self, batch: Sequence[_Append]
+    ) -> tuple[list[tuple[Any, ...]], list[Receipt], SealRow | None, MerkleRoot]:
         """Assigns seq, builds each envelope, signs it and chains the leaf hashes (on the event loop thread).
+
+        Format v1 signs every entry. Format v2 signs only the entries that travel alone (approval events,
+        :func:`~gateway.journal.entry.travels_alone`) and then, once, the seal over the tree head at the batch's
+        end (:mod:`gateway.journal.seal`), returned with the tree after the batch (kept only if the commit lands).
 
         Signing here rather than on the writer thread matters: PyNaCl releases the GIL for every signature, and a
         thread that must re-take the GIL once per entry while the loop thread is busy waits for the loop's switch
@@ -415,22 +478,38 @@ class JournalWriter:
         key_id, origin, sign = self._signer.key_id, self.origin, self._signer.sign
         rows = []
         receipts = []
+        if self.format == FORMAT_V1:
+            for item in batch:
+                entry = encode_entry(item.kind, seq, item.unix_nanos, prev, key_id, item.body)
+                signature = sign(signature_payload(origin, entry))
+                digest = leaf_hash(entry, signature)
+                rows.append((seq, entry, signature, digest, item.unix_nanos, *item.columns))
+                receipts.append(Receipt(seq, digest))
+                prev = digest
+                seq += 1
+            return rows, receipts, None, self._tree
+        tree = MerkleRoot.restore(self._tree.size, self._tree.state())
         for item in batch:
-            entry = encode_entry(item.kind, seq, item.unix_nanos, prev, key_id, item.body)
-            signature = sign(signature_payload(origin, entry))
+            entry = encode_entry(item.kind, seq, item.unix_nanos, prev, key_id, item.body, FORMAT_V2)
+            signature = sign(signature_payload(origin, entry)) if travels_alone(item.kind, item.body) else b""
             digest = leaf_hash(entry, signature)
+            tree.append(digest)
             rows.append((seq, entry, signature, digest, item.unix_nanos, *item.columns))
             receipts.append(Receipt(seq, digest))
             prev = digest
             seq += 1
-        return rows, receipts
+        note = make_seal(self._signer, seq, tree.root(), self._seal_size, prev)
+        return rows, receipts, (seq, note, encode_state(tree)), tree
 
-    def _insert(self, rows: Sequence[tuple[Any, ...]], state: Sequence[StateChange]) -> None:
+    def _insert(
+        self, rows: Sequence[tuple[Any, ...]], state: Sequence[StateChange], seal: SealRow | None = None
+    ) -> None:
         """Runs on the writer thread: one multi-row INSERT, which in autocommit mode is its own transaction.
 
         One statement means one ``sqlite3_step`` (the GIL is released once for the insert and the fsync'd commit)
-        and all-or-nothing: a failed batch leaves no row behind. A batch that carries state changes runs in an
-        explicit transaction with them instead.
+        and all-or-nothing: a failed batch leaves no row behind. A batch that carries state changes, or a seal
+        (format v2), runs in an explicit transaction with them instead: entries and their seal are durable
+        together or not at all, so no entry is ever answered, or survives a crash, without its seal.
         """
         conn = self._conn
         if conn is None:
@@ -439,12 +518,14 @@ class JournalWriter:
         self._check_files()
         started = time.perf_counter()
         try:
-            if not state:
+            if not state and seal is None:
                 conn.execute(insert_sql(len(rows)), params)
             else:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
                     conn.execute(insert_sql(len(rows)), params)
+                    if seal is not None:
+                        conn.execute("INSERT INTO journal_seals (size, note, tree_state) VALUES (?, ?, ?)", seal)
                     for sql, args in state:
                         conn.execute(sql, args)
                     conn.execute("COMMIT")
@@ -538,7 +619,10 @@ class JournalWriter:
 
     def _checked_tail(self) -> tuple[int, bytes]:
         self._check_files()  # reading takes a read mark in the mapped -shm
-        return self._read_tail()
+        tail = self._read_tail()
+        self._next_seq = tail[0]
+        self._tree, self._seal_size = self._read_tree()
+        return tail
 
     async def aclose(self) -> None:
         """Stops accepting appends, commits everything already queued, then closes the database."""

@@ -1,11 +1,13 @@
 """Forwards the journal, exactly as signed, to the collector, and keeps its cosignatures as receipts.
 
 One task owns the forwarding loop. It reads entries after a durable cursor, sends them in batches (by count and
-age) with a C2SP checkpoint signed by the journal's key, and, once the collector acknowledges, appends the
-collector's cosigned checkpoint to the journal as a ``cosignature`` receipt and advances the cursor in the same
-transaction. Failures back off exponentially with full jitter; ``RESOURCE_EXHAUSTED`` waits at least the
-collector's ``retry-after``. It never blocks Decide: it only reads through the reader thread and appends through
-the writer like any other event.
+age) with a C2SP checkpoint signed by the journal's key (format v1: signed here over the recomputed root; format
+v2: the stored seal at the batch's end, which the writer signed when it committed those entries: batches end at
+commit boundaries and the forwarder never signs a checkpoint over entries it did not write and verify itself),
+and, once the collector acknowledges, appends the collector's cosigned checkpoint to the journal as a
+``cosignature`` receipt and advances the cursor in the same transaction. Failures back off exponentially with
+full jitter; ``RESOURCE_EXHAUSTED`` waits at least the collector's ``retry-after``. It never blocks Decide: it
+only reads through the reader thread and appends through the writer like any other event.
 
 Receipts and heartbeats are journal entries too; so that they do not trigger an endless chain of batches, a batch
 is only sent for other entries, or after ``idle_checkpoint_s`` (when a heartbeat is appended first, so a quiet
@@ -36,6 +38,7 @@ from gateway import metrics, reasons
 from gateway.alerts import Alert, journal_alert
 from gateway.config.sidecar import CollectorTlsClientConfig
 from gateway.journal import state as state_tables
+from gateway.journal.entry import FORMAT_V2
 from gateway.journal.merkle import MerkleRoot, decode_state
 from gateway.journal.note import Checkpoint, NoteError, SignedNote, sign_checkpoint
 from gateway.journal.store import JournalReader
@@ -372,15 +375,21 @@ class Forwarder:
         if not due and now - self._last_send < self._idle:
             return False
         end = min(tail, acked + self._batch)
+        seal = await self._seal_for(acked, end, tail)
+        if seal is not None:
+            end = seal[0]
         rows = await self._reader.signed_entries(acked, end)
         if len(rows) != end - acked:
             raise UpstreamError(f"journal is missing entries between {acked} and {end}")
         tree = copy.deepcopy(self._tree)
         for row in rows:
             tree.append(row.leaf_hash)
-        note = sign_checkpoint(Checkpoint(self._signer.name, end, tree.root()), self._signer)
+        if seal is not None:
+            checkpoint = seal[1]
+        else:
+            checkpoint = sign_checkpoint(Checkpoint(self._signer.name, end, tree.root()), self._signer).encode()
         entries = [(r.seq, r.entry, r.signature) for r in rows]
-        size, cosigned = await self._upstream.ingest(self._signer.name, entries, note.encode())
+        size, cosigned = await self._upstream.ingest(self._signer.name, entries, checkpoint)
         if size < end:
             raise UpstreamError(f"the collector acknowledged {size} entries, expected {end}")
         self._tree = tree
@@ -389,6 +398,17 @@ class Forwarder:
         await self._record_receipt(end, cosigned)
         self._pending_since = None if end >= tail else self._pending_since
         return True
+
+    async def _seal_for(self, acked: int, end: int, tail: int) -> tuple[int, str] | None:
+        """Format v2: the stored seal the batch ends at: the last one within ``end``, else (one commit larger than
+        a batch) the first one after it. None for a v1 journal, which has no seals."""
+        if self._writer.format != FORMAT_V2:
+            return None
+        seals = await self._reader.seals(acked, tail)
+        if not seals:
+            raise UpstreamError(f"no commit seal covers the entries from seq {acked} (journal format v2)")
+        within = [seal for seal in seals if seal[0] <= end]
+        return within[-1] if within else seals[0]
 
     async def _record_receipt(self, size: int, cosigned: str) -> None:
         receipt = await self._recorder.record_cosignature(

@@ -11,6 +11,9 @@ file) would go unnoticed until someone ran ``agentaudit verify``. So, bounded to
    entry's *recomputed* leaf hash, canonical body, kind), and that its stored leaf hash is the recomputed one.
 3. Check the recomputed leaf hash at the mark's seq against the mark, so an entry edited at or before the point
    this sidecar last acknowledged cannot re-link the chain unnoticed.
+4. Format v2: each commit seal ending in the window must be signed by the key and name the recomputed leaf hash
+   at its size as its last leaf, and the last one must end at the tail: v2 entries carry no signature of their
+   own, so this is what catches an edit whose author re-chained the entries after it.
 
 On any finding :func:`report_tamper` logs one ERROR block naming each seq and finding, journals it once (a
 ``gap_recovery`` event with ``operation: tamper_detected``; not again on a restart that finds the same), alerts,
@@ -31,9 +34,12 @@ from pathlib import Path
 
 from gateway import reasons
 from gateway.alerts import AlertDispatcher, journal_alert
+from gateway.errors import MalformedEntryError
 from gateway.journal.check import check_entry
-from gateway.journal.entry import ZERO_HASH, leaf_hash
+from gateway.journal.entry import FORMAT_V2, ZERO_HASH, decode_entry, leaf_hash
 from gateway.journal.head import read_head
+from gateway.journal.note import NoteError
+from gateway.journal.seal import parse_seal, seal_signed
 from gateway.journal.store import JournalReader
 from gateway.sidecar.recorder import AuditRecorder
 from gateway.signing import Verifier
@@ -120,7 +126,42 @@ async def check_tail(
                 f"(leaf hash {leaves[mark.seq].hex()[:16]}…, the mark says {mark.leaf_hash.hex()[:16]}…)",
             )
         )
+    # 4. The seals of the window (format v2).
+    if rows and decode_version(rows[-1].entry) == FORMAT_V2:
+        findings += await _check_seals(reader, verifier, leaves, start, size)
     return TailCheck(start, size, mark.seq if mark else None, tuple(findings), time.perf_counter() - started)
+
+
+def decode_version(raw: bytes) -> int:
+    """The format of an entry's bytes (0: they do not decode)."""
+    try:
+        return decode_entry(raw).version
+    except MalformedEntryError:
+        return 0
+
+
+async def _check_seals(
+    reader: JournalReader, verifier: Verifier, leaves: dict[int, bytes], start: int, size: int
+) -> list[TailFinding]:
+    findings: list[TailFinding] = []
+    last = 0
+    for seal_size, text in await reader.seals(start, size + 1_000_000_000):
+        at = seal_size - 1
+        try:
+            seal = parse_seal(text)
+        except NoteError as exc:
+            findings.append(TailFinding(at, "bad_seal", str(exc)))
+            continue
+        if seal.size != seal_size or not seal_signed(seal, verifier.name, verifier.verify):
+            findings.append(TailFinding(at, "bad_seal", f"the seal at size {seal_size} does not verify"))
+            continue
+        if seal_size > size or leaves.get(at) != seal.last_leaf:
+            findings.append(TailFinding(at, "seal_mismatch", f"the seal at size {seal_size} names another last entry"))
+            continue
+        last = seal_size
+    if last != size:
+        findings.append(TailFinding(max(last, start), "unsealed", f"no valid seal ends at the tail (size {size})"))
+    return findings
 
 
 @dataclass
