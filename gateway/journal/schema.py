@@ -79,7 +79,7 @@ CREATE TABLE IF NOT EXISTS prune_state (
     last_leaf_hash BLOB NOT NULL
 ) STRICT;
 
--- Format v2 (docs/adr/0024-seal-per-commit-signing.md): the seal of each group commit, written in the commit's transaction.
+-- Format v2 (ADR 0024): the seal of each group commit, written in the commit's transaction.
 -- ``note`` is what is trusted (a signed checkpoint, gateway/journal/seal.py); ``tree_state`` only lets the writer
 -- restart without rehashing the journal (verify recomputes the tree). Empty in a v1 journal.
 CREATE TABLE IF NOT EXISTS journal_seals (
