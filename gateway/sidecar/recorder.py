@@ -37,8 +37,10 @@ PRE_EVENT_CACHE_BYTES = 4 * 1024 * 1024
 # Results already journaled, so a repeated ReportResult rarely reads the journal (in-flight ones are kept apart).
 RESULT_CACHE_BYTES = 1024 * 1024
 # Estimated bytes of one cached StoredEvent beyond its strings' characters (object, dict, string headers, bytes, the
-# cache's own node), and of one cached result beyond its two ids: measured with tracemalloc on CPython 3.11.
-_PRE_EVENT_OVERHEAD = 400
+# cache's own node), and of one cached result beyond its two ids: measured with tracemalloc on CPython 3.11
+# (2026-12-02: 20,000 cached pre-events of a kb.search step took 672 bytes each, of which ~120 are the strings'
+# characters; 400 had let the "4 MiB" cache grow past 5 MiB).
+_PRE_EVENT_OVERHEAD = 560
 _RESULT_OVERHEAD = 250
 # Runs whose per-step attempt counts are kept in memory (least recently used evicted, then re-read on a miss).
 _ATTEMPT_RUNS = 4_096
