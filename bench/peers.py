@@ -183,12 +183,14 @@ def load(python: Path, side: str, target: str, concurrency: int, duration_s: flo
 
 
 def proc_figures(pid: int) -> dict[str, int]:
-    """Peak RSS (VmHWM, KiB) and bytes written to storage so far by process ``pid`` (Linux /proc)."""
+    """Peak RSS (VmHWM, KiB), CPU ticks used and bytes written to storage so far by process ``pid`` (/proc)."""
     figures: dict[str, int] = {}
     with contextlib.suppress(OSError, ValueError):
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 figures["rss_peak_kib"] = int(line.split()[1])
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        figures["cpu_ticks"] = int(fields[11]) + int(fields[12])  # utime + stime, every thread of the process
         for line in Path(f"/proc/{pid}/io").read_text().splitlines():
             if line.startswith("write_bytes:"):
                 figures["write_bytes"] = int(line.split()[1])
@@ -217,6 +219,10 @@ def measure_side(
         if "write_bytes" in after and "write_bytes" in before and steps_run:
             # Includes warm-up steps' writes: an upper bound per measured step, the same for both sides.
             point["disk_write_bytes_per_step_max"] = round((after["write_bytes"] - before["write_bytes"]) / steps_run)
+        if "cpu_ticks" in after and "cpu_ticks" in before and steps_run:
+            # The server's CPU (all threads) per measured step, warm-up included: an upper bound, like the disk's.
+            ticks = after["cpu_ticks"] - before["cpu_ticks"]
+            point["server_cpu_us_per_step_max"] = round(ticks / os.sysconf("SC_CLK_TCK") * 1e6 / steps_run)
         points[f"c{level}"] = point
     peak = proc_figures(pid).get("rss_peak_kib")
     return {"points": points, "rss_peak_mib": round(peak / 1024, 1) if peak else None}
@@ -335,7 +341,8 @@ def compare(sides: dict[str, Any], levels: Sequence[int]) -> dict[str, Any]:
 
 def format_table(peers: dict[str, Any], levels: Sequence[int]) -> str:
     """Rows side x concurrency, then the ratios and each side's durability."""
-    lines = [f"{'side':<27} {'conc':>5} {'steps/s':>10} {'p50 ms':>9} {'p99 ms':>9} {'errors':>7} {'disk B/step':>12}"]
+    head = f"{'side':<27} {'conc':>5} {'steps/s':>10} {'p50 ms':>9} {'p99 ms':>9} {'errors':>7}"
+    lines = [f"{head} {'disk B/step':>12} {'srv cpu us/step':>16}"]
     for side in ROWS:
         figures = peers.get(side)
         if figures is None:
@@ -348,9 +355,10 @@ def format_table(peers: dict[str, Any], levels: Sequence[int]) -> str:
             rate, p50, p99 = (figures[m].get(key) for m in ("steps_per_s", "step_p50_ms", "step_p99_ms"))
             point = figures["points"].get(key, {})
             errors, disk = point.get("errors", point.get("error")), point.get("disk_write_bytes_per_step_max")
+            cpu = point.get("server_cpu_us_per_step_max")
             lines.append(
                 f"{side:<27} {n:>5} {_num(rate, '.1f'):>10} {_num(p50, '.3f'):>9} {_num(p99, '.3f'):>9} "
-                f"{errors if errors is not None else '-':>7} {_num(disk, 'd'):>12}"
+                f"{errors if errors is not None else '-':>7} {_num(disk, 'd'):>12} {_num(cpu, 'd'):>16}"
             )
     keys = [f"c{n}" for n in levels]
     lines += [

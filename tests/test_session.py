@@ -5,11 +5,12 @@ Raw stubs, so what is tested is the protocol (docs/adr/stream-session.md); the c
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import signal
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
@@ -17,6 +18,7 @@ import pytest
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from agentaudit.v1 import gateway_pb2, types_pb2
+from gateway.api.session import SessionHub, _Stream
 from tests.conftest import RunningGateway, start_gateway
 from tests.gateway_helpers import decide_request, stub
 
@@ -289,3 +291,51 @@ def test_client_gone_mid_decide_is_still_journaled(gateway_server: RunningGatewa
     # Every message the sidecar read was processed to its commit: the count only grows to what was read and
     # never leaves a pre-event half done; the first answered one is there.
     assert count(gateway_server.journal_path, f"event_id = '{first.decide.event_id}'") == 1
+
+
+class _BlockedServicer:
+    """Stands in for GatewayServicer: every decide waits until released, so messages stay in flight."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.release = asyncio.Event()
+
+    async def decide_message(self, request: gateway_pb2.DecideRequest, traceparent: str) -> gateway_pb2.DecideResponse:
+        self.calls += 1
+        await self.release.wait()
+        return gateway_pb2.DecideResponse(event_id=f"evt_{request.step_id}")
+
+
+def test_the_reader_stops_reading_at_the_in_flight_bound() -> None:
+    async def scenario() -> tuple[int, int, int]:
+        servicer = _BlockedServicer()
+        hub = SessionHub(servicer, max_in_flight=3)  # type: ignore[arg-type]
+        stream = _Stream(hub, servicer, "")  # type: ignore[arg-type]
+        produced = 0
+
+        async def requests() -> AsyncIterator[gateway_pb2.SessionRequest]:
+            nonlocal produced
+            for i in range(10):
+                produced += 1
+                yield gateway_pb2.SessionRequest(id=i, decide=decide_request(step_id=i + 1))
+
+        reader = asyncio.create_task(stream.read(requests()))
+        for _ in range(100):  # let the reader run as far as it can
+            await asyncio.sleep(0)
+        at_bound = produced
+        servicer.release.set()
+        for _ in range(100):
+            await asyncio.sleep(0)
+        answered_before_release = stream.out.qsize()
+        for _ in range(10):  # the handler's part: each answer written frees a slot
+            await stream.out.get()
+            stream.slots.release()
+            for _ in range(20):
+                await asyncio.sleep(0)
+        await asyncio.wait_for(reader, 5)
+        return at_bound, answered_before_release, produced
+
+    at_bound, answered, produced = asyncio.run(scenario())
+    assert at_bound == 3  # three in flight, and the fourth not even read
+    assert answered == 3
+    assert produced == 10
