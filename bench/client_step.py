@@ -9,7 +9,8 @@ generator (``bench/step_load.py``) at a time, each in its own process:
   hand: the floor.
 * ``async`` / ``sync``: ``AsyncGatewayClient`` / ``GatewayClient``, the same step through the client's API.
 * ``session`` / ``session_awaited``: ``AsyncGatewayClient.session()`` (one Session stream), reports pipelined
-  (acknowledged before the worker's next decide is answered) or awaited.
+  (acknowledged before the worker's next decide is answered) or awaited; ``sync_session``:
+  ``GatewayClient.session()`` in threads, reports pipelined.
 
 ``best`` names the fastest client path (by c16 steps/s); ``step_p50_ms.c1.best`` and ``steps_per_s.c16.best``
 are its figures.
@@ -40,8 +41,9 @@ SIDES = {
     "session_awaited": "agentaudit-session-awaited",
     "raw_sync": "raw-sync",
     "sync": "agentaudit-sync",
+    "sync_session": "agentaudit-sync-session",
 }
-CLIENT_SIDES = ("async", "session", "session_awaited", "sync")  # the client's own paths (not raw stubs)
+CLIENT_SIDES = ("async", "session", "session_awaited", "sync", "sync_session")  # the client's own paths (not raw stubs)
 LEVELS = (1, 16)
 DEFAULT_DURATION_S = 3.0
 DEFAULT_WARMUP_S = 0.5
@@ -85,6 +87,7 @@ def summarise(points: dict[str, dict[str, list[dict[str, Any]]]], duration_s: fl
         ("async", "raw_async"),
         ("session", "raw_async"),
         ("session_awaited", "raw_async"),
+        ("sync_session", "raw_sync"),
     ):
         a, b = p50[client], p50[raw]
         overhead[f"{client}_p50_delta_ms_c1"] = round(a - b, 3) if a is not None and b is not None else None

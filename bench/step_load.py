@@ -10,6 +10,8 @@ and not agentaudit; it imports only the standard library until it knows the side
 * ``agentaudit-session``, ``agentaudit-session-awaited``: ``AsyncGatewayClient.session()`` (one Session stream
   shared by N asyncio tasks); reports pipelined (``wait=False``: acknowledged before the worker's next decide is
   answered, all of them before the load generator exits) or awaited (``wait=True``).
+* ``agentaudit-sync-session``: ``GatewayClient.session()`` in N threads (the stream on its own loop thread),
+  reports pipelined.
 * ``raw-async``, ``raw-sync``: the generated ``GatewayService`` stubs, no client library: the floor the clients
   are measured against (``bench.client_step``).
 * ``tracekit``: Tracekit's own ``tracekit.sdk.client.Client`` in N threads (its documented model: one pipelined
@@ -179,7 +181,7 @@ def _raw_request(gateway_pb2: Any, types_pb2: Any, worker: int, step: int) -> An
     )
 
 
-def _agentaudit_sync(target: str, concurrency: int, tally: Tally, raw: bool) -> None:
+def _agentaudit_sync(target: str, concurrency: int, tally: Tally, raw: bool, session: bool = False) -> None:
     import grpc  # noqa: PLC0415
 
     from agentaudit_client import GatewayClient  # noqa: PLC0415
@@ -201,6 +203,28 @@ def _agentaudit_sync(target: str, concurrency: int, tally: Tally, raw: bool) -> 
             return f"{types_pb2.Decision.Name(response.decision)}:{response.reason}"
 
         close = channel.close
+    elif session:
+        client = GatewayClient(target, timeout=CALL_TIMEOUT_S)
+        stream = client.session()
+
+        def step_fn(worker: int, step: int) -> str:
+            decision = stream.decide(
+                run_id=_run_id(worker, step),
+                step_id=step % STEPS_PER_RUN + 1,
+                tenant_id=TENANT,
+                agent_id=AGENT,
+                actor=ACTOR,
+                action=ACTION,
+                args=ARGS,
+            )
+            if decision.allowed:
+                stream.report_result(decision.event_id, status="succeeded")  # pipelined
+                return decision.decision
+            return f"{decision.decision}:{decision.reason}"
+
+        def close() -> None:
+            stream.close()  # every report acknowledged
+            client.close()
     else:
         client = GatewayClient(target, timeout=CALL_TIMEOUT_S)
 
@@ -303,6 +327,8 @@ def measure(side: str, target: str, concurrency: int, duration_s: float, warmup_
         asyncio.run(_agentaudit_async(target, concurrency, tally, raw=False, session_mode=mode))
     elif side in ("agentaudit-sync", "raw-sync"):
         _agentaudit_sync(target, concurrency, tally, raw=side == "raw-sync")
+    elif side == "agentaudit-sync-session":
+        _agentaudit_sync(target, concurrency, tally, raw=False, session=True)
     else:
         _tracekit(target, concurrency, tally)
     samples = sorted(tally.latencies_ns)
@@ -325,6 +351,7 @@ SIDES = (
     "agentaudit-sync",
     "agentaudit-session",
     "agentaudit-session-awaited",
+    "agentaudit-sync-session",
     "raw-async",
     "raw-sync",
     "tracekit",

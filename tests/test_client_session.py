@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from agentaudit_client import AsyncGatewayClient, InvalidRequestError, NotFoundError, UnavailableError
+from agentaudit_client import AsyncGatewayClient, GatewayClient, InvalidRequestError, NotFoundError, UnavailableError
 from tests.conftest import RunningGateway, start_gateway
 
 STEP = {"tenant_id": "t_42", "agent_id": "support-agent", "actor": ("user", "u_1"), "action": "crm.lookup"}
@@ -120,3 +120,22 @@ async def test_unacked_reports_are_resent_after_a_sigkill_and_journaled_once(tmp
                 assert post_events(restarted.journal_path, d.event_id) == 1  # every acked decide, one result each
         finally:
             restarted.stop()
+
+
+def test_the_sync_session_pipelines_reports_from_threads(gateway_server: RunningGateway) -> None:
+    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+    with GatewayClient(gateway_server.unix_target) as client, client.session() as session:
+
+        def step(n: int) -> str:
+            decided = session.decide(run_id=f"run_sync{n}", step_id=1, **{**STEP, "action": "kb.search"})
+            assert decided.allowed
+            assert session.report_result(decided.event_id) is None
+            return decided.event_id
+
+        with ThreadPoolExecutor(8) as pool:
+            ids = list(pool.map(step, range(32)))
+        with pytest.raises(NotFoundError):
+            session.report_result("evt_missing", wait=True)
+    for event_id in ids:  # closing flushed: every report acknowledged, so journaled
+        assert post_events(gateway_server.journal_path, event_id) == 1

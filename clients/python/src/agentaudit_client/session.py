@@ -27,20 +27,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Coroutine, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import grpc
 import grpc.aio
 
-from agentaudit.v1 import gateway_pb2
+from agentaudit.v1 import gateway_pb2, gateway_pb2_grpc
 
 from . import _convert
 from ._convert import ActorLike, DurationLike, ResultStatusLike, ScopeLike
 from .errors import DeadlineExceededError, GatewayError, UnavailableError, from_rpc_error, from_status
 from .models import DecideResult, ReportResult
 
+_T = TypeVar("_T")
 _BACKOFF_S = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 
 
@@ -320,3 +322,67 @@ class AsyncSession:
                 with contextlib.suppress(asyncio.TimeoutError, grpc.RpcError):
                     await asyncio.wait_for(asyncio.shield(self._reader), 5.0)
                 self._reader.cancel()
+
+
+class Session:
+    """The blocking face of :class:`AsyncSession` (``GatewayClient.session()``): the same stream and guarantees.
+
+    The stream lives on its own event loop in a daemon thread (grpc's sync API has no cheap bidirectional
+    stream a caller can write to from many threads); each call hands its work to that loop and waits. Use it as a
+    context manager, or call ``close()``: that flushes (raising the first failed report) and stops the thread.
+    """
+
+    def __init__(self, target: str, metadata: Sequence[tuple[str, str]], timeout: float | None) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="agentaudit-session", daemon=True)
+        self._thread.start()
+
+        async def build() -> tuple[grpc.aio.Channel, AsyncSession]:
+            channel = grpc.aio.insecure_channel(target)
+            return channel, AsyncSession(gateway_pb2_grpc.GatewayServiceStub(channel), metadata, timeout)
+
+        self._channel, self._session = self._run(build())
+
+    def _run(self, coro: Coroutine[Any, Any, _T]) -> _T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            with contextlib.suppress(GatewayError):
+                self.close()
+
+    @property
+    def unacknowledged(self) -> int:
+        """Reports sent and not yet acknowledged."""
+        return self._session.unacknowledged
+
+    def decide(self, **kwargs: Any) -> DecideResult:
+        """``AsyncSession.decide``, blocking (the same keyword arguments as ``GatewayClient.decide``)."""
+        return self._run(self._session.decide(**kwargs))
+
+    def report_result(self, event_id: str, *, wait: bool = False, **kwargs: Any) -> ReportResult | None:
+        """``AsyncSession.report_result``, blocking until queued (or, with ``wait=True``, acknowledged)."""
+        return self._run(self._session.report_result(event_id, wait=wait, **kwargs))
+
+    def flush(self) -> None:
+        """Waits until every report sent is acknowledged; raises the first failure (once)."""
+        self._run(self._session.flush())
+
+    def close(self) -> None:
+        """Flushes, ends the stream and stops the session's thread."""
+        if not self._thread.is_alive():
+            return
+        try:
+            self._run(self._session.aclose())
+        finally:
+            self._run(self._channel.close(None))
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5.0)
+            self._loop.close()
