@@ -10,14 +10,14 @@ import queue
 import signal
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from agentaudit.v1 import gateway_pb2, types_pb2
+from agentaudit.v1 import gateway_pb2, gateway_pb2_grpc, types_pb2
 from gateway.api.session import SessionHub, _Stream
 from tests.conftest import RunningGateway, start_gateway
 from tests.gateway_helpers import decide_request, stub
@@ -281,18 +281,6 @@ def test_sigkill_mid_session_loses_no_acknowledged_message(tmp_path: Path) -> No
         restarted.stop()
 
 
-def test_client_gone_mid_decide_is_still_journaled(gateway_server: RunningGateway) -> None:
-    with RawSession(gateway_server.unix_target) as session:
-        for i in range(30):
-            session.send(i, decide_request(run_id="run_gone", step_id=i + 1))
-        first = session.receive()
-        session.call.cancel()
-    assert first.decide.event_id
-    # Every message the sidecar read was processed to its commit: the count only grows to what was read and
-    # never leaves a pre-event half done; the first answered one is there.
-    assert count(gateway_server.journal_path, f"event_id = '{first.decide.event_id}'") == 1
-
-
 class _BlockedServicer:
     """Stands in for GatewayServicer: every decide waits until released, so messages stay in flight."""
 
@@ -339,3 +327,53 @@ def test_the_reader_stops_reading_at_the_in_flight_bound() -> None:
     assert at_bound == 3  # three in flight, and the fourth not even read
     assert answered == 3
     assert produced == 10
+
+
+async def _until(condition: Callable[[], bool], deadline_s: float = 10.0) -> None:
+    for _ in range(int(deadline_s / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached in time")
+
+
+def test_messages_in_flight_when_the_client_hangs_up_still_complete() -> None:
+    """A real grpc.aio server with the real hub; the use case blocks until the client has gone."""
+    from gateway.api.session import SESSION_METHOD, decode_request  # noqa: PLC0415
+    from gateway.rpc.handlers import service_handler  # noqa: PLC0415
+
+    class Servicer(_BlockedServicer):
+        completed = 0
+
+        async def decide_message(
+            self, request: gateway_pb2.DecideRequest, traceparent: str
+        ) -> gateway_pb2.DecideResponse:
+            response = await super().decide_message(request, traceparent)
+            self.completed += 1  # where the real use case's journal commit would be
+            return response
+
+    async def scenario() -> tuple[int, int]:
+        servicer = Servicer()
+        hub = SessionHub(servicer)  # type: ignore[arg-type]
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers(
+            [service_handler("agentaudit.v1.GatewayService", {}, bidi={SESSION_METHOD: (hub.handle, decode_request)})]
+        )
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                call = gateway_pb2_grpc.GatewayServiceStub(channel).Session()
+                for i in range(3):
+                    await call.write(gateway_pb2.SessionRequest(id=i, decide=decide_request(step_id=i + 1)))
+                await _until(lambda: servicer.calls == 3)
+                call.cancel()
+                await _until(lambda: hub.open_streams == 0)  # the server saw the client go
+            servicer.release.set()
+            async with asyncio.timeout(10):
+                await hub.aclose()
+            return servicer.calls, servicer.completed
+        finally:
+            await server.stop(None)
+
+    assert asyncio.run(scenario()) == (3, 3)
