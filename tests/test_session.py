@@ -222,16 +222,18 @@ def test_a_malformed_stream_ends_invalid_argument_after_answering_in_flight(
     assert count(gateway_server.journal_path, "kind = 'pre_exec' AND run_id = 'run_dup'") == 1
 
 
-def test_backpressure_stops_reading_at_the_bound(tmp_path: Path) -> None:
-    gw = start_gateway(tmp_path / "bp", {"AGENTAUDIT_SERVER_SESSION_MAX_IN_FLIGHT": "2"})
+def test_server_session_max_in_flight_is_read_and_every_message_still_answered(tmp_path: Path) -> None:
+    # The bound itself is tested in process (test_the_reader_stops_reading_at_the_in_flight_bound); here the config
+    # key reaches the sidecar (1 in flight) and a client sending 50 at once is held back, never refused.
+    gw = start_gateway(tmp_path / "bp", {"AGENTAUDIT_SERVER_SESSION_MAX_IN_FLIGHT": "1"})
     try:
         with RawSession(gw.unix_target) as session:
             for i in range(50):
                 session.send(i, decide_request(run_id="run_bp", step_id=i + 1))
-            # Nothing is read from the responses: the sidecar answers at most 2, then stops reading. Whatever it
-            # processed is bounded by the in-flight bound plus what sits in grpc's buffers, never all 50 at once.
-            got = [session.receive() for _ in range(50)]  # reading them lets it go on
-            assert sorted(r.id for r in got) == list(range(50))
+            got = [session.receive() for _ in range(50)]
+            # With one message in flight the answers come strictly in order.
+            assert [r.id for r in got] == list(range(50))
+            assert all(r.WhichOneof("result") == "decide" for r in got)
     finally:
         gw.stop()
     assert count(gw.journal_path, "kind = 'pre_exec' AND run_id = 'run_bp'") == 50
