@@ -8,6 +8,12 @@ generator (``bench/step_load.py``) at a time, each in its own process:
 * ``raw_async`` / ``raw_sync``: ``GatewayServiceStub`` on a ``grpc.aio`` / ``grpc`` channel, the request built by
   hand: the floor.
 * ``async`` / ``sync``: ``AsyncGatewayClient`` / ``GatewayClient``, the same step through the client's API.
+* ``session`` / ``session_awaited``: ``AsyncGatewayClient.session()`` (one Session stream), reports pipelined
+  (acknowledged before the worker's next decide is answered) or awaited; ``sync_session``:
+  ``GatewayClient.session()`` in threads, reports pipelined.
+
+``best`` names the fastest client path (by c16 steps/s); ``step_p50_ms.c1.best`` and ``steps_per_s.c16.best``
+are its figures.
 
 A step is a Decide then a ReportResult (``bench/step_load.py``). At concurrency 1 and 16 the sides take turns
 (raw, client, raw, client, ...) for ``--rounds`` rounds and the best round of each is kept, to damp the noise of
@@ -28,7 +34,16 @@ from typing import Any
 from bench.peers import agentaudit_sidecar, load
 from bench.run import progress
 
-SIDES = {"raw_async": "raw-async", "async": "agentaudit-async", "raw_sync": "raw-sync", "sync": "agentaudit-sync"}
+SIDES = {
+    "raw_async": "raw-async",
+    "async": "agentaudit-async",
+    "session": "agentaudit-session",
+    "session_awaited": "agentaudit-session-awaited",
+    "raw_sync": "raw-sync",
+    "sync": "agentaudit-sync",
+    "sync_session": "agentaudit-sync-session",
+}
+CLIENT_SIDES = ("async", "session", "session_awaited", "sync", "sync_session")  # the client's own paths (not raw stubs)
 LEVELS = (1, 16)
 DEFAULT_DURATION_S = 3.0
 DEFAULT_WARMUP_S = 0.5
@@ -67,7 +82,13 @@ def summarise(points: dict[str, dict[str, list[dict[str, Any]]]], duration_s: fl
     p50 = {side: _best(points[side]["c1"], "p50_ms", min) for side in SIDES}
     rate = {side: _best(points[side]["c16"], "steps_per_s", max) for side in SIDES}
     overhead: dict[str, float | None] = {}
-    for client, raw in (("sync", "raw_sync"), ("async", "raw_async")):
+    for client, raw in (
+        ("sync", "raw_sync"),
+        ("async", "raw_async"),
+        ("session", "raw_async"),
+        ("session_awaited", "raw_async"),
+        ("sync_session", "raw_sync"),
+    ):
         a, b = p50[client], p50[raw]
         overhead[f"{client}_p50_delta_ms_c1"] = round(a - b, 3) if a is not None and b is not None else None
         x, y = rate[client], rate[raw]
@@ -77,9 +98,12 @@ def summarise(points: dict[str, dict[str, list[dict[str, Any]]]], duration_s: fl
         for side, by_level in points.items()
         for level, runs in by_level.items()
     }
+    measured = [side for side in CLIENT_SIDES if rate[side]]
+    best = max(measured, key=lambda side: rate[side] or 0.0) if measured else None
     return {
-        "step_p50_ms": {"c1": p50},
-        "steps_per_s": {"c16": rate},
+        "best": best,
+        "step_p50_ms": {"c1": {**p50, "best": p50[best] if best else None}},
+        "steps_per_s": {"c16": {**rate, "best": rate[best] if best else None}},
         "client_over_raw": overhead,
         "errors": {k: v for k, v in errors.items() if v},
         "duration_s": duration_s,
@@ -94,10 +118,11 @@ def format_result(result: dict[str, Any]) -> str:
     if "error" in result:
         return f"{title}\n  failed: {result['error']}"
     p50, rate, over = result["step_p50_ms"]["c1"], result["steps_per_s"]["c16"], result["client_over_raw"]
-    lines = [title, f"  {'side':<10} {'p50 ms c1':>10} {'steps/s c16':>12}"]
+    lines = [title, f"  {'side':<16} {'p50 ms c1':>10} {'steps/s c16':>12}"]
     for side in SIDES:
-        lines.append(f"  {side:<10} {_num(p50[side], '.3f'):>10} {_num(rate[side], '.1f'):>12}")
-    for client in ("sync", "async"):
+        lines.append(f"  {side:<16} {_num(p50[side], '.3f'):>10} {_num(rate[side], '.1f'):>12}")
+    lines.append(f"  fastest client path: {result.get('best')}")
+    for client in CLIENT_SIDES:
         lines.append(
             f"  {client} client over raw: p50 {_num(over[f'{client}_p50_delta_ms_c1'], '+.3f')} ms at c1, "
             f"steps/s {_num(over[f'{client}_steps_ratio_c16'], '.2f')}x at c16"

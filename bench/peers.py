@@ -49,6 +49,7 @@ TARGET_RATIO = 3.0  # ours over theirs, steps/s, every concurrency
 TARGET_P50_SHARE = 0.5  # our c1 step p50 at most this share of theirs
 STEP_LOAD = ROOT / "bench" / "step_load.py"
 SIDES = ("agentaudit", "tracekit")
+ROWS = ("agentaudit", "agentaudit_session_awaited", "agentaudit_unary", "tracekit")  # table rows
 
 AGENTAUDIT_DURABILITY = (
     "SQLite journal, WAL, synchronous=FULL: each decision and result answered after its group commit's fsync"
@@ -182,12 +183,14 @@ def load(python: Path, side: str, target: str, concurrency: int, duration_s: flo
 
 
 def proc_figures(pid: int) -> dict[str, int]:
-    """Peak RSS (VmHWM, KiB) and bytes written to storage so far by process ``pid`` (Linux /proc)."""
+    """Peak RSS (VmHWM, KiB), CPU ticks used and bytes written to storage so far by process ``pid`` (/proc)."""
     figures: dict[str, int] = {}
     with contextlib.suppress(OSError, ValueError):
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 figures["rss_peak_kib"] = int(line.split()[1])
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        figures["cpu_ticks"] = int(fields[11]) + int(fields[12])  # utime + stime, every thread of the process
         for line in Path(f"/proc/{pid}/io").read_text().splitlines():
             if line.startswith("write_bytes:"):
                 figures["write_bytes"] = int(line.split()[1])
@@ -195,21 +198,31 @@ def proc_figures(pid: int) -> dict[str, int]:
 
 
 def measure_side(
-    python: Path, side: str, target: str, pid: int, levels: Sequence[int], duration_s: float, warmup_s: float
+    python: Path,
+    side: str,
+    target: str,
+    pid: int,
+    levels: Sequence[int],
+    duration_s: float,
+    warmup_s: float,
+    load_side: str = "",
 ) -> dict[str, Any]:
     """Every concurrency against one running server; adds its peak RSS and disk bytes written per step."""
     points: dict[str, Any] = {}
+    load_side = load_side or ("agentaudit-session" if side == "agentaudit" else "tracekit")
     for level in levels:
         progress(f"{side}: concurrency {level} ({warmup_s:g} s warm-up, {duration_s:g} s)")
         before = proc_figures(pid)
-        point = load(
-            python, "agentaudit-async" if side == "agentaudit" else "tracekit", target, level, duration_s, warmup_s
-        )
+        point = load(python, load_side, target, level, duration_s, warmup_s)
         after = proc_figures(pid)
         steps_run = point.get("steps", 0)
         if "write_bytes" in after and "write_bytes" in before and steps_run:
             # Includes warm-up steps' writes: an upper bound per measured step, the same for both sides.
             point["disk_write_bytes_per_step_max"] = round((after["write_bytes"] - before["write_bytes"]) / steps_run)
+        if "cpu_ticks" in after and "cpu_ticks" in before and steps_run:
+            # The server's CPU (all threads) per measured step, warm-up included: an upper bound, like the disk's.
+            ticks = after["cpu_ticks"] - before["cpu_ticks"]
+            point["server_cpu_us_per_step_max"] = round(ticks / os.sysconf("SC_CLK_TCK") * 1e6 / steps_run)
         points[f"c{level}"] = point
     peak = proc_figures(pid).get("rss_peak_kib")
     return {"points": points, "rss_peak_mib": round(peak / 1024, 1) if peak else None}
@@ -230,11 +243,43 @@ def agentaudit_sidecar(workdir: Path) -> Iterator[tuple[str, int]]:
             stop(process)
 
 
-def run_agentaudit(levels: Sequence[int], duration_s: float, warmup_s: float) -> dict[str, Any]:
-    """The real sidecar (``agentaudit dev``: its example policy, forwarding off) at every concurrency."""
+AGENTAUDIT_VARIANTS = {
+    # row: (load-generator side, client, durability of a step when the client's call returns)
+    "agentaudit": (
+        "agentaudit-session",
+        "agentaudit_client.AsyncGatewayClient.session(), reports pipelined",
+        AGENTAUDIT_DURABILITY + "; a pipelined report is acknowledged (durable) before the same worker's next "
+        "decide is answered, and every report before the load generator exits; unacknowledged ones are resent",
+    ),
+    "agentaudit_session_awaited": (
+        "agentaudit-session-awaited",
+        "agentaudit_client.AsyncGatewayClient.session(), report awaited",
+        AGENTAUDIT_DURABILITY + "; each report awaited until durable",
+    ),
+    "agentaudit_unary": (
+        "agentaudit-async",
+        "agentaudit_client.AsyncGatewayClient, unary calls",
+        AGENTAUDIT_DURABILITY + "; each report awaited until durable",
+    ),
+}
+
+
+def run_agentaudit(levels: Sequence[int], duration_s: float, warmup_s: float) -> dict[str, dict[str, Any]]:
+    """The real sidecar (``agentaudit dev``: its example policy, forwarding off), each variant at each concurrency.
+
+    The variants take turns at every concurrency (one sidecar), so load drifts touch them alike.
+    """
+    results: dict[str, dict[str, Any]] = {row: {"points": {}} for row in AGENTAUDIT_VARIANTS}
     with tempfile.TemporaryDirectory(prefix="aa-peers-") as tmp, agentaudit_sidecar(Path(tmp)) as (address, pid):
-        result = measure_side(Path(sys.executable), "agentaudit", address, pid, levels, duration_s, warmup_s)
-    return {"durability": AGENTAUDIT_DURABILITY, "client": "agentaudit_client.AsyncGatewayClient", **result}
+        for level in levels:
+            for row, (load_side, _, _) in AGENTAUDIT_VARIANTS.items():
+                point = measure_side(Path(sys.executable), row, address, pid, [level], duration_s, warmup_s, load_side)
+                results[row]["points"].update(point["points"])
+                results[row]["rss_peak_mib"] = point["rss_peak_mib"]
+    return {
+        row: {"durability": durability, "client": client, **results[row]}
+        for row, (_, client, durability) in AGENTAUDIT_VARIANTS.items()
+    }
 
 
 def run_tracekit(levels: Sequence[int], duration_s: float, warmup_s: float) -> dict[str, Any]:
@@ -296,20 +341,24 @@ def compare(sides: dict[str, Any], levels: Sequence[int]) -> dict[str, Any]:
 
 def format_table(peers: dict[str, Any], levels: Sequence[int]) -> str:
     """Rows side x concurrency, then the ratios and each side's durability."""
-    lines = [f"{'side':<11} {'conc':>5} {'steps/s':>10} {'p50 ms':>9} {'p99 ms':>9} {'errors':>7} {'disk B/step':>12}"]
-    for side in SIDES:
-        figures = peers[side]
+    head = f"{'side':<27} {'conc':>5} {'steps/s':>10} {'p50 ms':>9} {'p99 ms':>9} {'errors':>7}"
+    lines = [f"{head} {'disk B/step':>12} {'srv cpu us/step':>16}"]
+    for side in ROWS:
+        figures = peers.get(side)
+        if figures is None:
+            continue
         if "unavailable" in figures:
-            lines.append(f"{side:<11} not measured: {figures['unavailable']}")
+            lines.append(f"{side:<27} not measured: {figures['unavailable']}")
             continue
         for n in levels:
             key = f"c{n}"
             rate, p50, p99 = (figures[m].get(key) for m in ("steps_per_s", "step_p50_ms", "step_p99_ms"))
             point = figures["points"].get(key, {})
             errors, disk = point.get("errors", point.get("error")), point.get("disk_write_bytes_per_step_max")
+            cpu = point.get("server_cpu_us_per_step_max")
             lines.append(
-                f"{side:<11} {n:>5} {_num(rate, '.1f'):>10} {_num(p50, '.3f'):>9} {_num(p99, '.3f'):>9} "
-                f"{errors if errors is not None else '-':>7} {_num(disk, 'd'):>12}"
+                f"{side:<27} {n:>5} {_num(rate, '.1f'):>10} {_num(p50, '.3f'):>9} {_num(p99, '.3f'):>9} "
+                f"{errors if errors is not None else '-':>7} {_num(disk, 'd'):>12} {_num(cpu, 'd'):>16}"
             )
     keys = [f"c{n}" for n in levels]
     lines += [
@@ -324,8 +373,10 @@ def format_table(peers: dict[str, Any], levels: Sequence[int]) -> str:
         verdict = {True: "met", False: "NOT met", None: "n/a"}[target["met"]]
         lines.append(f"  {name:<24} target {target['target']}: {verdict}")
     lines.append("")
-    for side in SIDES:
-        figures = peers[side]
+    for side in ROWS:
+        figures = peers.get(side)
+        if figures is None:
+            continue
         rss = figures.get("rss_peak_mib")
         lines.append(
             f"{side}: {figures.get('durability', '-')}; client {figures.get('client', '-')}; "
@@ -370,8 +421,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             continue
         progress(f"measuring {side}")
         try:
-            runner = run_agentaudit if side == "agentaudit" else run_tracekit
-            sides[side] = runner(args.concurrency, args.duration, args.warmup)
+            if side == "agentaudit":
+                sides.update(run_agentaudit(args.concurrency, args.duration, args.warmup))
+            else:
+                sides[side] = run_tracekit(args.concurrency, args.duration, args.warmup)
         except (PeerUnavailableError, RuntimeError, OSError, subprocess.SubprocessError) as exc:
             progress(f"{side} not measured: {exc}")
             sides[side] = {"unavailable": str(exc)}

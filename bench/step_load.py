@@ -7,6 +7,11 @@ and not agentaudit; it imports only the standard library until it knows the side
 
 * ``agentaudit-async``, ``agentaudit-sync``: ``agentaudit_client`` (``AsyncGatewayClient`` in N asyncio tasks,
   ``GatewayClient`` in N threads), one client (one channel) per process, as one agent process would hold.
+* ``agentaudit-session``, ``agentaudit-session-awaited``: ``AsyncGatewayClient.session()`` (one Session stream
+  shared by N asyncio tasks); reports pipelined (``wait=False``: acknowledged before the worker's next decide is
+  answered, all of them before the load generator exits) or awaited (``wait=True``).
+* ``agentaudit-sync-session``: ``GatewayClient.session()`` in N threads (the stream on its own loop thread),
+  reports pipelined.
 * ``raw-async``, ``raw-sync``: the generated ``GatewayService`` stubs, no client library: the floor the clients
   are measured against (``bench.client_step``).
 * ``tracekit``: Tracekit's own ``tracekit.sdk.client.Client`` in N threads (its documented model: one pipelined
@@ -74,12 +79,34 @@ def _run_id(worker: int, step: int) -> str:
     return f"run_steps_{os.getpid()}_{worker}_{step // STEPS_PER_RUN}"
 
 
-async def _agentaudit_async(target: str, concurrency: int, tally: Tally, raw: bool) -> None:
+async def _agentaudit_async(target: str, concurrency: int, tally: Tally, raw: bool, session_mode: str = "") -> None:
     if raw:
         import grpc  # noqa: PLC0415
 
         channel = grpc.aio.insecure_channel(target)
         step_fn = _raw_async_step(channel)
+    elif session_mode:
+        from agentaudit_client import AsyncGatewayClient  # noqa: PLC0415
+
+        client = AsyncGatewayClient(target, timeout=CALL_TIMEOUT_S)
+        session = client.session()
+        wait = session_mode == "awaited"
+
+        async def step_fn(worker: int, step: int) -> str:
+            decision = await session.decide(
+                run_id=_run_id(worker, step),
+                step_id=step % STEPS_PER_RUN + 1,
+                tenant_id=TENANT,
+                agent_id=AGENT,
+                actor=ACTOR,
+                action=ACTION,
+                args=ARGS,
+            )
+            if decision.allowed:
+                # Pipelined: queued now, acknowledged before this worker's next decide is answered.
+                await session.report_result(decision.event_id, status="succeeded", wait=wait)
+                return decision.decision
+            return f"{decision.decision}:{decision.reason}"
     else:
         from agentaudit_client import AsyncGatewayClient  # noqa: PLC0415
 
@@ -114,6 +141,8 @@ async def _agentaudit_async(target: str, concurrency: int, tally: Tally, raw: bo
 
     try:
         await asyncio.gather(*(worker(n) for n in range(concurrency)))
+        if session_mode:
+            await session.aclose()  # every pipelined report acknowledged before the load generator reports
     finally:
         await (channel.close() if raw else client.aclose())
 
@@ -152,7 +181,7 @@ def _raw_request(gateway_pb2: Any, types_pb2: Any, worker: int, step: int) -> An
     )
 
 
-def _agentaudit_sync(target: str, concurrency: int, tally: Tally, raw: bool) -> None:
+def _agentaudit_sync(target: str, concurrency: int, tally: Tally, raw: bool, session: bool = False) -> None:
     import grpc  # noqa: PLC0415
 
     from agentaudit_client import GatewayClient  # noqa: PLC0415
@@ -174,6 +203,28 @@ def _agentaudit_sync(target: str, concurrency: int, tally: Tally, raw: bool) -> 
             return f"{types_pb2.Decision.Name(response.decision)}:{response.reason}"
 
         close = channel.close
+    elif session:
+        client = GatewayClient(target, timeout=CALL_TIMEOUT_S)
+        stream = client.session()
+
+        def step_fn(worker: int, step: int) -> str:
+            decision = stream.decide(
+                run_id=_run_id(worker, step),
+                step_id=step % STEPS_PER_RUN + 1,
+                tenant_id=TENANT,
+                agent_id=AGENT,
+                actor=ACTOR,
+                action=ACTION,
+                args=ARGS,
+            )
+            if decision.allowed:
+                stream.report_result(decision.event_id, status="succeeded")  # pipelined
+                return decision.decision
+            return f"{decision.decision}:{decision.reason}"
+
+        def close() -> None:
+            stream.close()  # every report acknowledged
+            client.close()
     else:
         client = GatewayClient(target, timeout=CALL_TIMEOUT_S)
 
@@ -271,8 +322,13 @@ def measure(side: str, target: str, concurrency: int, duration_s: float, warmup_
     tally = Tally(start, start + int(duration_s * _NS))
     if side in ("agentaudit-async", "raw-async"):
         asyncio.run(_agentaudit_async(target, concurrency, tally, raw=side == "raw-async"))
+    elif side in ("agentaudit-session", "agentaudit-session-awaited"):
+        mode = "awaited" if side.endswith("awaited") else "pipelined"
+        asyncio.run(_agentaudit_async(target, concurrency, tally, raw=False, session_mode=mode))
     elif side in ("agentaudit-sync", "raw-sync"):
         _agentaudit_sync(target, concurrency, tally, raw=side == "raw-sync")
+    elif side == "agentaudit-sync-session":
+        _agentaudit_sync(target, concurrency, tally, raw=False, session=True)
     else:
         _tracekit(target, concurrency, tally)
     samples = sorted(tally.latencies_ns)
@@ -290,7 +346,16 @@ def measure(side: str, target: str, concurrency: int, duration_s: float, warmup_
     }
 
 
-SIDES = ("agentaudit-async", "agentaudit-sync", "raw-async", "raw-sync", "tracekit")
+SIDES = (
+    "agentaudit-async",
+    "agentaudit-sync",
+    "agentaudit-session",
+    "agentaudit-session-awaited",
+    "agentaudit-sync-session",
+    "raw-async",
+    "raw-sync",
+    "tracekit",
+)
 
 
 def main(argv: list[str] | None = None) -> None:

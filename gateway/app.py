@@ -119,6 +119,7 @@ class Sidecar:
         self.metrics_port = 0
         self.stage = ""  # the start step in progress or failed: keys, policy, journal, api
         self._server: grpc.aio.Server | None = None
+        self._gateway: GatewayServicer | None = None
         self._health_server: grpc.aio.Server | None = None
         self._metrics_server: WSGIServer | None = None
         self._telemetry: telemetry.Telemetry | None = None
@@ -291,6 +292,7 @@ class Sidecar:
         servicer = GatewayServicer(
             self.policy, self.recorder, cfg.server, self.approvals, self._alerts, gate, self.shared_limits, self.control
         )
+        self._gateway = servicer
         options = [
             ("grpc.max_receive_message_length", cfg.server.max_message_bytes),
             ("grpc.so_reuseport", 0),
@@ -472,6 +474,8 @@ class Sidecar:
             self._operator_server = None
         if self._server is not None:
             started = time.monotonic()
+            if self._gateway is not None:
+                self._gateway.drain()  # Session streams end once answered; else they would hold the whole grace
             await self._server.stop(self.config.server.shutdown_grace_s)
             log.info("gRPC server drained in %.3fs", time.monotonic() - started)
             self._server = None

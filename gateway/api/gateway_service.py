@@ -10,6 +10,7 @@ import grpc
 from agentaudit.v1 import gateway_pb2
 from gateway import metrics
 from gateway.api import convert, validation
+from gateway.api.session import SESSION_METHOD, SessionHub, decode_request
 from gateway.config import ServerConfig
 from gateway.errors import FieldViolation, InvalidRequestError, ViolationError
 from gateway.rpc.handlers import Context, service_handler
@@ -26,7 +27,7 @@ SERVICE_NAME = "agentaudit.v1.GatewayService"
 
 
 class GatewayServicer:
-    """Implements Decide, ReportResult and WaitApproval."""
+    """Implements Decide, ReportResult and WaitApproval, and the Session that carries the first two."""
 
     def __init__(
         self,
@@ -43,11 +44,21 @@ class GatewayServicer:
         self._recorder = recorder
         self._limits = limits
         self._approvals = approvals
+        self.sessions = SessionHub(self, limits.session_max_in_flight)
+
+    def drain(self) -> None:
+        """Shutdown began: Session streams refuse new messages and end once their messages are answered."""
+        self.sessions.drain()
 
     async def decide(self, request: gateway_pb2.DecideRequest, context: Context) -> gateway_pb2.DecideResponse:
         """Evaluates and records one proposed action. Answers only after the pre-event is durable."""
+        header = "" if request.traceparent else traceparent_header(context.invocation_metadata())
+        return await self.decide_message(request, header)
+
+    async def decide_message(self, request: gateway_pb2.DecideRequest, traceparent: str) -> gateway_pb2.DecideResponse:
+        """Decide's use case, shared by the unary call and the Session (``traceparent``: the call's header)."""
         if not request.traceparent:
-            request.traceparent = traceparent_header(context.invocation_metadata())
+            request.traceparent = traceparent
         action = validation.parse_decide(
             request, max_args_bytes=self._limits.max_args_bytes, max_depth=self._limits.max_depth
         )
@@ -57,6 +68,10 @@ class GatewayServicer:
         self, request: gateway_pb2.ReportResultRequest, context: Context
     ) -> gateway_pb2.ReportResultResponse:
         """Records the post-event of an allowed action (idempotent); a non-allowed one is a violation."""
+        return await self.report_message(request)
+
+    async def report_message(self, request: gateway_pb2.ReportResultRequest) -> gateway_pb2.ReportResultResponse:
+        """ReportResult's use case, shared by the unary call and the Session."""
         event_id, status, error, output, duration_ns = validation.parse_report(
             request, max_output_bytes=self._limits.max_args_bytes, max_depth=self._limits.max_depth
         )
@@ -81,6 +96,7 @@ class GatewayServicer:
 
 def generic_handler(servicer: GatewayServicer, telemetry: Telemetry | None = None) -> grpc.GenericRpcHandler[Any, Any]:
     """The GatewayService handlers (each in a span when ``telemetry`` is given)."""
+    servicer.sessions.telemetry = telemetry
     return service_handler(
         SERVICE_NAME,
         {
@@ -89,4 +105,5 @@ def generic_handler(servicer: GatewayServicer, telemetry: Telemetry | None = Non
             "WaitApproval": (servicer.wait_approval, gateway_pb2.WaitApprovalRequest),
         },
         telemetry=telemetry,
+        bidi={SESSION_METHOD: (servicer.sessions.handle, decode_request)},
     )

@@ -48,6 +48,8 @@ class ServerConfig:
     max_depth: int = 32
     max_message_bytes: int = 1024 * 1024
     shutdown_grace_s: float = 10.0
+    # Session streams: messages read and not yet answered, per stream; at the bound the sidecar stops reading.
+    session_max_in_flight: int = 256
     # Octal mode of the agent unix sockets, e.g. "0660" so an agent of another uid sharing the group can connect;
     # empty: as created (the process umask; usually only the owner can connect).
     unix_socket_mode: str = ""
@@ -446,6 +448,7 @@ def _validate(cfg: Config) -> None:
         ("server.max_args_bytes", cfg.server.max_args_bytes, 1, 16 * 1024 * 1024),
         ("server.max_depth", cfg.server.max_depth, 1, 100),
         ("server.max_message_bytes", cfg.server.max_message_bytes, 4096, 64 * 1024 * 1024),
+        ("server.session_max_in_flight", cfg.server.session_max_in_flight, 1, 65536),
         ("journal.busy_timeout_ms", cfg.journal.busy_timeout_ms, 0, 600_000),
         ("journal.max_batch", cfg.journal.max_batch, 1, MAX_ROWS_PER_INSERT),
     ):

@@ -86,13 +86,20 @@ def server_stream(method: str, call: StreamCall) -> StreamCall:
     return handler
 
 
+BidiCall = Callable[[AsyncIterator[Any], Context], AsyncIterator[Any]]
+
+
 def service_handler(
     service: str,
     methods: Mapping[str, tuple[Call, Any]],
     streams: Mapping[str, tuple[StreamCall, Any]] | None = None,
     telemetry: Telemetry | None = None,
+    bidi: Mapping[str, tuple[BidiCall, Callable[[bytes], Any]]] | None = None,
 ) -> grpc.GenericRpcHandler[Any, Any]:
-    """Handlers for the methods of ``service``, with decoders that turn bad bytes into INVALID_ARGUMENT."""
+    """Handlers for the methods of ``service``, with decoders that turn bad bytes into INVALID_ARGUMENT.
+
+    A ``bidi`` method brings its own decoder and answers its own errors (per message, as the Session does).
+    """
 
     def serialize(message: Any) -> bytes:
         return bytes(message.SerializeToString())
@@ -112,5 +119,9 @@ def service_handler(
             server_stream(name, stream_call),
             request_deserializer=deserializer(request_type),
             response_serializer=serialize,
+        )
+    for name, (bidi_call, decode) in (bidi or {}).items():
+        handlers[name] = grpc.stream_stream_rpc_method_handler(
+            bidi_call, request_deserializer=decode, response_serializer=serialize
         )
     return grpc.method_handlers_generic_handler(service, handlers)

@@ -42,6 +42,21 @@ _CODES: list[tuple[type[AgentAuditError], grpc.StatusCode]] = [
 
 def to_status(exc: BaseException) -> grpc.Status:
     """Maps an exception to the gRPC status a client sees. The one place this translation happens."""
+    proto = _translate(exc)
+    status: grpc.Status = rpc_status.to_status(proto)
+    if isinstance(exc, OverloadedError) and exc.retry_after_s is not None:
+        # Also as plain metadata, so any client can honour it without decoding status details.
+        pushback = (("retry-after-ms", str(round(exc.retry_after_s * 1000))),)
+        status = _Status(status.code, status.details, (*status.trailing_metadata, *pushback))
+    return status
+
+
+def to_rpc_status(exc: BaseException) -> status_pb2.Status:
+    """The same translation as :func:`to_status`, as a ``google.rpc.Status`` (a Session's per-message error)."""
+    return _translate(exc)
+
+
+def _translate(exc: BaseException) -> status_pb2.Status:
     code = next((c for cls, c in _CODES if isinstance(exc, cls)), grpc.StatusCode.INTERNAL)
     if code is grpc.StatusCode.INTERNAL:
         message = "internal error"  # the detail goes to the log, never to the client
@@ -71,12 +86,7 @@ def to_status(exc: BaseException) -> grpc.Status:
         retry.retry_delay.FromMilliseconds(round(exc.retry_after_s * 1000))
         detail.Pack(retry)
         proto.details.append(detail)
-    status: grpc.Status = rpc_status.to_status(proto)
-    if isinstance(exc, OverloadedError) and exc.retry_after_s is not None:
-        # Also as plain metadata, so any client can honour it without decoding status details.
-        pushback = (("retry-after-ms", str(round(exc.retry_after_s * 1000))),)
-        status = _Status(status.code, status.details, (*status.trailing_metadata, *pushback))
-    return status
+    return proto
 
 
 @dataclass(frozen=True)

@@ -102,6 +102,32 @@ def diagnose(data: bytes, descriptor: Descriptor) -> list[FieldViolation]:
     return [FieldViolation(name, problem) for name, problem in dict.fromkeys(found)]
 
 
+def top_level_varint(data: bytes, number: int) -> int | None:
+    """The last value of varint field ``number`` at the top level of ``data`` (undecodable elsewhere), or None.
+
+    Lets a stream name the message a request answers (its id) even when the rest of it does not decode.
+    """
+    pos, found = 0, None
+    try:
+        while pos < len(data):
+            tag, pos = _varint(data, pos)
+            field, wire_type = tag >> 3, tag & 7
+            if wire_type == 0:
+                value, pos = _varint(data, pos)
+                if field == number:
+                    found = value
+            elif wire_type in (1, 5):
+                pos += 8 if wire_type == 1 else 4
+            elif wire_type == 2:
+                length, pos = _varint(data, pos)
+                pos += length
+            else:
+                return found
+    except _Malformed:
+        return found
+    return found
+
+
 def deserializer(message_type: type[M]) -> Callable[[bytes], M | Undecodable]:
     """A grpc request deserializer that never raises: undecodable bytes become :class:`Undecodable`."""
 

@@ -25,6 +25,14 @@ type GatewayServiceClient interface {
 	ReportResult(ctx context.Context, in *ReportResultRequest, opts ...grpc.CallOption) (*ReportResultResponse, error)
 	// Blocks until an approval is resolved, expires, or the deadline passes.
 	WaitApproval(ctx context.Context, in *WaitApprovalRequest, opts ...grpc.CallOption) (*WaitApprovalResponse, error)
+	// One long-lived stream per agent process carrying Decide and ReportResult
+	// messages, each answered exactly as the unary call would answer it
+	// (docs/adr/0025-stream-session.md). Responses carry the request's id and may
+	// come out of order. A per-message failure is a SessionStatus in the
+	// response; the stream itself fails only when it is malformed (a repeated
+	// in-flight id, a request with no message). A stream that ends with OK
+	// processed every request it answered and none it did not.
+	Session(ctx context.Context, opts ...grpc.CallOption) (GatewayService_SessionClient, error)
 }
 
 type gatewayServiceClient struct {
@@ -62,6 +70,37 @@ func (c *gatewayServiceClient) WaitApproval(ctx context.Context, in *WaitApprova
 	return out, nil
 }
 
+func (c *gatewayServiceClient) Session(ctx context.Context, opts ...grpc.CallOption) (GatewayService_SessionClient, error) {
+	stream, err := c.cc.NewStream(ctx, &_GatewayService_serviceDesc.Streams[0], "/agentaudit.v1.GatewayService/Session", opts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &gatewayServiceSessionClient{stream}
+	return x, nil
+}
+
+type GatewayService_SessionClient interface {
+	Send(*SessionRequest) error
+	Recv() (*SessionResponse, error)
+	grpc.ClientStream
+}
+
+type gatewayServiceSessionClient struct {
+	grpc.ClientStream
+}
+
+func (x *gatewayServiceSessionClient) Send(m *SessionRequest) error {
+	return x.ClientStream.SendMsg(m)
+}
+
+func (x *gatewayServiceSessionClient) Recv() (*SessionResponse, error) {
+	m := new(SessionResponse)
+	if err := x.ClientStream.RecvMsg(m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
 // GatewayServiceServer is the server API for GatewayService service.
 // All implementations must embed UnimplementedGatewayServiceServer
 // for forward compatibility
@@ -74,6 +113,14 @@ type GatewayServiceServer interface {
 	ReportResult(context.Context, *ReportResultRequest) (*ReportResultResponse, error)
 	// Blocks until an approval is resolved, expires, or the deadline passes.
 	WaitApproval(context.Context, *WaitApprovalRequest) (*WaitApprovalResponse, error)
+	// One long-lived stream per agent process carrying Decide and ReportResult
+	// messages, each answered exactly as the unary call would answer it
+	// (docs/adr/0025-stream-session.md). Responses carry the request's id and may
+	// come out of order. A per-message failure is a SessionStatus in the
+	// response; the stream itself fails only when it is malformed (a repeated
+	// in-flight id, a request with no message). A stream that ends with OK
+	// processed every request it answered and none it did not.
+	Session(GatewayService_SessionServer) error
 	mustEmbedUnimplementedGatewayServiceServer()
 }
 
@@ -89,6 +136,9 @@ func (UnimplementedGatewayServiceServer) ReportResult(context.Context, *ReportRe
 }
 func (UnimplementedGatewayServiceServer) WaitApproval(context.Context, *WaitApprovalRequest) (*WaitApprovalResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method WaitApproval not implemented")
+}
+func (UnimplementedGatewayServiceServer) Session(GatewayService_SessionServer) error {
+	return status.Errorf(codes.Unimplemented, "method Session not implemented")
 }
 func (UnimplementedGatewayServiceServer) mustEmbedUnimplementedGatewayServiceServer() {}
 
@@ -157,6 +207,32 @@ func _GatewayService_WaitApproval_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _GatewayService_Session_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(GatewayServiceServer).Session(&gatewayServiceSessionServer{stream})
+}
+
+type GatewayService_SessionServer interface {
+	Send(*SessionResponse) error
+	Recv() (*SessionRequest, error)
+	grpc.ServerStream
+}
+
+type gatewayServiceSessionServer struct {
+	grpc.ServerStream
+}
+
+func (x *gatewayServiceSessionServer) Send(m *SessionResponse) error {
+	return x.ServerStream.SendMsg(m)
+}
+
+func (x *gatewayServiceSessionServer) Recv() (*SessionRequest, error) {
+	m := new(SessionRequest)
+	if err := x.ServerStream.RecvMsg(m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
 var _GatewayService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "agentaudit.v1.GatewayService",
 	HandlerType: (*GatewayServiceServer)(nil),
@@ -174,6 +250,13 @@ var _GatewayService_serviceDesc = grpc.ServiceDesc{
 			Handler:    _GatewayService_WaitApproval_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Session",
+			Handler:       _GatewayService_Session_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+	},
 	Metadata: "agentaudit/v1/gateway.proto",
 }

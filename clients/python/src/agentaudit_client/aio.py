@@ -22,6 +22,7 @@ from ._guard import RunContext, Step, bind_args, failure, output_of, wait_second
 from .address import grpc_target
 from .errors import ApprovalRequired, DeadlineExceededError, from_rpc_error, raise_for_decision
 from .models import ApprovalOutcome, DecideResult, ReportResult
+from .session import AsyncSession
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -64,6 +65,13 @@ class AsyncGatewayClient:
     async def aclose(self) -> None:
         """Closes the channel; calls in flight are cancelled."""
         await self._channel.close(None)
+
+    def session(self) -> AsyncSession:
+        """A Session stream for decides and pipelined reports (``async with client.session() as s``).
+
+        Falls back to the unary calls against a sidecar without Session. See ``agentaudit_client.session``.
+        """
+        return AsyncSession(self._stub, self._metadata, self._timeout)
 
     async def _call(
         self,

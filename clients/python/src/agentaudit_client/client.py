@@ -21,6 +21,7 @@ from ._guard import RunContext, Step, bind_args, failure, output_of, wait_second
 from .address import grpc_target
 from .errors import ApprovalRequired, DeadlineExceededError, from_rpc_error, raise_for_decision
 from .models import ApprovalOutcome, DecideResult, ReportResult
+from .session import Session
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -47,7 +48,8 @@ class GatewayClient:
         timeout: float | None = 10.0,
         metadata: Sequence[tuple[str, str]] | None = None,
     ) -> None:
-        self._channel = grpc.insecure_channel(grpc_target(target))
+        self._target = grpc_target(target)
+        self._channel = grpc.insecure_channel(self._target)
         self._stub = gateway_pb2_grpc.GatewayServiceStub(self._channel)
         self._timeout = timeout
         self._metadata = tuple(metadata or ())
@@ -63,6 +65,13 @@ class GatewayClient:
     def close(self) -> None:
         """Closes the channel; calls in flight are cancelled."""
         self._channel.close()
+
+    def session(self) -> Session:
+        """A Session stream for decides and pipelined reports (``with client.session() as s``).
+
+        The blocking face of ``AsyncGatewayClient.session()``; see ``agentaudit_client.session``.
+        """
+        return Session(self._target, self._metadata, self._timeout)
 
     def _call(
         self,

@@ -168,6 +168,20 @@ def from_rpc_error(exc: grpc.RpcError) -> GatewayError:
     return _SIMPLE_ERRORS.get(code, GatewayError)(code, details)
 
 
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def from_status(status: Any) -> GatewayError:
+    """Translates a Session's per-message ``SessionStatus`` (a ``google.rpc.Status``) to a ``GatewayError``."""
+    code = _CODES.get(status.code, grpc.StatusCode.UNKNOWN)
+    details = ((STATUS_DETAILS_KEY, status.SerializeToString()),)
+    if code is grpc.StatusCode.INVALID_ARGUMENT:
+        return InvalidRequestError(code, status.message, _field_violations(details))
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return ResourceExhaustedError(code, status.message, _retry_delay(details))
+    return _SIMPLE_ERRORS.get(code, GatewayError)(code, status.message)
+
+
 def raise_for_decision(result: DecideResult) -> None:
     """Raises ``ActionStopped`` or ``ApprovalRequired`` unless the decision is allow."""
     if result.decision == "approval_required":

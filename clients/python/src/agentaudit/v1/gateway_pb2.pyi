@@ -5,6 +5,7 @@ isort:skip_file
 
 from agentaudit.v1 import types_pb2 as _types_pb2
 from collections import abc as _abc
+from google.protobuf import any_pb2 as _any_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
@@ -53,6 +54,113 @@ APPROVAL_STATE_EXPIRED: ApprovalState.ValueType  # 4
 APPROVAL_STATE_ABANDONED: ApprovalState.ValueType  # 5
 """Granted, but not used within the grant's use-by time."""
 Global___ApprovalState: _TypeAlias = ApprovalState  # noqa: Y015
+
+@_typing.final
+class SessionRequest(_message.Message):
+    """One message on a Session stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    DECIDE_FIELD_NUMBER: _builtins.int
+    REPORT_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """Chosen by the client, unique among its requests still in flight on this
+    stream; the response carries it back.
+    """
+    @_builtins.property
+    def decide(self) -> Global___DecideRequest: ...
+    @_builtins.property
+    def report(self) -> Global___ReportResultRequest: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        decide: Global___DecideRequest | None = ...,
+        report: Global___ReportResultRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["decide", b"decide", "message", b"message", "report", b"report"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decide", b"decide", "id", b"id", "message", b"message", "report", b"report"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["decide", "report"]  # noqa: Y015
+    _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
+
+Global___SessionRequest: _TypeAlias = SessionRequest  # noqa: Y015
+
+@_typing.final
+class SessionResponse(_message.Message):
+    """The answer to one SessionRequest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    DECIDE_FIELD_NUMBER: _builtins.int
+    REPORT_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """The id of the request this answers."""
+    @_builtins.property
+    def decide(self) -> Global___DecideResponse: ...
+    @_builtins.property
+    def report(self) -> Global___ReportResultResponse: ...
+    @_builtins.property
+    def error(self) -> Global___SessionStatus:
+        """The status the unary call would have failed with."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        decide: Global___DecideResponse | None = ...,
+        report: Global___ReportResultResponse | None = ...,
+        error: Global___SessionStatus | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["decide", b"decide", "error", b"error", "report", b"report", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decide", b"decide", "error", b"error", "id", b"id", "report", b"report", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["decide", "report", "error"]  # noqa: Y015
+    _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
+
+Global___SessionResponse: _TypeAlias = SessionResponse  # noqa: Y015
+
+@_typing.final
+class SessionStatus(_message.Message):
+    """A per-message failure. Wire-compatible with google.rpc.Status (same field
+    numbers and types): decode its bytes as google.rpc.Status to read the
+    details (google.rpc.BadRequest, ErrorInfo, RetryInfo) as for a unary call.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    DETAILS_FIELD_NUMBER: _builtins.int
+    code: _builtins.int
+    """A google.rpc.Code value (never OK)."""
+    message: _builtins.str
+    """The message the unary call's status would carry."""
+    @_builtins.property
+    def details(self) -> _containers.RepeatedCompositeFieldContainer[_any_pb2.Any]:
+        """google.rpc error details, as in a unary call's grpc-status-details-bin."""
+
+    def __init__(
+        self,
+        *,
+        code: _builtins.int = ...,
+        message: _builtins.str = ...,
+        details: _abc.Iterable[_any_pb2.Any] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "details", b"details", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionStatus: _TypeAlias = SessionStatus  # noqa: Y015
 
 @_typing.final
 class Action(_message.Message):

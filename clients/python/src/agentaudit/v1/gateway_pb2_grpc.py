@@ -51,6 +51,11 @@ class GatewayServiceStub:
                 request_serializer=agentaudit_dot_v1_dot_gateway__pb2.WaitApprovalRequest.SerializeToString,
                 response_deserializer=agentaudit_dot_v1_dot_gateway__pb2.WaitApprovalResponse.FromString,
                 _registered_method=True)
+        self.Session = channel.stream_stream(
+                '/agentaudit.v1.GatewayService/Session',
+                request_serializer=agentaudit_dot_v1_dot_gateway__pb2.SessionRequest.SerializeToString,
+                response_deserializer=agentaudit_dot_v1_dot_gateway__pb2.SessionResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -81,6 +86,19 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Session(self, request_iterator, context):
+        """One long-lived stream per agent process carrying Decide and ReportResult
+        messages, each answered exactly as the unary call would answer it
+        (docs/adr/0025-stream-session.md). Responses carry the request's id and may
+        come out of order. A per-message failure is a SessionStatus in the
+        response; the stream itself fails only when it is malformed (a repeated
+        in-flight id, a request with no message). A stream that ends with OK
+        processed every request it answered and none it did not.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -98,6 +116,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.WaitApproval,
                     request_deserializer=agentaudit_dot_v1_dot_gateway__pb2.WaitApprovalRequest.FromString,
                     response_serializer=agentaudit_dot_v1_dot_gateway__pb2.WaitApprovalResponse.SerializeToString,
+            ),
+            'Session': grpc.stream_stream_rpc_method_handler(
+                    servicer.Session,
+                    request_deserializer=agentaudit_dot_v1_dot_gateway__pb2.SessionRequest.FromString,
+                    response_serializer=agentaudit_dot_v1_dot_gateway__pb2.SessionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -183,6 +206,33 @@ class GatewayService:
             '/agentaudit.v1.GatewayService/WaitApproval',
             agentaudit_dot_v1_dot_gateway__pb2.WaitApprovalRequest.SerializeToString,
             agentaudit_dot_v1_dot_gateway__pb2.WaitApprovalResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Session(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/agentaudit.v1.GatewayService/Session',
+            agentaudit_dot_v1_dot_gateway__pb2.SessionRequest.SerializeToString,
+            agentaudit_dot_v1_dot_gateway__pb2.SessionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,6 +45,15 @@ class GatewayServiceStub:
     """
     WaitApproval: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.WaitApprovalRequest, _gateway_pb2.WaitApprovalResponse]
     """Blocks until an approval is resolved, expires, or the deadline passes."""
+    Session: _grpc.StreamStreamMultiCallable[_gateway_pb2.SessionRequest, _gateway_pb2.SessionResponse]
+    """One long-lived stream per agent process carrying Decide and ReportResult
+    messages, each answered exactly as the unary call would answer it
+    (docs/adr/0025-stream-session.md). Responses carry the request's id and may
+    come out of order. A per-message failure is a SessionStatus in the
+    response; the stream itself fails only when it is malformed (a repeated
+    in-flight id, a request with no message). A stream that ends with OK
+    processed every request it answered and none it did not.
+    """
 
 @_typing.type_check_only
 class GatewayServiceAsyncStub(GatewayServiceStub):
@@ -63,6 +72,15 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     """
     WaitApproval: _aio.UnaryUnaryMultiCallable[_gateway_pb2.WaitApprovalRequest, _gateway_pb2.WaitApprovalResponse]  # type: ignore[assignment]
     """Blocks until an approval is resolved, expires, or the deadline passes."""
+    Session: _aio.StreamStreamMultiCallable[_gateway_pb2.SessionRequest, _gateway_pb2.SessionResponse]  # type: ignore[assignment]
+    """One long-lived stream per agent process carrying Decide and ReportResult
+    messages, each answered exactly as the unary call would answer it
+    (docs/adr/0025-stream-session.md). Responses carry the request's id and may
+    come out of order. A per-message failure is a SessionStatus in the
+    response; the stream itself fails only when it is malformed (a repeated
+    in-flight id, a request with no message). A stream that ends with OK
+    processed every request it answered and none it did not.
+    """
 
 class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     """GatewayService is the agent-facing API of the sidecar. Every Decide is
@@ -96,5 +114,20 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.WaitApprovalResponse, _abc.Awaitable[_gateway_pb2.WaitApprovalResponse]]:
         """Blocks until an approval is resolved, expires, or the deadline passes."""
+
+    @_abc_1.abstractmethod
+    def Session(
+        self,
+        request_iterator: _MaybeAsyncIterator[_gateway_pb2.SessionRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_gateway_pb2.SessionResponse], _abc.AsyncIterator[_gateway_pb2.SessionResponse]]:
+        """One long-lived stream per agent process carrying Decide and ReportResult
+        messages, each answered exactly as the unary call would answer it
+        (docs/adr/0025-stream-session.md). Responses carry the request's id and may
+        come out of order. A per-message failure is a SessionStatus in the
+        response; the stream itself fails only when it is malformed (a repeated
+        in-flight id, a request with no message). A stream that ends with OK
+        processed every request it answered and none it did not.
+        """
 
 def add_GatewayServiceServicer_to_server(servicer: GatewayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -10,14 +10,17 @@ import {
   type CallOptions,
   type ChannelCredentials,
   Client,
+  type ClientDuplexStream,
   type ClientOptions,
   type ClientUnaryCall,
+  type handleBidiStreamingCall,
   type handleUnaryCall,
   makeGenericClientConstructor,
   type Metadata,
   type ServiceError,
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
+import { Any } from "../../google/protobuf/any";
 import { Duration } from "../../google/protobuf/duration";
 import { Struct } from "../../google/protobuf/struct";
 import {
@@ -97,6 +100,43 @@ export function approvalStateToJSON(object: ApprovalState): string {
     default:
       return "UNRECOGNIZED";
   }
+}
+
+/** One message on a Session stream. */
+export interface SessionRequest {
+  /**
+   * Chosen by the client, unique among its requests still in flight on this
+   * stream; the response carries it back.
+   */
+  id: number;
+  decide?: DecideRequest | undefined;
+  report?: ReportResultRequest | undefined;
+}
+
+/** The answer to one SessionRequest. */
+export interface SessionResponse {
+  /** The id of the request this answers. */
+  id: number;
+  decide?: DecideResponse | undefined;
+  report?:
+    | ReportResultResponse
+    | undefined;
+  /** The status the unary call would have failed with. */
+  error?: SessionStatus | undefined;
+}
+
+/**
+ * A per-message failure. Wire-compatible with google.rpc.Status (same field
+ * numbers and types): decode its bytes as google.rpc.Status to read the
+ * details (google.rpc.BadRequest, ErrorInfo, RetryInfo) as for a unary call.
+ */
+export interface SessionStatus {
+  /** A google.rpc.Code value (never OK). */
+  code: number;
+  /** The message the unary call's status would carry. */
+  message: string;
+  /** google.rpc error details, as in a unary call's grpc-status-details-bin. */
+  details: Any[];
 }
 
 /** The action an agent proposes to execute. */
@@ -199,6 +239,335 @@ export interface WaitApprovalResponse {
   /** Comment given with the resolution. */
   comment: string;
 }
+
+function createBaseSessionRequest(): SessionRequest {
+  return { id: 0, decide: undefined, report: undefined };
+}
+
+export const SessionRequest: MessageFns<SessionRequest> = {
+  encode(message: SessionRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== 0) {
+      writer.uint32(8).uint64(message.id);
+    }
+    if (message.decide !== undefined) {
+      DecideRequest.encode(message.decide, writer.uint32(18).fork()).join();
+    }
+    if (message.report !== undefined) {
+      ReportResultRequest.encode(message.report, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SessionRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSessionRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.id = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.decide = DecideRequest.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.report = ReportResultRequest.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SessionRequest {
+    return {
+      id: isSet(object.id) ? globalThis.Number(object.id) : 0,
+      decide: isSet(object.decide) ? DecideRequest.fromJSON(object.decide) : undefined,
+      report: isSet(object.report) ? ReportResultRequest.fromJSON(object.report) : undefined,
+    };
+  },
+
+  toJSON(message: SessionRequest): unknown {
+    const obj: any = {};
+    if (message.id !== 0) {
+      obj.id = Math.round(message.id);
+    }
+    if (message.decide !== undefined) {
+      obj.decide = DecideRequest.toJSON(message.decide);
+    }
+    if (message.report !== undefined) {
+      obj.report = ReportResultRequest.toJSON(message.report);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<SessionRequest>): SessionRequest {
+    return SessionRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<SessionRequest>): SessionRequest {
+    const message = createBaseSessionRequest();
+    message.id = object.id ?? 0;
+    message.decide = (object.decide !== undefined && object.decide !== null)
+      ? DecideRequest.fromPartial(object.decide)
+      : undefined;
+    message.report = (object.report !== undefined && object.report !== null)
+      ? ReportResultRequest.fromPartial(object.report)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseSessionResponse(): SessionResponse {
+  return { id: 0, decide: undefined, report: undefined, error: undefined };
+}
+
+export const SessionResponse: MessageFns<SessionResponse> = {
+  encode(message: SessionResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== 0) {
+      writer.uint32(8).uint64(message.id);
+    }
+    if (message.decide !== undefined) {
+      DecideResponse.encode(message.decide, writer.uint32(18).fork()).join();
+    }
+    if (message.report !== undefined) {
+      ReportResultResponse.encode(message.report, writer.uint32(26).fork()).join();
+    }
+    if (message.error !== undefined) {
+      SessionStatus.encode(message.error, writer.uint32(34).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SessionResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSessionResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.id = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.decide = DecideResponse.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.report = ReportResultResponse.decode(reader, reader.uint32());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.error = SessionStatus.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SessionResponse {
+    return {
+      id: isSet(object.id) ? globalThis.Number(object.id) : 0,
+      decide: isSet(object.decide) ? DecideResponse.fromJSON(object.decide) : undefined,
+      report: isSet(object.report) ? ReportResultResponse.fromJSON(object.report) : undefined,
+      error: isSet(object.error) ? SessionStatus.fromJSON(object.error) : undefined,
+    };
+  },
+
+  toJSON(message: SessionResponse): unknown {
+    const obj: any = {};
+    if (message.id !== 0) {
+      obj.id = Math.round(message.id);
+    }
+    if (message.decide !== undefined) {
+      obj.decide = DecideResponse.toJSON(message.decide);
+    }
+    if (message.report !== undefined) {
+      obj.report = ReportResultResponse.toJSON(message.report);
+    }
+    if (message.error !== undefined) {
+      obj.error = SessionStatus.toJSON(message.error);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<SessionResponse>): SessionResponse {
+    return SessionResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<SessionResponse>): SessionResponse {
+    const message = createBaseSessionResponse();
+    message.id = object.id ?? 0;
+    message.decide = (object.decide !== undefined && object.decide !== null)
+      ? DecideResponse.fromPartial(object.decide)
+      : undefined;
+    message.report = (object.report !== undefined && object.report !== null)
+      ? ReportResultResponse.fromPartial(object.report)
+      : undefined;
+    message.error = (object.error !== undefined && object.error !== null)
+      ? SessionStatus.fromPartial(object.error)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseSessionStatus(): SessionStatus {
+  return { code: 0, message: "", details: [] };
+}
+
+export const SessionStatus: MessageFns<SessionStatus> = {
+  encode(message: SessionStatus, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.code !== 0) {
+      writer.uint32(8).int32(message.code);
+    }
+    if (message.message !== "") {
+      writer.uint32(18).string(message.message);
+    }
+    for (const v of message.details) {
+      Any.encode(v!, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SessionStatus {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSessionStatus();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.code = reader.int32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.message = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.details.push(Any.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SessionStatus {
+    return {
+      code: isSet(object.code) ? globalThis.Number(object.code) : 0,
+      message: isSet(object.message) ? globalThis.String(object.message) : "",
+      details: globalThis.Array.isArray(object?.details) ? object.details.map((e: any) => Any.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: SessionStatus): unknown {
+    const obj: any = {};
+    if (message.code !== 0) {
+      obj.code = Math.round(message.code);
+    }
+    if (message.message !== "") {
+      obj.message = message.message;
+    }
+    if (message.details?.length) {
+      obj.details = message.details.map((e) => Any.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<SessionStatus>): SessionStatus {
+    return SessionStatus.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<SessionStatus>): SessionStatus {
+    const message = createBaseSessionStatus();
+    message.code = object.code ?? 0;
+    message.message = object.message ?? "";
+    message.details = object.details?.map((e) => Any.fromPartial(e)) || [];
+    return message;
+  },
+};
 
 function createBaseAction(): Action {
   return { name: "", args: undefined };
@@ -1333,6 +1702,24 @@ export const GatewayServiceService = {
       Buffer.from(WaitApprovalResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): WaitApprovalResponse => WaitApprovalResponse.decode(value),
   },
+  /**
+   * One long-lived stream per agent process carrying Decide and ReportResult
+   * messages, each answered exactly as the unary call would answer it
+   * (docs/adr/0025-stream-session.md). Responses carry the request's id and may
+   * come out of order. A per-message failure is a SessionStatus in the
+   * response; the stream itself fails only when it is malformed (a repeated
+   * in-flight id, a request with no message). A stream that ends with OK
+   * processed every request it answered and none it did not.
+   */
+  session: {
+    path: "/agentaudit.v1.GatewayService/Session" as const,
+    requestStream: true as const,
+    responseStream: true as const,
+    requestSerialize: (value: SessionRequest): Buffer => Buffer.from(SessionRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): SessionRequest => SessionRequest.decode(value),
+    responseSerialize: (value: SessionResponse): Buffer => Buffer.from(SessionResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): SessionResponse => SessionResponse.decode(value),
+  },
 } as const;
 
 export interface GatewayServiceServer extends UntypedServiceImplementation {
@@ -1348,6 +1735,16 @@ export interface GatewayServiceServer extends UntypedServiceImplementation {
   reportResult: handleUnaryCall<ReportResultRequest, ReportResultResponse>;
   /** Blocks until an approval is resolved, expires, or the deadline passes. */
   waitApproval: handleUnaryCall<WaitApprovalRequest, WaitApprovalResponse>;
+  /**
+   * One long-lived stream per agent process carrying Decide and ReportResult
+   * messages, each answered exactly as the unary call would answer it
+   * (docs/adr/0025-stream-session.md). Responses carry the request's id and may
+   * come out of order. A per-message failure is a SessionStatus in the
+   * response; the stream itself fails only when it is malformed (a repeated
+   * in-flight id, a request with no message). A stream that ends with OK
+   * processed every request it answered and none it did not.
+   */
+  session: handleBidiStreamingCall<SessionRequest, SessionResponse>;
 }
 
 export interface GatewayServiceClient extends Client {
@@ -1405,6 +1802,18 @@ export interface GatewayServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: WaitApprovalResponse) => void,
   ): ClientUnaryCall;
+  /**
+   * One long-lived stream per agent process carrying Decide and ReportResult
+   * messages, each answered exactly as the unary call would answer it
+   * (docs/adr/0025-stream-session.md). Responses carry the request's id and may
+   * come out of order. A per-message failure is a SessionStatus in the
+   * response; the stream itself fails only when it is malformed (a repeated
+   * in-flight id, a request with no message). A stream that ends with OK
+   * processed every request it answered and none it did not.
+   */
+  session(): ClientDuplexStream<SessionRequest, SessionResponse>;
+  session(options: Partial<CallOptions>): ClientDuplexStream<SessionRequest, SessionResponse>;
+  session(metadata: Metadata, options?: Partial<CallOptions>): ClientDuplexStream<SessionRequest, SessionResponse>;
 }
 
 export const GatewayServiceClient = makeGenericClientConstructor(

@@ -1,0 +1,295 @@
+"""GatewayService.Session: Decide and ReportResult messages on one long-lived bidirectional stream.
+
+A unary call costs grpc Python far more per call than a message on an open stream costs (docs/adr/0025-stream-session.md).
+Each message gets exactly what the unary call gives it (:meth:`GatewayServicer.decide_message` and
+:meth:`~GatewayServicer.report_message`: the same validation, journaling and record-before-answer), answered by
+its id, possibly out of order. What the stream adds, step by step:
+
+1. **Open.** Refused UNAVAILABLE once the sidecar drains. The agent API takes no credentials (a local socket or
+   loopback, docs/security.md); the one piece of metadata the unary path reads, ``traceparent``, is read once here
+   and applies to every Decide that carries none.
+2. **Read.** At most ``server.session_max_in_flight`` messages are read and not yet answered. At the bound the
+   reader stops reading, and HTTP/2 flow control holds the client back (backpressure, never an error).
+3. **Refuse per message.** A message that fails validation (or any other check) gets the status the unary call
+   would have failed with, as a ``SessionStatus`` in its response; the stream goes on. The stream fails
+   (INVALID_ARGUMENT) only when it is malformed: an id already in flight, a request with neither message, an
+   undecodable request without a readable id. The messages in flight are answered first.
+4. **Order.** A Decide is answered only after every ReportResult read before it on this stream has been answered,
+   so a client holding a decision holds the acknowledgement of every report it sent before that Decide. (The
+   journal writer being FIFO is not enough on its own: a report reads the journal before it appends, so a Decide
+   read after it can be committed first.)
+5. **Drain.** :meth:`SessionHub.drain` (shutdown) makes every stream refuse the messages it reads from then on with
+   UNAVAILABLE and end with OK once its messages in flight are answered. So after an OK end every request was
+   either answered or never processed: a client may send the unanswered ones again elsewhere.
+6. **Client gone.** A message in flight when the client hangs up runs to its journal commit anyway (its task is
+   owned by the hub, not by the stream); only its answer is dropped. A unary call keeps its queued append too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from agentaudit.v1 import gateway_pb2
+from gateway import metrics
+from gateway.errors import AgentAuditError, FieldViolation, InvalidRequestError, ServiceUnavailableError
+from gateway.rpc.handlers import Context
+from gateway.rpc.status import to_rpc_status, to_status
+from gateway.rpc.wire import diagnose, top_level_varint
+from gateway.tracecontext import traceparent_header
+
+if TYPE_CHECKING:
+    from gateway.api.gateway_service import GatewayServicer
+    from gateway.rpc.telemetry import Telemetry
+
+log = logging.getLogger(__name__)
+
+SESSION_METHOD = "Session"
+DEFAULT_MAX_IN_FLIGHT = 256
+"""``server.session_max_in_flight``: messages read and not yet answered, per stream."""
+
+_SERVICE = "agentaudit.v1.GatewayService"
+_DRAINING = "the sidecar is shutting down; reconnect (to another replica) and send again"
+_END = object()  # the response queue's end marker
+_PREFIXES = ("decide.", "report.")
+
+
+@dataclass(frozen=True)
+class UndecodableMessage:
+    """Stands in for a SessionRequest whose bytes did not decode; ``id`` is None when even that is unreadable."""
+
+    id: int | None
+    violations: list[FieldViolation]
+
+
+def decode_request(data: bytes) -> gateway_pb2.SessionRequest | UndecodableMessage:
+    """The session's request deserializer: never raises; violations are named as the unary call names them."""
+    try:
+        return gateway_pb2.SessionRequest.FromString(data)
+    except DecodeError:
+        found = diagnose(data, gateway_pb2.SessionRequest.DESCRIPTOR)
+        violations = [FieldViolation(_unprefixed(v.field), v.description) for v in found]
+        return UndecodableMessage(top_level_varint(data, 1), violations)
+
+
+def _unprefixed(field: str) -> str:
+    for prefix in _PREFIXES:
+        if field.startswith(prefix):
+            return field[len(prefix) :]
+    return field
+
+
+class SessionHub:
+    """Serves every Session stream of one servicer; owns the tasks of their messages and drains them."""
+
+    def __init__(self, servicer: GatewayServicer, max_in_flight: int = DEFAULT_MAX_IN_FLIGHT) -> None:
+        self._servicer = servicer
+        self.max_in_flight = max_in_flight
+        self.telemetry: Telemetry | None = None
+        self._streams: set[_Stream] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._draining = False
+        # The unary calls' series: a dashboard sees a Decide as a Decide, whichever way it came.
+        self.latency = {
+            "decide": metrics.REQUEST_SECONDS.labels("Decide"),
+            "report": metrics.REQUEST_SECONDS.labels("ReportResult"),
+        }
+        self.invalid = {
+            "decide": metrics.INVALID_REQUESTS.labels("Decide"),
+            "report": metrics.INVALID_REQUESTS.labels("ReportResult"),
+        }
+
+    @property
+    def open_streams(self) -> int:
+        """Streams currently open."""
+        return len(self._streams)
+
+    def drain(self) -> None:
+        """Refuses new streams and new messages from now on; each stream ends once its messages are answered."""
+        self._draining = True
+        for stream in list(self._streams):
+            stream.drain()
+
+    async def aclose(self) -> None:
+        """Drains, then waits for every message still being processed (including those of departed clients)."""
+        self.drain()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks))
+
+    def spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def handle(
+        self, requests: AsyncIterator[gateway_pb2.SessionRequest | UndecodableMessage], context: Context
+    ) -> AsyncIterator[gateway_pb2.SessionResponse]:
+        """The stream handler: answers every message read, in the order the answers are ready."""
+        if self._draining:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, _DRAINING)
+        stream = _Stream(self, self._servicer, traceparent_header(context.invocation_metadata()))
+        self._streams.add(stream)
+        reader = asyncio.get_running_loop().create_task(stream.read(requests))
+        out, slots = stream.out, stream.slots
+        try:
+            while True:
+                response = await out.get()
+                if response is _END:
+                    break
+                yield response
+                slots.release()
+        finally:
+            self._streams.discard(stream)
+            reader.cancel()
+        if stream.failure is not None:
+            status = to_status(stream.failure)
+            await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+class _Stream:
+    """The state of one open Session: its in-flight ids, its unanswered reports, its end."""
+
+    def __init__(self, hub: SessionHub, servicer: GatewayServicer, traceparent: str) -> None:
+        self.hub = hub
+        self.servicer = servicer
+        self.traceparent = traceparent
+        self.out: asyncio.Queue[Any] = asyncio.Queue()  # bounded by the slots: one answer per slot taken
+        self.slots = asyncio.Semaphore(hub.max_in_flight)
+        self.ids: set[int] = set()
+        self.reports: set[asyncio.Future[None]] = set()  # reports read and not yet answered (step 4)
+        self.reading = True
+        self.draining = False
+        self.failure: AgentAuditError | None = None
+
+    def drain(self) -> None:
+        self.draining = True
+        self.stop_reading()
+
+    def stop_reading(self) -> None:
+        if self.reading:
+            self.reading = False
+            if not self.ids:
+                self.out.put_nowait(_END)
+
+    def fail(self, error: AgentAuditError) -> None:
+        """The stream is malformed: answer what is in flight, then end it with ``error``."""
+        if self.failure is None:
+            self.failure = error
+        self.stop_reading()
+
+    async def read(self, requests: AsyncIterator[gateway_pb2.SessionRequest | UndecodableMessage]) -> None:
+        """Reads while a slot is free (step 2); ends at the client's half-close, a malformed request or a drain."""
+        iterator = aiter(requests)
+        try:
+            while self.reading:
+                await self.slots.acquire()
+                try:
+                    request = await anext(iterator)
+                except StopAsyncIteration:
+                    self.slots.release()
+                    break
+                self.dispatch(request)
+        except grpc.RpcError:
+            pass  # the client went away; the handler is being cancelled
+        finally:
+            self.stop_reading()
+
+    def dispatch(self, request: gateway_pb2.SessionRequest | UndecodableMessage) -> None:
+        if isinstance(request, UndecodableMessage):
+            if request.id is None:
+                self.fail(InvalidRequestError(request.violations))
+                return
+            if self._claim(request.id):
+                self.answer(request.id, self._error(InvalidRequestError(request.violations)))
+            return
+        rid = request.id
+        kind = request.WhichOneof("message")
+        if kind is None:
+            self.fail(InvalidRequestError([FieldViolation("message", "one of decide or report is required")]))
+            return
+        if not self._claim(rid):
+            return
+        if self.draining:
+            self.answer(rid, self._error(ServiceUnavailableError(_DRAINING)))
+            return
+        if kind == "decide":
+            prior = tuple(self.reports) if self.reports else ()
+            self.hub.spawn(self.decide(rid, request.decide, prior))
+        else:
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self.reports.add(done)
+            self.hub.spawn(self.report(rid, request.report, done))
+
+    def _claim(self, rid: int) -> bool:
+        if rid in self.ids:
+            self.fail(InvalidRequestError([FieldViolation("id", f"{rid} is already in flight on this stream")]))
+            return False
+        self.ids.add(rid)
+        return True
+
+    def answer(self, rid: int, response: gateway_pb2.SessionResponse) -> None:
+        response.id = rid
+        self.ids.discard(rid)
+        self.out.put_nowait(response)
+        if not self.reading and not self.ids:
+            self.out.put_nowait(_END)
+
+    def _error(self, exc: BaseException, kind: str = "") -> gateway_pb2.SessionResponse:
+        if isinstance(exc, AgentAuditError):
+            if isinstance(exc, InvalidRequestError) and kind:
+                self.hub.invalid[kind].inc()
+            log.debug("Session message refused: %s", exc)
+        else:
+            log.error("Session %s failed", kind or "message", exc_info=exc)
+        status = to_rpc_status(exc)
+        return gateway_pb2.SessionResponse(
+            error=gateway_pb2.SessionStatus(code=status.code, message=status.message, details=status.details)
+        )
+
+    async def decide(
+        self, rid: int, request: gateway_pb2.DecideRequest, prior: tuple[asyncio.Future[None], ...]
+    ) -> None:
+        started = time.perf_counter()
+        try:
+            telemetry = self.hub.telemetry
+            if telemetry is None:
+                decided = await self.servicer.decide_message(request, self.traceparent)
+            else:
+                with telemetry.server_span(_SERVICE, "Decide", request, ()) as span:
+                    decided = await self.servicer.decide_message(request, self.traceparent)
+                    telemetry.annotate(span, decided)
+            response = gateway_pb2.SessionResponse(decide=decided)
+        except Exception as exc:  # every failure is this message's answer, never the stream's end
+            response = self._error(exc, "decide")
+        if prior:
+            await asyncio.wait(prior)  # step 4: earlier reports are answered first
+        self.hub.latency["decide"].observe(time.perf_counter() - started)
+        self.answer(rid, response)
+
+    async def report(self, rid: int, request: gateway_pb2.ReportResultRequest, done: asyncio.Future[None]) -> None:
+        started = time.perf_counter()
+        try:
+            telemetry = self.hub.telemetry
+            if telemetry is None:
+                reported = await self.servicer.report_message(request)
+            else:
+                with telemetry.server_span(_SERVICE, "ReportResult", request, ()) as span:
+                    reported = await self.servicer.report_message(request)
+                    telemetry.annotate(span, reported)
+            response = gateway_pb2.SessionResponse(report=reported)
+        except Exception as exc:
+            response = self._error(exc, "report")
+        try:
+            self.hub.latency["report"].observe(time.perf_counter() - started)
+            self.answer(rid, response)
+        finally:
+            # After the answer is queued: a Decide waiting on this report is answered behind it (step 4).
+            self.reports.discard(done)
+            done.set_result(None)

@@ -1,0 +1,141 @@
+"""``AsyncGatewayClient.session()`` against a real sidecar: pipelined reports, their acks, breaks and resends."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import signal
+import sqlite3
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agentaudit_client import AsyncGatewayClient, GatewayClient, InvalidRequestError, NotFoundError, UnavailableError
+from tests.conftest import RunningGateway, start_gateway
+
+STEP = {"tenant_id": "t_42", "agent_id": "support-agent", "actor": ("user", "u_1"), "action": "crm.lookup"}
+
+
+def in_loop(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """Runs an async test body in a fresh event loop (the suite has no asyncio plugin)."""
+
+    @functools.wraps(test)
+    def run(*args: Any, **kwargs: Any) -> None:
+        asyncio.run(test(*args, **kwargs))
+
+    return run
+
+
+def rows(path: Path, where: str) -> list[tuple[str, str]]:
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+        return [tuple(r) for r in conn.execute(f"SELECT kind, link_event_id FROM journal WHERE {where} ORDER BY seq")]
+
+
+def post_events(path: Path, pre_event_id: str) -> int:
+    return len(rows(path, f"kind = 'post_exec' AND link_event_id = '{pre_event_id}'"))
+
+
+@in_loop
+async def test_a_pipelined_report_is_acknowledged_by_the_next_decide(gateway_server: RunningGateway) -> None:
+    async with AsyncGatewayClient(gateway_server.unix_target) as client, client.session() as session:
+        first = await session.decide(run_id="run_p1", step_id=1, **STEP)
+        assert await session.report_result(first.event_id) is None  # queued, not awaited
+        await session.decide(run_id="run_p1", step_id=2, **STEP)
+        # The sidecar answers a decide only after every report sent before it: the ack is already here.
+        assert session.unacknowledged == 0
+        assert post_events(gateway_server.journal_path, first.event_id) == 1
+
+
+@in_loop
+async def test_report_with_wait_returns_the_ack_and_a_repeat_is_a_duplicate(gateway_server: RunningGateway) -> None:
+    async with AsyncGatewayClient(gateway_server.unix_target) as client, client.session() as session:
+        decided = await session.decide(run_id="run_p2", step_id=1, **STEP)
+        first = await session.report_result(decided.event_id, wait=True)
+        again = await session.report_result(decided.event_id, wait=True)
+        assert first is not None and again is not None
+        assert not first.duplicate and again.duplicate and again.event_id == first.event_id
+    assert post_events(gateway_server.journal_path, decided.event_id) == 1
+
+
+@in_loop
+async def test_flush_raises_a_failed_pipelined_report(gateway_server: RunningGateway) -> None:
+    async with AsyncGatewayClient(gateway_server.unix_target) as client:
+        session = client.session()
+        await session.report_result("evt_that_does_not_exist")
+        with pytest.raises(NotFoundError):
+            await session.flush()
+        await session.flush()  # raised once; the session goes on
+        decided = await session.decide(run_id="run_p3", step_id=1, **STEP)
+        assert decided.allowed
+        await session.aclose()
+
+
+@in_loop
+async def test_an_invalid_decide_raises_and_the_session_goes_on(gateway_server: RunningGateway) -> None:
+    async with AsyncGatewayClient(gateway_server.unix_target) as client, client.session() as session:
+        with pytest.raises(InvalidRequestError) as refused:
+            await session.decide(run_id="", step_id=1, **STEP)
+        assert "run_id" in refused.value.fields
+        assert (await session.decide(run_id="run_p4", step_id=1, **STEP)).allowed
+
+
+@in_loop
+async def test_concurrent_decides_share_one_stream(gateway_server: RunningGateway) -> None:
+    async with AsyncGatewayClient(gateway_server.unix_target) as client, client.session() as session:
+
+        async def step(n: int) -> str:
+            decided = await session.decide(run_id=f"run_cc{n}", step_id=1, **{**STEP, "action": "kb.search"})
+            assert decided.allowed
+            await session.report_result(decided.event_id)
+            return decided.event_id
+
+        ids = await asyncio.gather(*(step(n) for n in range(64)))
+    assert len(set(ids)) == 64
+    posts = rows(gateway_server.journal_path, "kind = 'post_exec'")
+    assert {link for _, link in posts} == set(ids) and len(posts) == 64
+
+
+@in_loop
+async def test_unacked_reports_are_resent_after_a_sigkill_and_journaled_once(tmp_path: Path) -> None:
+    gw = start_gateway(tmp_path / "gw")
+    async with AsyncGatewayClient(gw.unix_target, timeout=20.0) as client:
+        session = client.session()
+        decided = [await session.decide(run_id="run_k", step_id=n + 1, **STEP) for n in range(20)]
+        gw.proc.send_signal(signal.SIGSTOP)  # the reports are queued while nothing is read ...
+        for d in decided:
+            await session.report_result(d.event_id)
+        gw.proc.send_signal(signal.SIGKILL)  # ... and the sidecar dies before acknowledging any
+        gw.proc.wait(10)
+        with pytest.raises(UnavailableError):
+            await session.decide(run_id="run_k", step_id=99, **STEP)
+        assert session.unacknowledged == 20
+        restarted = start_gateway(tmp_path / "gw")  # same directory, same socket
+        try:
+            await session.flush()  # reconnects with backoff and resends every unacknowledged report
+            assert session.unacknowledged == 0
+            await session.aclose()
+            for d in decided:
+                assert post_events(restarted.journal_path, d.event_id) == 1  # every acked decide, one result each
+        finally:
+            restarted.stop()
+
+
+def test_the_sync_session_pipelines_reports_from_threads(gateway_server: RunningGateway) -> None:
+    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+    with GatewayClient(gateway_server.unix_target) as client, client.session() as session:
+
+        def step(n: int) -> str:
+            decided = session.decide(run_id=f"run_sync{n}", step_id=1, **{**STEP, "action": "kb.search"})
+            assert decided.allowed
+            assert session.report_result(decided.event_id) is None
+            return decided.event_id
+
+        with ThreadPoolExecutor(8) as pool:
+            ids = list(pool.map(step, range(32)))
+        with pytest.raises(NotFoundError):
+            session.report_result("evt_missing", wait=True)
+    for event_id in ids:  # closing flushed: every report acknowledged, so journaled
+        assert post_events(gateway_server.journal_path, event_id) == 1

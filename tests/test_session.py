@@ -1,0 +1,381 @@
+"""GatewayService.Session against a real sidecar: per-message semantics equal the unary calls'.
+
+Raw stubs, so what is tested is the protocol (docs/adr/0025-stream-session.md); the client's session has its own tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import signal
+import sqlite3
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+from agentaudit.v1 import gateway_pb2, gateway_pb2_grpc, types_pb2
+from gateway.api.session import SessionHub, _Stream
+from tests.conftest import RunningGateway, start_gateway
+from tests.gateway_helpers import decide_request, stub
+
+TIMEOUT_S = 20.0
+
+
+class RawSession:
+    """One Session stream driven by hand: requests go in through a queue, responses are read by id."""
+
+    def __init__(self, target: str, metadata: tuple[tuple[str, str], ...] = ()) -> None:
+        self.channel, self.stub = stub(target)
+        self._requests: queue.Queue[gateway_pb2.SessionRequest | None] = queue.Queue()
+        self.call = self.stub.Session(self._iterate(), timeout=TIMEOUT_S, metadata=metadata)
+
+    def _iterate(self) -> Iterator[gateway_pb2.SessionRequest]:
+        while (request := self._requests.get()) is not None:
+            yield request
+
+    def send(self, rid: int, message: gateway_pb2.DecideRequest | gateway_pb2.ReportResultRequest) -> None:
+        if isinstance(message, gateway_pb2.DecideRequest):
+            self._requests.put(gateway_pb2.SessionRequest(id=rid, decide=message))
+        else:
+            self._requests.put(gateway_pb2.SessionRequest(id=rid, report=message))
+
+    def send_raw(self, request: gateway_pb2.SessionRequest) -> None:
+        self._requests.put(request)
+
+    def receive(self) -> gateway_pb2.SessionResponse:
+        response: gateway_pb2.SessionResponse = next(self.call)
+        return response
+
+    def close(self) -> None:
+        self._requests.put(None)
+
+    def rest(self) -> list[gateway_pb2.SessionResponse]:
+        """Half-closes and reads every remaining response until the stream ends."""
+        self.close()
+        return list(self.call)
+
+    def __enter__(self) -> RawSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+        self.call.cancel()
+        self.channel.close()
+
+
+def report(event_id: str) -> gateway_pb2.ReportResultRequest:
+    return gateway_pb2.ReportResultRequest(event_id=event_id, status=types_pb2.RESULT_STATUS_SUCCEEDED)
+
+
+def bad_fields(status: gateway_pb2.SessionStatus) -> list[str]:
+    decoded = status_pb2.Status.FromString(status.SerializeToString())  # wire-compatible with google.rpc.Status
+    fields = []
+    for detail in decoded.details:
+        bad = error_details_pb2.BadRequest()
+        if detail.Unpack(bad):
+            fields += [v.field for v in bad.field_violations]
+    return fields
+
+
+def journal_rows(path: Path) -> list[tuple[str, str, int, str, str]]:
+    """(kind, run_id, step_id, decision, action) of every pre- and post-event, in journal order."""
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+        rows = conn.execute(
+            "SELECT kind, run_id, step_id, decision, action FROM journal "
+            "WHERE kind IN ('pre_exec', 'post_exec', 'violation') ORDER BY seq"
+        ).fetchall()
+    return [tuple(row) for row in rows]
+
+
+def count(path: Path, where: str) -> int:
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+        return int(conn.execute(f"SELECT count(*) FROM journal WHERE {where}").fetchone()[0])
+
+
+def test_decide_and_report_are_answered_by_id(gateway_server: RunningGateway) -> None:
+    with RawSession(gateway_server.unix_target) as session:
+        session.send(7, decide_request(run_id="run_s1"))
+        decided = session.receive()
+        assert decided.id == 7 and decided.WhichOneof("result") == "decide"
+        assert decided.decide.decision == types_pb2.DECISION_ALLOW and decided.decide.event_id
+        session.send(8, report(decided.decide.event_id))
+        reported = session.receive()
+        assert reported.id == 8 and reported.report.event_id and not reported.report.duplicate
+        session.send(9, report(decided.decide.event_id))
+        again = session.receive()
+        assert again.report.duplicate and again.report.event_id == reported.report.event_id
+        assert session.rest() == []
+    assert count(gateway_server.journal_path, f"event_id = '{reported.report.event_id}'") == 1
+
+
+def test_session_and_unary_journal_the_same_events(tmp_path: Path) -> None:
+    steps = [
+        ("crm.lookup", {"customer_id": "c_1"}),
+        ("crm.lookup", {"email": "ann@example.com"}),
+        ("refund.create", {"order_id": "o_1", "amount": 5000}),
+        ("shell.exec", {"cmd": "rm -rf /"}),
+    ]
+    journals = {}
+    for mode in ("unary", "session"):
+        gw = start_gateway(tmp_path / mode)
+        try:
+            if mode == "unary":
+                channel, gateway = stub(gw.unix_target)
+                with channel:
+                    for n, (action, args) in enumerate(steps, 1):
+                        answer = gateway.Decide(decide_request(run_id="run_eq", step_id=n, action=action, args=args))
+                        if answer.decision == types_pb2.DECISION_ALLOW:
+                            gateway.ReportResult(report(answer.event_id))
+            else:
+                with RawSession(gw.unix_target) as session:
+                    for n, (action, args) in enumerate(steps, 1):
+                        session.send(n, decide_request(run_id="run_eq", step_id=n, action=action, args=args))
+                        answer = session.receive().decide
+                        if answer.decision == types_pb2.DECISION_ALLOW:
+                            session.send(100 + n, report(answer.event_id))
+                            assert session.receive().WhichOneof("result") == "report"
+            journals[mode] = journal_rows(gw.journal_path)
+        finally:
+            gw.stop()
+    assert journals["unary"] == journals["session"]
+    assert {row[3] for row in journals["session"]} >= {"allow", "stop"}
+
+
+def test_concurrent_messages_are_all_answered_once_by_id(gateway_server: RunningGateway) -> None:
+    n = 200
+    with RawSession(gateway_server.unix_target) as session:
+        for i in range(n):
+            session.send(i, decide_request(run_id=f"run_c{i % 5}", step_id=i // 5 + 1))
+        responses = session.rest()
+    ids = [r.id for r in responses]
+    assert sorted(ids) == list(range(n))
+    assert all(r.WhichOneof("result") == "decide" and r.decide.event_id for r in responses)
+    assert count(gateway_server.journal_path, "kind = 'pre_exec' AND run_id LIKE 'run_c%'") == n
+
+
+def test_invalid_message_gets_its_own_invalid_argument_and_the_stream_goes_on(gateway_server: RunningGateway) -> None:
+    with RawSession(gateway_server.unix_target) as session:
+        session.send(1, decide_request(run_id=""))
+        refused = session.receive()
+        assert refused.id == 1 and refused.error.code == code_pb2.INVALID_ARGUMENT
+        assert "run_id" in bad_fields(refused.error)
+        session.send(2, report("no-such-event"))
+        missing = session.receive()
+        assert missing.error.code == code_pb2.NOT_FOUND
+        session.send(3, decide_request(run_id="run_after_invalid"))
+        assert session.receive().decide.decision == types_pb2.DECISION_ALLOW
+
+
+def test_unary_and_session_name_the_same_violations(gateway_server: RunningGateway) -> None:
+    bad = decide_request(run_id="", tenant_id="", action="")
+    channel, gateway = stub(gateway_server.unix_target)
+    with channel, pytest.raises(grpc.RpcError) as unary:
+        gateway.Decide(bad)
+    with RawSession(gateway_server.unix_target) as session:
+        session.send(1, bad)
+        error = session.receive().error
+    unary_status = status_pb2.Status.FromString(
+        dict(unary.value.trailing_metadata())["grpc-status-details-bin"]  # type: ignore[attr-defined]
+    )
+    assert error.code == unary_status.code and error.message == unary_status.message
+    assert error.SerializeToString() == unary_status.SerializeToString()
+
+
+def test_invalid_utf8_inside_a_message_is_named_per_message(gateway_server: RunningGateway) -> None:
+    good = gateway_pb2.SessionRequest(id=5, decide=decide_request(run_id="R" * 8)).SerializeToString()
+    broken = good.replace(b"RRRRRRRR", b"RRRRRRR\xff")
+    channel, _ = stub(gateway_server.unix_target)
+    with channel:
+        call = channel.stream_stream(
+            "/agentaudit.v1.GatewayService/Session",
+            request_serializer=lambda b: b,
+            response_deserializer=gateway_pb2.SessionResponse.FromString,
+        )
+        responses = list(call(iter([broken, good]), timeout=TIMEOUT_S))
+    assert [r.id for r in responses][:1] == [5]
+    assert responses[0].error.code == code_pb2.INVALID_ARGUMENT and bad_fields(responses[0].error) == ["run_id"]
+    assert responses[1].decide.decision == types_pb2.DECISION_ALLOW
+
+
+@pytest.mark.parametrize(
+    "second",
+    [
+        pytest.param(gateway_pb2.SessionRequest(id=1, decide=decide_request(run_id="run_dup")), id="duplicate-id"),
+        pytest.param(gateway_pb2.SessionRequest(id=2), id="no-message"),
+    ],
+)
+def test_a_malformed_stream_ends_invalid_argument_after_answering_in_flight(
+    gateway_server: RunningGateway, second: gateway_pb2.SessionRequest
+) -> None:
+    with RawSession(gateway_server.unix_target) as session:
+        session.send_raw(gateway_pb2.SessionRequest(id=1, decide=decide_request(run_id="run_dup")))
+        session.send_raw(second)
+        with pytest.raises(grpc.RpcError) as failed:
+            answered = [session.receive() for _ in range(3)]
+            del answered
+        assert failed.value.code() is grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    # The first message was read before the malformed one: it was processed and journaled.
+    assert count(gateway_server.journal_path, "kind = 'pre_exec' AND run_id = 'run_dup'") == 1
+
+
+def test_server_session_max_in_flight_is_read_and_every_message_still_answered(tmp_path: Path) -> None:
+    # The bound itself is tested in process (test_the_reader_stops_reading_at_the_in_flight_bound); here the config
+    # key reaches the sidecar (1 in flight) and a client sending 50 at once is held back, never refused.
+    gw = start_gateway(tmp_path / "bp", {"AGENTAUDIT_SERVER_SESSION_MAX_IN_FLIGHT": "1"})
+    try:
+        with RawSession(gw.unix_target) as session:
+            for i in range(50):
+                session.send(i, decide_request(run_id="run_bp", step_id=i + 1))
+            got = [session.receive() for _ in range(50)]
+            # With one message in flight the answers come strictly in order.
+            assert [r.id for r in got] == list(range(50))
+            assert all(r.WhichOneof("result") == "decide" for r in got)
+    finally:
+        gw.stop()
+    assert count(gw.journal_path, "kind = 'pre_exec' AND run_id = 'run_bp'") == 50
+
+
+def test_sigterm_ends_an_open_session_cleanly_and_refuses_new_ones(tmp_path: Path) -> None:
+    gw = start_gateway(tmp_path / "drain")
+    with RawSession(gw.unix_target) as session:
+        session.send(1, decide_request(run_id="run_drain"))
+        assert session.receive().decide.event_id
+        gw.proc.send_signal(signal.SIGTERM)
+        ended = threading.Event()
+        rest: list[gateway_pb2.SessionResponse] = []
+
+        def drain() -> None:
+            rest.extend(session.call)  # ends with OK, well before the 10 s grace
+            ended.set()
+
+        thread = threading.Thread(target=drain, daemon=True)
+        thread.start()
+        assert ended.wait(8.0), "the stream was not ended by the drain"
+        assert all(r.error.code == code_pb2.UNAVAILABLE for r in rest)
+    assert gw.proc.wait(15) == 0
+
+
+def test_sigkill_mid_session_loses_no_acknowledged_message(tmp_path: Path) -> None:
+    gw = start_gateway(tmp_path / "kill")
+    acked: set[str] = set()
+    with RawSession(gw.unix_target) as session:
+        for i in range(40):
+            session.send(i, decide_request(run_id="run_kill", step_id=i + 1))
+        for _ in range(20):
+            response = session.receive()
+            acked.add(response.decide.event_id)
+        gw.proc.send_signal(signal.SIGKILL)
+        gw.proc.wait(10)
+        with pytest.raises(grpc.RpcError):
+            while True:
+                response = session.receive()
+                acked.add(response.decide.event_id)
+    restarted = start_gateway(tmp_path / "kill")
+    try:
+        with sqlite3.connect(f"file:{restarted.journal_path}?mode=ro", uri=True) as conn:
+            journaled = {row[0] for row in conn.execute("SELECT event_id FROM journal WHERE kind = 'pre_exec'")}
+        assert acked and acked <= journaled
+    finally:
+        restarted.stop()
+
+
+class _BlockedServicer:
+    """Stands in for GatewayServicer: every decide waits until released, so messages stay in flight."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.release = asyncio.Event()
+
+    async def decide_message(self, request: gateway_pb2.DecideRequest, traceparent: str) -> gateway_pb2.DecideResponse:
+        self.calls += 1
+        await self.release.wait()
+        return gateway_pb2.DecideResponse(event_id=f"evt_{request.step_id}")
+
+
+def test_the_reader_stops_reading_at_the_in_flight_bound() -> None:
+    async def scenario() -> tuple[int, int, int]:
+        servicer = _BlockedServicer()
+        hub = SessionHub(servicer, max_in_flight=3)  # type: ignore[arg-type]
+        stream = _Stream(hub, servicer, "")  # type: ignore[arg-type]
+        produced = 0
+
+        async def requests() -> AsyncIterator[gateway_pb2.SessionRequest]:
+            nonlocal produced
+            for i in range(10):
+                produced += 1
+                yield gateway_pb2.SessionRequest(id=i, decide=decide_request(step_id=i + 1))
+
+        reader = asyncio.create_task(stream.read(requests()))
+        for _ in range(100):  # let the reader run as far as it can
+            await asyncio.sleep(0)
+        at_bound = produced
+        servicer.release.set()
+        for _ in range(100):
+            await asyncio.sleep(0)
+        answered_before_release = stream.out.qsize()
+        for _ in range(10):  # the handler's part: each answer written frees a slot
+            await stream.out.get()
+            stream.slots.release()
+            for _ in range(20):
+                await asyncio.sleep(0)
+        await asyncio.wait_for(reader, 5)
+        return at_bound, answered_before_release, produced
+
+    at_bound, answered, produced = asyncio.run(scenario())
+    assert at_bound == 3  # three in flight, and the fourth not even read
+    assert answered == 3
+    assert produced == 10
+
+
+async def _until(condition: Callable[[], bool], deadline_s: float = 10.0) -> None:
+    for _ in range(int(deadline_s / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached in time")
+
+
+def test_messages_in_flight_when_the_client_hangs_up_still_complete() -> None:
+    """A real grpc.aio server with the real hub; the use case blocks until the client has gone."""
+    from gateway.api.session import SESSION_METHOD, decode_request  # noqa: PLC0415
+    from gateway.rpc.handlers import service_handler  # noqa: PLC0415
+
+    class Servicer(_BlockedServicer):
+        completed = 0
+
+        async def decide_message(
+            self, request: gateway_pb2.DecideRequest, traceparent: str
+        ) -> gateway_pb2.DecideResponse:
+            response = await super().decide_message(request, traceparent)
+            self.completed += 1  # where the real use case's journal commit would be
+            return response
+
+    async def scenario() -> tuple[int, int]:
+        servicer = Servicer()
+        hub = SessionHub(servicer)  # type: ignore[arg-type]
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers(
+            [service_handler("agentaudit.v1.GatewayService", {}, bidi={SESSION_METHOD: (hub.handle, decode_request)})]
+        )
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                call = gateway_pb2_grpc.GatewayServiceStub(channel).Session()
+                for i in range(3):
+                    await call.write(gateway_pb2.SessionRequest(id=i, decide=decide_request(step_id=i + 1)))
+                await _until(lambda: servicer.calls == 3)
+                call.cancel()
+                await _until(lambda: hub.open_streams == 0)  # the server saw the client go
+            servicer.release.set()
+            async with asyncio.timeout(10):
+                await hub.aclose()
+            return servicer.calls, servicer.completed
+        finally:
+            await server.stop(None)
+
+    assert asyncio.run(scenario()) == (3, 3)
