@@ -1,6 +1,6 @@
 """GatewayService.Session: Decide and ReportResult messages on one long-lived bidirectional stream.
 
-A unary call costs grpc Python far more per call than a message on an open stream costs (docs/adr/0025-stream-session.md).
+A unary call costs grpc Python far more per call than a message on an open stream costs (ADR 0025).
 Each message gets exactly what the unary call gives it (:meth:`GatewayServicer.decide_message` and
 :meth:`~GatewayServicer.report_message`: the same validation, journaling and record-before-answer), answered by
 its id, possibly out of order. What the stream adds, step by step:
