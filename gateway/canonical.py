@@ -32,6 +32,15 @@ from gateway.errors import AgentAuditError
 
 _MAX_SAFE_INT = 2**53 - 1  # the interoperable integer range of I-JSON (RFC 7493)
 _encoder = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False)
+# The C encoder ``_encoder.encode`` builds on every call, built once with the same arguments except the circular
+# reference check (values here are trees: parsed JSON, protobuf conversions, bodies built by hand), which roughly
+# halves the cost of encoding a journal body. None where the C accelerator is missing.
+_c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
+_c_encode = (
+    None
+    if _c_make_encoder is None
+    else _c_make_encoder(None, _encoder.default, json.encoder.encode_basestring, None, ":", ",", True, False, False)
+)
 
 
 class CanonicalizationError(AgentAuditError):
@@ -122,6 +131,8 @@ def key_sorts_alike(key: str) -> bool:
 def encode_normalised(value: Any) -> bytes:
     """RFC 8785 bytes of a value already normalised: every float passed :func:`normalise_number` as exact and
     every key :func:`key_sorts_alike`. Callers that built the value that way skip the checking walk."""
+    if _c_encode is not None:
+        return "".join(_c_encode(value, 0)).encode("utf-8")
     return _encoder.encode(value).encode("utf-8")
 
 

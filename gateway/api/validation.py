@@ -65,9 +65,89 @@ class _BadKey(Exception):
         return f"has {self.problem} at {field}{''.join(self.path)}"
 
 
+class _Unusual(Exception):
+    """The fast conversion met something it leaves to the precise one (a refusal, named there)."""
+
+
+def _fast_struct(s: struct_pb2.Struct, depth: int, max_depth: int, exact: list[bool]) -> dict[str, Any]:
+    """:func:`struct_to_json`'s value for a Struct that holds nothing it refuses; raises _Unusual otherwise.
+
+    The same walk as :func:`_precise_struct_to_json` (same depths, same number normalisation, same key order) with
+    the scalar cases inline and no per-key error bookkeeping: a Decide's args are converted in one call per
+    container rather than one per value. ``exact[0]`` becomes False where :func:`encode_normalised` would not do.
+    """
+    if depth > max_depth:
+        raise _Unusual
+    out: dict[str, Any] = {}
+    fields = s.fields
+    for k in fields:
+        if not k or "\x00" in k:
+            raise _Unusual
+        if not (k.isascii() or max(k) < "\ue000"):  # key_sorts_alike, inline
+            exact[0] = False
+        v = fields[k]
+        kind = v.WhichOneof("kind")
+        if kind == "string_value":
+            out[k] = v.string_value
+        elif kind == "number_value":
+            out[k] = _fast_number(v.number_value, exact)
+        elif kind == "bool_value":
+            out[k] = v.bool_value
+        elif kind == "struct_value":
+            out[k] = _fast_struct(v.struct_value, depth + 1, max_depth, exact)
+        elif kind == "list_value":
+            out[k] = _fast_list(v.list_value, depth + 1, max_depth, exact)
+        else:
+            out[k] = None
+    return out
+
+
+def _fast_list(values: struct_pb2.ListValue, depth: int, max_depth: int, exact: list[bool]) -> list[Any]:
+    if depth > max_depth:
+        raise _Unusual
+    items: list[Any] = []
+    append = items.append
+    for v in values.values:
+        kind = v.WhichOneof("kind")
+        if kind == "string_value":
+            append(v.string_value)
+        elif kind == "number_value":
+            append(_fast_number(v.number_value, exact))
+        elif kind == "bool_value":
+            append(v.bool_value)
+        elif kind == "struct_value":
+            append(_fast_struct(v.struct_value, depth + 1, max_depth, exact))
+        elif kind == "list_value":
+            append(_fast_list(v.list_value, depth + 1, max_depth, exact))
+        else:
+            append(None)
+    return items
+
+
+def _fast_number(number: float, exact: list[bool]) -> int | float:
+    if not math.isfinite(number):
+        raise _Unusual
+    normal, fits = normalise_number(number)
+    if not fits:
+        exact[0] = False
+    return normal
+
+
 def struct_to_json(message: struct_pb2.Struct, max_depth: int) -> JsonPayload:
     """Converts a Struct to plain Python, refusing nesting deeper than ``max_depth``, NaN/infinity, and empty
-    or NUL-holding keys (an empty key makes an ambiguous redaction path; NUL ends keys in C-string consumers)."""
+    or NUL-holding keys (an empty key makes an ambiguous redaction path; NUL ends keys in C-string consumers).
+
+    The fast walk converts what it can; anything it would refuse is converted again by the precise walk, which
+    raises the refusal with its path (tests/test_validation_struct.py compares the two)."""
+    exact = [True]
+    try:
+        return JsonPayload(_fast_struct(message, 1, max_depth, exact), exact[0])
+    except (_Unusual, RecursionError):
+        return _precise_struct_to_json(message, max_depth)
+
+
+def _precise_struct_to_json(message: struct_pb2.Struct, max_depth: int) -> JsonPayload:
+    """:func:`struct_to_json` one value at a time, naming the path of the first refused value or key."""
     exact = True
 
     def value(v: struct_pb2.Value, depth: int) -> Any:

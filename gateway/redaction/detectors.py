@@ -43,7 +43,7 @@ def _luhn(digits: str) -> bool:
     return total % 10 == 0
 
 
-def _bounded(match: re.Match[str], before: str, after: str) -> bool:
+def _bounded(match: re.Match[str], before: frozenset[str], after: frozenset[str]) -> bool:
     """The characters around a match are none of ``before`` / ``after`` (checked here rather than with
     lookarounds in the pattern, so that patterns start with a character class and the regex engine can skip
     ahead to candidate positions)."""
@@ -53,6 +53,11 @@ def _bounded(match: re.Match[str], before: str, after: str) -> bool:
 
 _DIGITS = "0123456789"
 _ASCII_WORD = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_"
+# The characters that may not touch a phone number, as sets built once (a check runs per candidate match).
+_PLUS_BEFORE = frozenset(_ASCII_WORD + "+")
+_PLUS_AFTER = frozenset(_ASCII_WORD + "-")
+_NATIONAL_AROUND = frozenset(_ASCII_WORD + ".-/:")
+_PHONE_PUNCTUATION = str.maketrans("", "", " -.()+")
 
 
 _DIGIT_RUN = re.compile(r"\d+(?:[ \-]\d+)*")
@@ -103,14 +108,16 @@ def _iban(match: re.Match[str]) -> bool:
 
 def _phone(match: re.Match[str]) -> bool:
     text = match.group()
-    if text.startswith("+"):
-        if not _bounded(match, _ASCII_WORD + "+", _ASCII_WORD + "-"):
-            return False
-    elif not _bounded(match, _ASCII_WORD + ".-/:", _ASCII_WORD + ".-/:"):
+    international = text[0] == "+"
+    if not (
+        _bounded(match, _PLUS_BEFORE, _PLUS_AFTER)
+        if international
+        else _bounded(match, _NATIONAL_AROUND, _NATIONAL_AROUND)
+    ):
         return False
-    # The pattern admits only digits and this punctuation, so counting the punctuation counts the digits.
-    digits = len(text) - sum(text.count(c) for c in " -.()+")
-    return 8 <= digits <= 15 if text.startswith("+") else 10 <= digits <= 11
+    # The pattern admits only digits (any script's, as \\d does) and this punctuation: removing it leaves the digits.
+    digits = len(text.translate(_PHONE_PUNCTUATION))
+    return 8 <= digits <= 15 if international else 10 <= digits <= 11
 
 
 @dataclass(frozen=True)
@@ -160,7 +167,14 @@ _BENIGN = re.compile(
 _SEPARATOR = "\x00"
 _NOT_DIGIT_OR_SEPARATOR = bytes(b for b in range(256) if b not in b"0123456789\x00")
 _LOOSE_CREDENTIAL_GATE = re.compile(r"B(?:earer|EGIN)|k[-_]|h[pousr]_|_pat_|xox|A(?:KIA|SIA)|yJ")
-_AT_OR_CREDENTIAL = re.compile(r"@|" + _CREDENTIAL_GATE.pattern)
+_GATE_8_DIGITS, _GATE_13_DIGITS, _GATE_AT, _GATE_CREDENTIAL, _GATE_IBAN = range(5)
+_GATE_CODES = {
+    "8 digits": _GATE_8_DIGITS,
+    "13 digits": _GATE_13_DIGITS,
+    "at": _GATE_AT,
+    "credential": _GATE_CREDENTIAL,
+    "iban": _GATE_IBAN,
+}
 
 # Order matters: earlier detectors claim their spans first (a card number is not also reported as a phone).
 DETECTORS: tuple[Detector, ...] = (
@@ -201,6 +215,19 @@ DETECTORS: tuple[Detector, ...] = (
 )
 
 
+def _segments_holding(joined: str, needle: str, separator: str) -> list[int]:
+    """Which ``separator``-delimited segments of ``joined`` (which starts with one) hold ``needle`` (C-level finds)."""
+    found: list[int] = []
+    separators, counted_to = 0, 0
+    position = joined.find(needle)
+    while position != -1:
+        separators += joined.count(separator, counted_to, position)
+        counted_to = position
+        found.append(separators - 1)
+        position = joined.find(needle, joined.index(separator, position))  # the next segment on
+    return found
+
+
 def _segments(joined: str, gate: re.Pattern[str], separator: str) -> list[int]:
     """Which ``separator``-delimited segments of ``joined`` (which starts with one) ``gate`` matches in."""
     found: list[int] = []
@@ -232,6 +259,8 @@ class ValueScanner:
             raise ValueError(f"unknown detector(s) {', '.join(sorted(unknown))} (known: {', '.join(DETECTOR_NAMES)})")
         self.detectors = tuple(d for d in DETECTORS if d.name in names)
         self.names = tuple(d.name for d in self.detectors)
+        # What ``_found`` runs per detector, in order: its gate as a small int, its bound ``spans``, its name.
+        self._plan = tuple((_GATE_CODES[d.gate], d.spans, d.name) for d in self.detectors)
 
     def __bool__(self) -> bool:
         return bool(self.detectors)
@@ -246,26 +275,28 @@ class ValueScanner:
             return []
         digits = len(text.encode("latin-1", "ignore").translate(None, _NOT_DIGIT))
         at = "@" in text
-        credential = _CREDENTIAL_GATE.search(text) is not None
+        # The loose gate first: its alternatives start with rarer characters, and a string it does not match holds
+        # no credential prefix (each strict alternative contains a loose one).
+        credential = _LOOSE_CREDENTIAL_GATE.search(text) is not None and _CREDENTIAL_GATE.search(text) is not None
         if not (at or credential) and (digits < 8 or _BENIGN.fullmatch(text)):
-            return []  # the common case, decided in four C-level operations
+            return []  # the common case, decided in a few C-level operations
         found: list[tuple[int, int, str]] = []
-        for detector in self.detectors:
-            gate = detector.gate
-            if gate == "8 digits":
-                opened = digits >= 8
-            elif gate == "13 digits":
-                opened = digits >= 13
-            elif gate == "at":
-                opened = at
-            elif gate == "credential":
-                opened = credential
-            else:  # "iban"
-                opened = digits >= 8 and _IBAN_GATE.search(text) is not None
-            if not opened:
+        for gate, spans, name in self._plan:
+            if gate == _GATE_8_DIGITS:
+                if digits < 8:
+                    continue
+            elif gate == _GATE_13_DIGITS:
+                if digits < 13:
+                    continue
+            elif gate == _GATE_AT:
+                if not at:
+                    continue
+            elif gate == _GATE_CREDENTIAL:
+                if not credential:
+                    continue
+            elif digits < 8 or _IBAN_GATE.search(text) is None:  # the IBAN gate
                 continue
-            name = detector.name
-            for start, end in detector.spans(text):
+            for start, end in spans(text):
                 for claimed_start, claimed_end, _ in found:
                     if start < claimed_end and claimed_start < end:
                         break  # an earlier detector claimed (part of) it
@@ -288,9 +319,12 @@ class ValueScanner:
         counts = joined.encode("latin-1", "ignore").translate(None, _NOT_DIGIT_OR_SEPARATOR).split(b"\x00")
         benign = _BENIGN.fullmatch
         flagged = [i for i, digits in enumerate(counts[1:-1]) if len(digits) >= 8 and benign(texts[i]) is None]
-        if "@" in joined or _LOOSE_CREDENTIAL_GATE.search(joined) is not None:
-            flagged = sorted({*flagged, *_segments(joined, _AT_OR_CREDENTIAL, _SEPARATOR)})
-        return flagged
+        # The segments with an "@" by plain finds, those with a credential prefix by the loose gate (a superset of
+        # the strict one, much cheaper over long text): only a few strings hold either.
+        held = _segments(joined, _LOOSE_CREDENTIAL_GATE, _SEPARATOR)
+        if "@" in joined:
+            held += _segments_holding(joined, "@", _SEPARATOR)
+        return sorted({*flagged, *held}) if held else flagged
 
     def scrub(self, text: str) -> tuple[str, list[str]]:
         """``text`` with each detected value replaced by its marker, and the names of the detectors that fired."""

@@ -154,8 +154,13 @@ class AuditRecorder:
     ) -> PreparedAction:
         """Redacts and digests args; computes the action key (over the redacted args) and the approval binding."""
         canonical, redacted, paths = self._redactor.prepare(args, "args", normalised=normalised)
-        # Nothing redacted: the redacted copy is the value, so its canonical bytes are the ones just made.
-        canonical_redacted = canonical_json(redacted) if paths else canonical
+        # Nothing redacted: the redacted copy is the value, so its canonical bytes are the ones just made. Redaction
+        # keeps a normalised value normalised (it removes keys and puts ASCII markers into strings and keys), so the
+        # checking walk is skipped for the copy too (tests/test_redaction_normalised.py).
+        if not paths:
+            canonical_redacted = canonical
+        else:
+            canonical_redacted = encode_normalised(redacted) if normalised else canonical_json(redacted)
         return PreparedAction(
             action_key=self._redactor.action_key(tenant_id, action, canonical_redacted),
             args_digest=self._redactor.digest(canonical),
