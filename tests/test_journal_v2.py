@@ -592,3 +592,22 @@ def test_any_single_byte_change_of_an_entry_or_a_seal_is_found(
             conn.execute("UPDATE journal_seals SET note = ? WHERE size = ?", (flipped, size))
     report = verify_journal(path, [SIGNER.verifier])
     assert not report.ok
+
+
+def test_a_seal_whose_key_id_was_edited_is_not_believed(two_commits: Path, tmp_path: Path) -> None:
+    """Found by the byte-flip property above: the signature line's key id changed ('B' -> 'C' in its base64) while
+    the signature bytes still verify. C2SP signed notes ignore a line of an unknown key id, so the seal counts as
+    unsigned (verify used to accept it, trying the signature under every trusted key whatever the line named)."""
+    path = tmp_path / "j.db"
+    shutil.copy(two_commits, path)
+    with tampering(path) as conn:
+        note = conn.execute("SELECT note FROM journal_seals WHERE size = 3").fetchone()[0]
+        head, _, line = note.rstrip("\n").rpartition("\n")
+        name, b64 = line.rsplit(" ", 1)
+        raw = bytearray(base64.b64decode(b64))
+        raw[0] ^= 1  # the key id's first byte; the 64 signature bytes unchanged
+        edited = f"{head}\n{name} {base64.b64encode(bytes(raw)).decode()}\n"
+        conn.execute("UPDATE journal_seals SET note = ? WHERE size = 3", (edited,))
+    report = verify_journal(path, [SIGNER.verifier])
+    assert not report.ok
+    assert any(f.code.value == "bad_seal" for f in report.findings), report.findings

@@ -317,7 +317,7 @@ def _check_seal(text: Any, report: BundleReport, keys: Sequence[Verifier]) -> tu
     except NoteError as exc:
         report.findings.append(f"the seal is malformed: {exc}")
         return None
-    if not seal_signed(seal, report.origin, lambda m, s: any(k.verify(m, s) for k in keys)):
+    if not seal_signed(seal, report.origin, lambda m, s: any(k.verify(m, s) for k in keys), {k.key_id for k in keys}):
         report.findings.append("the seal has no valid signature by the origin's key")
         return None
     return seal.size, seal.checkpoint.root

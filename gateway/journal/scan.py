@@ -144,7 +144,7 @@ class Scan:
                 f"the seal stored at tree size {size} is signed for size {checkpoint.size}: seals were moved",
             )
             return
-        if not seal_signed(stored, self._origin, self._signature_ok):
+        if not seal_signed(stored, self._origin, self._signature_ok, {v.key_id for v in self._verifiers}):
             self._add(
                 at,
                 FindingCode.BAD_SEAL,

@@ -24,7 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from gateway.errors import MalformedEntryError
@@ -96,12 +96,20 @@ def parse_seal(text: str) -> Seal:
     return Seal(checkpoint, prev_size, last_leaf, note)
 
 
-def seal_signed(seal: Seal, origin: str, signature_ok: SignatureOk) -> bool:
-    """Whether the seal is for ``origin`` and a signature line verifies under a trusted key."""
+def seal_signed(seal: Seal, origin: str, signature_ok: SignatureOk, key_ids: Collection[bytes] | None = None) -> bool:
+    """Whether the seal is for ``origin`` and a signature line verifies under a trusted key.
+
+    With ``key_ids`` (the trusted keys' C2SP key ids) a line must also name one of them: a signed note's line with
+    another key id is from an unknown key and is ignored (C2SP signed-note), even if its signature bytes happen to
+    verify, so a seal whose key id was edited is not believed.
+    """
     if seal.checkpoint.origin != origin:
         return False
     message = seal.note.text.encode()
-    return any(line.name == origin and signature_ok(message, line.signature) for line in seal.note.signatures)
+    return any(
+        line.name == origin and (key_ids is None or line.key_id in key_ids) and signature_ok(message, line.signature)
+        for line in seal.note.signatures
+    )
 
 
 def journal_format(conn: sqlite3.Connection) -> int:

@@ -152,7 +152,7 @@ async def _check_seals(
         except NoteError as exc:
             findings.append(TailFinding(at, "bad_seal", str(exc)))
             continue
-        if seal.size != seal_size or not seal_signed(seal, verifier.name, verifier.verify):
+        if seal.size != seal_size or not seal_signed(seal, verifier.name, verifier.verify, {verifier.key_id}):
             findings.append(TailFinding(at, "bad_seal", f"the seal at size {seal_size} does not verify"))
             continue
         if seal_size > size or leaves.get(at) != seal.last_leaf:
