@@ -241,7 +241,7 @@ class Sidecar:
         )
         # State follows signatures (ADR 0012): what is enforced is derived from the signed events; rows that
         # disagree are ignored, logged and journaled once.
-        self._trusted = await self.reader.trusted_state(signer.name, signer.verifier.verify)
+        self._trusted = await self.reader.trusted_state(signer.name, signer.verifier.verify, {signer.key_id})
         await report_state_mismatches(recorder, self._trusted)
         self.switches = KillSwitchBoard(recorder)
         await self.switches.load(self.reader, self._trusted.switches)

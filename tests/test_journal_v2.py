@@ -611,3 +611,8 @@ def test_a_seal_whose_key_id_was_edited_is_not_believed(two_commits: Path, tmp_p
     report = verify_journal(path, [SIGNER.verifier])
     assert not report.ok
     assert any(f.code.value == "bad_seal" for f in report.findings), report.findings
+    with sqlite3.connect(path) as conn:  # the start-up state derivation's lookup: the same rule
+        seq, raw, signature = conn.execute("SELECT seq, entry, signature FROM journal WHERE seq = 0").fetchone()
+        assert SealedLookup(conn, ORIGIN, SIGNER.verifier.verify).authentic(seq, bytes(raw), bytes(signature))
+        strict = SealedLookup(conn, ORIGIN, SIGNER.verifier.verify, {SIGNER.key_id})
+        assert not strict.authentic(seq, bytes(raw), bytes(signature))

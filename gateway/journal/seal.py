@@ -132,10 +132,13 @@ class SealedLookup:
     by the first seal after it, whose signature must verify and whose last leaf hash the entry must chain to.
     """
 
-    def __init__(self, conn: sqlite3.Connection, origin: str, signature_ok: SignatureOk) -> None:
+    def __init__(
+        self, conn: sqlite3.Connection, origin: str, signature_ok: SignatureOk, key_ids: Collection[bytes] | None = None
+    ) -> None:
         self._conn = conn
         self._origin = origin
         self._ok = signature_ok
+        self._key_ids = key_ids  # the trusted keys' ids: a seal line naming another is ignored (seal_signed)
         self._seals = has_seals_table(conn)
         self._verified: dict[int, tuple[int, bytes] | None] = {}  # seal size -> (size, last leaf) if it verified
         # leaf hashes proven to chain into a verified seal's last leaf, by seq (cleared per commit walk)
@@ -193,7 +196,7 @@ class SealedLookup:
                 seal = parse_seal(str(row[1]))
             except NoteError:
                 return None
-            if seal.size == size and seal_signed(seal, self._origin, self._ok):
+            if seal.size == size and seal_signed(seal, self._origin, self._ok, self._key_ids):
                 self._verified[size] = (size, seal.last_leaf)
         return self._verified[size]
 

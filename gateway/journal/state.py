@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import astuple, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
@@ -677,7 +677,12 @@ class TrustedState:
     switch_seqs: dict[str, int] = field(default_factory=dict)  # per collector: highest seq of a switch change
 
 
-def trusted_state(conn: sqlite3.Connection, origin: str, signature_ok: Callable[[bytes, bytes], bool]) -> TrustedState:
+def trusted_state(
+    conn: sqlite3.Connection,
+    origin: str,
+    signature_ok: Callable[[bytes, bytes], bool],
+    key_ids: Collection[bytes] | None = None,
+) -> TrustedState:
     """Derives state from the signed events and checks the tables against it (the sidecar's start).
 
     1. Locate the events that define state through the kind and decision indexes: approval_required pre-events,
@@ -686,13 +691,14 @@ def trusted_state(conn: sqlite3.Connection, origin: str, signature_ok: Callable[
        run index.
     2. Re-verify each located entry's signature over its stored bytes with ``signature_ok`` and read its kind,
        time and body from those bytes, never from the columns; an entry that fails is skipped (and is what
-       ``agentaudit verify`` reports).
+       ``agentaudit verify`` reports). An unsigned v2 entry is vouched for by its commit's seal, whose signature
+       line must name one of ``key_ids`` when given.
     3. Fold them in seq order and reconcile every table against the result.
     """
     fold = SignedStateFold()
     kinds = ", ".join("?" * len(_FOLDED_KINDS))
     rows = _located(conn, f"kind IN ({kinds}) OR decision = 'approval_required'", _FOLDED_KINDS)
-    lookup = SealedLookup(conn, origin, signature_ok)
+    lookup = SealedLookup(conn, origin, signature_ok, key_ids)
     _fold(fold, rows, lookup)
     granted_runs = sorted({a.run_id for a in fold.approvals.values() if a.state == GRANTED})
     if granted_runs:

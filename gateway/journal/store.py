@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -241,9 +241,11 @@ class JournalReader:
         """Up to ``limit`` approvals in a state, newest first, of one tenant when ``tenant_id`` is set."""
         return await self._call(state.list_approvals, approval_state, tenant_id, limit)
 
-    async def trusted_state(self, origin: str, signature_ok: Callable[[bytes, bytes], bool]) -> state.TrustedState:
+    async def trusted_state(
+        self, origin: str, signature_ok: Callable[[bytes, bytes], bool], key_ids: Collection[bytes] | None = None
+    ) -> state.TrustedState:
         """State derived from the signed events, with the rows that disagree (see ``state.trusted_state``)."""
-        return await self._call(state.trusted_state, origin, signature_ok)
+        return await self._call(state.trusted_state, origin, signature_ok, key_ids)
 
     async def engaged_switches(self) -> list[state.EngagedSwitch]:
         """Every engaged operator kill switch, oldest first."""

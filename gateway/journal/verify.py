@@ -171,7 +171,8 @@ def _check_state_tables(conn: sqlite3.Connection, origin: str, verifiers: Sequen
     def signature_ok(payload: bytes, signature: bytes) -> bool:
         return any(v.verify(payload, signature) for v in verifiers)
 
-    for mismatch in state_tables.trusted_state(conn, origin, signature_ok).mismatches:
+    key_ids = {v.key_id for v in verifiers}
+    for mismatch in state_tables.trusted_state(conn, origin, signature_ok, key_ids).mismatches:
         scan.add_finding(
             None,
             FindingCode.STATE_MISMATCH,
