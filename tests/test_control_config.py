@@ -63,6 +63,7 @@ def test_a_control_key_path_resolves_against_the_file_and_the_environment_overri
         pytest.param("control: {backoff_initial_s: 20}", "control.backoff_initial_s", id="backoff"),
         pytest.param("control: {keepalive_s: 1}", "control.keepalive_s: must be between 5", id="keepalive-fast"),
         pytest.param("control: {keepalive_s: 7200}", "control.keepalive_s", id="keepalive-slow"),
+        pytest.param("audit: {signing: per_batch}", "audit.signing: expected per_commit or per_entry", id="signing"),
         pytest.param("control: {connect_wait_s: soon}", "control.connect_wait_s: expected a number", id="type"),
     ],
 )
