@@ -30,9 +30,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -44,6 +44,8 @@ from gateway.rpc.handlers import Context
 from gateway.rpc.status import to_rpc_status, to_status
 from gateway.rpc.wire import diagnose, top_level_varint
 from gateway.tracecontext import traceparent_header
+
+_R = TypeVar("_R")
 
 if TYPE_CHECKING:
     from gateway.api.gateway_service import GatewayServicer
@@ -253,18 +255,24 @@ class _Stream:
             error=gateway_pb2.SessionStatus(code=status.code, message=status.message, details=status.details)
         )
 
+    async def _traced(self, method: str, request: Any, call: Callable[[], Awaitable[_R]]) -> _R:
+        """``call()``, inside a server span named like the unary method when telemetry is on."""
+        telemetry = self.hub.telemetry
+        if telemetry is None:
+            return await call()
+        with telemetry.server_span(_SERVICE, method, request, ()) as span:
+            result = await call()
+            telemetry.annotate(span, result)
+            return result
+
     async def decide(
         self, rid: int, request: gateway_pb2.DecideRequest, prior: tuple[asyncio.Future[None], ...]
     ) -> None:
         started = time.perf_counter()
         try:
-            telemetry = self.hub.telemetry
-            if telemetry is None:
-                decided = await self.servicer.decide_message(request, self.traceparent)
-            else:
-                with telemetry.server_span(_SERVICE, "Decide", request, ()) as span:
-                    decided = await self.servicer.decide_message(request, self.traceparent)
-                    telemetry.annotate(span, decided)
+            decided = await self._traced(
+                "Decide", request, lambda: self.servicer.decide_message(request, self.traceparent)
+            )
             response = gateway_pb2.SessionResponse(decide=decided)
         except Exception as exc:  # every failure is this message's answer, never the stream's end
             response = self._error(exc, "decide")
@@ -276,13 +284,7 @@ class _Stream:
     async def report(self, rid: int, request: gateway_pb2.ReportResultRequest, done: asyncio.Future[None]) -> None:
         started = time.perf_counter()
         try:
-            telemetry = self.hub.telemetry
-            if telemetry is None:
-                reported = await self.servicer.report_message(request)
-            else:
-                with telemetry.server_span(_SERVICE, "ReportResult", request, ()) as span:
-                    reported = await self.servicer.report_message(request)
-                    telemetry.annotate(span, reported)
+            reported = await self._traced("ReportResult", request, lambda: self.servicer.report_message(request))
             response = gateway_pb2.SessionResponse(report=reported)
         except Exception as exc:
             response = self._error(exc, "report")
