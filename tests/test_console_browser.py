@@ -133,8 +133,6 @@ def pending_card(page: Any, dev: Dev) -> Any:
 def _resumed_chain(page: Any) -> str:
     """The run's first step once its result has arrived (the forwarder brings it within a batch)."""
     page.reload()
-    if not page.locator("ol.timeline li.step").count():
-        return ""
     chain = str(page.inner_text("ol.timeline li.step"))
     return chain if "result" in chain else ""
 
@@ -188,9 +186,14 @@ def test_an_approver_reviews_and_answers_the_seed_refund_in_the_browser(dev: Dev
         assert "dev-operator" in page.inner_text("table.list")
         shot(page, "resolved")
         page.locator("table.list a").first.click()  # the action link: back to the approval
-        page.get_by_role("link", name=re.compile(r"^run_")).first.click()
-        # The run page is 404 ("no events of this run") until the forwarder has delivered the run's first batch:
-        # the approval itself reached the console earlier, over the control channel. _resumed_chain reloads.
+        run_link = page.get_by_role("link", name=re.compile(r"^run_")).first
+        # The run page is 404 ("no events of this run") until the forwarder has delivered the run's first batch
+        # (the approval reached the console earlier, over the control channel): wait for it outside the page, so
+        # the browser logs no failed load, then open it.
+        run_url = f"{dev.url}{run_link.get_attribute('href')}"
+        eventually(lambda: page.request.get(run_url).status == 200, timeout=60, interval=0.5, message="the run page")
+        run_link.click()
+        page.wait_for_selector("ol.timeline")
         chain = eventually(lambda: _resumed_chain(page), timeout=60, interval=0.5, message="the resumed chain")
         assert re.search(r"approval_required.*→.*approval_granted by.*→.*allow.*→.*result succeeded", chain, re.S), (
             chain
