@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import signal
 import sqlite3
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+import grpc
+import grpc.aio
 import pytest
 
 from agentaudit_client import AsyncGatewayClient, GatewayClient, InvalidRequestError, NotFoundError, UnavailableError
@@ -139,3 +142,65 @@ def test_the_sync_session_pipelines_reports_from_threads(gateway_server: Running
             session.report_result("evt_missing", wait=True)
     for event_id in ids:  # closing flushed: every report acknowledged, so journaled
         assert post_events(gateway_server.journal_path, event_id) == 1
+
+
+@contextlib.asynccontextmanager
+async def older_sidecar(target: str) -> AsyncIterator[str]:
+    """A sidecar from before the Session stream: the real one's Decide and ReportResult, relayed byte for byte."""
+    upstream = grpc.aio.insecure_channel(target)
+
+    def relay(method: str) -> grpc.RpcMethodHandler[bytes, bytes]:
+        forward = upstream.unary_unary(f"/agentaudit.v1.GatewayService/{method}")
+
+        async def handle(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+            try:
+                answer: bytes = await forward(request)
+            except grpc.aio.AioRpcError as exc:
+                await context.abort(exc.code(), exc.details() or "", tuple(exc.trailing_metadata() or ()))
+            return answer
+
+        return grpc.unary_unary_rpc_method_handler(handle)
+
+    server = grpc.aio.server()
+    methods = {name: relay(name) for name in ("Decide", "ReportResult")}
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("agentaudit.v1.GatewayService", methods)])
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        await server.stop(None)
+        await upstream.close()
+
+
+@in_loop
+async def test_a_sidecar_without_session_is_served_by_the_unary_calls(gateway_server: RunningGateway) -> None:
+    async with older_sidecar(gateway_server.unix_target) as target, AsyncGatewayClient(target) as client:
+        session = client.session()
+        # The first decide meets UNIMPLEMENTED on the stream: it was never processed, so it goes unary, once.
+        first = await session.decide(run_id="run_old", step_id=1, **STEP)
+        assert first.allowed and session.uses_unary
+        await session.report_result(first.event_id)
+        second = await session.decide(run_id="run_old", step_id=2, **STEP)
+        await session.report_result(second.event_id)
+        with pytest.raises(NotFoundError):  # failures still surface, as on the stream
+            await session.report_result("evt_that_does_not_exist", wait=True)
+        await session.aclose()
+    for event_id in (first.event_id, second.event_id):
+        assert post_events(gateway_server.journal_path, event_id) == 1
+    assert len(rows(gateway_server.journal_path, "kind = 'pre_exec' AND run_id = 'run_old'")) == 2
+
+
+@in_loop
+async def test_a_report_pipelined_into_a_sidecar_without_session_is_delivered_unary(
+    gateway_server: RunningGateway,
+) -> None:
+    async with AsyncGatewayClient(gateway_server.unix_target) as client:
+        decided = await client.decide(run_id="run_old2", step_id=1, **STEP)
+    async with older_sidecar(gateway_server.unix_target) as target, AsyncGatewayClient(target) as client:
+        session = client.session()
+        assert await session.report_result(decided.event_id) is None  # written to a stream that is then refused
+        await session.flush()
+        assert session.uses_unary and session.unacknowledged == 0
+        await session.aclose()
+    assert post_events(gateway_server.journal_path, decided.event_id) == 1

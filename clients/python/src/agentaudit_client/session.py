@@ -46,6 +46,10 @@ _T = TypeVar("_T")
 _BACKOFF_S = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 
 
+class _SessionUnimplemented(Exception):
+    """A decide refused because the sidecar has no Session: it was never processed, so it goes unary instead."""
+
+
 def _status_of(exc: grpc.RpcError) -> gateway_pb2.SessionStatus:
     """A unary call's failure as the SessionStatus a stream would have answered."""
     metadata: Any = exc.trailing_metadata() if isinstance(exc, grpc.aio.AioRpcError) else None
@@ -166,7 +170,9 @@ class AsyncSession:
         """In-flight decides fail (never resent); unacknowledged reports stay, for the next stream."""
         for rid in list(self._decides):
             waiter = self._waiting.pop(rid, None)
-            if waiter is not None and not waiter.done():
+            if waiter is not None and not waiter.done() and self._unary:
+                waiter.set_exception(_SessionUnimplemented())
+            elif waiter is not None and not waiter.done():
                 waiter.set_exception(
                     UnavailableError(
                         grpc.StatusCode.UNAVAILABLE,
@@ -244,19 +250,23 @@ class AsyncSession:
             labels=labels,
         )
         await self._open()
-        if self._unary:
+        if not self._unary:
+            rid = next(self._ids)
+            self._decides.add(rid)
             try:
-                return _convert.decide_result(
-                    await self._stub.Decide(request, timeout=self._timeout, metadata=self._metadata)
-                )
-            except grpc.RpcError as exc:
-                raise from_rpc_error(exc) from exc
-        rid = next(self._ids)
-        self._decides.add(rid)
-        response = await self._request(gateway_pb2.SessionRequest(id=rid, decide=request))
-        if response.WhichOneof("result") == "error":
-            raise from_status(response.error)
-        return _convert.decide_result(response.decide)
+                response = await self._request(gateway_pb2.SessionRequest(id=rid, decide=request))
+            except _SessionUnimplemented:
+                pass  # the stream was refused before this decide was read: the unary call below is its only send
+            else:
+                if response.WhichOneof("result") == "error":
+                    raise from_status(response.error)
+                return _convert.decide_result(response.decide)
+        try:
+            return _convert.decide_result(
+                await self._stub.Decide(request, timeout=self._timeout, metadata=self._metadata)
+            )
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from exc
 
     async def report_result(
         self,
