@@ -397,3 +397,34 @@ def test_messages_in_flight_when_the_client_hangs_up_still_complete() -> None:
             await server.stop(None)
 
     assert asyncio.run(scenario()) == (3, 3)
+
+
+def test_a_stream_opened_while_the_hub_drains_is_refused_unavailable() -> None:
+    """Between SIGTERM's drain and the server's stop a client may still open a stream: it is refused, not served."""
+    from gateway.api.session import SESSION_METHOD, decode_request  # noqa: PLC0415
+    from gateway.rpc.handlers import service_handler  # noqa: PLC0415
+
+    async def scenario() -> tuple[grpc.StatusCode, int]:
+        servicer = _BlockedServicer()
+        servicer.release.set()
+        hub = SessionHub(servicer)  # type: ignore[arg-type]
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers(
+            [service_handler("agentaudit.v1.GatewayService", {}, bidi={SESSION_METHOD: (hub.handle, decode_request)})]
+        )
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                hub.drain()
+                call = gateway_pb2_grpc.GatewayServiceStub(channel).Session()
+                await call.write(gateway_pb2.SessionRequest(id=1, decide=decide_request(step_id=1)))
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await asyncio.wait_for(call.read(), 10)
+                return refused.value.code(), servicer.calls
+        finally:
+            await server.stop(None)
+
+    code, processed = asyncio.run(scenario())
+    assert code is grpc.StatusCode.UNAVAILABLE
+    assert processed == 0
