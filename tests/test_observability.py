@@ -19,6 +19,7 @@ import urllib.request
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import grpc
@@ -54,6 +55,8 @@ from tests.operator_helpers import auth, operator_stub
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_SPAN = "00f067aa0ba902b7"
 TRACEPARENT = f"00-{TRACE_ID}-{PARENT_SPAN}-01"
+TRACE_ID_2 = "5cf92f3577b34da6a3ce929d0e0e4737"
+TRACEPARENT_2 = f"00-{TRACE_ID_2}-{PARENT_SPAN}-01"
 
 
 # --- helpers ---------------------------------------------------------------------------------------------------
@@ -418,9 +421,29 @@ def test_spans_reach_a_local_otlp_receiver(tmp_path: Path) -> None:
         eventually(
             lambda: any(s.name.endswith("/ReportResult") for s in list(receiver.spans)), message="ReportResult span"
         )
+        # The Session stream: its traceparent header is every message's parent, for the span and the event alike.
+        channel, gateway = stub(gw.unix_target)
+        with channel:
+            request = gateway_pb2.SessionRequest(id=1, decide=decide_request(run_id="otel-stream"))
+            answers = list(gateway.Session(iter([request]), metadata=[("traceparent", TRACEPARENT_2)], timeout=10))
+        streamed = answers[0].decide
+
+        def stream_span() -> Any:
+            with receiver._lock:
+                return next((s for s in receiver.spans if _attr(s, "agentaudit.run_id") == "otel-stream"), None)
+
+        eventually(lambda: stream_span() is not None, message="the Session Decide span at the receiver")
+        span = stream_span()
+        assert span.name.endswith("/Decide") and _attr(span, "agentaudit.event_id") == streamed.event_id
+        assert span.trace_id.hex() == TRACE_ID_2 and span.parent_span_id.hex() == PARENT_SPAN
+        assert _event(gw, streamed.event_id)["trace_id"] == TRACE_ID_2
     finally:
         gw.stop()
         server.stop(None)
+
+
+def _attr(span: Any, key: str) -> str:
+    return next((a.value.string_value for a in span.attributes if a.key == key), "")
 
 
 # --- logs --------------------------------------------------------------------------------------------------------

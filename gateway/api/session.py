@@ -6,8 +6,8 @@ Each message gets exactly what the unary call gives it (:meth:`GatewayServicer.d
 its id, possibly out of order. What the stream adds, step by step:
 
 1. **Open.** Refused UNAVAILABLE once the sidecar drains. The agent API takes no credentials (a local socket or
-   loopback, docs/security.md); the one piece of metadata the unary path reads, ``traceparent``, is read once here
-   and applies to every Decide that carries none.
+   loopback, docs/security.md); the metadata the unary path reads, ``traceparent`` (and ``tracestate`` for spans), is
+   read once here and applies to every Decide that carries none.
 2. **Read.** At most ``server.session_max_in_flight`` messages are read and not yet answered. At the bound the
    reader stops reading, and HTTP/2 flow control holds the client back (backpressure, never an error).
 3. **Refuse per message.** A message that fails validation (or any other check) gets the status the unary call
@@ -136,7 +136,10 @@ class SessionHub:
         """The stream handler: answers every message read, in the order the answers are ready."""
         if self._draining:
             await context.abort(grpc.StatusCode.UNAVAILABLE, _DRAINING)
-        stream = _Stream(self, self._servicer, traceparent_header(context.invocation_metadata()))
+        metadata = context.invocation_metadata() or ()
+        stream = _Stream(self, self._servicer, traceparent_header(metadata))
+        if self.telemetry is not None:  # the span's parent: the same header the journal's trace_id comes from
+            stream.trace_metadata = tuple((k, v) for k, v in metadata if k in ("traceparent", "tracestate"))
         self._streams.add(stream)
         reader = asyncio.get_running_loop().create_task(stream.read(requests))
         out, slots = stream.out, stream.slots
@@ -162,6 +165,7 @@ class _Stream:
         self.hub = hub
         self.servicer = servicer
         self.traceparent = traceparent
+        self.trace_metadata: tuple[tuple[str, Any], ...] = ()  # the stream's traceparent/tracestate, for spans
         self.out: asyncio.Queue[Any] = asyncio.Queue()  # bounded by the slots: one answer per slot taken
         self.slots = asyncio.Semaphore(hub.max_in_flight)
         self.ids: set[int] = set()
@@ -260,7 +264,7 @@ class _Stream:
         telemetry = self.hub.telemetry
         if telemetry is None:
             return await call()
-        with telemetry.server_span(_SERVICE, method, request, ()) as span:
+        with telemetry.server_span(_SERVICE, method, request, self.trace_metadata) as span:
             result = await call()
             telemetry.annotate(span, result)
             return result
