@@ -136,7 +136,8 @@ class AuditRecorder:
         self._reader = reader
         self._redactor = redactor
         self.origin = writer.origin
-        # Recent pre-events, so ReportResult rarely needs a database read.
+        # Recent pre-events journaled by this process and not yet reported, so a ReportResult needs no database
+        # read (an entry leaves when its result is journaled; a miss reads the journal).
         self._pre_events: ByteBoundedCache[str, StoredEvent] = ByteBoundedCache(PRE_EVENT_CACHE_BYTES, _pre_event_bytes)
         # Per pre-event whose result is being journaled: that result, so concurrent duplicate reports journal once.
         # Never evicted (it holds one entry per report in flight); once journaled, the outcome moves to _results.
@@ -514,9 +515,7 @@ class AuditRecorder:
         self._pre_events.put(event.event_id, event)
 
     async def _pre_event(self, event_id: str) -> StoredEvent:
-        event = self._pre_events.get(event_id)
-        if event is None:
-            event = await self._reader.find_event(event_id)
+        event = await self._reader.find_event(event_id)
         if event is None or event.kind != EventKind.PRE_EXEC.label:
             raise NotFoundError(f"event_id {event_id!r} names no pre-event in this journal")
         return event
@@ -564,10 +563,15 @@ class AuditRecorder:
     async def _record_result_once(
         self, event_id: str, status: str, error: str, output: JsonPayload, duration_ns: int | None
     ) -> ResultOutcome:
-        pre = await self._pre_event(event_id)
-        existing = await self._reader.find_result(event_id)
-        if existing is not None:
-            return ResultOutcome(existing.event_id, True, existing.kind == EventKind.VIOLATION.label)
+        # A cached pre-event was journaled by this process and has no result yet: its entry is dropped here, before
+        # the result's append, so a result (or a failed attempt at one) always sends the next report to the journal.
+        # That saves the common report a read on the reader thread.
+        pre = self._pre_events.pop(event_id)
+        if pre is None:
+            pre = await self._pre_event(event_id)
+            existing = await self._reader.find_result(event_id)
+            if existing is not None:
+                return ResultOutcome(existing.event_id, True, existing.kind == EventKind.VIOLATION.label)
         canonical, redacted, paths = self._redactor.prepare(output.value, "output", normalised=output.normalised)
         error, error_paths = self._redactor.scrub_text(error, "error")
         nanos = now_nanos()
