@@ -4,15 +4,42 @@ from __future__ import annotations
 
 import base64
 import os
+import threading
 import time
 
 # RFC 4648 base32 digits mapped, value for value, to Crockford's alphabet (which sorts like the values do).
 _TO_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", b"0123456789ABCDEFGHJKMNPQRSTVWXYZ")
 
 
+_RANDOM_CHUNK = 4000  # 400 ids' random bits per getrandom(2) call
+_random = b""
+_random_at = 0
+_random_lock = threading.Lock()
+
+
+def _random_bits() -> bytes:
+    """10 bytes from the OS CSPRNG, read in chunks: one system call per id cost a measured 3% of the loop thread
+    under load. Every byte is used once; a forked child starts with a fresh chunk, never the parent's."""
+    global _random, _random_at  # noqa: PLW0603 - the chunk and the offset into it
+    with _random_lock:
+        if _random_at + 10 > len(_random):
+            _random, _random_at = os.urandom(_RANDOM_CHUNK), 0
+        taken = _random[_random_at : _random_at + 10]
+        _random_at += 10
+        return taken
+
+
+def _forget_random() -> None:
+    global _random, _random_at
+    _random, _random_at = b"", 0
+
+
+os.register_at_fork(after_in_child=_forget_random)
+
+
 def _ulid() -> str:
     """48-bit millisecond time then 80 random bits, 26 Crockford base32 characters; sorts by time."""
-    raw = (time.time_ns() // 1_000_000).to_bytes(6, "big") + os.urandom(10)
+    raw = (time.time_ns() // 1_000_000).to_bytes(6, "big") + _random_bits()
     return base64.b32encode(raw)[:26].translate(_TO_CROCKFORD).decode("ascii")
 
 
