@@ -280,8 +280,9 @@ class _Stream:
             response = gateway_pb2.SessionResponse(decide=decided)
         except Exception as exc:  # every failure is this message's answer, never the stream's end
             response = self._error(exc, "decide")
-        if prior:
-            await asyncio.wait(prior)  # step 4: earlier reports are answered first
+        unanswered = [report for report in prior if not report.done()]  # usually none by now: asyncio.wait is dear
+        if unanswered:
+            await asyncio.wait(unanswered)  # step 4: earlier reports are answered first
         self.hub.latency["decide"].observe(time.perf_counter() - started)
         self.answer(rid, response)
 
