@@ -424,9 +424,10 @@ def test_spans_reach_a_local_otlp_receiver(tmp_path: Path) -> None:
         # The Session stream: its traceparent header is every message's parent, for the span and the event alike.
         channel, gateway = stub(gw.unix_target)
         with channel:
-            request = gateway_pb2.SessionRequest(id=1, decide=decide_request(run_id="otel-stream"))
+            message = gateway_pb2.SessionMessage(id=1, decide=decide_request(run_id="otel-stream"))
+            request = gateway_pb2.SessionRequest(messages=[message])
             answers = list(gateway.Session(iter([request]), metadata=[("traceparent", TRACEPARENT_2)], timeout=10))
-        streamed = answers[0].decide
+        streamed = answers[0].answers[0].decide
 
         def stream_span() -> Any:
             with receiver._lock:

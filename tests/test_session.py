@@ -6,6 +6,7 @@ Raw stubs, so what is tested is the protocol (docs/adr/0025-stream-session.md); 
 from __future__ import annotations
 
 import asyncio
+import collections
 import queue
 import signal
 import sqlite3
@@ -26,11 +27,13 @@ TIMEOUT_S = 20.0
 
 
 class RawSession:
-    """One Session stream driven by hand: requests go in through a queue, responses are read by id."""
+    """One Session stream driven by hand: requests go in through a queue, one per stream message unless batched
+    with :meth:`send_batch`; answers are read one at a time, whatever stream message carried them."""
 
     def __init__(self, target: str, metadata: tuple[tuple[str, str], ...] = ()) -> None:
         self.channel, self.stub = stub(target)
         self._requests: queue.Queue[gateway_pb2.SessionRequest | None] = queue.Queue()
+        self._answers: collections.deque[gateway_pb2.SessionAnswer] = collections.deque()
         self.call = self.stub.Session(self._iterate(), timeout=TIMEOUT_S, metadata=metadata)
 
     def _iterate(self) -> Iterator[gateway_pb2.SessionRequest]:
@@ -38,25 +41,26 @@ class RawSession:
             yield request
 
     def send(self, rid: int, message: gateway_pb2.DecideRequest | gateway_pb2.ReportResultRequest) -> None:
-        if isinstance(message, gateway_pb2.DecideRequest):
-            self._requests.put(gateway_pb2.SessionRequest(id=rid, decide=message))
-        else:
-            self._requests.put(gateway_pb2.SessionRequest(id=rid, report=message))
+        self.send_raw(session_message(rid, message))
 
-    def send_raw(self, request: gateway_pb2.SessionRequest) -> None:
-        self._requests.put(request)
+    def send_raw(self, message: gateway_pb2.SessionMessage) -> None:
+        self._requests.put(gateway_pb2.SessionRequest(messages=[message]))
 
-    def receive(self) -> gateway_pb2.SessionResponse:
-        response: gateway_pb2.SessionResponse = next(self.call)
-        return response
+    def send_batch(self, messages: list[gateway_pb2.SessionMessage]) -> None:
+        self._requests.put(gateway_pb2.SessionRequest(messages=messages))
+
+    def receive(self) -> gateway_pb2.SessionAnswer:
+        while not self._answers:
+            self._answers.extend(next(self.call).answers)
+        return self._answers.popleft()
 
     def close(self) -> None:
         self._requests.put(None)
 
-    def rest(self) -> list[gateway_pb2.SessionResponse]:
-        """Half-closes and reads every remaining response until the stream ends."""
+    def rest(self) -> list[gateway_pb2.SessionAnswer]:
+        """Half-closes and reads every remaining answer until the stream ends."""
         self.close()
-        return list(self.call)
+        return [*self._answers, *(answer for response in self.call for answer in response.answers)]
 
     def __enter__(self) -> RawSession:
         return self
@@ -65,6 +69,18 @@ class RawSession:
         self.close()
         self.call.cancel()
         self.channel.close()
+
+
+def session_message(
+    rid: int, message: gateway_pb2.DecideRequest | gateway_pb2.ReportResultRequest
+) -> gateway_pb2.SessionMessage:
+    if isinstance(message, gateway_pb2.DecideRequest):
+        return gateway_pb2.SessionMessage(id=rid, decide=message)
+    return gateway_pb2.SessionMessage(id=rid, report=message)
+
+
+def one(message: gateway_pb2.SessionMessage) -> gateway_pb2.SessionRequest:
+    return gateway_pb2.SessionRequest(messages=[message])
 
 
 def report(event_id: str) -> gateway_pb2.ReportResultRequest:
@@ -186,8 +202,18 @@ def test_unary_and_session_name_the_same_violations(gateway_server: RunningGatew
 
 
 def test_invalid_utf8_inside_a_message_is_named_per_message(gateway_server: RunningGateway) -> None:
-    good = gateway_pb2.SessionRequest(id=5, decide=decide_request(run_id="R" * 8)).SerializeToString()
-    broken = good.replace(b"RRRRRRRR", b"RRRRRRR\xff")
+    def message(rid: int, run_id: str) -> gateway_pb2.SessionMessage:
+        return gateway_pb2.SessionMessage(id=rid, decide=decide_request(run_id=run_id))
+
+    def spoiled(request: gateway_pb2.SessionRequest) -> bytes:
+        return request.SerializeToString().replace(b"RRRRRRRR", b"RRRRRRR\xff")
+
+    frames = [
+        spoiled(gateway_pb2.SessionRequest(messages=[message(5, "R" * 8)])),  # alone in its stream message
+        gateway_pb2.SessionRequest(messages=[message(6, "S" * 8)]).SerializeToString(),
+        # Beside a good request in one stream message: each element is decoded on its own.
+        spoiled(gateway_pb2.SessionRequest(messages=[message(7, "R" * 8), message(8, "T" * 8)])),
+    ]
     channel, _ = stub(gateway_server.unix_target)
     with channel:
         call = channel.stream_stream(
@@ -195,18 +221,50 @@ def test_invalid_utf8_inside_a_message_is_named_per_message(gateway_server: Runn
             request_serializer=lambda b: b,
             response_deserializer=gateway_pb2.SessionResponse.FromString,
         )
-        responses = list(call(iter([broken, good]), timeout=TIMEOUT_S))
-    assert [r.id for r in responses][:1] == [5]
-    assert responses[0].error.code == code_pb2.INVALID_ARGUMENT and bad_fields(responses[0].error) == ["run_id"]
-    assert responses[1].decide.decision == types_pb2.DECISION_ALLOW
+        answers = {a.id: a for r in call(iter(frames), timeout=TIMEOUT_S) for a in r.answers}
+    assert sorted(answers) == [5, 6, 7, 8]
+    for refused in (answers[5], answers[7]):
+        assert refused.error.code == code_pb2.INVALID_ARGUMENT and bad_fields(refused.error) == ["run_id"]
+    assert answers[6].decide.decision == answers[8].decide.decision == types_pb2.DECISION_ALLOW
+
+
+def test_a_batch_is_processed_as_its_requests_sent_one_by_one(gateway_server: RunningGateway) -> None:
+    with RawSession(gateway_server.unix_target) as session:
+        session.send_batch([session_message(i, decide_request(run_id="run_batch", step_id=i + 1)) for i in range(20)])
+        decided = [session.receive() for _ in range(20)]
+        assert sorted(a.id for a in decided) == list(range(20))
+        by_id = {a.id: a.decide.event_id for a in decided}
+        session.send_batch([session_message(100 + i, report(by_id[i])) for i in range(20)])
+        reported = [session.receive() for _ in range(20)]
+        assert sorted(a.id for a in reported) == [100 + i for i in range(20)]
+        assert all(a.WhichOneof("result") == "report" and not a.report.duplicate for a in reported)
+        assert session.rest() == []
+    rows = journal_rows(gateway_server.journal_path)
+    pre = [row for row in rows if row[1] == "run_batch" and row[0] == "pre_exec"]
+    assert [row[2] for row in pre] == list(range(1, 21))  # journaled in the batch's order
+    assert count(gateway_server.journal_path, "kind = 'post_exec' AND run_id = 'run_batch'") == 20
+
+
+def test_an_empty_or_unframed_stream_message_ends_the_stream_invalid_argument(gateway_server: RunningGateway) -> None:
+    channel, _ = stub(gateway_server.unix_target)
+    with channel:
+        call = channel.stream_stream(
+            "/agentaudit.v1.GatewayService/Session",
+            request_serializer=lambda b: b,
+            response_deserializer=gateway_pb2.SessionResponse.FromString,
+        )
+        for bad in (b"", b"\x0a\x7f\x01"):  # no request at all; a length that runs past the end
+            with pytest.raises(grpc.RpcError) as failed:
+                list(call(iter([bad]), timeout=TIMEOUT_S))
+            assert failed.value.code() is grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
 
 
 def test_a_request_with_no_message_ends_the_stream_invalid_argument_after_answering_in_flight(
     gateway_server: RunningGateway,
 ) -> None:
     with RawSession(gateway_server.unix_target) as session:
-        session.send_raw(gateway_pb2.SessionRequest(id=1, decide=decide_request(run_id="run_nomsg")))
-        session.send_raw(gateway_pb2.SessionRequest(id=2))
+        session.send_raw(gateway_pb2.SessionMessage(id=1, decide=decide_request(run_id="run_nomsg")))
+        session.send_raw(gateway_pb2.SessionMessage(id=2))
         assert session.receive().id == 1  # the message read before the malformed one is answered first
         with pytest.raises(grpc.RpcError) as failed:
             session.receive()
@@ -222,7 +280,7 @@ def test_an_id_repeated_while_in_flight_ends_the_stream_invalid_argument_after_a
     # repeat is a new message, correctly answered). Such an attempt tests nothing, so it is tried again.
     for attempt in range(20):
         run_id = f"run_dup{attempt}"
-        first = gateway_pb2.SessionRequest(id=1, decide=decide_request(run_id=run_id))
+        first = gateway_pb2.SessionMessage(id=1, decide=decide_request(run_id=run_id))
         with RawSession(gateway_server.unix_target) as session:
             session.send_raw(first)
             session.send_raw(first)
@@ -264,10 +322,10 @@ def test_sigterm_ends_an_open_session_cleanly_and_refuses_new_ones(tmp_path: Pat
         assert session.receive().decide.event_id
         gw.proc.send_signal(signal.SIGTERM)
         ended = threading.Event()
-        rest: list[gateway_pb2.SessionResponse] = []
+        rest: list[gateway_pb2.SessionAnswer] = []
 
         def drain() -> None:
-            rest.extend(session.call)  # ends with OK, well before the 10 s grace
+            rest.extend(a for response in session.call for a in response.answers)  # ends OK, well before the grace
             ended.set()
 
         thread = threading.Thread(target=drain, daemon=True)
@@ -321,11 +379,11 @@ def test_the_reader_stops_reading_at_the_in_flight_bound() -> None:
         stream = _Stream(hub, servicer, "")  # type: ignore[arg-type]
         produced = 0
 
-        async def requests() -> AsyncIterator[gateway_pb2.SessionRequest]:
+        async def requests() -> AsyncIterator[list[gateway_pb2.SessionMessage]]:
             nonlocal produced
             for i in range(10):
                 produced += 1
-                yield gateway_pb2.SessionRequest(id=i, decide=decide_request(step_id=i + 1))
+                yield [gateway_pb2.SessionMessage(id=i, decide=decide_request(step_id=i + 1))]
 
         reader = asyncio.create_task(stream.read(requests()))
         for _ in range(100):  # let the reader run as far as it can
@@ -385,7 +443,7 @@ def test_messages_in_flight_when_the_client_hangs_up_still_complete() -> None:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
                 call = gateway_pb2_grpc.GatewayServiceStub(channel).Session()
                 for i in range(3):
-                    await call.write(gateway_pb2.SessionRequest(id=i, decide=decide_request(step_id=i + 1)))
+                    await call.write(one(gateway_pb2.SessionMessage(id=i, decide=decide_request(step_id=i + 1))))
                 await _until(lambda: servicer.calls == 3)
                 call.cancel()
                 await _until(lambda: hub.open_streams == 0)  # the server saw the client go
@@ -418,7 +476,7 @@ def test_a_stream_opened_while_the_hub_drains_is_refused_unavailable() -> None:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
                 hub.drain()
                 call = gateway_pb2_grpc.GatewayServiceStub(channel).Session()
-                await call.write(gateway_pb2.SessionRequest(id=1, decide=decide_request(step_id=1)))
+                await call.write(one(gateway_pb2.SessionMessage(id=1, decide=decide_request(step_id=1))))
                 with pytest.raises(grpc.aio.AioRpcError) as refused:
                     await asyncio.wait_for(call.read(), 10)
                 return refused.value.code(), servicer.calls

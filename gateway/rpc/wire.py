@@ -128,6 +128,37 @@ def top_level_varint(data: bytes, number: int) -> int | None:
     return found
 
 
+def length_delimited_fields(data: bytes, number: int) -> list[bytes] | None:
+    """The payloads of length-delimited field ``number`` at the top level of ``data``, in order; None when the
+    top level itself does not parse (or field ``number`` is not length-delimited there).
+
+    Lets a batch of messages be decoded one element at a time when the whole does not decode.
+    """
+    pos, found = 0, []
+    try:
+        while pos < len(data):
+            tag, pos = _varint(data, pos)
+            field, wire_type = tag >> 3, tag & 7
+            if wire_type == 0:
+                _, pos = _varint(data, pos)
+            elif wire_type in (1, 5):
+                pos += 8 if wire_type == 1 else 4
+            elif wire_type == 2:
+                length, pos = _varint(data, pos)
+                if pos + length > len(data):
+                    return None
+                if field == number:
+                    found.append(data[pos : pos + length])
+                pos += length
+            else:
+                return None
+            if field == number and wire_type != 2:
+                return None
+    except _Malformed:
+        return None
+    return found if pos == len(data) else None
+
+
 def deserializer(message_type: type[M]) -> Callable[[bytes], M | Undecodable]:
     """A grpc request deserializer that never raises: undecodable bytes become :class:`Undecodable`."""
 

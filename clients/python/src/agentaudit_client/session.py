@@ -72,8 +72,9 @@ class AsyncSession:
         self._call: Any = None
         self._reader: asyncio.Task[None] | None = None
         self._write_lock = asyncio.Lock()
+        self._outbox: list[gateway_pb2.SessionMessage] = []  # queued for the next stream message (see _write)
         self._open_lock = asyncio.Lock()
-        self._waiting: dict[int, asyncio.Future[gateway_pb2.SessionResponse]] = {}
+        self._waiting: dict[int, asyncio.Future[gateway_pb2.SessionAnswer]] = {}
         self._decides: set[int] = set()
         self._unacked: dict[int, gateway_pb2.ReportResultRequest] = {}  # id on the current stream -> report
         self._failures: list[GatewayError] = []
@@ -115,6 +116,7 @@ class AsyncSession:
                 await asyncio.sleep(_BACKOFF_S[min(self._breaks, len(_BACKOFF_S)) - 1])
             call = self._stub.Session(metadata=self._metadata)
             self._call = call
+            self._outbox = []  # what was queued for a broken stream: decides failed, reports resent below
             self._reader = asyncio.get_running_loop().create_task(self._read(call))
             resend, self._unacked = self._unacked, {}
             for old, report in resend.items():  # idempotent: journaled once, a repeat answers "duplicate"
@@ -122,14 +124,20 @@ class AsyncSession:
                 self._unacked[rid] = report
                 if old in self._waiting:  # a caller awaiting this report (wait=True) hears of the new id
                     self._waiting[rid] = self._waiting.pop(old)
-                await self._write(call, gateway_pb2.SessionRequest(id=rid, report=report))
+                await self._write(call, gateway_pb2.SessionMessage(id=rid, report=report))
 
-    async def _write(self, call: Any, request: gateway_pb2.SessionRequest) -> None:
+    async def _write(self, call: Any, request: gateway_pb2.SessionMessage) -> None:
+        """Sends ``request``, with every other one queued while the previous stream message was being written: one
+        stream message costs grpc far more than what it holds, so concurrent callers share one."""
         if call is None:
             raise UnavailableError(grpc.StatusCode.UNAVAILABLE, "the session broke; it reconnects on the next call")
+        self._outbox.append(request)
         async with self._write_lock:
+            if not self._outbox:
+                return  # a caller before us sent it with theirs
+            batch, self._outbox = self._outbox, []
             try:
-                await call.write(request)
+                await call.write(gateway_pb2.SessionRequest(messages=batch))
             except (grpc.RpcError, grpc.aio.UsageError) as exc:  # the stream is gone (its reader says why)
                 if self._call is call:
                     self._call = None
@@ -140,7 +148,8 @@ class AsyncSession:
         error: GatewayError | None = None
         try:
             async for response in call:
-                self._deliver(response)
+                for answer in response.answers:
+                    self._deliver(answer)
             error = UnavailableError(grpc.StatusCode.UNAVAILABLE, "the sidecar ended the session")
             self._breaks = 0
         except grpc.RpcError as exc:
@@ -153,7 +162,7 @@ class AsyncSession:
                 self._call = None
             self._broken(error or UnavailableError(grpc.StatusCode.UNAVAILABLE, "the session was closed"))
 
-    def _deliver(self, response: gateway_pb2.SessionResponse) -> None:
+    def _deliver(self, response: gateway_pb2.SessionAnswer) -> None:
         rid = response.id
         report = self._unacked.pop(rid, None)
         if report is not None:
@@ -200,13 +209,13 @@ class AsyncSession:
         for rid, report in list(self._unacked.items()):
             try:
                 answer = await self._stub.ReportResult(report, timeout=self._timeout, metadata=self._metadata)
-                response = gateway_pb2.SessionResponse(id=rid, report=answer)
+                response = gateway_pb2.SessionAnswer(id=rid, report=answer)
             except grpc.RpcError as exc:
-                response = gateway_pb2.SessionResponse(id=rid, error=_status_of(exc))
+                response = gateway_pb2.SessionAnswer(id=rid, error=_status_of(exc))
             self._deliver(response)
         self._acked.set()
 
-    async def _request(self, request: gateway_pb2.SessionRequest) -> gateway_pb2.SessionResponse:
+    async def _request(self, request: gateway_pb2.SessionMessage) -> gateway_pb2.SessionAnswer:
         waiter = asyncio.get_running_loop().create_future()
         self._waiting[request.id] = waiter
         try:
@@ -254,7 +263,7 @@ class AsyncSession:
             rid = next(self._ids)
             self._decides.add(rid)
             try:
-                response = await self._request(gateway_pb2.SessionRequest(id=rid, decide=request))
+                response = await self._request(gateway_pb2.SessionMessage(id=rid, decide=request))
             except _SessionUnimplemented:
                 pass  # the stream was refused before this decide was read: the unary call below is its only send
             else:
@@ -290,7 +299,7 @@ class AsyncSession:
         rid = next(self._ids)
         self._unacked[rid] = request
         self._acked.clear()
-        message = gateway_pb2.SessionRequest(id=rid, report=request)
+        message = gateway_pb2.SessionMessage(id=rid, report=request)
         if not wait:
             with contextlib.suppress(UnavailableError):  # kept in _unacked: resent on the next stream
                 await self._write(self._call, message)

@@ -28,7 +28,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x61gentaudit/v1/gateway.proto\x12\ragentaudit.v1\x1a\x19\x61gentaudit/v1/types.proto\x1a\x19google/protobuf/any.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\"\x8d\x01\n\x0eSessionRequest\x12\n\n\x02id\x18\x01 \x01(\x04\x12.\n\x06\x64\x65\x63ide\x18\x02 \x01(\x0b\x32\x1c.agentaudit.v1.DecideRequestH\x00\x12\x34\n\x06report\x18\x03 \x01(\x0b\x32\".agentaudit.v1.ReportResultRequestH\x00\x42\t\n\x07message\"\xbe\x01\n\x0fSessionResponse\x12\n\n\x02id\x18\x01 \x01(\x04\x12/\n\x06\x64\x65\x63ide\x18\x02 \x01(\x0b\x32\x1d.agentaudit.v1.DecideResponseH\x00\x12\x35\n\x06report\x18\x03 \x01(\x0b\x32#.agentaudit.v1.ReportResultResponseH\x00\x12-\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x1c.agentaudit.v1.SessionStatusH\x00\x42\x08\n\x06result\"U\n\rSessionStatus\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12%\n\x07\x64\x65tails\x18\x03 \x03(\x0b\x32\x14.google.protobuf.Any\"=\n\x06\x41\x63tion\x12\x0c\n\x04name\x18\x01 \x01(\t\x12%\n\x04\x61rgs\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xd9\x02\n\rDecideRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07step_id\x18\x02 \x01(\x04\x12\x11\n\ttenant_id\x18\x03 \x01(\t\x12#\n\x05\x61\x63tor\x18\x04 \x01(\x0b\x32\x14.agentaudit.v1.Actor\x12\x10\n\x08\x61gent_id\x18\x05 \x01(\t\x12%\n\x06\x61\x63tion\x18\x06 \x01(\x0b\x32\x15.agentaudit.v1.Action\x12#\n\x05scope\x18\x07 \x01(\x0e\x32\x14.agentaudit.v1.Scope\x12\x13\n\x0b\x61pproval_id\x18\x08 \x01(\t\x12\x13\n\x0btraceparent\x18\t \x01(\t\x12\x38\n\x06labels\x18\n \x03(\x0b\x32(.agentaudit.v1.DecideRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf9\x01\n\x0e\x44\x65\x63ideResponse\x12)\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32\x17.agentaudit.v1.Decision\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x14\n\x0cpolicy_layer\x18\x03 \x01(\t\x12\x13\n\x0bpolicy_rule\x18\x04 \x01(\t\x12\x16\n\x0epolicy_version\x18\x05 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x06 \x01(\t\x12\x12\n\naction_key\x18\x07 \x01(\t\x12\x13\n\x0b\x61pproval_id\x18\x08 \x01(\t\x12.\n\x0bretry_after\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\"\xb9\x01\n\x13ReportResultRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12+\n\x06status\x18\x02 \x01(\x0e\x32\x1b.agentaudit.v1.ResultStatus\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\'\n\x06output\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12+\n\x08\x64uration\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\";\n\x14ReportResultResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"*\n\x13WaitApprovalRequest\x12\x13\n\x0b\x61pproval_id\x18\x01 \x01(\t\"i\n\x14WaitApprovalResponse\x12+\n\x05state\x18\x01 \x01(\x0e\x32\x1c.agentaudit.v1.ApprovalState\x12\x13\n\x0bresolved_by\x18\x02 \x01(\t\x12\x0f\n\x07\x63omment\x18\x03 \x01(\t*\xbc\x01\n\rApprovalState\x12\x1e\n\x1a\x41PPROVAL_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41PPROVAL_STATE_PENDING\x10\x01\x12\x1a\n\x16\x41PPROVAL_STATE_GRANTED\x10\x02\x12\x19\n\x15\x41PPROVAL_STATE_DENIED\x10\x03\x12\x1a\n\x16\x41PPROVAL_STATE_EXPIRED\x10\x04\x12\x1c\n\x18\x41PPROVAL_STATE_ABANDONED\x10\x05\x32\xd7\x02\n\x0eGatewayService\x12\x45\n\x06\x44\x65\x63ide\x12\x1c.agentaudit.v1.DecideRequest\x1a\x1d.agentaudit.v1.DecideResponse\x12W\n\x0cReportResult\x12\".agentaudit.v1.ReportResultRequest\x1a#.agentaudit.v1.ReportResultResponse\x12W\n\x0cWaitApproval\x12\".agentaudit.v1.WaitApprovalRequest\x1a#.agentaudit.v1.WaitApprovalResponse\x12L\n\x07Session\x12\x1d.agentaudit.v1.SessionRequest\x1a\x1e.agentaudit.v1.SessionResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x61gentaudit/v1/gateway.proto\x12\ragentaudit.v1\x1a\x19\x61gentaudit/v1/types.proto\x1a\x19google/protobuf/any.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\"A\n\x0eSessionRequest\x12/\n\x08messages\x18\x01 \x03(\x0b\x32\x1d.agentaudit.v1.SessionMessage\"@\n\x0fSessionResponse\x12-\n\x07\x61nswers\x18\x01 \x03(\x0b\x32\x1c.agentaudit.v1.SessionAnswer\"\x8d\x01\n\x0eSessionMessage\x12\n\n\x02id\x18\x01 \x01(\x04\x12.\n\x06\x64\x65\x63ide\x18\x02 \x01(\x0b\x32\x1c.agentaudit.v1.DecideRequestH\x00\x12\x34\n\x06report\x18\x03 \x01(\x0b\x32\".agentaudit.v1.ReportResultRequestH\x00\x42\t\n\x07message\"\xbc\x01\n\rSessionAnswer\x12\n\n\x02id\x18\x01 \x01(\x04\x12/\n\x06\x64\x65\x63ide\x18\x02 \x01(\x0b\x32\x1d.agentaudit.v1.DecideResponseH\x00\x12\x35\n\x06report\x18\x03 \x01(\x0b\x32#.agentaudit.v1.ReportResultResponseH\x00\x12-\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x1c.agentaudit.v1.SessionStatusH\x00\x42\x08\n\x06result\"U\n\rSessionStatus\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12%\n\x07\x64\x65tails\x18\x03 \x03(\x0b\x32\x14.google.protobuf.Any\"=\n\x06\x41\x63tion\x12\x0c\n\x04name\x18\x01 \x01(\t\x12%\n\x04\x61rgs\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xd9\x02\n\rDecideRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07step_id\x18\x02 \x01(\x04\x12\x11\n\ttenant_id\x18\x03 \x01(\t\x12#\n\x05\x61\x63tor\x18\x04 \x01(\x0b\x32\x14.agentaudit.v1.Actor\x12\x10\n\x08\x61gent_id\x18\x05 \x01(\t\x12%\n\x06\x61\x63tion\x18\x06 \x01(\x0b\x32\x15.agentaudit.v1.Action\x12#\n\x05scope\x18\x07 \x01(\x0e\x32\x14.agentaudit.v1.Scope\x12\x13\n\x0b\x61pproval_id\x18\x08 \x01(\t\x12\x13\n\x0btraceparent\x18\t \x01(\t\x12\x38\n\x06labels\x18\n \x03(\x0b\x32(.agentaudit.v1.DecideRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf9\x01\n\x0e\x44\x65\x63ideResponse\x12)\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0e\x32\x17.agentaudit.v1.Decision\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x14\n\x0cpolicy_layer\x18\x03 \x01(\t\x12\x13\n\x0bpolicy_rule\x18\x04 \x01(\t\x12\x16\n\x0epolicy_version\x18\x05 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x06 \x01(\t\x12\x12\n\naction_key\x18\x07 \x01(\t\x12\x13\n\x0b\x61pproval_id\x18\x08 \x01(\t\x12.\n\x0bretry_after\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\"\xb9\x01\n\x13ReportResultRequest\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12+\n\x06status\x18\x02 \x01(\x0e\x32\x1b.agentaudit.v1.ResultStatus\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\'\n\x06output\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12+\n\x08\x64uration\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\";\n\x14ReportResultResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"*\n\x13WaitApprovalRequest\x12\x13\n\x0b\x61pproval_id\x18\x01 \x01(\t\"i\n\x14WaitApprovalResponse\x12+\n\x05state\x18\x01 \x01(\x0e\x32\x1c.agentaudit.v1.ApprovalState\x12\x13\n\x0bresolved_by\x18\x02 \x01(\t\x12\x0f\n\x07\x63omment\x18\x03 \x01(\t*\xbc\x01\n\rApprovalState\x12\x1e\n\x1a\x41PPROVAL_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41PPROVAL_STATE_PENDING\x10\x01\x12\x1a\n\x16\x41PPROVAL_STATE_GRANTED\x10\x02\x12\x19\n\x15\x41PPROVAL_STATE_DENIED\x10\x03\x12\x1a\n\x16\x41PPROVAL_STATE_EXPIRED\x10\x04\x12\x1c\n\x18\x41PPROVAL_STATE_ABANDONED\x10\x05\x32\xd7\x02\n\x0eGatewayService\x12\x45\n\x06\x44\x65\x63ide\x12\x1c.agentaudit.v1.DecideRequest\x1a\x1d.agentaudit.v1.DecideResponse\x12W\n\x0cReportResult\x12\".agentaudit.v1.ReportResultRequest\x1a#.agentaudit.v1.ReportResultResponse\x12W\n\x0cWaitApproval\x12\".agentaudit.v1.WaitApprovalRequest\x1a#.agentaudit.v1.WaitApprovalResponse\x12L\n\x07Session\x12\x1d.agentaudit.v1.SessionRequest\x1a\x1e.agentaudit.v1.SessionResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,30 +37,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_DECIDEREQUEST_LABELSENTRY']._loaded_options = None
   _globals['_DECIDEREQUEST_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_APPROVALSTATE']._serialized_start=1650
-  _globals['_APPROVALSTATE']._serialized_end=1838
-  _globals['_SESSIONREQUEST']._serialized_start=163
-  _globals['_SESSIONREQUEST']._serialized_end=304
-  _globals['_SESSIONRESPONSE']._serialized_start=307
-  _globals['_SESSIONRESPONSE']._serialized_end=497
-  _globals['_SESSIONSTATUS']._serialized_start=499
-  _globals['_SESSIONSTATUS']._serialized_end=584
-  _globals['_ACTION']._serialized_start=586
-  _globals['_ACTION']._serialized_end=647
-  _globals['_DECIDEREQUEST']._serialized_start=650
-  _globals['_DECIDEREQUEST']._serialized_end=995
-  _globals['_DECIDEREQUEST_LABELSENTRY']._serialized_start=950
-  _globals['_DECIDEREQUEST_LABELSENTRY']._serialized_end=995
-  _globals['_DECIDERESPONSE']._serialized_start=998
-  _globals['_DECIDERESPONSE']._serialized_end=1247
-  _globals['_REPORTRESULTREQUEST']._serialized_start=1250
-  _globals['_REPORTRESULTREQUEST']._serialized_end=1435
-  _globals['_REPORTRESULTRESPONSE']._serialized_start=1437
-  _globals['_REPORTRESULTRESPONSE']._serialized_end=1496
-  _globals['_WAITAPPROVALREQUEST']._serialized_start=1498
-  _globals['_WAITAPPROVALREQUEST']._serialized_end=1540
-  _globals['_WAITAPPROVALRESPONSE']._serialized_start=1542
-  _globals['_WAITAPPROVALRESPONSE']._serialized_end=1647
-  _globals['_GATEWAYSERVICE']._serialized_start=1841
-  _globals['_GATEWAYSERVICE']._serialized_end=2184
+  _globals['_APPROVALSTATE']._serialized_start=1781
+  _globals['_APPROVALSTATE']._serialized_end=1969
+  _globals['_SESSIONREQUEST']._serialized_start=162
+  _globals['_SESSIONREQUEST']._serialized_end=227
+  _globals['_SESSIONRESPONSE']._serialized_start=229
+  _globals['_SESSIONRESPONSE']._serialized_end=293
+  _globals['_SESSIONMESSAGE']._serialized_start=296
+  _globals['_SESSIONMESSAGE']._serialized_end=437
+  _globals['_SESSIONANSWER']._serialized_start=440
+  _globals['_SESSIONANSWER']._serialized_end=628
+  _globals['_SESSIONSTATUS']._serialized_start=630
+  _globals['_SESSIONSTATUS']._serialized_end=715
+  _globals['_ACTION']._serialized_start=717
+  _globals['_ACTION']._serialized_end=778
+  _globals['_DECIDEREQUEST']._serialized_start=781
+  _globals['_DECIDEREQUEST']._serialized_end=1126
+  _globals['_DECIDEREQUEST_LABELSENTRY']._serialized_start=1081
+  _globals['_DECIDEREQUEST_LABELSENTRY']._serialized_end=1126
+  _globals['_DECIDERESPONSE']._serialized_start=1129
+  _globals['_DECIDERESPONSE']._serialized_end=1378
+  _globals['_REPORTRESULTREQUEST']._serialized_start=1381
+  _globals['_REPORTRESULTREQUEST']._serialized_end=1566
+  _globals['_REPORTRESULTRESPONSE']._serialized_start=1568
+  _globals['_REPORTRESULTRESPONSE']._serialized_end=1627
+  _globals['_WAITAPPROVALREQUEST']._serialized_start=1629
+  _globals['_WAITAPPROVALREQUEST']._serialized_end=1671
+  _globals['_WAITAPPROVALRESPONSE']._serialized_start=1673
+  _globals['_WAITAPPROVALRESPONSE']._serialized_end=1778
+  _globals['_GATEWAYSERVICE']._serialized_start=1972
+  _globals['_GATEWAYSERVICE']._serialized_end=2315
 # @@protoc_insertion_point(module_scope)

@@ -57,7 +57,55 @@ Global___ApprovalState: _TypeAlias = ApprovalState  # noqa: Y015
 
 @_typing.final
 class SessionRequest(_message.Message):
-    """One message on a Session stream."""
+    """One message on a Session stream: requests processed as if sent one by one,
+    in this order.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___SessionMessage]:
+        """At least one."""
+
+    def __init__(
+        self,
+        *,
+        messages: _abc.Iterable[Global___SessionMessage] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionRequest: _TypeAlias = SessionRequest  # noqa: Y015
+
+@_typing.final
+class SessionResponse(_message.Message):
+    """One message on a Session stream from the sidecar: answers ready at once."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANSWERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def answers(self) -> _containers.RepeatedCompositeFieldContainer[Global___SessionAnswer]: ...
+    def __init__(
+        self,
+        *,
+        answers: _abc.Iterable[Global___SessionAnswer] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answers", b"answers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionResponse: _TypeAlias = SessionResponse  # noqa: Y015
+
+@_typing.final
+class SessionMessage(_message.Message):
+    """One request on a Session stream."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -66,7 +114,7 @@ class SessionRequest(_message.Message):
     REPORT_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Chosen by the client, unique among its requests still in flight on this
-    stream; the response carries it back.
+    stream; the answer carries it back.
     """
     @_builtins.property
     def decide(self) -> Global___DecideRequest: ...
@@ -87,11 +135,11 @@ class SessionRequest(_message.Message):
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
-Global___SessionRequest: _TypeAlias = SessionRequest  # noqa: Y015
+Global___SessionMessage: _TypeAlias = SessionMessage  # noqa: Y015
 
 @_typing.final
-class SessionResponse(_message.Message):
-    """The answer to one SessionRequest."""
+class SessionAnswer(_message.Message):
+    """The answer to one SessionMessage."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -125,7 +173,7 @@ class SessionResponse(_message.Message):
     _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
 
-Global___SessionResponse: _TypeAlias = SessionResponse  # noqa: Y015
+Global___SessionAnswer: _TypeAlias = SessionAnswer  # noqa: Y015
 
 @_typing.final
 class SessionStatus(_message.Message):

@@ -52,7 +52,9 @@ class GatewayServiceStub:
     come out of order. A per-message failure is a SessionStatus in the
     response; the stream itself fails only when it is malformed (a repeated
     in-flight id, a request with no message). A stream that ends with OK
-    processed every request it answered and none it did not.
+    processed every request it answered and none it did not. Each stream
+    message carries one or more requests (or answers): a message costs the
+    transport far more than its size, so a busy client and server batch.
     """
 
 @_typing.type_check_only
@@ -79,7 +81,9 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     come out of order. A per-message failure is a SessionStatus in the
     response; the stream itself fails only when it is malformed (a repeated
     in-flight id, a request with no message). A stream that ends with OK
-    processed every request it answered and none it did not.
+    processed every request it answered and none it did not. Each stream
+    message carries one or more requests (or answers): a message costs the
+    transport far more than its size, so a busy client and server batch.
     """
 
 class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -127,7 +131,9 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         come out of order. A per-message failure is a SessionStatus in the
         response; the stream itself fails only when it is malformed (a repeated
         in-flight id, a request with no message). A stream that ends with OK
-        processed every request it answered and none it did not.
+        processed every request it answered and none it did not. Each stream
+        message carries one or more requests (or answers): a message costs the
+        transport far more than its size, so a busy client and server batch.
         """
 
 def add_GatewayServiceServicer_to_server(servicer: GatewayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -102,19 +102,33 @@ export function approvalStateToJSON(object: ApprovalState): string {
   }
 }
 
-/** One message on a Session stream. */
+/**
+ * One message on a Session stream: requests processed as if sent one by one,
+ * in this order.
+ */
 export interface SessionRequest {
+  /** At least one. */
+  messages: SessionMessage[];
+}
+
+/** One message on a Session stream from the sidecar: answers ready at once. */
+export interface SessionResponse {
+  answers: SessionAnswer[];
+}
+
+/** One request on a Session stream. */
+export interface SessionMessage {
   /**
    * Chosen by the client, unique among its requests still in flight on this
-   * stream; the response carries it back.
+   * stream; the answer carries it back.
    */
   id: number;
   decide?: DecideRequest | undefined;
   report?: ReportResultRequest | undefined;
 }
 
-/** The answer to one SessionRequest. */
-export interface SessionResponse {
+/** The answer to one SessionMessage. */
+export interface SessionAnswer {
   /** The id of the request this answers. */
   id: number;
   decide?: DecideResponse | undefined;
@@ -241,19 +255,13 @@ export interface WaitApprovalResponse {
 }
 
 function createBaseSessionRequest(): SessionRequest {
-  return { id: 0, decide: undefined, report: undefined };
+  return { messages: [] };
 }
 
 export const SessionRequest: MessageFns<SessionRequest> = {
   encode(message: SessionRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
-    if (message.id !== 0) {
-      writer.uint32(8).uint64(message.id);
-    }
-    if (message.decide !== undefined) {
-      DecideRequest.encode(message.decide, writer.uint32(18).fork()).join();
-    }
-    if (message.report !== undefined) {
-      ReportResultRequest.encode(message.report, writer.uint32(26).fork()).join();
+    for (const v of message.messages) {
+      SessionMessage.encode(v!, writer.uint32(10).fork()).join();
     }
     return writer;
   },
@@ -268,6 +276,154 @@ export const SessionRequest: MessageFns<SessionRequest> = {
     try {
       const end = length === undefined ? reader.len : reader.pos + length;
       const message = createBaseSessionRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.messages.push(SessionMessage.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SessionRequest {
+    return {
+      messages: globalThis.Array.isArray(object?.messages)
+        ? object.messages.map((e: any) => SessionMessage.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: SessionRequest): unknown {
+    const obj: any = {};
+    if (message.messages?.length) {
+      obj.messages = message.messages.map((e) => SessionMessage.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<SessionRequest>): SessionRequest {
+    return SessionRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<SessionRequest>): SessionRequest {
+    const message = createBaseSessionRequest();
+    message.messages = object.messages?.map((e) => SessionMessage.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseSessionResponse(): SessionResponse {
+  return { answers: [] };
+}
+
+export const SessionResponse: MessageFns<SessionResponse> = {
+  encode(message: SessionResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.answers) {
+      SessionAnswer.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SessionResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSessionResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.answers.push(SessionAnswer.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): SessionResponse {
+    return {
+      answers: globalThis.Array.isArray(object?.answers)
+        ? object.answers.map((e: any) => SessionAnswer.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: SessionResponse): unknown {
+    const obj: any = {};
+    if (message.answers?.length) {
+      obj.answers = message.answers.map((e) => SessionAnswer.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<SessionResponse>): SessionResponse {
+    return SessionResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<SessionResponse>): SessionResponse {
+    const message = createBaseSessionResponse();
+    message.answers = object.answers?.map((e) => SessionAnswer.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseSessionMessage(): SessionMessage {
+  return { id: 0, decide: undefined, report: undefined };
+}
+
+export const SessionMessage: MessageFns<SessionMessage> = {
+  encode(message: SessionMessage, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.id !== 0) {
+      writer.uint32(8).uint64(message.id);
+    }
+    if (message.decide !== undefined) {
+      DecideRequest.encode(message.decide, writer.uint32(18).fork()).join();
+    }
+    if (message.report !== undefined) {
+      ReportResultRequest.encode(message.report, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): SessionMessage {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseSessionMessage();
       while (reader.pos < end) {
         const tag = reader.uint32();
         switch (tag >>> 3) {
@@ -307,7 +463,7 @@ export const SessionRequest: MessageFns<SessionRequest> = {
     }
   },
 
-  fromJSON(object: any): SessionRequest {
+  fromJSON(object: any): SessionMessage {
     return {
       id: isSet(object.id) ? globalThis.Number(object.id) : 0,
       decide: isSet(object.decide) ? DecideRequest.fromJSON(object.decide) : undefined,
@@ -315,7 +471,7 @@ export const SessionRequest: MessageFns<SessionRequest> = {
     };
   },
 
-  toJSON(message: SessionRequest): unknown {
+  toJSON(message: SessionMessage): unknown {
     const obj: any = {};
     if (message.id !== 0) {
       obj.id = Math.round(message.id);
@@ -329,11 +485,11 @@ export const SessionRequest: MessageFns<SessionRequest> = {
     return obj;
   },
 
-  create(base?: DeepPartial<SessionRequest>): SessionRequest {
-    return SessionRequest.fromPartial(base ?? {});
+  create(base?: DeepPartial<SessionMessage>): SessionMessage {
+    return SessionMessage.fromPartial(base ?? {});
   },
-  fromPartial(object: DeepPartial<SessionRequest>): SessionRequest {
-    const message = createBaseSessionRequest();
+  fromPartial(object: DeepPartial<SessionMessage>): SessionMessage {
+    const message = createBaseSessionMessage();
     message.id = object.id ?? 0;
     message.decide = (object.decide !== undefined && object.decide !== null)
       ? DecideRequest.fromPartial(object.decide)
@@ -345,12 +501,12 @@ export const SessionRequest: MessageFns<SessionRequest> = {
   },
 };
 
-function createBaseSessionResponse(): SessionResponse {
+function createBaseSessionAnswer(): SessionAnswer {
   return { id: 0, decide: undefined, report: undefined, error: undefined };
 }
 
-export const SessionResponse: MessageFns<SessionResponse> = {
-  encode(message: SessionResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+export const SessionAnswer: MessageFns<SessionAnswer> = {
+  encode(message: SessionAnswer, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     if (message.id !== 0) {
       writer.uint32(8).uint64(message.id);
     }
@@ -366,7 +522,7 @@ export const SessionResponse: MessageFns<SessionResponse> = {
     return writer;
   },
 
-  decode(input: BinaryReader | Uint8Array, length?: number): SessionResponse {
+  decode(input: BinaryReader | Uint8Array, length?: number): SessionAnswer {
     const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
     const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
     if (previousRecursionDepth >= 100) {
@@ -375,7 +531,7 @@ export const SessionResponse: MessageFns<SessionResponse> = {
     (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
     try {
       const end = length === undefined ? reader.len : reader.pos + length;
-      const message = createBaseSessionResponse();
+      const message = createBaseSessionAnswer();
       while (reader.pos < end) {
         const tag = reader.uint32();
         switch (tag >>> 3) {
@@ -423,7 +579,7 @@ export const SessionResponse: MessageFns<SessionResponse> = {
     }
   },
 
-  fromJSON(object: any): SessionResponse {
+  fromJSON(object: any): SessionAnswer {
     return {
       id: isSet(object.id) ? globalThis.Number(object.id) : 0,
       decide: isSet(object.decide) ? DecideResponse.fromJSON(object.decide) : undefined,
@@ -432,7 +588,7 @@ export const SessionResponse: MessageFns<SessionResponse> = {
     };
   },
 
-  toJSON(message: SessionResponse): unknown {
+  toJSON(message: SessionAnswer): unknown {
     const obj: any = {};
     if (message.id !== 0) {
       obj.id = Math.round(message.id);
@@ -449,11 +605,11 @@ export const SessionResponse: MessageFns<SessionResponse> = {
     return obj;
   },
 
-  create(base?: DeepPartial<SessionResponse>): SessionResponse {
-    return SessionResponse.fromPartial(base ?? {});
+  create(base?: DeepPartial<SessionAnswer>): SessionAnswer {
+    return SessionAnswer.fromPartial(base ?? {});
   },
-  fromPartial(object: DeepPartial<SessionResponse>): SessionResponse {
-    const message = createBaseSessionResponse();
+  fromPartial(object: DeepPartial<SessionAnswer>): SessionAnswer {
+    const message = createBaseSessionAnswer();
     message.id = object.id ?? 0;
     message.decide = (object.decide !== undefined && object.decide !== null)
       ? DecideResponse.fromPartial(object.decide)
@@ -1709,7 +1865,9 @@ export const GatewayServiceService = {
    * come out of order. A per-message failure is a SessionStatus in the
    * response; the stream itself fails only when it is malformed (a repeated
    * in-flight id, a request with no message). A stream that ends with OK
-   * processed every request it answered and none it did not.
+   * processed every request it answered and none it did not. Each stream
+   * message carries one or more requests (or answers): a message costs the
+   * transport far more than its size, so a busy client and server batch.
    */
   session: {
     path: "/agentaudit.v1.GatewayService/Session" as const,
@@ -1742,7 +1900,9 @@ export interface GatewayServiceServer extends UntypedServiceImplementation {
    * come out of order. A per-message failure is a SessionStatus in the
    * response; the stream itself fails only when it is malformed (a repeated
    * in-flight id, a request with no message). A stream that ends with OK
-   * processed every request it answered and none it did not.
+   * processed every request it answered and none it did not. Each stream
+   * message carries one or more requests (or answers): a message costs the
+   * transport far more than its size, so a busy client and server batch.
    */
   session: handleBidiStreamingCall<SessionRequest, SessionResponse>;
 }
@@ -1809,7 +1969,9 @@ export interface GatewayServiceClient extends Client {
    * come out of order. A per-message failure is a SessionStatus in the
    * response; the stream itself fails only when it is malformed (a repeated
    * in-flight id, a request with no message). A stream that ends with OK
-   * processed every request it answered and none it did not.
+   * processed every request it answered and none it did not. Each stream
+   * message carries one or more requests (or answers): a message costs the
+   * transport far more than its size, so a busy client and server batch.
    */
   session(): ClientDuplexStream<SessionRequest, SessionResponse>;
   session(options: Partial<CallOptions>): ClientDuplexStream<SessionRequest, SessionResponse>;
