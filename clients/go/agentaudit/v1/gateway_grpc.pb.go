@@ -31,7 +31,9 @@ type GatewayServiceClient interface {
 	// come out of order. A per-message failure is a SessionStatus in the
 	// response; the stream itself fails only when it is malformed (a repeated
 	// in-flight id, a request with no message). A stream that ends with OK
-	// processed every request it answered and none it did not.
+	// processed every request it answered and none it did not. Each stream
+	// message carries one or more requests (or answers): a message costs the
+	// transport far more than its size, so a busy client and server batch.
 	Session(ctx context.Context, opts ...grpc.CallOption) (GatewayService_SessionClient, error)
 }
 
@@ -119,7 +121,9 @@ type GatewayServiceServer interface {
 	// come out of order. A per-message failure is a SessionStatus in the
 	// response; the stream itself fails only when it is malformed (a repeated
 	// in-flight id, a request with no message). A stream that ends with OK
-	// processed every request it answered and none it did not.
+	// processed every request it answered and none it did not. Each stream
+	// message carries one or more requests (or answers): a message costs the
+	// transport far more than its size, so a busy client and server batch.
 	Session(GatewayService_SessionServer) error
 	mustEmbedUnimplementedGatewayServiceServer()
 }
