@@ -204,3 +204,56 @@ async def test_a_report_pipelined_into_a_sidecar_without_session_is_delivered_un
         assert session.uses_unary and session.unacknowledged == 0
         await session.aclose()
     assert post_events(gateway_server.journal_path, decided.event_id) == 1
+
+
+def commits_apart(path: Path, first_event: str, second_event: str) -> bool:
+    """Whether two journal entries were committed in different group commits (a v2 seal between them)."""
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+        seqs = [
+            conn.execute("SELECT seq FROM journal WHERE event_id = ?", (event,)).fetchone()[0]
+            for event in (first_event, second_event)
+        ]
+        sealed = {row[0] for row in conn.execute("SELECT size FROM journal_seals")}
+    low, high = sorted(seqs)
+    return any(low < size <= high for size in sealed)  # a seal of size n covers seqs below n
+
+
+@in_loop
+async def test_a_pipelined_report_travels_and_commits_with_the_next_decide(gateway_server: RunningGateway) -> None:
+    async with AsyncGatewayClient(gateway_server.unix_target) as client, client.session() as session:
+        first = await session.decide(run_id="run_ride", step_id=1, **STEP)
+        await session.report_result(first.event_id)
+        second = await session.decide(run_id="run_ride", step_id=2, **STEP)
+        assert session.unacknowledged == 0
+    with sqlite3.connect(f"file:{gateway_server.journal_path}?mode=ro", uri=True) as conn:
+        (post_id,) = conn.execute(
+            "SELECT event_id FROM journal WHERE kind = 'post_exec' AND link_event_id = ?", (first.event_id,)
+        ).fetchone()
+    # One stream message carried both, and the sidecar committed them together: one fsync for the step.
+    assert not commits_apart(gateway_server.journal_path, post_id, second.event_id)
+    assert commits_apart(gateway_server.journal_path, first.event_id, post_id)
+
+
+@pytest.mark.parametrize("linger", [0.0, 0.001, 0.2])
+def test_a_pipelined_report_with_nothing_after_it_is_sent_within_the_linger(
+    gateway_server: RunningGateway, linger: float
+) -> None:
+    async def scenario() -> int:
+        async with AsyncGatewayClient(gateway_server.unix_target) as client:
+            session = client.session(report_linger_s=linger)
+            decided = await session.decide(run_id=f"run_linger{linger}", step_id=1, **STEP)
+            await session.report_result(decided.event_id)
+            for _ in range(200):  # no flush, no further request: only the linger sends it
+                if session.unacknowledged == 0:
+                    break
+                await asyncio.sleep(0.01)
+            seen = post_events(gateway_server.journal_path, decided.event_id)
+            await session.aclose()
+            return seen
+
+    assert asyncio.run(scenario()) == 1
+
+
+def test_report_linger_is_bounded() -> None:
+    with pytest.raises(ValueError, match="report_linger_s"):
+        GatewayClient("unix:///nonexistent.sock").session(report_linger_s=5)

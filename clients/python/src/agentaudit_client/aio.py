@@ -22,7 +22,7 @@ from ._guard import RunContext, Step, bind_args, failure, output_of, wait_second
 from .address import grpc_target
 from .errors import ApprovalRequired, DeadlineExceededError, from_rpc_error, raise_for_decision
 from .models import ApprovalOutcome, DecideResult, ReportResult
-from .session import AsyncSession
+from .session import DEFAULT_REPORT_LINGER_S, AsyncSession
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -66,12 +66,13 @@ class AsyncGatewayClient:
         """Closes the channel; calls in flight are cancelled."""
         await self._channel.close(None)
 
-    def session(self) -> AsyncSession:
+    def session(self, *, report_linger_s: float = DEFAULT_REPORT_LINGER_S) -> AsyncSession:
         """A Session stream for decides and pipelined reports (``async with client.session() as s``).
 
-        Falls back to the unary calls against a sidecar without Session. See ``agentaudit_client.session``.
+        A pipelined report goes out with the next request, or ``report_linger_s`` later at the latest (0: at
+        once). Falls back to the unary calls against a sidecar without Session. See ``agentaudit_client.session``.
         """
-        return AsyncSession(self._stub, self._metadata, self._timeout)
+        return AsyncSession(self._stub, self._metadata, self._timeout, report_linger_s)
 
     async def _call(
         self,

@@ -21,7 +21,7 @@ from ._guard import RunContext, Step, bind_args, failure, output_of, wait_second
 from .address import grpc_target
 from .errors import ApprovalRequired, DeadlineExceededError, from_rpc_error, raise_for_decision
 from .models import ApprovalOutcome, DecideResult, ReportResult
-from .session import Session
+from .session import DEFAULT_REPORT_LINGER_S, Session
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -66,12 +66,12 @@ class GatewayClient:
         """Closes the channel; calls in flight are cancelled."""
         self._channel.close()
 
-    def session(self) -> Session:
+    def session(self, *, report_linger_s: float = DEFAULT_REPORT_LINGER_S) -> Session:
         """A Session stream for decides and pipelined reports (``with client.session() as s``).
 
         The blocking face of ``AsyncGatewayClient.session()``; see ``agentaudit_client.session``.
         """
-        return Session(self._target, self._metadata, self._timeout)
+        return Session(self._target, self._metadata, self._timeout, report_linger_s)
 
     def _call(
         self,

@@ -12,7 +12,10 @@ Guarantees:
 * ``decide`` returns what the unary ``Decide`` returns, after the sidecar journaled it. A decide in flight when
   the stream breaks fails with ``UnavailableError`` and is never sent again by the session: a repeated Decide is
   a new pre-event (the sidecar counts it as attempt 2 of the step), not a deduplicated one.
-* ``report_result`` (``wait=False``) returns once the report is queued on the stream. The session keeps every
+* ``report_result`` (``wait=False``) returns once the report is queued on the stream. It is written with the
+  next request, or ``report_linger_s`` (1 ms) later at the latest: an agent's next decide usually follows at
+  once, and then one stream message (and, on the sidecar, one journal commit) carries both. ``0`` writes it at
+  once. The session keeps every
   report not yet acknowledged and sends it again on a new stream after a break; ReportResult is idempotent per
   pre-event (the second answer says ``duplicate``), so a report is journaled once. ``flush()`` (and leaving the
   block) waits for every acknowledgement and raises the first failure. ``wait=True`` awaits this one's ack.
@@ -44,6 +47,8 @@ from .models import DecideResult, ReportResult
 
 _T = TypeVar("_T")
 _BACKOFF_S = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+DEFAULT_REPORT_LINGER_S = 0.001
+"""How long a pipelined report may wait for the next request to share its stream message (see ``report_result``)."""
 
 
 class _SessionUnimplemented(Exception):
@@ -64,8 +69,19 @@ def _status_of(exc: grpc.RpcError) -> gateway_pb2.SessionStatus:
 class AsyncSession:
     """One Session stream, opened on first use and re-opened (with backoff) after a break."""
 
-    def __init__(self, stub: Any, metadata: Sequence[tuple[str, str]], timeout: float | None) -> None:
+    def __init__(
+        self,
+        stub: Any,
+        metadata: Sequence[tuple[str, str]],
+        timeout: float | None,
+        report_linger_s: float = DEFAULT_REPORT_LINGER_S,
+    ) -> None:
+        if not 0 <= report_linger_s <= 1:
+            raise ValueError(f"report_linger_s must be between 0 and 1 second, not {report_linger_s!r}")
         self._stub = stub
+        self._linger_s = report_linger_s
+        self._linger: asyncio.TimerHandle | None = None
+        self._lingering: set[asyncio.Task[None]] = set()
         self._metadata = tuple(metadata)
         self._timeout = timeout
         self._ids = itertools.count(1)
@@ -117,6 +133,9 @@ class AsyncSession:
             call = self._stub.Session(metadata=self._metadata)
             self._call = call
             self._outbox = []  # what was queued for a broken stream: decides failed, reports resent below
+            if self._linger is not None:
+                self._linger.cancel()
+                self._linger = None
             self._reader = asyncio.get_running_loop().create_task(self._read(call))
             resend, self._unacked = self._unacked, {}
             for old, report in resend.items():  # idempotent: journaled once, a repeat answers "duplicate"
@@ -132,10 +151,17 @@ class AsyncSession:
         if call is None:
             raise UnavailableError(grpc.StatusCode.UNAVAILABLE, "the session broke; it reconnects on the next call")
         self._outbox.append(request)
+        await self._send(call)
+
+    async def _send(self, call: Any) -> None:
+        """Writes everything queued (if anything) as one stream message."""
         async with self._write_lock:
             if not self._outbox:
                 return  # a caller before us sent it with theirs
             batch, self._outbox = self._outbox, []
+            if self._linger is not None:
+                self._linger.cancel()
+                self._linger = None
             try:
                 await call.write(gateway_pb2.SessionRequest(messages=batch))
             except (grpc.RpcError, grpc.aio.UsageError) as exc:  # the stream is gone (its reader says why)
@@ -301,16 +327,39 @@ class AsyncSession:
         self._acked.clear()
         message = gateway_pb2.SessionMessage(id=rid, report=request)
         if not wait:
-            with contextlib.suppress(UnavailableError):  # kept in _unacked: resent on the next stream
-                await self._write(self._call, message)
+            if self._call is None:
+                return None  # kept in _unacked: resent on the next stream
+            if self._linger_s == 0:
+                with contextlib.suppress(UnavailableError):  # kept in _unacked: resent on the next stream
+                    await self._write(self._call, message)
+                return None
+            # It goes out with the next request (an agent's next decide usually follows at once: one stream
+            # message, and one journal commit, for both), or after the linger at the latest.
+            self._outbox.append(message)
+            if self._linger is None:
+                self._linger = asyncio.get_running_loop().call_later(self._linger_s, self._linger_over, self._call)
             return None
         response = await self._request(message)
         if response.WhichOneof("result") == "error":
             raise from_status(response.error)
         return _convert.report_result(response.report)
 
+    def _linger_over(self, call: Any) -> None:
+        self._linger = None
+        if self._outbox and call is self._call:
+            task = asyncio.get_running_loop().create_task(self._send_quietly(call))
+            self._lingering.add(task)
+            task.add_done_callback(self._lingering.discard)
+
+    async def _send_quietly(self, call: Any) -> None:
+        with contextlib.suppress(UnavailableError):  # the reports stay in _unacked: resent on the next stream
+            await self._send(call)
+
     async def flush(self) -> None:
         """Waits until every report sent is acknowledged; raises the first failure (once)."""
+        if self._outbox and self._call is not None:
+            with contextlib.suppress(UnavailableError):
+                await self._send(self._call)
         deadline = None if self._timeout is None else asyncio.get_running_loop().time() + self._timeout
         while self._unacked:
             remaining = None if deadline is None else deadline - asyncio.get_running_loop().time()
@@ -351,14 +400,23 @@ class Session:
     context manager, or call ``close()``: that flushes (raising the first failed report) and stops the thread.
     """
 
-    def __init__(self, target: str, metadata: Sequence[tuple[str, str]], timeout: float | None) -> None:
+    def __init__(
+        self,
+        target: str,
+        metadata: Sequence[tuple[str, str]],
+        timeout: float | None,
+        report_linger_s: float = DEFAULT_REPORT_LINGER_S,
+    ) -> None:
+        if not 0 <= report_linger_s <= 1:
+            raise ValueError(f"report_linger_s must be between 0 and 1 second, not {report_linger_s!r}")
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="agentaudit-session", daemon=True)
         self._thread.start()
 
         async def build() -> tuple[grpc.aio.Channel, AsyncSession]:
             channel = grpc.aio.insecure_channel(target)
-            return channel, AsyncSession(gateway_pb2_grpc.GatewayServiceStub(channel), metadata, timeout)
+            stub = gateway_pb2_grpc.GatewayServiceStub(channel)
+            return channel, AsyncSession(stub, metadata, timeout, report_linger_s)
 
         self._channel, self._session = self._run(build())
 
