@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import queue
 import signal
 import sqlite3
@@ -17,6 +18,8 @@ from pathlib import Path
 import grpc
 import pytest
 from google.rpc import code_pb2, error_details_pb2, status_pb2
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from agentaudit.v1 import gateway_pb2, gateway_pb2_grpc, types_pb2
 from gateway.api.session import SessionHub, _Stream
@@ -486,3 +489,65 @@ def test_a_stream_opened_while_the_hub_drains_is_refused_unavailable() -> None:
     code, processed = asyncio.run(scenario())
     assert code is grpc.StatusCode.UNAVAILABLE
     assert processed == 0
+
+
+_MIX_RUNS = itertools.count()
+_KINDS = st.sampled_from(["decide", "decide", "decide", "bad_decide", "unknown_report", "spoiled"])
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(frames=st.lists(st.lists(_KINDS, min_size=1, max_size=12), min_size=1, max_size=8))
+def test_any_mix_of_batches_is_answered_once_per_request_as_the_unary_calls_would(
+    gateway_server: RunningGateway, frames: list[list[str]]
+) -> None:
+    """Hypothesis over how requests are cut into stream messages and what they are: every request is answered
+    exactly once by its id with the unary call's outcome, every valid decide is journaled once, the rest never."""
+    run_id = f"run_mix_{next(_MIX_RUNS)}"  # one run per example, replays included
+    expected: dict[int, str] = {}
+    wire: list[bytes] = []
+    rid = 0
+    for frame in frames:
+        parts = []
+        for kind in frame:
+            rid += 1
+            expected[rid] = kind
+            if kind == "unknown_report":
+                message = gateway_pb2.SessionMessage(id=rid, report=report(f"evt_nothing_{rid}"))
+            else:
+                valid_run = run_id if kind != "bad_decide" else ""  # run_id is required
+                spoil = "X" * 8 if kind == "spoiled" else ""
+                request = decide_request(run_id=valid_run, step_id=rid, labels={"mark": spoil} if spoil else {})
+                message = gateway_pb2.SessionMessage(id=rid, decide=request)
+            encoded = message.SerializeToString()
+            if kind == "spoiled":  # invalid UTF-8 inside a label: this element alone does not decode
+                encoded = encoded.replace(b"XXXXXXXX", b"XXXXXXX\xff")
+            parts.append(b"\x0a" + _varint(len(encoded)) + encoded)
+        wire.append(b"".join(parts))
+    channel, _ = stub(gateway_server.unix_target)
+    with channel:
+        call = channel.stream_stream(
+            "/agentaudit.v1.GatewayService/Session",
+            request_serializer=lambda b: b,
+            response_deserializer=gateway_pb2.SessionResponse.FromString,
+        )
+        answers = [a for response in call(iter(wire), timeout=TIMEOUT_S) for a in response.answers]
+    assert sorted(a.id for a in answers) == sorted(expected)  # each once
+    for answer in answers:
+        kind = expected[answer.id]
+        if kind == "decide":
+            assert answer.WhichOneof("result") == "decide" and answer.decide.event_id
+        elif kind == "unknown_report":
+            assert answer.error.code == code_pb2.NOT_FOUND
+        else:
+            assert answer.error.code == code_pb2.INVALID_ARGUMENT
+    journaled = count(gateway_server.journal_path, f"kind = 'pre_exec' AND run_id = '{run_id}'")
+    assert journaled == sum(kind == "decide" for kind in expected.values())
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
