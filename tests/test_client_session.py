@@ -257,3 +257,24 @@ def test_a_pipelined_report_with_nothing_after_it_is_sent_within_the_linger(
 def test_report_linger_is_bounded() -> None:
     with pytest.raises(ValueError, match="report_linger_s"):
         GatewayClient("unix:///nonexistent.sock").session(report_linger_s=5)
+
+
+@in_loop
+async def test_more_reports_than_one_stream_message_holds_are_split_and_all_journaled(
+    gateway_server: RunningGateway,
+) -> None:
+    async with AsyncGatewayClient(gateway_server.unix_target, timeout=30.0) as client, client.session() as session:
+
+        async def decide(n: int) -> str:
+            step = {**STEP, "action": "kb.search"}  # no rate limit in the example policy
+            decided = await session.decide(run_id=f"run_split{n // 40}", step_id=n % 40 + 1, **step)
+            assert decided.allowed
+            return decided.event_id
+
+        ids = await asyncio.gather(*(decide(n) for n in range(1300)))
+        for event_id in ids:  # queued without a pause: one outbox of 1,300, more than the sidecar's 1,024 a message
+            await session.report_result(event_id)
+        await session.flush()
+        assert session.unacknowledged == 0
+    posts = rows(gateway_server.journal_path, "kind = 'post_exec' AND run_id LIKE 'run_split%'")
+    assert len(posts) == 1300 and {link for _, link in posts} == set(ids)

@@ -551,3 +551,14 @@ def _varint(value: int) -> bytes:
         out.append(byte | (0x80 if value else 0))
         if not value:
             return bytes(out)
+
+
+def test_a_stream_message_of_more_than_1024_requests_ends_the_stream_invalid_argument(
+    gateway_server: RunningGateway,
+) -> None:
+    with RawSession(gateway_server.unix_target) as session:
+        session.send_batch([session_message(i, report(f"evt_none_{i}")) for i in range(1025)])
+        with pytest.raises(grpc.RpcError) as failed:
+            session.receive()
+        assert failed.value.code() is grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+        assert "1 to 1024" in (failed.value.details() or "")  # type: ignore[attr-defined]

@@ -56,6 +56,9 @@ log = logging.getLogger(__name__)
 SESSION_METHOD = "Session"
 DEFAULT_MAX_IN_FLIGHT = 256
 """``server.session_max_in_flight``: messages read and not yet answered, per stream."""
+MAX_BATCH = 1024
+"""Requests in one stream message at most (the proto says so): a bigger one is a malformed stream, so one message
+cannot make the sidecar decode an unbounded number of requests at once."""
 
 _SERVICE = "agentaudit.v1.GatewayService"
 _DRAINING = "the sidecar is shutting down; reconnect (to another replica) and send again"
@@ -232,9 +235,10 @@ class _Stream:
                 except StopAsyncIteration:
                     self.slots.release()
                     break
-                if not batch:
+                if not batch or len(batch) > MAX_BATCH:
                     self.slots.release()
-                    self.fail(InvalidRequestError([FieldViolation("messages", "at least one request is required")]))
+                    why = f"holds {len(batch)} requests; one stream message carries 1 to {MAX_BATCH}"
+                    self.fail(InvalidRequestError([FieldViolation("messages", why)]))
                     break
                 for index, request in enumerate(batch):
                     if index:

@@ -93,7 +93,7 @@ type SessionRequest struct {
 	sizeCache     protoimpl.SizeCache
 	unknownFields protoimpl.UnknownFields
 
-	// At least one.
+	// 1 to 1024 (more, or none, is a malformed stream).
 	Messages []*SessionMessage `protobuf:"bytes,1,rep,name=messages,proto3" json:"messages,omitempty"`
 }
 

@@ -47,6 +47,7 @@ from .models import DecideResult, ReportResult
 
 _T = TypeVar("_T")
 _BACKOFF_S = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+_MAX_BATCH = 256  # requests per stream message (the sidecar takes up to 1,024); the rest go in the next one
 DEFAULT_REPORT_LINGER_S = 0.001
 """How long a pipelined report may wait for the next request to share its stream message (see ``report_result``)."""
 
@@ -154,21 +155,20 @@ class AsyncSession:
         await self._send(call)
 
     async def _send(self, call: Any) -> None:
-        """Writes everything queued (if anything) as one stream message."""
+        """Writes everything queued (if anything): one stream message, or several of ``_MAX_BATCH``."""
         async with self._write_lock:
-            if not self._outbox:
-                return  # a caller before us sent it with theirs
-            batch, self._outbox = self._outbox, []
-            if self._linger is not None:
+            if self._linger is not None:  # what lingers goes now
                 self._linger.cancel()
                 self._linger = None
-            try:
-                await call.write(gateway_pb2.SessionRequest(messages=batch))
-            except (grpc.RpcError, grpc.aio.UsageError) as exc:  # the stream is gone (its reader says why)
-                if self._call is call:
-                    self._call = None
-                    self._breaks += 1
-                raise UnavailableError(grpc.StatusCode.UNAVAILABLE, f"the session broke: {exc}") from exc
+            while self._outbox:  # empty already if a caller before us sent ours with theirs
+                batch, self._outbox = self._outbox[:_MAX_BATCH], self._outbox[_MAX_BATCH:]
+                try:
+                    await call.write(gateway_pb2.SessionRequest(messages=batch))
+                except (grpc.RpcError, grpc.aio.UsageError) as exc:  # the stream is gone (its reader says why)
+                    if self._call is call:
+                        self._call = None
+                        self._breaks += 1
+                    raise UnavailableError(grpc.StatusCode.UNAVAILABLE, f"the session broke: {exc}") from exc
 
     async def _read(self, call: Any) -> None:
         error: GatewayError | None = None

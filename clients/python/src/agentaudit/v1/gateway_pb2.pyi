@@ -66,7 +66,7 @@ class SessionRequest(_message.Message):
     MESSAGES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___SessionMessage]:
-        """At least one."""
+        """1 to 1024 (more, or none, is a malformed stream)."""
 
     def __init__(
         self,

@@ -107,7 +107,7 @@ export function approvalStateToJSON(object: ApprovalState): string {
  * in this order.
  */
 export interface SessionRequest {
-  /** At least one. */
+  /** 1 to 1024 (more, or none, is a malformed stream). */
   messages: SessionMessage[];
 }
 
