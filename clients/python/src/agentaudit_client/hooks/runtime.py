@@ -86,9 +86,11 @@ def _client(event: ToolEvent, config: HookConfig) -> Any:
 
 
 def _has_h2() -> bool:
-    import importlib.util  # noqa: PLC0415 - already loaded by the import system
-
-    return importlib.util.find_spec("h2") is not None
+    try:
+        import h2  # noqa: F401, PLC0415 - the package's __init__ only (importlib.util would cost more)
+    except ImportError:
+        return False
+    return True
 
 
 def _failures(client: Any) -> tuple[type[Exception], ...]:
@@ -118,10 +120,10 @@ def _nobody_listens(event: ToolEvent, config: HookConfig) -> OSError | None:
     gRPC would answer UNAVAILABLE at once in exactly these two cases (it connects the same way), so the
     fail-closed answer is known without importing gRPC and protobuf, most of a hook's start-up time. Any other
     outcome (a listener, a timeout, a path too long) goes to gRPC, which decides as before."""
-    from agentaudit_client.address import AddressError, unix_path  # noqa: PLC0415
+    from agentaudit_client.address import AddressError, unix_socket_path  # noqa: PLC0415
 
     try:
-        path = unix_path(config.sidecar or DEFAULT_SIDECAR, base=event.cwd or None)
+        path = unix_socket_path(config.sidecar or DEFAULT_SIDECAR, base=event.cwd or None)
     except AddressError:
         return None  # the client raises the same error, with its message
     if path is None:
@@ -129,7 +131,7 @@ def _nobody_listens(event: ToolEvent, config: HookConfig) -> OSError | None:
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.settimeout(config.timeout_s)
     try:
-        probe.connect(str(path))
+        probe.connect(path)
     except OSError as exc:
         return exc if exc.errno in _NOBODY_LISTENS else None
     finally:
