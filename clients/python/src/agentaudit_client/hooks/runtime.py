@@ -118,8 +118,8 @@ def _nobody_listens(event: ToolEvent, config: HookConfig) -> OSError | None:
     """The connect error when the sidecar's unix socket has no listener, else None (also for TCP targets).
 
     gRPC would answer UNAVAILABLE at once in exactly these two cases (it connects the same way), so the
-    fail-closed answer is known without importing gRPC and protobuf, most of a hook's start-up time. Any other
-    outcome (a listener, a timeout, a path too long) goes to gRPC, which decides as before."""
+    fail-closed answer is known before any client is imported (h2's, or gRPC's for the targets only it reaches).
+    Any other outcome (a listener, a timeout, a path too long) goes to the client, which decides as before."""
     from agentaudit_client.address import AddressError, unix_socket_path  # noqa: PLC0415
 
     try:
