@@ -20,14 +20,17 @@ from typing import Any
 
 import grpc
 import pytest
+import yaml
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from agentaudit_client.hooks import unary
-from tests.conftest import ROOT, RunningGateway, free_port
-from tests.framework_helpers import bodies
-from tests.test_hooks import AGENTS, hook, hook_sidecar, payload, project, verdict
+from gateway import devenv
+from tests.conftest import ROOT, RunningGateway, free_port, start_gateway
+from tests.framework_helpers import bodies, grant_when_pending
+from tests.operator_helpers import prepare_dir
+from tests.test_hooks import AGENTS, POLICY, hook, hook_sidecar, payload, project, verdict
 
 __all__ = ["hook_sidecar", "project"]  # fixtures shared with test_hooks
 
@@ -63,6 +66,60 @@ def test_a_tcp_sidecar_is_reached_too(hook_sidecar: RunningGateway, project: Pat
     assert hook("claude-code", payload("claude-code-post", project), hook_sidecar.tcp_target) == {}
     (post,) = bodies(hook_sidecar.journal_path, "post_exec")
     assert post["status"] == "succeeded"
+
+
+@pytest.fixture
+def roomy_sidecar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+    """The hook sidecar, taking arguments up to 4 MiB (server.max_args_bytes; 64 KiB by default)."""
+    directory = Path(tmp_path_factory.mktemp("hkbig"))
+    prepare_dir(directory, policy=POLICY)
+    config_path = directory / devenv.CONFIG_FILE
+    config = yaml.safe_load(config_path.read_text())
+    config.setdefault("server", {})["max_args_bytes"] = 4 * 1024 * 1024
+    config_path.write_text(yaml.safe_dump(config))
+    gw = start_gateway(directory)
+    try:
+        yield gw
+    finally:
+        gw.stop()
+
+
+def test_arguments_larger_than_the_flow_control_window_are_sent_whole(
+    roomy_sidecar: RunningGateway, project: Path
+) -> None:
+    # A Write of a 1 MB file: the request goes in window-sized pieces as the server opens its window.
+    data = payload("claude-code-pre", project, "cat > big.txt")
+    data["tool_input"]["content"] = "x" * 1_000_000
+    assert _decided("claude-code", data, roomy_sidecar.unix_target)[0] == "allow"
+    (pre,) = bodies(roomy_sidecar.journal_path, "pre_exec")
+    assert pre["decision"] == "allow"
+
+
+def test_an_approval_granted_while_the_hook_waits_is_decided_again_on_the_same_connection(
+    hook_sidecar: RunningGateway, project: Path
+) -> None:
+    granter = grant_when_pending(hook_sidecar)
+    decision, _ = _decided(
+        "claude-code",
+        payload("claude-code-pre", project, "make deploy"),
+        hook_sidecar.unix_target,
+        AGENTAUDIT_HOOK_APPROVAL_WAIT="30",
+    )
+    granter.join(20)
+    assert decision == "allow"
+    kinds = [b.get("decision", "") for b in bodies(hook_sidecar.journal_path, "pre_exec")]
+    assert kinds == ["approval_required", "allow"]
+
+
+def test_an_approval_still_pending_when_the_wait_ends_is_denied(hook_sidecar: RunningGateway, project: Path) -> None:
+    # WaitApproval past its deadline is "pending" (DEADLINE_EXCEEDED read as pending, as the gRPC client does).
+    decision, reason = _decided(
+        "claude-code",
+        payload("claude-code-pre", project, "make deploy"),
+        hook_sidecar.unix_target,
+        AGENTAUDIT_HOOK_APPROVAL_WAIT="0.5",
+    )
+    assert decision == "deny" and "approval_required" in reason and "agentaudit approve" in reason
 
 
 # One hook call in-process; prints whether gRPC or protobuf was imported to answer it.
