@@ -6,6 +6,7 @@ error class the gRPC client would."""
 from __future__ import annotations
 
 import contextlib
+import http.server
 import json
 import os
 import signal
@@ -229,6 +230,26 @@ def test_a_servers_error_status_denies_naming_the_same_error_as_grpc(
 def test_connection_refused_on_tcp_fails_closed(project: Path) -> None:
     decision, reason = _decided("claude-code", payload("claude-code-pre", project), f"127.0.0.1:{free_port()}")
     assert decision == "deny" and "audit_unavailable" in reason and "(UnavailableError)" in reason
+
+
+def test_a_server_that_speaks_no_http2_fails_closed_as_with_grpc(project: Path) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _QuietHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        target = f"127.0.0.1:{server.server_address[1]}"
+        for transport in ("h2", "grpc"):
+            decision, reason = _decided(
+                "claude-code", payload("claude-code-pre", project), target, AGENTAUDIT_HOOK_TRANSPORT=transport
+            )
+            assert decision == "deny" and "(UnavailableError)" in reason, transport
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _QuietHandler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # the base class names it so
+        pass
 
 
 class _CuttingProxy:

@@ -223,7 +223,9 @@ class _Call:
             while not self.ended:
                 self._receive()
         except H2Error as exc:
-            raise CallError(INTERNAL, f"HTTP/2 protocol error: {exc}") from exc
+            # Before any answer the peer is no HTTP/2 server (gRPC's client calls that UNAVAILABLE); after, a
+            # broken answer.
+            raise CallError(INTERNAL if self.headers else UNAVAILABLE, f"HTTP/2 protocol error: {exc}") from exc
         return self._answer()
 
     def _send(self, message: bytes) -> None:
