@@ -5,12 +5,14 @@
 1. Hook: runs ``agentaudit hook claude-code`` as Claude Code does (a new process, the PreToolUse JSON on stdin),
    then the PostToolUse for the same tool-use id, N times; each is timed from process start to its answer. Then
    the PreToolUse with no sidecar listening (the fail-closed deny). Target: p50 under 100 ms. Timed alongside,
-   in turn with every hook call: ``python -c pass`` (the floor of any Python hook) and ``python -c "import grpc,
+   in turn with every hook call: ``python -c pass`` (the floor of any Python hook), ``python -c "import grpc,
    agentaudit.v1.gateway_pb2_grpc"`` (the floor of any hook that calls the sidecar through gRPC and the
-   generated code). With ``--compare REF`` the hook as it was at that commit (``git archive``, run through
-   ``PYTHONPATH``) takes turns with this checkout's, call by call. Python is made to find compiled bytecode for
-   the hook's modules first (``compileall``, what ``pip install`` does for a wheel), since an environment with
-   ``PYTHONDONTWRITEBYTECODE`` (this machine's) would otherwise compile them again in every hook process;
+   generated code, as the hook did before docs/adr/0026) and ``python -c "import h2.connection,
+   agentaudit_client.hooks.wire"`` (the floor of the hook's own transport). With ``--compare REF`` the hook
+   as it was at that commit (``git archive``, run through ``PYTHONPATH``) takes turns with this checkout's, call
+   by call. Python is made to find compiled bytecode for the hook's modules first (``compileall``, what ``pip
+   install`` does for a wheel), since an environment with ``PYTHONDONTWRITEBYTECODE`` (this machine's) would
+   otherwise compile them again in every hook process;
    ``--as-found`` measures without.
 2. Adapter: the same OpenAI Agents SDK run (the SDK's ScriptedModel, N sequential tool calls) without and with
    ``AgentsGovernor``; the per-call difference is set against the client's own decide + report per call.
@@ -145,6 +147,7 @@ def bench_hook(
         floors = {
             "python_floor": [sys.executable, "-c", "pass"],
             "grpc_stubs_floor": [sys.executable, "-c", "import grpc, agentaudit.v1.gateway_pb2_grpc"],
+            "h2_wire_floor": [sys.executable, "-c", "import h2.connection, agentaudit_client.hooks.wire"],
         }
         for i in range(calls):
             base = {

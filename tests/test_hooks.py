@@ -285,6 +285,8 @@ def test_install_writes_the_bytecode_every_hook_process_needs(tmp_path: Path) ->
     hook_modules = [
         code / "gateway" / "cli" / "hook.py",
         code / "src" / "agentaudit_client" / "hooks" / "runtime.py",
+        code / "src" / "agentaudit_client" / "hooks" / "unary.py",
+        code / "src" / "agentaudit_client" / "hooks" / "wire.py",
         code / "src" / "agentaudit_client" / "client.py",
         code / "src" / "agentaudit" / "v1" / "gateway_pb2.py",
     ]

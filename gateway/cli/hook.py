@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +56,8 @@ def _cmd_hook(args: argparse.Namespace | SimpleNamespace) -> int:
 
 
 def _cmd_install(args: argparse.Namespace) -> int:
+    from pathlib import Path  # noqa: PLC0415 - not at the top: the hook itself does without pathlib
+
     from agentaudit_client.hooks.install import SettingsError, install  # noqa: PLC0415
 
     try:
@@ -77,6 +78,7 @@ def compile_hook_bytecode() -> bool:
     start-up on a 2-core machine (docs/performance.md). Best effort: a read-only install is left as it is.
     """
     import compileall  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
 
     import agentaudit  # noqa: PLC0415 - the generated code's package; imports nothing itself
     import agentaudit_client  # noqa: PLC0415

@@ -24,7 +24,10 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 UNIX_PREFIX = "unix://"
 _HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+):\d{1,5}$")
@@ -44,9 +47,9 @@ def grpc_target(address: str, base: str | os.PathLike[str] | None = None) -> str
     text = address.strip()
     if not text:
         raise AddressError("the address is empty (expected unix:///path/to/gateway.sock or HOST:PORT)")
-    path = unix_path(text, base)
+    path = unix_socket_path(text, base)
     if path is not None:
-        return UNIX_PREFIX + str(path)
+        return UNIX_PREFIX + path
     if text.startswith(_PASS_THROUGH) or _HOST_PORT.match(text):
         return text
     raise AddressError(
@@ -56,6 +59,17 @@ def grpc_target(address: str, base: str | os.PathLike[str] | None = None) -> str
 
 def unix_path(address: str, base: str | os.PathLike[str] | None = None) -> Path | None:
     """The absolute socket path of a unix-socket address, or None when the address is not one."""
+    path = unix_socket_path(address, base)
+    if path is None:
+        return None
+    from pathlib import Path  # noqa: PLC0415 - a coding-agent hook resolves its socket without pathlib
+
+    return Path(path)
+
+
+def unix_socket_path(address: str, base: str | os.PathLike[str] | None = None) -> str | None:
+    """:func:`unix_path` as a string, with ``os.path`` (pathlib and its urllib/ipaddress imports are ~5 ms of a
+    hook process)."""
     text = address.strip()
     if text.startswith(UNIX_PREFIX):
         raw = text[len(UNIX_PREFIX) :]  # unix:///abs is absolute; unix://./x and unix://x are relative paths
@@ -67,7 +81,5 @@ def unix_path(address: str, base: str | os.PathLike[str] | None = None) -> Path 
         return None
     if not raw or raw in {".", "/"}:
         raise AddressError(f"{address!r} names no socket file")
-    path = Path(raw)
-    if not path.is_absolute():
-        path = Path(base if base is not None else Path.cwd()) / path
-    return Path(os.path.normpath(path))
+    path = raw if os.path.isabs(raw) else os.path.join(os.fspath(base) if base is not None else os.getcwd(), raw)
+    return os.path.normpath(path)

@@ -15,60 +15,66 @@ import hashlib
 import json
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 STALE_AFTER_S = 24 * 3600.0
 
 
-def state_dir(cwd: str) -> Path:
+# Plain os.path, not pathlib: pathlib imports urllib.parse and ipaddress, ~5 ms of every hook process.
+
+
+def state_dir(cwd: str) -> str:
     """Where this project's pairing files live (created 0700 on first use)."""
-    project = Path(cwd or ".") / ".agentaudit"
-    if project.is_dir():
-        base = project / "hooks"
+    project = os.path.join(cwd or ".", ".agentaudit")
+    if os.path.isdir(project):
+        base = os.path.join(project, "hooks")
     else:
         import tempfile  # noqa: PLC0415 - only here: it imports shutil, random and more, at every hook start
 
-        base = Path(tempfile.gettempdir()) / f"agentaudit-hooks-{os.getuid()}"
-    base.mkdir(mode=0o700, parents=True, exist_ok=True)
+        base = os.path.join(tempfile.gettempdir(), f"agentaudit-hooks-{os.getuid()}")
+    os.makedirs(base, mode=0o700, exist_ok=True)  # the mode applies to the last directory only, as Path.mkdir's
     return base
 
 
-def _path(directory: Path, kind: str, key: str) -> Path:
-    return directory / f"{kind}-{hashlib.sha256(key.encode()).hexdigest()[:40]}.json"
+def _path(directory: str, kind: str, key: str) -> str:
+    return os.path.join(directory, f"{kind}-{hashlib.sha256(key.encode()).hexdigest()[:40]}.json")
 
 
-def put(directory: Path, kind: str, key: str, value: dict[str, Any]) -> None:
+def put(directory: str, kind: str, key: str, value: dict[str, Any]) -> None:
     """Stores ``value`` under (kind, key), atomically, readable by the user only."""
     target = _path(directory, kind, key)
     # What tempfile.mkstemp does (a fresh name, created exclusively, 0600, not followed if a link), without
     # importing tempfile.
-    tmp = directory / f".tmp-{os.urandom(8).hex()}"
+    tmp = os.path.join(directory, f".tmp-{os.urandom(8).hex()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump(value, f)
     os.replace(tmp, target)
 
 
-def take(directory: Path, kind: str, key: str) -> dict[str, Any] | None:
+def take(directory: str, kind: str, key: str) -> dict[str, Any] | None:
     """Returns and removes the value under (kind, key), or None."""
     target = _path(directory, kind, key)
     try:
-        value = json.loads(target.read_text())
+        with open(target) as f:
+            value = json.loads(f.read())
     except (OSError, json.JSONDecodeError):
         return None
     with contextlib.suppress(OSError):
-        target.unlink()
+        os.unlink(target)
     return value if isinstance(value, dict) else None
 
 
-def prune(directory: Path, now: float | None = None) -> int:
+def prune(directory: str, now: float | None = None) -> int:
     """Removes pairing files older than a day (a tool that never reported); returns how many."""
     cutoff = (now if now is not None else time.time()) - STALE_AFTER_S
     removed = 0
-    for path in directory.glob("*.json"):
-        with contextlib.suppress(OSError):
-            if path.stat().st_mtime < cutoff:
-                path.unlink()
-                removed += 1
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if not entry.name.endswith(".json"):
+                continue
+            with contextlib.suppress(OSError):
+                if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                    os.unlink(entry.path)
+                    removed += 1
     return removed

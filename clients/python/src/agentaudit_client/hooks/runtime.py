@@ -70,12 +70,44 @@ def handle(dialect: Dialect, payload: dict[str, Any], config: HookConfig) -> dic
 
 
 def _client(event: ToolEvent, config: HookConfig) -> Any:
-    from agentaudit_client.client import GatewayClient  # noqa: PLC0415 - gRPC only once there is a call
-
-    target = config.sidecar or DEFAULT_SIDECAR
+    """The sidecar's client for this call: :mod:`.unary` (no gRPC import) where it can reach the target."""
     from agentaudit_client.address import grpc_target  # noqa: PLC0415
 
-    return GatewayClient(grpc_target(target, base=event.cwd or None), timeout=config.timeout_s)
+    target = grpc_target(config.sidecar or DEFAULT_SIDECAR, base=event.cwd or None)
+    if os.environ.get("AGENTAUDIT_HOOK_TRANSPORT", "h2") != "grpc":
+        from . import unary  # noqa: PLC0415
+
+        where = unary.endpoint(target)
+        if where is not None and _has_h2():
+            return unary.GatewayCalls(where, config.timeout_s)
+    from agentaudit_client.client import GatewayClient  # noqa: PLC0415 - gRPC only once there is a call
+
+    return GatewayClient(target, timeout=config.timeout_s)
+
+
+def _has_h2() -> bool:
+    try:
+        import h2  # noqa: F401, PLC0415 - the package's __init__ only (importlib.util would cost more)
+    except ImportError:
+        return False
+    return True
+
+
+def _failures(client: Any) -> tuple[type[Exception], ...]:
+    """The exceptions ``client`` raises for a failed call (never importing gRPC for the h2 client)."""
+    from . import unary  # noqa: PLC0415
+
+    if isinstance(client, unary.GatewayCalls):
+        return (unary.CallError,)
+    from agentaudit_client.errors import GatewayError  # noqa: PLC0415
+
+    return (GatewayError,)
+
+
+def _kind(exc: Exception) -> str:
+    """The client's error class name for a failed call (``UnavailableError``...), as the deny reason names it."""
+    kind = getattr(exc, "kind", None)
+    return kind if isinstance(kind, str) else type(exc).__name__
 
 
 # What a plain connect to a unix socket answers when no sidecar listens there: no socket file, or a stale one.
@@ -86,12 +118,12 @@ def _nobody_listens(event: ToolEvent, config: HookConfig) -> OSError | None:
     """The connect error when the sidecar's unix socket has no listener, else None (also for TCP targets).
 
     gRPC would answer UNAVAILABLE at once in exactly these two cases (it connects the same way), so the
-    fail-closed answer is known without importing gRPC and protobuf, most of a hook's start-up time. Any other
-    outcome (a listener, a timeout, a path too long) goes to gRPC, which decides as before."""
-    from agentaudit_client.address import AddressError, unix_path  # noqa: PLC0415
+    fail-closed answer is known before any client is imported (h2's, or gRPC's for the targets only it reaches).
+    Any other outcome (a listener, a timeout, a path too long) goes to the client, which decides as before."""
+    from agentaudit_client.address import AddressError, unix_socket_path  # noqa: PLC0415
 
     try:
-        path = unix_path(config.sidecar or DEFAULT_SIDECAR, base=event.cwd or None)
+        path = unix_socket_path(config.sidecar or DEFAULT_SIDECAR, base=event.cwd or None)
     except AddressError:
         return None  # the client raises the same error, with its message
     if path is None:
@@ -99,7 +131,7 @@ def _nobody_listens(event: ToolEvent, config: HookConfig) -> OSError | None:
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.settimeout(config.timeout_s)
     try:
-        probe.connect(str(path))
+        probe.connect(path)
     except OSError as exc:
         return exc if exc.errno in _NOBODY_LISTENS else None
     finally:
@@ -125,18 +157,17 @@ def _decide(dialect: Dialect, event: ToolEvent, config: HookConfig) -> tuple[Ver
     refused = _nobody_listens(event, config)
     if refused is not None:
         return _unreachable(event, config, "UnavailableError", str(refused))
-    from agentaudit_client.errors import GatewayError  # noqa: PLC0415
-
+    client = _client(event, config)
     try:
-        with _client(event, config) as client:
+        with client:
             decision = client.decide(**request, approval_id=(waiting or {}).get("approval_id", ""))
             if decision.decision == "approval_required" and config.approval_wait_s > 0:
                 outcome = client.wait_approval(decision.approval_id, timeout=config.approval_wait_s)
                 if outcome.state != "pending":
                     request["step_id"] = time.time_ns() // 1000
                     decision = client.decide(**request, approval_id=decision.approval_id)
-    except GatewayError as exc:
-        return _unreachable(event, config, type(exc).__name__, str(exc))
+    except _failures(client) as exc:
+        return _unreachable(event, config, _kind(exc), str(exc))
     if decision.allowed:
         pairing.put(directory, "pre", event.pair_key, {"event_id": decision.event_id, "started": time.time()})
         pairing.prune(directory)
@@ -171,19 +202,18 @@ def _unreachable(event: ToolEvent, config: HookConfig, kind: str, detail: str) -
 
 
 def _report(dialect: Dialect, event: ToolEvent, config: HookConfig) -> None:
-    from agentaudit_client.errors import GatewayError  # noqa: PLC0415
-
     pending = pairing.take(pairing.state_dir(event.cwd), "pre", event.pair_key)
     if pending is None:  # never allowed by this hook (denied, or hooked in after the call started)
         return
     duration = max(0.0, time.time() - float(pending.get("started", time.time())))
+    client = _client(event, config)
     try:
-        with _client(event, config) as client:
+        with client:
             if event.error:
                 client.report_result(pending["event_id"], status="failed", error=event.error[:4096], duration=duration)
             else:
                 client.report_result(pending["event_id"], output=_output(event.output), duration=duration)
-    except GatewayError as exc:
+    except _failures(client) as exc:
         print(f"agentaudit: could not report the result of {pending['event_id']}: {exc}", file=sys.stderr)
 
 
