@@ -76,6 +76,25 @@ async def test_flush_raises_a_failed_pipelined_report(gateway_server: RunningGat
 
 
 @in_loop
+async def test_on_report_error_hears_each_failed_pipelined_report_and_flush_raises_none(
+    gateway_server: RunningGateway,
+) -> None:
+    heard: list[Exception] = []
+    async with (
+        AsyncGatewayClient(gateway_server.unix_target) as client,
+        client.session(on_report_error=heard.append) as session,
+    ):
+        await session.report_result("evt_that_does_not_exist")
+        decided = await session.decide(run_id="run_p3b", step_id=1, **STEP)
+        await session.report_result(decided.event_id)
+        await session.flush()  # the failure went to the callback, not here
+        assert [type(e) for e in heard] == [NotFoundError]
+        with pytest.raises(NotFoundError):  # an awaited report still raises where it is awaited
+            await session.report_result("evt_also_missing", wait=True)
+    assert len(heard) == 1 and post_events(gateway_server.journal_path, decided.event_id) == 1
+
+
+@in_loop
 async def test_an_invalid_decide_raises_and_the_session_goes_on(gateway_server: RunningGateway) -> None:
     async with AsyncGatewayClient(gateway_server.unix_target) as client, client.session() as session:
         with pytest.raises(InvalidRequestError) as refused:

@@ -562,3 +562,33 @@ def test_a_stream_message_of_more_than_1024_requests_ends_the_stream_invalid_arg
             session.receive()
         assert failed.value.code() is grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
         assert "1 to 1024" in (failed.value.details() or "")  # type: ignore[attr-defined]
+
+
+def test_a_decide_after_a_report_on_the_stream_is_journaled_after_its_post_event(tmp_path: Path) -> None:
+    """Step 4's journal half: the report below reads the journal first (its pre-events were decided before a
+    restart, so the sidecar caches none), and the decides in the same stream message must not overtake it."""
+    directory = tmp_path / "order"
+    first = start_gateway(directory)
+    try:
+        channel, unary = stub(first.unix_target)
+        with channel:
+            decided = [unary.Decide(decide_request(run_id=f"run_o{i}"), timeout=TIMEOUT_S) for i in range(8)]
+    finally:
+        first.stop()
+    gw = start_gateway(directory)
+    try:
+        with RawSession(gw.unix_target) as session:
+            messages: list[gateway_pb2.SessionMessage] = []
+            for i, earlier in enumerate(decided):  # report i, then a decide of run i's next step, and so on
+                messages.append(session_message(2 * i + 1, report(earlier.event_id)))
+                messages.append(session_message(2 * i + 2, decide_request(run_id=f"run_o{i}", step_id=2)))
+            session.send_batch(messages)
+            answers = {a.id: a for a in (session.receive() for _ in messages)}
+            assert all(a.WhichOneof("result") != "error" for a in answers.values()), answers
+        with sqlite3.connect(f"file:{gw.journal_path}?mode=ro", uri=True) as conn:
+            seq = dict(conn.execute("SELECT event_id, seq FROM journal"))
+        for i in range(len(decided)):
+            post, later = answers[2 * i + 1].report.event_id, answers[2 * i + 2].decide.event_id
+            assert seq[post] < seq[later], f"run_o{i}: the decide read after the report was journaled before it"
+    finally:
+        gw.stop()

@@ -70,13 +70,15 @@ class GatewayServicer:
         """Records the post-event of an allowed action (idempotent); a non-allowed one is a violation."""
         return await self.report_message(request)
 
-    async def report_message(self, request: gateway_pb2.ReportResultRequest) -> gateway_pb2.ReportResultResponse:
-        """ReportResult's use case, shared by the unary call and the Session."""
+    async def report_message(
+        self, request: gateway_pb2.ReportResultRequest, queued: Callable[[], None] | None = None
+    ) -> gateway_pb2.ReportResultResponse:
+        """ReportResult's use case, shared by the unary call and the Session (``queued``: see ``record_result``)."""
         event_id, status, error, output, duration_ns = validation.parse_report(
             request, max_output_bytes=self._limits.max_args_bytes, max_depth=self._limits.max_depth
         )
         try:
-            outcome = await self._recorder.record_result(event_id, status, error, output, duration_ns)
+            outcome = await self._recorder.record_result(event_id, status, error, output, duration_ns, queued)
         except ViolationError:
             metrics.VIOLATIONS.inc()
             raise

@@ -14,10 +14,12 @@ its id, possibly out of order. What the stream adds, step by step:
    would have failed with, as a ``SessionStatus`` in its response; the stream goes on. The stream fails
    (INVALID_ARGUMENT) only when it is malformed: an id already in flight, a request with neither message, an
    undecodable request without a readable id. The messages in flight are answered first.
-4. **Order.** A Decide is answered only after every ReportResult read before it on this stream has been answered,
-   so a client holding a decision holds the acknowledgement of every report it sent before that Decide. (The
-   journal writer being FIFO is not enough on its own: a report reads the journal before it appends, so a Decide
-   read after it can be committed first.)
+4. **Order.** A Decide read after a ReportResult on this stream is journaled after that report's post-event, and
+   answered only after that report has been answered: a client holding a decision holds the acknowledgement of
+   every report it sent before that Decide, and the journal's order follows the stream's. (The journal writer
+   being FIFO is not enough on its own: a report whose pre-event is not cached reads the journal before it
+   appends, so a Decide read after it would be queued first. The Decide waits for the report's post-event to be
+   queued, which on the common path has happened before the Decide runs at all.)
 5. **Drain.** :meth:`SessionHub.drain` (shutdown) makes every stream refuse the messages it reads from then on with
    UNAVAILABLE and end with OK once its messages in flight are answered. So after an OK end every request was
    either answered or never processed: a client may send the unanswered ones again elsewhere.
@@ -188,6 +190,21 @@ class SessionHub:
             await context.abort(status.code, status.details, status.trailing_metadata)
 
 
+class _Report:
+    """A ReportResult read on a stream: ``queued`` once its place in the journal is fixed, ``done`` once answered."""
+
+    __slots__ = ("done", "queued")
+
+    def __init__(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.queued: asyncio.Future[None] = loop.create_future()
+        self.done: asyncio.Future[None] = loop.create_future()
+
+    def mark_queued(self) -> None:
+        if not self.queued.done():
+            self.queued.set_result(None)
+
+
 class _Stream:
     """The state of one open Session: its in-flight ids, its unanswered reports, its end."""
 
@@ -199,7 +216,7 @@ class _Stream:
         self.out: asyncio.Queue[Any] = asyncio.Queue()  # bounded by the slots: one answer per slot taken
         self.slots = asyncio.Semaphore(hub.max_in_flight)
         self.ids: set[int] = set()
-        self.reports: set[asyncio.Future[None]] = set()  # reports read and not yet answered (step 4)
+        self.reports: set[_Report] = set()  # reports read and not yet answered (step 4)
         self.reading = True
         self.draining = False
         self.failure: AgentAuditError | None = None
@@ -274,9 +291,9 @@ class _Stream:
             prior = tuple(self.reports) if self.reports else ()
             self.hub.spawn(self.decide(rid, request.decide, prior))
         else:
-            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self.reports.add(done)
-            self.hub.spawn(self.report(rid, request.report, done))
+            report = _Report()
+            self.reports.add(report)
+            self.hub.spawn(self.report(rid, request.report, report))
 
     def _claim(self, rid: int) -> bool:
         if rid in self.ids:
@@ -314,10 +331,11 @@ class _Stream:
             telemetry.annotate(span, result)
             return result
 
-    async def decide(
-        self, rid: int, request: gateway_pb2.DecideRequest, prior: tuple[asyncio.Future[None], ...]
-    ) -> None:
+    async def decide(self, rid: int, request: gateway_pb2.DecideRequest, prior: tuple[_Report, ...]) -> None:
         started = time.perf_counter()
+        unqueued = [report.queued for report in prior if not report.queued.done()]  # usually none (see step 4)
+        if unqueued:
+            await asyncio.wait(unqueued)  # step 4: journaled behind the earlier reports' post-events
         try:
             decided = await self._traced(
                 "Decide", request, lambda: self.servicer.decide_message(request, self.traceparent)
@@ -325,23 +343,27 @@ class _Stream:
             response = gateway_pb2.SessionAnswer(decide=decided)
         except Exception as exc:  # every failure is this message's answer, never the stream's end
             response = self._error(exc, "decide")
-        unanswered = [report for report in prior if not report.done()]  # usually none by now: asyncio.wait is dear
+        unanswered = [report.done for report in prior if not report.done.done()]  # usually none: asyncio.wait is dear
         if unanswered:
             await asyncio.wait(unanswered)  # step 4: earlier reports are answered first
         self.hub.latency["decide"].observe(time.perf_counter() - started)
         self.answer(rid, response)
 
-    async def report(self, rid: int, request: gateway_pb2.ReportResultRequest, done: asyncio.Future[None]) -> None:
+    async def report(self, rid: int, request: gateway_pb2.ReportResultRequest, report: _Report) -> None:
         started = time.perf_counter()
         try:
-            reported = await self._traced("ReportResult", request, lambda: self.servicer.report_message(request))
+            reported = await self._traced(
+                "ReportResult", request, lambda: self.servicer.report_message(request, report.mark_queued)
+            )
             response = gateway_pb2.SessionAnswer(report=reported)
         except Exception as exc:
             response = self._error(exc, "report")
+        finally:
+            report.mark_queued()  # refused before the recorder saw it: nothing for a Decide to wait for
         try:
             self.hub.latency["report"].observe(time.perf_counter() - started)
             self.answer(rid, response)
         finally:
             # After the answer is queued: a Decide waiting on this report is answered behind it (step 4).
-            self.reports.discard(done)
-            done.set_result(None)
+            self.reports.discard(report)
+            report.done.set_result(None)

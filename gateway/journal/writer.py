@@ -343,6 +343,19 @@ class JournalWriter:
         Raises:
             JournalUnavailableError: the entry could not be committed (the caller must fail closed).
         """
+        # If the caller goes away (client hung up), cancelling it cancels only this future: the append stays
+        # queued and is committed regardless (the writer never drops an item whose future is done).
+        return await self.queue(kind, body, columns, unix_nanos, state)
+
+    def queue(
+        self, kind: int, body: bytes, columns: tuple[Any, ...], unix_nanos: int, state: Sequence[StateChange] = ()
+    ) -> asyncio.Future[Receipt]:
+        """``append`` in two halves: queues the entry now (its place in the journal is fixed when this returns) and
+        returns the future of its commit. For a caller that must order something else after this entry.
+
+        Raises:
+            JournalUnavailableError: as ``append``.
+        """
         if self._closing or self._loop is None:
             raise JournalUnavailableError("journal writer is not running")
         if self._lost:
@@ -350,9 +363,7 @@ class JournalWriter:
         future: asyncio.Future[Receipt] = self._loop.create_future()
         self._pending.append(_Append(kind, body, unix_nanos, columns, future, state))
         self._wake.set()
-        # If the caller goes away (client hung up), cancelling it cancels only this future: the append stays
-        # queued and is committed regardless (the writer never drops an item whose future is done).
-        return await future
+        return future
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

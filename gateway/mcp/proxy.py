@@ -7,7 +7,8 @@ A client of the sidecar (``agentaudit_client``), never a journal writer. Per cal
    (``agentaudit/run_id``), the ``Agentaudit-Run-Id`` header, the flag, or the client session; steps numbered
    per run; W3C ``traceparent`` from ``_meta``.
 2. Decide. ``allow`` forwards and reports the result (``isError`` → failed) with its duration, the report sent
-   beside the answer in causal order (``reports.py``; ``--report-before-answer`` waits for it). ``stop`` answers a
+   beside the answer on the Session stream, in causal order (docs/mcp.md, "When the result is journaled";
+   ``--report-before-answer`` waits for it). ``stop`` answers a
    tool error the model can read. ``approval_required`` asks a human through URL-mode elicitation (never a form:
    a client can forge an "accept") and resumes only when the sidecar, deciding again with the approval id, allows.
 3. Fail closed: if the sidecar cannot be reached, nothing is forwarded.
@@ -46,7 +47,6 @@ from agentaudit_client import AsyncGatewayClient, DecideResult, GatewayError
 from gateway import reasons
 from gateway.mcp.listing import Identity, ListingPolicy, may_ever_allow, tool_digest
 from gateway.mcp.relay import NotificationRelay
-from gateway.mcp.reports import PendingReports
 from gateway.mcp.seal import SealError, StateSealer, args_digest
 from gateway.mcp.state import ProxyState, load_or_create_key
 from gateway.mcp.upstream import Upstream, UpstreamUnavailableError
@@ -90,8 +90,8 @@ class ProxyConfig:
     approval_wait_s: float = 300.0
     sidecar_timeout_s: float = 10.0
     labels: Mapping[str, str] = field(default_factory=dict)
-    # True: a tools/call result waits for its ReportResult's ack before it goes back (reports.py says what the
-    # default, False, keeps and gives up).
+    # True: a tools/call result waits for its ReportResult's ack before it goes back (docs/mcp.md, "When the result
+    # is journaled", says what the default, False, keeps and gives up).
     report_before_answer: bool = False
 
 
@@ -136,6 +136,9 @@ class GoverningProxy:
         self.config = config
         self.upstream = upstream
         self.gateway = gateway
+        # Decides and reports share one Session stream (ADR 0025): cheaper per call than unary calls, and a report
+        # queued before a call's answer is journaled before any Decide the client could make after seeing it.
+        self.session = gateway.session(on_report_error=_log_report_failure)
         self._state = ProxyState(config.state_dir)
         self.sealer = StateSealer(load_or_create_key(config.state_dir), self._state)
         self._policy = ListingPolicy(config.policy_path)
@@ -143,7 +146,6 @@ class GoverningProxy:
         self._steps: dict[str, int] = {}
         self._pending: dict[tuple[str, str, str], str] = {}  # (principal, tool, args digest) → approval id
         self._session_runs: dict[int, str] = {}
-        self.reports = PendingReports()
         self.relay = NotificationRelay()
         upstream.on_message = self.relay.relay
         upstream.on_sampling = self.relay.sampling
@@ -162,7 +164,10 @@ class GoverningProxy:
     async def aclose(self) -> None:
         """Stops in order: the upstream connection, the reports in flight, the sidecar channel, the state file."""
         await self.upstream.aclose()
-        await self.reports.aclose()
+        try:
+            await self.session.aclose()  # waits for every report's acknowledgement (failures go to the log)
+        except GatewayError as exc:
+            log.error("reports in flight at exit were not all acknowledged: %s", exc)
         await self.gateway.aclose()
         self._state.close()
 
@@ -314,9 +319,8 @@ class GoverningProxy:
             LABEL_TOOL_ACTION: self.action(name),
             LABEL_TOOL_CHANGE_NEW: "true",
         }
-        await self.reports.settle(run_id)
         try:
-            decision = await self.gateway.decide(
+            decision = await self.session.decide(
                 run_id=run_id,
                 step_id=self._next_step(run_id),
                 tenant_id=identity.tenant_id,
@@ -335,7 +339,7 @@ class GoverningProxy:
             self._state.withhold(self.config.server_name, name, info.digest)
             return False
         try:
-            await self.gateway.report_result(
+            await self.session.report_result(
                 decision.event_id, status="succeeded", output={"listed": name}, duration=0.0
             )
         except GatewayError as exc:
@@ -459,10 +463,9 @@ class _Call:
 
     async def decide(self, approval_id: str) -> DecideResult | None:
         identity = self.identity
-        # The journal keeps causal order: this run's results the client has seen are journaled before this call.
-        await self.proxy.reports.settle(self.run_id)
         try:
-            return await self.proxy.gateway.decide(
+            # On the Session stream: the reports queued before it (results the client has seen) are journaled first.
+            return await self.proxy.session.decide(
                 run_id=self.run_id,
                 step_id=self.proxy._next_step(self.run_id),
                 tenant_id=identity.tenant_id,
@@ -585,25 +588,25 @@ class _Call:
         output: Any = None,
         wait: bool = False,
     ) -> None:
-        """Sends the ReportResult beside the answer (reports.py), or waits for its ack with ``wait`` or the flag."""
-        gateway = self.proxy.gateway
+        """Queues the ReportResult on the Session beside the answer; with ``wait`` or the flag, waits for its ack.
 
-        async def send() -> None:
-            try:
-                await gateway.report_result(
-                    decision.event_id,
-                    status=status,  # type: ignore[arg-type]
-                    error=error[:4096],
-                    output=output,
-                    duration=duration,
-                )
-            except GatewayError as exc:  # the call already ran: say so in the log, the model still gets its result
-                log.error("ReportResult for %s failed: %s", decision.event_id, exc)
+        A queued report that fails is logged (``_log_report_failure``): the client has its result either way.
+        """
+        try:
+            await self.proxy.session.report_result(
+                decision.event_id,
+                status=status,  # type: ignore[arg-type]
+                error=error[:4096],
+                output=output,
+                duration=duration,
+                wait=wait or self.proxy.config.report_before_answer,
+            )
+        except GatewayError as exc:  # the call already ran: say so in the log, the model still gets its result
+            log.error("ReportResult for %s failed: %s", decision.event_id, exc)
 
-        if wait or self.proxy.config.report_before_answer:
-            await send()
-        else:
-            await self.proxy.reports.send(self.run_id, send)
+
+def _log_report_failure(error: GatewayError) -> None:
+    log.error("ReportResult failed: %s", error)
 
 
 def _first_text(result: Mapping[str, Any]) -> str:

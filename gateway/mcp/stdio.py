@@ -134,7 +134,7 @@ async def serve(config: ProxyConfig, command: Sequence[str]) -> None:
             async with client_streams() as (read, write):
                 await proxy.server.run(read, write, proxy.server.create_initialization_options())
     finally:
-        await proxy.aclose()  # after a SIGTERM too: the reports still in flight are sent first (reports.py)
+        await proxy.aclose()  # after a SIGTERM too: the reports still in flight are acknowledged first
 
 
 @contextmanager

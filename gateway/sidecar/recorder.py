@@ -189,8 +189,20 @@ class AuditRecorder:
     ) -> Receipt:
         # Bodies are built from validated strings and integers plus user data; when that data is known to be
         # JCS-normalised the checking walk is skipped (tests compare both paths).
+        return await self._queue(kind, body, nanos, normalised=normalised, state=state)
+
+    def _queue(
+        self,
+        kind: EventKind,
+        body: dict[str, Any],
+        nanos: int,
+        *,
+        normalised: bool = False,
+        state: Sequence[StateChange] = (),
+    ) -> asyncio.Future[Receipt]:
+        """``_append`` in two halves: the entry's place in the journal is fixed when this returns."""
         encoded = encode_normalised(body) if normalised else canonical_json(body)
-        return await self._writer.append(kind, encoded, indexed_values(body), nanos, state)
+        return self._writer.queue(kind, encoded, indexed_values(body), nanos, state)
 
     async def _record(
         self,
@@ -521,17 +533,47 @@ class AuditRecorder:
         return event
 
     async def record_result(
-        self, event_id: str, status: str, error: str, output: JsonPayload, duration_ns: int | None
+        self,
+        event_id: str,
+        status: str,
+        error: str,
+        output: JsonPayload,
+        duration_ns: int | None,
+        queued: Callable[[], None] | None = None,
     ) -> ResultOutcome:
         """Journals the post-event of a pre-event, once; a repeat answers the first post-event.
 
-        Reporting execution of an action that was not allowed journals a ``violation`` and raises.
+        Reporting execution of an action that was not allowed journals a ``violation`` and raises. ``queued`` is
+        called once this report's place in the journal is fixed: its post-event queued in the writer (anything
+        queued later is journaled after it), or nothing to journal (a repeat, a failure). The Session uses it to
+        journal a Decide read after a report behind that report's post-event.
 
         Raises:
             NotFoundError: no such pre-event.
             ViolationError: the pre-event was not ``allow`` (a violation was journaled).
             JournalUnavailableError: the post-event could not be recorded.
         """
+        try:
+            outcome = await self._record_result(event_id, status, error, output, duration_ns, queued)
+        finally:
+            if queued is not None:
+                queued()  # no-op if the post-event was queued already
+        if outcome.violation:
+            raise ViolationError(
+                f"event {event_id} was not allowed; reporting its execution is a violation "
+                f"(journaled as {outcome.event_id})"
+            )
+        return outcome
+
+    async def _record_result(
+        self,
+        event_id: str,
+        status: str,
+        error: str,
+        output: JsonPayload,
+        duration_ns: int | None,
+        queued: Callable[[], None] | None,
+    ) -> ResultOutcome:
         known = self._results.get(event_id)
         pending = self._reporting.get(event_id)
         if known is not None:
@@ -542,7 +584,7 @@ class AuditRecorder:
             future: asyncio.Future[ResultOutcome] = asyncio.get_running_loop().create_future()
             self._reporting[event_id] = future
             try:
-                outcome = await self._record_result_once(event_id, status, error, output, duration_ns)
+                outcome = await self._record_result_once(event_id, status, error, output, duration_ns, queued)
             except BaseException as exc:
                 # Not recorded (unknown id, journal down): forget it, so a retry tries afresh.
                 del self._reporting[event_id]
@@ -553,15 +595,16 @@ class AuditRecorder:
             del self._reporting[event_id]
             self._results.put(event_id, outcome)
             future.set_result(outcome)
-        if outcome.violation:
-            raise ViolationError(
-                f"event {event_id} was not allowed; reporting its execution is a violation "
-                f"(journaled as {outcome.event_id})"
-            )
         return outcome
 
     async def _record_result_once(
-        self, event_id: str, status: str, error: str, output: JsonPayload, duration_ns: int | None
+        self,
+        event_id: str,
+        status: str,
+        error: str,
+        output: JsonPayload,
+        duration_ns: int | None,
+        queued: Callable[[], None] | None,
     ) -> ResultOutcome:
         # A cached pre-event was journaled by this process and has no result yet: its entry is dropped here, before
         # the result's append, so a result (or a failed attempt at one) always sends the next report to the journal.
@@ -608,7 +651,10 @@ class AuditRecorder:
                 else reasons.EXECUTED_AFTER_STOP
             )
             body["pre_reason"] = pre.reason
-        await self._append(kind, body, nanos, normalised=output.normalised)
+        committed = self._queue(kind, body, nanos, normalised=output.normalised)
+        if queued is not None:
+            queued()
+        await committed
         if not allowed:
             log.warning(
                 "violation: result reported for %s action (run %s, step %s, pre-event %s)",

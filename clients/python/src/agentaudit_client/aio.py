@@ -20,7 +20,7 @@ from . import _convert
 from ._convert import ActorLike, DurationLike, ResultStatusLike, ScopeLike
 from ._guard import RunContext, Step, bind_args, failure, output_of, wait_seconds
 from .address import grpc_target
-from .errors import ApprovalRequired, DeadlineExceededError, from_rpc_error, raise_for_decision
+from .errors import ApprovalRequired, DeadlineExceededError, GatewayError, from_rpc_error, raise_for_decision
 from .models import ApprovalOutcome, DecideResult, ReportResult
 from .session import DEFAULT_REPORT_LINGER_S, AsyncSession
 
@@ -66,13 +66,19 @@ class AsyncGatewayClient:
         """Closes the channel; calls in flight are cancelled."""
         await self._channel.close(None)
 
-    def session(self, *, report_linger_s: float = DEFAULT_REPORT_LINGER_S) -> AsyncSession:
+    def session(
+        self,
+        *,
+        report_linger_s: float = DEFAULT_REPORT_LINGER_S,
+        on_report_error: Callable[[GatewayError], None] | None = None,
+    ) -> AsyncSession:
         """A Session stream for decides and pipelined reports (``async with client.session() as s``).
 
         A pipelined report goes out with the next request, or ``report_linger_s`` later at the latest (0: at
-        once). Falls back to the unary calls against a sidecar without Session. See ``agentaudit_client.session``.
+        once). A pipelined report that fails is raised by ``flush()``, or given to ``on_report_error`` when set.
+        Falls back to the unary calls against a sidecar without Session. See ``agentaudit_client.session``.
         """
-        return AsyncSession(self._stub, self._metadata, self._timeout, report_linger_s)
+        return AsyncSession(self._stub, self._metadata, self._timeout, report_linger_s, on_report_error)
 
     async def _call(
         self,

@@ -18,7 +18,9 @@ Guarantees:
   once. The session keeps every
   report not yet acknowledged and sends it again on a new stream after a break; ReportResult is idempotent per
   pre-event (the second answer says ``duplicate``), so a report is journaled once. ``flush()`` (and leaving the
-  block) waits for every acknowledgement and raises the first failure. ``wait=True`` awaits this one's ack.
+  block) waits for every acknowledgement and raises the first failure (or, with ``on_report_error``, passes each
+  failed report's error to that callback as it arrives, for a long-lived caller such as a proxy that logs them).
+  ``wait=True`` awaits this one's ack.
 * The sidecar answers a Decide only after every report sent before it on the stream was answered, so when
   ``decide`` returns, every earlier report's acknowledgement has been received (``unacknowledged`` says how
   many are still open: none sent before that decide).
@@ -31,7 +33,7 @@ import asyncio
 import contextlib
 import itertools
 import threading
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -76,10 +78,12 @@ class AsyncSession:
         metadata: Sequence[tuple[str, str]],
         timeout: float | None,
         report_linger_s: float = DEFAULT_REPORT_LINGER_S,
+        on_report_error: Callable[[GatewayError], None] | None = None,
     ) -> None:
         if not 0 <= report_linger_s <= 1:
             raise ValueError(f"report_linger_s must be between 0 and 1 second, not {report_linger_s!r}")
         self._stub = stub
+        self._on_report_error = on_report_error
         self._linger_s = report_linger_s
         self._linger: asyncio.TimerHandle | None = None
         self._lingering: set[asyncio.Task[None]] = set()
@@ -193,7 +197,11 @@ class AsyncSession:
         report = self._unacked.pop(rid, None)
         if report is not None:
             if response.WhichOneof("result") == "error" and rid not in self._waiting:
-                self._failures.append(from_status(response.error))  # raised by flush(); an awaited one raises there
+                failure = from_status(response.error)
+                if self._on_report_error is not None:
+                    self._on_report_error(failure)
+                else:
+                    self._failures.append(failure)  # raised by flush(); an awaited one raises there
             if not self._unacked:
                 self._acked.set()
         self._decides.discard(rid)
