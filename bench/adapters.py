@@ -287,7 +287,8 @@ def format_result(result: dict[str, Any]) -> str:
             f"  {framework:<40} {result[f'{framework}_ms']:>12.3f} {result[f'{framework}+adapter_ms']:>13.3f}"
             f" {result[f'{framework}_overhead_ms']:>12.3f} {result[f'{framework}_beyond_client_ms']:>+9.3f}"
             f"  ({result[f'{framework}_cpu_beyond_client_ms']:+.3f})"
-            f"  {result[f'{framework}_beyond_by_hand_ms']:>+9.3f}  ({result[f'{framework}_cpu_beyond_by_hand_ms']:+.3f})"
+            f"  {result[f'{framework}_beyond_by_hand_ms']:>+9.3f}"
+            f"  ({result[f'{framework}_cpu_beyond_by_hand_ms']:+.3f})"
         )
     met = "met" if result["target_met"] else "NOT met"
     rows.append(
