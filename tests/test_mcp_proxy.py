@@ -671,3 +671,47 @@ async def test_report_before_answer_holds_the_result_until_it_is_journaled(
             at_answer = _kinds(sidecar, setup.run_id)
     assert not result.is_error
     assert at_answer == ["pre_exec", "post_exec"]
+
+
+# --- the Session stream to the sidecar breaks ------------------------------------------------------------------
+
+
+@both
+async def test_a_sidecar_killed_and_restarted_is_reconnected_and_nothing_runs_undecided(
+    setup: Setup, transport: str
+) -> None:
+    """The proxy's one Session stream breaks when the sidecar dies: calls then fail closed (nothing forwarded),
+    and once the sidecar is back the proxy opens a new stream by itself; every call that ran has its pre-event
+    and its result in the journal."""
+    directory = setup.tmp / "sidecar"
+    directory.mkdir()
+    (directory / "policy.yaml").write_text(POLICY)
+    gw = start_gateway(directory)
+    restarted: RunningGateway | None = None
+    try:
+        async with connect(gw, setup, transport, "2025-11-25") as client:
+            first = await client.call_tool("write_record", {"id": "k0", "amount": 5})
+            gw.proc.send_signal(signal.SIGKILL)
+            gw.proc.wait(10)
+            down = await client.call_tool("write_record", {"id": "k1", "amount": 5})
+            restarted = start_gateway(directory)
+            results: list[types.CallToolResult] = []
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:  # the reconnect backs off (50 ms, then more): a few calls at most
+                result = await client.call_tool("write_record", {"id": f"k{2 + len(results)}", "amount": 5})
+                results.append(result)
+                if not result.is_error:
+                    break
+                await anyio.sleep(0.1)
+        assert not first.is_error
+        assert down.is_error and "fail closed" in text(down)
+        assert results and not results[-1].is_error, [text(r) for r in results]
+        assert all("fail closed" in text(r) for r in results[:-1])
+        ran = ["write_record k0", f"write_record k{1 + len(results)}"]
+        assert setup.calls() == ran  # the refused calls never reached the server
+        journal = events(restarted, setup.run_id)
+        posts = {e["pre_event_id"]: e["status"] for e in journal if e["kind"] == "post_exec"}
+        allowed = [e for e in journal if e["kind"] == "pre_exec" and e["decision"] == "allow"]
+        assert len(allowed) == 2 and all(posts.get(e["event_id"]) == "succeeded" for e in allowed), journal
+    finally:
+        (restarted or gw).stop()
