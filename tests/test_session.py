@@ -592,3 +592,77 @@ def test_a_decide_after_a_report_on_the_stream_is_journaled_after_its_post_event
             assert seq[post] < seq[later], f"run_o{i}: the decide read after the report was journaled before it"
     finally:
         gw.stop()
+
+
+@pytest.fixture(scope="module")
+def restarted_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningGateway, list[str]]]:
+    """A sidecar restarted after deciding 400 allowed pre-events it never saw reported: it caches none of them, so
+    each report of one reads the journal before it appends (the order hole step 4 closes)."""
+    directory = tmp_path_factory.mktemp("restarted")
+    first = start_gateway(directory)
+    try:
+        channel, unary = stub(first.unix_target)
+        with channel:
+            # A tenant each: the example policy limits crm.lookup per tenant, and only allowed steps are reported.
+            requests = (decide_request(run_id=f"run_pool_{i}", tenant_id=f"t_pool_{i}") for i in range(400))
+            decided = [unary.Decide(request, timeout=TIMEOUT_S) for request in requests]
+            pool = [d.event_id for d in decided if d.decision == types_pb2.DECISION_ALLOW]
+            assert len(pool) == 400
+    finally:
+        first.stop()
+    gw = start_gateway(directory)
+    try:
+        yield gw, pool
+    finally:
+        gw.stop()
+
+
+_ORDER_KINDS = st.sampled_from(["report_new", "report_new", "report_again", "decide", "decide"])
+_ORDER_RUNS = itertools.count()
+
+
+@settings(max_examples=15, deadline=None)
+@given(frames=st.lists(st.lists(_ORDER_KINDS, min_size=1, max_size=8), min_size=1, max_size=6))
+def test_every_decide_is_journaled_after_every_report_read_before_it(
+    restarted_gateway: tuple[RunningGateway, list[str]], frames: list[list[str]]
+) -> None:
+    """Hypothesis over how reports (of uncached pre-events, and repeats) and decides are cut into stream messages:
+    a decide's pre-event always follows, in the journal, the post-event of every report read before it."""
+    gw, pool = restarted_gateway
+    run_id = f"run_order_{next(_ORDER_RUNS)}"
+    reported: list[str] = []
+    batches: list[list[gateway_pb2.SessionMessage]] = []
+    kinds: dict[int, str] = {}
+    rid = 0
+    for frame in frames:
+        batch = []
+        for drawn in frame:
+            kind = drawn
+            if kind == "report_again" and not reported:
+                kind = "report_new"
+            if kind == "report_new" and not pool:
+                kind = "decide"
+            rid += 1
+            kinds[rid] = kind
+            if kind == "decide":
+                batch.append(session_message(rid, decide_request(run_id=run_id, step_id=rid)))
+            else:
+                event_id = pool.pop() if kind == "report_new" else reported[-1]
+                if kind == "report_new":
+                    reported.append(event_id)
+                batch.append(session_message(rid, report(event_id)))
+        batches.append(batch)
+    with RawSession(gw.unix_target) as session:
+        for batch in batches:
+            session.send_batch(batch)
+        answers = {a.id: a for a in (session.receive() for _ in kinds)}
+    assert all(a.WhichOneof("result") != "error" for a in answers.values()), answers
+    with sqlite3.connect(f"file:{gw.journal_path}?mode=ro", uri=True) as conn:
+        seq = dict(conn.execute("SELECT event_id, seq FROM journal"))
+    latest_post = -1  # the highest post-event seq of the reports read so far on this stream
+    for rid in sorted(kinds):
+        answer = answers[rid]
+        if kinds[rid] == "decide":
+            assert seq[answer.decide.event_id] > latest_post, f"decide {rid} journaled before an earlier report"
+        else:
+            latest_post = max(latest_post, seq[answer.report.event_id])
