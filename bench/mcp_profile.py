@@ -157,14 +157,14 @@ def _spans(stats: Path, direct_s: float, proxied_s: float) -> list[tuple[str, fl
     """The proxy's stage medians and what the client saw → where the added p50 goes, in ms."""
     spans = {k: statistics.median(v) if v else 0.0 for k, v in json.loads(stats.read_text()).items()}
     handler, decide, upstream, report = (spans[k] for k in ("handler", "decide", "upstream", "report"))
-    # The ReportResult goes beside the answer (gateway/mcp/reports.py): it is timed, but it is not in the handler.
-    own = handler - decide - upstream
+    # The ReportResult is queued on the Session stream beside the answer: it is timed (until queued), in the handler.
+    own = handler - decide - upstream - report
     rows = [
         ("client -> proxy -> client: hop, transport, SDK server (outside the handler)", proxied_s - handler),
-        ("  handler: Decide (sidecar round trip; after waiting for the run's reports)", decide),
+        ("  handler: Decide (sidecar round trip on the Session stream)", decide),
         ("  handler: upstream tools/call (second MCP hop and the server)", upstream),
         ("  handler: the proxy's own work (identity, labels, digest, mapping, waits)", own),
-        ("ReportResult (sidecar round trip, beside the answer: not in the handler)", report),
+        ("  handler: ReportResult queued on the stream (its round trip is beside the answer)", report),
         ("proxied p50 as the client saw it", proxied_s),
         ("direct p50 (client -> server -> client)", direct_s),
         ("added p50 = proxied - direct", proxied_s - direct_s),

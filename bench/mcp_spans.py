@@ -1,7 +1,8 @@
 """Runs ``agentaudit mcp`` with wall-clock timers on the stages of a ``tools/call`` (for ``bench.mcp_profile``).
 
 ``python -m bench.mcp_spans OUT -m gateway.cli mcp ...``: wraps, in this process only, the proxy's handler
-(``GoverningProxy.call_tool``), the sidecar client's ``decide`` and ``report_result`` and the upstream
+(``GoverningProxy.call_tool``), the sidecar session's ``decide`` and ``report_result`` (``AsyncSession``: the
+proxy's Session stream; a queued report returns once queued) and the upstream
 ``Upstream.call_tool``, and at exit writes every duration (seconds) per stage to OUT as JSON. SIGUSR1 clears what
 was collected so far (the warm-up). Nothing of this is in the proxy itself. With MCP_SPANS_NO_UVLOOP=1 the proxy
 runs on the plain asyncio loop (to see what uvloop changes).
@@ -48,13 +49,13 @@ def main() -> None:
     out, flag, module, *rest = sys.argv[1:]
     if flag != "-m":
         raise SystemExit("usage: python -m bench.mcp_spans OUT -m MODULE [ARGS...]")
-    from agentaudit_client import AsyncGatewayClient  # noqa: PLC0415
+    from agentaudit_client.session import AsyncSession  # noqa: PLC0415
     from gateway.mcp.proxy import GoverningProxy  # noqa: PLC0415
     from gateway.mcp.upstream import Upstream  # noqa: PLC0415
 
     GoverningProxy.call_tool = _timed("handler", GoverningProxy.call_tool)  # type: ignore[method-assign]
-    AsyncGatewayClient.decide = _timed("decide", AsyncGatewayClient.decide)  # type: ignore[method-assign]
-    AsyncGatewayClient.report_result = _timed("report", AsyncGatewayClient.report_result)  # type: ignore[method-assign]
+    AsyncSession.decide = _timed("decide", AsyncSession.decide)  # type: ignore[method-assign]
+    AsyncSession.report_result = _timed("report", AsyncSession.report_result)  # type: ignore[method-assign]
     Upstream.call_tool = _timed("upstream", Upstream.call_tool)  # type: ignore[method-assign]
     if os.environ.get("MCP_SPANS_NO_UVLOOP"):
         sys.modules["uvloop"] = None  # type: ignore[assignment]
