@@ -528,7 +528,7 @@ async def test_changed_definition_the_policy_allows_stays_listed_and_the_listing
     assert setup.calls() == ["mutable m9"]
 
 
-# --- the ReportResult beside the answer (gateway/mcp/reports.py) ---------------------------------------------------
+# --- the ReportResult beside the answer (queued on the Session stream) -------------------------------------------
 
 
 def _proxy_pid(setup: Setup) -> int:
