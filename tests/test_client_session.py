@@ -95,6 +95,23 @@ async def test_on_report_error_hears_each_failed_pipelined_report_and_flush_rais
 
 
 @in_loop
+async def test_an_on_report_error_that_raises_leaves_the_failure_to_flush_and_the_session_working(
+    gateway_server: RunningGateway,
+) -> None:
+    def broken(error: Exception) -> None:
+        raise RuntimeError("the caller's callback is broken")
+
+    async with AsyncGatewayClient(gateway_server.unix_target) as client:
+        session = client.session(on_report_error=broken)
+        await session.report_result("evt_that_does_not_exist")
+        decided = await session.decide(run_id="run_p3c", step_id=1, **STEP)  # the reader survived the callback
+        assert decided.allowed
+        with pytest.raises(NotFoundError):
+            await session.flush()
+        await session.aclose()
+
+
+@in_loop
 async def test_an_invalid_decide_raises_and_the_session_goes_on(gateway_server: RunningGateway) -> None:
     async with AsyncGatewayClient(gateway_server.unix_target) as client, client.session() as session:
         with pytest.raises(InvalidRequestError) as refused:

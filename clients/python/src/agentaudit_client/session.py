@@ -198,9 +198,11 @@ class AsyncSession:
         if report is not None:
             if response.WhichOneof("result") == "error" and rid not in self._waiting:
                 failure = from_status(response.error)
-                if self._on_report_error is not None:
+                try:
+                    if self._on_report_error is None:
+                        raise failure
                     self._on_report_error(failure)
-                else:
+                except Exception:  # no callback, or it raised: kept for flush(), never breaking the reader
                     self._failures.append(failure)  # raised by flush(); an awaited one raises there
             if not self._unacked:
                 self._acked.set()
