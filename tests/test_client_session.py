@@ -180,6 +180,19 @@ def test_the_sync_session_pipelines_reports_from_threads(gateway_server: Running
         assert post_events(gateway_server.journal_path, event_id) == 1
 
 
+def test_the_sync_session_hands_failed_queued_reports_to_on_report_error(gateway_server: RunningGateway) -> None:
+    import threading  # noqa: PLC0415
+
+    heard: list[tuple[type[Exception], str]] = []
+    with (
+        GatewayClient(gateway_server.unix_target) as client,
+        client.session(on_report_error=lambda e: heard.append((type(e), threading.current_thread().name))) as session,
+    ):
+        session.report_result("evt_that_does_not_exist")
+        session.flush()  # raises nothing: the callback had it
+    assert heard == [(NotFoundError, "agentaudit-session")]  # on the session's own thread
+
+
 @contextlib.asynccontextmanager
 async def older_sidecar(target: str) -> AsyncIterator[str]:
     """A sidecar from before the Session stream: the real one's Decide and ReportResult, relayed byte for byte."""

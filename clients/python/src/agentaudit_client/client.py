@@ -19,7 +19,7 @@ from . import _convert
 from ._convert import ActorLike, DurationLike, ResultStatusLike, ScopeLike
 from ._guard import RunContext, Step, bind_args, failure, output_of, wait_seconds
 from .address import grpc_target
-from .errors import ApprovalRequired, DeadlineExceededError, from_rpc_error, raise_for_decision
+from .errors import ApprovalRequired, DeadlineExceededError, GatewayError, from_rpc_error, raise_for_decision
 from .models import ApprovalOutcome, DecideResult, ReportResult
 from .session import DEFAULT_REPORT_LINGER_S, Session
 
@@ -66,12 +66,18 @@ class GatewayClient:
         """Closes the channel; calls in flight are cancelled."""
         self._channel.close()
 
-    def session(self, *, report_linger_s: float = DEFAULT_REPORT_LINGER_S) -> Session:
+    def session(
+        self,
+        *,
+        report_linger_s: float = DEFAULT_REPORT_LINGER_S,
+        on_report_error: Callable[[GatewayError], None] | None = None,
+    ) -> Session:
         """A Session stream for decides and pipelined reports (``with client.session() as s``).
 
         The blocking face of ``AsyncGatewayClient.session()``; see ``agentaudit_client.session``.
+        ``on_report_error`` is called on the session's own thread.
         """
-        return Session(self._target, self._metadata, self._timeout, report_linger_s)
+        return Session(self._target, self._metadata, self._timeout, report_linger_s, on_report_error)
 
     def _call(
         self,

@@ -416,6 +416,7 @@ class Session:
         metadata: Sequence[tuple[str, str]],
         timeout: float | None,
         report_linger_s: float = DEFAULT_REPORT_LINGER_S,
+        on_report_error: Callable[[GatewayError], None] | None = None,
     ) -> None:
         if not 0 <= report_linger_s <= 1:
             raise ValueError(f"report_linger_s must be between 0 and 1 second, not {report_linger_s!r}")
@@ -426,7 +427,7 @@ class Session:
         async def build() -> tuple[grpc.aio.Channel, AsyncSession]:
             channel = grpc.aio.insecure_channel(target)
             stub = gateway_pb2_grpc.GatewayServiceStub(channel)
-            return channel, AsyncSession(stub, metadata, timeout, report_linger_s)
+            return channel, AsyncSession(stub, metadata, timeout, report_linger_s, on_report_error)
 
         self._channel, self._session = self._run(build())
 
