@@ -89,20 +89,6 @@ class ByHand:
         self.client.report_result(decision.event_id, output={"result": "refund policy: 30 days"}, duration=0.0)
 
 
-def client_play(client: GatewayClient, calls: int) -> Play:
-    """The client alone: ``calls`` Decide + ReportResult pairs, as an adapter makes them."""
-
-    async def play(i: int) -> None:
-        for step in range(1, calls + 1):
-            decision = client.decide(
-                run_id=f"bench_client_{i}", step_id=step, tenant_id="t_42", agent_id="support-agent",
-                actor=("user", "u_1"), action=ACTION, args={"query": "refund policy"},
-            )  # fmt: skip
-            client.report_result(decision.event_id, output={"result": "refund policy: 30 days"}, duration=0.0)
-
-    return play
-
-
 def _busy(ms: float) -> None:
     """Pure-Python work for ``ms`` (it runs bytecode, as a framework does, rather than sleeping)."""
     deadline = time.perf_counter() + ms / 1000
@@ -110,14 +96,17 @@ def _busy(ms: float) -> None:
         pass
 
 
-def client_spaced_play(client: GatewayClient, calls: int) -> Play:
-    """``client_play`` with ``SPACING_MS`` of Python work before each pair (subtracted from its figures)."""
+def client_play(client: GatewayClient, calls: int, spacing_ms: float = 0.0) -> Play:
+    """The client alone: ``calls`` Decide + ReportResult pairs, as an adapter makes them, each after
+    ``spacing_ms`` of Python work (the "client spaced" play, whose figures have the spacing subtracted)."""
+    name = "spaced" if spacing_ms else "client"
 
     async def play(i: int) -> None:
         for step in range(1, calls + 1):
-            _busy(SPACING_MS)
+            if spacing_ms:
+                _busy(spacing_ms)
             decision = client.decide(
-                run_id=f"bench_spaced_{i}", step_id=step, tenant_id="t_42", agent_id="support-agent",
+                run_id=f"bench_{name}_{i}", step_id=step, tenant_id="t_42", agent_id="support-agent",
                 actor=("user", "u_1"), action=ACTION, args={"query": "refund policy"},
             )  # fmt: skip
             client.report_result(decision.event_id, output={"result": "refund policy: 30 days"}, duration=0.0)
@@ -219,7 +208,7 @@ async def measure(target: str, calls: int, runs: int) -> dict[str, Any]:
         by_hand = ByHand(client)
         plays = {
             "client": client_play(client, calls),
-            "client_spaced": client_spaced_play(client, calls),
+            "client_spaced": client_play(client, calls, SPACING_MS),
             "langchain": langchain_play(None, calls),
             "langchain+adapter": lc_adapter,
             "langchain+by_hand": langchain_play(None, calls, by_hand),

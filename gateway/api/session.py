@@ -359,7 +359,7 @@ class _Stream:
         except Exception as exc:
             response = self._error(exc, "report")
         finally:
-            report.mark_queued()  # refused before the recorder saw it: nothing for a Decide to wait for
+            report.mark_queued()  # a repeat, a refusal or a failure queued nothing: no Decide waits on it
         try:
             self.hub.latency["report"].observe(time.perf_counter() - started)
             self.answer(rid, response)

@@ -544,36 +544,16 @@ class AuditRecorder:
         """Journals the post-event of a pre-event, once; a repeat answers the first post-event.
 
         Reporting execution of an action that was not allowed journals a ``violation`` and raises. ``queued`` is
-        called once this report's place in the journal is fixed: its post-event queued in the writer (anything
-        queued later is journaled after it), or nothing to journal (a repeat, a failure). The Session uses it to
-        journal a Decide read after a report behind that report's post-event.
+        called as soon as this report's post-event is queued in the writer (anything queued later is journaled
+        after it); a repeat or a failure queues nothing and never calls it, so a caller ordering on it (the
+        Session, journaling a Decide read after a report behind that report's post-event) treats the end of this
+        call as the same signal.
 
         Raises:
             NotFoundError: no such pre-event.
             ViolationError: the pre-event was not ``allow`` (a violation was journaled).
             JournalUnavailableError: the post-event could not be recorded.
         """
-        try:
-            outcome = await self._record_result(event_id, status, error, output, duration_ns, queued)
-        finally:
-            if queued is not None:
-                queued()  # no-op if the post-event was queued already
-        if outcome.violation:
-            raise ViolationError(
-                f"event {event_id} was not allowed; reporting its execution is a violation "
-                f"(journaled as {outcome.event_id})"
-            )
-        return outcome
-
-    async def _record_result(
-        self,
-        event_id: str,
-        status: str,
-        error: str,
-        output: JsonPayload,
-        duration_ns: int | None,
-        queued: Callable[[], None] | None,
-    ) -> ResultOutcome:
         known = self._results.get(event_id)
         pending = self._reporting.get(event_id)
         if known is not None:
@@ -595,6 +575,11 @@ class AuditRecorder:
             del self._reporting[event_id]
             self._results.put(event_id, outcome)
             future.set_result(outcome)
+        if outcome.violation:
+            raise ViolationError(
+                f"event {event_id} was not allowed; reporting its execution is a violation "
+                f"(journaled as {outcome.event_id})"
+            )
         return outcome
 
     async def _record_result_once(

@@ -198,12 +198,13 @@ class AsyncSession:
         if report is not None:
             if response.WhichOneof("result") == "error" and rid not in self._waiting:
                 failure = from_status(response.error)
-                try:
-                    if self._on_report_error is None:
-                        raise failure
-                    self._on_report_error(failure)
-                except Exception:  # no callback, or it raised: kept for flush(), never breaking the reader
+                if self._on_report_error is None:
                     self._failures.append(failure)  # raised by flush(); an awaited one raises there
+                else:
+                    try:
+                        self._on_report_error(failure)
+                    except Exception:  # a broken callback must not break the reader: flush() raises it instead
+                        self._failures.append(failure)
             if not self._unacked:
                 self._acked.set()
         self._decides.discard(rid)
