@@ -7,7 +7,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gateway.redaction import FieldMatcher, Redactor
-from gateway.redaction.detectors import DETECTORS, ValueScanner
+from gateway.redaction.detectors import _BENIGN, _UUID_SHAPE, BENIGN_SHAPES, DETECTORS, ValueScanner
 
 SCANNER = ValueScanner()
 # Shapes that open gates, benign shapes that close them, and the separator itself.
@@ -37,6 +37,52 @@ def test_benign_strings_are_not_candidates() -> None:
 def test_candidates_name_the_strings_with_an_open_gate_in_order() -> None:
     texts = ["ok", "call +44 20 7946 0958", "2024-01-15", "ann@example.com", "plain"]
     assert SCANNER.candidates(texts) == [1, 3]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        PIECES | st.text(max_size=12) | st.sampled_from(["\ud800", "\u0663" * 9, "2024-01-15\u0663"]),
+        min_size=4,
+        max_size=14,
+    )
+)
+def test_a_scan_of_many_texts_equals_scrubbing_each(texts: list[str]) -> None:
+    # Past a few texts, scan goes through the joined prefilter and hands _found what it learnt (digits, no "@").
+    expected = [(i, *SCANNER.scrub(text)) for i, text in enumerate(texts) if SCANNER.scrub(text)[1]]
+    assert SCANNER.scan(texts) == expected
+
+
+ASCII_BENIGN = st.from_regex(_BENIGN, fullmatch=True).filter(str.isascii)
+
+
+def _shape(text: str) -> bytes:
+    return bytes(ord("9") if c.isdigit() else ord(c) if c in "-:.+TZ " else ord("?") for c in text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ASCII_BENIGN)
+def test_every_ascii_benign_string_has_a_benign_shape(text: str) -> None:
+    uuid = bytes(ord("9") if c in "0123456789abcdefABCDEF" else ord(c) for c in text)
+    assert _shape(text) in BENIGN_SHAPES or uuid == _UUID_SHAPE
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(sorted(BENIGN_SHAPES)), st.randoms())
+def test_every_benign_shape_is_benign(shape: bytes, rng: object) -> None:
+    text = "".join(str(rng.randrange(10)) if b == ord("9") else chr(b) for b in shape)  # type: ignore[attr-defined]
+    assert _BENIGN.fullmatch(text)
+
+
+def test_the_benign_shapes_are_not_taken_for_other_strings() -> None:
+    texts = [
+        "2024-01-15T10:00:00Z",
+        "2024-01-15T10:00:00Y",
+        "2024-01-15 ann@x.io",
+        "550e8400-e29b-41d4-a716-44665544000g",
+    ]
+    texts += ["\u0663\u0664\u0665\u0666-01-15", "1234567890.5", "1234567890123.5"]
+    assert SCANNER.candidates(texts) == [1, 2, 3, 6]
 
 
 # --- the whole fast path against a straightforward reference -------------------------------------------------------

@@ -123,7 +123,7 @@ def _walk(
     One loop over an explicit stack of ``(source, copy, path)`` containers, no recursion: each container's copy
     is put in its parent's place when met (so keys keep their order) and filled when its turn comes. String
     values are not scanned one by one as the copy is built: each is noted with its place in the copy, and after
-    the walk ``ValueScanner.candidates`` picks, in one pass over all of them, the few a detector may fire on;
+    the walk ``ValueScanner.scan`` picks, in one pass over all of them, the few a detector may fire on;
     only those are scrubbed and written back. Keys are decided as they are met (``keys``: the caller's
     remembered decisions, else fresh ones). The order of the redactions is not significant (``paths`` sorts)."""
     if isinstance(value, dict):
@@ -186,14 +186,11 @@ def _walk(
                 else:
                     append(child)
     if texts:
-        scrub = scanner.scrub
-        for index in scanner.candidates(texts):
-            text, names = scrub(texts[index])
-            if names:
-                container, slot, path = places[index]
-                container[slot] = text  # type: ignore[index] # the redacted value replaces the raw one
-                where = f"{path}[{slot}]" if isinstance(slot, int) else f"{path}.{slot}"
-                found.extend(Redaction(f"{where}#{name}", f"detector:{name}") for name in names)
+        for index, text, names in scanner.scan(texts):
+            container, slot, path = places[index]
+            container[slot] = text  # type: ignore[index] # the redacted value replaces the raw one
+            where = f"{path}[{slot}]" if isinstance(slot, int) else f"{path}.{slot}"
+            found.extend(Redaction(f"{where}#{name}", f"detector:{name}") for name in names)
     return Redacted(copy, found)
 
 
