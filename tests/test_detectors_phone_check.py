@@ -1,6 +1,7 @@
 """The phone detector's check (``detectors._phone``, rewritten with precomputed sets) accepts exactly the matches the
-original check accepted. The original is copied here verbatim, since the whole-redaction reference test shares the
-detectors' own checks and so cannot catch a change in one."""
+original check accepted, and its pattern and the digit-run pattern (rewritten to start with one character class)
+match exactly where the originals did. The originals are copied here verbatim, since the whole-redaction reference
+test shares the detectors' own patterns and checks and so cannot catch a change in one."""
 
 from __future__ import annotations
 
@@ -49,3 +50,20 @@ def test_the_check_accepts_what_the_original_accepted(text: str) -> None:
     while (match := PHONE.pattern.search(text, position)) is not None:
         assert detectors._phone(match) == original_phone(match), match
         position = match.start() + 1
+
+
+ORIGINAL_PHONE_PATTERN = re.compile(
+    r"\+\d[\d \-.()]{6,20}\d|(?:\(\d{2,4}\) ?|\d{2,4}[ \-.])\d{3,4}[ \-.]\d{3,4}|0\d(?:[ .\-]\d{2}){4}"
+)
+ORIGINAL_DIGIT_RUN = re.compile(r"\d+(?:[ \-]\d+)*")
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(PIECES | st.text(alphabet="0123456789 -.()+aZ_:/٣", max_size=6), max_size=7).map("".join))
+@example("(020) 7946 0958 and 06 12 34 56 78")
+def test_the_patterns_match_where_the_originals_did(text: str) -> None:
+    for position in range(len(text) + 1):
+        old, new = ORIGINAL_PHONE_PATTERN.search(text, position), PHONE.pattern.search(text, position)
+        assert (old and old.span()) == (new and new.span()), (text, position)
+    runs = [m.span() for m in detectors._DIGIT_RUN.finditer(text)]
+    assert runs == [m.span() for m in ORIGINAL_DIGIT_RUN.finditer(text)]
