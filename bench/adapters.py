@@ -1,14 +1,25 @@
 """Per-tool-call overhead of the framework adapters: the same scripted agent run with and without the adapter.
 
 ``python -m bench.adapters [--calls 30] [--runs 4]`` (``make bench`` runs it too) starts ``agentaudit dev`` in a
-temporary directory, then plays five scripts in turn, ``--runs`` rounds after a warm-up one: the client alone
-(``--calls`` Decide + ReportResult pairs), and for each framework (LangChain ``create_agent`` with a fake chat
-model, sync ``invoke``; Pydantic AI with a ``FunctionModel``) ``--calls`` turns of one ``kb.search`` tool call
-each (the example policy allows it, unlimited) without and with the adapter, a fresh thread or conversation
-per round. Taking turns within each round keeps a shared machine's changing load from landing on one figure.
+temporary directory, then plays its scripts in turn, ``--runs`` rounds after a warm-up one: the client alone
+(``--calls`` Decide + ReportResult pairs), and for each framework ``--calls`` turns of one ``kb.search`` tool
+call each (the example policy allows it, unlimited) without the adapter, with it, and with the same two client
+calls written by hand in the tool, a fresh thread, conversation or session per round:
+
+* LangChain ``create_agent`` with a fake chat model, sync ``invoke`` (the adapter's blocking client);
+* Pydantic AI with a ``FunctionModel``;
+* the OpenAI Agents SDK with its own ``ScriptedModel`` (``agents.testing``), ``Runner.run``;
+* Google ADK with a scripted ``BaseLlm`` in an ``InMemoryRunner``;
+* the Claude Agent SDK: its ``PreToolUse`` and ``PostToolUse`` hooks called around the tool with the SDK's own
+  input types, as the SDK calls them (the SDK itself drives the Claude Code CLI and a model: not offline).
+
+The asyncio adapters (the last three) take one ``AsyncGatewayClient``, as an app has; their by-hand calls use
+another. Taking turns within each round keeps a shared machine's changing load from landing on one figure.
 The overhead per call is (median with the adapter - median without) / calls; the issue's target is that
 overhead within 1 ms of the client's own Decide + ReportResult per call. The bench process's CPU time per call
-is reported beside each wall-clock figure.
+is reported beside each wall-clock figure. At the end the journal must hold, for every run of every governed
+play, each tool call allowed and reported: otherwise the bench fails rather than time an adapter that governed
+nothing.
 
 What "the client's own Decide + ReportResult" costs depends on where it runs, so three are measured:
 
@@ -27,6 +38,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import statistics
 import subprocess
 import sys
@@ -39,7 +51,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from agentaudit_client import GatewayClient
+from agentaudit_client import AsyncGatewayClient, GatewayClient
 from agentaudit_client.integrations import AdapterSettings
 
 ACTION = "kb.search"
@@ -87,6 +99,22 @@ class ByHand:
             actor=("user", "u_1"), action=ACTION, args={"query": "refund policy"},
         )  # fmt: skip
         self.client.report_result(decision.event_id, output={"result": "refund policy: 30 days"}, duration=0.0)
+
+
+class AsyncByHand(ByHand):
+    """``ByHand`` for the asyncio frameworks: the same two calls through the asyncio client, awaited in the tool."""
+
+    def __init__(self, client: AsyncGatewayClient) -> None:  # type: ignore[override]
+        self.aclient = client
+        self.run_id, self.step = "", 0
+
+    async def adecide_and_report(self) -> None:
+        self.step += 1
+        decision = await self.aclient.decide(
+            run_id=self.run_id, step_id=self.step, tenant_id="t_42", agent_id="support-agent",
+            actor=("user", "u_1"), action=ACTION, args={"query": "refund policy"},
+        )  # fmt: skip
+        await self.aclient.report_result(decision.event_id, output={"result": "refund policy: 30 days"}, duration=0.0)
 
 
 def _busy(ms: float) -> None:
@@ -181,17 +209,140 @@ def pydantic_ai_play(settings: AdapterSettings | None, calls: int, by_hand: ByHa
     return play
 
 
-PLAYS = (
-    "client",
-    "client_spaced",
-    "langchain",
-    "langchain+adapter",
-    "langchain+by_hand",
-    "pydantic_ai",
-    "pydantic_ai+adapter",
-    "pydantic_ai+by_hand",
-)
-FRAMEWORKS = ("langchain", "pydantic_ai")
+TOOL = "kb_search"  # the tool's name where a framework allows no dot in it; the adapters map it to ACTION
+ACTIONS = {TOOL: ACTION}
+
+
+def openai_agents_play(client: AsyncGatewayClient | None, calls: int, by_hand: AsyncByHand | None = None) -> Play:
+    """An OpenAI Agents SDK agent driven by the SDK's own ``ScriptedModel``: one tool call per turn."""
+    from agents import Agent, RunConfig, Runner, function_tool  # noqa: PLC0415
+    from agents.testing import ModelStep, ScriptedModel, assistant_message, function_call  # noqa: PLC0415
+
+    from agentaudit_client.integrations.openai_agents import AgentsGovernor  # noqa: PLC0415
+
+    async def kb_search(query: str) -> str:
+        """Searches the knowledge base."""
+        if by_hand is not None:
+            await by_hand.adecide_and_report()
+        return "refund policy: 30 days"
+
+    async def play(i: int) -> None:
+        # A fresh tool per run: a governor governs a tool once (idempotent), so a shared one would keep the first.
+        tool = function_tool(kb_search, name_override=TOOL)
+        steps = [
+            ModelStep(output=[function_call(TOOL, {"query": "refund policy"}, call_id=f"c{n}")]) for n in range(calls)
+        ]
+        model = ScriptedModel([*steps, ModelStep(output=[assistant_message("done")])])
+        agent: Agent[Any] = Agent(name="bench", model=model, tools=[tool])
+        if client is not None:
+            # With tracing off the SDK's trace carries no group id, so the run id is given (docs/integrations.md).
+            governor = AgentsGovernor(client, "t_42", "support-agent", ("user", "u_1"), f"oa_{i}", actions=ACTIONS)
+            governor.govern(agent)
+        if by_hand is not None:
+            by_hand.start(f"oa_hand_{i}")
+        config = RunConfig(tracing_disabled=True, group_id=f"oa_{i}")
+        await Runner.run(agent, "go", max_turns=calls + 2, run_config=config)
+
+    return play
+
+
+def adk_play(client: AsyncGatewayClient | None, calls: int, by_hand: AsyncByHand | None = None) -> Play:
+    """A Google ADK agent driven by a scripted ``BaseLlm`` (one function call per turn) in an ``InMemoryRunner``."""
+    from google.adk.agents import LlmAgent  # noqa: PLC0415
+    from google.adk.apps import App  # noqa: PLC0415
+    from google.adk.models.base_llm import BaseLlm  # noqa: PLC0415
+    from google.adk.models.llm_response import LlmResponse  # noqa: PLC0415
+    from google.adk.runners import InMemoryRunner  # noqa: PLC0415
+    from google.genai import types  # noqa: PLC0415
+
+    from agentaudit_client.integrations.adk import AgentAuditPlugin  # noqa: PLC0415
+
+    class Scripted(BaseLlm):
+        turns: int = 0
+
+        async def generate_content_async(self, llm_request: Any, stream: bool = False) -> Any:
+            self.turns += 1
+            if self.turns > calls:
+                yield LlmResponse(content=types.Content(role="model", parts=[types.Part(text="done")]))
+                return
+            call = types.FunctionCall(name=TOOL, args={"query": "refund policy"}, id=f"c{self.turns}")
+            yield LlmResponse(content=types.Content(role="model", parts=[types.Part(function_call=call)]))
+
+    async def kb_search(query: str) -> str:
+        """Searches the knowledge base."""
+        if by_hand is not None:
+            await by_hand.adecide_and_report()
+        return "refund policy: 30 days"
+
+    async def play(i: int) -> None:
+        agent = LlmAgent(name="bench", model=Scripted(model="scripted"), tools=[kb_search])
+        plugins = (
+            [AgentAuditPlugin(client, tenant_id="t_42", agent_id="support-agent", actions=ACTIONS)] if client else []
+        )
+        runner = InMemoryRunner(app=App(name="bench", root_agent=agent, plugins=plugins))
+        await runner.session_service.create_session(app_name="bench", user_id="u_1", session_id=f"adk_{i}")
+        if by_hand is not None:
+            by_hand.start(f"adk_hand_{i}")
+        message = types.Content(role="user", parts=[types.Part(text="go")])
+        async for _ in runner.run_async(user_id="u_1", session_id=f"adk_{i}", new_message=message):
+            pass
+
+    return play
+
+
+def claude_agent_play(client: AsyncGatewayClient | None, calls: int, by_hand: AsyncByHand | None = None) -> Play:
+    """What the Claude Agent SDK does around each tool call, with its own types: the ``PreToolUse`` hooks, the
+    tool, the ``PostToolUse`` hooks (the SDK itself drives the Claude Code CLI, which needs a model: not offline)."""
+    from claude_agent_sdk import (  # noqa: PLC0415
+        ClaudeAgentOptions,
+        HookContext,
+        PostToolUseHookInput,
+        PreToolUseHookInput,
+    )
+
+    from agentaudit_client.integrations.claude_agent import ClaudeAgentGovernor  # noqa: PLC0415
+
+    context = HookContext(signal=None)
+
+    async def kb_search(query: str) -> str:
+        if by_hand is not None:
+            await by_hand.adecide_and_report()
+        return "refund policy: 30 days"
+
+    async def play(i: int) -> None:
+        options = ClaudeAgentOptions(allowed_tools=[TOOL])
+        if client is not None:
+            options = ClaudeAgentGovernor(client, "t_42", "support-agent", ("user", "u_1"), actions=ACTIONS).apply(
+                options
+            )
+        hooks = options.hooks or {}
+        if by_hand is not None:
+            by_hand.start(f"ca_hand_{i}")
+        base = {"session_id": f"ca_{i}", "transcript_path": "/tmp/bench.jsonl", "cwd": "/tmp"}
+        for n in range(calls):
+            args, use_id = {"query": "refund policy"}, f"toolu_{i}_{n}"
+            pre = PreToolUseHookInput(
+                **base, hook_event_name="PreToolUse", tool_name=TOOL, tool_input=args, tool_use_id=use_id
+            )  # type: ignore[typeddict-item]
+            for matcher in hooks.get("PreToolUse", []):
+                for hook in matcher.hooks:
+                    answer = await hook(pre, use_id, context)
+                    if answer.get("hookSpecificOutput", {}).get("permissionDecision") == "deny":
+                        raise RuntimeError(f"bench tool denied: {answer}")
+            output = await kb_search(**args)
+            post = PostToolUseHookInput(
+                **base, hook_event_name="PostToolUse", tool_name=TOOL, tool_input=args, tool_response=output,
+                tool_use_id=use_id,
+            )  # type: ignore[typeddict-item]  # fmt: skip
+            for matcher in hooks.get("PostToolUse", []):
+                for hook in matcher.hooks:
+                    await hook(post, use_id, context)
+
+    return play
+
+
+FRAMEWORKS = ("langchain", "pydantic_ai", "openai_agents", "adk", "claude_agent")
+PLAYS = ("client", "client_spaced", *(f"{f}{kind}" for f in FRAMEWORKS for kind in ("", "+adapter", "+by_hand")))
 
 
 async def measure(target: str, calls: int, runs: int) -> dict[str, Any]:
@@ -204,27 +355,29 @@ async def measure(target: str, calls: int, runs: int) -> dict[str, Any]:
     """
     settings = AdapterSettings(sidecar=target, tenant_id="t_42", agent_id="support-agent", actor_id="u_1")
     lc_adapter, pa_adapter = langchain_play(settings, calls), pydantic_ai_play(settings, calls)
+    # The asyncio adapters take the app's own asyncio client (one, as an app has), made inside this loop.
     with GatewayClient(target) as client:
-        by_hand = ByHand(client)
-        plays = {
-            "client": client_play(client, calls),
-            "client_spaced": client_play(client, calls, SPACING_MS),
-            "langchain": langchain_play(None, calls),
-            "langchain+adapter": lc_adapter,
-            "langchain+by_hand": langchain_play(None, calls, by_hand),
-            "pydantic_ai": pydantic_ai_play(None, calls),
-            "pydantic_ai+adapter": pa_adapter,
-            "pydantic_ai+by_hand": pydantic_ai_play(None, calls, by_hand),
-        }
-        wall: dict[str, list[float]] = {name: [] for name in PLAYS}
-        cpu: dict[str, list[float]] = {name: [] for name in PLAYS}
-        for i in range(runs + 1):
-            for name, play in plays.items():
-                wall_started, cpu_started = time.perf_counter(), time.process_time()
-                await play(i)
-                if i:  # round 0 warms imports, channels and the sidecar's caches
-                    wall[name].append((time.perf_counter() - wall_started) / calls * 1000)
-                    cpu[name].append((time.process_time() - cpu_started) / calls * 1000)
+        async with AsyncGatewayClient(target) as aclient, AsyncGatewayClient(target) as hand_client:
+            by_hand, async_by_hand = ByHand(client), AsyncByHand(hand_client)
+            plays = {
+                "client": client_play(client, calls),
+                "client_spaced": client_play(client, calls, SPACING_MS),
+                "langchain": langchain_play(None, calls),
+                "langchain+adapter": lc_adapter,
+                "langchain+by_hand": langchain_play(None, calls, by_hand),
+                "pydantic_ai": pydantic_ai_play(None, calls),
+                "pydantic_ai+adapter": pa_adapter,
+                "pydantic_ai+by_hand": pydantic_ai_play(None, calls, by_hand),
+            }
+            for framework, make in (
+                ("openai_agents", openai_agents_play),
+                ("adk", adk_play),
+                ("claude_agent", claude_agent_play),
+            ):
+                plays[framework] = make(None, calls)
+                plays[f"{framework}+adapter"] = make(aclient, calls)
+                plays[f"{framework}+by_hand"] = make(None, calls, async_by_hand)
+            wall, cpu = await _rounds(plays, calls, runs)
     result: dict[str, Any] = {"calls": calls, "runs": runs, "target_beyond_client_ms": TARGET_BEYOND_CLIENT_MS}
     for name in PLAYS:
         result[f"{name}_ms"] = round(statistics.median(wall[name]), 3)
@@ -251,12 +404,75 @@ async def measure(target: str, calls: int, runs: int) -> dict[str, Any]:
     return result
 
 
+async def _rounds(
+    plays: dict[str, Play], calls: int, runs: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Each play's wall-clock and CPU milliseconds per call in each of ``runs`` rounds (after a warm-up one)."""
+    wall: dict[str, list[float]] = {name: [] for name in PLAYS}
+    cpu: dict[str, list[float]] = {name: [] for name in PLAYS}
+    for i in range(runs + 1):
+        for name, play in plays.items():
+            wall_started, cpu_started = time.perf_counter(), time.process_time()
+            await play(i)
+            if i:  # round 0 warms imports, channels and the sidecar's caches
+                wall[name].append((time.perf_counter() - wall_started) / calls * 1000)
+                cpu[name].append((time.process_time() - cpu_started) / calls * 1000)
+    return wall, cpu
+
+
+def journaled(journal: Path) -> dict[str, tuple[int, int]]:
+    """Per run id, the allowed pre-events and the post-events the journal holds (the plays' own check)."""
+    from gateway.journal.store import iter_bodies  # noqa: PLC0415
+
+    allowed: dict[str, int] = {}
+    run_of: dict[str, str] = {}
+    for _, body in iter_bodies(journal, kind="pre_exec"):
+        if body.get("decision") == "allow":
+            allowed[body["run_id"]] = allowed.get(body["run_id"], 0) + 1
+            run_of[body["event_id"]] = body["run_id"]
+    reported: dict[str, int] = {}
+    for _, body in iter_bodies(journal, kind="post_exec"):
+        run_id = run_of.get(body.get("pre_event_id", ""), "")
+        reported[run_id] = reported.get(run_id, 0) + 1
+    return {run_id: (count, reported.get(run_id, 0)) for run_id, count in allowed.items()}
+
+
+_PREFIXES = {"langchain": "lc", "pydantic_ai": "pa", "openai_agents": "oa", "adk": "adk", "claude_agent": "ca"}
+RUN_PREFIXES = {
+    "client": "bench_client",
+    "client_spaced": "bench_spaced",
+    **{f"{framework}+adapter": prefix for framework, prefix in _PREFIXES.items()},
+    **{f"{framework}+by_hand": f"{prefix}_hand" for framework, prefix in _PREFIXES.items()},
+}
+"""The run ids each play's runs are journaled under (``PREFIX_ROUND``)."""
+
+
+def check_journal(journal: Path, calls: int, runs: int) -> dict[str, int]:
+    """Each governed play's runs journaled every tool call, allowed and reported: else its figures would time an
+    adapter that governed nothing. Returns the tool calls journaled per play."""
+    runs_by_play: dict[str, list[tuple[int, int]]] = {}
+    for run_id, counts in journaled(journal).items():
+        runs_by_play.setdefault(run_id.rsplit("_", 1)[0], []).append(counts)
+    found = {}
+    for play, prefix in RUN_PREFIXES.items():
+        counts = runs_by_play.get(prefix, [])
+        if len(counts) != runs + 1 or any(c != (calls, calls) for c in counts):
+            raise RuntimeError(
+                f"{play}: journaled (allowed, reported) per run {counts}, expected {(calls, calls)} x {runs + 1}"
+            )
+        found[play] = sum(allowed for allowed, _ in counts)
+    return found
+
+
 def run(calls: int = 30, runs: int = 4) -> dict[str, Any]:
     """Starts ``agentaudit dev`` in a temporary directory and measures against it (``make bench`` calls this)."""
+    logging.getLogger("google_adk").setLevel(logging.ERROR)  # "missing token usage metadata": a scripted model
     with tempfile.TemporaryDirectory(prefix="aa-bench-") as tmp:
         proc, target = start_sidecar(Path(tmp))
         try:
-            return asyncio.run(measure(target, calls, runs))
+            result = asyncio.run(measure(target, calls, runs))
+            result["journaled_tool_calls"] = check_journal(Path(tmp) / "journal.db", calls, runs)
+            return result
         finally:
             proc.terminate()
             proc.wait(15)
