@@ -5,10 +5,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_DIR := clients/node
 NODE_STAMP := $(NODE_DIR)/dist/.built
+# The redaction modules compiled with mypyc (ADR 0027); skipped with a note where no C compiler is found.
+NATIVE_SOURCES := $(addprefix gateway/redaction/,names.py detectors.py redactor.py native.py)
+NATIVE_STAMP := gateway/redaction/_native/SOURCES
 
 .PHONY: install dev test lint gen gen-check bench bench-scale bench-peers clean system-deps
 
-install: $(STAMP) $(NODE_STAMP)
+install: $(STAMP) $(NODE_STAMP) $(NATIVE_STAMP)
 
 # A cold install is quiet pip for about a minute: one line before each step says what is happening.
 $(STAMP): pyproject.toml clients/python/pyproject.toml
@@ -21,6 +24,13 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml
 	@touch $(STAMP)
 	@echo "make: installed; $(BIN)/agentaudit is ready"
 
+# Compiled after the install (mypyc comes with the dev extra's mypy); the package checks the stamp at import, so
+# a build older than its sources is never loaded even when make is not run. No compiler: a note, no stamp, and
+# this rule runs again next time (it takes a second to say so).
+$(NATIVE_STAMP): $(NATIVE_SOURCES) scripts/build_native.py | $(STAMP)
+	@echo "make: compiling the redaction modules with mypyc (scripts/build_native.py, about 10 s)"
+	@$(BIN)/python scripts/build_native.py
+
 # The Node client (clients/node): pinned dependencies, compiled once; the cross-client test runs its example.
 $(NODE_STAMP): $(NODE_DIR)/package-lock.json $(NODE_DIR)/tsconfig.json $(wildcard $(NODE_DIR)/src/*.ts $(NODE_DIR)/src/gen/*/*/*.ts $(NODE_DIR)/examples/*.ts $(NODE_DIR)/test/*.ts)
 	@echo "make: installing and compiling the Node client in $(NODE_DIR) (npm ci, then tsc)"
@@ -31,7 +41,7 @@ $(NODE_STAMP): $(NODE_DIR)/package-lock.json $(NODE_DIR)/tsconfig.json $(wildcar
 system-deps:
 	scripts/system_deps.sh
 
-dev: $(STAMP)
+dev: $(STAMP) $(NATIVE_STAMP)
 	@echo "make: starting the sidecar: $(BIN)/agentaudit dev (Ctrl-C stops it)"
 	@$(BIN)/agentaudit dev
 
@@ -71,4 +81,4 @@ bench-peers: install
 	$(BIN)/python -m bench.peers
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache gateway/redaction/_native

@@ -11,7 +11,8 @@ order), so a change in the machine's load lands on all of them alike. The garbag
 sidecar runs it; a ``gc.callbacks`` hook counts the collections that ran inside timed calls, and the p99 of the
 calls no collection landed on is reported beside the p99 of all. ``--gc-freeze`` calls ``gc.freeze()`` after
 the warm-up, as the sidecar may at start. The load average before and after is part of the result. The target
-is a p99 under 50 µs for 1 KiB with detectors on.
+is a p99 under 50 µs for 1 KiB with detectors on. The result says whether the redaction modules ran compiled
+(``scripts/build_native.py``, ADR 0027); ``AGENTAUDIT_NATIVE=0`` measures them as Python.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from gateway.redaction import DETECTOR_NAMES, Redactor
+from gateway.redaction import DETECTOR_NAMES, Redactor, native
 
 TARGET_P99_US_1KIB = 50.0
 DEFAULT_RULES = ("email", "phone", "card_number")
@@ -152,6 +153,7 @@ def run(evaluations: int, rounds: int = 20, gc_freeze: bool = False) -> dict[str
             "gc_collections": gcs.count,
             "gc_ms": round(gcs.ns / 1e6, 2),
             "load_avg_1m": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
+            "compiled": native.active(),  # mypyc build in use (ADR 0027); AGENTAUDIT_NATIVE=0 measures the source
             "target_p99_us_1kib": TARGET_P99_US_1KIB,
             "target_met": p99 < TARGET_P99_US_1KIB,
         }
@@ -181,6 +183,8 @@ def format_result(result: dict[str, Any]) -> str:
         f"  {result['rounds']} interleaved rounds; {result['gc_collections']} collections ({result['gc_ms']:.2f} ms)"
         f"{', gc frozen after warm-up' if result['gc_freeze'] else ''}; load average {before:.2f} -> {after:.2f}"
     )
+    built = "compiled (mypyc)" if result.get("compiled") else "as Python (no build, or AGENTAUDIT_NATIVE=0)"
+    rows.append(f"  redaction modules {built}")
     rows.append(f"  1 KiB with detectors p99 {p99:.2f} µs (target < {TARGET_P99_US_1KIB:g} µs): {met}")
     return "\n".join(rows)
 

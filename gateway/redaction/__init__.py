@@ -1,8 +1,15 @@
 """Redaction of everything recorded: name rules, value detectors, and keyed digests.
 
 ``names`` matches ``audit.redact_fields`` rules against normalised keys, ``detectors`` recognises sensitive
-values by shape, ``redactor`` applies both and computes the HMAC digests and action keys.
+values by shape, ``redactor`` applies both and computes the HMAC digests and action keys. Those three run
+compiled (mypyc) when a build for exactly these sources is present (``native``, ADR 0027), else as Python.
 """
+
+from gateway.redaction import native
+
+if native.usable():
+    # First on the package's path, so its compiled modules are found before the sources beside this file.
+    __path__.insert(0, str(native.NATIVE_DIR))
 
 from gateway.redaction.detectors import DETECTOR_NAMES, ValueScanner
 from gateway.redaction.names import FieldMatcher, key_words, normalised_key
