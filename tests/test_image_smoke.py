@@ -45,6 +45,7 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agentaudit_client import GatewayClient, GatewayError
+from gateway.redaction import native
 from tests.operator_helpers import install_collector_tls
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -469,6 +470,20 @@ def base(image: Image) -> Path:
     directory = Path(tempfile.mkdtemp(dir=image.root))
     directory.chmod(0o755)
     return directory
+
+
+def test_the_wheel_carries_the_compiled_redaction_when_the_checkout_has_one(image: Image) -> None:
+    """hatch_build.py: a build that fits the sources goes into the wheel, tagged for this Python and platform, and
+    the installed package loads it; without one the wheel is pure Python (ADR 0027)."""
+    built = native.usable()
+    (wheel,) = (image.root / "wheels").glob("agentaudit-*.whl")
+    assert wheel.name.endswith("-py3-none-any.whl") != built, wheel.name
+    environment = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", native.ENV_SWITCH)}
+    code = "import gateway.redaction.native as n, gateway.redaction.detectors as d; print(n.active(), d.__file__)"
+    active, where = run([image.venv / "bin" / "python", "-c", code], cwd=image.root, env=environment).stdout.split()
+    assert active == str(built)
+    assert where.startswith(str(image.venv)), where  # the installed package, not this checkout
+    assert ("/_native/" in where) == built
 
 
 def test_image_entrypoint_serves_decides_and_stops_cleanly(image: Image, base: Path) -> None:
