@@ -82,6 +82,14 @@ Play = Callable[[int], Awaitable[None]]
 """One run of a scripted agent (the argument: the run's index, for a fresh thread or conversation id)."""
 
 
+# What every play's Decide carries and every ReportResult reports: one allowed kb.search and its answer.
+PAIR = {
+    "tenant_id": "t_42", "agent_id": "support-agent", "actor": ("user", "u_1"), "action": ACTION,
+    "args": {"query": "refund policy"},
+}  # fmt: skip
+OUTPUT = {"result": "refund policy: 30 days"}
+
+
 class ByHand:
     """A hand-written integration: the tool's own body decides and reports with the client (no adapter)."""
 
@@ -94,27 +102,24 @@ class ByHand:
 
     def decide_and_report(self) -> None:
         self.step += 1
-        decision = self.client.decide(
-            run_id=self.run_id, step_id=self.step, tenant_id="t_42", agent_id="support-agent",
-            actor=("user", "u_1"), action=ACTION, args={"query": "refund policy"},
-        )  # fmt: skip
-        self.client.report_result(decision.event_id, output={"result": "refund policy: 30 days"}, duration=0.0)
+        decision = self.client.decide(run_id=self.run_id, step_id=self.step, **PAIR)  # type: ignore[arg-type]
+        self.client.report_result(decision.event_id, output=OUTPUT, duration=0.0)
 
 
-class AsyncByHand(ByHand):
+class AsyncByHand:
     """``ByHand`` for the asyncio frameworks: the same two calls through the asyncio client, awaited in the tool."""
 
-    def __init__(self, client: AsyncGatewayClient) -> None:  # type: ignore[override]
-        self.aclient = client
+    def __init__(self, client: AsyncGatewayClient) -> None:
+        self.client = client
         self.run_id, self.step = "", 0
+
+    def start(self, run_id: str) -> None:
+        self.run_id, self.step = run_id, 0
 
     async def adecide_and_report(self) -> None:
         self.step += 1
-        decision = await self.aclient.decide(
-            run_id=self.run_id, step_id=self.step, tenant_id="t_42", agent_id="support-agent",
-            actor=("user", "u_1"), action=ACTION, args={"query": "refund policy"},
-        )  # fmt: skip
-        await self.aclient.report_result(decision.event_id, output={"result": "refund policy: 30 days"}, duration=0.0)
+        decision = await self.client.decide(run_id=self.run_id, step_id=self.step, **PAIR)  # type: ignore[arg-type]
+        await self.client.report_result(decision.event_id, output=OUTPUT, duration=0.0)
 
 
 def _busy(ms: float) -> None:
@@ -133,11 +138,8 @@ def client_play(client: GatewayClient, calls: int, spacing_ms: float = 0.0) -> P
         for step in range(1, calls + 1):
             if spacing_ms:
                 _busy(spacing_ms)
-            decision = client.decide(
-                run_id=f"bench_{name}_{i}", step_id=step, tenant_id="t_42", agent_id="support-agent",
-                actor=("user", "u_1"), action=ACTION, args={"query": "refund policy"},
-            )  # fmt: skip
-            client.report_result(decision.event_id, output={"result": "refund policy: 30 days"}, duration=0.0)
+            decision = client.decide(run_id=f"bench_{name}_{i}", step_id=step, **PAIR)  # type: ignore[arg-type]
+            client.report_result(decision.event_id, output=OUTPUT, duration=0.0)
 
     return play
 
