@@ -21,8 +21,10 @@ encoding: they are not doubles, and a body built from them would not survive tha
 from __future__ import annotations
 
 import json
+import json.scanner
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,6 +98,11 @@ def _safe_int(literal: str) -> int:
     return value
 
 
+# typeshed types make_scanner's argument as the scanner class itself; it takes the decoder whose hooks it calls.
+_FAST_SCAN: Callable[[str, int], tuple[Any, int]] = json.scanner.make_scanner(
+    json.JSONDecoder(parse_int=_safe_int, parse_float=_refuse_literal, parse_constant=_refuse_literal)  # type: ignore[arg-type]
+)
+
 # A UTF-8 lead byte of a code point at or above U+E000: where code-point and UTF-16 key orders may differ.
 _HIGH_CODE_POINT = re.compile(rb"[\xee-\xff]")
 
@@ -113,12 +120,12 @@ def parse_canonical(data: bytes) -> dict[str, Any] | None:
     if not data.isascii() and _HIGH_CODE_POINT.search(data):
         return None
     try:
-        value = json.loads(
-            data.decode("utf-8"), parse_int=_safe_int, parse_float=_refuse_literal, parse_constant=_refuse_literal
-        )
+        # The decoder's scanner at offset 0, not json.loads: that builds a decoder per call when given hooks, and
+        # skips whitespace the byte comparison below refuses anyway. What follows the value is compared too.
+        value, _ = _FAST_SCAN(data.decode("utf-8"), 0)
         if not isinstance(value, dict) or encode_normalised(value) != data:
             return None
-    except (_NotFastPath, ValueError, RecursionError):  # UnicodeDecodeError and UnicodeEncodeError are ValueErrors
+    except (_NotFastPath, ValueError, RecursionError, StopIteration):  # StopIteration: no value at offset 0
         return None
     return value
 

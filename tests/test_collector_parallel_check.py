@@ -3,16 +3,20 @@
 A batch of more than ``MIN_PARALLEL_ENTRIES`` new entries is split into chunks checked by worker processes. The
 outcome must be the sequential one: one forged entry anywhere (mid-chunk, first of a chunk, last of the batch)
 refuses the whole batch, naming the first faulty seq, and nothing is stored or cosigned. A killed worker must
-cost nothing but speed.
+cost nothing but speed. The PostgreSQL store COPYs each chunk once it is checked, inside the batch's transaction,
+while later chunks are still being checked: a refusal found after chunks were copied (a later entry, the root),
+or an ingest cancelled mid-copy, must still leave nothing of the batch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -36,6 +40,7 @@ from tests.test_collector_store import (
 )
 
 SIZE = 3 * CHUNK_ENTRIES + 100  # four chunks, the last one short
+T = TypeVar("T")
 KEY = signer()
 
 
@@ -45,9 +50,10 @@ def rows(tmp_path_factory: pytest.TempPathFactory) -> list[Row]:
     return journal(tmp_path_factory.mktemp("journal"), "big", SIZE, KEY)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "postgres", "postgres-inline"])
 def new_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], CollectorStore]]:
-    """Makes stores with two check workers, so large batches go to processes even on one core."""
+    """Makes stores with two check workers, so large batches go to processes even on one core; and a PostgreSQL
+    store with none (its pipelined chunks are then checked one after another in a thread)."""
     if request.param == "sqlite":
         yield lambda: SqliteCollectorStore(tmp_path / "collector.db", check_workers=2)
         return
@@ -59,8 +65,9 @@ def new_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callab
     from gateway.collector.postgres_store import PostgresCollectorStore  # noqa: PLC0415
 
     schema = f"aa_test_{os.urandom(8).hex()}"
+    workers = 0 if request.param == "postgres-inline" else 2
     try:
-        yield lambda: PostgresCollectorStore(POSTGRES_DSN, schema=schema, check_workers=2)
+        yield lambda: PostgresCollectorStore(POSTGRES_DSN, schema=schema, check_workers=workers)
     finally:
         drop_schema(schema)
 
@@ -201,5 +208,127 @@ def test_a_killed_worker_costs_speed_never_a_check(rows: list[Row]) -> None:
         pool._inline_until = 0.0  # private: skip the wait before workers are started again
         assert [e.leaf_hash for e in pool.check(ORIGIN, keys, rows, bytes(32))] == [e.leaf_hash for e in checked]
         assert _worker_pids(pool)
+    finally:
+        pool.close()
+
+
+def test_a_root_mismatch_found_after_every_chunk_was_copied_leaves_nothing(
+    new_store: Callable[[], CollectorStore], rows: list[Row]
+) -> None:
+    # Every entry is honest, so every chunk is checked and copied; only the root, compared last, is wrong.
+    wrong = checkpoint(rows, KEY, root=bytes(32))
+
+    async def scenario() -> None:
+        store = await opened(new_store)
+        try:
+            with pytest.raises(IngestRejected) as caught:
+                await store.ingest(ORIGIN, rows, wrong, WITNESS, NOW)
+            assert (caught.value.code, caught.value.seq) == (RejectCode.ROOT_MISMATCH, SIZE - 1)
+            assert await store.latest(ORIGIN) == (0, "")
+            assert await store.entries(ORIGIN) == []
+            outcome = await store.ingest(ORIGIN, rows, checkpoint(rows, KEY), WITNESS, NOW)
+            assert (outcome.size, outcome.accepted) == (SIZE, SIZE)
+        finally:
+            await store.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_an_ingest_cancelled_while_its_chunks_are_copied_leaves_all_or_nothing(
+    new_store: Callable[[], CollectorStore], rows: list[Row]
+) -> None:
+    # A forwarder that hangs up mid-batch cancels the ingest: the batch is then held whole (the cancel came after
+    # the commit, or the SQLite store's thread committed anyway) or not at all (copied chunks rolled back with the
+    # transaction), never in part; the connection goes back to the pool usable; the resent batch completes it.
+    async def scenario() -> None:
+        store = await opened(new_store)
+        try:
+            cancelled = 0
+            for delay in (0.0, 0.002, 0.005, 0.01, 0.02, 0.05):
+                held = await store.entries(ORIGIN)
+                task = asyncio.ensure_future(store.ingest(ORIGIN, rows, checkpoint(rows, KEY), WITNESS, NOW))
+                await asyncio.sleep(delay)
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                cancelled += task.cancelled()
+                size, _ = await store.latest(ORIGIN)
+                assert (size, await store.entries(ORIGIN)) in ((0, []), (SIZE, rows))
+                if held:
+                    break
+            assert cancelled  # at least the first, cancelled before it began, proves the rollback path ran
+            outcome = await store.ingest(ORIGIN, rows, checkpoint(rows, KEY), WITNESS, NOW)
+            assert outcome.size == SIZE
+            assert await store.entries(ORIGIN) == rows
+        finally:
+            await store.aclose()
+
+    asyncio.run(scenario())
+
+
+def test_chunks_streamed_from_a_pool_whose_worker_is_killed_are_checked_in_process(rows: list[Row]) -> None:
+    pool = EntryCheckPool(1)
+    keys = {KEY.verifier.key_id: [KEY.verifier]}
+    bounds = [(0, 25), *((start, min(SIZE, start + 100)) for start in range(25, SIZE, 100))]
+    forged = bad_signature(rows, SIZE - 3)
+
+    async def streamed(entries: list[Row], kill_after: int | None = None) -> list[bytes]:
+        leaves: list[bytes] = []
+        parts = pool.check_chunks(ORIGIN, keys, entries, bytes(32), bounds)
+        try:
+            async for index, part in _enumerate(parts):
+                leaves.extend(e.leaf_hash for e in part)
+                if index == kill_after:
+                    for pid in _worker_pids(pool):
+                        os.kill(pid, signal.SIGKILL)
+        finally:
+            await parts.aclose()
+        return leaves
+
+    try:
+        honest = [leaf_hash(raw, sig) for _, raw, sig in rows]
+        assert asyncio.run(streamed(rows)) == honest  # starts the worker
+        assert asyncio.run(streamed(rows, kill_after=1)) == honest
+        pool._inline_until = 0.0  # private: skip the wait before workers are started again
+        asyncio.run(streamed(rows))
+        for pid in _worker_pids(pool):
+            os.kill(pid, signal.SIGKILL)
+        with pytest.raises(IngestRejected) as caught:
+            asyncio.run(streamed(forged))  # every chunk was sent to the dead worker: all checked in-process
+        assert (caught.value.code, caught.value.seq) == (RejectCode.BAD_SIGNATURE, SIZE - 3)
+    finally:
+        pool.close()
+
+
+async def _enumerate(parts: AsyncIterator[T]) -> AsyncIterator[tuple[int, T]]:
+    index = 0
+    async for part in parts:
+        yield index, part
+        index += 1
+
+
+def test_a_chunk_check_that_fails_raises_rather_than_hangs(rows: list[Row], monkeypatch: pytest.MonkeyPatch) -> None:
+    # Not a refusal (those are values) but a failure of the check itself: the caller must get it, not wait forever.
+    import gateway.collector.checking as checking  # noqa: PLC0415
+
+    def failing(*_: object) -> None:
+        raise MemoryError("no memory for this chunk")
+
+    monkeypatch.setattr(checking, "check_new_entries", failing)
+    pool = EntryCheckPool(0)
+    keys = {KEY.verifier.key_id: [KEY.verifier]}
+
+    async def scenario() -> None:
+        parts = pool.check_chunks(ORIGIN, keys, rows, bytes(32), [(0, 25), (25, 125), (125, SIZE)])
+        try:
+            with pytest.raises(MemoryError):
+                async with asyncio.timeout(10):
+                    async for _ in parts:
+                        pass
+        finally:
+            await parts.aclose()
+
+    try:
+        asyncio.run(scenario())
     finally:
         pool.close()

@@ -21,12 +21,13 @@ they keep failing: a program whose entry point lacks the ``__main__`` guard ``sp
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import multiprocessing
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -52,6 +53,9 @@ MIN_PARALLEL_ENTRIES = 32
 RESPAWN_AFTER_S = 10.0
 """After the workers failed, batches are checked inline this long before new workers are started."""
 
+Bounds = tuple[int, int]
+"""(start, end) of a chunk within a batch's new entries."""
+
 _Checked = tuple[bytes, int, tuple[Any, ...]] | tuple[str, str, int]
 """Per entry, from a worker: (leaf hash, unix_nanos, indexed values), or (reject code, detail, seq)."""
 
@@ -67,6 +71,53 @@ def _check_chunk(origin: str, keys: Keys, entries: Sequence[BatchEntry], prev: b
         out.append((checked.leaf_hash, checked.unix_nanos, checked.indexed))
         prev = checked.leaf_hash
     return out
+
+
+def _new_entries(entries: Sequence[BatchEntry], start: int, part: Sequence[_Checked]) -> list[NewEntry]:
+    """A worker's answer for the chunk of ``entries`` from ``start`` on, as the entries to store.
+
+    Raises:
+        IngestRejected: the refusal the worker answered for the chunk's first faulty entry.
+    """
+    new_entries: list[NewEntry] = []
+    for offset, checked in enumerate(part):
+        seq, raw, signature = entries[start + offset]
+        if isinstance(checked[0], str):
+            code, detail, fault_seq = checked
+            raise IngestRejected(RejectCode(code), str(detail), seq=int(fault_seq))
+        leaf, unix_nanos, indexed = checked
+        new_entries.append(NewEntry(seq, raw, signature, bytes(leaf), int(unix_nanos), tuple(indexed)))
+    return new_entries
+
+
+def _settle(futures: Iterable[asyncio.Future[Any]]) -> None:
+    """Cancels the chunks no one will read; marks the errors of those already done as read (they are not news)."""
+    for future in futures:
+        if not future.cancel() and not future.cancelled():
+            future.exception()
+
+
+async def _check_here(
+    origin: str,
+    keys: Keys,
+    chunks: Sequence[tuple[Sequence[BatchEntry], bytes]],
+    here: dict[int, asyncio.Future[list[NewEntry]]],
+) -> None:
+    """Checks the chunks ``here`` names, in order, in a thread (off the event loop), resolving their futures. A
+    refusal, or a check that fails, ends it: that chunk's future and every later one carry the exception, so the
+    caller never waits for a chunk no one will check."""
+    indices = sorted(here)
+    for position, index in enumerate(indices):
+        chunk, prev = chunks[index]
+        try:
+            part = await asyncio.to_thread(check_new_entries, origin, keys, chunk, prev)
+        except Exception as exc:
+            for later in indices[position:]:
+                if not here[later].done():
+                    here[later].set_exception(exc)
+            return
+        if not here[index].done():
+            here[index].set_result(part)
 
 
 class EntryCheckPool:
@@ -109,19 +160,64 @@ class EntryCheckPool:
             mine = _check_chunk(origin, keys, entries[starts[-1] :], before[-1])
             parts = [*(future.result() for future in futures), mine]
         except (BrokenProcessPool, RuntimeError) as exc:  # a worker died; or the pool was closed meanwhile
-            log.warning("collector: entry-check workers unavailable (%s); checking this batch in-process", exc)
-            self._discard(executor)
+            self._broken(executor, exc)
             return check_new_entries(origin, keys, entries, prev_leaf_hash)
-        new_entries: list[NewEntry] = []
-        for start, part in zip(starts, parts, strict=True):
-            for offset, checked in enumerate(part):
-                seq, raw, signature = entries[start + offset]
-                if isinstance(checked[0], str):
-                    code, detail, fault_seq = checked
-                    raise IngestRejected(RejectCode(code), str(detail), seq=int(fault_seq))
-                leaf, unix_nanos, indexed = checked
-                new_entries.append(NewEntry(seq, raw, signature, bytes(leaf), int(unix_nanos), tuple(indexed)))
-        return new_entries
+        return [
+            entry for start, part in zip(starts, parts, strict=True) for entry in _new_entries(entries, start, part)
+        ]
+
+    async def check_chunks(
+        self, origin: str, keys: Keys, entries: Sequence[BatchEntry], prev_leaf_hash: bytes, bounds: Sequence[Bounds]
+    ) -> AsyncGenerator[list[NewEntry], None]:
+        """Each chunk's checked entries (``bounds``: consecutive (start, end) over ``entries``), in seq order, as
+        soon as that chunk is checked, so the caller can store one chunk while later ones are being checked.
+
+        Every chunk's check starts at once: with workers, chunks go round-robin to each worker and to a thread of
+        this process (as :meth:`check` shares a batch out); without (or for a small batch), the thread checks them
+        all, one after another, ahead of the caller. A worker that dies costs speed, never a check: its chunks are
+        checked in this process instead.
+
+        Raises:
+            IngestRejected: the first faulty entry, in seq order (chunks after it are not yielded).
+        """
+        loop = asyncio.get_running_loop()
+        # The leaf hash before each chunk is that of the entry before it: a hash of its bytes, trusted or not.
+        before = [prev_leaf_hash, *(leaf_hash(entries[start - 1][1], entries[start - 1][2]) for start, _ in bounds[1:])]
+        chunks = [(entries[start:end], prev) for (start, end), prev in zip(bounds, before, strict=True)]
+        executor = self._executor_for(len(entries))
+        checkers = 1 if executor is None else self.workers + 1
+        sent: dict[int, asyncio.Future[list[_Checked]]] = {}  # chunk index: a worker's answer
+        here: dict[int, asyncio.Future[list[NewEntry]]] = {}  # chunk index: this process's check
+        for index, (chunk, prev) in enumerate(chunks):
+            if executor is not None and index % checkers != checkers - 1:
+                try:
+                    sent[index] = asyncio.wrap_future(executor.submit(_check_chunk, origin, keys, chunk, prev))
+                    continue
+                except (BrokenProcessPool, RuntimeError) as exc:  # broken already, or closed meanwhile
+                    self._broken(executor, exc)
+                    executor, checkers = None, 1
+            here[index] = loop.create_future()
+        in_process = asyncio.ensure_future(_check_here(origin, keys, chunks, here))
+        try:
+            for index, ((start, _), (chunk, prev)) in enumerate(zip(bounds, chunks, strict=True)):
+                if index in here:
+                    yield await here[index]
+                    continue
+                try:
+                    yield _new_entries(entries, start, await sent[index])
+                except (BrokenProcessPool, RuntimeError) as exc:  # its worker died (or the pool was closed)
+                    if executor is not None:
+                        self._broken(executor, exc)
+                        executor = None
+                    yield await asyncio.to_thread(check_new_entries, origin, keys, chunk, prev)
+        finally:
+            in_process.cancel()
+            _settle(sent.values())
+            _settle(here.values())
+
+    def _broken(self, executor: ProcessPoolExecutor, exc: BaseException) -> None:
+        log.warning("collector: entry-check workers unavailable (%s); checking this batch in-process", exc)
+        self._discard(executor)
 
     def _executor_for(self, size: int) -> ProcessPoolExecutor | None:
         if self.workers < 1 or size < self._min_parallel:

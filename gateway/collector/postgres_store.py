@@ -4,13 +4,17 @@ All tables live in one schema (``agentaudit`` by default), selected with ``searc
 connection, so the versioned migrations in ``migrations/postgres`` name no schema. Each ingest is one
 transaction that first locks the origin's state row (``SELECT ... FOR UPDATE``): requests for one origin
 serialize, across connections and across replicas, while different origins proceed in parallel. Verification
-runs off the event loop, in a worker thread that spreads a large batch's entry checks over worker processes
-(:class:`~gateway.collector.checking.EntryCheckPool`), so the loop keeps serving other requests meanwhile.
+runs off the event loop: the batch's checkpoint and witness rules in a thread, then its new entries in chunks on
+worker processes and a thread (:class:`~gateway.collector.checking.EntryCheckPool`), each chunk COPYed inside the
+transaction as soon as it is checked, while later chunks are still being checked (ADR 0028), so PostgreSQL
+stores while this process verifies; any refusal rolls the whole transaction back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -21,10 +25,12 @@ from gateway.collector.checking import EntryCheckPool
 from gateway.collector.ingest import (
     BatchEntry,
     IngestRejected,
+    NewEntry,
     OriginState,
+    PendingBatch,
+    begin_batch,
     held_range,
     is_storable_text,
-    verify_batch,
 )
 from gateway.collector.store import (
     EVENT_COLUMNS,
@@ -49,6 +55,20 @@ from gateway.collector.store import (
 from gateway.errors import ConfigError
 from gateway.journal.filter import POSTGRES, EventFilter
 from gateway.signing import Ed25519Signer, Verifier
+
+PIPELINE_CHUNK_ENTRIES = 100
+"""New entries checked, then COPYed while the next ones are checked (see ``_copy_checked``)."""
+PIPELINE_FIRST_CHUNK_ENTRIES = 25
+"""The first chunk is smaller: PostgreSQL has nothing to do until it is checked."""
+
+
+def _chunks(count: int) -> list[tuple[int, int]]:
+    """(start, end) of each chunk of ``count`` new entries: a small first one, then full ones."""
+    bounds = [0, min(count, PIPELINE_FIRST_CHUNK_ENTRIES)]
+    while bounds[-1] < count:
+        bounds.append(min(count, bounds[-1] + PIPELINE_CHUNK_ENTRIES))
+    return list(itertools.pairwise(bounds))
+
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 # InternalClientError: asyncpg's protocol state on a connection the server ended mid-operation (seen when the
@@ -220,10 +240,13 @@ class PostgresCollectorStore:
                     )
                     held = {int(r["seq"]): bytes(r["leaf_hash"]) for r in rows}
                 try:
-                    check = self._checks.check
-                    result = await asyncio.to_thread(
-                        verify_batch, state, verifiers, batch, checkpoint_note, held.get, check_entries=check
-                    )
+                    begun = await asyncio.to_thread(begin_batch, state, verifiers, batch, checkpoint_note, held.get)
+                    if isinstance(begun, PendingBatch):
+                        # 3. Check the new entries chunk by chunk, each COPYed while the next is checked; a refusal
+                        #    on any of them rolls the whole transaction back (nothing of the batch is kept).
+                        result = begun.finish(await self._copy_checked(conn, begun))
+                    else:
+                        result = begun
                 except IngestRejected as exc:
                     if not exc.is_evidence:
                         raise
@@ -235,14 +258,8 @@ class PostgresCollectorStore:
                 else:
                     if result.resend:
                         return IngestOutcome(state.size, 0, state.cosigned_note)
-                    # 3. Cosign, then store the entries and the cosigned state together.
+                    # 4. Cosign, then store the cosigned state with the entries.
                     new = result.cosigned_state(witness, now_s)
-                    await conn.copy_records_to_table(
-                        "events",
-                        records=[event_row(origin, e) for e in result.new_entries],
-                        columns=list(EVENT_COLUMNS),
-                        schema_name=self.schema,
-                    )
                     await conn.execute(
                         _UPDATE_STATE,
                         origin,
@@ -259,6 +276,41 @@ class PostgresCollectorStore:
             alert_evidence(origin, evidence)
             raise evidence
         return outcome
+
+    async def _copy_checked(self, conn: Any, batch: PendingBatch) -> list[NewEntry]:
+        """Checks ``batch``'s new entries in chunks of :data:`PIPELINE_CHUNK_ENTRIES`, in seq order, and COPYs each
+        chunk into ``events`` once it is checked, while the next chunk is checked: PostgreSQL stores one chunk
+        while this process checks the next, instead of one waiting for the other. Called inside the ingest's
+        transaction, so a refused chunk leaves nothing: the refusal propagates and the transaction rolls back.
+
+        Raises:
+            IngestRejected: the first faulty entry, in seq order.
+        """
+        checked: list[NewEntry] = []
+        copying: asyncio.Future[Any] | None = None
+        columns = list(EVENT_COLUMNS)
+        parts = self._checks.check_chunks(
+            batch.origin, batch.keys, batch.new, batch.prev_leaf_hash, _chunks(len(batch.new))
+        )
+        try:
+            async for part in parts:
+                if copying is not None:
+                    await copying  # one statement at a time on a connection
+                records = [event_row(batch.origin, e) for e in part]
+                copying = asyncio.ensure_future(
+                    conn.copy_records_to_table("events", records=records, columns=columns, schema_name=self.schema)
+                )
+                checked.extend(part)
+            if copying is not None:
+                await copying
+        finally:
+            await parts.aclose()
+            # A refusal (or a cancelled ingest) while a chunk is being copied: let that statement end before the
+            # transaction rolls back, as the connection runs one operation at a time.
+            if copying is not None and not copying.done():
+                with contextlib.suppress(Exception):
+                    await copying
+        return checked
 
     async def evidence(self, origin: str) -> list[dict[str, Any]]:
         """Checkpoints kept as evidence of rollback or fork for ``origin``, oldest first."""
