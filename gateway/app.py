@@ -31,7 +31,6 @@ from typing import IO, TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from gateway import __version__, metrics, reasons
 from gateway.alerts import AlertDispatcher, journal_alert
@@ -48,6 +47,7 @@ from gateway.redaction import Redactor, load_hmac_key
 from gateway.rpc import health, telemetry
 from gateway.rpc.auth import Authenticator
 from gateway.rpc.net import prepare_unix_socket
+from gateway.rpc.reflection import add_reflection
 from gateway.sidecar.approvals import ApprovalBook
 from gateway.sidecar.control import HEALTH_COMPONENT as CONTROL_HEALTH
 from gateway.sidecar.control import ControlClient
@@ -300,7 +300,7 @@ class Sidecar:
         self._server = grpc.aio.server(options=options)
         self._server.add_generic_rpc_handlers([generic_handler(servicer, self._telemetry)])
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self._server)
-        reflection.enable_server_reflection([SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME], self._server)
+        add_reflection(self._server, [SERVICE_NAME, HEALTH_SERVICE_NAME])
         self.bound = self._listen(self._server, cfg.server.listen, None)
         for address in non_loopback_tcp(cfg.server.listen):
             # The agent API has no TLS: anyone who reaches the address can propose actions and report results.
@@ -335,9 +335,7 @@ class Sidecar:
         self._operator_server = grpc.aio.server(options=options)
         self._operator_server.add_generic_rpc_handlers([operator_handler(operator, self._telemetry)])
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self._operator_server)
-        reflection.enable_server_reflection(
-            [OPERATOR_SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME], self._operator_server
-        )
+        add_reflection(self._operator_server, [OPERATOR_SERVICE_NAME, HEALTH_SERVICE_NAME])
         self.operator_bound = self._listen(self._operator_server, cfg.operator.listen, _tls(cfg.operator))
         await self._operator_server.start()
 

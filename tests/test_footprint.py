@@ -30,7 +30,8 @@ from tests.journal_helpers import fixed_signer
 # remote one, or off), the MCP proxy and the console, OpenTelemetry (tracing off), CEL (no rule has `when`), httpx
 # (no alert webhook), and the CEL package's command line (typer, rich, prompt_toolkit), which `import cel` drags in;
 # prometheus_client's HTTP exposition and the standard library's HTTP and mail stack it imports (metrics.listen off),
-# uuid and email (alerts without a webhook); the other commands of the CLI (offline readers, verify, bundles).
+# uuid and email (alerts without a webhook); the other commands of the CLI (offline readers, verify, bundles);
+# gRPC reflection and protobuf's descriptor_pb2, loaded by the first reflection call (gateway/rpc/reflection.py).
 NOT_AT_START = (
     "gateway.collector",
     "gateway.mcp",
@@ -55,6 +56,8 @@ NOT_AT_START = (
     "gateway.cli.operator",
     "gateway.journal.verify",
     "gateway.journal.bundle",
+    "grpc_reflection.v1alpha",  # (grpc itself imports the empty top-level package)
+    "google.protobuf.descriptor_pb2",
 )
 
 # Runs `agentaudit dev` in this process; once it answers SERVING, writes sys.modules to a file and stops it.

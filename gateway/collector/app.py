@@ -48,7 +48,6 @@ from typing import Protocol
 
 import grpc
 from grpc_health.v1 import health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from gateway.collector.control_service import KEEPALIVE_OPTIONS, ControlServicer, control_handler
 from gateway.collector.control_service import SERVICE_NAME as CONTROL_SERVICE_NAME
@@ -64,6 +63,7 @@ from gateway.errors import ConfigError
 from gateway.rpc.auth import Authenticator
 from gateway.rpc.health import STORE, Health
 from gateway.rpc.net import collector_server_credentials, prepare_unix_socket
+from gateway.rpc.reflection import add_reflection
 from gateway.signing import Ed25519Signer, Verifier, load_signer, load_verifier
 
 log = logging.getLogger(__name__)
@@ -195,7 +195,7 @@ class Collector:
         self._server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20), *KEEPALIVE_OPTIONS])
         self._server.add_generic_rpc_handlers([collector_handler(self.servicer), control_handler(self.control)])
         health_pb2_grpc.add_HealthServicer_to_server(self.health.servicer, self._server)
-        reflection.enable_server_reflection([SERVICE_NAME, CONTROL_SERVICE_NAME, reflection.SERVICE_NAME], self._server)
+        add_reflection(self._server, [SERVICE_NAME, CONTROL_SERVICE_NAME])
         self.bound = _listen(self._server, cfg.listen, cfg.tls)
         if cfg.tls is None and (exposed := non_loopback_tcp(cfg.listen)):
             log.warning("collector: %s serves without TLS (collector.tls is not set)", ", ".join(exposed))
