@@ -251,7 +251,16 @@ class PendingBatch:
             ValueError: ``new_entries`` are not the checked :attr:`new` (a fault of the caller), or the held tree
                 state is inconsistent.
         """
-        if [e.seq for e in new_entries] != [seq for seq, _, _ in self.new]:
+        # The new entries are consecutive (step 5) and checked in seq order, so their ends and count say it all.
+        if (
+            not new_entries
+            or len(new_entries) != len(self.new)
+            or (new_entries[0].seq, new_entries[-1].seq)
+            != (
+                self.new[0][0],
+                self.new[-1][0],
+            )
+        ):
             raise ValueError("the checked entries are not the batch's new entries")
         # 10. The RFC 6962 root over every held leaf plus the new ones must be the checkpoint's: it is what gets
         #     cosigned, and what lets anyone prove later that an entry is in the witnessed journal.

@@ -13,7 +13,6 @@ stores while this process verifies; any refusal rolls the whole transaction back
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import re
 from collections.abc import Sequence
@@ -306,10 +305,12 @@ class PostgresCollectorStore:
         finally:
             await parts.aclose()
             # A refusal (or a cancelled ingest) while a chunk is being copied: let that statement end before the
-            # transaction rolls back, as the connection runs one operation at a time.
+            # transaction rolls back, as the connection runs one operation at a time. Its own error, if any, is
+            # not the news (the refusal is): read it so that it is not reported as lost.
             if copying is not None and not copying.done():
-                with contextlib.suppress(Exception):
-                    await copying
+                await asyncio.wait([copying])
+                if not copying.cancelled():
+                    copying.exception()
         return checked
 
     async def evidence(self, origin: str) -> list[dict[str, Any]]:
