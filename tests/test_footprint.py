@@ -31,7 +31,8 @@ from tests.journal_helpers import fixed_signer
 # (no alert webhook), and the CEL package's command line (typer, rich, prompt_toolkit), which `import cel` drags in;
 # prometheus_client's HTTP exposition and the standard library's HTTP and mail stack it imports (metrics.listen off),
 # uuid and email (alerts without a webhook); the other commands of the CLI (offline readers, verify, bundles);
-# gRPC reflection and protobuf's descriptor_pb2, loaded by the first reflection call (gateway/rpc/reflection.py).
+# gRPC reflection and protobuf's descriptor_pb2, loaded by the first reflection call (gateway/rpc/reflection.py);
+# importlib.resources, ctypes.util and sysconfig with what they import, for the three values they were asked for.
 NOT_AT_START = (
     "gateway.collector",
     "gateway.mcp",
@@ -58,6 +59,12 @@ NOT_AT_START = (
     "gateway.journal.bundle",
     "grpc_reflection.v1alpha",  # (grpc itself imports the empty top-level package)
     "google.protobuf.descriptor_pb2",
+    # what importlib.resources, ctypes.util and sysconfig would drag in (the policy's files, libc, EXT_SUFFIX)
+    "importlib.resources",
+    "zipfile",
+    "tempfile",
+    "ctypes.util",
+    "sysconfig",
 )
 
 # Runs `agentaudit dev` in this process; once it answers SERVING, writes sys.modules to a file and stops it.

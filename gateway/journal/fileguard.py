@@ -16,7 +16,6 @@ asked, which still sees an immutable file and a read-only volume.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import sqlite3
 import sys
@@ -35,7 +34,9 @@ _ATTRIBUTES_OFFSET = 8  # u32 stx_mask, u32 stx_blksize, then u64 stx_attributes
 
 def _load_statx() -> Callable[..., int] | None:
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        # The process's own symbols, libc's among them: no ctypes.util.find_library, which imports shutil,
+        # tempfile and the compression modules to search for it (~0.3 MiB of every sidecar, issue 20 part 1).
+        libc = ctypes.CDLL(None, use_errno=True)
         statx: Callable[..., int] = libc.statx
     except (OSError, AttributeError):
         return None

@@ -14,8 +14,8 @@ This module is never compiled itself (it decides whether the others are).
 from __future__ import annotations
 
 import hashlib
+import importlib.machinery
 import os
-import sysconfig
 from pathlib import Path
 
 COMPILED = ("names", "detectors", "redactor")
@@ -37,7 +37,9 @@ def stamp(package_dir: Path = PACKAGE_DIR, compiler: str = "") -> str:
         source = (package_dir / f"{name}.py").read_bytes()
         digest.update(f"{name}.py {len(source)}\n".encode())
         digest.update(source)
-    suffix = sysconfig.get_config_var("EXT_SUFFIX") or ""
+    # The interpreter's own extension suffix (sysconfig's EXT_SUFFIX), without importing sysconfig and its build
+    # data at every start (~0.2 MiB).
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
     return f"sources sha256:{digest.hexdigest()}\next_suffix {suffix}\nmypyc {compiler}\n"
 
 
