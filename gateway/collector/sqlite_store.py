@@ -41,6 +41,7 @@ from gateway.collector.store import (
 )
 from gateway.journal.filter import SQLITE, EventFilter
 from gateway.signing import Ed25519Signer, Verifier
+from gateway.sqlite import enable_wal
 
 _T = TypeVar("_T")
 
@@ -311,7 +312,7 @@ class SqliteCollectorStore:
         )
         try:
             conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
-            conn.execute("PRAGMA journal_mode=WAL")
+            enable_wal(conn, self._busy_timeout_ms / 1000)  # replicas may create the file together
             conn.execute("PRAGMA synchronous=FULL")
             _migrate(conn)
         except BaseException:

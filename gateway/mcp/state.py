@@ -14,7 +14,11 @@ import sqlite3
 import threading
 from pathlib import Path
 
+from gateway.sqlite import enable_wal
+
 STATE_FILE = "mcp-proxy.db"
+STATE_LOCK_TIMEOUT_S = 5.0
+"""How long opening the state file waits for another proxy's lock (sqlite3's own default busy timeout)."""
 KEY_FILE = "mcp-state.key"
 _KEY_BYTES = 32
 
@@ -52,7 +56,7 @@ class ProxyState:
     def __init__(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(directory / STATE_FILE, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        enable_wal(self._db, STATE_LOCK_TIMEOUT_S)  # several proxies may share a new state file
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
 
