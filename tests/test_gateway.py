@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import grpc
@@ -189,7 +190,38 @@ def test_health_and_reflection_are_served(gateway_server: RunningGateway) -> Non
         reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
         replies = list(reflect.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
         names = {s.name for s in replies[0].list_services_response.service}
-    assert {"agentaudit.v1.GatewayService", "grpc.health.v1.Health"} <= names
+        described = list(
+            reflect.ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(file_containing_symbol="agentaudit.v1.GatewayService")])
+            )
+        )
+    assert {
+        "agentaudit.v1.GatewayService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    } <= names
+    assert described[0].file_descriptor_response.file_descriptor_proto  # the schema, not only the names
+
+
+def test_reflection_loaded_on_first_use_answers_concurrent_first_calls(gateway_server: RunningGateway) -> None:
+    # gateway/rpc/reflection.py builds the servicer on the first reflection call: several at once must all be
+    # answered, on the operator listener too.
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    answers: list[set[str]] = []
+
+    def ask() -> None:
+        with grpc.insecure_channel(gateway_server.operator_target) as channel:
+            reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
+            replies = list(reflect.ServerReflectionInfo(iter([request]), timeout=10))
+            answers.append({s.name for s in replies[0].list_services_response.service})
+
+    threads = [threading.Thread(target=ask) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(answers) == 6
+    assert all({"agentaudit.v1.OperatorService", "grpc.health.v1.Health"} <= names for names in answers)
 
 
 def test_traceparent_is_recorded_as_trace_and_span(gateway_server: RunningGateway) -> None:
