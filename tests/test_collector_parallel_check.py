@@ -332,3 +332,65 @@ def test_a_chunk_check_that_fails_raises_rather_than_hangs(rows: list[Row], monk
         asyncio.run(scenario())
     finally:
         pool.close()
+
+
+@pytest.mark.parametrize("new_store", ["postgres", "postgres-inline"], indirect=True)
+def test_the_database_connection_killed_after_a_chunk_was_copied_leaves_nothing(
+    new_store: Callable[[], CollectorStore], rows: list[Row]
+) -> None:
+    # The ingest is held after its first chunk was copied; then PostgreSQL kills its backend, as a failover or an
+    # operator's pg_terminate_backend would. The batch must be refused as "unavailable", nothing of it kept, and
+    # the store must take the resent batch on a new connection.
+    import asyncpg  # noqa: PLC0415
+
+    from gateway.collector.postgres_store import PostgresCollectorStore  # noqa: PLC0415
+    from gateway.collector.store import CollectorUnavailableError  # noqa: PLC0415
+
+    async def scenario() -> None:
+        store = await opened(new_store)
+        assert isinstance(store, PostgresCollectorStore)  # only it copies in chunks
+        copied_one, resume = asyncio.Event(), asyncio.Event()
+        chunks = store._checks.check_chunks  # private: the test holds the pipeline between two chunks
+
+        async def held(*args: object) -> AsyncIterator[object]:
+            parts = chunks(*args)  # type: ignore[arg-type]
+            try:
+                async for index, part in _enumerate(parts):
+                    if index == 1:
+                        copied_one.set()  # the first chunk's COPY was issued when the second is asked for
+                        await resume.wait()
+                    yield part
+            finally:
+                await parts.aclose()
+
+        store._checks.check_chunks = held  # type: ignore[method-assign]
+        admin = await asyncpg.connect(POSTGRES_DSN)
+        task = asyncio.ensure_future(store.ingest(ORIGIN, rows, checkpoint(rows, KEY), WITNESS, NOW))
+        try:
+            await asyncio.wait_for(copied_one.wait(), 30)
+            await asyncio.sleep(0.2)  # let the first COPY end
+            killed = await admin.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid() AND query LIKE 'COPY %' "
+                "AND query LIKE '%' || $1 || '%' AND state = 'idle in transaction'",
+                store.schema,
+            )
+            assert killed == 1  # the ingest's own connection, inside its transaction
+            resume.set()
+            with pytest.raises(CollectorUnavailableError):
+                await asyncio.wait_for(task, 30)
+            store._checks.check_chunks = chunks  # type: ignore[method-assign]
+            assert await store.latest(ORIGIN) == (0, "")
+            assert await store.entries(ORIGIN) == []
+            outcome = await store.ingest(ORIGIN, rows, checkpoint(rows, KEY), WITNESS, NOW)
+            assert (outcome.size, outcome.accepted) == (SIZE, SIZE)
+            assert await store.entries(ORIGIN) == rows
+        finally:
+            resume.set()  # a failed assertion must not leave the ingest waiting (and the pool unable to close)
+            if not task.done():
+                task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await admin.close()
+            await store.aclose()
+
+    asyncio.run(scenario())
