@@ -116,6 +116,15 @@ async def opened(new_store: Callable[[], CollectorStore]) -> CollectorStore:
     return store
 
 
+async def holds_nothing_then_takes_the_batch(store: CollectorStore, rows: list[Row]) -> None:
+    """After a refused batch: nothing of it is held, and the honest batch is then taken whole."""
+    assert await store.latest(ORIGIN) == (0, "")
+    assert await store.entries(ORIGIN) == []
+    outcome = await store.ingest(ORIGIN, rows, checkpoint(rows, KEY), WITNESS, NOW)
+    assert (outcome.size, outcome.accepted) == (SIZE, SIZE)
+    assert await store.entries(ORIGIN) == rows
+
+
 @pytest.mark.parametrize(("forge", "seq", "code"), FORGERIES)
 def test_one_forged_entry_refuses_the_whole_large_batch(
     new_store: Callable[[], CollectorStore],
@@ -135,11 +144,7 @@ def test_one_forged_entry_refuses_the_whole_large_batch(
                 await store.ingest(ORIGIN, forged, checkpoint(forged, KEY), WITNESS, NOW)
             assert caught.value.code == code
             assert caught.value.seq == seq
-            assert await store.latest(ORIGIN) == (0, "")
-            assert await store.entries(ORIGIN) == []
-            outcome = await store.ingest(ORIGIN, rows, checkpoint(rows, KEY), WITNESS, NOW)
-            assert (outcome.size, outcome.accepted) == (SIZE, SIZE)
-            assert await store.entries(ORIGIN) == rows
+            await holds_nothing_then_takes_the_batch(store, rows)
         finally:
             await store.aclose()
 
@@ -380,11 +385,7 @@ def test_the_database_connection_killed_after_a_chunk_was_copied_leaves_nothing(
             with pytest.raises(CollectorUnavailableError):
                 await asyncio.wait_for(task, 30)
             store._checks.check_chunks = chunks  # type: ignore[method-assign]
-            assert await store.latest(ORIGIN) == (0, "")
-            assert await store.entries(ORIGIN) == []
-            outcome = await store.ingest(ORIGIN, rows, checkpoint(rows, KEY), WITNESS, NOW)
-            assert (outcome.size, outcome.accepted) == (SIZE, SIZE)
-            assert await store.entries(ORIGIN) == rows
+            await holds_nothing_then_takes_the_batch(store, rows)
         finally:
             resume.set()  # a failed assertion must not leave the ingest waiting (and the pool unable to close)
             if not task.done():

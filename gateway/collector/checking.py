@@ -73,6 +73,12 @@ def _check_chunk(origin: str, keys: Keys, entries: Sequence[BatchEntry], prev: b
     return out
 
 
+def _leaves_before(entries: Sequence[BatchEntry], starts: Sequence[int], prev_leaf_hash: bytes) -> list[bytes]:
+    """The leaf hash before each chunk (``starts``: their first indices, the first 0): the batch's previous leaf for
+    the first, then that of the entry before each (a hash of its bytes, trusted or not: its own chunk checks it)."""
+    return [prev_leaf_hash, *(leaf_hash(entries[i - 1][1], entries[i - 1][2]) for i in starts[1:])]
+
+
 def _new_entries(entries: Sequence[BatchEntry], start: int, part: Sequence[_Checked]) -> list[NewEntry]:
     """A worker's answer for the chunk of ``entries`` from ``start`` on, as the entries to store.
 
@@ -150,8 +156,7 @@ class EntryCheckPool:
         # progresses even while the workers wait for a busy machine's CPU; several origins share the workers.
         chunk = min(CHUNK_ENTRIES, max(self._min_parallel, -(-len(entries) // (self.workers + 1))))
         starts = range(0, len(entries), chunk)
-        # The leaf hash before each chunk is that of the entry before it: a hash of its bytes, trusted or not.
-        before = [prev_leaf_hash, *(leaf_hash(entries[i - 1][1], entries[i - 1][2]) for i in starts[1:])]
+        before = _leaves_before(entries, starts, prev_leaf_hash)
         try:
             futures = [
                 executor.submit(_check_chunk, origin, keys, entries[start : start + chunk], prev)
@@ -181,8 +186,7 @@ class EntryCheckPool:
             IngestRejected: the first faulty entry, in seq order (chunks after it are not yielded).
         """
         loop = asyncio.get_running_loop()
-        # The leaf hash before each chunk is that of the entry before it: a hash of its bytes, trusted or not.
-        before = [prev_leaf_hash, *(leaf_hash(entries[start - 1][1], entries[start - 1][2]) for start, _ in bounds[1:])]
+        before = _leaves_before(entries, [start for start, _ in bounds], prev_leaf_hash)
         chunks = [(entries[start:end], prev) for (start, end), prev in zip(bounds, before, strict=True)]
         executor = self._executor_for(len(entries))
         checkers = 1 if executor is None else self.workers + 1
