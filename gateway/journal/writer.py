@@ -5,11 +5,16 @@ to) signs one seal per commit, stored in the commit's own transaction (:mod:`gat
 keeps the format it was created with.
 
 Handlers call :meth:`JournalWriter.append` and await a :class:`Receipt`. One asyncio task owns the write path:
-it takes every append that is waiting (up to ``max_batch``), hands the whole batch to one dedicated thread,
-which assigns seq numbers, builds and signs each envelope, chains the leaf hashes and commits the batch in one
-transaction (WAL, ``synchronous=FULL``: durable on return), then resolves every receipt. There is exactly one
-thread hand-off per batch, never per entry, and no deliberate wait to grow a batch: whatever queued while the
-previous commit ran is the next batch.
+it takes every append that is waiting (up to ``max_batch``), assigns seq numbers, builds and signs each
+envelope and chains the leaf hashes on the loop, then hands the whole batch to one dedicated thread, which
+commits it in one transaction (WAL, ``synchronous=FULL``: durable on return), then resolves every receipt. There
+is at most one thread hand-off per batch, never per entry, and no deliberate wait to grow a batch: whatever
+queued while the previous commit ran is the next batch.
+
+A batch of one entry, with the thread idle, commits on the loop itself (``_commit_here``): a lone entry means
+nothing else is waiting for the loop, and the two wake-ups of a hand-off (thread, then loop) cost more than the
+fsync on a virtual machine whose idle vCPU must be woken (ADR 0029). It never waits there for SQLite's lock: one
+held by someone else sends the batch to the thread, which waits as before.
 
 If a commit fails, every append of that batch fails with :class:`JournalUnavailableError` (callers fail closed),
 the writer re-reads the journal tail so seq and chain stay exact, and later appends are tried afresh.
@@ -43,10 +48,10 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from gateway import metrics
 from gateway.errors import ConfigError, JournalUnavailableError
@@ -68,6 +73,12 @@ from gateway.journal.seal import FORMAT_META_KEY, make_seal
 from gateway.signing import Ed25519Signer
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+# A lone entry commits on the loop only while commits take less than this on average: longer, and the loop's
+# stall (every other request waits for the fsync) would cost more than the thread hand-off saves (ADR 0029).
+_COMMIT_HERE_MAX_S = 0.001
 
 
 @dataclass(frozen=True)
@@ -152,6 +163,7 @@ class JournalWriter:
         on_lost: Callable[[str], None] | None = None,
         head_interval_s: float = 1.0,
         signing: str = "per_entry",
+        commit_here: bool = True,
     ) -> None:
         if signing not in SIGNING_MODES:
             raise ConfigError(f"audit.signing: expected one of {', '.join(SIGNING_MODES)}, got {signing!r}")
@@ -182,8 +194,14 @@ class JournalWriter:
         self._signer = signer
         self._max_batch = max_batch
         self._busy_timeout_ms = busy_timeout_ms
-        # One thread: SQLite connections and the seq/chain state are touched by this thread only.
+        # One thread for the connection's blocking work. The connection is used by this thread or, for a lone
+        # entry while the thread is idle (_commit_here), by the loop: never by both at once.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal-writer")
+        self._thread_job: Future[Any] | None = None  # the last job given to the thread (jobs run in order)
+        self._commit_here = commit_here
+        self._waits_for_lock = True  # whether the connection's busy timeout is on (off only for _commit_here)
+        self._last_lone = False  # whether the last batch was a lone entry (load is low: see _committed_here)
+        self._commit_s = 0.0  # moving average of a commit's duration, from SQLite's call to its return
         self._conn: sqlite3.Connection | None = None
         self._next_seq = 0
         self._prev_hash = ZERO_HASH
@@ -204,8 +222,8 @@ class JournalWriter:
     async def start(self) -> None:
         """Opens (creating if needed) the journal, checks its identity and starts the writer task."""
         # Cached: on Python 3.11 every asyncio.get_running_loop() call costs a getpid() system call.
-        self._loop = loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._open)
+        self._loop = asyncio.get_running_loop()
+        await self._on_thread(self._open)
         self._task = asyncio.create_task(self._run(), name="journal-writer")
         if self._probe_interval_s > 0 and self._on_health is not None:
             self._probe_task = asyncio.create_task(self._probe_loop(), name="journal-probe")
@@ -275,7 +293,7 @@ class JournalWriter:
             raise rollback_error(self.path, mark, found)
 
     def _check_files(self) -> None:
-        """On the writer thread, before a transaction: each journal file is still the one opened, and writable.
+        """Before a transaction (on the thread holding the connection): each journal file is the one opened, writable.
 
         Raises:
             _JournalLostError: a file was removed or replaced (permanent).
@@ -366,7 +384,6 @@ class JournalWriter:
         return future
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -376,9 +393,10 @@ class JournalWriter:
                 rows, receipts, seal, tree = self._seal(batch)
                 state = [change for item in batch for change in item.state]
                 try:
-                    await loop.run_in_executor(self._executor, self._insert, rows, state, seal)
+                    if not self._committed_here(rows, state, seal):
+                        await self._on_thread(self._insert, rows, state, seal)
                 except _JournalLostError as exc:
-                    await self._lose(loop, str(exc), [*batch, *self._pending])
+                    await self._lose(str(exc), [*batch, *self._pending])
                     self._pending.clear()
                     continue
                 except _JournalUnwritableError as exc:
@@ -391,7 +409,7 @@ class JournalWriter:
                     for item in batch:
                         if not item.future.done():
                             item.future.set_exception(JournalUnavailableError(str(exc)))
-                    await self._resync(loop)
+                    await self._resync()
                     continue
                 self._writable_again()
                 if self._problem:
@@ -409,7 +427,7 @@ class JournalWriter:
             if self._closing:
                 return
 
-    async def _lose(self, loop: asyncio.AbstractEventLoop, why: str, failed: Sequence[_Append]) -> None:
+    async def _lose(self, why: str, failed: Sequence[_Append]) -> None:
         """The journal files are gone: fail ``failed`` and every later append, salvage, tell health and alerts."""
         first = not self._lost
         if first:
@@ -423,7 +441,7 @@ class JournalWriter:
         log.error("%s (no entry is acknowledged from now on)", self._lost)
         self._set_problem(self._lost)
         try:
-            salvaged = await loop.run_in_executor(self._executor, self._salvage)
+            salvaged = await self._on_thread(self._salvage)
         except (sqlite3.Error, OSError, JournalUnavailableError) as exc:
             log.error("cannot salvage the open journal: %s", exc)
         else:
@@ -512,10 +530,60 @@ class JournalWriter:
         note = make_seal(self._signer, seq, tree.root(), self._seal_size, prev)
         return rows, receipts, (seq, note, encode_state(tree)), tree
 
+    async def _on_thread(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """Runs ``fn`` on the writer thread. The job is remembered, so ``_committed_here`` knows the thread's busy
+        even after a caller stopped waiting (a cancelled await does not stop the job)."""
+        job = self._executor.submit(self._threaded, fn, *args)
+        self._thread_job = job
+        return await asyncio.wrap_future(job)
+
+    def _committed_here(
+        self, rows: Sequence[tuple[Any, ...]], state: Sequence[StateChange], seal: SealRow | None
+    ) -> bool:
+        """Commits a lone entry on the loop thread when that is safe and cheaper; False: the thread must commit it.
+
+        Safe: the thread is idle, so the connection is the loop's alone for this call. Cheaper: one entry, after
+        a batch that was also one entry, means the load is low, so little else waits for the loop while it syncs
+        (a lone entry amid heavier load goes to the thread: the loop serves others during that fsync). Not here:
+        a commit that moves the high-water mark (two more fsyncs), a disk whose commits lately took longer than
+        ``_COMMIT_HERE_MAX_S`` on average (the loop would stall for them), and a database locked by someone else
+        (SQLite is told not to wait; ``SQLITE_BUSY`` means nothing was committed, so the thread then commits the
+        same rows, waiting its busy timeout).
+        """
+        low_load, self._last_lone = self._last_lone, len(rows) == 1
+        if (
+            not self._commit_here
+            or len(rows) != 1
+            or not low_load
+            or (self._thread_job is not None and not self._thread_job.done())
+            or time.monotonic() - self._head_written_at >= self._head_interval_s
+            or self._commit_s > _COMMIT_HERE_MAX_S
+        ):
+            return False
+        self._wait_for_lock(False)
+        try:
+            self._insert(rows, state, seal)
+        except JournalUnavailableError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, sqlite3.Error) and cause.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY:  # any BUSY_*
+                return False
+            raise
+        return True
+
+    def _threaded(self, fn: Callable[..., _T], *args: Any) -> _T:
+        self._wait_for_lock(True)
+        return fn(*args)
+
+    def _wait_for_lock(self, wait: bool) -> None:
+        """Turns SQLite's busy timeout on (the thread waits for a lock) or off (the loop never does)."""
+        if wait != self._waits_for_lock and self._conn is not None:
+            self._conn.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms if wait else 0}")
+            self._waits_for_lock = wait
+
     def _insert(
         self, rows: Sequence[tuple[Any, ...]], state: Sequence[StateChange], seal: SealRow | None = None
     ) -> None:
-        """Runs on the writer thread: one multi-row INSERT, which in autocommit mode is its own transaction.
+        """On the writer thread (or the loop, _committed_here): one multi-row INSERT, in autocommit its own transaction.
 
         One statement means one ``sqlite3_step`` (the GIL is released once for the insert and the fsync'd commit)
         and all-or-nothing: a failed batch leaves no row behind. A batch that carries state changes, or a seal
@@ -549,7 +617,8 @@ class JournalWriter:
         # After the fsync, before any receipt resolves: a commit into an unlinked file is not durable. (Whether
         # the files are still writable does not matter here: what SQLite returned from is already durable.)
         self._check_identity()
-        self._observe(rows, started)
+        took = self._observe(rows, started)
+        self._commit_s += (took - self._commit_s) * 0.25
         self._maybe_write_head(rows[-1][0], rows[-1][3])
 
     def _maybe_write_head(self, seq: int, digest: bytes) -> None:
@@ -570,25 +639,26 @@ class JournalWriter:
         self._head_written_at, self._head_seq = now, seq
 
     @staticmethod
-    def _observe(rows: Sequence[tuple[Any, ...]], started: float) -> None:
-        """Commit metrics, on the writer thread (prometheus_client is thread-safe)."""
-        metrics.JOURNAL_COMMIT_SECONDS.observe(time.perf_counter() - started)
+    def _observe(rows: Sequence[tuple[Any, ...]], started: float) -> float:
+        """Commit metrics, on whichever thread committed (prometheus_client is thread-safe); the commit's seconds."""
+        took = time.perf_counter() - started
+        metrics.JOURNAL_COMMIT_SECONDS.observe(took)
         metrics.JOURNAL_BATCH_ENTRIES.observe(len(rows))
         metrics.JOURNAL_ENTRIES.inc(len(rows))
         # Row layout (seq, entry, signature, ...): the stored bytes of each entry and its signature.
         metrics.JOURNAL_BYTES.inc(sum(len(row[1]) + len(row[2]) for row in rows))
+        return took
 
     async def _probe_loop(self) -> None:
         """While no commit has happened for an interval, probes writability so health sees an idle breakage."""
-        loop = asyncio.get_running_loop()
         while not self._closing:
             await asyncio.sleep(self._probe_interval_s)
             if self._closing or self._pending or time.monotonic() - self._last_commit < self._probe_interval_s:
                 continue
             try:
-                await loop.run_in_executor(self._executor, self._probe)
+                await self._on_thread(self._probe)
             except _JournalLostError as exc:
-                await self._lose(loop, str(exc), self._pending)
+                await self._lose(str(exc), self._pending)
                 self._pending.clear()
                 return
             except _JournalUnwritableError as exc:
@@ -621,10 +691,10 @@ class JournalWriter:
         finally:
             os.close(fd)
 
-    async def _resync(self, loop: asyncio.AbstractEventLoop) -> None:
+    async def _resync(self) -> None:
         """After a failed commit, re-reads the tail so seq and chain continue from what is really stored."""
         try:
-            self._next_seq, self._prev_hash = await loop.run_in_executor(self._executor, self._checked_tail)
+            self._next_seq, self._prev_hash = await self._on_thread(self._checked_tail)
         except (sqlite3.Error, JournalUnavailableError) as exc:
             log.error("cannot re-read the journal tail: %s", exc)
 
@@ -647,8 +717,7 @@ class JournalWriter:
                 await self._probe_task
         if self._task is not None:
             await self._task
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._close)
+        await self._on_thread(self._close)
         self._executor.shutdown(wait=True)
         if self.batches_committed:
             log.info(
