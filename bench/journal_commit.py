@@ -14,14 +14,13 @@ import asyncio
 import json
 import statistics
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from bench.collector_ingest import ORIGIN_KEY, pre_exec_body
+from bench.journal_signing import append_closed_loop
 from gateway.canonical import canonical_json
-from gateway.journal.entry import EventKind
 from gateway.journal.schema import indexed_values
 from gateway.journal.writer import JournalWriter
 
@@ -33,22 +32,8 @@ async def _measure(path: Path, commit_here: bool, appends: int, concurrency: int
     writer = JournalWriter(path, ORIGIN_KEY, commit_here=commit_here)
     await writer.start()
     took: list[float] = []
-    next_index = 0
-
-    async def worker() -> None:
-        nonlocal next_index
-        while next_index < appends:
-            i = next_index
-            next_index += 1
-            body, columns = payloads[i]
-            started = time.perf_counter()
-            await writer.append(EventKind.PRE_EXEC, body, columns, 1_800_000_000_000_000_000 + i)
-            took.append(time.perf_counter() - started)
-
     try:
-        wall = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        wall = time.perf_counter() - wall
+        wall = await append_closed_loop(writer, payloads, concurrency, took)
     finally:
         await writer.aclose()
     kept = sorted(took[DISCARDED:])

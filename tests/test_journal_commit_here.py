@@ -28,6 +28,12 @@ from tests.journal_helpers import append_bodies, body, fixed_signer
 LOOP, THREAD = "loop", "thread"
 
 
+@pytest.fixture(autouse=True)
+def any_commit_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The slow-disk guard off (a loaded machine's fsync can average over 1 ms); its own test turns it back on."""
+    monkeypatch.setattr(writer_module, "_COMMIT_HERE_MAX_S", 3600.0)
+
+
 class Attempts:
     """Wraps the writer's commit so every attempt records (thread, rows, outcome)."""
 
@@ -59,6 +65,21 @@ async def started(path: Path, **options: Any) -> tuple[JournalWriter, Attempts]:
     writer = JournalWriter(path, fixed_signer(), head_interval_s=options.pop("head_interval_s", 3600.0), **options)
     await writer.start()
     return writer, Attempts(writer)
+
+
+def appended_in_turn(path: Path, n: int, **options: Any) -> Attempts:
+    """n entries appended one after the other (each a lone batch) by a writer built with ``options``."""
+
+    async def run() -> Attempts:
+        writer, attempts = await started(path, **options)
+        try:
+            for i in range(n):
+                await append_one(writer, i)
+        finally:
+            await writer.aclose()
+        return attempts
+
+    return asyncio.run(run())
 
 
 def check_journal(path: Path, size: int) -> None:
@@ -102,35 +123,14 @@ def test_lone_entries_commit_on_the_loop_and_batches_on_the_thread(tmp_path: Pat
 )
 def test_lone_entries_go_to_the_thread_when_told_or_the_head_mark_is_due(tmp_path: Path, options: Any) -> None:
     path = tmp_path / "j.db"
-
-    async def run() -> Attempts:
-        writer, attempts = await started(path, **options)
-        try:
-            for i in range(20):
-                await append_one(writer, i)
-        finally:
-            await writer.aclose()
-        return attempts
-
-    assert asyncio.run(run()).committed() == [(THREAD, 1)] * 20
+    assert appended_in_turn(path, 20, **options).committed() == [(THREAD, 1)] * 20
     check_journal(path, 20)
 
 
 def test_slow_commits_send_lone_entries_to_the_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A disk whose commits average more than the bound would stall the loop: every real commit is slower than 0 s."""
-    path = tmp_path / "j.db"
     monkeypatch.setattr(writer_module, "_COMMIT_HERE_MAX_S", 0.0)
-
-    async def run() -> Attempts:
-        writer, attempts = await started(path)
-        try:
-            for i in range(20):
-                await append_one(writer, i)
-        finally:
-            await writer.aclose()
-        return attempts
-
-    assert asyncio.run(run()).committed() == [(THREAD, 1)] * 20
+    assert appended_in_turn(tmp_path / "j.db", 20).committed() == [(THREAD, 1)] * 20
 
 
 def test_a_lock_held_by_another_process_never_stalls_the_loop(tmp_path: Path) -> None:
