@@ -43,10 +43,11 @@ class Load:
     threads: list[threading.Thread] = field(default_factory=list)
     running: threading.Event = field(default_factory=threading.Event)  # cleared: workers hold their next call
     in_flight: int = 0
+    workers: int = WORKERS
 
     def start(self) -> None:
         self.running.set()
-        self.threads = [threading.Thread(target=self._worker, args=(w,)) for w in range(WORKERS)]
+        self.threads = [threading.Thread(target=self._worker, args=(w,)) for w in range(self.workers)]
         for thread in self.threads:
             thread.start()
 
@@ -175,21 +176,23 @@ def replace_by_copy(journal: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("damage", "restart_refused"),
+    ("damage", "restart_refused", "workers"),
     [
-        pytest.param(remove_all, True, id="journal-wal-and-shm-removed"),
-        pytest.param(remove_wal, True, id="only-wal-removed"),
+        pytest.param(remove_all, True, WORKERS, id="journal-wal-and-shm-removed"),
+        # One caller: lone entries, committed on the loop thread itself (JournalWriter._committed_here).
+        pytest.param(remove_all, True, 1, id="journal-wal-and-shm-removed-one-caller"),
+        pytest.param(remove_wal, True, WORKERS, id="only-wal-removed"),
         # The copy plus the -wal, which is still the one the sidecar wrote, hold every entry: a restart is right.
-        pytest.param(replace_by_copy, False, id="journal-replaced-by-a-copy"),
+        pytest.param(replace_by_copy, False, WORKERS, id="journal-replaced-by-a-copy"),
     ],
 )
 def test_journal_files_lost_under_load_fail_closed_and_lose_no_acknowledged_decision(
-    tmp_path: Path, damage: object, restart_refused: bool
+    tmp_path: Path, damage: object, restart_refused: bool, workers: int
 ) -> None:
     assert callable(damage)
     directory = tmp_path / "gw"
     gw = start_gateway(directory, extra_env={"AGENTAUDIT_JOURNAL_PROBE_INTERVAL_S": str(PROBE_INTERVAL_S)})
-    load = Load(gw.unix_target)
+    load = Load(gw.unix_target, workers=workers)
     try:
         load.start()
         load.wait_for(100)
