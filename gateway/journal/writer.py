@@ -556,7 +556,7 @@ class JournalWriter:
             or len(rows) != 1
             or not low_load
             or (self._thread_job is not None and not self._thread_job.done())
-            or time.monotonic() - self._head_written_at >= self._head_interval_s
+            or self._head_due(time.monotonic())
             or self._commit_s > _COMMIT_HERE_MAX_S
         ):
             return False
@@ -621,6 +621,10 @@ class JournalWriter:
         self._commit_s += (took - self._commit_s) * 0.25
         self._maybe_write_head(rows[-1][0], rows[-1][3])
 
+    def _head_due(self, now: float) -> bool:
+        """Whether the high-water mark's last move is ``head_interval_s`` old (the next commit moves it)."""
+        return now - self._head_written_at >= self._head_interval_s
+
     def _maybe_write_head(self, seq: int, digest: bytes) -> None:
         """Moves the high-water mark to this commit if the last move is ``head_interval_s`` old.
 
@@ -629,7 +633,7 @@ class JournalWriter:
         the interval after a crash; after a clean stop or a lost journal it is exact.
         """
         now = time.monotonic()
-        if now - self._head_written_at < self._head_interval_s:
+        if not self._head_due(now):
             return
         try:
             write_head(self.path, HeadMark(self.origin, seq, digest))
