@@ -63,6 +63,7 @@ from gateway.ids import rfc3339_nanos
 from gateway.journal import query
 from gateway.journal.entry import EventKind
 from gateway.journal.schema import DDL, OPERATOR_CONTEXT_WHERE, indexed_values
+from gateway.journal.search_table import open_for_writing
 from gateway.journal.store import connect_readonly, iter_bodies, iter_operator_context
 from gateway.journal.trace import CONTEXT_KINDS, build_trace
 from gateway.journal.writer import JournalWriter, Receipt, StateChange
@@ -536,8 +537,9 @@ def row_count(path: Path) -> int | None:
 
 def _apply_schema(path: Path) -> None:
     """Brings a cached journal's indexes up to the current schema, as a sidecar start would."""
-    with contextlib.closing(sqlite3.connect(path)) as conn:
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
         conn.executescript(DDL)
+        open_for_writing(conn)  # the search table filled and the indexes it replaced dropped
 
 
 def ensure_journal(directory: Path, events: int, progress: Callable[[str], None]) -> tuple[Path, dict[str, Any]]:

@@ -12,6 +12,7 @@ from gateway import devenv
 from gateway.app import Sidecar
 from gateway.collector.app import Collector
 from gateway.config import CollectorConfig
+from gateway.journal.search_table import SEARCH_BATCH
 from gateway.journal.verify import FindingCode, verify_journal
 from gateway.journal.writer import now_nanos
 from gateway.sidecar.forwarder import Forwarder
@@ -150,3 +151,25 @@ def test_an_unsigned_prune_is_tamper_evidence(tmp_path: Path) -> None:
     assert not report.ok
     # The first finding with a seq is the gap (format v2 adds, journal-level, seals beyond the entries left).
     assert next(f.code for f in report.findings if f.seq is not None) == FindingCode.GAP
+
+
+def test_a_prune_removes_the_search_rows_of_the_entries_it_prunes(tmp_path: Path) -> None:
+    """More than a batch of entries is copied into the search table first; the prune takes their rows with them."""
+    witness = Ed25519Signer("collector.test", bytes([7]) * 32).verifier
+    pruned: dict[str, int] = {}
+
+    async def scenario(sidecar: Sidecar) -> None:
+        for _ in range(SEARCH_BATCH + 20):
+            await recorder(sidecar).record_heartbeat()
+        fwd = sidecar.forwarder
+        assert fwd is not None
+        await eventually_async(lambda: fwd.status.acked_size >= SEARCH_BATCH + 20)
+        pruned["count"] = await retention(sidecar, fwd).prune_once(now_nanos() + 2 * DAY_NS)
+
+    run(tmp_path, scenario)
+    assert pruned["count"] >= SEARCH_BATCH, "the prune covers entries that were copied"
+    with sqlite3.connect(f"file:{journal(tmp_path)}?mode=ro", uri=True) as conn:
+        (oldest,) = conn.execute("SELECT min(seq) FROM journal_search").fetchone()
+    assert oldest is None or oldest >= pruned["count"], "no search row is left for a pruned entry"
+    report = verify_journal(journal(tmp_path), [signer(tmp_path).verifier], witnesses=[witness])
+    assert report.ok, report.findings

@@ -31,6 +31,7 @@ from gateway.journal.filter import SQLITE, body_predicate, sql_conditions
 
 # Re-exported (explicitly, for mypy): callers of select() build one, and the CLI's filter flags are its fields.
 from gateway.journal.filter import EventFilter as EventFilter  # noqa: PLC0414
+from gateway.journal.search_table import SEARCH_TABLE, has_search_table, high_water_seq, uses_search_table
 
 PAGE_SIZE = 512
 """Entries read per keyset page (one short SQL statement each)."""
@@ -102,37 +103,63 @@ def select_signed(
     """
     if limit is not None and limit <= 0:
         return
-    sql, params = _page_query(flt, through_seq)
     check = body_predicate(flt)
     cursor_seq = (_SQLITE_MAX_INT if flt.newest_first else -1) if after_seq is None else after_seq
     remaining = limit
-    while True:
-        rows = 0
-        for seq, entry, signature in _page(conn, sql, (cursor_seq, *params, page_size)):
-            rows += 1
-            cursor_seq = seq
-            body = _parse_body(seq, entry)
-            if check is not None and not check(body):
-                continue
-            yield seq, bytes(entry), bytes(signature), body
-            if remaining is not None:
-                remaining -= 1
-                if remaining == 0:
-                    return
-        if rows < page_size:
-            return
+    for sql, params in _segments(conn, flt, through_seq):
+        while True:
+            rows = 0
+            for seq, entry, signature in _page(conn, sql, (cursor_seq, *params, page_size)):
+                rows += 1
+                cursor_seq = seq
+                body = _parse_body(seq, entry)
+                if check is not None and not check(body):
+                    continue
+                yield seq, bytes(entry), bytes(signature), body
+                if remaining is not None:
+                    remaining -= 1
+                    if remaining == 0:
+                        return
+            if rows < page_size:
+                break
 
 
-def _page_query(flt: EventFilter, through_seq: int | None) -> tuple[str, list[Any]]:
-    """The keyset-paged SELECT for ``flt``: its first parameter is the cursor seq, its last the page size."""
+def _segments(conn: sqlite3.Connection, flt: EventFilter, through_seq: int | None) -> list[tuple[str, list[Any]]]:
+    """The keyset-paged SELECTs for ``flt``, in the order they are read; each one's first parameter is the cursor
+    seq, its last the page size.
+
+    One SELECT on the journal, unless the filter is on a search-only column (search_table.py): then the entries
+    up to the search table's high-water seq are selected through its indexes and the rest from the journal's own
+    columns, each part in its own SELECT, oldest part first (newest first: the reverse). The high-water seq is read
+    once, so an entry is in exactly one part even while the writer copies more.
+    """
     where, params = sql_conditions(flt, SQLITE, first_param=2)
     order, compare = ("DESC", "<") if flt.newest_first else ("ASC", ">")
     if through_seq is not None:
         where.append("seq <= ?")
         params.append(through_seq)
-    conditions = " AND ".join([f"seq {compare} ?", *where])
+    journal_only = [(_select("journal", compare, order, where), params)]
+    if not uses_search_table(flt):
+        return journal_only
+    try:
+        if not has_search_table(conn):  # a journal written before the table existed, not opened by a writer since
+            return journal_only
+        high_water = high_water_seq(conn)
+    except sqlite3.Error as exc:
+        raise JournalUnreadableError(f"journal read failed: {exc}") from exc
     # Only constants are interpolated; every value is a placeholder parameter.
-    return f"SELECT seq, entry, signature FROM journal WHERE {conditions} ORDER BY seq {order} LIMIT ?", params  # noqa: S608
+    indexed = _select(SEARCH_TABLE, compare, order, [*where, f"seq <= {high_water}"])
+    indexed = f"SELECT seq, entry, signature FROM journal WHERE seq IN ({indexed}) ORDER BY seq {order}"  # noqa: S608
+    newer = _select("journal", compare, order, [*where, f"seq > {high_water}"])
+    parts = [(indexed, params), (newer, params)]
+    return parts[::-1] if flt.newest_first else parts
+
+
+def _select(table: str, compare: str, order: str, where: list[str]) -> str:
+    """One keyset page of ``table`` (the journal: its rows; the search table: the matching seqs)."""
+    conditions = " AND ".join([f"seq {compare} ?", *where])
+    columns = "seq" if table == SEARCH_TABLE else "seq, entry, signature"
+    return f"SELECT {columns} FROM {table} WHERE {conditions} ORDER BY seq {order} LIMIT ?"  # noqa: S608
 
 
 def _page(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> Iterator[tuple[int, bytes, bytes]]:

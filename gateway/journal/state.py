@@ -28,6 +28,7 @@ from gateway.errors import MalformedEntryError
 from gateway.identity import normalise_identity
 from gateway.journal.entry import decode_entry
 from gateway.journal.seal import SealedLookup
+from gateway.journal.search_table import PRUNE_SQL
 
 if TYPE_CHECKING:  # only a type here: the offline verifier imports this module and never the writer
     from gateway.journal.writer import StateChange
@@ -333,10 +334,11 @@ def prune_state(conn: sqlite3.Connection) -> PruneState | None:
     return None if row is None else PruneState(int(row[0]), bytes(row[1]), bytes(row[2]))
 
 
-def prune(state: PruneState) -> tuple[StateChange, StateChange]:
+def prune(state: PruneState) -> tuple[StateChange, StateChange, StateChange]:
     """Records the prune and deletes the prefix it covers (committed with the signed ``prune`` marker).
 
     The row comes first: the journal's DELETE trigger refuses any seq at or above ``prune_state.pruned_before``.
+    The search table's rows for the pruned entries go with them (search_table.py: it holds only kept entries).
     """
     return (
         (
@@ -344,6 +346,7 @@ def prune(state: PruneState) -> tuple[StateChange, StateChange]:
             (state.pruned_before, state.tree_state, state.last_leaf_hash),
         ),
         ("DELETE FROM journal WHERE seq < ?", (state.pruned_before,)),
+        (PRUNE_SQL, (state.pruned_before,)),
     )
 
 

@@ -35,6 +35,8 @@ from gateway.journal.report import Finding, FindingCode, VerifyReport, quote, st
 from gateway.journal.scan import Scan
 from gateway.journal.schema import COLUMNS, SCHEMA_VERSION
 from gateway.journal.seal import FORMAT_META_KEY, has_seals_table
+from gateway.journal.search_table import has_search_table
+from gateway.journal.search_table import mismatches as search_mismatches
 from gateway.journal.witness import NoteChecker, read_anchor
 from gateway.signing import Verifier
 
@@ -132,6 +134,10 @@ def verify_journal(
             scan.check_row(row)
         # Step 5b: the state tables must say what the signed events say.
         _check_state_tables(conn, origin, verifiers, scan)
+        # Step 5c: the search table must hold the journal's (just checked) columns, or a search would mislead.
+        if has_search_table(conn):
+            for seq, message in search_mismatches(conn):
+                scan.add_finding(seq, FindingCode.COLUMN_MISMATCH, message)
     except sqlite3.Error as exc:
         # A file that stops being readable part-way (corrupt page, I/O error) proves nothing either way.
         raise JournalUnreadableError(f"{path}: reading failed after {scan.entries} rows: {exc}") from exc

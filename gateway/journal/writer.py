@@ -70,6 +70,7 @@ from gateway.journal.head import HeadMark, read_head, rollback_error, write_head
 from gateway.journal.merkle import MerkleRoot, decode_state, encode_state
 from gateway.journal.schema import DDL, SCHEMA_VERSION, STATE_DDL, insert_sql
 from gateway.journal.seal import FORMAT_META_KEY, make_seal
+from gateway.journal.search_table import COPY_SQL, copy_due, open_for_writing
 from gateway.signing import Ed25519Signer
 
 log = logging.getLogger(__name__)
@@ -205,6 +206,7 @@ class JournalWriter:
         self._conn: sqlite3.Connection | None = None
         self._next_seq = 0
         self._prev_hash = ZERO_HASH
+        self._search_next = 0  # the first seq not yet copied into the search table (search_table.py)
         self._pending: list[_Append] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -268,6 +270,10 @@ class JournalWriter:
         if mark is not None:
             self._check_mark(mark)
         self._next_seq, self._prev_hash = self._read_tail()
+        try:
+            self._search_next = open_for_writing(conn)
+        except sqlite3.Error as exc:
+            raise JournalUnavailableError(f"cannot open journal {self.path}: search table: {exc}") from exc
         self._tree, self._seal_size = self._read_tree()
         self._head_seq = self._next_seq - 1 if mark is None else mark.seq
         for file in self._files:
@@ -545,10 +551,10 @@ class JournalWriter:
         Safe: the thread is idle, so the connection is the loop's alone for this call. Cheaper: one entry, after
         a batch that was also one entry, means the load is low, so little else waits for the loop while it syncs
         (a lone entry amid heavier load goes to the thread: the loop serves others during that fsync). Not here:
-        a commit that moves the high-water mark (two more fsyncs), a disk whose commits lately took longer than
-        ``_COMMIT_HERE_MAX_S`` on average (the loop would stall for them), and a database locked by someone else
-        (SQLite is told not to wait; ``SQLITE_BUSY`` means nothing was committed, so the thread then commits the
-        same rows, waiting its busy timeout).
+        a commit that moves the high-water mark (two more fsyncs) or copies a batch into the search table, a disk
+        whose commits lately took longer than ``_COMMIT_HERE_MAX_S`` on average (the loop would stall for them),
+        and a database locked by someone else (SQLite is told not to wait; ``SQLITE_BUSY`` means nothing was
+        committed, so the thread then commits the same rows, waiting its busy timeout).
         """
         low_load, self._last_lone = self._last_lone, len(rows) == 1
         if (
@@ -557,6 +563,7 @@ class JournalWriter:
             or not low_load
             or (self._thread_job is not None and not self._thread_job.done())
             or self._head_due(time.monotonic())
+            or copy_due(self._search_next, rows[-1][0] + 1)
             or self._commit_s > _COMMIT_HERE_MAX_S
         ):
             return False
@@ -587,17 +594,20 @@ class JournalWriter:
 
         One statement means one ``sqlite3_step`` (the GIL is released once for the insert and the fsync'd commit)
         and all-or-nothing: a failed batch leaves no row behind. A batch that carries state changes, or a seal
-        (format v2), runs in an explicit transaction with them instead: entries and their seal are durable
-        together or not at all, so no entry is ever answered, or survives a crash, without its seal.
+        (format v2), or completes a batch for the search table, runs in an explicit transaction with them instead:
+        entries and their seal are durable together or not at all, so no entry is ever answered, or survives a
+        crash, without its seal; the search table's copy is durable exactly when the rows it copies are.
         """
         conn = self._conn
         if conn is None:
             raise JournalUnavailableError("journal is closed")
         params = [value for row in rows for value in row]
+        next_seq = rows[-1][0] + 1
+        copy_from = self._search_next if copy_due(self._search_next, next_seq) else None
         self._check_files()
         started = time.perf_counter()
         try:
-            if not state and seal is None:
+            if not state and seal is None and copy_from is None:
                 conn.execute(insert_sql(len(rows)), params)
             else:
                 conn.execute("BEGIN IMMEDIATE")
@@ -607,6 +617,8 @@ class JournalWriter:
                         conn.execute("INSERT INTO journal_seals (size, note, tree_state) VALUES (?, ?, ?)", seal)
                     for sql, args in state:
                         conn.execute(sql, args)
+                    if copy_from is not None:  # after the state changes: a prune's deleted rows are not copied
+                        conn.execute(COPY_SQL, (copy_from,))
                     conn.execute("COMMIT")
                 except BaseException:
                     with contextlib.suppress(sqlite3.Error):
@@ -614,6 +626,8 @@ class JournalWriter:
                     raise
         except sqlite3.Error as exc:
             raise JournalUnavailableError(f"commit failed: {exc}") from exc
+        if copy_from is not None:
+            self._search_next = next_seq
         # After the fsync, before any receipt resolves: a commit into an unlinked file is not durable. (Whether
         # the files are still writable does not matter here: what SQLite returned from is already durable.)
         self._check_identity()
