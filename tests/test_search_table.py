@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import re
 import sqlite3
 import threading
 from pathlib import Path
@@ -21,10 +22,16 @@ from hypothesis import strategies as st
 
 from gateway.canonical import canonical_json
 from gateway.journal import writer as writer_module
+from gateway.journal.bundle import _latest_cosigned as latest_cosigned
+from gateway.journal.bundle import _policy_entries as policy_entries
 from gateway.journal.entry import EventKind
 from gateway.journal.query import EventFilter, _segments, select
+from gateway.journal.replay import first_seq_since as replay_first_seq_since
 from gateway.journal.schema import indexed_values
 from gateway.journal.search_table import LEGACY_INDEXES, SEARCH_BATCH, SEARCH_FIELDS
+from gateway.journal.state import trusted_state
+from gateway.journal.store import first_seq_since as store_first_seq_since
+from gateway.journal.verify import _latest_prune_marker as latest_prune_marker
 from gateway.journal.verify import verify_journal
 from gateway.journal.writer import JournalWriter
 from tests.journal_helpers import fixed_signer
@@ -42,16 +49,23 @@ def entry_body(i: int, draw: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
-async def write(path: Path, chunks: list[list[dict[str, Any]]]) -> None:
+T0 = 1_700_000_000_000_000_000
+TICK = 1_000  # the n-th entry written is stamped T0 + n * TICK (by default)
+
+
+async def write(path: Path, chunks: list[list[dict[str, Any]]], times: list[int] | None = None) -> None:
     """Appends each chunk concurrently (one group commit each), the chunks one after the other."""
     writer = JournalWriter(path, fixed_signer())
     await writer.start()
+    n = writer.size
     try:
         for chunk in chunks:
+            stamps = [T0 + (n + i) * TICK if times is None else times[n + i] for i in range(len(chunk))]
+            n += len(chunk)
             await asyncio.gather(
                 *(
-                    writer.append(EventKind.PRE_EXEC, canonical_json(b), indexed_values(b), 1_700_000_000_000_000_000)
-                    for b in chunk
+                    writer.append(EventKind.PRE_EXEC, canonical_json(b), indexed_values(b), stamp)
+                    for b, stamp in zip(chunk, stamps, strict=True)
                 )
             )
     finally:
@@ -93,16 +107,26 @@ FILTER_VALUES: dict[str, tuple[str, ...]] = {
 }
 
 
+TIME_BOUNDS = st.none() | st.integers(min_value=-3, max_value=3 * SEARCH_BATCH + 3).map(lambda n: T0 + n * TICK)
+
+
 @st.composite
 def filter_strategy(draw: st.DrawFn) -> EventFilter:
-    """One or two filters (more rarely match anything in a short pattern), at least one a search-only column."""
-    first = draw(st.sampled_from(SEARCH_FIELDS))
+    """One or two filters (more rarely match anything in a short pattern), at least one on the search table, and
+    a time window or none."""
+    first = draw(st.sampled_from([*SEARCH_FIELDS, "kind"]))
     second = draw(st.none() | st.sampled_from(sorted(FILTER_VALUES)))
     fields = {f: draw(st.sampled_from(FILTER_VALUES[f])) for f in {first, second} if f is not None}
-    return EventFilter(**fields, newest_first=draw(st.booleans()))
+    return EventFilter(
+        **fields, since_ns=draw(TIME_BOUNDS), until_ns=draw(TIME_BOUNDS), newest_first=draw(st.booleans())
+    )
 
 
-def matches_by_hand(body: dict[str, Any], flt: EventFilter) -> bool:
+def matches_by_hand(body: dict[str, Any], flt: EventFilter, unix_nanos: int) -> bool:
+    if flt.since_ns is not None and unix_nanos < flt.since_ns:
+        return False
+    if flt.until_ns is not None and unix_nanos >= flt.until_ns:
+        return False
     for field in (*SEARCH_FIELDS, "run_id", "kind"):
         wanted = getattr(flt, field)
         if wanted is None:
@@ -142,7 +166,7 @@ def test_a_search_returns_the_same_whatever_the_search_table_holds(
     # The drawn pattern repeated to `count` entries: journals spanning up to three batches stay quick to draw.
     bodies = [entry_body(i, pattern[i % len(pattern)]) for i in range(count)]
     asyncio.run(write(path, [bodies[i : i + chunk] for i in range(0, len(bodies), chunk)]))
-    want = [s for s in range(len(bodies)) if matches_by_hand(bodies[s], flt)]
+    want = [s for s in range(len(bodies)) if matches_by_hand(bodies[s], flt, T0 + s * TICK)]
     if flt.newest_first:
         want.reverse()
     if after is not None:
@@ -232,12 +256,14 @@ def test_a_commit_that_copies_a_batch_is_not_made_on_the_loop(tmp_path: Path, mo
 
 
 def legacy(path: Path) -> None:
-    """Turns a journal into one written before the search table: no table, the five indexes on the journal."""
+    """Turns a journal into one written before the search table: no table, its seven indexes on the journal."""
     with sqlite3.connect(path) as conn:
         conn.execute("DROP TABLE journal_search")
         conn.execute("DROP INDEX journal_approval_requests")
-        for index, column in zip(LEGACY_INDEXES, SEARCH_FIELDS, strict=True):
-            conn.execute(f"CREATE INDEX {index} ON journal ({column}, seq) WHERE {column} IS NOT NULL")
+        conn.execute("DROP INDEX journal_rare_kinds")
+        for index, column in LEGACY_INDEXES.items():
+            key = "unix_nanos" if column == "unix_nanos" else f"{column}, seq"
+            conn.execute(f"CREATE INDEX {index} ON journal ({key}) WHERE {column} IS NOT NULL")
 
 
 def indexes(path: Path) -> set[str]:
@@ -306,30 +332,59 @@ def test_verify_reports_a_tampered_search_table(
     assert any(f.startswith(finding) for f in findings), findings
 
 
-@pytest.mark.parametrize("column", ["tenant_id", "agent_id", "action", "decision", "reason"])
+@pytest.mark.parametrize("column", [*SEARCH_FIELDS, "kind"])
 def test_a_search_on_a_search_column_reads_the_tables_index_not_a_scan(tmp_path: Path, column: str) -> None:
     path = tmp_path / "journal.db"
     asyncio.run(write(path, [[entry_body(0, {})]]))
+    flt = EventFilter(**{column: "x"})
     with sqlite3.connect(path) as conn:
-        plan = " ".join(
-            str(row[-1])
-            for row in conn.execute(
-                f"EXPLAIN QUERY PLAN SELECT seq FROM journal_search WHERE seq > ? AND {column} = ? "
-                "ORDER BY seq LIMIT 9",
-                (-1, "x"),
-            )
-        )
+        sql, params = _segments(conn, flt, None)[0]
+        plan = " ".join(str(row[-1]) for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", (-1, *params, 9)))
     assert f"journal_search_{column.removesuffix('_id')}" in plan, plan
 
 
-def test_the_start_finds_approval_requests_through_their_partial_index(tmp_path: Path) -> None:
+def sidecar_lookups(conn: sqlite3.Connection) -> None:
+    """The sidecar's own reads by kind, decision and time (its start, bundles, verify)."""
+    trusted_state(conn, fixed_signer().name, lambda _message, _signature: True)
+    latest_prune_marker(conn)
+    latest_cosigned(conn)
+    policy_entries(conn, {"v1"}, 10)
+    store_first_seq_since(conn, T0)
+    replay_first_seq_since(conn, T0)
+
+
+def test_the_sidecars_own_lookups_never_scan_the_journal(tmp_path: Path) -> None:
     path = tmp_path / "journal.db"
-    asyncio.run(write(path, [[entry_body(0, {})]]))
+    asyncio.run(write(path, [[entry_body(i, {"decision": "allow"}) for i in range(2 * SEARCH_BATCH + 3)]]))
+    statements: list[str] = []
     with sqlite3.connect(path) as conn:
-        plan = " ".join(
-            str(row[-1])
-            for row in conn.execute(
-                "EXPLAIN QUERY PLAN SELECT seq FROM journal WHERE kind IN ('a', 'b') OR decision = 'approval_required'"
-            )
-        )
-    assert "journal_approval_requests" in plan and "SCAN journal" not in plan, plan
+        conn.set_trace_callback(statements.append)
+        sidecar_lookups(conn)
+        conn.set_trace_callback(None)
+        reads = [sql for sql in statements if " FROM journal" in sql]
+        assert len(reads) >= 6, statements
+        for sql in reads:
+            steps = [str(row[-1]) for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}")]
+            reading = [step for step in steps if step.startswith(("SCAN", "SEARCH"))]
+            assert reading, (sql, steps)
+            if not re.fullmatch(r"SELECT max\(seq\) FROM \w+", sql):  # the last rowid, read directly
+                assert all(" USING " in step and not step.startswith("SCAN") for step in reading), (sql, steps)
+
+
+@pytest.mark.parametrize("lag", [0, 5, SEARCH_BATCH + 10, None])
+def test_the_first_entry_since_a_time_is_found_whatever_the_order_of_times(tmp_path: Path, lag: int | None) -> None:
+    """Times need not rise with seq (a clock stepped back): the answer is the smallest seq at or after the time."""
+    path = tmp_path / "journal.db"
+    count = 2 * SEARCH_BATCH + 20
+    times = [T0 + ((i * 7919) % 997) * TICK for i in range(count)]  # a scramble of times, some repeated
+    times[-1] = T0 + 2_000 * TICK  # the newest time of all on the last entry: beyond the table when it lags
+    asyncio.run(write(path, [[entry_body(i, {}) for i in range(count)]], times))
+    with sqlite3.connect(path) as conn:
+        if lag is None:
+            conn.execute("DROP TABLE journal_search")
+        else:
+            conn.execute("DELETE FROM journal_search WHERE seq >= ?", (count - lag,))
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+        for since in (T0 - 1, T0, T0 + 500 * TICK, T0 + 996 * TICK, T0 + 997 * TICK, T0 + 2_000 * TICK):
+            want = min((s for s in range(count) if times[s] >= since), default=None)
+            assert store_first_seq_since(conn, since) == want, since

@@ -28,6 +28,7 @@ from gateway.errors import MalformedEntryError
 from gateway.journal.entry import FORMAT_V1, EventKind, decode_entry, leaf_hash, signature_payload
 from gateway.journal.merkle import HASH_SIZE, SubtreeHashes, decode_state, root_from_inclusion_proof
 from gateway.journal.note import Checkpoint, NoteError, SignedNote, verify_cosignature, verify_note, witness_key_id
+from gateway.journal.schema import RARE_KINDS_WHERE
 from gateway.journal.seal import has_seals_table, parse_seal, seal_signed
 from gateway.signing import Verifier
 
@@ -103,7 +104,10 @@ def _body(raw: bytes) -> dict[str, Any]:
 def _policy_entries(conn: sqlite3.Connection, versions: set[Any], before: int) -> list[tuple[int, bytes, bytes]]:
     """For each policy version, the newest entry at or before ``before`` that names it as the active one."""
     found: dict[str, tuple[int, bytes, bytes]] = {}
-    query = "SELECT seq, entry, signature FROM journal WHERE kind IN (?, ?) AND seq <= ? ORDER BY seq DESC"
+    query = (
+        f"SELECT seq, entry, signature FROM journal WHERE kind IN (?, ?) AND seq <= ? AND {RARE_KINDS_WHERE} "  # noqa: S608
+        "ORDER BY seq DESC"
+    )
     for seq, raw, sig in conn.execute(query, (*_POLICY_KINDS, before)):
         body = _body(raw)
         version = str(body.get("new_version") or body.get("policy_version") or "")
@@ -116,7 +120,8 @@ def _policy_entries(conn: sqlite3.Connection, versions: set[Any], before: int) -
 
 def _latest_cosigned(conn: sqlite3.Connection) -> tuple[str, int]:
     """The newest cosignature receipt's note and tree size ("" and 0 when the journal was never witnessed)."""
-    for (raw,) in conn.execute("SELECT entry FROM journal WHERE kind = 'cosignature' ORDER BY seq DESC LIMIT 1"):
+    latest = f"SELECT entry FROM journal WHERE kind = 'cosignature' AND {RARE_KINDS_WHERE} ORDER BY seq DESC LIMIT 1"  # noqa: S608
+    for (raw,) in conn.execute(latest):
         body = _body(raw)
         if isinstance(body.get("checkpoint"), str) and isinstance(body.get("tree_size"), int):
             return body["checkpoint"], body["tree_size"]

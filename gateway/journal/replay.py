@@ -5,7 +5,7 @@ the ones the signature covers, never from the parsed columns: those are only a c
 ``schema``), and an edit of them must change nothing enforced. The ``unix_nanos`` and ``run_id`` indexes are used
 only to find where to start reading:
 
-1. Find the first seq whose indexed time is at or after ``since`` (the ``journal_time`` index).
+1. Find the first seq whose indexed time is at or after ``since`` (the search table's time index).
 2. Walk back from it by seq while the *envelope* time is still at or after ``since``, so an edited time column
    cannot hide the entries at the start of the span.
 3. Read every entry from there on in seq order, and yield each whose envelope kind is ``pre_exec`` and whose
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.errors import MalformedEntryError
+from gateway.journal import search_table
 from gateway.journal.entry import EventKind, decode_entry
 
 _READ_BATCH = 1000
@@ -40,9 +41,9 @@ class PreEvent:
 
 def first_seq_since(conn: sqlite3.Connection, since_nanos: int) -> int:
     """The seq from which every entry at or after ``since_nanos`` (envelope time) follows (steps 1 and 2)."""
-    row = conn.execute("SELECT min(seq) FROM journal WHERE unix_nanos >= ?", (since_nanos,)).fetchone()
-    if row[0] is not None:
-        start = int(row[0])
+    found = search_table.first_seq_since(conn, since_nanos)
+    if found is not None:
+        start = found
     else:
         last = conn.execute("SELECT max(seq) FROM journal").fetchone()[0]
         start = 0 if last is None else int(last) + 1

@@ -58,20 +58,21 @@ CREATE TABLE IF NOT EXISTS journal (
 CREATE UNIQUE INDEX IF NOT EXISTS journal_event_id ON journal (event_id);
 CREATE INDEX IF NOT EXISTS journal_run ON journal (run_id, step_id) WHERE run_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS journal_link ON journal (link_event_id) WHERE link_event_id IS NOT NULL;
--- Kind and time also serve the sidecar itself (checkpoints, receipts, the limits replayed on start). Keys are
--- (value, seq): equal values append at the end of their run, so these stay cheap to maintain as the journal grows.
-CREATE INDEX IF NOT EXISTS journal_kind ON journal (kind, seq);
-CREATE INDEX IF NOT EXISTS journal_time ON journal (unix_nanos);
+-- Entries other than steps (checkpoints, receipts, prunes, approvals, operator events: a few in a thousand), for
+-- the sidecar's own lookups by kind; a query uses it by repeating RARE_KINDS_WHERE verbatim. (value, seq) keys
+-- append at the end of their run, so it stays cheap to maintain as the journal grows.
+CREATE INDEX IF NOT EXISTS journal_rare_kinds ON journal (kind, seq) WHERE kind NOT IN ('pre_exec', 'post_exec');
 -- Rare operator events (a trace's context), without indexing the millions of pre/post events by kind.
 CREATE INDEX IF NOT EXISTS journal_operator_events ON journal (seq) WHERE kind IN ('kill_switch', 'policy_changed');
 -- The approval requests the sidecar's start folds into its state (journal/state.py), without indexing every
 -- entry's decision (keyed on the column so that the start's "kind IN (...) OR decision = ..." can use it).
 CREATE INDEX IF NOT EXISTS journal_approval_requests ON journal (decision) WHERE decision = 'approval_required';
 
--- The search-only filters (tenant, agent, action, decision, reason; docs/investigate.md) are indexed here, not on
--- the journal: the writer copies the entries' columns in batches, inside a later commit (journal/search_table.py,
--- docs/adr/0030-search-table-filled-in-batches.md). Derived and unsigned like the columns it copies; it holds every
--- entry from the oldest kept up to its largest seq, and a search reads the newer entries from the journal itself.
+-- The filters a search uses (tenant, agent, action, decision, reason, kind, time; docs/investigate.md) are indexed
+-- here, not on the journal: the writer copies the entries' columns in batches, inside a later commit
+-- (journal/search_table.py, docs/adr/0030-search-table-filled-in-batches.md). Derived and unsigned like the
+-- columns it copies; it holds every entry from the oldest kept up to its largest seq, and a search reads the newer
+-- entries from the journal itself.
 CREATE TABLE IF NOT EXISTS journal_search (
     seq        INTEGER PRIMARY KEY,
     kind       TEXT NOT NULL,
@@ -87,6 +88,8 @@ CREATE INDEX IF NOT EXISTS journal_search_agent ON journal_search (agent_id, seq
 CREATE INDEX IF NOT EXISTS journal_search_action ON journal_search (action, seq) WHERE action IS NOT NULL;
 CREATE INDEX IF NOT EXISTS journal_search_decision ON journal_search (decision, seq) WHERE decision IS NOT NULL;
 CREATE INDEX IF NOT EXISTS journal_search_reason ON journal_search (reason, seq) WHERE reason IS NOT NULL;
+CREATE INDEX IF NOT EXISTS journal_search_kind ON journal_search (kind, seq);
+CREATE INDEX IF NOT EXISTS journal_search_time ON journal_search (unix_nanos);
 
 -- Retention: entries below pruned_before were removed, as a signed prune marker entry records (with the Merkle
 -- frontier and last leaf hash there, so the rest still verifies). Written only with that marker, in one transaction.
@@ -195,6 +198,10 @@ def insert_sql(rows: int) -> str:
 _INTEGER_COLUMNS = frozenset({"step_id"})
 _SQLITE_MAX_INT = 2**63 - 1
 
+
+# The exact WHERE term of the journal_rare_kinds partial index (every kind but the steps'): a lookup of such a kind
+# on the journal repeats it verbatim, so that SQLite reads that index and not the whole journal.
+RARE_KINDS_WHERE = "kind NOT IN ('pre_exec', 'post_exec')"
 
 OPERATOR_CONTEXT_KINDS = ("kill_switch", "policy_changed")
 # The exact WHERE term of the journal_operator_events partial index: SQLite uses that index only for queries that

@@ -1,8 +1,10 @@
-"""The journal's search table: each entry's search-only columns, indexed in batches rather than at every commit.
+"""The journal's search table: each entry's searchable columns, indexed in batches rather than at every commit.
 
-A search by tenant, agent, action, decision or reason is an operator's question after the fact; no Decide asks it.
-Indexing those five columns on the journal itself cost every commit five more B-tree inserts and about ten more
-KiB of WAL (docs/adr/0030-search-table-filled-in-batches.md). Instead the writer copies the columns of the entries
+A search by tenant, agent, action, decision, reason, kind or time is an operator's question after the fact; no
+Decide asks it. Indexing those seven columns on the journal itself cost every commit seven more B-tree inserts
+and about fourteen more KiB of WAL (docs/adr/0030-search-table-filled-in-batches.md); the sidecar's own lookups
+by kind read a partial index of the rare kinds (``schema.RARE_KINDS_WHERE``), and by time this table
+(:func:`first_seq_since`). Instead the writer copies the columns of the entries
 committed since the last copy into ``journal_search`` (schema.py) once ``SEARCH_BATCH`` of them have gathered,
 inside the commit that reaches that count, so the copy costs no extra fsync and is durable exactly when its rows
 are. In a batch the inserts land on a few pages per index instead of one page per index per commit.
@@ -25,17 +27,20 @@ from gateway.journal.filter import EventFilter
 log = logging.getLogger(__name__)
 
 SEARCH_TABLE = "journal_search"
-# The columns a search filters on only here (field of EventFilter = column), and every column of a row.
+# The columns a search finds only here (field of EventFilter = column), and every column of a row (kind and time
+# are filtered by EventFilter.kind, .since_ns and .until_ns).
 SEARCH_FIELDS: tuple[str, ...] = ("tenant_id", "agent_id", "action", "decision", "reason")
 _ROW_COLUMNS: tuple[str, ...] = ("seq", "kind", "unix_nanos", *SEARCH_FIELDS)
 # The journal's own indexes on those columns before this table existed, dropped when a writer opens the journal.
-LEGACY_INDEXES: tuple[str, ...] = (
-    "journal_tenant",
-    "journal_agent",
-    "journal_action",
-    "journal_decision",
-    "journal_reason",
-)
+LEGACY_INDEXES: dict[str, str] = {
+    "journal_tenant": "tenant_id",
+    "journal_agent": "agent_id",
+    "journal_action": "action",
+    "journal_decision": "decision",
+    "journal_reason": "reason",
+    "journal_kind": "kind",
+    "journal_time": "unix_nanos",
+}
 
 # Entries gathered before the writer copies them (and the most a search reads from the journal's columns beyond
 # the table, plus one batch). 128 at 1 KiB pages: a copy of ~0.5-1 ms in one of every 128 commits at low load.
@@ -99,11 +104,36 @@ def copy_due(next_copy: int, next_seq_after_commit: int) -> bool:
 
 
 def uses_search_table(flt: EventFilter) -> bool:
-    """Whether a search for ``flt`` reads the table: it filters on a search-only column and names no run.
+    """Whether a search for ``flt`` reads the table: it filters on a column indexed there and names no run.
 
     A run's entries are found through the journal's run index, which is narrower than any search column's.
     """
-    return flt.run_id is None and any(getattr(flt, field) is not None for field in SEARCH_FIELDS)
+    if flt.run_id is not None:
+        return False
+    return any(getattr(flt, field) is not None for field in (*SEARCH_FIELDS, "kind", "since_ns", "until_ns"))
+
+
+def first_seq_since(conn: sqlite3.Connection, unix_nanos: int) -> int | None:
+    """The smallest seq of a kept entry whose time is at or after ``unix_nanos``, if any (times need not rise).
+
+    Up to the high-water seq through the table's time index, beyond it from the journal's own column; on a journal
+    without the table, from the journal (whose time index such a journal still has).
+    """
+    if not has_search_table(conn):
+        (found,) = conn.execute("SELECT min(seq) FROM journal WHERE unix_nanos >= ?", (unix_nanos,)).fetchone()
+        return None if found is None else int(found)
+    high_water = high_water_seq(conn)
+    # Through the time index: the entries at or after the time, not (SQLite's own choice for min) every entry
+    # before it in seq order, which is nearly the whole table for a recent time.
+    (found,) = conn.execute(
+        f"SELECT min(seq) FROM {SEARCH_TABLE} INDEXED BY journal_search_time WHERE unix_nanos >= ?",  # noqa: S608
+        (unix_nanos,),
+    ).fetchone()
+    if found is None:
+        (found,) = conn.execute(
+            "SELECT min(seq) FROM journal WHERE seq > ? AND unix_nanos >= ?", (high_water, unix_nanos)
+        ).fetchone()
+    return None if found is None else int(found)
 
 
 def mismatches(conn: sqlite3.Connection) -> list[tuple[int, str]]:

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.errors import MalformedEntryError
 from gateway.identity import normalise_identity
 from gateway.journal.entry import decode_entry
+from gateway.journal.schema import RARE_KINDS_WHERE
 from gateway.journal.seal import SealedLookup
 from gateway.journal.search_table import PRUNE_SQL
 
@@ -688,8 +689,9 @@ def trusted_state(
 ) -> TrustedState:
     """Derives state from the signed events and checks the tables against it (the sidecar's start).
 
-    1. Locate the events that define state through the kind and decision indexes: approval_required pre-events,
-       approval votes, resolutions and abandonments, kill_switch, cosignature and earlier state_mismatch events;
+    1. Locate the events that define state through the partial indexes of rare kinds and of approval requests:
+       approval_required pre-events, approval votes, resolutions and abandonments, kill_switch, cosignature and
+       earlier state_mismatch events;
        then the allowed pre-events of the runs that hold a granted approval (which may have used it), through the
        run index.
     2. Re-verify each located entry's signature over its stored bytes with ``signature_ok`` and read its kind,
@@ -700,7 +702,9 @@ def trusted_state(
     """
     fold = SignedStateFold()
     kinds = ", ".join("?" * len(_FOLDED_KINDS))
-    rows = _located(conn, f"kind IN ({kinds}) OR decision = 'approval_required'", _FOLDED_KINDS)
+    rows = _located(
+        conn, f"(kind IN ({kinds}) AND {RARE_KINDS_WHERE}) OR decision = 'approval_required'", _FOLDED_KINDS
+    )
     lookup = SealedLookup(conn, origin, signature_ok, key_ids)
     _fold(fold, rows, lookup)
     granted_runs = sorted({a.run_id for a in fold.approvals.values() if a.state == GRANTED})

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from gateway.errors import JournalUnavailableError
-from gateway.journal import query, replay, state
+from gateway.journal import query, replay, search_table, state
 from gateway.journal.entry import HEADER_SIZE
 from gateway.journal.fileguard import abandon, why_unwritable
 from gateway.journal.schema import OPERATOR_CONTEXT_WHERE
@@ -71,8 +71,7 @@ SignedEvent = tuple[int, bytes, bytes, dict[str, Any]]  # (seq, entry, signature
 
 def first_seq_since(conn: sqlite3.Connection, unix_nanos: int) -> int | None:
     """The seq of the oldest entry written at or after ``unix_nanos``, if any."""
-    row = conn.execute("SELECT seq FROM journal WHERE unix_nanos >= ? ORDER BY seq LIMIT 1", (unix_nanos,)).fetchone()
-    return None if row is None else int(row[0])
+    return search_table.first_seq_since(conn, unix_nanos)
 
 
 def leaf_hashes(conn: sqlite3.Connection, start: int, end: int) -> list[bytes]:
@@ -288,20 +287,14 @@ def iter_operator_context(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 def iter_bodies(
     path: Path, *, run_id: str | None = None, kind: str | None = None, after_seq: int = -1
 ) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yields (seq, parsed signed body) in seq order, streaming (constant memory)."""
+    """Yields (seq, parsed signed body) in seq order, streaming (constant memory).
+
+    Through :func:`query.select`, so a kind alone is found through the search table's index, not a walk of the
+    journal.
+    """
     conn = connect_readonly(path)
     try:
-        where = ["seq > ?"]
-        params: list[Any] = [after_seq]
-        if run_id is not None:
-            where.append("run_id = ?")
-            params.append(run_id)
-        if kind is not None:
-            where.append("kind = ?")
-            params.append(kind)
-        sql = f"SELECT seq, entry FROM journal WHERE {' AND '.join(where)} ORDER BY seq"
-        for seq, entry in conn.execute(sql, params):
-            yield seq, json.loads(bytes(entry)[HEADER_SIZE:])
+        yield from query.select(conn, query.EventFilter(run_id=run_id, kind=kind), after_seq=after_seq)
     finally:
         conn.close()
 

@@ -33,7 +33,7 @@ from gateway.journal.entry import (
 )
 from gateway.journal.report import Finding, FindingCode, VerifyReport, quote, stored_bytes, witness_grace_end
 from gateway.journal.scan import Scan
-from gateway.journal.schema import COLUMNS, SCHEMA_VERSION
+from gateway.journal.schema import COLUMNS, RARE_KINDS_WHERE, SCHEMA_VERSION
 from gateway.journal.seal import FORMAT_META_KEY, has_seals_table
 from gateway.journal.search_table import has_search_table
 from gateway.journal.search_table import mismatches as search_mismatches
@@ -252,7 +252,8 @@ def _read_meta(conn: sqlite3.Connection, path: Path) -> dict[str, Any] | None:
 
 def _latest_prune_marker(conn: sqlite3.Connection) -> tuple[int, dict[str, Any]] | None:
     """The newest prune marker's seq and (not yet verified) claim, read by the kind byte in its entry."""
-    rows = conn.execute("SELECT seq, entry FROM journal WHERE kind = 'prune' ORDER BY seq DESC LIMIT 1").fetchall()
+    latest = f"SELECT seq, entry FROM journal WHERE kind = 'prune' AND {RARE_KINDS_WHERE} ORDER BY seq DESC LIMIT 1"  # noqa: S608
+    rows = conn.execute(latest).fetchall()
     for seq, raw in rows:
         try:
             entry = decode_entry(stored_bytes(raw))
