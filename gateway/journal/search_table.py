@@ -2,12 +2,12 @@
 
 A search by tenant, agent, action, decision, reason, kind or time is an operator's question after the fact; no
 Decide asks it. Indexing those seven columns on the journal itself cost every commit seven more B-tree inserts
-and about fourteen more KiB of WAL (docs/adr/0030-search-table-filled-in-batches.md); the sidecar's own lookups
-by kind read a partial index of the rare kinds (``schema.RARE_KINDS_WHERE``), and by time this table
-(:func:`first_seq_since`). Instead the writer copies the columns of the entries
-committed since the last copy into ``journal_search`` (schema.py) once ``SEARCH_BATCH`` of them have gathered,
-inside the commit that reaches that count, so the copy costs no extra fsync and is durable exactly when its rows
-are. In a batch the inserts land on a few pages per index instead of one page per index per commit.
+and about fourteen more KiB of WAL (docs/adr/0030-search-table-filled-in-batches.md). Instead the writer copies
+the columns of the entries committed since the last copy into ``journal_search`` (schema.py) once
+``SEARCH_BATCH`` of them have gathered, inside the commit that reaches that count, so the copy costs no extra
+fsync and is durable exactly when its rows are. In a batch the inserts land on a few pages per index instead of
+one page per index per commit. The sidecar's own lookups by kind read a partial index of the rare kinds on the
+journal (``schema.RARE_KINDS_WHERE``), and by time this table (:func:`first_seq_since`).
 
 The table's invariant: it holds one row for every journal entry from the oldest kept up to its largest seq (its
 *high-water seq*), with the same column values. A search (journal/query.py) reads the entries up to that seq
@@ -18,6 +18,7 @@ or not it was copied yet; the table only ever changes how fast a search is. ``ve
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 from typing import Any
@@ -93,7 +94,8 @@ def open_for_writing(conn: sqlite3.Connection) -> int:
             conn.execute(COPY_SQL, (start,))
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        with contextlib.suppress(sqlite3.Error):  # the error that got here is the one to report
+            conn.execute("ROLLBACK")
         raise
     return start + behind
 
