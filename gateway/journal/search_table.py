@@ -77,7 +77,7 @@ def next_to_copy(conn: sqlite3.Connection) -> int:
 def open_for_writing(conn: sqlite3.Connection) -> int:
     """On the writer's connection at open: drops the legacy indexes, copies whatever is not copied yet.
 
-    A journal written before the table existed is copied whole here, once (seconds for a million entries, logged);
+    A journal written before the table existed is copied whole here, once (logged; 1.6 s for 200,000 entries here);
     afterwards a copy never holds more than one batch and the commit that completes it. Returns the next seq to
     copy. Runs in its own transaction.
     """
