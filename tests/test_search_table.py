@@ -388,3 +388,18 @@ def test_the_first_entry_since_a_time_is_found_whatever_the_order_of_times(tmp_p
         for since in (T0 - 1, T0, T0 + 500 * TICK, T0 + 996 * TICK, T0 + 997 * TICK, T0 + 2_000 * TICK):
             want = min((s for s in range(count) if times[s] >= since), default=None)
             assert store_first_seq_since(conn, since) == want, since
+
+
+def test_a_writer_opening_the_journal_deletes_search_rows_for_no_entry_and_copies_on(tmp_path: Path) -> None:
+    """A forged row beyond the tail would raise the high-water seq and leave the entries below it uncopied."""
+    path = tmp_path / "journal.db"
+    asyncio.run(write(path, [[entry_body(i, {"tenant_id": "t_a"}) for i in range(10)]]))
+    with sqlite3.connect(path) as conn:
+        for seq in (10_000, -5):
+            conn.execute("INSERT INTO journal_search (seq, kind, unix_nanos) VALUES (?, 'pre_exec', 1)", (seq,))
+    assert not verify_journal(path, [fixed_signer().verifier]).ok, "the forged rows are findings"
+    asyncio.run(write(path, [[entry_body(i, {"tenant_id": "t_a"})] for i in range(10, 10 + SEARCH_BATCH)]))
+    assert search_rows(path) == list(range(10 + SEARCH_BATCH)), "the strays gone, every entry copied"
+    assert found(path, EventFilter(tenant_id="t_a"), None, None, 512) == list(range(10 + SEARCH_BATCH))
+    report = verify_journal(path, [fixed_signer().verifier])
+    assert report.ok, report.findings

@@ -78,16 +78,24 @@ def open_for_writing(conn: sqlite3.Connection) -> int:
     """On the writer's connection at open: drops the legacy indexes, copies whatever is not copied yet.
 
     A journal written before the table existed is copied whole here, once (logged; 1.6 s for 200,000 entries here);
-    afterwards a copy never holds more than one batch and the commit that completes it. Returns the next seq to
-    copy. Runs in its own transaction.
+    afterwards a copy never holds more than one batch and the commit that completes it. Rows for no kept entry
+    (beyond the journal's tail, or below its oldest entry) are deleted first, with a warning: no writer leaves
+    them, and one beyond the tail would raise the high-water seq, so that the entries below it were never copied.
+    Returns the next seq to copy. Runs in its own transaction.
     """
     conn.execute("BEGIN IMMEDIATE")
     try:
         for index in LEGACY_INDEXES:
             conn.execute(f"DROP INDEX IF EXISTS {index}")
+        (oldest, newest) = conn.execute("SELECT min(seq), max(seq) FROM journal").fetchone()
+        stray = conn.execute(
+            f"DELETE FROM {SEARCH_TABLE} WHERE seq < ? OR seq > ?",  # noqa: S608
+            (-1 if oldest is None else oldest, -1 if newest is None else newest),
+        ).rowcount
+        if stray:
+            log.warning("journal search table: deleted %d rows for no kept entry (edited by hand?)", stray)
         start = next_to_copy(conn)
-        (top,) = conn.execute("SELECT max(seq) FROM journal").fetchone()
-        behind = 0 if top is None else int(top) + 1 - start
+        behind = 0 if newest is None else int(newest) + 1 - start
         if behind > SEARCH_BATCH:
             log.info("journal search table: copying %d entries not copied yet", behind)
         if behind > 0:
