@@ -21,10 +21,22 @@ ROOT = Path(__file__).resolve().parent.parent
 AGENTAUDIT = [sys.executable, "-m", "gateway.cli"]
 
 
+_PORTS_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port free now and never handed out before in this process.
+
+    The kernel may give the same ephemeral port to two binds in a row once the first socket is closed, so two
+    calls before either port is listened on could collide (seen: a health listener on the API listener's port).
+    """
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _PORTS_GIVEN:
+            _PORTS_GIVEN.add(port)
+            return port
 
 
 def wait_serving(target: str, deadline_s: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
