@@ -132,6 +132,7 @@ class Upstream:
     async def _own(self) -> None:
         while not self._closing:
             self._broken.clear()
+            connected = False
             try:
                 async with AsyncExitStack() as stack:
                     if isinstance(self._target, str):
@@ -153,11 +154,16 @@ class Upstream:
                     # What ClientSession stamps on every request of a handshake-era connection (HTTP reads it).
                     self._call_options = {"headers": {MCP_PROTOCOL_VERSION_HEADER: str(session.protocol_version)}}
                     self._session, self._dispatcher, self._failure = session, dispatcher, None
+                    connected = True
                     self._ready.set()
                     await self._broken.wait()
             except Exception as exc:  # a dead server surfaces here; the next borrow retries
                 log.warning("upstream MCP server connection ended: %s", exc)
-                self._failure = exc
+                # Closing a connection already known broken (a server that died mid-call) may raise too; that is
+                # not news for the next caller, who waits for the reconnection instead. Only a failure to connect
+                # is told to the callers waiting.
+                if not connected:
+                    self._failure = exc
             finally:
                 self._session = self._dispatcher = None
                 self._ready.clear()
