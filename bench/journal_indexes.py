@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.journal.schema import COLUMNS, DDL, insert_sql
-from gateway.journal.search_table import COPY_SQL, LEGACY_INDEXES, SEARCH_BATCH, copy_due
+from gateway.journal.search_table import COPY_SQL, LEGACY_LAYOUT_SQL, SEARCH_BATCH, copy_due
 
 LAYOUTS = ("legacy", "current")
 
@@ -50,12 +50,7 @@ def _create(path: Path, layout: str) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=FULL")
     conn.executescript(DDL)
     if layout == "legacy":
-        conn.execute("DROP TABLE journal_search")
-        conn.execute("DROP INDEX journal_rare_kinds")
-        conn.execute("DROP INDEX journal_approval_requests")
-        for name, column in LEGACY_INDEXES.items():
-            key = "unix_nanos" if column == "unix_nanos" else f"{column}, seq"
-            conn.execute(f"CREATE INDEX {name} ON journal ({key}) WHERE {column} IS NOT NULL")
+        conn.executescript(LEGACY_LAYOUT_SQL)
     return conn
 
 

@@ -28,7 +28,7 @@ from gateway.journal.entry import EventKind
 from gateway.journal.query import EventFilter, _segments, select
 from gateway.journal.replay import first_seq_since as replay_first_seq_since
 from gateway.journal.schema import indexed_values
-from gateway.journal.search_table import LEGACY_INDEXES, SEARCH_BATCH, SEARCH_FIELDS
+from gateway.journal.search_table import LEGACY_INDEXES, LEGACY_LAYOUT_SQL, SEARCH_BATCH, SEARCH_FIELDS
 from gateway.journal.state import trusted_state
 from gateway.journal.store import first_seq_since as store_first_seq_since
 from gateway.journal.verify import _latest_prune_marker as latest_prune_marker
@@ -258,12 +258,7 @@ def test_a_commit_that_copies_a_batch_is_not_made_on_the_loop(tmp_path: Path, mo
 def legacy(path: Path) -> None:
     """Turns a journal into one written before the search table: no table, its seven indexes on the journal."""
     with sqlite3.connect(path) as conn:
-        conn.execute("DROP TABLE journal_search")
-        conn.execute("DROP INDEX journal_approval_requests")
-        conn.execute("DROP INDEX journal_rare_kinds")
-        for index, column in LEGACY_INDEXES.items():
-            key = "unix_nanos" if column == "unix_nanos" else f"{column}, seq"
-            conn.execute(f"CREATE INDEX {index} ON journal ({key}) WHERE {column} IS NOT NULL")
+        conn.executescript(LEGACY_LAYOUT_SQL)
 
 
 def indexes(path: Path) -> set[str]:
