@@ -77,15 +77,6 @@ def high_water_seq(conn: sqlite3.Connection) -> int:
     return -1 if top is None else int(top)
 
 
-def next_to_copy(conn: sqlite3.Connection) -> int:
-    """The first seq the next copy starts from: after the table's high-water seq, or the oldest kept entry."""
-    top = high_water_seq(conn)
-    if top >= 0:
-        return top + 1
-    (oldest,) = conn.execute("SELECT min(seq) FROM journal").fetchone()
-    return 0 if oldest is None else int(oldest)
-
-
 def open_for_writing(conn: sqlite3.Connection) -> int:
     """On the writer's connection at open: drops the legacy indexes, copies whatever is not copied yet.
 
@@ -106,7 +97,9 @@ def open_for_writing(conn: sqlite3.Connection) -> int:
         ).rowcount
         if stray:
             log.warning("journal search table: deleted %d rows for no kept entry (edited by hand?)", stray)
-        start = next_to_copy(conn)
+        # After the high-water seq, or from the oldest kept entry (the strays above are gone, so both are kept).
+        high_water = high_water_seq(conn)
+        start = high_water + 1 if high_water >= 0 else (0 if oldest is None else int(oldest))
         behind = 0 if newest is None else int(newest) + 1 - start
         if behind > SEARCH_BATCH:
             log.info("journal search table: copying %d entries not copied yet", behind)
