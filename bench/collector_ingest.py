@@ -258,12 +258,18 @@ async def _table_rows(dsn: str, schema: str) -> list[tuple[Any, ...]]:
 
 
 async def _ingest(
-    dsn: str, schema: str, batches: Sequence[Batch], warmup: Batch, check: list[tuple[Any, ...]] | None
+    dsn: str,
+    schema: str,
+    batches: Sequence[Batch],
+    warmup: Batch,
+    check: list[tuple[Any, ...]] | None,
+    check_workers: int | None = None,
 ) -> float:
-    """Seconds spent in ``ingest`` for every batch, through the real store; ``check``: the expected rows."""
+    """Seconds spent in ``ingest`` for every batch, through the real store; ``check``: the expected rows;
+    ``check_workers``: the store's entry-check processes (None: its default)."""
     from gateway.collector.postgres_store import PostgresCollectorStore  # noqa: PLC0415
 
-    store = PostgresCollectorStore(dsn, schema=schema)
+    store = PostgresCollectorStore(dsn, schema=schema, check_workers=check_workers)
     await store.start()
     try:
         await store.register_origin(ORIGIN, [ORIGIN_KEY.verifier])
@@ -329,9 +335,11 @@ def run(
     *,
     batch_size: int = BATCH_SIZE,
     rounds: int = ROUNDS,
+    check_workers: int | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Ingest and raw COPY rates (events/s), their ratio and the target check; ``skipped`` without PostgreSQL."""
+    """Ingest and raw COPY rates (events/s), their ratio and the target check; ``skipped`` without PostgreSQL.
+    ``check_workers``: the store's entry-check processes (None: the store's default)."""
     dsn = dsn or os.environ.get(DSN_ENV) or DEFAULT_DSN
     say = progress or (lambda _: None)
     result: dict[str, Any] = {
@@ -339,6 +347,7 @@ def run(
         "batch_size": batch_size,
         "postgres": _where(dsn),
         "target_ratio": TARGET_RATIO,
+        "check_workers": "default" if check_workers is None else check_workers,
     }
     reason, version = unreachable(dsn)
     if reason is not None:
@@ -367,7 +376,9 @@ def run(
             for fmt in FORMATS:
                 say(f"collector ingest round {i + 1}/{rounds}: ingest {events} {fmt} events into PostgreSQL")
                 check = expected[fmt] if i == 0 else None
-                measure = functools.partial(_ingest, dsn, batches=batches[fmt], warmup=warmup[0], check=check)
+                measure = functools.partial(
+                    _ingest, dsn, batches=batches[fmt], warmup=warmup[0], check=check, check_workers=check_workers
+                )
                 ingest_s[fmt].append(_in_fresh_schema(dsn, measure))
                 say(f"collector ingest round {i + 1}/{rounds}: raw COPY of the same {fmt} rows")
                 copy_s[fmt].append(_in_fresh_schema(dsn, functools.partial(_copy, dsn, records=records[fmt])))
@@ -438,10 +449,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=f"entries per batch (default {BATCH_SIZE})")
     parser.add_argument("--rounds", type=int, default=ROUNDS, help=f"ingest/raw alternations (default {ROUNDS})")
     parser.add_argument("--dsn", help=f"PostgreSQL DSN (default ${DSN_ENV} or {DEFAULT_DSN})")
+    parser.add_argument(
+        "--check-workers",
+        type=int,
+        help="entry-check worker processes of the collector store (default: the store's own default; 0: none)",
+    )
     args = parser.parse_args(argv)
     if args.events < 1 or args.batch_size < 1 or args.rounds < 1:
         parser.error("--events, --batch-size and --rounds must be at least 1")
-    result = run(args.events, args.dsn, batch_size=args.batch_size, rounds=args.rounds)
+    if args.check_workers is not None and args.check_workers < 0:
+        parser.error("--check-workers must be 0 or more")
+    result = run(
+        args.events, args.dsn, batch_size=args.batch_size, rounds=args.rounds, check_workers=args.check_workers
+    )
     print(format_result(result))
     print(json.dumps(result))
     return 1 if "error" in result else 0

@@ -130,6 +130,59 @@ def parse_canonical(data: bytes) -> dict[str, Any] | None:
     return value
 
 
+def bulk_parse_canonical(data: bytes) -> dict[str, Any] | None:
+    """:func:`parse_canonical` on orjson: the same "certainly canonical" answer, in less than half the time.
+
+    For the checkers of many entries (``verify``, the collector's ingest): ~8 µs against ~18 µs on the bench
+    journal's 1.1 KB bodies (docs/performance.md, "Collector ingest"). orjson is imported on the first call, since it
+    costs ~2.7 MiB resident, which a sidecar checking a few entries at start should not pay. It answers "yes" under
+    the same conditions as :func:`parse_canonical`: an object of strings, integers within ±(2**53-1), booleans and
+    nulls, with no code point at or above U+E000 anywhere, that orjson writes back with sorted keys byte for byte.
+    orjson escapes strings as ``json.dumps(ensure_ascii=False)`` and RFC 8785 do (the short escapes, ``\\u00xx``
+    in lower case for the other control characters, nothing else), refuses invalid UTF-8, lone surrogates, NaN and
+    a BOM, and keeps the last of duplicate keys (so the bytes differ). Numbers it would print otherwise than
+    RFC 8785: integers beyond ±(2**53-1) make its encoder raise (``OPT_STRICT_INTEGER``), and a walk over the
+    parsed value refuses any float (a regular expression over the bytes for where a float could be cost more than
+    the walk: ~13 µs against ~2.5 µs).
+    """
+    if not data.isascii() and _HIGH_CODE_POINT.search(data):
+        return None
+    orjson = _orjson()
+    try:
+        value = orjson.loads(data)
+        if type(value) is not dict:
+            return None
+        if orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER) != data:
+            return None
+    except (ValueError, TypeError, RecursionError):  # JSONDecodeError is a ValueError; the encoder's: TypeError
+        return None
+    # The bytes are orjson's encoding, which nests at most 254 levels: the walk stays within Python's stack.
+    return value if _no_floats(value) else None
+
+
+def _no_floats(container: dict[str, Any] | list[Any]) -> bool:
+    """Whether a parsed object or array holds no float anywhere. Leaves are tested in the loop and only containers
+    recurse: a call per value (45 in a typical body) cost about twice as much."""
+    items: Any = container.values() if type(container) is dict else container
+    for item in items:
+        kind = type(item)
+        if kind is float or ((kind is dict or kind is list) and not _no_floats(item)):
+            return False
+    return True
+
+
+_ORJSON: Any = None
+
+
+def _orjson() -> Any:
+    global _ORJSON  # noqa: PLW0603 (imported once, on first use: see bulk_parse_canonical)
+    if _ORJSON is None:
+        import orjson  # noqa: PLC0415
+
+        _ORJSON = orjson
+    return _ORJSON
+
+
 def key_sorts_alike(key: str) -> bool:
     """Whether code-point order equals UTF-16 order for this key (true unless it has a code point ≥ U+E000)."""
     return key.isascii() or max(key) < "\ue000"

@@ -1,18 +1,24 @@
-"""parse_canonical (the fast "these bytes are canonical" answer verify and the collector run per entry) never says
-yes where the general check says no, and says yes for what the sidecar writes."""
+"""parse_canonical and bulk_parse_canonical (the fast "these bytes are canonical" answers: the sidecar's, and the
+orjson one verify and the collector run per entry) never say yes where the general check says no, and say yes for
+what the sidecar writes."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.canonical import canonical_json, parse_canonical, parse_json
+from gateway.canonical import bulk_parse_canonical, canonical_json, parse_canonical, parse_json
 from gateway.journal.check import _check_body
 from tests.test_canonical import json_values
+
+Parser = Callable[[bytes], "dict[str, Any] | None"]
+PARSERS = pytest.mark.parametrize("parse", [parse_canonical, bulk_parse_canonical], ids=["stdlib", "orjson"])
 
 
 def general_check(data: bytes) -> bool:
@@ -29,15 +35,27 @@ def general_check(data: bytes) -> bool:
         return False  # NaN, a lone surrogate: no RFC 8785 form at all
 
 
+@PARSERS
 @settings(max_examples=400, deadline=None)
 @given(st.dictionaries(st.text(max_size=8), json_values, max_size=5))
-def test_canonical_bytes_of_any_object_parse_back_to_the_same_object(value: dict[str, object]) -> None:
+def test_canonical_bytes_of_any_object_parse_back_to_the_same_object(parse: Parser, value: dict[str, object]) -> None:
     data = canonical_json(value)
-    fast = parse_canonical(data)
+    fast = parse(data)
     if fast is not None:  # None only sends the caller down the general path
         assert general_check(data)
         assert fast == parse_json(data.decode())
-    assert _check_body(data) == (parse_json(data.decode()), True, None)
+    assert _check_body(data, parse) == (parse_json(data.decode()), True, None)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(max_size=8), json_values, max_size=5))
+def test_both_fast_answers_agree(value: dict[str, object]) -> None:
+    """Where the stdlib answer says canonical, so does orjson's, with the same value (and the other way round):
+    switching a checker to orjson changes its speed, never what it finds."""
+    for data in (canonical_json(value), *_respellings(value)):
+        stdlib, fast = parse_canonical(data), bulk_parse_canonical(data)
+        assert (stdlib is None) == (fast is None), data
+        assert stdlib == fast
 
 
 def _respellings(value: dict[str, object]) -> list[bytes]:
@@ -50,12 +68,17 @@ def _respellings(value: dict[str, object]) -> list[bytes]:
     ]
 
 
+@PARSERS
 @settings(max_examples=400, deadline=None)
 @given(st.dictionaries(st.text(max_size=8), json_values, max_size=5))
-def test_never_says_canonical_where_the_general_check_does_not(value: dict[str, object]) -> None:
+def test_never_says_canonical_where_the_general_check_does_not(parse: Parser, value: dict[str, object]) -> None:
     for data in _respellings(value):
-        if parse_canonical(data) is not None:
+        if parse(data) is not None:
             assert general_check(data), data
+
+
+def _nested(depth: int) -> bytes:
+    return b'{"a":' * depth + b"1" + b"}" * depth
 
 
 @pytest.mark.parametrize(
@@ -75,14 +98,40 @@ def test_never_says_canonical_where_the_general_check_does_not(value: dict[str, 
         pytest.param(b"[1]", id="not-an-object"),
         pytest.param(b'{"a":1} ', id="trailing-space"),
         pytest.param(b'\xef\xbb\xbf{"a":1}', id="byte-order-mark"),
+        # What orjson reads or writes its own way: each must still go to the general check.
+        pytest.param(b'{"a":[1.5]}', id="float-in-a-list"),
+        pytest.param(b'{"a":{"b":1e16}}', id="float-orjson-prints-as-1e16"),
+        pytest.param(b'{"a":9223372036854775808}', id="beyond-2**63"),
+        pytest.param(b'{"a":18446744073709551616}', id="beyond-2**64"),
+        pytest.param(b'{"a":-9007199254740992}', id="below-minus-2**53"),
+        pytest.param(b'{"a":"\\u001F"}', id="upper-case-escape"),
+        pytest.param(b'{"a":"\\/"}', id="escaped-solidus"),
+        pytest.param(b'{"a":"\x1f"}', id="raw-control-character"),
+        pytest.param(b'{"a":1e400}', id="infinite-double"),
+        pytest.param(b'{"a":true,"a":false}', id="duplicate-key-last-differs"),
     ],
 )
-def test_leaves_every_doubtful_spelling_to_the_general_check(data: bytes) -> None:
-    assert parse_canonical(data) is None
-    _, canonical, _ = _check_body(data)
+@PARSERS
+def test_leaves_every_doubtful_spelling_to_the_general_check(parse: Parser, data: bytes) -> None:
+    assert parse(data) is None
+    _, canonical, _ = _check_body(data, parse)
     assert canonical is general_check(data)
 
 
-def test_says_canonical_for_a_sidecar_body() -> None:
+@pytest.mark.parametrize("depth", [300, 2000], ids=["beyond-orjson-encoder", "beyond-orjson-parser"])
+def test_deep_nesting_is_decided_alike(depth: int) -> None:
+    """orjson nests less deep than the stdlib (254 levels to encode, 1024 to parse): it answers "look closer",
+    and the check's outcome is the stdlib one."""
+    data = _nested(depth)
+    assert bulk_parse_canonical(data) is None
+    assert _check_body(data, bulk_parse_canonical) == _check_body(data, parse_canonical)
+    if depth == 300:
+        assert _check_body(data, bulk_parse_canonical)[1] is True
+
+
+@PARSERS
+def test_says_canonical_for_a_sidecar_body(parse: Parser) -> None:
     body = {"kind": "pre_exec", "args": {"limit": 20, "q": "résumé \u2028 \x7f"}, "n": -(2**53 - 1), "ok": None}
-    assert parse_canonical(canonical_json(body)) == body
+    assert parse(canonical_json(body)) == body
+    nested = {"a": [{"b": [None, True, '\x00\x1f"\\']}], "c": 2**53 - 1}
+    assert parse(canonical_json(nested)) == nested

@@ -156,7 +156,10 @@ def test_a_v1_origin_and_a_v2_origin_share_one_collector(store: Backend, tmp_pat
     run(scenario())
 
 
-def test_v2_batches_checked_in_worker_processes_give_the_inline_verdict(tmp_path: Path) -> None:
+def test_v2_batches_are_checked_in_process_by_a_pool_with_workers(tmp_path: Path) -> None:
+    """Entries vouched for by a seal have no signature to verify: sending them to a worker costs more than checking
+    them (collector/checking.py), so a pool checks them in-process, with the same verdicts; a v1 batch of the same
+    size starts the workers."""
     key = signer()
     rows, seals = v2_journal(tmp_path, "a", [120], key)
     pool = EntryCheckPool(workers=1, min_parallel=8)
@@ -170,6 +173,10 @@ def test_v2_batches_checked_in_worker_processes_give_the_inline_verdict(tmp_path
                 state, [key.verifier], rechained(rows, 90), seals[120], lambda _: None, check_entries=pool.check
             )
         assert caught.value.code == RejectCode.ROOT_MISMATCH
+        assert pool._executor is None  # private: no worker was started for them
+        v1_rows = journal(tmp_path, "v1", 120, key)
+        assert len(pool.check(ORIGIN, {key.verifier.key_id: [key.verifier]}, v1_rows, bytes(32))) == 120
+        assert pool._executor is not None
     finally:
         pool.close()
 

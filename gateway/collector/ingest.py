@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
-from gateway.canonical import parse_json
+from gateway.canonical import bulk_parse_canonical, parse_json
 from gateway.errors import FailedPreconditionError
 from gateway.journal.check import EntryFault, check_entry
 from gateway.journal.entry import HEADER_SIZE, ZERO_HASH, leaf_hash
@@ -445,7 +445,9 @@ def check_new_entry(
     """Runs the check ``verify`` runs on a stored row (:func:`gateway.journal.check.check_entry`, the signature
     included) on a new entry, so the collector witnesses nothing ``verify`` would later report; returns the
     refusal for its first fault rather than raising it (a worker process sends it back as values)."""
-    checked = check_entry(seq, raw, signature, origin=origin, keys=keys, prev_leaf_hash=prev)
+    checked = check_entry(
+        seq, raw, signature, origin=origin, keys=keys, prev_leaf_hash=prev, parse_body=bulk_parse_canonical
+    )
     if checked.problems:
         problem = min(checked.problems, key=lambda p: _FAULT_PRECEDENCE.index(p.fault))
         return IngestRejected(_REJECTION_FOR_FAULT[problem.fault], f"seq {seq}: {problem.message}", seq=seq)
@@ -456,7 +458,7 @@ def check_new_entry(
         signature=signature,
         leaf_hash=leaf_hash(raw, signature),
         unix_nanos=checked.entry.unix_nanos,
-        indexed=storable_indexed_values(checked.body),
+        indexed=storable_indexed_values(checked.body, checked.entry.body),
     )
 
 
@@ -477,13 +479,18 @@ def _signed_by_registered_key(note: SignedNote, line: NoteSignature, verifiers: 
     return any(line.name == v.name and line.key_id == v.key_id and v.verify(message, line.signature) for v in verifiers)
 
 
-def storable_indexed_values(body: dict[str, Any]) -> tuple[Any, ...]:
+def storable_indexed_values(body: dict[str, Any], source: bytes | None = None) -> tuple[Any, ...]:
     """:func:`indexed_values` with text no database column can hold (NUL, lone surrogates) set to NULL.
 
     The columns are a search index over signed bytes that are stored verbatim, so an odd value costs only its
-    index entry, never the batch, and both stores index it the same way.
+    index entry, never the batch, and both stores index it the same way. ``source``: the JSON bytes ``body`` was
+    parsed from, if known; when they are ASCII without a ``\\u`` escape, no string in the body can hold anything
+    but ASCII without NUL (only a ``\\u`` escape can put NUL, a surrogate or a non-ASCII character into a string
+    of ASCII JSON), so the values need no closer look: ~0.1 µs against ~2 µs an entry.
     """
     values = indexed_values(body)
+    if source is not None and source.isascii() and b"\\u" not in source:
+        return values
     texts = "".join(v for v in values if isinstance(v, str))
     if texts.isascii() and "\x00" not in texts:  # the usual case: every value storable, told by one scan of them all
         return values

@@ -9,7 +9,7 @@ the first problem. Same steps, same rules, so nothing the collector witnesses ca
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,10 @@ from gateway.journal.entry import FORMAT_V2, Entry, EventKind, decode_entry, sig
 from gateway.signing import Verifier
 
 _MAX_QUOTED = 80
+
+BodyParser = Callable[[bytes], "dict[str, Any] | None"]
+"""The fast "certainly canonical" answer of step 5: :func:`gateway.canonical.parse_canonical` (the default) or
+:func:`gateway.canonical.bulk_parse_canonical` (the same answers on orjson, for checkers of many entries)."""
 
 
 class EntryFault(enum.StrEnum):
@@ -90,6 +94,7 @@ def check_entry(
     origin: str,
     keys: Mapping[bytes, Sequence[Verifier]],
     prev_leaf_hash: bytes | None,
+    parse_body: BodyParser = parse_canonical,
 ) -> EntryCheck:
     """Checks one entry's bytes and signature, following the numbered steps below; keeps going after a fault.
 
@@ -100,6 +105,7 @@ def check_entry(
         keys: trusted public keys by key id (several may share a 4-byte id).
         prev_leaf_hash: the recomputed leaf hash of the entry before (zeros at seq 0); None skips the chain
             step, when the entry before is missing (a gap, reported by the caller).
+        parse_body: the fast answer of step 5 (see :data:`BodyParser`); whatever it is, the outcome is the same.
     """
     problems: list[EntryProblem] = []
 
@@ -142,7 +148,7 @@ def check_entry(
         fault(EntryFault.CHAIN_BREAK, f"prev_leaf_hash {signed_prev} is not {what}")
 
     # 5. The body must be canonical JSON, so the signed bytes are the one encoding of the event.
-    body, canonical, body_problem = _check_body(entry.body)
+    body, canonical, body_problem = _check_body(entry.body, parse_body)
     if body_problem is not None:
         fault(EntryFault.NONCANONICAL_BODY, body_problem)
 
@@ -155,10 +161,12 @@ def check_entry(
     return EntryCheck(entry, body, signed, canonical, kind_ok, tuple(problems), needs_seal)
 
 
-def _check_body(body_bytes: bytes) -> tuple[dict[str, Any] | None, bool, str | None]:
+def _check_body(
+    body_bytes: bytes, parse_body: BodyParser = parse_canonical
+) -> tuple[dict[str, Any] | None, bool, str | None]:
     """The parsed body when it is a JSON object (canonical or not), whether the bytes are its RFC 8785 form, and
     what is wrong (None: nothing)."""
-    fast = parse_canonical(body_bytes)
+    fast = parse_body(body_bytes)
     if fast is not None:  # certainly canonical: the general steps below would find the same body and no fault
         return fast, True, None
     try:

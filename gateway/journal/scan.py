@@ -8,6 +8,7 @@ import binascii
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from gateway.canonical import bulk_parse_canonical
 from gateway.journal.check import SIGNATURE_FAULTS, EntryProblem, check_entry
 from gateway.journal.entry import (
     FORMAT_V1,
@@ -265,7 +266,13 @@ class Scan:
         #    names, signed seq, chain link, canonical body, kind. Values that are not BLOBs are no entry at all.
         if isinstance(stored_entry, bytes) and isinstance(stored_signature, bytes):
             checked = check_entry(
-                seq, stored_entry, stored_signature, origin=self._origin, keys=self._keys, prev_leaf_hash=expected_prev
+                seq,
+                stored_entry,
+                stored_signature,
+                origin=self._origin,
+                keys=self._keys,
+                prev_leaf_hash=expected_prev,
+                parse_body=bulk_parse_canonical,
             )
             problems = checked.problems
         else:

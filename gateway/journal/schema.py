@@ -217,11 +217,16 @@ def indexed_values(body: dict[str, Any]) -> tuple[Any, ...]:
     and means SQLite never coerces a value, so an odd body can neither fail a whole batch nor verify differently.
     """
     values: list[int | str | None] = []
-    for field, column in INDEXED_FIELDS:
+    for field, integer in _FIELD_IS_INTEGER:
         value = body.get(field)
-        if column in _INTEGER_COLUMNS:
+        if type(value) is str and not integer:  # the usual case first (the writer and every checker run this)
+            values.append(value or None)
+        elif integer:
             fits = isinstance(value, int) and not isinstance(value, bool) and abs(value) <= _SQLITE_MAX_INT
             values.append(int(value) if fits and isinstance(value, int) else None)
-        else:
+        else:  # a str subclass (an enum's value) is indexed as its plain string
             values.append(str(value) if isinstance(value, str) and value != "" else None)
     return tuple(values)
+
+
+_FIELD_IS_INTEGER = tuple((field, column in _INTEGER_COLUMNS) for field, column in INDEXED_FIELDS)
