@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from gateway.canonical import CanonicalizationError, canonical_json, parse_canonical, parse_json
 from gateway.errors import MalformedEntryError
@@ -56,9 +56,9 @@ class EntryProblem:
     message: str
 
 
-@dataclass(frozen=True)
-class EntryCheck:
-    """The outcome of :func:`check_entry`.
+class EntryCheck(NamedTuple):
+    """The outcome of :func:`check_entry` (a named tuple: one is built per entry checked, and a frozen dataclass's
+    ``__init__`` costs ~1 µs more).
 
     Attributes:
         entry: the decoded envelope; None when the bytes do not decode (then nothing else was checked).
