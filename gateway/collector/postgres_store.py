@@ -23,6 +23,7 @@ import asyncpg  # type: ignore[import-untyped]
 from gateway.collector.checking import EntryCheckPool
 from gateway.collector.ingest import (
     BatchEntry,
+    BatchResult,
     IngestRejected,
     NewEntry,
     OriginState,
@@ -243,7 +244,7 @@ class PostgresCollectorStore:
                     if isinstance(begun, PendingBatch):
                         # 3. Check the new entries chunk by chunk, each COPYed while the next is checked; a refusal
                         #    on any of them rolls the whole transaction back (nothing of the batch is kept).
-                        result = begun.finish(await self._copy_checked(conn, begun))
+                        result = await self._copy_checked(conn, begun)
                     else:
                         result = begun
                 except IngestRejected as exc:
@@ -276,14 +277,16 @@ class PostgresCollectorStore:
             raise evidence
         return outcome
 
-    async def _copy_checked(self, conn: Any, batch: PendingBatch) -> list[NewEntry]:
+    async def _copy_checked(self, conn: Any, batch: PendingBatch) -> BatchResult:
         """Checks ``batch``'s new entries in chunks of :data:`PIPELINE_CHUNK_ENTRIES`, in seq order, and COPYs each
         chunk into ``events`` once it is checked, while the next chunk is checked: PostgreSQL stores one chunk
-        while this process checks the next, instead of one waiting for the other. Called inside the ingest's
-        transaction, so a refused chunk leaves nothing: the refusal propagates and the transaction rolls back.
+        while this process checks the next, instead of one waiting for the other. The root (step 10,
+        :meth:`PendingBatch.finish`) is recomputed while the last chunk is being copied. Called inside the ingest's
+        transaction, so a refused chunk or root leaves nothing: the refusal propagates and the transaction rolls
+        back.
 
         Raises:
-            IngestRejected: the first faulty entry, in seq order.
+            IngestRejected: the first faulty entry, in seq order; or the root mismatch.
         """
         checked: list[NewEntry] = []
         copying: asyncio.Future[Any] | None = None
@@ -300,6 +303,7 @@ class PostgresCollectorStore:
                     conn.copy_records_to_table("events", records=records, columns=columns, schema_name=self.schema)
                 )
                 checked.extend(part)
+            result = batch.finish(checked)
             if copying is not None:
                 await copying
         finally:
@@ -311,7 +315,7 @@ class PostgresCollectorStore:
                 await asyncio.wait([copying])
                 if not copying.cancelled():
                     copying.exception()
-        return checked
+        return result
 
     async def evidence(self, origin: str) -> list[dict[str, Any]]:
         """Checkpoints kept as evidence of rollback or fork for ``origin``, oldest first."""
