@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 from gateway.canonical import CanonicalizationError, canonical_json, parse_canonical, parse_json
 from gateway.errors import MalformedEntryError
-from gateway.journal.entry import FORMAT_V2, Entry, EventKind, decode_entry, signature_payload
+from gateway.journal.entry import FORMAT_V2, Entry, decode_entry, kind_label, signature_payload
 from gateway.signing import Verifier
 
 _MAX_QUOTED = 80
@@ -188,9 +188,8 @@ def _check_body(
 
 
 def _check_kind(kind: int, body: dict[str, Any]) -> str | None:
-    try:
-        label = EventKind(kind).label
-    except ValueError:
+    label = kind_label(kind)
+    if label is None:
         return f"header kind {kind} is not a known event kind"
     if body.get("kind") != label:
         return f"header kind {kind} is {label!r}, body kind is {quote(body.get('kind'))}"
