@@ -144,7 +144,7 @@ class CollectorConfig:
     retention_days: int | None = None
     prune_interval_s: float = 3600.0
     metrics_listen: str = ""  # HOST:PORT for Prometheus /metrics (`agentaudit collector` only); empty: off
-    # Processes checking large batches' entries (ADR 0018); None: 0 on SQLite, one per core but one on PostgreSQL.
+    # Processes checking large signed batches (ADR 0018); None: 0 on SQLite, one per core but one on PostgreSQL.
     check_workers: int | None = None
     # The fleet operator API (approvals, kill switches): the sidecar's operator section, same shape and rules.
     operator: OperatorConfig = field(default_factory=OperatorConfig)
