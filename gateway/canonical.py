@@ -133,7 +133,7 @@ def parse_canonical(data: bytes) -> dict[str, Any] | None:
 def bulk_parse_canonical(data: bytes) -> dict[str, Any] | None:
     """:func:`parse_canonical` on orjson: the same "certainly canonical" answer, in less than half the time.
 
-    For the checkers of many entries (``verify``, the collector's ingest): ~8 µs against ~18 µs on the bench
+    For the checkers of many entries (``verify``, the collector's ingest): ~8-10 µs against ~18-20 µs on the bench
     journal's 1.1 KB bodies (docs/performance.md, "Collector ingest"). orjson is imported on the first call, since it
     costs ~2.7 MiB resident, which a sidecar checking a few entries at start should not pay. It answers "yes" under
     the same conditions as :func:`parse_canonical`: an object of strings, integers within ±(2**53-1), booleans and
@@ -162,7 +162,7 @@ def bulk_parse_canonical(data: bytes) -> dict[str, Any] | None:
 
 def _no_floats(container: dict[str, Any] | list[Any]) -> bool:
     """Whether a parsed object or array holds no float anywhere. Leaves are tested in the loop and only containers
-    recurse: a call per value (45 in a typical body) cost about twice as much."""
+    recurse: a call per value (45 in a typical body) cost ~40 % more (2.9 against 2.1 µs)."""
     items: Any = container.values() if type(container) is dict else container
     for item in items:
         kind = type(item)
