@@ -219,11 +219,11 @@ def indexed_values(body: dict[str, Any]) -> tuple[Any, ...]:
     values: list[int | str | None] = []
     for field, integer in _FIELD_IS_INTEGER:
         value = body.get(field)
-        if type(value) is str and not integer:  # the usual case first (the writer and every checker run this)
-            values.append(value or None)
-        elif integer:
+        if integer:
             fits = isinstance(value, int) and not isinstance(value, bool) and abs(value) <= _SQLITE_MAX_INT
             values.append(int(value) if fits and isinstance(value, int) else None)
+        elif type(value) is str:  # the usual case, told without isinstance (the writer and every checker run this)
+            values.append(value or None)
         else:  # a str subclass (an enum's value) is indexed as its plain string
             values.append(str(value) if isinstance(value, str) and value != "" else None)
     return tuple(values)
